@@ -1,0 +1,304 @@
+"""Where images come from: a folder of images, NumPy arrays, or a data set bundled with the package.
+
+A source knows its items (cheap references: a file path or an array row) and loads one only when asked, so memory
+does not grow with the number of images. Each loaded sample carries the SHA-256 of its raw content, which the
+calibration record lists and which proves that calibration and evaluation images do not overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from resnet_edge.calibration.preprocess import PreprocessSpec, preprocess_image, preprocess_uint8
+from resnet_edge.errors import InputFileError, OptionError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+LABEL_FILE_NAMES = ("labels.csv", "labels.txt")
+BUILTIN_PREFIX = "builtin:"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+PHOTOS_DIR = _PACKAGE_DIR / "photos"
+DIGITS_FILE = _PACKAGE_DIR / "digits" / "digits.npz"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One preprocessed image: ``tensor`` is float32 CHW."""
+
+    id: str
+    sha256: str
+    tensor: np.ndarray
+    label: int | None
+
+
+class ImageSource:
+    """An ordered, indexable collection of images that loads one at a time."""
+
+    name: str
+    labelled: bool = False
+    skipped: int = 0  # files passed over because they are not images
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def load(self, index: int, spec: PreprocessSpec) -> Sample:
+        raise NotImplementedError
+
+    def label_names(self) -> list[str] | None:
+        """Class names by index, where the source defines them (sub-folder names)."""
+        return None
+
+    def indices(self, *, limit: int | None = None, seed: int = 0, exclude: Sequence[int] = ()) -> list[int]:
+        """A deterministic subset: all indices, or ``limit`` of them drawn with ``seed``, in source order."""
+        pool = [i for i in range(len(self)) if i not in set(exclude)]
+        if limit is not None:
+            if limit < 1:
+                raise OptionError(f"limit must be at least 1, got {limit}")
+            if limit < len(pool):
+                chosen = np.random.default_rng(seed).choice(len(pool), size=limit, replace=False)
+                pool = [pool[i] for i in sorted(chosen)]
+        return pool
+
+
+class FolderSource(ImageSource):
+    """Images found recursively under a folder, in sorted path order.
+
+    Labels, where there are any, come from one sub-folder per class or from a ``labels.csv``/``labels.txt`` file
+    (``relative/path,label`` per line, label a class index or a class name) in the folder or given explicitly.
+    """
+
+    def __init__(self, root: Path | str, *, labels_file: Path | str | None = None,
+                 class_names: Sequence[str] | None = None) -> None:
+        root = Path(root)
+        if not root.exists():
+            raise InputFileError(f"image folder not found: {root}")
+        if not root.is_dir():
+            raise InputFileError(f"not a folder: {root}")
+        self.root = root
+        self.name = str(root)
+        files: list[Path] = []
+        skipped = 0
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in sorted(filenames):
+                path = Path(dirpath, filename)
+                if filename.startswith("."):
+                    continue
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append(path)
+                elif filename not in LABEL_FILE_NAMES:
+                    skipped += 1
+        files.sort(key=lambda p: p.relative_to(root).as_posix())
+        if not files:
+            detail = f" ({skipped} other files skipped)" if skipped else ""
+            raise InputFileError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {root}{detail}")
+        self.files = files
+        self.skipped = skipped
+        self._class_names: list[str] | None = None
+        self._labels = self._read_labels(labels_file, class_names)
+        self.labelled = self._labels is not None
+
+    def _read_labels(self, labels_file: Path | str | None, class_names: Sequence[str] | None) -> list[int] | None:
+        if labels_file is None:
+            labels_file = next((self.root / n for n in LABEL_FILE_NAMES if (self.root / n).is_file()), None)
+        if labels_file is not None:
+            return self._labels_from_file(Path(labels_file), class_names)
+        parents = [f.relative_to(self.root).parts for f in self.files]
+        if any(len(parts) < 2 for parts in parents):
+            return None
+        folders = sorted({parts[0] for parts in parents})
+        self._class_names = _class_order(folders, class_names)
+        index = {name: i for i, name in enumerate(self._class_names)}
+        return [index[parts[0]] for parts in parents]
+
+    def _labels_from_file(self, path: Path, class_names: Sequence[str] | None) -> list[int]:
+        if not path.is_file():
+            raise InputFileError(f"labels file not found: {path}")
+        by_file: dict[str, str] = {}
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            name, sep, label = line.rpartition(",")
+            if not sep or not name.strip():
+                raise InputFileError(f"{path}:{number}: expected 'relative/path,label', got {line!r}")
+            by_file[name.strip()] = label.strip()
+        lookup = {n: i for i, n in enumerate(class_names)} if class_names else {}
+        labels = []
+        for file in self.files:
+            rel = file.relative_to(self.root).as_posix()
+            if rel not in by_file:
+                raise InputFileError(f"{path}: no label for {rel}")
+            raw = by_file[rel]
+            if raw in lookup:
+                labels.append(lookup[raw])
+            elif raw.lstrip("-").isdigit():
+                labels.append(int(raw))
+            else:
+                raise InputFileError(f"{path}: label {raw!r} of {rel} is neither a class index nor a class name")
+        return labels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def label_names(self) -> list[str] | None:
+        return self._class_names
+
+    def load(self, index: int, spec: PreprocessSpec) -> Sample:
+        path = self.files[index]
+        data = path.read_bytes()
+        try:
+            with Image.open(path) as image:
+                image.load()  # decode now: a truncated file fails here, not somewhere downstream
+                tensor = preprocess_image(image, spec)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise InputFileError(f"cannot decode image {path}: {exc}") from None
+        label = self._labels[index] if self._labels is not None else None
+        return Sample(path.relative_to(self.root).as_posix(), hashlib.sha256(data).hexdigest(), tensor, label)
+
+
+def _class_order(folders: list[str], class_names: Sequence[str] | None) -> list[str]:
+    """Index sub-folders by the model's class names, else by integer names, else alphabetically (ImageFolder)."""
+    if class_names and set(folders) <= set(class_names):
+        return list(class_names)
+    if all(f.isdigit() for f in folders):
+        top = max(int(f) for f in folders)
+        return [str(i) for i in range(top + 1)]
+    return folders
+
+
+class ArraySource(ImageSource):
+    """Images in a ``.npy`` or ``.npz`` file.
+
+    uint8 arrays are raw images, NHWC or NHW, and go through the preprocessing; float arrays are already
+    preprocessed NCHW tensors and must have the model's input shape. An ``.npz`` holds the images under ``images``
+    (or ``x``, or its only array) and optionally labels under ``labels`` (or ``y``).
+    """
+
+    def __init__(self, path: Path | str, *, name: str | None = None, rows: Sequence[int] | None = None) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputFileError(f"array file not found: {path}")
+        if path.stat().st_size == 0:
+            raise InputFileError(f"array file is empty: {path}")
+        self.name = name or str(path)
+        try:
+            if path.suffix == ".npz":
+                with np.load(path, allow_pickle=False) as archive:
+                    keys = list(archive.keys())
+                    image_key = _pick_key(keys, ("images", "x"), path)
+                    images = archive[image_key]
+                    label_key = next((k for k in ("labels", "y") if k in keys), None)
+                    labels = archive[label_key] if label_key else None
+            elif path.suffix == ".npy":
+                images = np.load(path, mmap_mode="r", allow_pickle=False)  # memory-mapped: rows load on demand
+                labels = None
+            else:
+                raise InputFileError(f"{path}: arrays must be .npy or .npz")
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputFileError(f"{path}: not a readable NumPy file ({exc})") from None
+        _check_images(images, path)
+        if labels is not None and (labels.ndim != 1 or len(labels) != len(images)):
+            raise InputFileError(f"{path}: labels must be one per image, got shape {labels.shape} for {len(images)}")
+        self.images = images
+        self.rows = list(rows) if rows is not None else list(range(len(images)))
+        self._labels = labels
+        self.labelled = labels is not None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def load(self, index: int, spec: PreprocessSpec) -> Sample:
+        row = self.rows[index]
+        raw = np.ascontiguousarray(self.images[row])
+        if raw.dtype == np.uint8:
+            tensor = preprocess_uint8(raw, spec)
+        else:
+            if tuple(raw.shape) != spec.input_shape:
+                raise InputFileError(
+                    f"{self.name}: float arrays must be preprocessed NCHW of shape (N, {', '.join(map(str, spec.input_shape))}),"
+                    f" got (N, {', '.join(map(str, raw.shape))})"
+                )
+            if not np.isfinite(raw).all():
+                raise InputFileError(f"{self.name}: image {row} contains NaN or Inf")
+            tensor = raw.astype(np.float32)
+        label = int(self._labels[row]) if self._labels is not None else None
+        return Sample(f"{Path(self.name).name}[{row}]", hashlib.sha256(raw.tobytes()).hexdigest(), tensor, label)
+
+
+def _pick_key(keys: list[str], preferred: tuple[str, ...], path: Path) -> str:
+    for key in preferred:
+        if key in keys:
+            return key
+    if len(keys) == 1:
+        return keys[0]
+    raise InputFileError(f"{path}: no 'images' array among {', '.join(keys) or 'no arrays'}")
+
+
+def _check_images(images: np.ndarray, path: Path) -> None:
+    if images.ndim == 0 or len(images) == 0:
+        raise InputFileError(f"{path}: holds no images")
+    if images.dtype == np.uint8:
+        if not (images.ndim == 3 or (images.ndim == 4 and images.shape[3] in (1, 3, 4))):
+            raise InputFileError(
+                f"{path}: uint8 images must be NHW or NHWC with 1, 3 or 4 channels, got shape {images.shape}"
+            )
+    elif np.issubdtype(images.dtype, np.floating):
+        if images.ndim != 4:
+            raise InputFileError(f"{path}: float images must be preprocessed NCHW, got shape {images.shape}")
+        # Checked whole, once: a NaN in calibration data silently poisons every range computed from it.
+        if not np.isfinite(images).all():
+            raise InputFileError(f"{path}: contains NaN or Inf values")
+    else:
+        raise InputFileError(f"{path}: images must be uint8 or float, got {images.dtype}")
+
+
+def builtin_names() -> list[str]:
+    return [f"{BUILTIN_PREFIX}{name}" for name in ("photos", "digits-train", "digits-calib", "digits-test")]
+
+
+def open_source(spec: str | Path, *, labels_file: Path | str | None = None,
+                class_names: Sequence[str] | None = None) -> ImageSource:
+    """A source from what a user typed: a folder, a ``.npy``/``.npz`` file, or ``builtin:NAME``.
+
+    Raises:
+        InputFileError: missing, empty or unreadable.
+        OptionError: an unknown built-in name.
+    """
+    text = str(spec)
+    if text.startswith(BUILTIN_PREFIX):
+        name = text[len(BUILTIN_PREFIX):]
+        if name == "photos":
+            source: ImageSource = FolderSource(PHOTOS_DIR)
+            source.name = text
+            return source
+        if name.startswith("digits-"):
+            split = name[len("digits-"):]
+            with np.load(DIGITS_FILE) as archive:
+                if f"{split}_rows" in archive:
+                    return ArraySource(DIGITS_FILE, name=text, rows=archive[f"{split}_rows"].tolist())
+        raise OptionError(f"unknown built-in data set {text!r}; choose one of: {', '.join(builtin_names())}")
+    path = Path(text)
+    if path.is_dir():
+        return FolderSource(path, labels_file=labels_file, class_names=class_names)
+    if path.suffix in (".npy", ".npz"):
+        return ArraySource(path)
+    if not path.exists():
+        raise InputFileError(f"data not found: {path}")
+    raise InputFileError(f"{path}: data must be a folder of images, a .npy/.npz file, or builtin:NAME")
+
+
+def iter_batches(
+    source: ImageSource, spec: PreprocessSpec, indices: Sequence[int], batch_size: int
+) -> Iterator[tuple[np.ndarray, list[Sample]]]:
+    """Stacked NCHW batches of the given items, each with its samples (ids, hashes, labels)."""
+    if batch_size < 1:
+        raise OptionError(f"batch size must be at least 1, got {batch_size}")
+    for start in range(0, len(indices), batch_size):
+        samples = [source.load(i, spec) for i in indices[start:start + batch_size]]
+        yield np.stack([s.tensor for s in samples]), samples

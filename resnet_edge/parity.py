@@ -1,0 +1,153 @@
+"""How closely one model's logits follow another's, and how often both are right.
+
+Every stage that changes a model judges the change with these numbers: export (ONNX against PyTorch), simplify
+(simplified against its input), quantize (INT8 against FP32) and validate (any model against a reference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from resnet_edge.calibration.preprocess import PreprocessSpec
+from resnet_edge.errors import CheckFailedError
+
+# FP32 ONNX against PyTorch, same weights: only summation order differs. Measured max abs logit error on the
+# trained digits model ~1e-6; 1e-4 leaves room for deeper nets and other CPUs while catching any real change.
+FP32_MAX_ABS_ERROR = 1e-4
+# Relative form of the same bound, for models whose logits are large (ImageNet ResNets have logits ~ 10-30).
+FP32_RELATIVE_ERROR = 1e-4
+# Below this cosine two FP32 outputs are not the same function whatever the absolute error says.
+FP32_MIN_COSINE = 0.99999
+PARITY_IMAGES = 8  # real photos every FP32 stage is checked on; also the second batch size for dynamic batches
+
+
+@dataclass(frozen=True)
+class Parity:
+    """Candidate logits against reference logits on the same inputs.
+
+    A row with NaN or Inf in either output never counts as agreeing.
+    """
+
+    samples: int
+    max_abs_error: float
+    mean_abs_error: float
+    cosine: float  # mean over samples of the logit cosine similarity
+    min_cosine: float
+    top1_agreement: float  # fraction of samples with the same arg-max
+    top5_overlap: float  # mean |top5(ref) & top5(cand)| / 5 (fewer than 5 classes: all of them)
+    kl_divergence: float  # mean KL(softmax(ref) || softmax(cand)), nats
+    non_finite: int  # samples with NaN or Inf in either output
+
+    def within_fp32_tolerance(self, reference_scale: float) -> bool:
+        """Whether this is the same function up to float32 rounding (see the FP32_* constants)."""
+        bound = max(FP32_MAX_ABS_ERROR, FP32_RELATIVE_ERROR * reference_scale)
+        return (
+            self.non_finite == 0
+            and self.max_abs_error <= bound
+            and self.min_cosine >= FP32_MIN_COSINE
+            and self.top1_agreement == 1.0
+        )
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
+    """Compare two (N, classes) logit arrays row by row."""
+    if reference.shape != candidate.shape:
+        raise ValueError(f"logit shapes differ: {reference.shape} vs {candidate.shape}")
+    ref = reference.astype(np.float64)
+    cand = candidate.astype(np.float64)
+    finite = np.isfinite(ref).all(axis=1) & np.isfinite(cand).all(axis=1)
+    n = len(ref)
+    if not finite.any():
+        nan = float("nan")
+        return Parity(n, nan, nan, nan, nan, 0.0, 0.0, nan, n)
+    r, c = ref[finite], cand[finite]
+    diff = np.abs(r - c)
+    norms = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
+    cos = np.where(norms > 0, (r * c).sum(axis=1) / np.maximum(norms, 1e-300), 1.0)
+    agree = r.argmax(axis=1) == c.argmax(axis=1)
+    k = min(5, r.shape[1])
+    top_r = np.argsort(-r, axis=1)[:, :k]
+    top_c = np.argsort(-c, axis=1)[:, :k]
+    overlap = np.array([len(set(a) & set(b)) / k for a, b in zip(top_r, top_c)])
+    log_p = _log_softmax(r)
+    log_q = _log_softmax(c)
+    kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=1)
+    # Rows that are not finite count as disagreeing: divide by all samples, not only the finite ones.
+    return Parity(
+        samples=n,
+        max_abs_error=float(diff.max()),
+        mean_abs_error=float(diff.mean()),
+        cosine=float(cos.mean()),
+        min_cosine=float(cos.min()),
+        top1_agreement=float(agree.sum() / n),
+        top5_overlap=float(overlap.sum() / n),
+        kl_divergence=float(kl.mean()),
+        non_finite=int(n - finite.sum()),
+    )
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Top-1 and top-5 accuracy against labels; NaN or Inf rows count as wrong."""
+
+    samples: int
+    top1: float
+    top5: float
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> Accuracy:
+    finite = np.isfinite(logits).all(axis=1)
+    k = min(5, logits.shape[1])
+    top = np.argsort(-logits, axis=1)[:, :k]
+    hit1 = (top[:, 0] == labels) & finite
+    hit5 = (top == labels[:, None]).any(axis=1) & finite
+    n = len(labels)
+    return Accuracy(samples=n, top1=float(hit1.mean()) if n else float("nan"), top5=float(hit5.mean()) if n else float("nan"))
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def check_fp32_parity(
+    reference: Callable[[np.ndarray], np.ndarray],
+    candidate: Callable[[np.ndarray], np.ndarray],
+    spec: PreprocessSpec,
+    batch_sizes: Sequence[int],
+    *,
+    what: str,
+) -> dict[int, Parity]:
+    """Run both functions on the bundled photos at each batch size and require float32 parity.
+
+    Args:
+        reference, candidate: map an NCHW batch to logits.
+        spec: the preprocessing that turns the photos into inputs.
+        batch_sizes: each is exercised; a size above the photo count repeats the photos to fill one batch.
+        what: names the candidate in the error, e.g. "ONNX output against PyTorch".
+
+    Raises:
+        CheckFailedError: any batch size misses float32 tolerance.
+    """
+    from resnet_edge.calibration.sources import iter_batches, open_source
+
+    photos = open_source("builtin:photos")
+    images, _ = next(iter_batches(photos, spec, photos.indices()[:PARITY_IMAGES], PARITY_IMAGES))
+    results: dict[int, Parity] = {}
+    for size in batch_sizes:
+        batch = images if size <= len(images) else np.concatenate([images] * -(-size // len(images)))[:size]
+        batch = batch[: len(batch) - len(batch) % size]
+        chunks = range(0, len(batch), size)
+        expected = np.concatenate([reference(batch[i:i + size]) for i in chunks])
+        got = np.concatenate([candidate(batch[i:i + size]) for i in chunks])
+        parity = compare(expected, got)
+        results[size] = parity
+        if not parity.within_fp32_tolerance(float(np.abs(expected).max())):
+            raise CheckFailedError(
+                f"{what} differs at batch {size}: max abs error {parity.max_abs_error:.3g},"
+                f" min cosine {parity.min_cosine:.6f}, top-1 agreement {parity.top1_agreement:.1%}"
+            )
+    return results
