@@ -62,7 +62,7 @@ def _positive_or_dynamic(value: str) -> int | None:
 @click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
 @click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="Text file with one class name per line.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file. [default: ARCH.onnx]")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file. [default: model.onnx]")
 @json_option
 def export(arch, weights, num_classes, in_chans, variant, input_size, opset, batch, exporter, labels_file, output,
            as_json) -> None:
@@ -74,7 +74,7 @@ def export(arch, weights, num_classes, in_chans, variant, input_size, opset, bat
         input_size=input_size, opset=opset or DEFAULT_OPSET, batch=_positive_or_dynamic(batch),
         exporter=Exporter(exporter), labels=read_labels_file(labels_file) if labels_file else None,
     )
-    result = export_onnx(options, output or Path(f"{arch or 'model'}.onnx"))
+    result = export_onnx(options, output or Path("model.onnx"))
     if as_json:
         return render.emit_json(result)
     click.echo(f"wrote {result.output} ({render.size(result.file_bytes)}): {result.arch} ({result.variant}),"

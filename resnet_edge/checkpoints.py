@@ -16,9 +16,12 @@ from pathlib import Path
 import torch
 
 from resnet_edge.artifacts import require_file, sha256_file
-from resnet_edge.errors import CheckpointError, InputFileError
+from resnet_edge.errors import CheckpointError, InputFileError, OptionError
 from resnet_edge.models import ResNet, Variant, create_model
 
+BUILTIN_DIGITS_WEIGHTS = Path(__file__).resolve().parent / "data" / "digits_resnet20.safetensors"
+# Checkpoints shipped in the package, by the name a user types for --weights.
+BUILTIN_WEIGHTS = {"builtin:digits-resnet20": BUILTIN_DIGITS_WEIGHTS}
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 _PREFIXES = ("module.", "_orig_mod.")
 _KEYS_SHOWN = 3  # how many keys of each kind a mismatch message names
@@ -37,13 +40,28 @@ class LoadedModel:
     checkpoint_sha256: str | None
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def resolve_weights(weights: Path | str) -> Path:
+    """A checkpoint path, with ``builtin:NAME`` resolved to the file shipped in the package.
+
+    Raises:
+        OptionError: an unknown built-in name.
+        InputFileError: the file is missing or empty.
+    """
+    text = str(weights)
+    if text.startswith("builtin:"):
+        if text not in BUILTIN_WEIGHTS:
+            raise OptionError(f"unknown built-in weights {text!r}; choose one of: {', '.join(BUILTIN_WEIGHTS)}")
+        return require_file(BUILTIN_WEIGHTS[text], what="built-in checkpoint")
+    return require_file(text, what="checkpoint")
+
+
+def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file, unwrapped and with wrapper prefixes removed.
 
     Raises:
         InputFileError: the file is missing, empty, truncated, not a checkpoint, or holds no tensors.
     """
-    path = require_file(path, what="checkpoint")
+    path = resolve_weights(path)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -126,7 +144,7 @@ def infer_in_chans(state: dict[str, torch.Tensor]) -> int | None:
 def build_model(
     arch: str,
     *,
-    weights: Path | None = None,
+    weights: Path | str | None = None,
     num_classes: int | None = None,
     in_chans: int | None = None,
     variant: Variant | str = Variant.RESIDUAL,
@@ -142,6 +160,7 @@ def build_model(
         InputFileError: unreadable checkpoint.
         CheckpointError: the checkpoint does not fit.
     """
+    weights = resolve_weights(weights) if weights is not None else None
     state = read_state_dict(weights) if weights is not None else None
     if state is not None:
         num_classes = num_classes if num_classes is not None else infer_num_classes(state)
@@ -163,12 +182,12 @@ def build_model(
     )
 
 
-def read_checkpoint_metadata(path: Path) -> dict[str, str]:
+def read_checkpoint_metadata(path: Path | str) -> dict[str, str]:
     """The string metadata a ``.safetensors`` checkpoint carries (arch, preprocessing, labels, ...), else {}.
 
     resnet-edge's own trained checkpoints describe themselves this way, so exporting one needs no other option.
     """
-    path = require_file(path, what="checkpoint")
+    path = resolve_weights(path)
     if path.suffix != ".safetensors":
         return {}
     from safetensors import SafetensorError, safe_open
