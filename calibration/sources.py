@@ -302,3 +302,17 @@ def iter_batches(
     for start in range(0, len(indices), batch_size):
         samples = [source.load(i, spec) for i in indices[start:start + batch_size]]
         yield np.stack([s.tensor for s in samples]), samples
+
+
+# Built-in data sets a model can be trained on, with the splits later stages default to.
+_BUILTIN_SPLITS = {"sklearn-digits": {"calibration": "builtin:digits-calib", "evaluation": "builtin:digits-test"}}
+
+
+def default_calibration_data(dataset: str | None) -> str:
+    """Calibration images for a model trained on ``dataset``: its calibration split, else the bundled photos."""
+    return _BUILTIN_SPLITS.get(dataset or "", {}).get("calibration", "builtin:photos")
+
+
+def default_evaluation_data(dataset: str | None) -> str | None:
+    """The held-out split of a built-in data set, or None when the model was not trained on one."""
+    return _BUILTIN_SPLITS.get(dataset or "", {}).get("evaluation")

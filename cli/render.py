@@ -65,7 +65,7 @@ def ops_line(counts: dict[str, int]) -> str:
 def install_warning_printer() -> None:
     """Show resnet-edge's warnings as ``warning: ...`` lines on stderr; silence other libraries' chatter."""
     warnings.filterwarnings("ignore")
-    warnings.filterwarnings("always", category=ResnetEdgeWarning)
+    warnings.filterwarnings("default", category=ResnetEdgeWarning)
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ARG001 (stdlib hook)
         print(f"warning: {message}", file=sys.stderr)

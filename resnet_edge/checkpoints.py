@@ -9,6 +9,7 @@ is one line naming the first missing, unexpected and mis-shaped keys.
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,11 +73,16 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
             raise InputFileError(f"{path}: not a readable safetensors file ({exc})") from None
     else:
         try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch warns about pickle protocols before failing on them
+                raw = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            # weights_only refuses pickled code; say so instead of quoting torch's page-long advice.
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputFileError(f"{path}: refused, not a plain tensor checkpoint ({first[:160]})") from None
+            # Garbage and pickled code look alike to the safe unpickler; quote its verdict, not its page of advice.
+            detail = str(exc).rpartition("WeightsUnpickler error:")[2].strip().splitlines()
+            reason = detail[0].strip() if detail and detail[0].strip() else "unreadable pickle"
+            raise InputFileError(
+                f"{path}: not a plain tensor checkpoint, torch.load(weights_only=True) refused it ({reason[:120]})"
+            ) from None
         except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputFileError(f"{path}: not a readable PyTorch checkpoint ({first[:160]})") from None

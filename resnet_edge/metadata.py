@@ -14,6 +14,7 @@ import onnx
 
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.errors import InputFileError, ResnetEdgeWarning
+from resnet_edge.onnx_graph import graph_input
 
 PRODUCER = "resnet-edge"
 # Keys holding JSON; everything else is a plain string.
@@ -100,9 +101,7 @@ def read_record(model: onnx.ModelProto, key: str) -> dict | None:
 
 def static_input_shape(model: onnx.ModelProto) -> tuple[int | None, ...]:
     """The first graph input's shape; None for a symbolic or unknown dimension."""
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    dims = inputs[0].type.tensor_type.shape.dim
+    dims = graph_input(model).type.tensor_type.shape.dim
     return tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
 
 

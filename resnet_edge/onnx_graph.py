@@ -16,6 +16,12 @@ QUANTIZED_OPS = frozenset({
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
 
 
+def graph_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    """The model's first real input (old exporters also list initializers as graph inputs)."""
+    initializers = {init.name for init in model.graph.initializer}
+    return next(i for i in model.graph.input if i.name not in initializers)
+
+
 def count_ops(model: onnx.ModelProto) -> dict[str, int]:
     """Number of nodes of each op type, most frequent first."""
     return dict(Counter(node.op_type for node in model.graph.node).most_common())

@@ -1,0 +1,328 @@
+"""Latency you can trust: several models (and PyTorch eager) timed side by side in one run.
+
+Method (see ../shared/MEASURED.md): all models of one provider and batch size are timed round-robin, one call
+each per round with the starting model rotating, so machine drift hits them alike; worker threads do not spin
+between calls, or an idle session steals the cores of the running one; warm-up rounds come first and cold start
+(session creation and first inference) is reported apart. Inputs are real preprocessed images. On CUDA, inputs
+and outputs stay on the device through I/O binding, so host-device copies are excluded from every row alike.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from resnet_edge.artifacts import load_onnx, sha256_file
+from resnet_edge.calibration.preprocess import PreprocessSpec
+from resnet_edge.calibration.sources import default_evaluation_data, iter_batches, open_source
+from resnet_edge.environment import Environment, collect_environment
+from resnet_edge.errors import OptionError, ResnetEdgeWarning
+from resnet_edge.metadata import preprocessing_for, read_metadata, static_input_shape
+from resnet_edge.runtime import Provider, Session, open_session
+
+NOISY_CV = 0.15  # a coefficient of variation above this means the machine was too busy to trust the row
+MIN_ITERATIONS = 5  # a --duration run still times every model at least this often
+DEFAULT_WARMUP = 10
+DEFAULT_ITERATIONS = 100
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Warm latency of one model at one batch size, in milliseconds per call."""
+
+    iterations: int
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    throughput: float  # images per second: batch / mean latency
+    samples_ms: list[float] = field(repr=False, default_factory=list)
+
+    @property
+    def cv(self) -> float:
+        return self.std_ms / self.mean_ms if self.mean_ms > 0 else float("nan")
+
+    @property
+    def noisy(self) -> bool:
+        return self.cv > NOISY_CV
+
+
+def latency_stats(seconds: Sequence[float], batch: int) -> LatencyStats:
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return LatencyStats(
+        iterations=len(ms), mean_ms=float(ms.mean()), std_ms=float(ms.std()), min_ms=float(ms.min()),
+        p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99), max_ms=float(ms.max()),
+        throughput=float(batch / (ms.mean() / 1e3)), samples_ms=[float(v) for v in ms],
+    )
+
+
+def time_interleaved(
+    runners: Sequence[Callable[[], object]],
+    *,
+    warmup: int,
+    iterations: int | None,
+    duration_s: float | None = None,
+    on_round: Callable[[], object] | None = None,
+) -> list[list[float]]:
+    """Call each runner once per round, round-robin with a rotating start; seconds per call, per runner.
+
+    Runs ``iterations`` timed rounds, or rounds until ``duration_s`` has passed (at least MIN_ITERATIONS).
+    """
+    for _ in range(warmup):
+        for run in runners:
+            run()
+    times: list[list[float]] = [[] for _ in runners]
+    started = time.perf_counter()
+    round_index = 0
+    while True:
+        if iterations is not None and round_index >= iterations:
+            break
+        if duration_s is not None and round_index >= MIN_ITERATIONS and time.perf_counter() - started >= duration_s:
+            break
+        n = len(runners)
+        for k in range(n):
+            i = (round_index + k) % n  # rotate who goes first: no runner always follows the same neighbour
+            t0 = time.perf_counter()
+            runners[i]()
+            times[i].append(time.perf_counter() - t0)
+        round_index += 1
+        if on_round is not None:
+            on_round()
+    return times
+
+
+@dataclass(frozen=True)
+class BenchmarkOptions:
+    """How to benchmark.
+
+    Attributes:
+        providers: each model is timed on each provider.
+        batch_sizes: each model is timed at each batch size, all in one session per model and provider.
+        threads: intra-op threads for onnxruntime and PyTorch; all logical cores when None (recorded either way).
+        warmup: untimed rounds before timing.
+        iterations: timed rounds; or None with ``duration_s``.
+        duration_s: time each provider and batch for this long instead of a fixed count.
+        torch_reference: also time PyTorch eager: an arch name (fresh weights) or a checkpoint.
+        strict_ep: a missing provider is an error instead of a CPU fallback.
+        data: images to time on (default: the model's built-in test split, else the bundled photos).
+    """
+
+    providers: tuple[Provider, ...] = (Provider.CPU,)
+    batch_sizes: tuple[int, ...] = (1,)
+    threads: int | None = None
+    warmup: int = DEFAULT_WARMUP
+    iterations: int | None = DEFAULT_ITERATIONS
+    duration_s: float | None = None
+    torch_reference: str | None = None
+    strict_ep: bool = False
+    data: str | None = None
+
+
+@dataclass(frozen=True)
+class BenchmarkRow:
+    model: str  # a label: the file name, or "pytorch"
+    path: str | None
+    provider: str  # requested
+    ran_on: str  # the provider the session really used
+    providers_used: list[str]
+    batch: int
+    cold_start_ms: float | None  # session creation + first inference, once per model and provider
+    latency: LatencyStats | None  # None when skipped
+    p50_ratio: float | None = None  # this row's p50 / the first model's p50 at the same provider and batch
+    speedup: float | None = None  # the first model's p50 / this row's p50
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    rows: list[BenchmarkRow]
+    options: BenchmarkOptions
+    threads: int
+    environment: Environment
+    file_sha256: dict[str, str]
+    io: dict[str, str]  # per provider: what the timing includes
+
+
+def benchmark_models(
+    models: Sequence[Path | str],
+    options: BenchmarkOptions = BenchmarkOptions(),
+    *,
+    progress: Callable[[int], object] | None = None,
+) -> BenchmarkResult:
+    """Time ``models`` (and optionally PyTorch eager) side by side on each provider and batch size.
+
+    Args:
+        models: ONNX files; ratios are taken against the first.
+        progress: called with the number of timed rounds done (a progress bar's update).
+
+    Raises:
+        OptionError: no models, a bad batch size, iteration count, duration or thread count.
+        InputFileError: a model cannot be read or loaded.
+        ProviderError: ``strict_ep`` and a provider is missing.
+    """
+    _check_options(models, options)
+    threads = options.threads or default_threads()
+    protos = {str(m): load_onnx(m) for m in models}
+    specs = {name: preprocessing_for(proto, source=name) for name, proto in protos.items()}
+    fixed = {name: static_input_shape(proto)[0] for name, proto in protos.items()}
+    torch_runner = _torch_reference(options.torch_reference, protos, threads) if options.torch_reference else None
+    rows: list[BenchmarkRow] = []
+    io: dict[str, str] = {}
+    for provider in options.providers:
+        sessions: dict[str, Session] = {}
+        cold: dict[str, float] = {}
+        for name, proto in protos.items():
+            first_input = _images(specs[name], fixed[name] or options.batch_sizes[0], options.data, protos[name])
+            t0 = time.perf_counter()
+            session = open_session(proto, provider, strict=options.strict_ep, threads=threads, spinning=False)
+            session.run(first_input)
+            cold[name] = (time.perf_counter() - t0) * 1e3
+            sessions[name] = session
+        io[provider.value] = (
+            "inputs and outputs bound on the GPU (copies excluded)"
+            if any(s.ran_on == "cuda" for s in sessions.values()) else "host memory"
+        )
+        for batch in options.batch_sizes:
+            labels, runners, skipped = [], [], []
+            for name, session in sessions.items():
+                if fixed[name] is not None and fixed[name] != batch:
+                    skipped.append(BenchmarkRow(
+                        model=Path(name).name, path=name, provider=provider.value, ran_on=session.ran_on,
+                        providers_used=session.providers_used, batch=batch, cold_start_ms=None, latency=None,
+                        skipped=f"model has a fixed batch of {fixed[name]}",
+                    ))
+                    continue
+                labels.append(name)
+                runners.append(_onnx_runner(session, _images(specs[name], batch, options.data, protos[name])))
+            if torch_runner is not None and provider is Provider.CPU:
+                labels.append("pytorch")
+                first_spec = next(iter(specs.values()))
+                runners.append(torch_runner(_images(first_spec, batch, options.data, next(iter(protos.values())))))
+            times = time_interleaved(runners, warmup=options.warmup, iterations=options.iterations,
+                                     duration_s=options.duration_s, on_round=(lambda: progress(1)) if progress else None)
+            stats = {label: latency_stats(t, batch) for label, t in zip(labels, times)}
+            first = stats[labels[0]].p50_ms if labels and labels[0] == str(models[0]) else None
+            for label in labels:
+                s = stats[label]
+                session = sessions.get(label)
+                rows.append(BenchmarkRow(
+                    model="pytorch" if label == "pytorch" else Path(label).name,
+                    path=None if label == "pytorch" else label,
+                    provider=provider.value,
+                    ran_on=session.ran_on if session else "cpu",
+                    providers_used=session.providers_used if session else ["torch eager (CPU)"],
+                    batch=batch,
+                    cold_start_ms=cold.get(label),
+                    latency=s,
+                    p50_ratio=s.p50_ms / first if first else None,
+                    speedup=first / s.p50_ms if first else None,
+                ))
+                if s.noisy:
+                    warnings.warn(
+                        f"{Path(label).name} on {provider.value} at batch {batch} varied by {s.cv:.0%} (CV);"
+                        " the machine was busy, treat these numbers with care", ResnetEdgeWarning, stacklevel=2)
+            rows.extend(skipped)
+    return BenchmarkResult(
+        rows=rows, options=options, threads=threads, environment=collect_environment(),
+        file_sha256={str(m): sha256_file(m) for m in models}, io=io,
+    )
+
+
+def _check_options(models: Sequence[Path | str], options: BenchmarkOptions) -> None:
+    if not models:
+        raise OptionError("give at least one model to benchmark")
+    if not options.batch_sizes or any(b < 1 for b in options.batch_sizes):
+        raise OptionError(f"batch sizes must be at least 1, got {list(options.batch_sizes)}")
+    if options.iterations is None and options.duration_s is None:
+        raise OptionError("give an iteration count or a duration")
+    if options.iterations is not None and options.iterations < 1:
+        raise OptionError(f"iterations must be at least 1, got {options.iterations}")
+    if options.duration_s is not None and options.duration_s <= 0:
+        raise OptionError(f"duration must be positive, got {options.duration_s}")
+    if options.warmup < 0:
+        raise OptionError(f"warmup must be 0 or more, got {options.warmup}")
+    if options.threads is not None and options.threads < 1:
+        raise OptionError(f"threads must be at least 1, got {options.threads}")
+
+
+def default_threads() -> int:
+    """Every core this process may run on: the thread count used when none is given (and recorded)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+_image_cache: dict[tuple, np.ndarray] = {}
+
+
+def _images(spec: PreprocessSpec, batch: int, data: str | None, proto: object) -> np.ndarray:
+    """A batch of real preprocessed images (repeated when the set is smaller than the batch)."""
+    source_name = data or default_timing_data(proto)
+    key = (spec.to_json(), source_name)
+    if key not in _image_cache:
+        source = open_source(source_name)
+        indices = source.indices()[:64]
+        _image_cache[key] = np.concatenate([b for b, _ in iter_batches(source, spec, indices, 16)])
+    pool = _image_cache[key]
+    reps = -(-batch // len(pool))
+    return np.ascontiguousarray(np.concatenate([pool] * reps)[:batch])
+
+
+def default_timing_data(proto: object) -> str:
+    """The model's built-in held-out split when it was trained on built-in data, else the bundled photos."""
+    return default_evaluation_data(read_metadata(proto).dataset) or "builtin:photos"
+
+
+def _onnx_runner(session: Session, batch: np.ndarray) -> Callable[[], object]:
+    if session.ran_on != "cuda":
+        feed = {session.input_name: batch}
+        return lambda: session.session.run([session.output_name], feed)
+    import onnxruntime as ort
+
+    binding = session.session.io_binding()
+    binding.bind_ortvalue_input(session.input_name, ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0))
+    binding.bind_output(session.output_name, "cuda")
+
+    def run() -> None:
+        session.session.run_with_iobinding(binding)  # returns after the device has finished (synchronised)
+
+    return run
+
+
+def _torch_reference(reference: str, protos: dict, threads: int) -> Callable[[np.ndarray], Callable[[], object]]:
+    """A factory of PyTorch eager runners for the reference model: an arch name or a checkpoint."""
+    import torch
+
+    from resnet_edge.checkpoints import build_model, read_checkpoint_metadata
+    from resnet_edge.models import list_models
+
+    first = read_metadata(next(iter(protos.values())))
+    if reference in list_models():
+        loaded = build_model(reference, num_classes=first.num_classes, in_chans=first.in_chans or 3,
+                             variant=first.variant or "residual")
+    else:
+        arch = read_checkpoint_metadata(reference).get("arch") or first.arch
+        if arch is None:
+            raise OptionError(f"cannot tell the arch of {reference}; pass --torch ARCH or export with resnet-edge")
+        loaded = build_model(arch, weights=reference, variant=first.variant or "residual")
+    torch.set_num_threads(threads)
+    model = loaded.model
+
+    def make(batch: np.ndarray) -> Callable[[], object]:
+        x = torch.from_numpy(batch)
+
+        def run() -> object:
+            with torch.inference_mode():
+                return model(x)
+
+        return run
+
+    return make

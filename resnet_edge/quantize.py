@@ -1,0 +1,498 @@
+"""Static INT8 quantization with onnxruntime, configured per target by measurement.
+
+Defaults by measurement (ResNet-50, batch 1, 2 threads, this project's CPU: Xeon with AVX-512 VNNI and AMX,
+onnxruntime 1.32; ``benchmarks/int8_configs.py`` reproduces it): onnxruntime's own defaults (QDQ, signed int8
+activations) ran no faster than FP32, per-channel even slower, while unsigned activations with signed per-channel
+weights ran about 3x faster. So ``x86-vnni`` uses U8S8 per-channel QDQ. Without VNNI, onnxruntime's guidance adds
+``reduce_range`` (7-bit weights) against the saturation of the U8S8 AVX2 instruction. ARM and TensorRT targets follow
+onnxruntime's and NVIDIA's guidance (symmetric signed int8), not measured here.
+
+Calibration streams: images are fed to onnxruntime's calibrator in chunks and the collected ranges or histograms are
+merged chunk by chunk, so memory does not grow with the number of images (onnxruntime's ``quantize_static`` keeps
+every intermediate output of every image for the histogram methods). The ranges then reach ``quantize_static``
+through its calibration cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import io
+import json
+import logging
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from resnet_edge import __version__
+from resnet_edge.artifacts import atomic_output, load_onnx, require_writable_destination, sha256_file
+from resnet_edge.calibration.preprocess import PreprocessSpec
+from resnet_edge.calibration.reader import ImageCalibrationReader
+from resnet_edge.calibration.sources import (
+    ImageSource,
+    default_calibration_data,
+    default_evaluation_data,
+    iter_batches,
+    open_source,
+)
+from resnet_edge.environment import cpu_info
+from resnet_edge.errors import CheckFailedError, InputFileError, OptionError, ResnetEdgeWarning
+from resnet_edge.metadata import QUANTIZATION_KEY, preprocessing_for, read_metadata, read_props, static_input_shape, write_props
+from resnet_edge.onnx_graph import COMPUTE_OPS, graph_input, is_quantized, module_path
+from resnet_edge.parity import Accuracy, Parity, accuracy, compare
+from resnet_edge.runtime import open_session
+
+SMALL_CALIBRATION_SET = 100  # below this many images, ranges are estimated from too few samples: warn
+CALIBRATION_CHUNK = 16  # images per calibrator pass; bounds memory (ResNet-50 keeps ~45 MB of activations/image)
+CALIBRATION_BATCH = 8
+HELD_OUT_EVERY = 4  # with one source for both, every 4th image is held out for evaluation, never calibrated on
+SPEED_ITERATIONS = 30
+
+
+class Target(str, enum.Enum):
+    AUTO = "auto"
+    X86_VNNI = "x86-vnni"
+    X86_AVX2 = "x86-avx2"
+    ARM64 = "arm64"
+    GPU_TENSORRT = "gpu-tensorrt"
+
+
+class Method(str, enum.Enum):
+    MINMAX = "minmax"
+    ENTROPY = "entropy"
+    PERCENTILE = "percentile"
+
+
+class Format(str, enum.Enum):
+    QDQ = "qdq"
+    QOPERATOR = "qoperator"
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """A resolved quantization configuration and why it was chosen."""
+
+    target: Target
+    format: Format
+    activation_type: str  # "uint8" or "int8"
+    weight_type: str
+    per_channel: bool
+    reduce_range: bool
+    symmetric_activations: bool
+    reason: str
+
+
+_TARGETS: dict[Target, QuantConfig] = {
+    Target.X86_VNNI: QuantConfig(
+        Target.X86_VNNI, Format.QDQ, "uint8", "int8", per_channel=True, reduce_range=False,
+        symmetric_activations=False,
+        reason="U8S8 per-channel QDQ: ~3x faster than FP32 on AVX-512 VNNI; signed activations were no faster",
+    ),
+    Target.X86_AVX2: QuantConfig(
+        Target.X86_AVX2, Format.QDQ, "uint8", "int8", per_channel=True, reduce_range=True,
+        symmetric_activations=False,
+        reason="U8S8 with 7-bit weights (reduce_range): avoids the 16-bit saturation of AVX2's u8s8 multiply-add",
+    ),
+    Target.ARM64: QuantConfig(
+        Target.ARM64, Format.QDQ, "int8", "int8", per_channel=True, reduce_range=False,
+        symmetric_activations=True,
+        reason="S8S8 symmetric QDQ, onnxruntime's guidance for ARM cores (not measured here)",
+    ),
+    Target.GPU_TENSORRT: QuantConfig(
+        Target.GPU_TENSORRT, Format.QDQ, "int8", "int8", per_channel=True, reduce_range=False,
+        symmetric_activations=True,
+        reason="symmetric int8 QDQ with per-channel weights, the form TensorRT builds INT8 engines from",
+    ),
+}
+
+
+def detect_target() -> Target:
+    """The CPU target of this machine: x86 with or without VNNI, or 64-bit ARM."""
+    cpu = cpu_info()
+    if cpu.architecture in ("aarch64", "arm64"):
+        return Target.ARM64
+    return Target.X86_VNNI if cpu.has_vnni else Target.X86_AVX2
+
+
+def resolve_config(target: Target, *, per_channel: bool | None = None, format: Format | None = None) -> QuantConfig:
+    """The configuration for ``target`` (``auto``: this machine's), with explicit choices overriding it."""
+    base = _TARGETS[detect_target() if target is Target.AUTO else target]
+    changes: dict[str, object] = {}
+    if per_channel is not None and per_channel != base.per_channel:
+        changes["per_channel"] = per_channel
+    if format is not None and format != base.format:
+        changes["format"] = format
+    if not changes:
+        return base
+    overridden = ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in changes.items())
+    return QuantConfig(**(asdict(base) | changes | {"reason": f"{base.reason}; overridden: {overridden}"}))
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """How to quantize.
+
+    Attributes:
+        calib: calibration images (folder, .npy/.npz, builtin:NAME); default: the model's built-in calibration
+            split, else the bundled photos.
+        eval_data: held-out images to judge INT8 against FP32; default: the model's built-in test split, else the
+            calibration source's held-out quarter. Images also used for calibration are always dropped (by hash).
+        method: minmax, entropy or percentile calibration.
+        per_channel, format: override the target's choice when set.
+        target: auto (this machine), x86-vnni, x86-avx2, arm64 or gpu-tensorrt.
+        exclude: node names or module paths (``layer1.0``, ``fc``) to keep in FP32.
+        limit: calibrate on this many images, drawn with ``seed``.
+        measure_speed: time FP32 against INT8 (batch 1, CPU) after quantizing.
+        config: a fully explicit configuration, overriding target, per_channel and format (for benchmarks).
+    """
+
+    calib: str | None = None
+    eval_data: str | None = None
+    method: Method = Method.MINMAX
+    per_channel: bool | None = None
+    format: Format | None = None
+    target: Target = Target.AUTO
+    exclude: tuple[str, ...] = ()
+    limit: int | None = None
+    seed: int = 0
+    measure_speed: bool = True
+    config: QuantConfig | None = None
+
+
+@dataclass(frozen=True)
+class SpeedComparison:
+    fp32_p50_ms: float
+    int8_p50_ms: float
+    iterations: int
+    threads: int
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_p50_ms / self.int8_p50_ms
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    output: Path
+    sidecar: Path
+    config: QuantConfig
+    method: str
+    calibration_source: str
+    calibration_images: int
+    skipped_files: int
+    evaluation_source: str
+    evaluation_images: int
+    overlap_excluded: int
+    parity: Parity  # INT8 against FP32 on the held-out images
+    fp32_accuracy: Accuracy | None
+    int8_accuracy: Accuracy | None
+    quantized_nodes: int
+    fp32_nodes: list[str]  # compute nodes left in FP32 (excluded ones)
+    bytes_before: int
+    bytes_after: int
+    speed: SpeedComparison | None
+    seconds: float
+    record: dict = field(repr=False)
+
+    @property
+    def top1_drop_points(self) -> float | None:
+        """Labelled top-1 accuracy lost, in percentage points (negative: INT8 did better)."""
+        if self.fp32_accuracy is None or self.int8_accuracy is None:
+            return None
+        return 100.0 * (self.fp32_accuracy.top1 - self.int8_accuracy.top1)
+
+
+def quantize_onnx(
+    model_path: Path | str,
+    output: Path | str,
+    options: QuantizeOptions = QuantizeOptions(),
+    *,
+    progress: bool = False,
+) -> QuantizeResult:
+    """Quantize an FP32 model to INT8 from calibration images, and judge it on held-out images.
+
+    Writes ``output`` and a JSON sidecar ``output + ".json"`` with the calibration record, both atomically.
+
+    Raises:
+        InputFileError: unreadable or already quantized model, unusable data, unwritable output.
+        OptionError: bad limit, unknown node to exclude.
+        CheckFailedError: a compute node that was not excluded stayed FP32.
+    """
+    started = time.perf_counter()
+    model_path = Path(model_path)
+    fp32 = load_onnx(model_path)
+    output = require_writable_destination(output)
+    sidecar = require_writable_destination(Path(f"{output}.json"))
+    if is_quantized(fp32):
+        raise InputFileError(f"{model_path} is already quantized; quantize the FP32 (simplified) model")
+    spec = preprocessing_for(fp32, source=str(model_path))
+    meta = read_metadata(fp32)
+    config = options.config or resolve_config(options.target, per_channel=options.per_channel, format=options.format)
+    calib_source, calib_indices, eval_source, eval_indices = _choose_images(options, meta.dataset)
+    if len(calib_indices) < SMALL_CALIBRATION_SET:
+        warnings.warn(f"calibrating on only {len(calib_indices)} images; {SMALL_CALIBRATION_SET} or more give"
+                      " steadier ranges", ResnetEdgeWarning, stacklevel=2)
+    batch = static_input_shape(fp32)[0] or CALIBRATION_BATCH
+
+    with tempfile.TemporaryDirectory(prefix="resnet-edge-quantize-") as tmp:
+        prepped_path = Path(tmp, "prepped.onnx")
+        with _quiet():
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            quant_pre_process(fp32, str(prepped_path))
+        prepped = onnx.load(str(prepped_path))
+        excluded = resolve_exclusions(prepped, options.exclude)
+        seen = _calibrate(prepped_path, Path(tmp), calib_source, spec, calib_indices, config, options.method,
+                          batch=batch, progress=progress)
+        int8_path = Path(tmp, "int8.onnx")
+        _quantize_static(prepped_path, int8_path, Path(tmp, "ranges.json"), config, options.method, excluded)
+        int8 = onnx.load(str(int8_path))
+
+    fp32_kept = check_coverage(prepped, int8, excluded)
+    quantized_nodes = sum(n.op_type in COMPUTE_OPS for n in prepped.graph.node) - len(fp32_kept)
+    evaluation = evaluate_against(fp32, int8, eval_source, eval_indices, spec, exclude_hashes=set(seen.values()))
+    speed = compare_speed(fp32, int8, evaluation.first_image) if options.measure_speed else None
+
+    record = {
+        "target": config.target.value,
+        "target_requested": options.target.value,
+        "format": config.format.value,
+        "activation_type": config.activation_type,
+        "weight_type": config.weight_type,
+        "per_channel": config.per_channel,
+        "reduce_range": config.reduce_range,
+        "symmetric_activations": config.symmetric_activations,
+        "reason": config.reason,
+        "method": options.method.value,
+        "calibration": {
+            "source": calib_source.name, "images": len(seen), "limit": options.limit, "seed": options.seed,
+            "batch": batch, "files": [{"id": k, "sha256": v} for k, v in seen.items()],
+        },
+        "evaluation": {"source": eval_source.name, "images": evaluation.images,
+                       "overlap_excluded": evaluation.overlap_excluded},
+        "excluded_nodes": sorted(excluded),
+        "fp32_nodes": fp32_kept,
+        "source_model_sha256": sha256_file(model_path),
+        "cpu": {"model": cpu_info().model, **cpu_info().features},
+        "versions": _versions(),
+    }
+    write_props(int8, read_props(fp32) | {QUANTIZATION_KEY: json.dumps(record, sort_keys=True)})
+    data = int8.SerializeToString()
+    onnx.checker.check_model(int8, full_check=True)
+    with atomic_output(output) as tmp_model, atomic_output(sidecar) as tmp_sidecar:
+        tmp_model.write_bytes(data)
+        tmp_sidecar.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+    return QuantizeResult(
+        output=output, sidecar=sidecar, config=config, method=options.method.value,
+        calibration_source=calib_source.name, calibration_images=len(seen), skipped_files=calib_source.skipped,
+        evaluation_source=eval_source.name, evaluation_images=evaluation.images,
+        overlap_excluded=evaluation.overlap_excluded, parity=evaluation.parity,
+        fp32_accuracy=evaluation.fp32_accuracy, int8_accuracy=evaluation.int8_accuracy,
+        quantized_nodes=quantized_nodes, fp32_nodes=fp32_kept,
+        bytes_before=model_path.stat().st_size, bytes_after=len(data), speed=speed,
+        seconds=time.perf_counter() - started, record=record,
+    )
+
+
+def _choose_images(
+    options: QuantizeOptions, dataset: str | None
+) -> tuple[ImageSource, list[int], ImageSource, list[int]]:
+    calib_name = options.calib or default_calibration_data(dataset)
+    eval_name = options.eval_data or (default_evaluation_data(dataset) if not options.calib else None)
+    calib = open_source(calib_name)
+    if eval_name is None or eval_name == calib_name:
+        # One source for both: hold out every HELD_OUT_EVERY-th image for evaluation, calibrate on the rest.
+        held_out = list(range(HELD_OUT_EVERY - 1, len(calib), HELD_OUT_EVERY))
+        if not held_out or len(held_out) == len(calib):
+            raise InputFileError(f"{calib.name}: {len(calib)} images are too few to calibrate and also evaluate")
+        return calib, calib.indices(limit=options.limit, seed=options.seed, exclude=held_out), calib, held_out
+    evaluation = open_source(eval_name)
+    return calib, calib.indices(limit=options.limit, seed=options.seed), evaluation, evaluation.indices()
+
+
+def resolve_exclusions(model: onnx.ModelProto, requested: Sequence[str]) -> list[str]:
+    """Node names for ``requested`` node names or module paths (``layer1.0`` names every node of that block).
+
+    Raises:
+        OptionError: a name matches no node.
+    """
+    names = [n.name for n in model.graph.node]
+    chosen: list[str] = []
+    for item in requested:
+        matches = [n for n in names if n == item or _in_module(n, item)]
+        if not matches:
+            examples = ", ".join(n for n in names if n)[:160]
+            raise OptionError(f"--exclude {item!r} matches no node; give a node name or module path, e.g. {examples}")
+        chosen.extend(m for m in matches if m not in chosen)
+    return chosen
+
+
+def _in_module(node_name: str, module: str) -> bool:
+    path = module_path(node_name)
+    return path is not None and (path == module or path.startswith(module + "."))
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence onnxruntime.quantization's prints and root-logger warnings (we report what matters ourselves)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _calibrate(
+    prepped_path: Path, tmp: Path, source: ImageSource, spec: PreprocessSpec, indices: list[int],
+    config: QuantConfig, method: Method, *, batch: int, progress: bool,
+) -> dict[str, str]:
+    """Collect activation ranges chunk by chunk into ``tmp/ranges.json``; returns the images used (id -> sha256)."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    from tqdm import tqdm
+
+    ort_method = {Method.MINMAX: CalibrationMethod.MinMax, Method.ENTROPY: CalibrationMethod.Entropy,
+                  Method.PERCENTILE: CalibrationMethod.Percentile}[method]
+    with _quiet():
+        calibrator = create_calibrator(
+            prepped_path, None, augmented_model_path=str(tmp / "augmented.onnx"), calibrate_method=ort_method,
+            extra_options={"symmetric": config.symmetric_activations},
+        )
+    seen: dict[str, str] = {}
+    chunk = max(batch, CALIBRATION_CHUNK - CALIBRATION_CHUNK % batch)
+    with tqdm(total=len(indices), desc=f"calibrating ({method.value})", unit="img", disable=not progress,
+              leave=False) as bar:
+        for start in range(0, len(indices), chunk):
+            reader = ImageCalibrationReader(source, spec, indices[start:start + chunk],
+                                            input_name=graph_input(calibrator.model).name, batch_size=batch,
+                                            on_batch=bar.update)
+            with _quiet():
+                calibrator.collect_data(reader)
+            seen.update(reader.seen)
+    with _quiet():
+        save_tensors_data(calibrator.compute_data(), tmp / "ranges.json")
+    return seen
+
+
+def _quantize_static(
+    prepped: Path, output: Path, ranges: Path, config: QuantConfig, method: Method, excluded: list[str]
+) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    with _quiet():
+        quantize_static(
+            model_input=str(prepped),
+            model_output=str(output),
+            calibration_data_reader=None,  # ranges come from the cache our streaming calibration wrote
+            calibration_cache_path=str(ranges),
+            quant_format=QuantFormat.QDQ if config.format is Format.QDQ else QuantFormat.QOperator,
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            activation_type=types[config.activation_type],
+            weight_type=types[config.weight_type],
+            nodes_to_exclude=excluded,
+            calibrate_method={Method.MINMAX: CalibrationMethod.MinMax, Method.ENTROPY: CalibrationMethod.Entropy,
+                              Method.PERCENTILE: CalibrationMethod.Percentile}[method],
+            extra_options={"ActivationSymmetric": config.symmetric_activations, "WeightSymmetric": True},
+        )
+
+
+def check_coverage(prepped: onnx.ModelProto, int8: onnx.ModelProto, excluded: Sequence[str]) -> list[str]:
+    """Compute nodes (Conv, Gemm, MatMul) still in FP32 after quantization; all of them must be excluded ones.
+
+    Raises:
+        CheckFailedError: a compute node that was not excluded stayed FP32.
+    """
+    producers = {out: node.op_type for node in int8.graph.node for out in node.output}
+    int8_nodes = {node.name: node for node in int8.graph.node}
+    fp32 = []
+    for node in prepped.graph.node:
+        if node.op_type not in COMPUTE_OPS:
+            continue
+        after = int8_nodes.get(node.name)
+        if after is not None and after.op_type == node.op_type and producers.get(after.input[0]) != "DequantizeLinear":
+            fp32.append(node.name)
+    unexpected = [n for n in fp32 if n not in set(excluded)]
+    if unexpected:
+        raise CheckFailedError(f"{len(unexpected)} compute node(s) were not quantized: {', '.join(unexpected[:3])}")
+    return fp32
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    images: int
+    overlap_excluded: int
+    parity: Parity
+    fp32_accuracy: Accuracy | None
+    int8_accuracy: Accuracy | None
+    first_image: np.ndarray = field(repr=False)
+
+
+def evaluate_against(
+    fp32: onnx.ModelProto, int8: onnx.ModelProto, source: ImageSource, indices: Sequence[int], spec: PreprocessSpec,
+    *, exclude_hashes: set[str],
+) -> Evaluation:
+    """INT8 against FP32 (CPU) on held-out images, dropping any image whose hash was calibrated on.
+
+    Raises:
+        InputFileError: no held-out image is left.
+    """
+    fp32_session, int8_session = open_session(fp32), open_session(int8)
+    batch = static_input_shape(fp32)[0] or CALIBRATION_BATCH
+    ref, cand, labels = [], [], []
+    dropped = 0
+    first_image = np.empty(0)
+    for _, samples in iter_batches(source, spec, list(indices), batch):
+        kept = [s for s in samples if s.sha256 not in exclude_hashes]
+        dropped += len(samples) - len(kept)
+        if not kept:
+            continue
+        x = np.stack([s.tensor for s in kept])
+        first_image = first_image if ref else x[0]
+        if len(kept) < batch and static_input_shape(fp32)[0]:
+            x = np.concatenate([x, np.repeat(x[-1:], batch - len(kept), axis=0)])  # pad a fixed batch
+        ref.append(fp32_session.run(x)[: len(kept)])
+        cand.append(int8_session.run(x)[: len(kept)])
+        labels.extend(s.label for s in kept)
+    if not ref:
+        raise InputFileError(f"{source.name}: no held-out image left that was not used for calibration")
+    ref_logits, cand_logits = np.concatenate(ref), np.concatenate(cand)
+    labelled = all(label is not None for label in labels)
+    y = np.asarray(labels, dtype=np.int64) if labelled else None
+    return Evaluation(
+        images=len(ref_logits),
+        overlap_excluded=dropped,
+        parity=compare(ref_logits, cand_logits),
+        fp32_accuracy=accuracy(ref_logits, y) if y is not None else None,
+        int8_accuracy=accuracy(cand_logits, y) if y is not None else None,
+        first_image=first_image,
+    )
+
+
+def compare_speed(fp32: onnx.ModelProto, int8: onnx.ModelProto, image: np.ndarray) -> SpeedComparison:
+    """Median latency of FP32 and INT8 on one real image (batch 1, CPU), timed side by side."""
+    from resnet_edge.benchmark import default_threads, time_interleaved
+
+    threads = default_threads()
+    x = image[None]
+    sessions = [open_session(m, threads=threads, spinning=False) for m in (fp32, int8)]
+    times = time_interleaved([lambda s=s: s.run(x) for s in sessions], warmup=5, iterations=SPEED_ITERATIONS)
+    p50 = [float(np.median(t)) * 1e3 for t in times]
+    return SpeedComparison(fp32_p50_ms=p50[0], int8_p50_ms=p50[1], iterations=SPEED_ITERATIONS, threads=threads)
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+
+    return {"resnet-edge": __version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__}

@@ -1,0 +1,279 @@
+"""Does the ONNX model still give PyTorch's answers, on the execution provider that will run it?
+
+Every model is run on every requested provider over the same preprocessed images (the preprocessing each model
+carries), and compared with a reference: the PyTorch checkpoint, or an FP32 ONNX file. Thresholds turn the result
+into a pass or fail, so ``resnet-edge validate`` can gate a deployment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from resnet_edge.artifacts import load_onnx, sha256_file
+from resnet_edge.calibration.preprocess import PreprocessSpec
+from resnet_edge.calibration.sources import default_evaluation_data, iter_batches, open_source
+from resnet_edge.errors import InputFileError, OptionError
+from resnet_edge.metadata import ModelMetadata, preprocessing_for, read_metadata, static_input_shape
+from resnet_edge.onnx_graph import is_quantized
+from resnet_edge.parity import FP32_MAX_ABS_ERROR, FP32_RELATIVE_ERROR, Accuracy, Parity, accuracy, compare
+from resnet_edge.runtime import Provider, open_session
+
+# INT8 changes every logit a little; judge it on decisions. 99% top-1 agreement with FP32 and at most one point of
+# labelled accuracy lost are the usual acceptance bar for post-training quantization of CNN classifiers.
+INT8_MIN_AGREEMENT = 0.99
+INT8_MAX_TOP1_DROP = 1.0  # percentage points
+DEFAULT_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the models are compared with: a checkpoint (with its arch) or an FP32 ONNX file."""
+
+    checkpoint: str | None = None  # a path or builtin:NAME
+    arch: str | None = None
+    onnx: Path | None = None
+
+    def describe(self) -> str:
+        if self.onnx is not None:
+            return f"ONNX {self.onnx}"
+        return f"PyTorch {self.arch or 'arch from metadata'} {self.checkpoint}"
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    """
+    Attributes:
+        data: images (folder, .npy/.npz, builtin:NAME); default: the models' built-in test split, else the photos.
+        labels_file: labels for a folder without class sub-folders.
+        providers: each model runs on each.
+        strict_ep: a missing provider fails instead of falling back to the CPU (the row says where it ran).
+        min_agreement: top-1 agreement required of every model (default: exact for FP32, 99% for INT8).
+        max_top1_drop: labelled top-1 accuracy a model may lose, in points (default: 0 for FP32, 1 for INT8).
+        batch: inference batch size.
+    """
+
+    data: str | None = None
+    labels_file: Path | None = None
+    providers: tuple[Provider, ...] = (Provider.CPU,)
+    strict_ep: bool = False
+    min_agreement: float | None = None
+    max_top1_drop: float | None = None
+    batch: int = DEFAULT_BATCH
+
+
+@dataclass(frozen=True)
+class ValidateRow:
+    model: str
+    path: str
+    quantized: bool
+    provider: str
+    ran_on: str
+    providers_used: list[str]
+    parity: Parity
+    accuracy: Accuracy | None
+    reference_accuracy: Accuracy | None
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def fell_back(self) -> bool:
+        return self.ran_on != self.provider
+
+    @property
+    def top1_drop_points(self) -> float | None:
+        if self.accuracy is None or self.reference_accuracy is None:
+            return None
+        return 100.0 * (self.reference_accuracy.top1 - self.accuracy.top1)
+
+
+@dataclass(frozen=True)
+class ValidateResult:
+    rows: list[ValidateRow]
+    reference: str
+    data: str
+    images: int
+    labelled: bool
+    thresholds: dict[str, float | str]
+    file_sha256: dict[str, str]
+
+    @property
+    def passed(self) -> bool:
+        return all(row.passed for row in self.rows)
+
+
+def validate_models(
+    models: Sequence[Path | str], reference: Reference | None = None, options: ValidateOptions = ValidateOptions()
+) -> ValidateResult:
+    """Compare each model on each provider with the reference over the same images.
+
+    Args:
+        reference: None finds the built-in checkpoint a model was exported from (by its recorded SHA-256).
+
+    Raises:
+        OptionError: no models, no reference to be found, bad batch or thresholds.
+        InputFileError: unreadable models or data, data that does not fit a model's input.
+        CheckpointError: the reference checkpoint does not fit its arch.
+        ProviderError: ``strict_ep`` and a provider is missing.
+    """
+    if not models:
+        raise OptionError("give at least one model to validate")
+    if options.batch < 1:
+        raise OptionError(f"batch must be at least 1, got {options.batch}")
+    if options.min_agreement is not None and not 0 <= options.min_agreement <= 1:
+        raise OptionError(f"min agreement is a fraction from 0 to 1, got {options.min_agreement}")
+    protos = {str(m): load_onnx(m) for m in models}
+    first_meta = read_metadata(next(iter(protos.values())))
+    reference = reference or _builtin_reference(protos)
+    data_name = options.data or default_evaluation_data(first_meta.dataset) or "builtin:photos"
+    source = open_source(data_name, labels_file=options.labels_file, class_names=first_meta.labels)
+    indices = source.indices()
+    reference_model = _ReferenceModel(reference, first_meta)
+
+    # Models that share a preprocessing see the same tensors in one streaming pass over the data.
+    by_spec: dict[str, list[str]] = {}
+    specs: dict[str, PreprocessSpec] = {}
+    for name, proto in protos.items():
+        spec = preprocessing_for(proto, source=name)
+        _check_fits(proto, spec, name)
+        specs[spec.to_json()] = spec
+        by_spec.setdefault(spec.to_json(), []).append(name)
+
+    rows = []
+    labelled = True
+    for key, names in by_spec.items():
+        sessions = {(name, p): open_session(protos[name], p, strict=options.strict_ep)
+                    for name in names for p in options.providers}
+        expected_parts: list[np.ndarray] = []
+        got_parts: dict[tuple[str, Provider], list[np.ndarray]] = {k: [] for k in sessions}
+        labels: list[int | None] = []
+        for images, samples in iter_batches(source, specs[key], indices, options.batch):
+            expected_parts.append(reference_model(images))
+            for (name, provider), session in sessions.items():
+                got_parts[(name, provider)].append(_run(session.run, images, static_input_shape(protos[name])[0]))
+            labels.extend(s.label for s in samples)
+        expected = np.concatenate(expected_parts)
+        y = np.asarray(labels, np.int64) if all(label is not None for label in labels) else None
+        labelled = labelled and y is not None
+        ref_acc = accuracy(expected, y) if y is not None else None
+        for (name, provider), session in sessions.items():
+            got = np.concatenate(got_parts[(name, provider)])
+            quantized = is_quantized(protos[name])
+            parity = compare(expected, got)
+            acc = accuracy(got, y) if y is not None else None
+            failures = _judge(parity, acc, ref_acc, quantized, options, float(np.abs(expected).max()))
+            rows.append(ValidateRow(
+                model=Path(name).name, path=name, quantized=quantized, provider=provider.value,
+                ran_on=session.ran_on, providers_used=session.providers_used, parity=parity, accuracy=acc,
+                reference_accuracy=ref_acc, passed=not failures, failures=failures,
+            ))
+    rows.sort(key=lambda r: (list(protos).index(r.path), [p.value for p in options.providers].index(r.provider)))
+    return ValidateResult(
+        rows=rows, reference=reference.describe(), data=source.name, images=len(indices), labelled=labelled,
+        thresholds=thresholds(options), file_sha256={name: sha256_file(name) for name in protos},
+    )
+
+
+def thresholds(options: ValidateOptions) -> dict[str, float | str]:
+    return {
+        "fp32_max_abs_error": f"max({FP32_MAX_ABS_ERROR:g}, {FP32_RELATIVE_ERROR:g} x max |reference logit|)",
+        "fp32_min_agreement": options.min_agreement if options.min_agreement is not None else 1.0,
+        "int8_min_agreement": options.min_agreement if options.min_agreement is not None else INT8_MIN_AGREEMENT,
+        "int8_max_top1_drop_points": options.max_top1_drop if options.max_top1_drop is not None else INT8_MAX_TOP1_DROP,
+        "fp32_max_top1_drop_points": options.max_top1_drop if options.max_top1_drop is not None else 0.0,
+    }
+
+
+def _judge(parity: Parity, acc: Accuracy | None, ref_acc: Accuracy | None, quantized: bool,
+           options: ValidateOptions, scale: float) -> list[str]:
+    failures = []
+    if parity.non_finite:
+        failures.append(f"{parity.non_finite} outputs contain NaN or Inf")
+    limits = thresholds(options)
+    kind = "int8" if quantized else "fp32"
+    min_agreement = float(limits[f"{kind}_min_agreement"])
+    if parity.top1_agreement < min_agreement:
+        failures.append(f"top-1 agreement {parity.top1_agreement:.2%} < {min_agreement:.2%}")
+    if not quantized:
+        bound = max(FP32_MAX_ABS_ERROR, FP32_RELATIVE_ERROR * scale)
+        if not parity.max_abs_error <= bound:
+            failures.append(f"max abs logit error {parity.max_abs_error:.3g} > {bound:.3g}")
+    if acc is not None and ref_acc is not None:
+        drop = 100.0 * (ref_acc.top1 - acc.top1)
+        max_drop = float(limits[f"{kind}_max_top1_drop_points"])
+        if drop > max_drop + 1e-9:
+            failures.append(f"top-1 accuracy drop {drop:.2f} points > {max_drop:g}")
+    return failures
+
+
+def _builtin_reference(protos: dict[str, onnx.ModelProto]) -> Reference:
+    from resnet_edge.checkpoints import BUILTIN_WEIGHTS
+
+    recorded = {read_metadata(p).checkpoint_sha256 for p in protos.values()}
+    for name, path in BUILTIN_WEIGHTS.items():
+        if sha256_file(path) in recorded:
+            return Reference(checkpoint=name)
+    raise OptionError("no --reference given and the model was not exported from a built-in checkpoint;"
+                      " pass --reference CKPT (with --arch) or --reference FP32.onnx")
+
+
+def _check_fits(proto: onnx.ModelProto, spec: PreprocessSpec, name: str) -> None:
+    shape = static_input_shape(proto)
+    if len(shape) != 4 or any(d is not None and d != s for d, s in zip(shape[1:], spec.input_shape)):
+        raise InputFileError(f"{name}: input {list(shape)} does not fit the data, preprocessed to {list(spec.input_shape)}")
+
+
+def _run(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, fixed_batch: int | None) -> np.ndarray:
+    """Logits for a batch of images; a fixed-batch model gets chunks of its size, the last one padded."""
+    if fixed_batch is None:
+        return run(images)
+    out = []
+    for start in range(0, len(images), fixed_batch):
+        x = images[start:start + fixed_batch]
+        real = len(x)
+        if real < fixed_batch:
+            x = np.concatenate([x, np.repeat(x[-1:], fixed_batch - real, axis=0)])
+        out.append(run(x)[:real])
+    return np.concatenate(out)
+
+
+class _ReferenceModel:
+    """The reference as a function from an image batch to logits."""
+
+    def __init__(self, reference: Reference, meta: ModelMetadata) -> None:
+        if reference.onnx is not None:
+            ref_proto = load_onnx(reference.onnx)
+            if is_quantized(ref_proto):
+                raise OptionError(f"reference {reference.onnx} is quantized; the reference must be FP32")
+            session = open_session(ref_proto)
+            fixed = static_input_shape(ref_proto)[0]
+            self.run = lambda x: _run(session.run, x, fixed)
+            return
+        import torch
+
+        from resnet_edge.checkpoints import build_model, read_checkpoint_metadata
+
+        arch = reference.arch or read_checkpoint_metadata(reference.checkpoint).get("arch") or meta.arch
+        if arch is None:
+            raise OptionError("cannot tell the reference checkpoint's arch; pass --arch")
+        model = build_model(arch, weights=reference.checkpoint, variant=meta.variant or "residual").model
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return model(torch.from_numpy(x)).numpy()
+
+        self.run = run
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.run(images)
+
+
+def describe_failures(result: ValidateResult) -> str:
+    """One line per failed row, for the CLI."""
+    return "; ".join(
+        f"{row.model} on {row.ran_on}: {', '.join(row.failures)}" for row in result.rows if not row.passed
+    )

@@ -1,0 +1,83 @@
+"""Shared fixtures: small models exported once per session, written only under pytest's temporary folders."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from resnet_edge.export import ExportOptions, export_onnx
+from resnet_edge.models import create_model
+from resnet_edge.simplify import simplify_onnx
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(session_dir: Path) -> Path:
+    """The built-in trained digits model, exported."""
+    path = session_dir / "digits.onnx"
+    export_onnx(ExportOptions(weights="builtin:digits-resnet20"), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_sim(session_dir: Path, digits_onnx: Path) -> Path:
+    path = session_dir / "digits.sim.onnx"
+    simplify_onnx(digits_onnx, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_int8(session_dir: Path, digits_sim: Path) -> Path:
+    from resnet_edge.quantize import QuantizeOptions, quantize_onnx
+
+    path = session_dir / "digits.int8.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_onnx(digits_sim, path, QuantizeOptions(measure_speed=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(session_dir: Path) -> Path:
+    """A fresh resnet20 at 32x32: the cheapest real ResNet export."""
+    path = session_dir / "tiny.onnx"
+    export_onnx(ExportOptions(arch="resnet20"), path)
+    return path
+
+
+def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every BatchNorm non-trivial statistics, so folding it is a real computation to check."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
+    return model
+
+
+def export_with_batchnorm(path: Path, arch: str = "resnet18", size: int = 64, variant: str = "residual") -> Path:
+    """An ONNX file as other tools write it: constant folding off, so every BatchNormalization survives."""
+    model = randomize_batchnorm(create_model(arch, variant=variant)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (torch.zeros(1, 3, size, size),), str(path), dynamo=False, opset_version=17,
+            do_constant_folding=False, input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return path
+
+
+def bn_count(path: Path) -> int:
+    return sum(node.op_type == "BatchNormalization" for node in onnx.load(str(path)).graph.node)
