@@ -128,10 +128,45 @@ class Bottleneck(ResidualBlock):
         return self.bn3
 
 
-class PreActBasicBlock(ResidualBlock):
-    """Pre-activation basic block: ``x + conv2(ReLU(bn2(conv1(ReLU(bn1(x))))))``, no ReLU after the sum.
+class PreActBlock(ResidualBlock):
+    """What the pre-activation blocks share: ``bn1`` and ReLU first, feeding the branch and the projection.
 
-    The projection shortcut, where there is one, takes the pre-activated input (He et al. 2016, fig. 4e).
+    There is no ReLU after the sum (He et al. 2016, fig. 4e), so ``y = F(x) + shortcut(x)`` exactly.
+    """
+
+    bn1: nn.BatchNorm2d
+    relu: nn.ReLU
+
+    def preactivate(self, x: Tensor) -> Tensor:
+        return self.relu(self.bn1(x))
+
+    def branch_after(self, pre: Tensor) -> Tensor:
+        """The branch after the pre-activation: ``branch(x) == branch_after(preactivate(x))``."""
+        raise NotImplementedError
+
+    def branch(self, x: Tensor) -> Tensor:
+        return self.branch_after(self.preactivate(x))
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        return x if self.downsample is None else self.downsample(self.preactivate(x))
+
+    def finish(self, out: Tensor) -> Tensor:
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        # The value of finish(branch(x) + shortcut(x)), with bn1 run once: run twice (for the branch and the
+        # projection), a training step would update its running statistics twice (momentum 0.19, not 0.1).
+        pre = self.preactivate(x)
+        out = self.branch_after(pre)
+        if self.skip:
+            out = out + (x if self.downsample is None else self.downsample(pre))
+        return out
+
+
+class PreActBasicBlock(PreActBlock):
+    """Pre-activation basic block: ``x + conv2(ReLU(bn2(conv1(ReLU(bn1(x))))))``.
+
+    The projection shortcut, where there is one, takes the pre-activated input ``ReLU(bn1(x))``.
     """
 
     expansion = 1
@@ -148,22 +183,15 @@ class PreActBasicBlock(ResidualBlock):
         self.downsample = downsample
         self.stride = stride
 
-    def branch(self, x: Tensor) -> Tensor:
-        out = self.conv1(self.relu(self.bn1(x)))
-        return self.conv2(self.relu(self.bn2(out)))
-
-    def shortcut(self, x: Tensor) -> Tensor:
-        return x if self.downsample is None else self.downsample(self.relu(self.bn1(x)))
-
-    def finish(self, out: Tensor) -> Tensor:
-        return out
+    def branch_after(self, pre: Tensor) -> Tensor:
+        return self.conv2(self.relu(self.bn2(self.conv1(pre))))
 
     def last_conv(self) -> nn.Conv2d:
         return self.conv2
 
 
-class PreActBottleneck(ResidualBlock):
-    """Pre-activation bottleneck: BN-ReLU-1x1, BN-ReLU-3x3 (stride), BN-ReLU-1x1 expand by 4; no ReLU after the sum."""
+class PreActBottleneck(PreActBlock):
+    """Pre-activation bottleneck: BN-ReLU-1x1, BN-ReLU-3x3 (stride), BN-ReLU-1x1 expand by 4."""
 
     expansion = 4
 
@@ -181,16 +209,10 @@ class PreActBottleneck(ResidualBlock):
         self.downsample = downsample
         self.stride = stride
 
-    def branch(self, x: Tensor) -> Tensor:
-        out = self.conv1(self.relu(self.bn1(x)))
+    def branch_after(self, pre: Tensor) -> Tensor:
+        out = self.conv1(pre)
         out = self.conv2(self.relu(self.bn2(out)))
         return self.conv3(self.relu(self.bn3(out)))
-
-    def shortcut(self, x: Tensor) -> Tensor:
-        return x if self.downsample is None else self.downsample(self.relu(self.bn1(x)))
-
-    def finish(self, out: Tensor) -> Tensor:
-        return out
 
     def last_conv(self) -> nn.Conv2d:
         return self.conv3
@@ -219,6 +241,11 @@ class ResNet(nn.Module):
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
+        # A str-valued Enum: "plain" == Variant.PLAIN, but the checks below use `is`, which a str would fail.
+        variant = Variant(variant)
+        if zero_init_residual and variant is Variant.PLAIN:
+            # Without the skip, a zeroed last BN zeroes every block output: a dead network, not an identity.
+            raise OptionError("zero_init_residual needs skip connections; the plain variant has none")
         preact = variant is Variant.PREACT
         self.block_type = _BLOCKS[(block, preact)]
         self.variant = variant
@@ -256,7 +283,7 @@ class ResNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     nn.init.zeros_(m.last_norm().weight)
-                elif isinstance(m, (PreActBasicBlock, PreActBottleneck)):
+                elif isinstance(m, PreActBlock):
                     nn.init.zeros_(m.last_conv().weight)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:

@@ -11,7 +11,7 @@ from torch import nn
 
 from resnet_edge.checkpoints import load_weights
 from resnet_edge.errors import OptionError
-from resnet_edge.models import BasicBlock, Bottleneck, Stem, create_model, get_arch, list_models
+from resnet_edge.models import BasicBlock, Bottleneck, ResNet, Stem, create_model, get_arch, list_models
 from tests.conftest import randomize_batchnorm
 
 GOLDEN = Path(__file__).parent / "golden" / "torchvision_resnet_keys.json"
@@ -108,3 +108,24 @@ def test_state_dict_keys_and_shapes_match_torchvision(arch: str) -> None:
 def test_stems() -> None:
     assert get_arch("resnet50").stem is Stem.IMAGENET and get_arch("resnet50").default_input_size == 224
     assert get_arch("resnet110").stem is Stem.SMALL and get_arch("resnet110").default_input_size == 32
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "resnet50"])
+def test_preact_block_is_branch_plus_shortcut_and_updates_bn1_once(arch: str) -> None:
+    model = randomize_batchnorm(create_model(arch, variant="preact"))
+    path, block = next((p, b) for p, b in model.blocks() if b.downsample is not None)  # a projection block
+    x = torch.randn(2, block.bn1.num_features, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(block.eval()(x), block.branch(x) + block.shortcut(x))
+        block.train()(x)
+    # bn1 feeds both the branch and the projection; one forward pass is one update of its running statistics.
+    assert int(block.bn1.num_batches_tracked) == 1, path
+
+
+def test_plain_variant_has_no_shortcuts_and_refuses_zero_init() -> None:
+    model = create_model("resnet56", variant="plain")
+    assert all(not b.skip and b.downsample is None for _, b in model.blocks())
+    with pytest.raises(OptionError, match="zero_init_residual needs skip connections"):
+        create_model("resnet20", variant="plain", zero_init_residual=True)
+    # The variant given as a string, straight to ResNet, means the same as the Enum.
+    assert not ResNet("basic", (1, 1, 1), stem=Stem.SMALL, num_classes=10, variant="plain").skip
