@@ -39,10 +39,10 @@ def main() -> None:
 
 
 def _register() -> None:
-    from resnet_edge.cli import convert, evaluate
+    from resnet_edge.cli import convert, evaluate, gradflow, pipeline
 
     for command in (convert.export, convert.simplify, convert.inspect, convert.quantize,
-                    evaluate.validate, evaluate.benchmark, evaluate.doctor):
+                    evaluate.validate, evaluate.benchmark, evaluate.doctor, pipeline.pipeline, gradflow.gradflow):
         main.add_command(command)
 
 

@@ -63,15 +63,26 @@ def atomic_output(path: Path | str) -> Iterator[Path]:
     On any exception, KeyboardInterrupt included, the temporary file is removed and ``path`` is left as it was.
     """
     path = require_writable_destination(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # permission bits can say yes where the file system says no (read-only, /proc)
+        raise InputFileError(f"output folder is not writable: {path.parent} ({exc.strerror})") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates 0600; give the artifact the permissions any other new file would get.
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: Path | str, text: str) -> Path:

@@ -45,7 +45,7 @@ class LatencyStats:
     p99_ms: float
     max_ms: float
     throughput: float  # images per second: batch / mean latency
-    samples_ms: list[float] = field(repr=False, default_factory=list)
+    samples_ms: list[float] = field(default_factory=list)  # every timed call, for distributions
 
     @property
     def cv(self) -> float:

@@ -63,7 +63,7 @@ class ExportOptions:
     """
 
     arch: str | None = None
-    weights: Path | None = None
+    weights: Path | str | None = None
     num_classes: int | None = None
     in_chans: int | None = None
     variant: str = "residual"

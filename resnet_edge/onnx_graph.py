@@ -101,13 +101,21 @@ def _weight_shape(name: str, weights: dict[str, list[int]], producers: dict[str,
 
 
 def batch_norm_nodes(model: onnx.ModelProto) -> list[tuple[str, str]]:
-    """Each BatchNormalization node's name with the op type that feeds it (``graph input`` for none)."""
+    """Each BatchNormalization node's name with what feeds it, e.g. ``Add`` or ``Conv (output shared)``.
+
+    A BatchNormalization folds into a Conv only when that Conv feeds nothing else; "output shared" says why one
+    that follows a Conv did not fold (a pre-activation block's input also feeds the skip connection).
+    """
     producers = {out: node for node in model.graph.node for out in node.output}
+    uses: Counter[str] = Counter(name for node in model.graph.node for name in node.input)
     found = []
     for node in model.graph.node:
         if node.op_type == "BatchNormalization":
             producer = producers.get(node.input[0])
-            found.append((node.name or node.output[0], producer.op_type if producer else "graph input"))
+            what = producer.op_type if producer else "graph input"
+            if producer is not None and uses[node.input[0]] > 1:
+                what += " (output shared)"
+            found.append((node.name or node.output[0], what))
     return found
 
 
@@ -124,5 +132,12 @@ def module_path(node_name: str) -> str | None:
     match = _SCOPE.match(node_name)
     if not match:
         return None
-    parts = [p for p in match.group(1).split("/") if p]
-    return parts[-1] if parts else ""
+    path = ""
+    previous = ""
+    for part in (p for p in match.group(1).split("/") if p):
+        # A child of an nn.Sequential is scoped "<parent>.<index>" (``layer1`` then ``layer1.0``, ``downsample`` then
+        # ``downsample.0``); other children by their attribute name alone (``conv1``). Attribute names hold no dots.
+        tail = part[len(previous) + 1:] if previous and part.startswith(previous + ".") else part
+        path = f"{path}.{tail}" if path else tail
+        previous = part
+    return path

@@ -1,0 +1,300 @@
+"""The whole flow in one call: export -> simplify -> quantize -> validate -> benchmark -> report.
+
+Everything is built in a staging folder beside OUTDIR and moved into place at the end, so OUTDIR never mixes the
+artifacts of two runs. A stage that fails stops the run: the artifacts of the stages before it (each complete and
+verified) are published with a report that says where it stopped. Ctrl-C publishes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from resnet_edge.artifacts import current_umask
+from resnet_edge.benchmark import BenchmarkOptions, BenchmarkResult, benchmark_models
+from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeError, StageError
+from resnet_edge.export import DEFAULT_OPSET, ExportOptions, ExportResult, export_onnx
+from resnet_edge.quantize import Format, Method, QuantizeOptions, QuantizeResult, Target, quantize_onnx
+from resnet_edge.runtime import parse_providers
+from resnet_edge.simplify import SimplifyResult, simplify_onnx
+from resnet_edge.validate import Reference, ValidateOptions, ValidateResult, validate_models
+
+DEFAULT_WEIGHTS = "builtin:digits-resnet20"
+FILES = {"export": "model.onnx", "simplify": "model.sim.onnx", "quantize": "model.int8.onnx"}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Every option of a pipeline run; the report records it resolved, so the run can be repeated.
+
+    With neither ``arch`` nor ``weights``, the built-in trained digits model is used. With ``arch`` alone, the
+    weights are fresh, drawn with ``seed``.
+    """
+
+    arch: str | None = None
+    weights: str | None = None
+    variant: str = "residual"
+    num_classes: int | None = None
+    input_size: int | None = None
+    opset: int = DEFAULT_OPSET
+    calib: str | None = None
+    data: str | None = None
+    providers: tuple[str, ...] = ("cpu",)
+    strict_ep: bool = False
+    int8: bool = True
+    method: str = "minmax"
+    target: str = "auto"
+    per_channel: bool | None = None
+    format: str | None = None
+    limit: int | None = None
+    seed: int = 0
+    allow_unfolded_bn: bool = False
+    batch_sizes: tuple[int, ...] = (1,)
+    iterations: int = 50
+    warmup: int = 5
+    threads: int | None = None
+    torch_eager: bool = True
+
+    def __post_init__(self) -> None:
+        parse_providers(list(self.providers))  # fail early, with the stage-independent message
+        for name, enum_type in (("method", Method), ("target", Target)):
+            value = getattr(self, name)
+            if value not in {e.value for e in enum_type}:
+                raise OptionError(f"{name} {value!r} is not one of: {', '.join(e.value for e in enum_type)}")
+
+    def resolved_weights(self) -> str | None:
+        return self.weights if self.weights or self.arch else DEFAULT_WEIGHTS
+
+
+def load_config(path: Path | str, **overrides: object) -> PipelineConfig:
+    """A config from a TOML file (keys at the top level or under ``[pipeline]``), then ``overrides`` on top.
+
+    Raises:
+        InputFileError: the file is missing or not valid TOML.
+        OptionError: an unknown key or a value of the wrong type.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise InputFileError(f"{path}: not valid TOML ({exc})") from None
+    data = data.get("pipeline", data)
+    return make_config({**data, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
+
+
+def make_config(values: dict[str, object], *, source: str = "options") -> PipelineConfig:
+    """A config from plain values (a TOML table, CLI options), checked against the fields.
+
+    Raises:
+        OptionError: an unknown key or a value of the wrong type.
+    """
+    fields = {f.name: f for f in dataclasses.fields(PipelineConfig)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise OptionError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+    clean: dict[str, object] = {}
+    for key, value in values.items():
+        if key in ("providers", "batch_sizes"):
+            value = tuple(value.split(",") if isinstance(value, str) else value)
+            if key == "batch_sizes":
+                value = tuple(int(v) for v in value)
+        clean[key] = value
+    try:
+        return PipelineConfig(**clean)
+    except (TypeError, ValueError) as exc:
+        raise OptionError(f"{source}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    stage: str
+    status: str  # "start", "done" or "failed"
+    summary: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class PipelineResult:
+    outdir: Path
+    config: PipelineConfig
+    export: ExportResult | None = None
+    simplify: SimplifyResult | None = None
+    quantize: QuantizeResult | None = None
+    validate: ValidateResult | None = None
+    benchmark: BenchmarkResult | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    failed_stage: str | None = None
+    error: str | None = None
+    artifacts: list[str] = field(default_factory=list)
+
+    @property
+    def completed(self) -> bool:
+        return self.failed_stage is None
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    outdir: Path | str,
+    *,
+    overwrite: bool = False,
+    on_event: Callable[[StageEvent], object] | None = None,
+    progress: bool = False,
+) -> PipelineResult:
+    """Run every stage into ``outdir`` and write the report (JSON, Markdown, HTML, plots).
+
+    Raises:
+        OptionError: ``outdir`` exists and is not empty, and ``overwrite`` is off.
+        StageError: a stage failed; the message names it, and ``outdir`` holds the stages before it and a report.
+    """
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise InputFileError(f"output path is a file, not a folder: {outdir}")
+    if outdir.is_dir() and any(outdir.iterdir()) and not overwrite:
+        raise OptionError(f"{outdir} exists and is not empty; pass --overwrite to replace it")
+    parent = outdir.resolve().parent
+    if not parent.is_dir():
+        raise InputFileError(f"output folder's parent does not exist: {parent}")
+    staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", suffix=".partial", dir=parent))
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; OUTDIR should be an ordinary folder
+    result = PipelineResult(outdir=outdir, config=config)
+    emit = on_event or (lambda event: None)
+    try:
+        with tempfile.TemporaryDirectory(prefix="resnet-edge-weights-") as scratch:
+            try:
+                _run_stages(config, staging, Path(scratch), result, emit, progress)
+            except StageError as exc:
+                result.failed_stage, result.error = exc.stage, str(exc.cause)
+        from resnet_edge.report import write_report
+
+        result.artifacts = sorted(p.name for p in staging.iterdir())
+        write_report(result, staging)
+        result.artifacts = sorted(p.name for p in staging.iterdir())
+        _publish(staging, outdir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if result.failed_stage is not None:
+        kept = ", ".join(a for a in result.artifacts if a.endswith(".onnx")) or "no model"
+        raise StageError(result.failed_stage, ResnetEdgeError(f"{result.error} (kept in {outdir}: {kept} and the report)"))
+    return result
+
+
+def _publish(staging: Path, outdir: Path) -> None:
+    """Replace ``outdir`` with ``staging`` as close to atomically as a folder allows."""
+    if outdir.exists():
+        old = outdir.with_name(f".{outdir.name}.old-{time.time_ns()}")
+        outdir.rename(old)
+        staging.rename(outdir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(outdir)
+
+
+@contextmanager
+def _stage(name: str, result: PipelineResult, emit: Callable[[StageEvent], object]) -> Iterator[list[str]]:
+    """Time a stage, report its start and end; turn a user error into a StageError naming it."""
+    summary: list[str] = []
+    emit(StageEvent(name, "start"))
+    started = time.perf_counter()
+    try:
+        yield summary
+    except ResnetEdgeError as exc:
+        seconds = time.perf_counter() - started
+        result.stage_seconds[name] = seconds
+        emit(StageEvent(name, "failed", str(exc), seconds))
+        raise StageError(name, exc) from None
+    seconds = time.perf_counter() - started
+    result.stage_seconds[name] = seconds
+    emit(StageEvent(name, "done", summary[0] if summary else "", seconds))
+
+
+def _run_stages(config: PipelineConfig, out: Path, scratch: Path, result: PipelineResult,
+                emit: Callable[[StageEvent], object], progress: bool) -> None:
+    providers = tuple(parse_providers(list(config.providers)))
+    weights = config.resolved_weights()
+    if weights is None:
+        # Fresh weights, drawn with the recorded seed and kept for the validation reference.
+        from resnet_edge.models import create_model
+
+        torch.manual_seed(config.seed)
+        weights = str(scratch / f"{config.arch}-seed{config.seed}.pt")
+        torch.save(create_model(config.arch, num_classes=config.num_classes, variant=config.variant).state_dict(),
+                   weights)
+
+    with _stage("export", result, emit) as summary:
+        result.export = export_onnx(ExportOptions(
+            arch=config.arch, weights=weights,
+            num_classes=config.num_classes, variant=config.variant, input_size=config.input_size,
+            opset=config.opset), out / FILES["export"])
+        parity = max(p.max_abs_error for p in result.export.parity.values())
+        summary.append(f"{FILES['export']}: {result.export.arch}, opset {result.export.opset},"
+                       f" max abs error vs PyTorch {parity:.2g} at batch {', '.join(map(str, result.export.parity))}")
+
+    with _stage("simplify", result, emit) as summary:
+        result.simplify = simplify_onnx(out / FILES["export"], out / FILES["simplify"],
+                                        allow_unfolded_bn=config.allow_unfolded_bn)
+        s = result.simplify
+        summary.append(f"{FILES['simplify']}: BatchNormalization {s.batch_norm_before} -> {len(s.batch_norm_remaining)},"
+                       f" nodes {sum(s.ops_before.values())} -> {sum(s.ops_after.values())}")
+
+    models = [out / FILES["export"], out / FILES["simplify"]]
+    if config.int8:
+        with _stage("quantize", result, emit) as summary:
+            result.quantize = quantize_onnx(out / FILES["simplify"], out / FILES["quantize"], QuantizeOptions(
+                calib=config.calib, method=Method(config.method), per_channel=config.per_channel,
+                format=Format(config.format) if config.format else None, target=Target(config.target),
+                limit=config.limit, seed=config.seed, measure_speed=False,
+            ), progress=progress)
+            q = result.quantize
+            summary.append(f"{FILES['quantize']}: {q.config.target.value} {q.config.format.value}, calibrated on"
+                           f" {q.calibration_images} images, top-1 agreement with FP32"
+                           f" {q.parity.top1_agreement:.2%} on {q.evaluation_images} held-out images")
+        models.append(out / FILES["quantize"])
+
+    with _stage("validate", result, emit) as summary:
+        result.validate = validate_models(models, Reference(checkpoint=weights, arch=result.export.arch),
+                                          ValidateOptions(data=config.data, providers=providers,
+                                                          strict_ep=config.strict_ep))
+        v = result.validate
+        worst = min(r.parity.top1_agreement for r in v.rows)
+        summary.append(f"{len(v.rows)} model x provider rows on {v.images} images, lowest top-1 agreement"
+                       f" {worst:.2%}: {'pass' if v.passed else 'FAIL'}")
+        if not v.passed:
+            from resnet_edge.errors import CheckFailedError
+            from resnet_edge.validate import describe_failures
+
+            raise CheckFailedError(describe_failures(v))
+
+    with _stage("benchmark", result, emit) as summary:
+        from tqdm import tqdm
+
+        options = BenchmarkOptions(providers=providers, batch_sizes=config.batch_sizes, threads=config.threads,
+                                   warmup=config.warmup, iterations=config.iterations,
+                                   torch_reference=weights if config.torch_eager else None,
+                                   strict_ep=config.strict_ep, data=config.data)
+        rounds = config.iterations * len(providers) * len(config.batch_sizes)
+        with tqdm(total=rounds, desc="timing", unit="round", leave=False, disable=not progress) as bar:
+            result.benchmark = benchmark_models(models, options, progress=bar.update)
+        fastest = min((r for r in result.benchmark.rows if r.latency), key=lambda r: r.latency.p50_ms)
+        summary.append(f"{len(result.benchmark.rows)} rows; fastest {fastest.model} p50"
+                       f" {fastest.latency.p50_ms:.2f} ms at batch {fastest.batch} on {fastest.ran_on}")
+
+
+def describe_config(config: PipelineConfig) -> dict[str, object]:
+    """The resolved configuration, as recorded in the report."""
+    data = dataclasses.asdict(config)
+    data["weights"] = config.resolved_weights() or f"random init (seed {config.seed})"
+    return data
+

@@ -1,0 +1,295 @@
+"""The pipeline's report: ``report.json`` for machines, ``report.md`` and ``report.html`` for people, and plots.
+
+Everything a person reads is derived from the one summary built here (:func:`summarize`), which is also what
+``report.json`` holds under ``summary`` and ``plots``: the tables and the plots cannot disagree with the JSON.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from resnet_edge import __version__
+from resnet_edge.artifacts import atomic_output, sha256_file, write_json_atomic, write_text_atomic
+from resnet_edge.jsonable import to_jsonable
+from resnet_edge.pipeline import FILES, PipelineResult, describe_config
+
+VARIANTS = {"model.onnx": "ONNX FP32", "model.sim.onnx": "ONNX simplified", "model.int8.onnx": "ONNX INT8",
+            "pytorch": "PyTorch eager"}
+PLOTS = {"latency": "latency.png", "accuracy_latency": "accuracy_vs_latency.png", "ops": "ops_before_after.png"}
+
+
+def summarize(result: PipelineResult) -> dict:
+    """The head table (one row per variant and provider, at the first batch size) and the series each plot shows."""
+    rows = []
+    bench = result.benchmark
+    valid = result.validate
+    first_batch = result.config.batch_sizes[0]
+    providers = list(dict.fromkeys(r.provider for r in valid.rows)) if valid else list(result.config.providers)
+    files = [f for f in FILES.values() if result.outdir and (f in result.artifacts)]
+    for provider in providers:
+        if bench and any(r.model == "pytorch" and r.batch == first_batch for r in bench.rows) and provider == "cpu":
+            rows.append(_row("pytorch", provider, result, first_batch))
+        for name in files:
+            rows.append(_row(name, provider, result, first_batch))
+    plots = {
+        "latency": {
+            "batch": first_batch,
+            "series": {f"{VARIANTS[r.model]} ({r.ran_on})": r.latency.samples_ms for r in (bench.rows if bench else [])
+                       if r.latency and r.batch == first_batch},
+        },
+        "accuracy_latency": {
+            "metric": "top-1 accuracy" if valid and valid.labelled else "top-1 agreement with the reference",
+            "points": [{"label": f"{r['variant']} ({r['ran_on']})", "p50_ms": r["p50_ms"],
+                        "value": r["accuracy"] if valid and valid.labelled else r["top1_agreement"]}
+                       for r in rows if r["p50_ms"] is not None],
+        },
+        "ops": {
+            "before": result.simplify.ops_before if result.simplify else {},
+            "after": result.simplify.ops_after if result.simplify else {},
+        },
+    }
+    return {"rows": rows, "plots": plots}
+
+
+def _row(name: str, provider: str, result: PipelineResult, batch: int) -> dict:
+    bench_row = next((r for r in (result.benchmark.rows if result.benchmark else [])
+                      if r.model == name and r.batch == batch and (r.provider == provider or name == "pytorch")), None)
+    valid_row = next((r for r in (result.validate.rows if result.validate else [])
+                      if r.model == name and r.provider == provider), None)
+    if name == "pytorch":
+        any_row = (result.validate.rows[0] if result.validate else None)
+        accuracy = any_row.reference_accuracy.top1 if any_row and any_row.reference_accuracy else None
+        agreement, size, ran_on = 1.0, None, "cpu"
+    else:
+        accuracy = valid_row.accuracy.top1 if valid_row and valid_row.accuracy else None
+        agreement = valid_row.parity.top1_agreement if valid_row else None
+        size = (result.outdir / name).stat().st_size if (result.outdir / name).exists() else None
+        ran_on = valid_row.ran_on if valid_row else (bench_row.ran_on if bench_row else None)
+    latency = bench_row.latency if bench_row else None
+    return {
+        "variant": VARIANTS[name], "file": None if name == "pytorch" else name, "provider": provider,
+        "ran_on": ran_on, "size_bytes": size, "top1_agreement": agreement, "accuracy": accuracy,
+        "p50_ms": latency.p50_ms if latency else None, "p99_ms": latency.p99_ms if latency else None,
+        "throughput": latency.throughput if latency else None,
+        "speedup_vs_onnx_fp32": bench_row.speedup if bench_row else None,
+        "passed": valid_row.passed if valid_row else None,
+    }
+
+
+def write_report(result: PipelineResult, folder: Path) -> None:
+    """Write report.json, report.md, report.html and the PNG plots into ``folder`` (each atomically)."""
+    # Sizes and hashes are read from the staging folder, where the artifacts are now.
+    staged = PipelineResult(**{**result.__dict__, "outdir": folder})
+    summary = summarize(staged)
+    plots = _write_plots(summary["plots"], staged, folder)
+    hashes = {name: sha256_file(folder / name) for name in sorted(result.artifacts) if name.endswith(".onnx")}
+    report = {
+        "resnet_edge": __version__,
+        "status": "complete" if result.completed else f"stopped at {result.failed_stage}",
+        "error": result.error,
+        "summary": summary["rows"],
+        "plots": {**summary["plots"], "files": plots},
+        "config": describe_config(result.config),
+        "stage_seconds": result.stage_seconds,
+        "file_sha256": hashes,
+        "seeds": {"calibration_subset": result.config.seed, "init_weights": result.config.seed},
+        "environment": to_jsonable(result.benchmark.environment) if result.benchmark else _environment(),
+        "stages": {name: to_jsonable(getattr(result, name))
+                   for name in ("export", "simplify", "quantize", "validate", "benchmark")},
+    }
+    write_json_atomic(folder / "report.json", report)
+    write_text_atomic(folder / "report.md", render_markdown(report))
+    write_text_atomic(folder / "report.html", render_html(report))
+
+
+def _environment() -> dict:
+    from resnet_edge.environment import collect_environment
+
+    return to_jsonable(collect_environment())
+
+
+def _fmt(value: object, kind: str) -> str:
+    if value is None:
+        return "–"
+    if kind == "pct":
+        return f"{100 * value:.2f}%"
+    if kind == "ms":
+        return f"{value:.2f}"
+    if kind == "x":
+        return f"{value:.2f}×"
+    if kind == "size":
+        return f"{value / 1024:.1f} KiB" if value < 1024 * 1024 else f"{value / 1024 / 1024:.2f} MiB"
+    if kind == "ips":
+        return f"{value:,.0f}"
+    return str(value)
+
+
+_COLUMNS = [("variant", "Variant", ""), ("file", "File", ""), ("size_bytes", "Size", "size"),
+            ("top1_agreement", "Top-1 agreement", "pct"), ("accuracy", "Accuracy", "pct"), ("p50_ms", "p50 ms", "ms"),
+            ("p99_ms", "p99 ms", "ms"), ("throughput", "img/s", "ips"), ("speedup_vs_onnx_fp32", "Speed-up", "x"),
+            ("ran_on", "Ran on", "")]
+
+
+def _table_cells(report: dict) -> tuple[list[str], list[list[str]]]:
+    headers = [title for _, title, _ in _COLUMNS]
+    rows = [[_fmt(row[key], kind) for key, _, kind in _COLUMNS] for row in report["summary"]]
+    return headers, rows
+
+
+def _facts(report: dict) -> list[tuple[str, str]]:
+    env = report["environment"]
+    cpu = env["cpu"]
+    config = report["config"]
+    stages = report["stages"]
+    facts = [
+        ("Status", report["status"] + (f": {report['error']}" if report["error"] else "")),
+        ("Model", f"{stages['export']['arch'] if stages['export'] else config['arch']} ({config['variant']}),"
+                  f" weights {config['weights']}"),
+        ("CPU", f"{cpu['model']}, {cpu['logical_cores']} cores; "
+                + ", ".join(k for k, v in cpu["features"].items() if v)),
+        ("Versions", ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)),
+        ("Providers available", ", ".join(env["onnxruntime_providers"])),
+    ]
+    if stages["quantize"]:
+        q = stages["quantize"]
+        facts.append(("INT8", f"{q['config']['target']} {q['config']['format']}, activations"
+                              f" {q['config']['activation_type']}, per-channel {q['config']['per_channel']};"
+                              f" {q['method']} calibration on {q['calibration_images']} images from"
+                              f" {q['calibration_source']}"))
+    if stages["validate"]:
+        v = stages["validate"]
+        facts.append(("Validation", f"{v['images']} images from {v['data']} against {v['reference']}"))
+    if stages["benchmark"]:
+        b = stages["benchmark"]
+        facts.append(("Timing", f"{b['options']['iterations']} round-robin rounds after {b['options']['warmup']}"
+                                f" warm-up, {b['threads']} threads, batch {report['plots']['latency']['batch']}"))
+    return facts
+
+
+def render_markdown(report: dict) -> str:
+    headers, rows = _table_cells(report)
+    lines = ["# resnet-edge report", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", *(f"- **{k}:** {v}" for k, v in _facts(report)), ""]
+    for title, file in _plot_titles(report):
+        lines += [f"![{title}]({file})", ""]
+    lines += ["## Files", "", *(f"- `{name}` sha256 `{digest}`" for name, digest in report["file_sha256"].items()),
+              "", "## Configuration", "", "```json", json.dumps(report["config"], indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def _plot_titles(report: dict) -> list[tuple[str, str]]:
+    files = report["plots"]["files"]
+    titles = {"latency": "Latency distribution", "accuracy_latency": "Accuracy against latency",
+              "ops": "Nodes by op type before and after simplification"}
+    return [(titles[key], files[key]) for key in titles if key in files]
+
+
+def render_html(report: dict) -> str:
+    headers, rows = _table_cells(report)
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    facts = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in _facts(report))
+    figures = "".join(f'<figure><img src="{esc(f)}" alt="{esc(t)}"><figcaption>{esc(t)}</figcaption></figure>'
+                      for t, f in _plot_titles(report))
+    hashes = "".join(f"<tr><td>{esc(n)}</td><td><code>{esc(d)}</code></td></tr>"
+                     for n, d in report["file_sha256"].items())
+    status_class = "ok" if report["status"] == "complete" else "bad"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>resnet-edge report</title>
+<style>
+body {{ font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
+       color: #1d2430; padding: 0 1rem; }}
+h1 {{ font-size: 1.6rem; margin-bottom: .2rem; }} h2 {{ font-size: 1.15rem; margin-top: 2rem; }}
+.status {{ display: inline-block; padding: .1rem .6rem; border-radius: 1rem; font-weight: 600; }}
+.ok {{ background: #dff5e3; color: #16632a; }} .bad {{ background: #fde2e1; color: #8a1c17; }}
+table {{ border-collapse: collapse; width: 100%; margin: 1rem 0; }}
+th, td {{ padding: .45rem .6rem; border-bottom: 1px solid #e3e7ee; text-align: right; white-space: nowrap; }}
+th {{ background: #f3f5f9; font-weight: 600; }}
+td:nth-child(1), td:nth-child(2), th:nth-child(1), th:nth-child(2), td:last-child, th:last-child {{ text-align: left; }}
+dl {{ display: grid; grid-template-columns: max-content 1fr; gap: .3rem 1rem; }} dt {{ font-weight: 600; }}
+dd {{ margin: 0; }}
+.figures {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr)); gap: 1rem; }}
+figure {{ margin: 0; border: 1px solid #e3e7ee; border-radius: 6px; padding: .5rem; background: #fff; }}
+img {{ width: 100%; height: auto; }} figcaption {{ text-align: center; color: #5b6472; font-size: .9rem; }}
+code {{ font-size: .85em; }}
+</style></head>
+<body>
+<h1>resnet-edge report</h1>
+<p><span class="status {status_class}">{esc(report["status"])}</span>
+ &nbsp;resnet-edge {esc(report["resnet_edge"])}</p>
+<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<p>Speed-up: ONNX FP32's median latency divided by the variant's, timed side by side in one run.</p>
+<dl>{facts}</dl>
+<h2>Plots</h2><div class="figures">{figures}</div>
+<h2>Files</h2><table><tbody>{hashes}</tbody></table>
+<h2>Configuration</h2><pre>{esc(json.dumps(report["config"], indent=2))}</pre>
+</body></html>
+"""
+
+
+def _write_plots(plots: dict, result: PipelineResult, folder: Path) -> dict[str, str]:
+    """Draw each plot from the summary's series; returns plot key -> file name for those drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: dict[str, str] = {}
+    series = plots["latency"]["series"]
+    if series:
+        fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
+        labels = list(series)
+        ax.boxplot([series[k] for k in labels], orientation="horizontal", showfliers=True, widths=0.6)
+        ax.set_yticks(range(1, len(labels) + 1), labels)
+        ax.set_xlabel("latency per call (ms), log scale")
+        ax.set_xscale("log")
+        ax.set_title(f"Warm latency at batch {plots['latency']['batch']} ({len(next(iter(series.values())))} rounds each)")
+        ax.grid(axis="x", alpha=0.3)
+        written["latency"] = _save(fig, folder / PLOTS["latency"])
+    points = [p for p in plots["accuracy_latency"]["points"] if p["value"] is not None]
+    if points:
+        fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
+        for p in points:
+            ax.scatter(p["p50_ms"], 100 * p["value"], s=60)
+            ax.annotate(p["label"], (p["p50_ms"], 100 * p["value"]), textcoords="offset points", xytext=(6, 6),
+                        fontsize=9)
+        ax.set_xscale("log")
+        ax.set_xlabel("median latency (ms), log scale")
+        ax.set_ylabel(f"{plots['accuracy_latency']['metric']} (%)")
+        values = [100 * p["value"] for p in points]
+        low, high = min(values), max(values)
+        pad = max(0.5, (high - low) * 0.3)
+        ax.set_ylim(low - pad, min(100.5, high + pad) if high <= 100 else high + pad)
+        ax.set_title("Accuracy against latency, per variant")
+        ax.grid(alpha=0.3)
+        written["accuracy_latency"] = _save(fig, folder / PLOTS["accuracy_latency"])
+    before, after = plots["ops"]["before"], plots["ops"]["after"]
+    if before:
+        ops = sorted(set(before) | set(after), key=lambda o: -(before.get(o, 0) + after.get(o, 0)))
+        fig, ax = plt.subplots(figsize=(8, 0.45 * len(ops) + 1.5), dpi=110)
+        y = range(len(ops))
+        ax.barh([i - 0.2 for i in y], [before.get(o, 0) for o in ops], height=0.4, label="exported")
+        ax.barh([i + 0.2 for i in y], [after.get(o, 0) for o in ops], height=0.4, label="simplified")
+        for i, op in enumerate(ops):
+            for offset, count in ((-0.2, before.get(op, 0)), (0.2, after.get(op, 0))):
+                ax.text(count, i + offset, f" {count}", va="center", fontsize=8)
+        ax.set_yticks(list(y), ops)
+        ax.invert_yaxis()
+        ax.set_xlabel("nodes")
+        ax.set_title("Nodes by op type before and after simplification")
+        ax.legend(loc="lower right")
+        written["ops"] = _save(fig, folder / PLOTS["ops"])
+    plt.close("all")
+    return written
+
+
+def _save(fig: object, path: Path) -> str:
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path.name
+

@@ -1,0 +1,105 @@
+"""Export: every registered arch, parity at two batch sizes, the metadata later stages read, and refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from resnet_edge.errors import CheckpointError, InputFileError, OptionError
+from resnet_edge.export import ExportOptions, Exporter, export_onnx
+from resnet_edge.metadata import read_metadata, static_input_shape
+from resnet_edge.models import get_arch, list_models
+from resnet_edge.parity import FP32_MAX_ABS_ERROR
+from resnet_edge.runtime import open_session
+from resnet_edge.simplify import simplify_onnx
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", list_models())
+def test_every_arch_exports_and_simplifies(tmp_path: Path, arch: str) -> None:
+    size = 64 if get_arch(arch).stem.value == "imagenet" else 32
+    result = export_onnx(ExportOptions(arch=arch, input_size=size), tmp_path / "m.onnx")
+    assert sorted(result.parity) == [1, 8]  # batch 1 and a second batch size, both compared with PyTorch
+    assert all(p.top1_agreement == 1.0 for p in result.parity.values())
+    assert result.batch_norm_nodes == 0
+    simplified = simplify_onnx(tmp_path / "m.onnx", tmp_path / "m.sim.onnx")
+    assert simplified.batch_norm_remaining == []
+    assert static_input_shape(onnx.load(str(tmp_path / "m.sim.onnx")))[0] is None  # still a dynamic batch
+
+
+def test_digits_export_matches_pytorch_and_describes_itself(digits_onnx: Path) -> None:
+    model = onnx.load(str(digits_onnx))
+    onnx.checker.check_model(model, full_check=True)
+    assert not list(digits_onnx.parent.glob("*.data"))  # self-contained: no external-data sidecar
+    meta = read_metadata(model)
+    assert (meta.arch, meta.num_classes, meta.in_chans, meta.dataset) == ("resnet20", 10, 3, "sklearn-digits")
+    assert meta.labels == [str(i) for i in range(10)]
+    assert meta.preprocessing.crop == 32 and meta.preprocessing.layout == "NCHW"
+    assert len(meta.checkpoint_sha256) == 64 and meta.batch == "dynamic"
+    assert meta.provenance["exporter"] == "torchscript" and meta.provenance["opset"] == "17"
+    assert model.opset_import[0].version == 17
+
+
+def test_dynamic_batch_runs_at_any_size(tiny_onnx: Path) -> None:
+    session = open_session(tiny_onnx)
+    x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
+    together = session.run(x)
+    one_by_one = np.concatenate([session.run(x[i:i + 1]) for i in range(5)])
+    assert together.shape == (5, 10)
+    np.testing.assert_allclose(together, one_by_one, atol=FP32_MAX_ABS_ERROR)
+
+
+def test_fixed_batch_and_opset(tmp_path: Path) -> None:
+    result = export_onnx(ExportOptions(arch="resnet20", batch=4, opset=13), tmp_path / "b4.onnx")
+    assert result.input_shape == (4, 3, 32, 32) and list(result.parity) == [4]
+    model = onnx.load(str(tmp_path / "b4.onnx"))
+    assert static_input_shape(model) == (4, 3, 32, 32) and result.opset == 13 == model.opset_import[0].version
+
+
+@pytest.mark.slow
+def test_imagenet_arch_end_to_end_at_224(tmp_path: Path) -> None:
+    result = export_onnx(ExportOptions(arch="resnet18"), tmp_path / "r18.onnx")
+    assert result.input_shape == ("batch", 3, 224, 224) and result.num_classes == 1000
+    assert max(p.max_abs_error for p in result.parity.values()) < 1e-3
+    meta = read_metadata(onnx.load(str(tmp_path / "r18.onnx")))
+    assert (meta.preprocessing.resize, meta.preprocessing.crop) == (256, 224)
+    simplify_onnx(tmp_path / "r18.onnx", tmp_path / "r18.sim.onnx")
+
+
+def test_dynamo_exporter_is_refused_below_its_opset_or_without_onnxscript(tmp_path: Path) -> None:
+    with pytest.raises(OptionError, match="dynamo exporter writes opsets 18 to 23, not 17"):
+        export_onnx(ExportOptions(arch="resnet20", exporter=Exporter.DYNAMO, opset=17), tmp_path / "d.onnx")
+    pytest.importorskip("onnxscript")
+    result = export_onnx(ExportOptions(arch="resnet20", exporter=Exporter.DYNAMO, opset=18), tmp_path / "d.onnx")
+    assert result.opset == 18 and result.exporter == "dynamo"
+
+
+@pytest.mark.parametrize(("options", "error", "match"), [
+    (ExportOptions(arch="resnet20", opset=21), OptionError, "writes opsets 11 to 20, not 21"),
+    (ExportOptions(arch="resnet20", input_size=4), OptionError, "at least 8 pixels"),
+    (ExportOptions(arch="resnet20", batch=0), OptionError, "batch"),
+    (ExportOptions(), OptionError, "no arch given"),
+    (ExportOptions(arch="resnet32", weights="builtin:digits-resnet20"), CheckpointError, "does not fit resnet32"),
+    (ExportOptions(arch="resnet20", labels=("a", "b")), OptionError, "2 labels given for 10 classes"),
+])
+def test_bad_options_leave_no_file(tmp_path: Path, options: ExportOptions, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        export_onnx(options, tmp_path / "out.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_destination(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="output folder does not exist"):
+        export_onnx(ExportOptions(arch="resnet20"), tmp_path / "missing" / "m.onnx")
+
+
+def test_labels_and_checkpoint_metadata_travel(tmp_path: Path) -> None:
+    labels = tuple(f"class {i}" for i in range(10))
+    export_onnx(ExportOptions(arch="resnet20", labels=labels), tmp_path / "l.onnx")
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "l.onnx")).metadata_props}
+    assert json.loads(props["labels"]) == list(labels)
+    assert json.loads(props["provenance"])["checkpoint"] == "random init"

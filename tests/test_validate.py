@@ -1,0 +1,137 @@
+"""Accuracy parity on the trained model, providers audited, thresholds as an exit code, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from resnet_edge.errors import CheckpointError, InputFileError, OptionError, ProviderError, ResnetEdgeWarning
+from resnet_edge.metadata import write_props
+from resnet_edge.models import create_model
+from resnet_edge.runtime import Provider, available_providers, open_session, parse_providers
+from resnet_edge.validate import Reference, ValidateOptions, validate_models
+
+CUDA_MISSING = "CUDAExecutionProvider" not in available_providers()
+
+
+@pytest.fixture(scope="module")
+def digits_validation(digits_onnx: Path, digits_sim: Path, digits_int8: Path):
+    return validate_models([digits_onnx, digits_sim, digits_int8])
+
+
+def test_fp32_onnx_matches_pytorch_on_every_held_out_image(digits_validation) -> None:
+    result = digits_validation
+    assert result.passed and result.labelled and result.images == 397 and result.data == "builtin:digits-test"
+    assert "builtin:digits-resnet20" in result.reference
+    for row in result.rows[:2]:  # model.onnx and model.sim.onnx
+        assert not row.quantized and row.ran_on == "cpu"
+        assert row.parity.top1_agreement == 1.0 and row.parity.max_abs_error < 1e-4
+        assert row.parity.top5_overlap == 1.0 and row.parity.kl_divergence < 1e-9
+        assert row.accuracy == row.reference_accuracy and row.accuracy.top1 > 0.98
+
+
+def test_int8_keeps_agreement_and_accuracy(digits_validation) -> None:
+    row = digits_validation.rows[2]
+    assert row.quantized and row.passed
+    assert row.parity.top1_agreement >= 0.99 and row.top1_drop_points <= 1.0
+
+
+def test_thresholds_fail_the_result(digits_onnx: Path, tiny_onnx: Path) -> None:
+    # Judged against an untrained network, the trained model disagrees: the result fails with the reasons.
+    result = validate_models([digits_onnx], Reference(onnx=tiny_onnx))
+    failures = " | ".join(result.rows[0].failures)
+    assert not result.passed and "top-1 agreement" in failures and "max abs logit error" in failures
+    with pytest.raises(OptionError, match="fraction from 0 to 1"):
+        validate_models([digits_onnx], options=ValidateOptions(min_agreement=99))
+
+
+def test_onnx_reference_and_unlabelled_folder(digits_onnx: Path, digits_sim: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("L", (8, 8), 40 * i).save(tmp_path / f"{i}.png")
+    result = validate_models([digits_sim], Reference(onnx=digits_onnx), ValidateOptions(data=str(tmp_path)))
+    assert result.passed and not result.labelled and result.images == 3
+    assert result.rows[0].accuracy is None and result.rows[0].parity.top1_agreement == 1.0
+
+
+@pytest.mark.skipif(not CUDA_MISSING, reason="this machine has the CUDA provider")
+def test_cuda_fallback_is_visible_and_strict_is_an_error(digits_onnx: Path) -> None:
+    with pytest.warns(ResnetEdgeWarning, match="requested cuda but CUDAExecutionProvider is not available"):
+        result = validate_models([digits_onnx], options=ValidateOptions(providers=(Provider.CUDA,)))
+    assert result.rows[0].provider == "cuda" and result.rows[0].ran_on == "cpu" and result.rows[0].fell_back
+    with pytest.raises(ProviderError, match="requested cuda: CUDAExecutionProvider is not available"):
+        validate_models([digits_onnx], options=ValidateOptions(providers=(Provider.CUDA,), strict_ep=True))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(CUDA_MISSING, reason="needs onnxruntime-gpu and an NVIDIA GPU")
+def test_cuda_provider_really_runs(digits_onnx: Path, digits_int8: Path) -> None:
+    result = validate_models([digits_onnx, digits_int8],
+                             options=ValidateOptions(providers=(Provider.CPU, Provider.CUDA), strict_ep=True))
+    cuda_rows = [r for r in result.rows if r.provider == "cuda"]
+    assert all(r.ran_on == "cuda" and r.providers_used[0] == "CUDAExecutionProvider" for r in cuda_rows)
+    assert result.passed
+
+
+def test_unknown_provider() -> None:
+    with pytest.raises(OptionError, match="unknown execution provider 'tpu'"):
+        parse_providers("cpu,tpu")
+
+
+def test_reference_for_another_arch(digits_onnx: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "r32.pt"
+    torch.save(create_model("resnet32").state_dict(), ckpt)
+    with pytest.raises(CheckpointError, match="does not fit resnet20"):
+        validate_models([digits_onnx], Reference(checkpoint=str(ckpt), arch="resnet20"))
+
+
+def test_data_that_does_not_fit(digits_onnx: Path, tmp_path: Path) -> None:
+    np.save(tmp_path / "gray.npy", np.zeros((4, 1, 32, 32), np.float32))
+    with pytest.raises(InputFileError, match=r"\(N, 3, 32, 32\)"):
+        validate_models([digits_onnx], options=ValidateOptions(data=str(tmp_path / "gray.npy")))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputFileError, match="no images"):
+        validate_models([digits_onnx], options=ValidateOptions(data=str(empty)))
+
+
+def test_no_reference_to_be_found(tiny_onnx: Path) -> None:
+    with pytest.raises(OptionError, match="no --reference given"):
+        validate_models([tiny_onnx])
+
+
+def test_nan_outputs_are_reported_never_agreement(digits_onnx: Path, tmp_path: Path) -> None:
+    """A model whose logits are NaN: every row counts as disagreeing and the result fails."""
+    model = onnx.load(str(digits_onnx))
+    logits = model.graph.output[0].name
+    model.graph.node[-1].output[0] = "raw_logits"
+    nan = helper.make_tensor("nan", TensorProto.FLOAT, [1], [float("nan")])
+    model.graph.initializer.append(nan)
+    model.graph.node.append(helper.make_node("Mul", ["raw_logits", "nan"], [logits], name="poison"))
+    onnx.save(model, str(tmp_path / "nan.onnx"))
+    assert np.isnan(open_session(tmp_path / "nan.onnx").run(np.zeros((1, 3, 32, 32), np.float32))).all()
+    result = validate_models([tmp_path / "nan.onnx"], Reference(checkpoint="builtin:digits-resnet20"))
+    row = result.rows[0]
+    assert not result.passed and row.parity.non_finite == 397 and row.parity.top1_agreement == 0.0
+    assert "397 outputs contain NaN or Inf" in row.failures[0]
+
+
+def test_foreign_model_without_metadata_gets_imagenet_preprocessing_with_a_warning(tmp_path: Path) -> None:
+    model = create_model("resnet20").eval()
+    path = tmp_path / "foreign.onnx"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False, input_names=["x"])
+    proto = onnx.load(str(path))
+    write_props(proto, {})
+    with pytest.warns(ResnetEdgeWarning, match="assuming ImageNet normalisation at 32x32"):
+        result = validate_models([path], Reference(onnx=path))
+    assert result.passed
