@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -10,70 +11,106 @@ from resnet_edge.cli import render
 from resnet_edge.cli.options import derived_path, json_option, parse_batch
 from resnet_edge.models import Variant, list_models
 
+if TYPE_CHECKING:  # annotations only: the commands import the library lazily, so --help stays fast
+    from resnet_edge.mixed_precision import MixedPrecisionResult
+    from resnet_edge.quantize import QuantizeOptions, QuantizeResult
+
 
 @click.command()
 @click.option("--arch", type=click.Choice(list_models()), help="Architecture; optional when --weights records it.")
-@click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint (.pt, .pth, .safetensors); random init if omitted.")
+@click.option(
+    "--weights", type=click.Path(path_type=Path), help="Checkpoint (.pt, .pth, .safetensors); random init if omitted."
+)
 @click.option("--num-classes", type=int, help="Classes; default: the checkpoint's, else 1000 / 10.")
 @click.option("--in-chans", type=int, help="Input channels; default: the checkpoint's, else 3.")
 @click.option("--variant", type=click.Choice([v.value for v in Variant]), default="residual", show_default=True)
 @click.option("--input-size", type=int, help="Input side in pixels; default: the checkpoint's, else 224 / 32.")
-@click.option("--opset", type=int, default=None, help="ONNX opset (refused if the exporter cannot write it). [default: 17]")
+@click.option(
+    "--opset", type=int, default=None, help="ONNX opset (refused if the exporter cannot write it). [default: 17]"
+)
 @click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
-@click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="Text file with one class name per line.")
+@click.option(
+    "--labels", "labels_file", type=click.Path(path_type=Path), help="Text file with one class name per line."
+)
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file. [default: model.onnx]")
 @json_option
-def export(arch, weights, num_classes, in_chans, variant, input_size, opset, batch, exporter, labels_file, output,
-           as_json) -> None:
+def export(
+    arch, weights, num_classes, in_chans, variant, input_size, opset, batch, exporter, labels_file, output, as_json
+) -> None:
     """Export a ResNet to ONNX, verified against PyTorch at batch 1 and another batch size."""
     from resnet_edge.export import DEFAULT_OPSET, Exporter, ExportOptions, export_onnx, read_labels_file
 
     options = ExportOptions(
-        arch=arch, weights=weights, num_classes=num_classes, in_chans=in_chans, variant=variant,
-        input_size=input_size, opset=opset or DEFAULT_OPSET, batch=parse_batch(batch),
-        exporter=Exporter(exporter), labels=read_labels_file(labels_file) if labels_file else None,
+        arch=arch,
+        weights=weights,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        variant=variant,
+        input_size=input_size,
+        opset=opset or DEFAULT_OPSET,
+        batch=parse_batch(batch),
+        exporter=Exporter(exporter),
+        labels=read_labels_file(labels_file) if labels_file else None,
     )
     result = export_onnx(options, output or Path("model.onnx"))
     if as_json:
         return render.emit_json(result)
-    click.echo(f"wrote {result.output} ({render.size(result.file_bytes)}): {result.arch} ({result.variant}),"
-               f" {result.num_classes} classes, input {list(result.input_shape)}, opset {result.opset},"
-               f" {result.exporter} exporter")
-    click.echo(render.table(
-        ["batch", "max abs error", "cosine", "top-1 agreement", "vs PyTorch"],
-        [[size, p.max_abs_error, p.min_cosine, render.percent(p.top1_agreement), "ok"]
-         for size, p in result.parity.items()],
-    ))
+    click.echo(
+        f"wrote {result.output} ({render.size(result.file_bytes)}): {result.arch} ({result.variant}),"
+        f" {result.num_classes} classes, input {list(result.input_shape)}, opset {result.opset},"
+        f" {result.exporter} exporter"
+    )
+    click.echo(
+        render.table(
+            ["batch", "max abs error", "cosine", "top-1 agreement", "vs PyTorch"],
+            [
+                [size, p.max_abs_error, p.min_cosine, render.percent(p.top1_agreement), "ok"]
+                for size, p in result.parity.items()
+            ],
+        )
+    )
 
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file. [default: MODEL.sim.onnx]")
-@click.option("--allow-unfolded-bn", is_flag=True, help="Keep BatchNorms with no conv to fold into (pre-activation nets).")
+@click.option(
+    "--allow-unfolded-bn", is_flag=True, help="Keep BatchNorms with no conv to fold into (pre-activation nets)."
+)
 @click.option("--timeout", "timeout_s", type=float, default=300.0, show_default=True, help="Seconds onnxsim may run.")
 @json_option
 def simplify(model, output, allow_unfolded_bn, timeout_s, as_json) -> None:
     """Simplify with onnxsim; verify every BatchNormalization is folded and outputs are unchanged."""
     from resnet_edge.simplify import simplify_onnx
 
-    result = simplify_onnx(model, output or derived_path(model, ".sim"), allow_unfolded_bn=allow_unfolded_bn,
-                           timeout_s=timeout_s)
+    result = simplify_onnx(
+        model, output or derived_path(model, ".sim"), allow_unfolded_bn=allow_unfolded_bn, timeout_s=timeout_s
+    )
     if as_json:
         return render.emit_json(result)
-    click.echo(f"wrote {result.output} ({render.size(result.bytes_after)}) with onnxsim {result.onnxsim_version}"
-               f" in {result.seconds:.1f} s")
-    click.echo(f"BatchNormalization: {result.batch_norm_before} before, {len(result.batch_norm_remaining)} after"
-               f" ({result.batch_norm_folded} folded into Conv)")
+    click.echo(
+        f"wrote {result.output} ({render.size(result.bytes_after)}) with onnxsim {result.onnxsim_version}"
+        f" in {result.seconds:.1f} s"
+    )
+    click.echo(
+        f"BatchNormalization: {result.batch_norm_before} before, {len(result.batch_norm_remaining)} after"
+        f" ({result.batch_norm_folded} folded into Conv)"
+    )
     for name, producer in result.batch_norm_remaining:
         click.echo(f"  kept {name} (fed by {producer}, nothing to fold into)")
     ops = sorted(set(result.ops_before) | set(result.ops_after))
-    click.echo(render.table(["op", "before", "after"],
-                            [[op, result.ops_before.get(op, 0), result.ops_after.get(op, 0)] for op in ops]))
-    click.echo(render.table(
-        ["batch", "max abs error", "top-1 agreement", "vs input"],
-        [[size, p.max_abs_error, render.percent(p.top1_agreement), "ok"] for size, p in result.parity.items()],
-    ))
+    click.echo(
+        render.table(
+            ["op", "before", "after"], [[op, result.ops_before.get(op, 0), result.ops_after.get(op, 0)] for op in ops]
+        )
+    )
+    click.echo(
+        render.table(
+            ["batch", "max abs error", "top-1 agreement", "vs input"],
+            [[size, p.max_abs_error, render.percent(p.top1_agreement), "ok"] for size, p in result.parity.items()],
+        )
+    )
 
 
 @click.command()
@@ -90,8 +127,10 @@ def inspect(model, as_json) -> None:
     for kind, tensors in (("input", result.inputs), ("output", result.outputs)):
         for t in tensors:
             click.echo(f"  {kind:6} {t.name}: {t.dtype} {t.shape}")
-    click.echo(f"  parameters {result.parameters:,}, {result.macs_per_image / 1e6:,.1f} M MACs per image,"
-               f" {'INT8 quantized' if result.quantized else 'floating point'}")
+    click.echo(
+        f"  parameters {result.parameters:,}, {result.macs_per_image / 1e6:,.1f} M MACs per image,"
+        f" {'INT8 quantized' if result.quantized else 'floating point'}"
+    )
     click.echo(f"  BatchNormalization nodes: {len(result.batch_norm_nodes)}")
     click.echo(f"  ops: {render.ops_line(result.op_counts)}")
     for key, value in result.metadata.items():
@@ -106,44 +145,206 @@ def inspect(model, as_json) -> None:
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
 @click.option("--per-channel/--per-tensor", default=None, help="Weight granularity. [default: the target's]")
 @click.option("--format", "quant_format", type=click.Choice(["qdq", "qoperator"]), help="[default: the target's]")
-@click.option("--target", type=click.Choice(["auto", "x86-vnni", "x86-avx2", "arm64", "gpu-tensorrt"]), default="auto",
-              show_default=True, help="Hardware to choose the configuration for; auto detects this CPU.")
+@click.option(
+    "--target",
+    type=click.Choice(["auto", "x86-vnni", "x86-avx2", "arm64", "gpu-tensorrt"]),
+    default="auto",
+    show_default=True,
+    help="Hardware to choose the configuration for; auto detects this CPU.",
+)
 @click.option("--exclude", multiple=True, help="Node name or module path (layer1.0, fc) to keep in FP32; repeatable.")
 @click.option("--limit", type=int, help="Calibrate on this many images, drawn with --seed.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-speed", is_flag=True, help="Skip the FP32 vs INT8 timing.")
+@click.option(
+    "--max-top1-drop",
+    type=float,
+    metavar="POINTS",
+    help="Accuracy target (labelled data): keep the most sensitive blocks in FP32 until INT8 loses at most"
+    " this many top-1 points.",
+)
+@click.option(
+    "--min-agreement",
+    type=float,
+    metavar="FRACTION",
+    help="Accuracy target: keep the most sensitive blocks in FP32 until INT8 agrees with FP32's top-1 on at"
+    " least this fraction of held-out images (e.g. 0.99).",
+)
 @json_option
-def quantize(model, output, calib, eval_data, method, per_channel, quant_format, target, exclude, limit, seed,
-             no_speed, as_json) -> None:
-    """Quantize to INT8 from calibration images; report agreement with FP32 on held-out images."""
+def quantize(
+    model,
+    output,
+    calib,
+    eval_data,
+    method,
+    per_channel,
+    quant_format,
+    target,
+    exclude,
+    limit,
+    seed,
+    no_speed,
+    max_top1_drop,
+    min_agreement,
+    as_json,
+) -> None:
+    """Quantize to INT8 from calibration images; report agreement with FP32 on held-out images.
+
+    With --max-top1-drop or --min-agreement, blocks are kept in FP32, most sensitive first, until the target holds.
+    """
     from resnet_edge.quantize import Format, Method, QuantizeOptions, Target, quantize_onnx
 
     options = QuantizeOptions(
-        calib=calib, eval_data=eval_data, method=Method(method), per_channel=per_channel,
-        format=Format(quant_format) if quant_format else None, target=Target(target), exclude=tuple(exclude),
-        limit=limit, seed=seed, measure_speed=not no_speed,
+        calib=calib,
+        eval_data=eval_data,
+        method=Method(method),
+        per_channel=per_channel,
+        format=Format(quant_format) if quant_format else None,
+        target=Target(target),
+        exclude=tuple(exclude),
+        limit=limit,
+        seed=seed,
+        measure_speed=not no_speed,
     )
-    result = quantize_onnx(model, output or derived_path(model, ".int8"), options, progress=not as_json)
+    output = output or derived_path(model, ".int8")
+    if max_top1_drop is not None or min_agreement is not None:
+        from resnet_edge.mixed_precision import AccuracyTarget, SearchStep, quantize_mixed_precision
+
+        def show_step(step: SearchStep) -> None:
+            if not as_json:
+                click.echo(
+                    f"step {step.step}: FP32 {', '.join(step.fp32_blocks) or 'none'}: top-1 agreement"
+                    f" {render.percent(step.top1_agreement)}"
+                    f"{'' if step.met else ', target missed'}",
+                    err=True,
+                )
+
+        mixed = quantize_mixed_precision(
+            model,
+            output,
+            AccuracyTarget(max_top1_drop=max_top1_drop, min_agreement=min_agreement),
+            options,
+            progress=not as_json,
+            on_step=show_step,
+        )
+        if as_json:
+            return render.emit_json(mixed)
+        _print_quantize(mixed.quantize)
+        _print_mixed_precision(mixed, model, output, options)
+        return None
+    result = quantize_onnx(model, output, options, progress=not as_json)
     if as_json:
         return render.emit_json(result)
+    _print_quantize(result)
+
+
+def _print_quantize(result: QuantizeResult) -> None:
     c = result.config
-    click.echo(f"wrote {result.output} ({render.size(result.bytes_after)}, FP32 {render.size(result.bytes_before)})"
-               f" and {result.sidecar.name}")
-    click.echo(f"config: {c.target.value}: {c.format.value}, activations {c.activation_type}, weights"
-               f" {c.weight_type} {'per-channel' if c.per_channel else 'per-tensor'}"
-               f"{', reduce_range' if c.reduce_range else ''}; {result.method} calibration ({c.reason})")
+    click.echo(
+        f"wrote {result.output} ({render.size(result.bytes_after)}, FP32 {render.size(result.bytes_before)})"
+        f" and {result.sidecar.name}"
+    )
+    click.echo(
+        f"config: {c.target.value}: {c.format.value}, activations {c.activation_type}, weights"
+        f" {c.weight_type} {'per-channel' if c.per_channel else 'per-tensor'}"
+        f"{', reduce_range' if c.reduce_range else ''}; {result.method} calibration ({c.reason})"
+    )
     skipped = f", {result.skipped_files} non-image files skipped" if result.skipped_files else ""
-    click.echo(f"calibrated on {result.calibration_images} images from {result.calibration_source}{skipped};"
-               f" {result.quantized_nodes} compute nodes quantized, FP32 kept: {', '.join(result.fp32_nodes) or 'none'}")
+    click.echo(
+        f"calibrated on {result.calibration_images} images from {result.calibration_source}{skipped};"
+        f" {result.quantized_nodes} compute nodes quantized, FP32 kept: {', '.join(result.fp32_nodes) or 'none'}"
+    )
     p = result.parity
-    rows = [["top-1 agreement with FP32", render.percent(p.top1_agreement)],
-            ["logit cosine (mean)", f"{p.cosine:.5f}"], ["max abs logit error", f"{p.max_abs_error:.4g}"]]
+    rows = [
+        ["top-1 agreement with FP32", render.percent(p.top1_agreement)],
+        ["logit cosine (mean)", f"{p.cosine:.5f}"],
+        ["max abs logit error", f"{p.max_abs_error:.4g}"],
+    ]
     if result.fp32_accuracy and result.int8_accuracy:
-        rows += [["top-1 accuracy FP32 -> INT8", f"{render.percent(result.fp32_accuracy.top1)} ->"
-                                                  f" {render.percent(result.int8_accuracy.top1)}"]]
+        rows += [
+            [
+                "top-1 accuracy FP32 -> INT8",
+                f"{render.percent(result.fp32_accuracy.top1)} -> {render.percent(result.int8_accuracy.top1)}",
+            ]
+        ]
     if result.speed:
-        rows += [["latency p50 FP32 -> INT8 (batch 1)", f"{result.speed.fp32_p50_ms:.2f} ms -> "
-                                                        f"{result.speed.int8_p50_ms:.2f} ms ({result.speed.speedup:.2f}x)"]]
+        rows += [
+            [
+                "latency p50 FP32 -> INT8 (batch 1)",
+                f"{result.speed.fp32_p50_ms:.2f} ms -> {result.speed.int8_p50_ms:.2f} ms ({result.speed.speedup:.2f}x)",
+            ]
+        ]
     overlap = f", {result.overlap_excluded} dropped as calibration images" if result.overlap_excluded else ""
     click.echo(f"held-out evaluation: {result.evaluation_images} images from {result.evaluation_source}{overlap}")
     click.echo(render.table(["metric", "value"], rows))
+
+
+def _print_mixed_precision(mixed: MixedPrecisionResult, model: Path, output: Path, options: QuantizeOptions) -> None:
+    click.echo(
+        f"mixed precision: target {mixed.target.describe()}; blocks ranked by logit SQNR with only that block"
+        " INT8 (lower = more sensitive): "
+        + (", ".join(f"{r.block} {r.sensitivity_db:.1f} dB" for r in mixed.ranking) or "not needed")
+    )
+    rows = []
+    for s in mixed.steps:
+        rows.append(
+            [
+                s.step,
+                ", ".join(s.fp32_blocks) or "none",
+                len(s.fp32_nodes),
+                render.percent(s.top1_agreement),
+                render.percent(s.int8_top1) if s.int8_top1 is not None else "-",
+                s.top1_drop_points,
+                s.p50_ms,
+                f"{s.speedup:.2f}x" if s.speedup else "-",
+                "yes" if s.met else "no",
+            ]
+        )
+    click.echo(
+        render.table(
+            [
+                "step",
+                "FP32 blocks",
+                "FP32 convs",
+                "top-1 agreement",
+                "INT8 top-1",
+                "drop (pts)",
+                "p50 ms",
+                "vs FP32",
+                "target met",
+            ],
+            rows,
+        )
+    )
+    if mixed.fp32_p50_ms is not None:
+        click.echo(
+            f"FP32 p50 {mixed.fp32_p50_ms:.3f} ms, timed side by side with every step (batch 1,"
+            f" {mixed.timing_iterations} rounds)"
+        )
+    click.echo("reproduce: " + _quantize_command(model, output, options, mixed.exclude))
+
+
+def _quantize_command(model: Path, output: Path, options: QuantizeOptions, exclude: list[str]) -> str:
+    """A ``resnet-edge quantize`` command line that rebuilds the chosen model with plain --exclude."""
+    import shlex
+
+    args = ["resnet-edge", "quantize", str(model), "-o", str(output)]
+    for flag, value in (
+        ("--calib", options.calib),
+        ("--eval-data", options.eval_data),
+        ("--limit", options.limit),
+        ("--format", options.format and options.format.value),
+    ):
+        if value is not None:
+            args += [flag, str(value)]
+    if options.method.value != "minmax":
+        args += ["--method", options.method.value]
+    if options.per_channel is not None:
+        args.append("--per-channel" if options.per_channel else "--per-tensor")
+    if options.target.value != "auto":
+        args += ["--target", options.target.value]
+    if options.seed:
+        args += ["--seed", str(options.seed)]
+    for item in exclude:
+        args += ["--exclude", item]
+    return shlex.join(args)

@@ -27,6 +27,15 @@ class _Group(click.Group):
         except ResnetEdgeError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except ModuleNotFoundError as exc:
+            if exc.name != "onnxruntime":
+                raise
+            # The runtime is an extra, so that the CPU and GPU builds are never installed side by side.
+            click.echo(
+                "error: onnxruntime is not installed: pip install 'resnet-edge[cpu]' (or 'resnet-edge[gpu]' for CUDA)",
+                err=True,
+            )
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted: no partial output was kept", err=True)
             ctx.exit(INTERRUPTED_EXIT)
@@ -39,10 +48,20 @@ def main() -> None:
 
 
 def _register() -> None:
-    from resnet_edge.cli import convert, evaluate, gradflow, pipeline
+    from resnet_edge.cli import analyze, convert, evaluate, gradflow, pipeline
 
-    for command in (convert.export, convert.simplify, convert.inspect, convert.quantize,
-                    evaluate.validate, evaluate.benchmark, evaluate.doctor, pipeline.pipeline, gradflow.gradflow):
+    for command in (
+        convert.export,
+        convert.simplify,
+        convert.inspect,
+        convert.quantize,
+        evaluate.validate,
+        evaluate.benchmark,
+        evaluate.doctor,
+        pipeline.pipeline,
+        gradflow.gradflow,
+        analyze.analyze,
+    ):
         main.add_command(command)
 
 

@@ -43,7 +43,14 @@ from resnet_edge.calibration.sources import (
 )
 from resnet_edge.environment import cpu_info
 from resnet_edge.errors import CheckFailedError, InputFileError, OptionError, ResnetEdgeWarning
-from resnet_edge.metadata import QUANTIZATION_KEY, preprocessing_for, read_metadata, read_props, static_input_shape, write_props
+from resnet_edge.metadata import (
+    QUANTIZATION_KEY,
+    preprocessing_for,
+    read_metadata,
+    read_props,
+    static_input_shape,
+    write_props,
+)
 from resnet_edge.onnx_graph import COMPUTE_OPS, graph_input, is_quantized, module_path
 from resnet_edge.parity import Accuracy, Parity, accuracy, compare
 from resnet_edge.runtime import open_session
@@ -55,7 +62,7 @@ HELD_OUT_EVERY = 4  # with one source for both, every 4th image is held out for 
 SPEED_ITERATIONS = 30
 
 
-class Target(str, enum.Enum):
+class Target(enum.StrEnum):
     AUTO = "auto"
     X86_VNNI = "x86-vnni"
     X86_AVX2 = "x86-avx2"
@@ -63,13 +70,13 @@ class Target(str, enum.Enum):
     GPU_TENSORRT = "gpu-tensorrt"
 
 
-class Method(str, enum.Enum):
+class Method(enum.StrEnum):
     MINMAX = "minmax"
     ENTROPY = "entropy"
     PERCENTILE = "percentile"
 
 
-class Format(str, enum.Enum):
+class Format(enum.StrEnum):
     QDQ = "qdq"
     QOPERATOR = "qoperator"
 
@@ -90,22 +97,42 @@ class QuantConfig:
 
 _TARGETS: dict[Target, QuantConfig] = {
     Target.X86_VNNI: QuantConfig(
-        Target.X86_VNNI, Format.QDQ, "uint8", "int8", per_channel=True, reduce_range=False,
+        Target.X86_VNNI,
+        Format.QDQ,
+        "uint8",
+        "int8",
+        per_channel=True,
+        reduce_range=False,
         symmetric_activations=False,
         reason="U8S8 per-channel QDQ: ~3x faster than FP32 on AVX-512 VNNI; signed activations were no faster",
     ),
     Target.X86_AVX2: QuantConfig(
-        Target.X86_AVX2, Format.QDQ, "uint8", "int8", per_channel=True, reduce_range=True,
+        Target.X86_AVX2,
+        Format.QDQ,
+        "uint8",
+        "int8",
+        per_channel=True,
+        reduce_range=True,
         symmetric_activations=False,
         reason="U8S8 with 7-bit weights (reduce_range): avoids the 16-bit saturation of AVX2's u8s8 multiply-add",
     ),
     Target.ARM64: QuantConfig(
-        Target.ARM64, Format.QDQ, "int8", "int8", per_channel=True, reduce_range=False,
+        Target.ARM64,
+        Format.QDQ,
+        "int8",
+        "int8",
+        per_channel=True,
+        reduce_range=False,
         symmetric_activations=True,
         reason="S8S8 symmetric QDQ, onnxruntime's guidance for ARM cores (not measured here)",
     ),
     Target.GPU_TENSORRT: QuantConfig(
-        Target.GPU_TENSORRT, Format.QDQ, "int8", "int8", per_channel=True, reduce_range=False,
+        Target.GPU_TENSORRT,
+        Format.QDQ,
+        "int8",
+        "int8",
+        per_channel=True,
+        reduce_range=False,
         symmetric_activations=True,
         reason="symmetric int8 QDQ with per-channel weights, the form TensorRT builds INT8 engines from",
     ),
@@ -214,10 +241,15 @@ def quantize_onnx(
     options: QuantizeOptions = QuantizeOptions(),
     *,
     progress: bool = False,
+    calibration: Calibration | None = None,
 ) -> QuantizeResult:
     """Quantize an FP32 model to INT8 from calibration images, and judge it on held-out images.
 
     Writes ``output`` and a JSON sidecar ``output + ".json"`` with the calibration record, both atomically.
+
+    Args:
+        calibration: ranges already collected by :func:`calibrate_onnx` for this model and these options (only
+            ``exclude``, ``per_channel``, ``format`` and ``measure_speed`` may differ); calibrates afresh when None.
 
     Raises:
         InputFileError: unreadable or already quantized model, unusable data, unwritable output.
@@ -235,23 +267,30 @@ def quantize_onnx(
     meta = read_metadata(fp32)
     config = options.config or resolve_config(options.target, per_channel=options.per_channel, format=options.format)
     calib_source, calib_indices, eval_source, eval_indices = _choose_images(options, meta.dataset)
-    if len(calib_indices) < SMALL_CALIBRATION_SET:
-        warnings.warn(f"calibrating on only {len(calib_indices)} images; {SMALL_CALIBRATION_SET} or more give"
-                      " steadier ranges", ResnetEdgeWarning, stacklevel=2)
     batch = static_input_shape(fp32)[0] or CALIBRATION_BATCH
 
     with tempfile.TemporaryDirectory(prefix="resnet-edge-quantize-") as tmp:
-        prepped_path = Path(tmp, "prepped.onnx")
-        with _quiet():
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-
-            quant_pre_process(fp32, str(prepped_path))
-        prepped = onnx.load(str(prepped_path))
+        fingerprint = _calibration_fingerprint(model_path, options, config)
+        if calibration is None:
+            calibration = _collect_calibration(
+                fp32,
+                Path(tmp),
+                calib_source,
+                calib_indices,
+                spec,
+                config,
+                options,
+                batch=batch,
+                fingerprint=fingerprint,
+                progress=progress,
+            )
+        elif calibration.fingerprint != fingerprint:
+            raise ValueError("the calibration was collected for another model or other calibration options")
+        prepped = onnx.load(str(calibration.prepped))
         excluded = resolve_exclusions(prepped, options.exclude)
-        seen = _calibrate(prepped_path, Path(tmp), calib_source, spec, calib_indices, config, options.method,
-                          batch=batch, progress=progress)
+        seen = calibration.images
         int8_path = Path(tmp, "int8.onnx")
-        _quantize_static(prepped_path, int8_path, Path(tmp, "ranges.json"), config, options.method, excluded)
+        _quantize_static(calibration.prepped, int8_path, calibration.ranges, config, options.method, excluded)
         int8 = onnx.load(str(int8_path))
 
     fp32_kept = check_coverage(prepped, int8, excluded)
@@ -271,11 +310,18 @@ def quantize_onnx(
         "reason": config.reason,
         "method": options.method.value,
         "calibration": {
-            "source": calib_source.name, "images": len(seen), "limit": options.limit, "seed": options.seed,
-            "batch": batch, "files": [{"id": k, "sha256": v} for k, v in seen.items()],
+            "source": calib_source.name,
+            "images": len(seen),
+            "limit": options.limit,
+            "seed": options.seed,
+            "batch": batch,
+            "files": [{"id": k, "sha256": v} for k, v in seen.items()],
         },
-        "evaluation": {"source": eval_source.name, "images": evaluation.images,
-                       "overlap_excluded": evaluation.overlap_excluded},
+        "evaluation": {
+            "source": eval_source.name,
+            "images": evaluation.images,
+            "overlap_excluded": evaluation.overlap_excluded,
+        },
         "excluded_nodes": sorted(excluded),
         "fp32_nodes": fp32_kept,
         "source_model_sha256": sha256_file(model_path),
@@ -290,14 +336,123 @@ def quantize_onnx(
         tmp_sidecar.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
     return QuantizeResult(
-        output=output, sidecar=sidecar, config=config, method=options.method.value,
-        calibration_source=calib_source.name, calibration_images=len(seen), skipped_files=calib_source.skipped,
-        evaluation_source=eval_source.name, evaluation_images=evaluation.images,
-        overlap_excluded=evaluation.overlap_excluded, parity=evaluation.parity,
-        fp32_accuracy=evaluation.fp32_accuracy, int8_accuracy=evaluation.int8_accuracy,
-        quantized_nodes=quantized_nodes, fp32_nodes=fp32_kept,
-        bytes_before=model_path.stat().st_size, bytes_after=len(data), speed=speed,
-        seconds=time.perf_counter() - started, record=record,
+        output=output,
+        sidecar=sidecar,
+        config=config,
+        method=options.method.value,
+        calibration_source=calib_source.name,
+        calibration_images=len(seen),
+        skipped_files=calib_source.skipped,
+        evaluation_source=eval_source.name,
+        evaluation_images=evaluation.images,
+        overlap_excluded=evaluation.overlap_excluded,
+        parity=evaluation.parity,
+        fp32_accuracy=evaluation.fp32_accuracy,
+        int8_accuracy=evaluation.int8_accuracy,
+        quantized_nodes=quantized_nodes,
+        fp32_nodes=fp32_kept,
+        bytes_before=model_path.stat().st_size,
+        bytes_after=len(data),
+        speed=speed,
+        seconds=time.perf_counter() - started,
+        record=record,
+    )
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Activation ranges collected once, for several quantizations of one model that differ only in what they keep
+    in FP32 (a mixed-precision search): calibration does not depend on the exclusions, so it need not be repeated.
+
+    Attributes:
+        fingerprint: the model's SHA-256 and the options that shaped the ranges (data, limit, seed, method,
+            activation symmetry); :func:`quantize_onnx` refuses a calibration whose fingerprint differs.
+        prepped: onnxruntime's pre-processed copy of the model, whose tensors the ranges name.
+        ranges: onnxruntime's calibration cache (JSON).
+        images: the calibration images used, id -> SHA-256.
+        batch: images per calibration batch.
+    """
+
+    fingerprint: tuple
+    prepped: Path
+    ranges: Path
+    images: dict[str, str]
+    batch: int
+
+
+def calibrate_onnx(
+    model_path: Path | str, folder: Path | str, options: QuantizeOptions = QuantizeOptions(), *, progress: bool = False
+) -> Calibration:
+    """Collect activation ranges for ``quantize_onnx(..., calibration=...)``; files go to ``folder``, which the
+    caller owns and keeps until the last quantization.
+
+    Raises:
+        InputFileError: unreadable or already quantized model, unusable data.
+        OptionError: bad limit, unknown node to exclude.
+    """
+    model_path = Path(model_path)
+    fp32 = load_onnx(model_path)
+    if is_quantized(fp32):
+        raise InputFileError(f"{model_path} is already quantized; quantize the FP32 (simplified) model")
+    spec = preprocessing_for(fp32, source=str(model_path))
+    config = options.config or resolve_config(options.target, per_channel=options.per_channel, format=options.format)
+    calib_source, calib_indices, _, _ = _choose_images(options, read_metadata(fp32).dataset)
+    return _collect_calibration(
+        fp32,
+        Path(folder),
+        calib_source,
+        calib_indices,
+        spec,
+        config,
+        options,
+        batch=static_input_shape(fp32)[0] or CALIBRATION_BATCH,
+        fingerprint=_calibration_fingerprint(model_path, options, config),
+        progress=progress,
+    )
+
+
+def _calibration_fingerprint(model_path: Path, options: QuantizeOptions, config: QuantConfig) -> tuple:
+    return (
+        sha256_file(model_path),
+        options.calib,
+        options.eval_data,
+        options.limit,
+        options.seed,
+        options.method.value,
+        config.symmetric_activations,
+    )
+
+
+def _collect_calibration(
+    fp32: onnx.ModelProto,
+    folder: Path,
+    source: ImageSource,
+    indices: list[int],
+    spec: PreprocessSpec,
+    config: QuantConfig,
+    options: QuantizeOptions,
+    *,
+    batch: int,
+    fingerprint: tuple,
+    progress: bool,
+) -> Calibration:
+    if len(indices) < SMALL_CALIBRATION_SET:
+        warnings.warn(
+            f"calibrating on only {len(indices)} images; {SMALL_CALIBRATION_SET} or more give steadier ranges",
+            ResnetEdgeWarning,
+            stacklevel=3,
+        )
+    prepped_path = folder / "prepped.onnx"
+    with _quiet():
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(fp32, str(prepped_path))
+    resolve_exclusions(onnx.load(str(prepped_path)), options.exclude)  # a bad --exclude fails before calibrating
+    seen = _calibrate(
+        prepped_path, folder, source, spec, indices, config, options.method, batch=batch, progress=progress
+    )
+    return Calibration(
+        fingerprint=fingerprint, prepped=prepped_path, ranges=folder / "ranges.json", images=seen, batch=batch
     )
 
 
@@ -353,29 +508,49 @@ def _quiet() -> Iterator[None]:
 
 
 def _calibrate(
-    prepped_path: Path, tmp: Path, source: ImageSource, spec: PreprocessSpec, indices: list[int],
-    config: QuantConfig, method: Method, *, batch: int, progress: bool,
+    prepped_path: Path,
+    tmp: Path,
+    source: ImageSource,
+    spec: PreprocessSpec,
+    indices: list[int],
+    config: QuantConfig,
+    method: Method,
+    *,
+    batch: int,
+    progress: bool,
 ) -> dict[str, str]:
     """Collect activation ranges chunk by chunk into ``tmp/ranges.json``; returns the images used (id -> sha256)."""
     from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
     from tqdm import tqdm
 
-    ort_method = {Method.MINMAX: CalibrationMethod.MinMax, Method.ENTROPY: CalibrationMethod.Entropy,
-                  Method.PERCENTILE: CalibrationMethod.Percentile}[method]
+    ort_method = {
+        Method.MINMAX: CalibrationMethod.MinMax,
+        Method.ENTROPY: CalibrationMethod.Entropy,
+        Method.PERCENTILE: CalibrationMethod.Percentile,
+    }[method]
     with _quiet():
         calibrator = create_calibrator(
-            prepped_path, None, augmented_model_path=str(tmp / "augmented.onnx"), calibrate_method=ort_method,
+            prepped_path,
+            None,
+            augmented_model_path=str(tmp / "augmented.onnx"),
+            calibrate_method=ort_method,
             extra_options={"symmetric": config.symmetric_activations},
         )
     seen: dict[str, str] = {}
     chunk = max(batch, CALIBRATION_CHUNK - CALIBRATION_CHUNK % batch)
-    with tqdm(total=len(indices), desc=f"calibrating ({method.value})", unit="img", disable=not progress,
-              leave=False) as bar:
+    with tqdm(
+        total=len(indices), desc=f"calibrating ({method.value})", unit="img", disable=not progress, leave=False
+    ) as bar:
         for start in range(0, len(indices), chunk):
-            reader = ImageCalibrationReader(source, spec, indices[start:start + chunk],
-                                            input_name=graph_input(calibrator.model).name, batch_size=batch,
-                                            on_batch=bar.update)
+            reader = ImageCalibrationReader(
+                source,
+                spec,
+                indices[start : start + chunk],
+                input_name=graph_input(calibrator.model).name,
+                batch_size=batch,
+                on_batch=bar.update,
+            )
             with _quiet():
                 calibrator.collect_data(reader)
             seen.update(reader.seen)
@@ -402,8 +577,11 @@ def _quantize_static(
             activation_type=types[config.activation_type],
             weight_type=types[config.weight_type],
             nodes_to_exclude=excluded,
-            calibrate_method={Method.MINMAX: CalibrationMethod.MinMax, Method.ENTROPY: CalibrationMethod.Entropy,
-                              Method.PERCENTILE: CalibrationMethod.Percentile}[method],
+            calibrate_method={
+                Method.MINMAX: CalibrationMethod.MinMax,
+                Method.ENTROPY: CalibrationMethod.Entropy,
+                Method.PERCENTILE: CalibrationMethod.Percentile,
+            }[method],
             extra_options={"ActivationSymmetric": config.symmetric_activations, "WeightSymmetric": True},
         )
 
@@ -421,7 +599,8 @@ def check_coverage(prepped: onnx.ModelProto, int8: onnx.ModelProto, excluded: Se
         if node.op_type not in COMPUTE_OPS:
             continue
         after = int8_nodes.get(node.name)
-        if after is not None and after.op_type == node.op_type and producers.get(after.input[0]) != "DequantizeLinear":
+        # Quantized, a node is gone (QOperator: QLinearConv/QGemm) or takes its weight through a DequantizeLinear.
+        if after is not None and after.op_type == node.op_type and producers.get(after.input[1]) != "DequantizeLinear":
             fp32.append(node.name)
     unexpected = [n for n in fp32 if n not in set(excluded)]
     if unexpected:
@@ -440,8 +619,13 @@ class Evaluation:
 
 
 def evaluate_against(
-    fp32: onnx.ModelProto, int8: onnx.ModelProto, source: ImageSource, indices: Sequence[int], spec: PreprocessSpec,
-    *, exclude_hashes: set[str],
+    fp32: onnx.ModelProto,
+    int8: onnx.ModelProto,
+    source: ImageSource,
+    indices: Sequence[int],
+    spec: PreprocessSpec,
+    *,
+    exclude_hashes: set[str],
 ) -> Evaluation:
     """INT8 against FP32 (CPU) on held-out images, dropping any image whose hash was calibrated on.
 

@@ -1,0 +1,113 @@
+"""The ``analyze`` command: where an INT8 model loses accuracy, block by block."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import click
+
+from resnet_edge.cli import render
+from resnet_edge.cli.options import json_option
+
+
+@click.command()
+@click.argument("fp32_model", type=click.Path(path_type=Path))
+@click.argument("int8_model", type=click.Path(path_type=Path))
+@click.option("--data", help="Held-out images: folder, .npy/.npz, or builtin:NAME. [default: test split / photos]")
+@click.option(
+    "--limit",
+    type=int,
+    default=64,
+    show_default=True,  # analysis.DEFAULT_IMAGES, not imported for --help
+    help="Analyse at most this many images.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for drawing --limit images.")
+@click.option(
+    "-o",
+    "--output-dir",
+    type=click.Path(path_type=Path),
+    help="Folder for INT8.analysis.png and .json. [default: the INT8 model's folder]",
+)
+@json_option
+def analyze(fp32_model, int8_model, data, limit, seed, output_dir, as_json) -> None:
+    """Error INT8 shows by residual block (whole model and one block at a time), most sensitive first."""
+    from resnet_edge.analysis import AnalysisOptions, analyze_onnx
+
+    progress = None if as_json else (lambda what: click.echo(f"running {what}", err=True))
+    result = analyze_onnx(
+        fp32_model,
+        int8_model,
+        AnalysisOptions(data=data, limit=limit, seed=seed),
+        output_dir=output_dir or int8_model.parent,
+        progress=progress,
+    )
+    if as_json:
+        return render.emit_json(result)
+    skipped = result.calibration_images_dropped
+    click.echo(
+        f"{result.images} held-out images from {result.data_source}"
+        f"{f' ({skipped} calibration images skipped)' if skipped else ''};"
+        f" {result.format} model, top-1 agreement with FP32 {render.percent(result.parity.top1_agreement)},"
+        f" logit cosine {result.parity.cosine:.5f}"
+    )
+    order = result.ranking + [b.block for b in result.blocks if b.block not in result.ranking]
+    rows = []
+    for name in order:
+        b = result.block(name)
+        rank = result.ranking.index(name) + 1 if name in result.ranking else None
+        residual = b.residual
+        rows.append(
+            [
+                rank,
+                name,
+                f"{b.quantized_compute_nodes}/{b.compute_nodes}",
+                b.isolated_logits.sqnr_db if b.isolated_logits else None,
+                render.percent(b.isolated_top1_agreement) if b.isolated_top1_agreement is not None else "-",
+                b.isolated.sqnr_db if b.isolated else None,
+                b.cumulative.sqnr_db,
+                b.cumulative.relative_l2,
+                b.cumulative.cosine,
+                f"{residual.ratio:.2f}{' !' if residual.flagged else ''}" if residual else "-",
+            ]
+        )
+    click.echo(
+        render.table(
+            [
+                "rank",
+                "block",
+                "INT8 convs",
+                "alone: logit dB",
+                "alone: top-1",
+                "alone: block dB",
+                "all: block dB",
+                "all: rel L2",
+                "all: cosine",
+                "add scale ratio",
+            ],
+            rows,
+        )
+    )
+    click.echo(
+        "alone = only this block INT8, FP32 elsewhere; all = the INT8 model as it is; dB = SQNR against"
+        " FP32, lower is worse"
+    )
+    for name in result.flagged_additions:
+        r = result.block(name).residual
+        click.echo(
+            f"flagged: {name} adds a branch (scale {r.branch_scale:.3g}) and a shortcut (scale"
+            f" {r.skip_scale:.3g}) that differ {r.ratio:.1f}x (>= {result.residual_scale_ratio:g}x): the finer"
+            " input keeps few bits in the sum"
+        )
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    if result.ranking:
+        first = result.block(result.ranking[0])
+        click.echo(
+            f"most sensitive: {first.block}; keep it in FP32 with "
+            + " ".join(f"--exclude {shlex.quote(item)}" for item in first.exclude)
+        )
+    click.echo(
+        f"wrote {result.chart} and {result.report.name} ({result.isolated_models} single-block models,"
+        f" {result.seconds:.1f} s)"
+    )
