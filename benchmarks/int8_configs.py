@@ -16,8 +16,15 @@ from pathlib import Path
 from resnet_edge.benchmark import BenchmarkOptions, benchmark_models
 from resnet_edge.environment import cpu_info
 from resnet_edge.export import ExportOptions, export_onnx
-from resnet_edge.quantize import Format, QuantConfig, QuantizeOptions, Target, detect_target, quantize_onnx
-from resnet_edge.quantize import resolve_config
+from resnet_edge.quantize import (
+    Format,
+    QuantConfig,
+    QuantizeOptions,
+    Target,
+    detect_target,
+    quantize_onnx,
+    resolve_config,
+)
 from resnet_edge.simplify import simplify_onnx
 
 
@@ -48,8 +55,10 @@ def main() -> None:
     chosen = resolve_config(Target.AUTO)
     cpu = cpu_info()
     print(f"CPU: {cpu.model}; features: {', '.join(k for k, v in cpu.features.items() if v)}")
-    print(f"--target auto on this machine: {detect_target().value} -> {chosen.format.value},"
-          f" activations {chosen.activation_type}, per-channel {chosen.per_channel}, reduce_range {chosen.reduce_range}")
+    print(
+        f"--target auto on this machine: {detect_target().value} -> {chosen.format.value},"
+        f" activations {chosen.activation_type}, per-channel {chosen.per_channel}, reduce_range {chosen.reduce_range}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp, "fp32.onnx")
         export_onnx(ExportOptions(arch=args.arch, input_size=args.size), fp32)
@@ -57,21 +66,35 @@ def main() -> None:
         files = {"FP32 (simplified)": Path(tmp, "fp32.sim.onnx")}
         for index, (name, config) in enumerate(variants().items()):
             out = Path(tmp, f"int8_{index}.onnx")
-            quantize_onnx(files["FP32 (simplified)"], out,
-                          QuantizeOptions(config=config, limit=args.limit, measure_speed=False))
+            quantize_onnx(
+                files["FP32 (simplified)"], out, QuantizeOptions(config=config, limit=args.limit, measure_speed=False)
+            )
             files[name] = out
-        result = benchmark_models(list(files.values()), BenchmarkOptions(
-            batch_sizes=tuple(int(b) for b in args.batch.split(",")), threads=args.threads, iterations=args.iterations, warmup=5))
+        result = benchmark_models(
+            list(files.values()),
+            BenchmarkOptions(
+                batch_sizes=tuple(int(b) for b in args.batch.split(",")),
+                threads=args.threads,
+                iterations=args.iterations,
+                warmup=5,
+            ),
+        )
     names = {str(path): name for name, path in files.items()}
-    default_row = next(n for n, c in variants().items() if (c.format, c.activation_type, c.per_channel,
-                       c.reduce_range) == (chosen.format, chosen.activation_type, chosen.per_channel, chosen.reduce_range))
+    default_row = next(
+        n
+        for n, c in variants().items()
+        if (c.format, c.activation_type, c.per_channel, c.reduce_range)
+        == (chosen.format, chosen.activation_type, chosen.per_channel, chosen.reduce_range)
+    )
     print(f"\n{args.arch} at {args.size}x{args.size}, {args.threads} threads, {args.iterations} rounds, round-robin")
     print(f"{'configuration':40} {'batch':>5} {'p50 ms':>8} {'p90 ms':>8} {'cv':>5} {'vs FP32':>8}")
     for row in result.rows:
         label = names[row.path]
         mark = "  <- default" if label == default_row else ""
-        print(f"{label:40} {row.batch:5d} {row.latency.p50_ms:8.2f} {row.latency.p90_ms:8.2f} {row.latency.cv:5.2f}"
-              f" {row.speedup:7.2f}x{mark}")
+        print(
+            f"{label:40} {row.batch:5d} {row.latency.p50_ms:8.2f} {row.latency.p90_ms:8.2f} {row.latency.cv:5.2f}"
+            f" {row.speedup:7.2f}x{mark}"
+        )
 
 
 if __name__ == "__main__":

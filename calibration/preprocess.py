@@ -22,7 +22,7 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
-class ChannelOrder(str, enum.Enum):
+class ChannelOrder(enum.StrEnum):
     RGB = "RGB"
     BGR = "BGR"
     GRAY = "GRAY"
@@ -32,8 +32,11 @@ class ChannelOrder(str, enum.Enum):
         return 1 if self is ChannelOrder.GRAY else 3
 
 
-_INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-                   "nearest": Image.Resampling.NEAREST}
+_INTERPOLATIONS = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
 
 
 @dataclass(frozen=True)
@@ -113,8 +116,9 @@ class PreprocessSpec:
     ) -> PreprocessSpec:
         if channels == 1:
             # Gray from RGB statistics: the luminance-weighted mean, the mean of the stds.
-            return cls(resize, crop, (float(np.dot((0.299, 0.587, 0.114), mean)),),
-                       (float(np.mean(std)),), ChannelOrder.GRAY)
+            return cls(
+                resize, crop, (float(np.dot((0.299, 0.587, 0.114), mean)),), (float(np.mean(std)),), ChannelOrder.GRAY
+            )
         if channels != 3:
             raise OptionError(f"default preprocessing exists for 1 or 3 channels, not {channels}")
         return cls(resize, crop, mean, std)

@@ -73,8 +73,9 @@ class FolderSource(ImageSource):
     (``relative/path,label`` per line, label a class index or a class name) in the folder or given explicitly.
     """
 
-    def __init__(self, root: Path | str, *, labels_file: Path | str | None = None,
-                 class_names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, root: Path | str, *, labels_file: Path | str | None = None, class_names: Sequence[str] | None = None
+    ) -> None:
         root = Path(root)
         if not root.exists():
             raise InputFileError(f"image folder not found: {root}")
@@ -220,8 +221,9 @@ class ArraySource(ImageSource):
             tensor = preprocess_uint8(raw, spec)
         else:
             if tuple(raw.shape) != spec.input_shape:
+                expected = ", ".join(map(str, spec.input_shape))
                 raise InputFileError(
-                    f"{self.name}: float arrays must be preprocessed NCHW of shape (N, {', '.join(map(str, spec.input_shape))}),"
+                    f"{self.name}: float arrays must be preprocessed NCHW of shape (N, {expected}),"
                     f" got (N, {', '.join(map(str, raw.shape))})"
                 )
             if not np.isfinite(raw).all():
@@ -262,8 +264,9 @@ def builtin_names() -> list[str]:
     return [f"{BUILTIN_PREFIX}{name}" for name in ("photos", "digits-train", "digits-calib", "digits-test")]
 
 
-def open_source(spec: str | Path, *, labels_file: Path | str | None = None,
-                class_names: Sequence[str] | None = None) -> ImageSource:
+def open_source(
+    spec: str | Path, *, labels_file: Path | str | None = None, class_names: Sequence[str] | None = None
+) -> ImageSource:
     """A source from what a user typed: a folder, a ``.npy``/``.npz`` file, or ``builtin:NAME``.
 
     Raises:
@@ -272,13 +275,13 @@ def open_source(spec: str | Path, *, labels_file: Path | str | None = None,
     """
     text = str(spec)
     if text.startswith(BUILTIN_PREFIX):
-        name = text[len(BUILTIN_PREFIX):]
+        name = text[len(BUILTIN_PREFIX) :]
         if name == "photos":
             source: ImageSource = FolderSource(PHOTOS_DIR)
             source.name = text
             return source
         if name.startswith("digits-"):
-            split = name[len("digits-"):]
+            split = name[len("digits-") :]
             with np.load(DIGITS_FILE) as archive:
                 if f"{split}_rows" in archive:
                     return ArraySource(DIGITS_FILE, name=text, rows=archive[f"{split}_rows"].tolist())
@@ -300,7 +303,7 @@ def iter_batches(
     if batch_size < 1:
         raise OptionError(f"batch size must be at least 1, got {batch_size}")
     for start in range(0, len(indices), batch_size):
-        samples = [source.load(i, spec) for i in indices[start:start + batch_size]]
+        samples = [source.load(i, spec) for i in indices[start : start + batch_size]]
         yield np.stack([s.tensor for s in samples]), samples
 
 

@@ -24,32 +24,73 @@ from resnet_edge.models import list_models
 @click.option("--max-top1-drop", type=float, help="Accuracy points a model may lose. [default: 0 FP32, 1 INT8]")
 @click.option("--batch", type=int, default=8, show_default=True)
 @json_option
-def validate(models, reference, arch, data, labels_file, providers, strict_ep, min_agreement, max_top1_drop, batch,
-             as_json) -> None:
+def validate(
+    models, reference, arch, data, labels_file, providers, strict_ep, min_agreement, max_top1_drop, batch, as_json
+) -> None:
     """Compare ONNX models with their PyTorch (or FP32 ONNX) reference on each provider; fail on a miss."""
     from resnet_edge.validate import Reference, ValidateOptions, describe_failures, validate_models
 
     ref = None
     if reference:
-        ref = Reference(onnx=Path(reference)) if reference.endswith(".onnx") else Reference(checkpoint=reference, arch=arch)
-    options = ValidateOptions(data=data, labels_file=labels_file, providers=parse_provider_list(providers), strict_ep=strict_ep,
-                              min_agreement=min_agreement, max_top1_drop=max_top1_drop, batch=batch)
+        ref = (
+            Reference(onnx=Path(reference))
+            if reference.endswith(".onnx")
+            else Reference(checkpoint=reference, arch=arch)
+        )
+    options = ValidateOptions(
+        data=data,
+        labels_file=labels_file,
+        providers=parse_provider_list(providers),
+        strict_ep=strict_ep,
+        min_agreement=min_agreement,
+        max_top1_drop=max_top1_drop,
+        batch=batch,
+    )
     result = validate_models(list(models), ref, options)
     if as_json:
         render.emit_json(result)
     else:
-        click.echo(f"reference: {result.reference}; data: {result.data} ({result.images} images,"
-                   f" {'labelled' if result.labelled else 'unlabelled'})")
-        click.echo(render.table(
-            ["model", "provider", "ran on", "max abs", "mean abs", "cosine", "top-1 agree", "top-5 overlap", "KL",
-             "top-1 acc", "ref acc", "drop pts", "result"],
-            [[r.model, r.provider, r.ran_on + (" (fallback)" if r.fell_back else ""), r.parity.max_abs_error,
-              r.parity.mean_abs_error, r.parity.cosine, render.percent(r.parity.top1_agreement),
-              render.percent(r.parity.top5_overlap), r.parity.kl_divergence,
-              render.percent(r.accuracy.top1) if r.accuracy else "-",
-              render.percent(r.reference_accuracy.top1) if r.reference_accuracy else "-",
-              r.top1_drop_points, "pass" if r.passed else "FAIL"] for r in result.rows],
-        ))
+        click.echo(
+            f"reference: {result.reference}; data: {result.data} ({result.images} images,"
+            f" {'labelled' if result.labelled else 'unlabelled'})"
+        )
+        click.echo(
+            render.table(
+                [
+                    "model",
+                    "provider",
+                    "ran on",
+                    "max abs",
+                    "mean abs",
+                    "cosine",
+                    "top-1 agree",
+                    "top-5 overlap",
+                    "KL",
+                    "top-1 acc",
+                    "ref acc",
+                    "drop pts",
+                    "result",
+                ],
+                [
+                    [
+                        r.model,
+                        r.provider,
+                        r.ran_on + (" (fallback)" if r.fell_back else ""),
+                        r.parity.max_abs_error,
+                        r.parity.mean_abs_error,
+                        r.parity.cosine,
+                        render.percent(r.parity.top1_agreement),
+                        render.percent(r.parity.top5_overlap),
+                        r.parity.kl_divergence,
+                        render.percent(r.accuracy.top1) if r.accuracy else "-",
+                        render.percent(r.reference_accuracy.top1) if r.reference_accuracy else "-",
+                        r.top1_drop_points,
+                        "pass" if r.passed else "FAIL",
+                    ]
+                    for r in result.rows
+                ],
+            )
+        )
     if not result.passed:
         click.echo(f"error: validation failed: {describe_failures(result)}", err=True)
         sys.exit(1)
@@ -68,8 +109,20 @@ def validate(models, reference, arch, data, labels_file, providers, strict_ep, m
 @click.option("--data", help="Images to time on. [default: built-in]")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Also write the JSON result here.")
 @json_option
-def benchmark(models, torch_reference, providers, strict_ep, batch_sizes, threads, warmup, iterations, duration, data,
-              output, as_json) -> None:
+def benchmark(
+    models,
+    torch_reference,
+    providers,
+    strict_ep,
+    batch_sizes,
+    threads,
+    warmup,
+    iterations,
+    duration,
+    data,
+    output,
+    as_json,
+) -> None:
     """Time models side by side (round-robin): cold start, p50/p90/p99, throughput, ratios to the first."""
     from tqdm import tqdm
 
@@ -83,9 +136,15 @@ def benchmark(models, torch_reference, providers, strict_ep, batch_sizes, thread
     if output is not None:
         require_writable_destination(output)
     options = BenchmarkOptions(
-        providers=parse_provider_list(providers), batch_sizes=parse_batches(batch_sizes), threads=threads, warmup=warmup,
-        iterations=iterations if duration is None else None, duration_s=duration,
-        torch_reference=torch_reference, strict_ep=strict_ep, data=data,
+        providers=parse_provider_list(providers),
+        batch_sizes=parse_batches(batch_sizes),
+        threads=threads,
+        warmup=warmup,
+        iterations=iterations if duration is None else None,
+        duration_s=duration,
+        torch_reference=torch_reference,
+        strict_ep=strict_ep,
+        data=data,
     )
     if duration is None and iterations is None:
         options = BenchmarkOptions(**{**options.__dict__, "iterations": DEFAULT_ITERATIONS})
@@ -97,16 +156,57 @@ def benchmark(models, torch_reference, providers, strict_ep, batch_sizes, thread
     if as_json:
         return render.emit_json(result)
     cpu = result.environment.cpu
-    click.echo(f"{cpu.model}, {cpu.logical_cores} cores ({', '.join(k for k, v in cpu.features.items() if v)});"
-               f" {result.threads} threads; {', '.join(f'{k}: {v}' for k, v in result.io.items())}")
-    click.echo(render.table(
-        ["model", "provider", "ran on", "batch", "cold ms", "mean ms", "std", "min", "p50", "p90", "p99", "max",
-         "img/s", "cv", "x first"],
-        [[r.model, r.provider, r.ran_on, r.batch, r.cold_start_ms,
-          *([r.latency.mean_ms, r.latency.std_ms, r.latency.min_ms, r.latency.p50_ms, r.latency.p90_ms,
-             r.latency.p99_ms, r.latency.max_ms, r.latency.throughput, r.latency.cv] if r.latency else ["-"] * 9),
-          f"{r.speedup:.2f}x" if r.speedup else (r.skipped or "-")] for r in result.rows],
-    ))
+    click.echo(
+        f"{cpu.model}, {cpu.logical_cores} cores ({', '.join(k for k, v in cpu.features.items() if v)});"
+        f" {result.threads} threads; {', '.join(f'{k}: {v}' for k, v in result.io.items())}"
+    )
+    click.echo(
+        render.table(
+            [
+                "model",
+                "provider",
+                "ran on",
+                "batch",
+                "cold ms",
+                "mean ms",
+                "std",
+                "min",
+                "p50",
+                "p90",
+                "p99",
+                "max",
+                "img/s",
+                "cv",
+                "x first",
+            ],
+            [
+                [
+                    r.model,
+                    r.provider,
+                    r.ran_on,
+                    r.batch,
+                    r.cold_start_ms,
+                    *(
+                        [
+                            r.latency.mean_ms,
+                            r.latency.std_ms,
+                            r.latency.min_ms,
+                            r.latency.p50_ms,
+                            r.latency.p90_ms,
+                            r.latency.p99_ms,
+                            r.latency.max_ms,
+                            r.latency.throughput,
+                            r.latency.cv,
+                        ]
+                        if r.latency
+                        else ["-"] * 9
+                    ),
+                    f"{r.speedup:.2f}x" if r.speedup else (r.skipped or "-"),
+                ]
+                for r in result.rows
+            ],
+        )
+    )
     click.echo("x first: the first model's p50 divided by this row's p50 (higher is faster)")
 
 

@@ -19,10 +19,18 @@ from resnet_edge.models import list_models
 @click.option("--compare", "side_by_side", is_flag=True, help="Residual and plain side by side.")
 @click.option("--batch", type=int, default=16, show_default=True, help="Images in the one backward pass.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds weights and image choice.")
-@click.option("--data", help="Images: folder, .npy/.npz, or builtin:NAME. [default: digits for resnet20..110,"
-                             " the bundled photos for the ImageNet-stem archs]")
-@click.option("-o", "--output-dir", type=click.Path(path_type=Path), default=Path("."),
-              help="Folder for the plot, gradflow_ARCH[_VARIANT].png. [default: .]")
+@click.option(
+    "--data",
+    help="Images: folder, .npy/.npz, or builtin:NAME. [default: digits for resnet20..110,"
+    " the bundled photos for the ImageNet-stem archs]",
+)
+@click.option(
+    "-o",
+    "--output-dir",
+    type=click.Path(path_type=Path),
+    default=Path("."),
+    help="Folder for the plot, gradflow_ARCH[_VARIANT].png. [default: .]",
+)
 @json_option
 def gradflow(arch, plain, side_by_side, batch, seed, data, output_dir, as_json) -> None:
     """Measure dL/dx at every block's input in one backward pass at initialisation, and plot it.
@@ -37,34 +45,65 @@ def gradflow(arch, plain, side_by_side, batch, seed, data, output_dir, as_json) 
         result = compare(arch, batch=batch, seed=seed, data=data, plot=output_dir / f"gradflow_{arch}.png")
     else:
         variant = "plain" if plain else "residual"
-        result = gradient_flow(arch, variant=variant, batch=batch, seed=seed, data=data,
-                               plot=output_dir / f"gradflow_{arch}_{variant}.png")
+        result = gradient_flow(
+            arch, variant=variant, batch=batch, seed=seed, data=data, plot=output_dir / f"gradflow_{arch}_{variant}.png"
+        )
     if as_json:
         return render.emit_json(result)
     first = result.residual if side_by_side else result
-    click.echo(f"{arch} at initialisation, BatchNorm in training mode: one backward pass on {first.batch}"
-               f" images of {first.data}, {first.labels}")
+    click.echo(
+        f"{arch} at initialisation, BatchNorm in training mode: one backward pass on {first.batch}"
+        f" images of {first.data}, {first.labels}"
+    )
     if side_by_side:
         res, pl = result.residual, result.plain
-        click.echo(render.table(
-            ["depth", "block", "shortcut", "residual |dL/dx|", "branch term", "shortcut term",
-             "plain |dL/dx|", "plain/residual"],
-            [[d, r.path, r.shortcut, r.grad_norm, r.branch_term_norm, r.shortcut_term_norm, p.grad_norm,
-              p.grad_norm / r.grad_norm]
-             for d, (r, p) in enumerate(zip(res.blocks, pl.blocks, strict=True), 1)],
-        ))
+        click.echo(
+            render.table(
+                [
+                    "depth",
+                    "block",
+                    "shortcut",
+                    "residual |dL/dx|",
+                    "branch term",
+                    "shortcut term",
+                    "plain |dL/dx|",
+                    "plain/residual",
+                ],
+                [
+                    [
+                        d,
+                        r.path,
+                        r.shortcut,
+                        r.grad_norm,
+                        r.branch_term_norm,
+                        r.shortcut_term_norm,
+                        p.grad_norm,
+                        p.grad_norm / r.grad_norm,
+                    ]
+                    for d, (r, p) in enumerate(zip(res.blocks, pl.blocks, strict=True), 1)
+                ],
+            )
+        )
         for name, r in (("residual", res), ("plain", pl)):
-            click.echo(f"{name}: loss {r.loss:.4f}; gradient first/last block x{r.first_to_last:.4g}"
-                       f" (x{r.per_block_growth:.3f} per block)")
+            click.echo(
+                f"{name}: loss {r.loss:.4f}; gradient first/last block x{r.first_to_last:.4g}"
+                f" (x{r.per_block_growth:.3f} per block)"
+            )
         click.echo(f"gradient at the first block, plain/residual: x{result.first_block_ratio:.4g}")
     else:
-        click.echo(render.table(
-            ["depth", "block", "shortcut", "|x|", "|dL/dx|", "branch term", "shortcut term"],
-            [[d, b.path, b.shortcut, b.activation_norm, b.grad_norm, b.branch_term_norm, b.shortcut_term_norm]
-             for d, b in enumerate(result.blocks, 1)],
-        ))
-        click.echo(f"loss {result.loss:.4f}; gradient first/last block x{result.first_to_last:.4g}"
-                   f" (x{result.per_block_growth:.3f} per block)")
+        click.echo(
+            render.table(
+                ["depth", "block", "shortcut", "|x|", "|dL/dx|", "branch term", "shortcut term"],
+                [
+                    [d, b.path, b.shortcut, b.activation_norm, b.grad_norm, b.branch_term_norm, b.shortcut_term_norm]
+                    for d, b in enumerate(result.blocks, 1)
+                ],
+            )
+        )
+        click.echo(
+            f"loss {result.loss:.4f}; gradient first/last block x{result.first_to_last:.4g}"
+            f" (x{result.per_block_growth:.3f} per block)"
+        )
     click.echo(f"wrote {result.plot}")
 
 

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import click
 
-from resnet_edge.runtime import Provider, parse_providers
-
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
 
-def providers_option(function):  # noqa: ANN001, ANN201 (a click decorator)
+def providers_option(function):
     return click.option("--providers", default="cpu", show_default=True, help="Comma-separated: cpu,cuda.")(function)
 
 
-def parse_provider_list(value: str) -> tuple[Provider, ...]:
+def parse_provider_list(value: str) -> tuple:
+    from resnet_edge.runtime import parse_providers  # imports onnxruntime: only when a command runs
+
     return tuple(parse_providers(value))
 
 

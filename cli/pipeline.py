@@ -25,13 +25,20 @@ from resnet_edge.models import list_models
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]))
 @click.option("--target", type=click.Choice(["auto", "x86-vnni", "x86-avx2", "arm64", "gpu-tensorrt"]))
 @click.option("--limit", type=int, help="Calibration images to draw.")
-@click.option("--batch", "batch_sizes", help="Benchmark batch sizes, comma-separated. [default: 1]")
+@click.option("--batch", "batch_sizes", help="Benchmark batch sizes, comma-separated. [default: 1,8]")
 @click.option("--iterations", type=int, help="Benchmark rounds. [default: 50]")
 @click.option("--threads", type=int, help="Intra-op threads. [default: all cores]")
 @click.option("--allow-unfolded-bn", is_flag=True, default=None, help="Keep BatchNorms with no conv to fold into.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML file with any of these options.")
-@click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), default=Path("resnet-edge-out"),
-              show_default=True, help="Output folder.")
+@click.option(
+    "-o",
+    "--output",
+    "outdir",
+    type=click.Path(path_type=Path),
+    default=Path("resnet-edge-out"),
+    show_default=True,
+    help="Output folder.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @json_option
 def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
@@ -55,15 +62,29 @@ def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
 
     result = run_pipeline(config, outdir, overwrite=overwrite, on_event=show, progress=not as_json)
     if as_json:
-        return render.emit_json({"outdir": result.outdir, "artifacts": result.artifacts,
-                                 "report": str(result.outdir / "report.json")})
+        return render.emit_json(
+            {"outdir": result.outdir, "artifacts": result.artifacts, "report": str(result.outdir / "report.json")}
+        )
     from resnet_edge.report import summarize
 
     rows = summarize(result)["rows"]
-    click.echo(render.table(
-        ["variant", "size", "top-1 agree", "accuracy", "p50 ms", "p99 ms", "img/s", "speed-up", "ran on"],
-        [[r["variant"], render.size(r["size_bytes"]) if r["size_bytes"] else "-", render.percent(r["top1_agreement"]),
-          render.percent(r["accuracy"]), r["p50_ms"], r["p99_ms"], r["throughput"],
-          f"{r['speedup_vs_onnx_fp32']:.2f}x" if r["speedup_vs_onnx_fp32"] else "-", r["ran_on"]] for r in rows],
-    ))
+    click.echo(
+        render.table(
+            ["variant", "size", "top-1 agree", "accuracy", "p50 ms", "p99 ms", "img/s", "speed-up", "ran on"],
+            [
+                [
+                    r["variant"],
+                    render.size(r["size_bytes"]) if r["size_bytes"] else "-",
+                    render.percent(r["top1_agreement"]),
+                    render.percent(r["accuracy"]),
+                    r["p50_ms"],
+                    r["p99_ms"],
+                    r["throughput"],
+                    f"{r['speedup_vs_onnx_fp32']:.2f}x" if r["speedup_vs_onnx_fp32"] else "-",
+                    r["ran_on"],
+                ]
+                for r in rows
+            ],
+        )
+    )
     click.echo(f"wrote {result.outdir}/: {', '.join(result.artifacts)}")

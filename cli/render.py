@@ -25,13 +25,14 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     numeric = [all(_is_number(row[i]) for row in rows) and bool(rows) for i in range(len(headers))]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+        padded = (v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True))
+        return "  ".join(padded).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) or value is None
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) or value is None
 
 
 def _cell(value: object) -> str:
@@ -67,7 +68,7 @@ def install_warning_printer() -> None:
     warnings.filterwarnings("ignore")
     warnings.filterwarnings("default", category=ResnetEdgeWarning)
 
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ARG001 (stdlib hook)
+    def show(message, category, filename, lineno, file=None, line=None):
         print(f"warning: {message}", file=sys.stderr)
 
     warnings.showwarning = show

@@ -60,9 +60,16 @@ def latency_stats(seconds: Sequence[float], batch: int) -> LatencyStats:
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
     return LatencyStats(
-        iterations=len(ms), mean_ms=float(ms.mean()), std_ms=float(ms.std()), min_ms=float(ms.min()),
-        p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99), max_ms=float(ms.max()),
-        throughput=float(batch / (ms.mean() / 1e3)), samples_ms=[float(v) for v in ms],
+        iterations=len(ms),
+        mean_ms=float(ms.mean()),
+        std_ms=float(ms.std()),
+        min_ms=float(ms.min()),
+        p50_ms=float(p50),
+        p90_ms=float(p90),
+        p99_ms=float(p99),
+        max_ms=float(ms.max()),
+        throughput=float(batch / (ms.mean() / 1e3)),
+        samples_ms=[float(v) for v in ms],
     )
 
 
@@ -190,17 +197,26 @@ def benchmark_models(
             sessions[name] = session
         io[provider.value] = (
             "inputs and outputs bound on the GPU (copies excluded)"
-            if any(s.ran_on == "cuda" for s in sessions.values()) else "host memory"
+            if any(s.ran_on == "cuda" for s in sessions.values())
+            else "host memory"
         )
         for batch in options.batch_sizes:
             labels, runners, skipped = [], [], []
             for name, session in sessions.items():
                 if fixed[name] is not None and fixed[name] != batch:
-                    skipped.append(BenchmarkRow(
-                        model=Path(name).name, path=name, provider=provider.value, ran_on=session.ran_on,
-                        providers_used=session.providers_used, batch=batch, cold_start_ms=None, latency=None,
-                        skipped=f"model has a fixed batch of {fixed[name]}",
-                    ))
+                    skipped.append(
+                        BenchmarkRow(
+                            model=Path(name).name,
+                            path=name,
+                            provider=provider.value,
+                            ran_on=session.ran_on,
+                            providers_used=session.providers_used,
+                            batch=batch,
+                            cold_start_ms=None,
+                            latency=None,
+                            skipped=f"model has a fixed batch of {fixed[name]}",
+                        )
+                    )
                     continue
                 labels.append(name)
                 runners.append(_onnx_runner(session, _images(specs[name], batch, options.data, protos[name])))
@@ -208,33 +224,47 @@ def benchmark_models(
                 labels.append("pytorch")
                 first_spec = next(iter(specs.values()))
                 runners.append(torch_runner(_images(first_spec, batch, options.data, next(iter(protos.values())))))
-            times = time_interleaved(runners, warmup=options.warmup, iterations=options.iterations,
-                                     duration_s=options.duration_s, on_round=(lambda: progress(1)) if progress else None)
-            stats = {label: latency_stats(t, batch) for label, t in zip(labels, times)}
+            times = time_interleaved(
+                runners,
+                warmup=options.warmup,
+                iterations=options.iterations,
+                duration_s=options.duration_s,
+                on_round=(lambda: progress(1)) if progress else None,
+            )
+            stats = {label: latency_stats(t, batch) for label, t in zip(labels, times, strict=True)}
             first = stats[labels[0]].p50_ms if labels and labels[0] == str(models[0]) else None
             for label in labels:
                 s = stats[label]
                 session = sessions.get(label)
-                rows.append(BenchmarkRow(
-                    model="pytorch" if label == "pytorch" else Path(label).name,
-                    path=None if label == "pytorch" else label,
-                    provider=provider.value,
-                    ran_on=session.ran_on if session else "cpu",
-                    providers_used=session.providers_used if session else ["torch eager (CPU)"],
-                    batch=batch,
-                    cold_start_ms=cold.get(label),
-                    latency=s,
-                    p50_ratio=s.p50_ms / first if first else None,
-                    speedup=first / s.p50_ms if first else None,
-                ))
+                rows.append(
+                    BenchmarkRow(
+                        model="pytorch" if label == "pytorch" else Path(label).name,
+                        path=None if label == "pytorch" else label,
+                        provider=provider.value,
+                        ran_on=session.ran_on if session else "cpu",
+                        providers_used=session.providers_used if session else ["torch eager (CPU)"],
+                        batch=batch,
+                        cold_start_ms=cold.get(label),
+                        latency=s,
+                        p50_ratio=s.p50_ms / first if first else None,
+                        speedup=first / s.p50_ms if first else None,
+                    )
+                )
                 if s.noisy:
                     warnings.warn(
                         f"{Path(label).name} on {provider.value} at batch {batch} varied by {s.cv:.0%} (CV);"
-                        " the machine was busy, treat these numbers with care", ResnetEdgeWarning, stacklevel=2)
+                        " the machine was busy, treat these numbers with care",
+                        ResnetEdgeWarning,
+                        stacklevel=2,
+                    )
             rows.extend(skipped)
     return BenchmarkResult(
-        rows=rows, options=options, threads=threads, environment=collect_environment(),
-        file_sha256={str(m): sha256_file(m) for m in models}, io=io,
+        rows=rows,
+        options=options,
+        threads=threads,
+        environment=collect_environment(),
+        file_sha256={str(m): sha256_file(m) for m in models},
+        io=io,
     )
 
 
@@ -306,8 +336,9 @@ def _torch_reference(reference: str, protos: dict, threads: int) -> Callable[[np
 
     first = read_metadata(next(iter(protos.values())))
     if reference in list_models():
-        loaded = build_model(reference, num_classes=first.num_classes, in_chans=first.in_chans or 3,
-                             variant=first.variant or "residual")
+        loaded = build_model(
+            reference, num_classes=first.num_classes, in_chans=first.in_chans or 3, variant=first.variant or "residual"
+        )
     else:
         arch = read_checkpoint_metadata(reference).get("arch") or first.arch
         if arch is None:

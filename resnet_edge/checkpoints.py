@@ -93,9 +93,7 @@ def _unwrap(raw: object, path: Path) -> dict[str, torch.Tensor]:
     while isinstance(raw, dict) and not _is_state_dict(raw):
         inner = next((raw[k] for k in _WRAPPER_KEYS if k in raw and isinstance(raw[k], dict)), None)
         if inner is None:
-            raise InputFileError(
-                f"{path}: no state dict found (top-level keys: {', '.join(map(str, list(raw)[:6]))})"
-            )
+            raise InputFileError(f"{path}: no state dict found (top-level keys: {', '.join(map(str, list(raw)[:6]))})")
         raw = inner
     if not isinstance(raw, dict) or not raw:
         raise InputFileError(f"{path}: holds {type(raw).__name__}, not a state dict of tensors")

@@ -49,8 +49,12 @@ def cpu_info() -> CpuInfo:
         features = {name: name in flags for name in _X86_FLAGS}
     else:
         features = {label: flag in flags for flag, label in _ARM_FLAGS.items()}
-    return CpuInfo(model=model or platform.processor() or "unknown", architecture=arch,
-                   logical_cores=os.cpu_count() or 1, features=features)
+    return CpuInfo(
+        model=model or platform.processor() or "unknown",
+        architecture=arch,
+        logical_cores=os.cpu_count() or 1,
+        features=features,
+    )
 
 
 def _read_cpuinfo() -> tuple[str, set[str]]:
@@ -81,8 +85,9 @@ def gpu_names() -> list[str]:
     if shutil.which("nvidia-smi") is None:
         return []
     try:
-        done = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=20)
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [line.strip() for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else []
@@ -90,19 +95,25 @@ def gpu_names() -> list[str]:
 
 def collect_environment() -> Environment:
     """Everything a result needs to be repeatable and comparable: CPU, GPU, versions, thread settings."""
-    import onnxruntime as ort
-
     packages = {name: package_version(name) for name in _PACKAGES}
     problems = []
+    try:
+        import onnxruntime as ort
+
+        providers = list(ort.get_available_providers())
+    except ImportError:
+        providers = []
+        problems.append("onnxruntime is not installed: pip install 'resnet-edge[cpu]' (or 'resnet-edge[gpu]')")
     if packages["onnxruntime"] and packages["onnxruntime-gpu"]:
         problems.append(
             "both onnxruntime and onnxruntime-gpu are installed; they overwrite each other and the CUDA provider"
             " can silently disappear: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
         )
     gpus = gpu_names()
-    providers = list(ort.get_available_providers())
     if gpus and "CUDAExecutionProvider" not in providers:
-        problems.append(f"a GPU is present ({gpus[0]}) but onnxruntime has no CUDA provider: pip install 'resnet-edge[gpu]'")
+        problems.append(
+            f"a GPU is present ({gpus[0]}) but onnxruntime has no CUDA provider: pip install 'resnet-edge[gpu]'"
+        )
     return Environment(
         cpu=cpu_info(),
         python=platform.python_version(),

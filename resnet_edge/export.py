@@ -40,7 +40,7 @@ DEFAULT_OPSET = 17  # supported by every runtime our users deploy to (onnxruntim
 _OPSET_RANGE = {"torchscript": (11, 20), "dynamo": (18, 23)}
 
 
-class Exporter(str, enum.Enum):
+class Exporter(enum.StrEnum):
     TORCHSCRIPT = "torchscript"
     DYNAMO = "dynamo"
 
@@ -129,7 +129,9 @@ def resolve_export(options: ExportOptions) -> tuple[LoadedModel, ModelMetadata]:
         raise OptionError(
             f"preprocessing gives {preprocessing.channels} channels but the model takes {loaded.in_chans}"
         )
-    labels = list(options.labels) if options.labels else (json.loads(recorded["labels"]) if "labels" in recorded else None)
+    labels = (
+        list(options.labels) if options.labels else (json.loads(recorded["labels"]) if "labels" in recorded else None)
+    )
     if labels is not None and len(labels) != loaded.num_classes:
         raise OptionError(f"{len(labels)} labels given for {loaded.num_classes} classes")
     metadata = ModelMetadata(
@@ -168,7 +170,9 @@ def export_onnx(options: ExportOptions, output: Path | str) -> ExportResult:
 
     opset = opset_of(model_proto)
     if opset != options.opset:
-        raise OptionError(f"the {options.exporter.value} exporter wrote opset {opset}, not the requested {options.opset}")
+        raise OptionError(
+            f"the {options.exporter.value} exporter wrote opset {opset}, not the requested {options.opset}"
+        )
     metadata.provenance = {
         "exporter": options.exporter.value,
         "torch": torch.__version__,
@@ -239,7 +243,37 @@ def _run_exporter(model: torch.nn.Module, spec: PreprocessSpec, options: ExportO
             optimize=True,
             verbose=False,
         )
-    return program.model_proto
+    model_proto = program.model_proto
+    name_nodes_by_module(model_proto)
+    return model_proto
+
+
+def name_nodes_by_module(model: onnx.ModelProto) -> None:
+    """Rename dynamo-exported nodes the way the TorchScript exporter names them: ``/layer1/layer1.0/conv1/Conv``.
+
+    Later stages map nodes to residual blocks by these names (see ``onnx_graph.module_path``); the dynamo exporter
+    names nodes ``node_Conv_12`` but records each node's module path in its ``namespace`` metadata.
+    """
+    taken: set[str] = set()
+    for node in model.graph.node:
+        namespace = next((p.value for p in node.metadata_props if p.key == "namespace"), None)
+        if not namespace:
+            continue
+        modules = [segment.split(":")[0].strip() for segment in namespace.split("/")][1:-1]  # drop root and op
+        parts: list[str] = []
+        previous = ""
+        for full in modules:
+            relative = full[len(previous) + 1 :] if previous and full.startswith(previous + ".") else full
+            # A child of an nn.Sequential is scoped "<parent>.<index>", as TorchScript does (layer1.0, downsample.0).
+            parts.append(f"{parts[-1]}.{relative}" if relative.isdigit() and parts else relative)
+            previous = full
+        base = "/" + "/".join([*parts, node.op_type])
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name)
+        node.name = name
 
 
 def check_against_torch(

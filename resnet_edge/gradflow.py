@@ -138,8 +138,17 @@ def gradient_flow(
     blocks, loss, error = _measure(_fresh_model(arch, variant, seed), images, labels)
     if not error <= DECOMPOSITION_RTOL:  # a bug in the measurement, not in the user's input: a traceback
         raise RuntimeError(f"branch + shortcut terms differ from dL/dx by {error:.2g} (relative) in {arch}")
-    result = GradFlowResult(arch=arch, variant=variant.value, batch=batch, seed=seed, data=data_name,
-                            labels=label_source, loss=loss, blocks=blocks, decomposition_error=error)
+    result = GradFlowResult(
+        arch=arch,
+        variant=variant.value,
+        batch=batch,
+        seed=seed,
+        data=data_name,
+        labels=label_source,
+        loss=loss,
+        blocks=blocks,
+        decomposition_error=error,
+    )
     if plot is not None:
         result = replace(result, plot=plot_gradient_flow([result], plot))
     return result
@@ -192,9 +201,7 @@ def _fresh_model(arch: str, variant: Variant, seed: int) -> ResNet:
     return model.train()
 
 
-def _load_batch(
-    arch: str, *, batch: int, seed: int, data: str | Path | None
-) -> tuple[Tensor, Tensor, str, str]:
+def _load_batch(arch: str, *, batch: int, seed: int, data: str | Path | None) -> tuple[Tensor, Tensor, str, str]:
     """One batch of real images with labels, and where the images and the labels came from."""
     spec = get_arch(arch)
     if batch < 2:
@@ -258,19 +265,20 @@ def _measure(model: ResNet, images: Tensor, labels: Tensor) -> tuple[list[BlockG
             shortcut_term = torch.autograd.grad(shortcut, x_l, grad_added, retain_graph=True)[0]
         rebuilt = branch_term if shortcut_term is None else branch_term + shortcut_term
         error = max(error, float((rebuilt - grad_x).norm() / grad_x.norm()))
-        blocks.append(BlockGradient(
-            path=path,
-            shortcut=kind,
-            activation_norm=float(x_l.detach().norm()),
-            grad_norm=float(grad_x.norm()),
-            branch_term_norm=float(branch_term.norm()),
-            shortcut_term_norm=None if shortcut_term is None else float(shortcut_term.norm()),
-        ))
+        blocks.append(
+            BlockGradient(
+                path=path,
+                shortcut=kind,
+                activation_norm=float(x_l.detach().norm()),
+                grad_norm=float(grad_x.norm()),
+                branch_term_norm=float(branch_term.norm()),
+                shortcut_term_norm=None if shortcut_term is None else float(shortcut_term.norm()),
+            )
+        )
     return blocks, loss.item(), error
 
 
-_COLOURS = {Variant.RESIDUAL.value: "tab:blue", Variant.PLAIN.value: "tab:red",
-            Variant.PREACT.value: "tab:green"}
+_COLOURS = {Variant.RESIDUAL.value: "tab:blue", Variant.PLAIN.value: "tab:red", Variant.PREACT.value: "tab:green"}
 
 
 def plot_gradient_flow(results: Sequence[GradFlowResult], path: Path | str) -> Path:
@@ -299,32 +307,59 @@ def plot_gradient_flow(results: Sequence[GradFlowResult], path: Path | str) -> P
 
     first = results[0]
     skips = next((r for r in results if r.variant != Variant.PLAIN.value), None)
-    figure, axes = plt.subplots(1, 2 if skips else 1, figsize=(13 if skips else 7, 5.2), squeeze=False,
-                                sharey=True, layout="constrained")
+    figure, axes = plt.subplots(
+        1, 2 if skips else 1, figsize=(13 if skips else 7, 5.2), squeeze=False, sharey=True, layout="constrained"
+    )
     left = axes[0][0]
     for result in results:
-        left.plot(_depths(result), [b.grad_norm for b in result.blocks], marker="o", markersize=3,
-                  color=_COLOURS[result.variant],
-                  label=f"{result.variant}: {_factor(result.per_block_growth)} per block,"
-                        f" {_factor(result.first_to_last)} first/last")
+        left.plot(
+            _depths(result),
+            [b.grad_norm for b in result.blocks],
+            marker="o",
+            markersize=3,
+            color=_COLOURS[result.variant],
+            label=f"{result.variant}: {_factor(result.per_block_growth)} per block,"
+            f" {_factor(result.first_to_last)} first/last",
+        )
     left.set_title("Gradient at each block's input, $\\|\\partial L/\\partial x_l\\|$")
     left.set_ylabel("gradient norm (log scale)")
     if skips:
         right = axes[0][1]
-        right.plot(_depths(skips), [b.grad_norm for b in skips.blocks], marker="o", markersize=3,
-                   color=_COLOURS[skips.variant], label="total $\\|\\partial L/\\partial x_l\\|$")
-        right.plot(_depths(skips), [b.branch_term_norm for b in skips.blocks], color="tab:orange",
-                   linestyle="--", label="branch term $\\|(\\partial F_l/\\partial x_l)^\\top g_l\\|$")
+        right.plot(
+            _depths(skips),
+            [b.grad_norm for b in skips.blocks],
+            marker="o",
+            markersize=3,
+            color=_COLOURS[skips.variant],
+            label="total $\\|\\partial L/\\partial x_l\\|$",
+        )
+        right.plot(
+            _depths(skips),
+            [b.branch_term_norm for b in skips.blocks],
+            color="tab:orange",
+            linestyle="--",
+            label="branch term $\\|(\\partial F_l/\\partial x_l)^\\top g_l\\|$",
+        )
         identity = [b.shortcut_term_norm if b.shortcut == "identity" else math.nan for b in skips.blocks]
-        right.plot(_depths(skips), identity, color="tab:purple", linestyle=":", marker=".",
-                   label="identity term $\\|g_l\\|$")
-        projections = [(d, b.shortcut_term_norm) for d, b in zip(_depths(skips), skips.blocks, strict=True)
-                       if b.shortcut == "projection"]
+        right.plot(
+            _depths(skips), identity, color="tab:purple", linestyle=":", marker=".", label="identity term $\\|g_l\\|$"
+        )
+        projections = [
+            (d, b.shortcut_term_norm)
+            for d, b in zip(_depths(skips), skips.blocks, strict=True)
+            if b.shortcut == "projection"
+        ]
         if projections:
-            right.scatter(*zip(*projections, strict=True), marker="s", color="tab:purple", zorder=3,
-                          label="shortcut term through a projection (1x1 conv)")
-        right.set_title(f"{skips.variant}: the two terms of $\\partial L/\\partial x_l$"
-                        " ($g_l$: gradient at the addition)")
+            right.scatter(
+                *zip(*projections, strict=True),
+                marker="s",
+                color="tab:purple",
+                zorder=3,
+                label="shortcut term through a projection (1x1 conv)",
+            )
+        right.set_title(
+            f"{skips.variant}: the two terms of $\\partial L/\\partial x_l$ ($g_l$: gradient at the addition)"
+        )
     for ax in axes[0]:
         ax.set_yscale("log")
         ax.set_xlabel("block depth l (1 = next to the input)")
@@ -332,8 +367,11 @@ def plot_gradient_flow(results: Sequence[GradFlowResult], path: Path | str) -> P
             ax.axvline(start - 0.5, color="grey", linewidth=0.8, linestyle=":")
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8)
-    figure.suptitle(f"{first.arch} at initialisation: one backward pass on {first.batch} images of"
-                    f" {first.data}, BatchNorm in training mode; dotted lines: stage boundaries", fontsize=10)
+    figure.suptitle(
+        f"{first.arch} at initialisation: one backward pass on {first.batch} images of"
+        f" {first.data}, BatchNorm in training mode; dotted lines: stage boundaries",
+        fontsize=10,
+    )
     with atomic_output(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
     plt.close(figure)

@@ -26,13 +26,13 @@ from torch import Tensor, nn
 from resnet_edge.errors import OptionError
 
 
-class Variant(str, enum.Enum):
+class Variant(enum.StrEnum):
     RESIDUAL = "residual"
     PLAIN = "plain"
     PREACT = "preact"
 
 
-class Stem(str, enum.Enum):
+class Stem(enum.StrEnum):
     IMAGENET = "imagenet"  # 7x7/2 conv, BN, ReLU, 3x3/2 max pool; four stages of 64..512 channels (x expansion)
     SMALL = "small"  # 3x3 conv to 16 channels; three stages of 16/32/64 channels, for 32x32 inputs (CIFAR-style)
 
@@ -264,7 +264,7 @@ class ResNet(nn.Module):
         self.bn1 = None if preact else nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem is Stem.IMAGENET else None
-        for index, (width, depth) in enumerate(zip(widths, layers)):
+        for index, (width, depth) in enumerate(zip(widths, layers, strict=True)):
             stride = 1 if index == 0 else 2
             setattr(self, f"layer{index + 1}", self._make_layer(width, depth, stride))
         self.num_stages = len(widths)

@@ -8,10 +8,19 @@ from collections import Counter
 import numpy as np
 import onnx
 
-QUANTIZED_OPS = frozenset({
-    "QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger",
-    "QLinearAdd", "QLinearGlobalAveragePool",
-})
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "QGemm",
+        "ConvInteger",
+        "MatMulInteger",
+        "QLinearAdd",
+        "QLinearGlobalAveragePool",
+    }
+)
 # The ops that carry a ResNet's weights and arithmetic: these are the ones INT8 quantization must reach.
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
 
@@ -34,20 +43,36 @@ def opset_of(model: onnx.ModelProto) -> int:
 
 # Inputs that hold quantization scales and zero points, by op: not parameters of the network.
 _SCALE_INPUTS = {
-    "QuantizeLinear": {1, 2}, "DequantizeLinear": {1, 2}, "QLinearConv": {1, 2, 4, 5, 6, 7},
-    "QLinearMatMul": {1, 2, 4, 5, 6, 7}, "QGemm": {1, 2, 4, 5, 7, 8}, "QLinearAdd": {1, 2, 4, 5, 6, 7},
-    "QLinearGlobalAveragePool": {1, 2, 3, 4}, "ConvInteger": {2, 3}, "MatMulInteger": {2, 3},
+    "QuantizeLinear": {1, 2},
+    "DequantizeLinear": {1, 2},
+    "QLinearConv": {1, 2, 4, 5, 6, 7},
+    "QLinearMatMul": {1, 2, 4, 5, 6, 7},
+    "QGemm": {1, 2, 4, 5, 7, 8},
+    "QLinearAdd": {1, 2, 4, 5, 6, 7},
+    "QLinearGlobalAveragePool": {1, 2, 3, 4},
+    "ConvInteger": {2, 3},
+    "MatMulInteger": {2, 3},
 }
 # Reduction-dimension lookup for the ops that do a ResNet's arithmetic: (weight input index, op family).
-_WEIGHTED_OPS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "Gemm": 1, "QGemm": 3, "MatMul": 1,
-                 "MatMulInteger": 1, "QLinearMatMul": 3}
+_WEIGHTED_OPS = {
+    "Conv": 1,
+    "ConvInteger": 1,
+    "QLinearConv": 3,
+    "Gemm": 1,
+    "QGemm": 3,
+    "MatMul": 1,
+    "MatMulInteger": 1,
+    "QLinearMatMul": 3,
+}
 
 
 def parameter_count(model: onnx.ModelProto) -> int:
     """Weights and biases in the graph (FP32 or quantized), not counting scales, zero points or shape constants."""
     scale_names = {
-        name for node in model.graph.node
-        for index, name in enumerate(node.input) if index in _SCALE_INPUTS.get(node.op_type, ())
+        name
+        for node in model.graph.node
+        for index, name in enumerate(node.input)
+        if index in _SCALE_INPUTS.get(node.op_type, ())
     }
     return sum(
         int(np.prod(init.dims)) if init.dims else 1
@@ -137,7 +162,7 @@ def module_path(node_name: str) -> str | None:
     for part in (p for p in match.group(1).split("/") if p):
         # A child of an nn.Sequential is scoped "<parent>.<index>" (``layer1`` then ``layer1.0``, ``downsample`` then
         # ``downsample.0``); other children by their attribute name alone (``conv1``). Attribute names hold no dots.
-        tail = part[len(previous) + 1:] if previous and part.startswith(previous + ".") else part
+        tail = part[len(previous) + 1 :] if previous and part.startswith(previous + ".") else part
         path = f"{path}.{tail}" if path else tail
         previous = part
     return path

@@ -69,9 +69,10 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
     cos = np.where(norms > 0, (r * c).sum(axis=1) / np.maximum(norms, 1e-300), 1.0)
     agree = r.argmax(axis=1) == c.argmax(axis=1)
     k = min(5, r.shape[1])
-    top_r = np.argsort(-r, axis=1)[:, :k]
-    top_c = np.argsort(-c, axis=1)[:, :k]
-    overlap = np.array([len(set(a) & set(b)) / k for a, b in zip(top_r, top_c)])
+    # Stable sorts: among tied logits the lowest index wins, as argmax decides, so top-1 and top-5 agree on ties.
+    top_r = np.argsort(-r, axis=1, kind="stable")[:, :k]
+    top_c = np.argsort(-c, axis=1, kind="stable")[:, :k]
+    overlap = np.array([len(set(a) & set(b)) / k for a, b in zip(top_r, top_c, strict=True)])
     log_p = _log_softmax(r)
     log_q = _log_softmax(c)
     kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=1)
@@ -101,11 +102,13 @@ class Accuracy:
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> Accuracy:
     finite = np.isfinite(logits).all(axis=1)
     k = min(5, logits.shape[1])
-    top = np.argsort(-logits, axis=1)[:, :k]
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]  # ties resolved as argmax resolves them
     hit1 = (top[:, 0] == labels) & finite
     hit5 = (top == labels[:, None]).any(axis=1) & finite
     n = len(labels)
-    return Accuracy(samples=n, top1=float(hit1.mean()) if n else float("nan"), top5=float(hit5.mean()) if n else float("nan"))
+    return Accuracy(
+        samples=n, top1=float(hit1.mean()) if n else float("nan"), top5=float(hit5.mean()) if n else float("nan")
+    )
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -141,8 +144,8 @@ def check_fp32_parity(
         batch = images if size <= len(images) else np.concatenate([images] * -(-size // len(images)))[:size]
         batch = batch[: len(batch) - len(batch) % size]
         chunks = range(0, len(batch), size)
-        expected = np.concatenate([reference(batch[i:i + size]) for i in chunks])
-        got = np.concatenate([candidate(batch[i:i + size]) for i in chunks])
+        expected = np.concatenate([reference(batch[i : i + size]) for i in chunks])
+        got = np.concatenate([candidate(batch[i : i + size]) for i in chunks])
         parity = compare(expected, got)
         results[size] = parity
         if not parity.within_fp32_tolerance(float(np.abs(expected).max())):

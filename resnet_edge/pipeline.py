@@ -59,7 +59,7 @@ class PipelineConfig:
     limit: int | None = None
     seed: int = 0
     allow_unfolded_bn: bool = False
-    batch_sizes: tuple[int, ...] = (1,)
+    batch_sizes: tuple[int, ...] = (1, 8)
     iterations: int = 50
     warmup: int = 5
     threads: int | None = None
@@ -187,7 +187,9 @@ def run_pipeline(
         raise
     if result.failed_stage is not None:
         kept = ", ".join(a for a in result.artifacts if a.endswith(".onnx")) or "no model"
-        raise StageError(result.failed_stage, ResnetEdgeError(f"{result.error} (kept in {outdir}: {kept} and the report)"))
+        raise StageError(
+            result.failed_stage, ResnetEdgeError(f"{result.error} (kept in {outdir}: {kept} and the report)")
+        )
     return result
 
 
@@ -220,8 +222,14 @@ def _stage(name: str, result: PipelineResult, emit: Callable[[StageEvent], objec
     emit(StageEvent(name, "done", summary[0] if summary else "", seconds))
 
 
-def _run_stages(config: PipelineConfig, out: Path, scratch: Path, result: PipelineResult,
-                emit: Callable[[StageEvent], object], progress: bool) -> None:
+def _run_stages(
+    config: PipelineConfig,
+    out: Path,
+    scratch: Path,
+    result: PipelineResult,
+    emit: Callable[[StageEvent], object],
+    progress: bool,
+) -> None:
     providers = tuple(parse_providers(list(config.providers)))
     weights = config.resolved_weights()
     if weights is None:
@@ -230,47 +238,76 @@ def _run_stages(config: PipelineConfig, out: Path, scratch: Path, result: Pipeli
 
         torch.manual_seed(config.seed)
         weights = str(scratch / f"{config.arch}-seed{config.seed}.pt")
-        torch.save(create_model(config.arch, num_classes=config.num_classes, variant=config.variant).state_dict(),
-                   weights)
+        torch.save(
+            create_model(config.arch, num_classes=config.num_classes, variant=config.variant).state_dict(), weights
+        )
 
     with _stage("export", result, emit) as summary:
-        result.export = export_onnx(ExportOptions(
-            arch=config.arch, weights=weights,
-            num_classes=config.num_classes, variant=config.variant, input_size=config.input_size,
-            opset=config.opset), out / FILES["export"])
+        result.export = export_onnx(
+            ExportOptions(
+                arch=config.arch,
+                weights=weights,
+                num_classes=config.num_classes,
+                variant=config.variant,
+                input_size=config.input_size,
+                opset=config.opset,
+            ),
+            out / FILES["export"],
+        )
         parity = max(p.max_abs_error for p in result.export.parity.values())
-        summary.append(f"{FILES['export']}: {result.export.arch}, opset {result.export.opset},"
-                       f" max abs error vs PyTorch {parity:.2g} at batch {', '.join(map(str, result.export.parity))}")
+        summary.append(
+            f"{FILES['export']}: {result.export.arch}, opset {result.export.opset},"
+            f" max abs error vs PyTorch {parity:.2g} at batch {', '.join(map(str, result.export.parity))}"
+        )
 
     with _stage("simplify", result, emit) as summary:
-        result.simplify = simplify_onnx(out / FILES["export"], out / FILES["simplify"],
-                                        allow_unfolded_bn=config.allow_unfolded_bn)
+        result.simplify = simplify_onnx(
+            out / FILES["export"], out / FILES["simplify"], allow_unfolded_bn=config.allow_unfolded_bn
+        )
         s = result.simplify
-        summary.append(f"{FILES['simplify']}: BatchNormalization {s.batch_norm_before} -> {len(s.batch_norm_remaining)},"
-                       f" nodes {sum(s.ops_before.values())} -> {sum(s.ops_after.values())}")
+        summary.append(
+            f"{FILES['simplify']}: BatchNormalization {s.batch_norm_before} -> {len(s.batch_norm_remaining)},"
+            f" nodes {sum(s.ops_before.values())} -> {sum(s.ops_after.values())}"
+        )
 
     models = [out / FILES["export"], out / FILES["simplify"]]
     if config.int8:
         with _stage("quantize", result, emit) as summary:
-            result.quantize = quantize_onnx(out / FILES["simplify"], out / FILES["quantize"], QuantizeOptions(
-                calib=config.calib, method=Method(config.method), per_channel=config.per_channel,
-                format=Format(config.format) if config.format else None, target=Target(config.target),
-                limit=config.limit, seed=config.seed, measure_speed=False,
-            ), progress=progress)
+            result.quantize = quantize_onnx(
+                out / FILES["simplify"],
+                out / FILES["quantize"],
+                QuantizeOptions(
+                    calib=config.calib,
+                    method=Method(config.method),
+                    per_channel=config.per_channel,
+                    format=Format(config.format) if config.format else None,
+                    target=Target(config.target),
+                    limit=config.limit,
+                    seed=config.seed,
+                    measure_speed=False,
+                ),
+                progress=progress,
+            )
             q = result.quantize
-            summary.append(f"{FILES['quantize']}: {q.config.target.value} {q.config.format.value}, calibrated on"
-                           f" {q.calibration_images} images, top-1 agreement with FP32"
-                           f" {q.parity.top1_agreement:.2%} on {q.evaluation_images} held-out images")
+            summary.append(
+                f"{FILES['quantize']}: {q.config.target.value} {q.config.format.value}, calibrated on"
+                f" {q.calibration_images} images, top-1 agreement with FP32"
+                f" {q.parity.top1_agreement:.2%} on {q.evaluation_images} held-out images"
+            )
         models.append(out / FILES["quantize"])
 
     with _stage("validate", result, emit) as summary:
-        result.validate = validate_models(models, Reference(checkpoint=weights, arch=result.export.arch),
-                                          ValidateOptions(data=config.data, providers=providers,
-                                                          strict_ep=config.strict_ep))
+        result.validate = validate_models(
+            models,
+            Reference(checkpoint=weights, arch=result.export.arch),
+            ValidateOptions(data=config.data, providers=providers, strict_ep=config.strict_ep),
+        )
         v = result.validate
         worst = min(r.parity.top1_agreement for r in v.rows)
-        summary.append(f"{len(v.rows)} model x provider rows on {v.images} images, lowest top-1 agreement"
-                       f" {worst:.2%}: {'pass' if v.passed else 'FAIL'}")
+        summary.append(
+            f"{len(v.rows)} model x provider rows on {v.images} images, lowest top-1 agreement"
+            f" {worst:.2%}: {'pass' if v.passed else 'FAIL'}"
+        )
         if not v.passed:
             from resnet_edge.errors import CheckFailedError
             from resnet_edge.validate import describe_failures
@@ -280,16 +317,24 @@ def _run_stages(config: PipelineConfig, out: Path, scratch: Path, result: Pipeli
     with _stage("benchmark", result, emit) as summary:
         from tqdm import tqdm
 
-        options = BenchmarkOptions(providers=providers, batch_sizes=config.batch_sizes, threads=config.threads,
-                                   warmup=config.warmup, iterations=config.iterations,
-                                   torch_reference=weights if config.torch_eager else None,
-                                   strict_ep=config.strict_ep, data=config.data)
+        options = BenchmarkOptions(
+            providers=providers,
+            batch_sizes=config.batch_sizes,
+            threads=config.threads,
+            warmup=config.warmup,
+            iterations=config.iterations,
+            torch_reference=weights if config.torch_eager else None,
+            strict_ep=config.strict_ep,
+            data=config.data,
+        )
         rounds = config.iterations * len(providers) * len(config.batch_sizes)
         with tqdm(total=rounds, desc="timing", unit="round", leave=False, disable=not progress) as bar:
             result.benchmark = benchmark_models(models, options, progress=bar.update)
         fastest = min((r for r in result.benchmark.rows if r.latency), key=lambda r: r.latency.p50_ms)
-        summary.append(f"{len(result.benchmark.rows)} rows; fastest {fastest.model} p50"
-                       f" {fastest.latency.p50_ms:.2f} ms at batch {fastest.batch} on {fastest.ran_on}")
+        summary.append(
+            f"{len(result.benchmark.rows)} rows; fastest {fastest.model} p50"
+            f" {fastest.latency.p50_ms:.2f} ms at batch {fastest.batch} on {fastest.ran_on}"
+        )
 
 
 def describe_config(config: PipelineConfig) -> dict[str, object]:
@@ -297,4 +342,3 @@ def describe_config(config: PipelineConfig) -> dict[str, object]:
     data = dataclasses.asdict(config)
     data["weights"] = config.resolved_weights() or f"random init (seed {config.seed})"
     return data
-

@@ -15,8 +15,12 @@ from resnet_edge.artifacts import atomic_output, sha256_file, write_json_atomic,
 from resnet_edge.jsonable import to_jsonable
 from resnet_edge.pipeline import FILES, PipelineResult, describe_config
 
-VARIANTS = {"model.onnx": "ONNX FP32", "model.sim.onnx": "ONNX simplified", "model.int8.onnx": "ONNX INT8",
-            "pytorch": "PyTorch eager"}
+VARIANTS = {
+    "model.onnx": "ONNX FP32",
+    "model.sim.onnx": "ONNX simplified",
+    "model.int8.onnx": "ONNX INT8",
+    "pytorch": "PyTorch eager",
+}
 PLOTS = {"latency": "latency.png", "accuracy_latency": "accuracy_vs_latency.png", "ops": "ops_before_after.png"}
 
 
@@ -36,14 +40,23 @@ def summarize(result: PipelineResult) -> dict:
     plots = {
         "latency": {
             "batch": first_batch,
-            "series": {f"{VARIANTS[r.model]} ({r.ran_on})": r.latency.samples_ms for r in (bench.rows if bench else [])
-                       if r.latency and r.batch == first_batch},
+            "series": {
+                f"{VARIANTS[r.model]} ({r.ran_on})": r.latency.samples_ms
+                for r in (bench.rows if bench else [])
+                if r.latency and r.batch == first_batch
+            },
         },
         "accuracy_latency": {
             "metric": "top-1 accuracy" if valid and valid.labelled else "top-1 agreement with the reference",
-            "points": [{"label": f"{r['variant']} ({r['ran_on']})", "p50_ms": r["p50_ms"],
-                        "value": r["accuracy"] if valid and valid.labelled else r["top1_agreement"]}
-                       for r in rows if r["p50_ms"] is not None],
+            "points": [
+                {
+                    "label": f"{r['variant']} ({r['ran_on']})",
+                    "p50_ms": r["p50_ms"],
+                    "value": r["accuracy"] if valid and valid.labelled else r["top1_agreement"],
+                }
+                for r in rows
+                if r["p50_ms"] is not None
+            ],
         },
         "ops": {
             "before": result.simplify.ops_before if result.simplify else {},
@@ -54,12 +67,20 @@ def summarize(result: PipelineResult) -> dict:
 
 
 def _row(name: str, provider: str, result: PipelineResult, batch: int) -> dict:
-    bench_row = next((r for r in (result.benchmark.rows if result.benchmark else [])
-                      if r.model == name and r.batch == batch and (r.provider == provider or name == "pytorch")), None)
-    valid_row = next((r for r in (result.validate.rows if result.validate else [])
-                      if r.model == name and r.provider == provider), None)
+    bench_row = next(
+        (
+            r
+            for r in (result.benchmark.rows if result.benchmark else [])
+            if r.model == name and r.batch == batch and (r.provider == provider or name == "pytorch")
+        ),
+        None,
+    )
+    valid_row = next(
+        (r for r in (result.validate.rows if result.validate else []) if r.model == name and r.provider == provider),
+        None,
+    )
     if name == "pytorch":
-        any_row = (result.validate.rows[0] if result.validate else None)
+        any_row = result.validate.rows[0] if result.validate else None
         accuracy = any_row.reference_accuracy.top1 if any_row and any_row.reference_accuracy else None
         agreement, size, ran_on = 1.0, None, "cpu"
     else:
@@ -69,9 +90,15 @@ def _row(name: str, provider: str, result: PipelineResult, batch: int) -> dict:
         ran_on = valid_row.ran_on if valid_row else (bench_row.ran_on if bench_row else None)
     latency = bench_row.latency if bench_row else None
     return {
-        "variant": VARIANTS[name], "file": None if name == "pytorch" else name, "provider": provider,
-        "ran_on": ran_on, "size_bytes": size, "top1_agreement": agreement, "accuracy": accuracy,
-        "p50_ms": latency.p50_ms if latency else None, "p99_ms": latency.p99_ms if latency else None,
+        "variant": VARIANTS[name],
+        "file": None if name == "pytorch" else name,
+        "provider": provider,
+        "ran_on": ran_on,
+        "size_bytes": size,
+        "top1_agreement": agreement,
+        "accuracy": accuracy,
+        "p50_ms": latency.p50_ms if latency else None,
+        "p99_ms": latency.p99_ms if latency else None,
         "throughput": latency.throughput if latency else None,
         "speedup_vs_onnx_fp32": bench_row.speedup if bench_row else None,
         "passed": valid_row.passed if valid_row else None,
@@ -96,8 +123,10 @@ def write_report(result: PipelineResult, folder: Path) -> None:
         "file_sha256": hashes,
         "seeds": {"calibration_subset": result.config.seed, "init_weights": result.config.seed},
         "environment": to_jsonable(result.benchmark.environment) if result.benchmark else _environment(),
-        "stages": {name: to_jsonable(getattr(result, name))
-                   for name in ("export", "simplify", "quantize", "validate", "benchmark")},
+        "stages": {
+            name: to_jsonable(getattr(result, name))
+            for name in ("export", "simplify", "quantize", "validate", "benchmark")
+        },
     }
     write_json_atomic(folder / "report.json", report)
     write_text_atomic(folder / "report.md", render_markdown(report))
@@ -118,7 +147,7 @@ def _fmt(value: object, kind: str) -> str:
     if kind == "ms":
         return f"{value:.2f}"
     if kind == "x":
-        return f"{value:.2f}×"
+        return f"{value:.3g}×"
     if kind == "size":
         return f"{value / 1024:.1f} KiB" if value < 1024 * 1024 else f"{value / 1024 / 1024:.2f} MiB"
     if kind == "ips":
@@ -126,10 +155,18 @@ def _fmt(value: object, kind: str) -> str:
     return str(value)
 
 
-_COLUMNS = [("variant", "Variant", ""), ("file", "File", ""), ("size_bytes", "Size", "size"),
-            ("top1_agreement", "Top-1 agreement", "pct"), ("accuracy", "Accuracy", "pct"), ("p50_ms", "p50 ms", "ms"),
-            ("p99_ms", "p99 ms", "ms"), ("throughput", "img/s", "ips"), ("speedup_vs_onnx_fp32", "Speed-up", "x"),
-            ("ran_on", "Ran on", "")]
+_COLUMNS = [
+    ("variant", "Variant", ""),
+    ("file", "File", ""),
+    ("size_bytes", "Size", "size"),
+    ("top1_agreement", "Top-1 agreement", "pct"),
+    ("accuracy", "Accuracy", "pct"),
+    ("p50_ms", "p50 ms", "ms"),
+    ("p99_ms", "p99 ms", "ms"),
+    ("throughput", "img/s", "ips"),
+    ("speedup_vs_onnx_fp32", "Speed-up", "x"),
+    ("ran_on", "Ran on", ""),
+]
 
 
 def _table_cells(report: dict) -> tuple[list[str], list[list[str]]]:
@@ -145,27 +182,79 @@ def _facts(report: dict) -> list[tuple[str, str]]:
     stages = report["stages"]
     facts = [
         ("Status", report["status"] + (f": {report['error']}" if report["error"] else "")),
-        ("Model", f"{stages['export']['arch'] if stages['export'] else config['arch']} ({config['variant']}),"
-                  f" weights {config['weights']}"),
-        ("CPU", f"{cpu['model']}, {cpu['logical_cores']} cores; "
-                + ", ".join(k for k, v in cpu["features"].items() if v)),
+        (
+            "Model",
+            f"{stages['export']['arch'] if stages['export'] else config['arch']} ({config['variant']}),"
+            f" weights {config['weights']}",
+        ),
+        (
+            "CPU",
+            f"{cpu['model']}, {cpu['logical_cores']} cores; " + ", ".join(k for k, v in cpu["features"].items() if v),
+        ),
         ("Versions", ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)),
         ("Providers available", ", ".join(env["onnxruntime_providers"])),
     ]
     if stages["quantize"]:
         q = stages["quantize"]
-        facts.append(("INT8", f"{q['config']['target']} {q['config']['format']}, activations"
-                              f" {q['config']['activation_type']}, per-channel {q['config']['per_channel']};"
-                              f" {q['method']} calibration on {q['calibration_images']} images from"
-                              f" {q['calibration_source']}"))
+        facts.append(
+            (
+                "INT8",
+                f"{q['config']['target']} {q['config']['format']}, activations"
+                f" {q['config']['activation_type']}, per-channel {q['config']['per_channel']};"
+                f" {q['method']} calibration on {q['calibration_images']} images from"
+                f" {q['calibration_source']}",
+            )
+        )
     if stages["validate"]:
         v = stages["validate"]
         facts.append(("Validation", f"{v['images']} images from {v['data']} against {v['reference']}"))
     if stages["benchmark"]:
         b = stages["benchmark"]
-        facts.append(("Timing", f"{b['options']['iterations']} round-robin rounds after {b['options']['warmup']}"
-                                f" warm-up, {b['threads']} threads, batch {report['plots']['latency']['batch']}"))
+        facts.append(
+            (
+                "Timing",
+                f"{b['options']['iterations']} round-robin rounds after {b['options']['warmup']}"
+                f" warm-up, {b['threads']} threads, batch {report['plots']['latency']['batch']}",
+            )
+        )
     return facts
+
+
+def _benchmark_cells(report: dict) -> tuple[list[str], list[list[str]]]:
+    """Every benchmark row: all batch sizes and providers, cold start and the percentiles."""
+    bench = report["stages"]["benchmark"]
+    headers = [
+        "Model",
+        "Provider",
+        "Ran on",
+        "Batch",
+        "Cold start ms",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "img/s",
+        "CV",
+        "Speed-up",
+    ]
+    rows = []
+    for r in bench["rows"] if bench else []:
+        lat = r["latency"] or {}
+        rows.append(
+            [
+                VARIANTS.get(r["model"], r["model"]),
+                r["provider"],
+                r["ran_on"],
+                str(r["batch"]),
+                _fmt(r["cold_start_ms"], "ms"),
+                _fmt(lat.get("p50_ms"), "ms"),
+                _fmt(lat.get("p90_ms"), "ms"),
+                _fmt(lat.get("p99_ms"), "ms"),
+                _fmt(lat.get("throughput"), "ips"),
+                _fmt(lat.get("cv"), "pct"),
+                _fmt(r["speedup"], "x") if r["latency"] else r["skipped"] or "–",
+            ]
+        )
+    return headers, rows
 
 
 def render_markdown(report: dict) -> str:
@@ -175,15 +264,32 @@ def render_markdown(report: dict) -> str:
     lines += ["", *(f"- **{k}:** {v}" for k, v in _facts(report)), ""]
     for title, file in _plot_titles(report):
         lines += [f"![{title}]({file})", ""]
-    lines += ["## Files", "", *(f"- `{name}` sha256 `{digest}`" for name, digest in report["file_sha256"].items()),
-              "", "## Configuration", "", "```json", json.dumps(report["config"], indent=2), "```", ""]
+    bench_headers, bench_rows = _benchmark_cells(report)
+    if bench_rows:
+        lines += ["## Benchmark", "", "| " + " | ".join(bench_headers) + " |", "|" + "---|" * len(bench_headers)]
+        lines += ["| " + " | ".join(r) + " |" for r in bench_rows] + [""]
+    lines += [
+        "## Files",
+        "",
+        *(f"- `{name}` sha256 `{digest}`" for name, digest in report["file_sha256"].items()),
+        "",
+        "## Configuration",
+        "",
+        "```json",
+        json.dumps(report["config"], indent=2),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def _plot_titles(report: dict) -> list[tuple[str, str]]:
     files = report["plots"]["files"]
-    titles = {"latency": "Latency distribution", "accuracy_latency": "Accuracy against latency",
-              "ops": "Nodes by op type before and after simplification"}
+    titles = {
+        "latency": "Latency distribution",
+        "accuracy_latency": "Accuracy against latency",
+        "ops": "Nodes by op type before and after simplification",
+    }
     return [(titles[key], files[key]) for key in titles if key in files]
 
 
@@ -193,10 +299,16 @@ def render_html(report: dict) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
     facts = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in _facts(report))
-    figures = "".join(f'<figure><img src="{esc(f)}" alt="{esc(t)}"><figcaption>{esc(t)}</figcaption></figure>'
-                      for t, f in _plot_titles(report))
-    hashes = "".join(f"<tr><td>{esc(n)}</td><td><code>{esc(d)}</code></td></tr>"
-                     for n, d in report["file_sha256"].items())
+    figures = "".join(
+        f'<figure><img src="{esc(f)}" alt="{esc(t)}"><figcaption>{esc(t)}</figcaption></figure>'
+        for t, f in _plot_titles(report)
+    )
+    hashes = "".join(
+        f"<tr><td>{esc(n)}</td><td><code>{esc(d)}</code></td></tr>" for n, d in report["file_sha256"].items()
+    )
+    bench_headers, bench_rows = _benchmark_cells(report)
+    bench_head = "".join(f"<th>{esc(h)}</th>" for h in bench_headers)
+    bench_body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in bench_rows)
     status_class = "ok" if report["status"] == "complete" else "bad"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>resnet-edge report</title>
@@ -225,6 +337,7 @@ code {{ font-size: .85em; }}
 <p>Speed-up: ONNX FP32's median latency divided by the variant's, timed side by side in one run.</p>
 <dl>{facts}</dl>
 <h2>Plots</h2><div class="figures">{figures}</div>
+<h2>Benchmark</h2><table><thead><tr>{bench_head}</tr></thead><tbody>{bench_body}</tbody></table>
 <h2>Files</h2><table><tbody>{hashes}</tbody></table>
 <h2>Configuration</h2><pre>{esc(json.dumps(report["config"], indent=2))}</pre>
 </body></html>
@@ -247,16 +360,24 @@ def _write_plots(plots: dict, result: PipelineResult, folder: Path) -> dict[str,
         ax.set_yticks(range(1, len(labels) + 1), labels)
         ax.set_xlabel("latency per call (ms), log scale")
         ax.set_xscale("log")
-        ax.set_title(f"Warm latency at batch {plots['latency']['batch']} ({len(next(iter(series.values())))} rounds each)")
+        ax.set_title(
+            f"Warm latency at batch {plots['latency']['batch']} ({len(next(iter(series.values())))} rounds each)"
+        )
         ax.grid(axis="x", alpha=0.3)
         written["latency"] = _save(fig, folder / PLOTS["latency"])
     points = [p for p in plots["accuracy_latency"]["points"] if p["value"] is not None]
     if points:
         fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
-        for p in points:
-            ax.scatter(p["p50_ms"], 100 * p["value"], s=60)
-            ax.annotate(p["label"], (p["p50_ms"], 100 * p["value"]), textcoords="offset points", xytext=(6, 6),
-                        fontsize=9)
+        markers = "osD^vP*X"
+        for i, p in enumerate(points):  # a legend, not labels: variants often share an accuracy and overlap
+            ax.scatter(
+                p["p50_ms"],
+                100 * p["value"],
+                s=70,
+                marker=markers[i % len(markers)],
+                label=f"{p['label']}: {p['p50_ms']:.3g} ms, {100 * p['value']:.2f}%",
+            )
+        ax.legend(fontsize=8, loc="best")
         ax.set_xscale("log")
         ax.set_xlabel("median latency (ms), log scale")
         ax.set_ylabel(f"{plots['accuracy_latency']['metric']} (%)")
@@ -292,4 +413,3 @@ def _save(fig: object, path: Path) -> str:
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")
     return path.name
-

@@ -21,12 +21,18 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from resnet_edge.errors import InputFileError, OptionError, ProviderError, ResnetEdgeWarning
 
 # What onnxruntime raises for a model it cannot load: the model's fault, not ours.
-_LOAD_ERRORS = (ort_state.Fail, ort_state.InvalidGraph, ort_state.InvalidArgument, ort_state.NoSuchFile,
-                ort_state.InvalidProtobuf, ort_state.NotImplemented)
+_LOAD_ERRORS = (
+    ort_state.Fail,
+    ort_state.InvalidGraph,
+    ort_state.InvalidArgument,
+    ort_state.NoSuchFile,
+    ort_state.InvalidProtobuf,
+    ort_state.NotImplemented,
+)
 _ORT_ERROR_ONLY = 3  # onnxruntime's log severity: print errors and fatal messages, not its graph-partition chatter
 
 
-class Provider(str, enum.Enum):
+class Provider(enum.StrEnum):
     CPU = "cpu"
     CUDA = "cuda"
 

@@ -146,8 +146,11 @@ def validate_models(
     rows = []
     labelled = True
     for key, names in by_spec.items():
-        sessions = {(name, p): open_session(protos[name], p, strict=options.strict_ep)
-                    for name in names for p in options.providers}
+        sessions = {
+            (name, p): open_session(protos[name], p, strict=options.strict_ep)
+            for name in names
+            for p in options.providers
+        }
         expected_parts: list[np.ndarray] = []
         got_parts: dict[tuple[str, Provider], list[np.ndarray]] = {k: [] for k in sessions}
         labels: list[int | None] = []
@@ -166,15 +169,30 @@ def validate_models(
             parity = compare(expected, got)
             acc = accuracy(got, y) if y is not None else None
             failures = _judge(parity, acc, ref_acc, quantized, options, float(np.abs(expected).max()))
-            rows.append(ValidateRow(
-                model=Path(name).name, path=name, quantized=quantized, provider=provider.value,
-                ran_on=session.ran_on, providers_used=session.providers_used, parity=parity, accuracy=acc,
-                reference_accuracy=ref_acc, passed=not failures, failures=failures,
-            ))
+            rows.append(
+                ValidateRow(
+                    model=Path(name).name,
+                    path=name,
+                    quantized=quantized,
+                    provider=provider.value,
+                    ran_on=session.ran_on,
+                    providers_used=session.providers_used,
+                    parity=parity,
+                    accuracy=acc,
+                    reference_accuracy=ref_acc,
+                    passed=not failures,
+                    failures=failures,
+                )
+            )
     rows.sort(key=lambda r: (list(protos).index(r.path), [p.value for p in options.providers].index(r.provider)))
     return ValidateResult(
-        rows=rows, reference=reference.describe(), data=source.name, images=len(indices), labelled=labelled,
-        thresholds=thresholds(options), file_sha256={name: sha256_file(name) for name in protos},
+        rows=rows,
+        reference=reference.describe(),
+        data=source.name,
+        images=len(indices),
+        labelled=labelled,
+        thresholds=thresholds(options),
+        file_sha256={name: sha256_file(name) for name in protos},
     )
 
 
@@ -188,8 +206,14 @@ def thresholds(options: ValidateOptions) -> dict[str, float | str]:
     }
 
 
-def _judge(parity: Parity, acc: Accuracy | None, ref_acc: Accuracy | None, quantized: bool,
-           options: ValidateOptions, scale: float) -> list[str]:
+def _judge(
+    parity: Parity,
+    acc: Accuracy | None,
+    ref_acc: Accuracy | None,
+    quantized: bool,
+    options: ValidateOptions,
+    scale: float,
+) -> list[str]:
     failures = []
     if parity.non_finite:
         failures.append(f"{parity.non_finite} outputs contain NaN or Inf")
@@ -217,14 +241,18 @@ def _builtin_reference(protos: dict[str, onnx.ModelProto]) -> Reference:
     for name, path in BUILTIN_WEIGHTS.items():
         if sha256_file(path) in recorded:
             return Reference(checkpoint=name)
-    raise OptionError("no --reference given and the model was not exported from a built-in checkpoint;"
-                      " pass --reference CKPT (with --arch) or --reference FP32.onnx")
+    raise OptionError(
+        "no --reference given and the model was not exported from a built-in checkpoint;"
+        " pass --reference CKPT (with --arch) or --reference FP32.onnx"
+    )
 
 
 def _check_fits(proto: onnx.ModelProto, spec: PreprocessSpec, name: str) -> None:
     shape = static_input_shape(proto)
-    if len(shape) != 4 or any(d is not None and d != s for d, s in zip(shape[1:], spec.input_shape)):
-        raise InputFileError(f"{name}: input {list(shape)} does not fit the data, preprocessed to {list(spec.input_shape)}")
+    if len(shape) != 4 or any(d is not None and d != s for d, s in zip(shape[1:], spec.input_shape, strict=False)):
+        raise InputFileError(
+            f"{name}: input {list(shape)} does not fit the data, preprocessed to {list(spec.input_shape)}"
+        )
 
 
 def _run(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, fixed_batch: int | None) -> np.ndarray:
@@ -233,7 +261,7 @@ def _run(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, fixed_batc
         return run(images)
     out = []
     for start in range(0, len(images), fixed_batch):
-        x = images[start:start + fixed_batch]
+        x = images[start : start + fixed_batch]
         real = len(x)
         if real < fixed_batch:
             x = np.concatenate([x, np.repeat(x[-1:], fixed_batch - real, axis=0)])
@@ -274,6 +302,4 @@ class _ReferenceModel:
 
 def describe_failures(result: ValidateResult) -> str:
     """One line per failed row, for the CLI."""
-    return "; ".join(
-        f"{row.model} on {row.ran_on}: {', '.join(row.failures)}" for row in result.rows if not row.passed
-    )
+    return "; ".join(f"{row.model} on {row.ran_on}: {', '.join(row.failures)}" for row in result.rows if not row.passed)

@@ -88,9 +88,7 @@ SOURCES: tuple[Source, ...] = (
         licence="CC0-1.0",
         statement="licensed under the Creative Commons CC0 License.",
         url="https://cc0textures.com/view.php?tex=Bricks25",
-        note=(
-            "scikit-image applied a perspective transform, rotation, crop, rescale and grayscale conversion."
-        ),
+        note=("scikit-image applied a perspective transform, rotation, crop, rescale and grayscale conversion."),
     ),
     Source(
         name="camera",
@@ -157,8 +155,7 @@ SOURCES: tuple[Source, ...] = (
         author="Mikael Häggström",
         licence="CC0-1.0",
         statement=(
-            "This file is made available under the Creative Commons CC0 1.0 Universal "
-            "Public Domain Dedication."
+            "This file is made available under the Creative Commons CC0 1.0 Universal Public Domain Dedication."
         ),
         url="https://commons.wikimedia.org/wiki/File:Fundus_photograph_of_normal_left_eye.jpg",
     ),
@@ -306,8 +303,7 @@ def readme_text(entries: list[dict[str, object]]) -> str:
     for e in entries:
         rows[str(e["source_image"])] = (str(e["author"]), str(e["licence"]), str(e["licence_text_from"]))
     table = "\n".join(
-        f"| {src} | {author} | {licence} | {origin} |"
-        for src, (author, licence, origin) in sorted(rows.items())
+        f"| {src} | {author} | {licence} | {origin} |" for src, (author, licence, origin) in sorted(rows.items())
     )
     return f"""# Bundled calibration photographs
 
@@ -357,9 +353,7 @@ def main() -> None:
         "excluded_sources": EXCLUDED,
         "images": entries,
     }
-    (out_dir / "MANIFEST.json").write_text(
-        json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    (out_dir / "MANIFEST.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out_dir / "README.md").write_text(readme_text(entries), encoding="utf-8")
     total = sum(p.stat().st_size for p in out_dir.iterdir())
     print(f"wrote {len(entries)} images to {out_dir} ({total} bytes in total)")

@@ -79,7 +79,7 @@ def shift(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     out = torch.empty_like(batch)
     offsets = torch.randint(0, 2 * SHIFT + 1, (len(batch), 2), generator=generator)
     for i, (dy, dx) in enumerate(offsets.tolist()):
-        out[i] = padded[i, :, dy:dy + batch.shape[2], dx:dx + batch.shape[3]]
+        out[i] = padded[i, :, dy : dy + batch.shape[2], dx : dx + batch.shape[3]]
     return out
 
 
@@ -117,7 +117,7 @@ def main() -> None:
         order = torch.randperm(len(x_train), generator=generator)
         total = 0.0
         for start in range(0, len(order), BATCH):
-            index = order[start:start + BATCH]
+            index = order[start : start + BATCH]
             loss = loss_fn(model(shift(x_train[index], generator)), y_train[index])
             optimizer.zero_grad()
             loss.backward()

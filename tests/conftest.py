@@ -72,8 +72,14 @@ def export_with_batchnorm(path: Path, arch: str = "resnet18", size: int = 64, va
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (torch.zeros(1, 3, size, size),), str(path), dynamo=False, opset_version=17,
-            do_constant_folding=False, input_names=["input"], output_names=["logits"],
+            model,
+            (torch.zeros(1, 3, size, size),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            do_constant_folding=False,
+            input_names=["input"],
+            output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
     return path

@@ -15,14 +15,23 @@ QUICK = BenchmarkOptions(batch_sizes=(1, 3), iterations=6, warmup=1, threads=1)
 
 @pytest.fixture(scope="module")
 def results(digits_sim: Path, digits_int8: Path):
-    return benchmark_models([digits_sim, digits_int8], BenchmarkOptions(
-        batch_sizes=(1, 3), iterations=6, warmup=1, threads=1, torch_reference="builtin:digits-resnet20"))
+    return benchmark_models(
+        [digits_sim, digits_int8],
+        BenchmarkOptions(
+            batch_sizes=(1, 3), iterations=6, warmup=1, threads=1, torch_reference="builtin:digits-resnet20"
+        ),
+    )
 
 
 def test_rows_per_model_and_batch_with_ordered_statistics(results) -> None:
     assert [(r.model, r.batch) for r in results.rows] == [
-        ("digits.sim.onnx", 1), ("digits.int8.onnx", 1), ("pytorch", 1),
-        ("digits.sim.onnx", 3), ("digits.int8.onnx", 3), ("pytorch", 3)]
+        ("digits.sim.onnx", 1),
+        ("digits.int8.onnx", 1),
+        ("pytorch", 1),
+        ("digits.sim.onnx", 3),
+        ("digits.int8.onnx", 3),
+        ("pytorch", 3),
+    ]
     for row in results.rows:
         s = row.latency
         assert s.iterations == 6 == len(s.samples_ms)
@@ -58,13 +67,16 @@ def test_fixed_batch_model_skips_other_batches_clearly(tmp_path: Path) -> None:
     assert skipped.batch == 4 and skipped.latency is None and skipped.skipped == "model has a fixed batch of 2"
 
 
-@pytest.mark.parametrize(("options", "match"), [
-    (BenchmarkOptions(batch_sizes=(0,)), "batch sizes must be at least 1"),
-    (BenchmarkOptions(batch_sizes=(-2,)), "batch sizes must be at least 1"),
-    (BenchmarkOptions(iterations=0), "iterations must be at least 1"),
-    (BenchmarkOptions(iterations=None), "iteration count or a duration"),
-    (BenchmarkOptions(threads=0), "threads must be at least 1"),
-])
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (BenchmarkOptions(batch_sizes=(0,)), "batch sizes must be at least 1"),
+        (BenchmarkOptions(batch_sizes=(-2,)), "batch sizes must be at least 1"),
+        (BenchmarkOptions(iterations=0), "iterations must be at least 1"),
+        (BenchmarkOptions(iterations=None), "iteration count or a duration"),
+        (BenchmarkOptions(threads=0), "threads must be at least 1"),
+    ],
+)
 def test_bad_options(tiny_onnx: Path, options: BenchmarkOptions, match: str) -> None:
     with pytest.raises(OptionError, match=match):
         benchmark_models([tiny_onnx], options)
@@ -72,8 +84,9 @@ def test_bad_options(tiny_onnx: Path, options: BenchmarkOptions, match: str) -> 
 
 def test_duration_mode_and_rotation() -> None:
     calls: list[str] = []
-    times = time_interleaved([lambda: calls.append("a"), lambda: calls.append("b")], warmup=1, iterations=None,
-                             duration_s=0.0)
+    times = time_interleaved(
+        [lambda: calls.append("a"), lambda: calls.append("b")], warmup=1, iterations=None, duration_s=0.0
+    )
     assert [len(t) for t in times] == [5, 5]  # at least MIN_ITERATIONS rounds
     assert calls[2:6] == ["a", "b", "b", "a"]  # the first runner alternates
     stats = latency_stats([0.001, 0.002, 0.003], batch=2)

@@ -63,7 +63,12 @@ def test_folder_is_recursive_sorted_skips_non_images_and_reads_class_folders(tmp
         write_image(tmp_path / name)
     (tmp_path / "a" / "notes.txt").write_text("not an image")
     source = FolderSource(tmp_path)
-    assert [f.relative_to(tmp_path).as_posix() for f in source.files] == ["a/1.jpg", "a/sub/3.bmp", "b/0.webp", "b/2.png"]
+    assert [f.relative_to(tmp_path).as_posix() for f in source.files] == [
+        "a/1.jpg",
+        "a/sub/3.bmp",
+        "b/0.webp",
+        "b/2.png",
+    ]
     assert source.skipped == 1 and source.labelled and source.label_names() == ["a", "b"]
     assert [source.load(i, SPEC).label for i in range(4)] == [0, 0, 1, 1]
 
@@ -109,8 +114,7 @@ def test_truncated_and_undecodable_images_name_the_file(tmp_path: Path) -> None:
 
 def test_uint8_nhwc_and_float_nchw_arrays(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "raw.npz", images=rng.integers(0, 255, (6, 40, 40, 3), dtype=np.uint8),
-             labels=np.arange(6))
+    np.savez(tmp_path / "raw.npz", images=rng.integers(0, 255, (6, 40, 40, 3), dtype=np.uint8), labels=np.arange(6))
     raw = ArraySource(tmp_path / "raw.npz")
     sample = raw.load(2, SPEC)
     assert sample.tensor.shape == (3, 32, 32) and sample.label == 2 and raw.labelled
@@ -120,22 +124,28 @@ def test_uint8_nhwc_and_float_nchw_arrays(tmp_path: Path) -> None:
     np.testing.assert_array_equal(pre.load(1, SPEC).tensor, np.load(tmp_path / "pre.npy")[1])
 
 
-@pytest.mark.parametrize(("array", "match"), [
-    (np.zeros((4, 3, 16, 16), np.float32), r"must be preprocessed NCHW of shape \(N, 3, 32, 32\)"),
-    (np.zeros((4, 1, 32, 32), np.float32), r"\(N, 1, 32, 32\)"),
-])
+@pytest.mark.parametrize(
+    ("array", "match"),
+    [
+        (np.zeros((4, 3, 16, 16), np.float32), r"must be preprocessed NCHW of shape \(N, 3, 32, 32\)"),
+        (np.zeros((4, 1, 32, 32), np.float32), r"\(N, 1, 32, 32\)"),
+    ],
+)
 def test_arrays_of_the_wrong_shape_or_channels(tmp_path: Path, array: np.ndarray, match: str) -> None:
     np.save(tmp_path / "bad.npy", array)
     with pytest.raises(InputFileError, match=match):
         ArraySource(tmp_path / "bad.npy").load(0, SPEC)
 
 
-@pytest.mark.parametrize(("array", "match"), [
-    (np.full((2, 3, 32, 32), np.nan, np.float32), "NaN or Inf"),
-    (np.zeros((2, 32, 32, 5), np.uint8), "1, 3 or 4 channels"),
-    (np.zeros((0, 3, 32, 32), np.float32), "holds no images"),
-    (np.zeros((2, 3), np.int32), "must be uint8 or float"),
-])
+@pytest.mark.parametrize(
+    ("array", "match"),
+    [
+        (np.full((2, 3, 32, 32), np.nan, np.float32), "NaN or Inf"),
+        (np.zeros((2, 32, 32, 5), np.uint8), "1, 3 or 4 channels"),
+        (np.zeros((0, 3, 32, 32), np.float32), "holds no images"),
+        (np.zeros((2, 3), np.int32), "must be uint8 or float"),
+    ],
+)
 def test_bad_arrays_fail_when_opened(tmp_path: Path, array: np.ndarray, match: str) -> None:
     np.save(tmp_path / "bad.npy", array)
     with pytest.raises(InputFileError, match=match):
@@ -161,8 +171,9 @@ def test_builtin_digits_splits_are_disjoint() -> None:
 def test_reader_streams_batches_and_rewinds() -> None:
     source = open_source("builtin:photos")
     seen_batches: list[int] = []
-    reader = ImageCalibrationReader(source, SPEC, list(range(10)), input_name="input", batch_size=4,
-                                    on_batch=seen_batches.append)
+    reader = ImageCalibrationReader(
+        source, SPEC, list(range(10)), input_name="input", batch_size=4, on_batch=seen_batches.append
+    )
     shapes = []
     while (feed := reader.get_next()) is not None:
         shapes.append(feed["input"].shape)

@@ -67,14 +67,19 @@ def test_pickled_code_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
         pickle.dump({"state_dict": Exploit()}, f)
-    with pytest.raises(InputFileError, match=r"evil.pt: not a plain tensor checkpoint, torch.load\(weights_only=True\) refused"):
+    with pytest.raises(
+        InputFileError, match=r"evil.pt: not a plain tensor checkpoint, torch.load\(weights_only=True\) refused"
+    ):
         read_state_dict(path)
 
 
-@pytest.mark.parametrize(("content", "match"), [
-    (b"", "empty"),
-    (b"not a checkpoint at all", "refused"),
-])
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (b"", "empty"),
+        (b"not a checkpoint at all", "refused"),
+    ],
+)
 def test_bad_files(tmp_path: Path, content: bytes, match: str) -> None:
     path = tmp_path / "bad.pth"
     path.write_bytes(content)

@@ -45,7 +45,9 @@ def test_export_simplify_inspect_round_trip(tmp_path: Path) -> None:
     assert result.exit_code == 0 and (tmp_path / "m.sim.onnx").exists()
     data = json.loads(run("inspect", tmp_path / "m.sim.onnx", "--json").output)
     assert data["batch_norm_nodes"] == [] and data["metadata"]["arch"] == "resnet20"
-    assert data["inputs"][0]["shape"] == ["batch", 3, 32, 32] and data["parameters"] == 272_474 - 1_456  # 1,456 BN channels: scale and shift become one conv bias
+    assert (
+        data["inputs"][0]["shape"] == ["batch", 3, 32, 32] and data["parameters"] == 272_474 - 1_456
+    )  # 1,456 BN channels: scale and shift become one conv bias
 
 
 def test_export_json(tmp_path: Path) -> None:
@@ -53,11 +55,14 @@ def test_export_json(tmp_path: Path) -> None:
     assert data["input_shape"] == [2, 3, 32, 32] and data["parity"]["2"]["top1_agreement"] == 1.0
 
 
-@pytest.mark.parametrize(("content", "fragment"), [
-    (None, "ONNX model not found"),
-    (b"", "ONNX model is empty"),
-    (b"garbage bytes", "not a readable ONNX model"),
-])
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (None, "ONNX model not found"),
+        (b"", "ONNX model is empty"),
+        (b"garbage bytes", "not a readable ONNX model"),
+    ],
+)
 def test_bad_model_files(tmp_path: Path, content: bytes | None, fragment: str) -> None:
     model = tmp_path / "m.onnx"
     if content is not None:
@@ -95,8 +100,9 @@ def test_unwritable_output_folder(tmp_path: Path) -> None:
 
 
 def test_missing_output_folder(tmp_path: Path) -> None:
-    assert_one_line_error(run("export", "--arch", "resnet20", "-o", tmp_path / "no" / "m.onnx"),
-                          "output folder does not exist")
+    assert_one_line_error(
+        run("export", "--arch", "resnet20", "-o", tmp_path / "no" / "m.onnx"), "output folder does not exist"
+    )
 
 
 def test_bad_options_exit_2(tiny_onnx: Path) -> None:
@@ -127,8 +133,9 @@ def test_cuda_request_without_cuda(digits_onnx: Path) -> None:
     result = run("validate", digits_onnx, "--providers", "cuda")
     assert result.exit_code == 0 and "cpu (fallback)" in result.output
     assert "warning: requested cuda" in result.output
-    assert_one_line_error(run("validate", digits_onnx, "--providers", "cuda", "--strict-ep"),
-                          "requested cuda", "available")
+    assert_one_line_error(
+        run("validate", digits_onnx, "--providers", "cuda", "--strict-ep"), "requested cuda", "available"
+    )
 
 
 def test_quantize_and_benchmark_commands(digits_sim: Path, tmp_path: Path) -> None:
@@ -137,8 +144,19 @@ def test_quantize_and_benchmark_commands(digits_sim: Path, tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     assert "top-1 agreement with FP32" in result.output and (tmp_path / "q.onnx.json").exists()
     assert "warning: calibrating on only 50 images" in result.output
-    result = run("benchmark", digits_sim, out, "--batch", "1,2", "--iterations", "3", "--warmup", "1",
-                 "-o", tmp_path / "bench.json")
+    result = run(
+        "benchmark",
+        digits_sim,
+        out,
+        "--batch",
+        "1,2",
+        "--iterations",
+        "3",
+        "--warmup",
+        "1",
+        "-o",
+        tmp_path / "bench.json",
+    )
     assert result.exit_code == 0 and "p99" in result.output
     data = json.loads((tmp_path / "bench.json").read_text())
     assert [r["batch"] for r in data["rows"]] == [1, 1, 2, 2]

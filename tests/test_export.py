@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from resnet_edge.errors import CheckpointError, InputFileError, OptionError
-from resnet_edge.export import ExportOptions, Exporter, export_onnx
+from resnet_edge.export import Exporter, ExportOptions, export_onnx
 from resnet_edge.metadata import read_metadata, static_input_shape
 from resnet_edge.models import get_arch, list_models
 from resnet_edge.parity import FP32_MAX_ABS_ERROR
@@ -48,7 +48,7 @@ def test_dynamic_batch_runs_at_any_size(tiny_onnx: Path) -> None:
     session = open_session(tiny_onnx)
     x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
     together = session.run(x)
-    one_by_one = np.concatenate([session.run(x[i:i + 1]) for i in range(5)])
+    one_by_one = np.concatenate([session.run(x[i : i + 1]) for i in range(5)])
     assert together.shape == (5, 10)
     np.testing.assert_allclose(together, one_by_one, atol=FP32_MAX_ABS_ERROR)
 
@@ -76,16 +76,22 @@ def test_dynamo_exporter_is_refused_below_its_opset_or_without_onnxscript(tmp_pa
     pytest.importorskip("onnxscript")
     result = export_onnx(ExportOptions(arch="resnet20", exporter=Exporter.DYNAMO, opset=18), tmp_path / "d.onnx")
     assert result.opset == 18 and result.exporter == "dynamo"
+    # Nodes are renamed by module scope, as the TorchScript exporter names them, so blocks can be found.
+    names = {n.name for n in onnx.load(str(tmp_path / "d.onnx")).graph.node}
+    assert {"/layer1/layer1.0/Add", "/layer2/layer2.0/downsample/downsample.1/Conv", "/fc/Gemm"} <= names
 
 
-@pytest.mark.parametrize(("options", "error", "match"), [
-    (ExportOptions(arch="resnet20", opset=21), OptionError, "writes opsets 11 to 20, not 21"),
-    (ExportOptions(arch="resnet20", input_size=4), OptionError, "at least 8 pixels"),
-    (ExportOptions(arch="resnet20", batch=0), OptionError, "batch"),
-    (ExportOptions(), OptionError, "no arch given"),
-    (ExportOptions(arch="resnet32", weights="builtin:digits-resnet20"), CheckpointError, "does not fit resnet32"),
-    (ExportOptions(arch="resnet20", labels=("a", "b")), OptionError, "2 labels given for 10 classes"),
-])
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        (ExportOptions(arch="resnet20", opset=21), OptionError, "writes opsets 11 to 20, not 21"),
+        (ExportOptions(arch="resnet20", input_size=4), OptionError, "at least 8 pixels"),
+        (ExportOptions(arch="resnet20", batch=0), OptionError, "batch"),
+        (ExportOptions(), OptionError, "no arch given"),
+        (ExportOptions(arch="resnet32", weights="builtin:digits-resnet20"), CheckpointError, "does not fit resnet32"),
+        (ExportOptions(arch="resnet20", labels=("a", "b")), OptionError, "2 labels given for 10 classes"),
+    ],
+)
 def test_bad_options_leave_no_file(tmp_path: Path, options: ExportOptions, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         export_onnx(options, tmp_path / "out.onnx")

@@ -45,8 +45,9 @@ def test_preact_projection_block_gradient_is_branch_plus_shortcut_vjp() -> None:
     randomize_batchnorm(block).eval()
     x = torch.randn(2, 16, 8, 8, requires_grad=True)
     upstream = torch.randn(2, 32, 4, 4)
-    torch.testing.assert_close(_vjp(block(x), x, upstream),
-                               _vjp(block.branch(x), x, upstream) + _vjp(block.shortcut(x), x, upstream))
+    torch.testing.assert_close(
+        _vjp(block(x), x, upstream), _vjp(block.branch(x), x, upstream) + _vjp(block.shortcut(x), x, upstream)
+    )
 
 
 def test_post_activation_block_gradient_goes_through_the_relu_after_the_sum() -> None:
@@ -132,8 +133,20 @@ def test_cli_compare_writes_the_plot_and_prints_the_table(tmp_path: Path) -> Non
     assert plot.read_bytes().startswith(PNG_MAGIC) and plot.stat().st_size > 20_000
     assert [p.name for p in tmp_path.iterdir()] == [plot.name]  # nothing half-written beside it
     lines = result.output.splitlines()
-    assert lines[1].split() == ["depth", "block", "shortcut", "residual", "|dL/dx|", "branch", "term",
-                                "shortcut", "term", "plain", "|dL/dx|", "plain/residual"]
+    assert lines[1].split() == [
+        "depth",
+        "block",
+        "shortcut",
+        "residual",
+        "|dL/dx|",
+        "branch",
+        "term",
+        "shortcut",
+        "term",
+        "plain",
+        "|dL/dx|",
+        "plain/residual",
+    ]
     assert lines[3].split()[:3] == ["1", "layer1.0", "identity"]
     assert lines[6].split()[:3] == ["4", "layer2.0", "projection"]
     assert f"wrote {plot}" in result.output

@@ -18,17 +18,35 @@ GOLDEN = Path(__file__).parent / "golden" / "torchvision_resnet_keys.json"
 
 
 def test_registry_lists_the_ten_architectures() -> None:
-    assert list_models() == ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-                             "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
+    assert list_models() == [
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+        "resnet20",
+        "resnet32",
+        "resnet44",
+        "resnet56",
+        "resnet110",
+    ]
     with pytest.raises(OptionError, match="unknown arch 'resnet19'.*resnet18"):
         get_arch("resnet19")
 
 
-@pytest.mark.parametrize(("arch", "params"), [
-    ("resnet18", 11_689_512), ("resnet34", 21_797_672), ("resnet50", 25_557_032),
-    ("resnet101", 44_549_160), ("resnet152", 60_192_808),  # torchvision's published counts
-    ("resnet20", 272_474), ("resnet56", 855_770), ("resnet110", 1_730_714),  # He et al. 2015: 0.27M, 0.85M, 1.7M
-])
+@pytest.mark.parametrize(
+    ("arch", "params"),
+    [
+        ("resnet18", 11_689_512),
+        ("resnet34", 21_797_672),
+        ("resnet50", 25_557_032),
+        ("resnet101", 44_549_160),
+        ("resnet152", 60_192_808),  # torchvision's published counts
+        ("resnet20", 272_474),
+        ("resnet56", 855_770),
+        ("resnet110", 1_730_714),  # He et al. 2015: 0.27M, 0.85M, 1.7M
+    ],
+)
 def test_parameter_counts(arch: str, params: int) -> None:
     assert sum(p.numel() for p in create_model(arch).parameters()) == params
 
@@ -44,8 +62,12 @@ def test_small_family_has_three_stages_of_16_32_64(arch: str) -> None:
 
 def test_basic_block_computes_relu_of_branch_plus_shortcut() -> None:
     torch.manual_seed(0)
-    for block in (BasicBlock(16, 16), BasicBlock(16, 32, stride=2, downsample=nn.Sequential(
-            nn.Conv2d(16, 32, 1, stride=2, bias=False), nn.BatchNorm2d(32)))):
+    for block in (
+        BasicBlock(16, 16),
+        BasicBlock(
+            16, 32, stride=2, downsample=nn.Sequential(nn.Conv2d(16, 32, 1, stride=2, bias=False), nn.BatchNorm2d(32))
+        ),
+    ):
         randomize_batchnorm(block).eval()
         x = torch.randn(2, 16, 8, 8)
         branch = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))

@@ -14,8 +14,18 @@ from resnet_edge.errors import OptionError, StageError
 from resnet_edge.pipeline import PipelineConfig, load_config, run_pipeline
 
 SMALL = dict(iterations=5, warmup=1, batch_sizes=(1, 4), threads=1)
-EXPECTED = {"model.onnx", "model.sim.onnx", "model.int8.onnx", "model.int8.onnx.json", "report.json", "report.md",
-            "report.html", "latency.png", "accuracy_vs_latency.png", "ops_before_after.png"}
+EXPECTED = {
+    "model.onnx",
+    "model.sim.onnx",
+    "model.int8.onnx",
+    "model.int8.onnx.json",
+    "report.json",
+    "report.md",
+    "report.html",
+    "latency.png",
+    "accuracy_vs_latency.png",
+    "ops_before_after.png",
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +47,11 @@ def test_report_head_table_matches_validate_and_benchmark(run_dir: Path) -> None
     assert list(rows) == ["PyTorch eager", "ONNX FP32", "ONNX simplified", "ONNX INT8"]
     validate = {r["model"]: r for r in report["stages"]["validate"]["rows"]}
     bench = {(r["model"], r["batch"]): r for r in report["stages"]["benchmark"]["rows"]}
-    for variant, file in (("ONNX FP32", "model.onnx"), ("ONNX simplified", "model.sim.onnx"),
-                          ("ONNX INT8", "model.int8.onnx")):
+    for variant, file in (
+        ("ONNX FP32", "model.onnx"),
+        ("ONNX simplified", "model.sim.onnx"),
+        ("ONNX INT8", "model.int8.onnx"),
+    ):
         row = rows[variant]
         assert row["top1_agreement"] == validate[file]["parity"]["top1_agreement"]
         assert row["accuracy"] == validate[file]["accuracy"]["top1"]
@@ -111,15 +124,17 @@ def test_ctrl_c_publishes_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
 def test_config_file_and_cli(tmp_path: Path) -> None:
     config = tmp_path / "pipeline.toml"
-    config.write_text('[pipeline]\niterations = 3\nwarmup = 0\nbatch_sizes = [1]\nint8 = false\nthreads = 1\n')
+    config.write_text("[pipeline]\niterations = 3\nwarmup = 0\nbatch_sizes = [1]\nint8 = false\nthreads = 1\n")
     loaded = load_config(config, iterations=4)
     assert loaded.iterations == 4 and loaded.int8 is False and loaded.batch_sizes == (1,)
     config.write_text("iterations = 3\ncolour = 'blue'\n")
     with pytest.raises(OptionError, match="unknown option"):
         load_config(config)
-    config.write_text('iterations = 2\nwarmup = 0\nbatch_sizes = [1]\nint8 = false\nthreads = 1\n')
+    config.write_text("iterations = 2\nwarmup = 0\nbatch_sizes = [1]\nint8 = false\nthreads = 1\n")
     result = CliRunner().invoke(main, ["pipeline", "--config", str(config), "-o", str(tmp_path / "cli")])
     assert result.exit_code == 0, result.output
-    assert "[export] done" in result.output and "[benchmark] done" in result.output and "ONNX simplified" in result.output
+    assert (
+        "[export] done" in result.output and "[benchmark] done" in result.output and "ONNX simplified" in result.output
+    )
     again = CliRunner().invoke(main, ["pipeline", "--config", str(config), "-o", str(tmp_path / "cli")])
     assert again.exit_code == 2 and "error: " in again.output and "--overwrite" in again.output

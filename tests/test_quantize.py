@@ -104,9 +104,16 @@ def test_calibration_memory_does_not_grow_with_image_count(tiny_onnx: Path, tmp_
     for count in (48, 192):
         np.save(tmp_path / f"c{count}.npy", rng.integers(0, 255, (count, 32, 32, 3), dtype=np.uint8))
         tracemalloc.start()
-        quantize_onnx(tiny_onnx, tmp_path / f"q{count}.onnx", QuantizeOptions(
-            calib=str(tmp_path / f"c{count}.npy"), eval_data="builtin:photos", method=Method.ENTROPY,
-            measure_speed=False))
+        quantize_onnx(
+            tiny_onnx,
+            tmp_path / f"q{count}.onnx",
+            QuantizeOptions(
+                calib=str(tmp_path / f"c{count}.npy"),
+                eval_data="builtin:photos",
+                method=Method.ENTROPY,
+                measure_speed=False,
+            ),
+        )
         peaks[count] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     # 4x the images: the peak stays within 1.5x (onnxruntime's own quantize_static would hold all of them).
@@ -116,7 +123,12 @@ def test_calibration_memory_does_not_grow_with_image_count(tiny_onnx: Path, tmp_
 def test_targets_and_overrides() -> None:
     vnni = resolve_config(Target.X86_VNNI)
     assert (vnni.format, vnni.activation_type, vnni.weight_type, vnni.per_channel, vnni.reduce_range) == (
-        Format.QDQ, "uint8", "int8", True, False)
+        Format.QDQ,
+        "uint8",
+        "int8",
+        True,
+        False,
+    )
     assert resolve_config(Target.X86_AVX2).reduce_range
     assert resolve_config(Target.GPU_TENSORRT).symmetric_activations
     overridden = resolve_config(Target.X86_VNNI, per_channel=False, format=Format.QOPERATOR)
@@ -124,8 +136,11 @@ def test_targets_and_overrides() -> None:
 
 
 def test_qoperator_and_exclusions(digits_sim: Path, tmp_path: Path) -> None:
-    result = quantize_onnx(digits_sim, tmp_path / "q.onnx", QuantizeOptions(
-        format=Format.QOPERATOR, exclude=("layer3.2", "fc"), measure_speed=False))
+    result = quantize_onnx(
+        digits_sim,
+        tmp_path / "q.onnx",
+        QuantizeOptions(format=Format.QOPERATOR, exclude=("layer3.2", "fc"), measure_speed=False),
+    )
     assert result.config.format is Format.QOPERATOR
     assert set(result.fp32_nodes) == {"/layer3/layer3.2/conv1/Conv", "/layer3/layer3.2/conv2/Conv", "/fc/Gemm"}
     assert result.parity.top1_agreement >= 0.99
@@ -166,6 +181,7 @@ def test_bad_calibration_data_leaves_nothing(tiny_onnx: Path, tmp_path: Path, ki
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(InputFileError):
-        quantize_onnx(tiny_onnx, out / "q.onnx", QuantizeOptions(calib=str(data), eval_data="builtin:photos",
-                                                                 measure_speed=False))
+        quantize_onnx(
+            tiny_onnx, out / "q.onnx", QuantizeOptions(calib=str(data), eval_data="builtin:photos", measure_speed=False)
+        )
     assert list(out.iterdir()) == []

@@ -40,7 +40,9 @@ def test_metadata_is_carried_over(digits_onnx: Path, digits_sim: Path) -> None:
 
 def test_unfoldable_batchnorm_is_named_unless_allowed(tmp_path: Path) -> None:
     preact = export_with_batchnorm(tmp_path / "preact.onnx", arch="resnet20", size=32, variant="preact")
-    with pytest.raises(CheckFailedError, match=r"could not be folded into a convolution: .*\(fed by Conv \(output shared\)\)"):
+    with pytest.raises(
+        CheckFailedError, match=r"could not be folded into a convolution: .*\(fed by Conv \(output shared\)\)"
+    ):
         simplify_onnx(preact, tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
     result = simplify_onnx(preact, tmp_path / "out.onnx", allow_unfolded_bn=True)
@@ -60,16 +62,24 @@ def test_onnxsim_crash_is_contained(monkeypatch: pytest.MonkeyPatch, tiny_onnx: 
 
 
 def test_onnxsim_hang_is_contained(monkeypatch: pytest.MonkeyPatch, tiny_onnx: Path, tmp_path: Path) -> None:
-    monkeypatch.setattr(simplify_module, "_worker_command",
-                        lambda src, dst: [sys.executable, "-c", "import time; time.sleep(60)"])
+    monkeypatch.setattr(
+        simplify_module, "_worker_command", lambda src, dst: [sys.executable, "-c", "import time; time.sleep(60)"]
+    )
     with pytest.raises(CheckFailedError, match="did not finish within 0.5 s"):
         simplify_onnx(tiny_onnx, tmp_path / "out.onnx", timeout_s=0.5)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_onnxsim_failure_is_one_line(monkeypatch: pytest.MonkeyPatch, tiny_onnx: Path, tmp_path: Path) -> None:
-    monkeypatch.setattr(simplify_module, "_worker_command", lambda src, dst: [
-        sys.executable, "-c", "import sys; print('RuntimeError: bad graph', file=sys.stderr); sys.exit(3)"])
+    monkeypatch.setattr(
+        simplify_module,
+        "_worker_command",
+        lambda src, dst: [
+            sys.executable,
+            "-c",
+            "import sys; print('RuntimeError: bad graph', file=sys.stderr); sys.exit(3)",
+        ],
+    )
     with pytest.raises(CheckFailedError, match="onnxsim failed: RuntimeError: bad graph"):
         simplify_onnx(tiny_onnx, tmp_path / "out.onnx")
 

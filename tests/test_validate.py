@@ -72,8 +72,9 @@ def test_cuda_fallback_is_visible_and_strict_is_an_error(digits_onnx: Path) -> N
 @pytest.mark.cuda
 @pytest.mark.skipif(CUDA_MISSING, reason="needs onnxruntime-gpu and an NVIDIA GPU")
 def test_cuda_provider_really_runs(digits_onnx: Path, digits_int8: Path) -> None:
-    result = validate_models([digits_onnx, digits_int8],
-                             options=ValidateOptions(providers=(Provider.CPU, Provider.CUDA), strict_ep=True))
+    result = validate_models(
+        [digits_onnx, digits_int8], options=ValidateOptions(providers=(Provider.CPU, Provider.CUDA), strict_ep=True)
+    )
     cuda_rows = [r for r in result.rows if r.provider == "cuda"]
     assert all(r.ran_on == "cuda" and r.providers_used[0] == "CUDAExecutionProvider" for r in cuda_rows)
     assert result.passed
