@@ -214,7 +214,8 @@ def _facts(report: dict) -> list[tuple[str, str]]:
             (
                 "Timing",
                 f"{b['options']['iterations']} round-robin rounds after {b['options']['warmup']}"
-                f" warm-up, {b['threads']} threads, batch {report['plots']['latency']['batch']}",
+                f" warm-up, {b['threads']} threads, batch sizes {', '.join(map(str, b['options']['batch_sizes']))}"
+                f" (the table above: batch {report['plots']['latency']['batch']})",
             )
         )
     return facts
