@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from resnet_edge.artifacts import load_onnx, sha256_file
 from resnet_edge.calibration.preprocess import PreprocessSpec
@@ -182,6 +183,12 @@ def benchmark_models(
     protos = {str(m): load_onnx(m) for m in models}
     specs = {name: preprocessing_for(proto, source=name) for name, proto in protos.items()}
     fixed = {name: static_input_shape(proto)[0] for name, proto in protos.items()}
+    data = {name: options.data or default_timing_data(proto) for name, proto in protos.items()}
+    pools: dict[tuple[str, str], np.ndarray] = {}
+
+    def images(name: str, batch: int) -> np.ndarray:
+        return _images(specs[name], batch, data[name], pools)
+
     torch_runner = _torch_reference(options.torch_reference, protos, threads) if options.torch_reference else None
     rows: list[BenchmarkRow] = []
     io: dict[str, str] = {}
@@ -189,7 +196,7 @@ def benchmark_models(
         sessions: dict[str, Session] = {}
         cold: dict[str, float] = {}
         for name, proto in protos.items():
-            first_input = _images(specs[name], fixed[name] or options.batch_sizes[0], options.data, protos[name])
+            first_input = images(name, fixed[name] or options.batch_sizes[0])
             t0 = time.perf_counter()
             session = open_session(proto, provider, strict=options.strict_ep, threads=threads, spinning=False)
             session.run(first_input)
@@ -219,11 +226,10 @@ def benchmark_models(
                     )
                     continue
                 labels.append(name)
-                runners.append(_onnx_runner(session, _images(specs[name], batch, options.data, protos[name])))
+                runners.append(_onnx_runner(session, images(name, batch)))
             if torch_runner is not None and provider is Provider.CPU:
                 labels.append("pytorch")
-                first_spec = next(iter(specs.values()))
-                runners.append(torch_runner(_images(first_spec, batch, options.data, next(iter(protos.values())))))
+                runners.append(torch_runner(images(str(models[0]), batch)))  # fed as the first model is
             times = time_interleaved(
                 runners,
                 warmup=options.warmup,
@@ -290,23 +296,17 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-_image_cache: dict[tuple, np.ndarray] = {}
+def _images(spec: PreprocessSpec, batch: int, data: str, pools: dict[tuple[str, str], np.ndarray]) -> np.ndarray:
+    """A batch of real preprocessed images (up to 64, repeated when the batch is larger), loaded once per spec."""
+    key = (spec.to_json(), data)
+    if key not in pools:
+        source = open_source(data)
+        pools[key] = np.concatenate([b for b, _ in iter_batches(source, spec, source.indices()[:64], 16)])
+    pool = pools[key]
+    return np.ascontiguousarray(np.concatenate([pool] * -(-batch // len(pool)))[:batch])
 
 
-def _images(spec: PreprocessSpec, batch: int, data: str | None, proto: object) -> np.ndarray:
-    """A batch of real preprocessed images (repeated when the set is smaller than the batch)."""
-    source_name = data or default_timing_data(proto)
-    key = (spec.to_json(), source_name)
-    if key not in _image_cache:
-        source = open_source(source_name)
-        indices = source.indices()[:64]
-        _image_cache[key] = np.concatenate([b for b, _ in iter_batches(source, spec, indices, 16)])
-    pool = _image_cache[key]
-    reps = -(-batch // len(pool))
-    return np.ascontiguousarray(np.concatenate([pool] * reps)[:batch])
-
-
-def default_timing_data(proto: object) -> str:
+def default_timing_data(proto: onnx.ModelProto) -> str:
     """The model's built-in held-out split when it was trained on built-in data, else the bundled photos."""
     return default_evaluation_data(read_metadata(proto).dataset) or "builtin:photos"
 

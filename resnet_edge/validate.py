@@ -38,11 +38,6 @@ class Reference:
     arch: str | None = None
     onnx: Path | None = None
 
-    def describe(self) -> str:
-        if self.onnx is not None:
-            return f"ONNX {self.onnx}"
-        return f"PyTorch {self.arch or 'arch from metadata'} {self.checkpoint}"
-
 
 @dataclass(frozen=True)
 class ValidateOptions:
@@ -187,7 +182,7 @@ def validate_models(
     rows.sort(key=lambda r: (list(protos).index(r.path), [p.value for p in options.providers].index(r.provider)))
     return ValidateResult(
         rows=rows,
-        reference=reference.describe(),
+        reference=reference_model.description,
         data=source.name,
         images=len(indices),
         labelled=labelled,
@@ -280,6 +275,7 @@ class _ReferenceModel:
             session = open_session(ref_proto)
             fixed = static_input_shape(ref_proto)[0]
             self.run = lambda x: _run(session.run, x, fixed)
+            self.description = f"ONNX {reference.onnx}"
             return
         import torch
 
@@ -289,6 +285,7 @@ class _ReferenceModel:
         if arch is None:
             raise OptionError("cannot tell the reference checkpoint's arch; pass --arch")
         model = build_model(arch, weights=reference.checkpoint, variant=meta.variant or "residual").model
+        self.description = f"PyTorch {arch} {reference.checkpoint}"
 
         def run(x: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
