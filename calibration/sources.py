@@ -279,6 +279,7 @@ def open_source(
         if name == "photos":
             source: ImageSource = FolderSource(PHOTOS_DIR)
             source.name = text
+            source.skipped = 0  # MANIFEST.json and README.md sit beside the photos: not worth a user's attention
             return source
         if name.startswith("digits-"):
             split = name[len("digits-") :]

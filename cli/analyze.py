@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from resnet_edge.artifacts import ensure_folder
 from resnet_edge.cli import render
 from resnet_edge.cli.options import json_option
 
@@ -39,7 +40,7 @@ def analyze(fp32_model, int8_model, data, limit, seed, output_dir, as_json) -> N
         fp32_model,
         int8_model,
         AnalysisOptions(data=data, limit=limit, seed=seed),
-        output_dir=output_dir or int8_model.parent,
+        output_dir=ensure_folder(output_dir) if output_dir else int8_model.parent,
         progress=progress,
     )
     if as_json:

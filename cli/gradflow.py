@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from resnet_edge.artifacts import ensure_folder
 from resnet_edge.cli import render
 from resnet_edge.cli.options import json_option
 from resnet_edge.errors import OptionError
@@ -41,6 +42,7 @@ def gradflow(arch, plain, side_by_side, batch, seed, data, output_dir, as_json) 
 
     if plain and side_by_side:
         raise OptionError("--plain and --compare exclude each other: --compare runs the plain network too")
+    output_dir = ensure_folder(output_dir)
     if side_by_side:
         result = compare(arch, batch=batch, seed=seed, data=data, plot=output_dir / f"gradflow_{arch}.png")
     else:

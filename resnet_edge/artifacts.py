@@ -56,6 +56,22 @@ def require_writable_destination(path: Path | str) -> Path:
     return path
 
 
+def ensure_folder(path: Path | str) -> Path:
+    """``path`` as an existing folder, created with its parents if need be (for ``-o DIR`` options).
+
+    Raises:
+        InputFileError: it is a file, or cannot be created.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputFileError(f"output folder is a file: {path}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputFileError(f"cannot create output folder {path}: {exc.strerror}") from None
+    return path
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it onto ``path`` only if the block completes.

@@ -15,7 +15,7 @@ from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.errors import CheckFailedError
 
 # FP32 ONNX against PyTorch, same weights: only summation order differs. Measured max abs logit error on the
-# trained digits model ~1e-6; 1e-4 leaves room for deeper nets and other CPUs while catching any real change.
+# trained digits model 6e-6 to 8e-6; 1e-4 leaves room for deeper nets and other CPUs while catching any real change.
 FP32_MAX_ABS_ERROR = 1e-4
 # Relative form of the same bound, for models whose logits are large (ImageNet ResNets have logits ~ 10-30).
 FP32_RELATIVE_ERROR = 1e-4
