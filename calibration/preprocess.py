@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -81,6 +81,12 @@ class PreprocessSpec:
     def input_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of one preprocessed image."""
         return (self.channels, self.crop, self.crop)
+
+    def resized(self, crop: int | None) -> PreprocessSpec:
+        """The same transform for a ``crop`` x ``crop`` input, keeping the resize-to-crop ratio (None: unchanged)."""
+        if crop is None or crop == self.crop:
+            return self
+        return replace(self, resize=round(crop * self.resize / self.crop), crop=crop)
 
     def to_json(self) -> str:
         data = asdict(self)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,8 +115,10 @@ class FolderSource(ImageSource):
         if any(len(parts) < 2 for parts in parents):
             return None
         folders = sorted({parts[0] for parts in parents})
-        self._class_names = _class_order(folders, class_names)
-        index = {name: i for i, name in enumerate(self._class_names)}
+        index = _class_index(folders, class_names)
+        self._class_names = [""] * (max(index.values()) + 1)
+        for folder, i in index.items():
+            self._class_names[i] = folder
         return [index[parts[0]] for parts in parents]
 
     def _labels_from_file(self, path: Path, class_names: Sequence[str] | None) -> list[int]:
@@ -138,7 +141,7 @@ class FolderSource(ImageSource):
             raw = by_file[rel]
             if raw in lookup:
                 labels.append(lookup[raw])
-            elif raw.lstrip("-").isdigit():
+            elif raw.isdigit():
                 labels.append(int(raw))
             else:
                 raise InputFileError(f"{path}: label {raw!r} of {rel} is neither a class index nor a class name")
@@ -163,14 +166,14 @@ class FolderSource(ImageSource):
         return Sample(path.relative_to(self.root).as_posix(), hashlib.sha256(data).hexdigest(), tensor, label)
 
 
-def _class_order(folders: list[str], class_names: Sequence[str] | None) -> list[str]:
-    """Index sub-folders by the model's class names, else by integer names, else alphabetically (ImageFolder)."""
+def _class_index(folders: list[str], class_names: Sequence[str] | None) -> dict[str, int]:
+    """Each sub-folder's class index: by the model's class names, else by integer names (``0``, ``07``), else
+    alphabetically (torchvision's ImageFolder)."""
     if class_names and set(folders) <= set(class_names):
-        return list(class_names)
+        return {f: list(class_names).index(f) for f in folders}
     if all(f.isdigit() for f in folders):
-        top = max(int(f) for f in folders)
-        return [str(i) for i in range(top + 1)]
-    return folders
+        return {f: int(f) for f in folders}
+    return {f: i for i, f in enumerate(folders)}
 
 
 class ArraySource(ImageSource):
@@ -201,11 +204,13 @@ class ArraySource(ImageSource):
                 labels = None
             else:
                 raise InputFileError(f"{path}: arrays must be .npy or .npz")
-        except (ValueError, OSError, EOFError) as exc:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise InputFileError(f"{path}: not a readable NumPy file ({exc})") from None
         _check_images(images, path)
         if labels is not None and (labels.ndim != 1 or len(labels) != len(images)):
             raise InputFileError(f"{path}: labels must be one per image, got shape {labels.shape} for {len(images)}")
+        if labels is not None and (not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any()):
+            raise InputFileError(f"{path}: labels must be non-negative class indices, got {labels.dtype} values")
         self.images = images
         self.rows = list(rows) if rows is not None else list(range(len(images)))
         self._labels = labels
@@ -274,6 +279,8 @@ def open_source(
         OptionError: an unknown built-in name.
     """
     text = str(spec)
+    if labels_file is not None and not Path(text).is_dir():
+        raise OptionError(f"a labels file applies to a folder of images, not to {text} (its labels are its own)")
     if text.startswith(BUILTIN_PREFIX):
         name = text[len(BUILTIN_PREFIX) :]
         if name == "photos":
@@ -320,3 +327,8 @@ def default_calibration_data(dataset: str | None) -> str:
 def default_evaluation_data(dataset: str | None) -> str | None:
     """The held-out split of a built-in data set, or None when the model was not trained on one."""
     return _BUILTIN_SPLITS.get(dataset or "", {}).get("evaluation")
+
+
+def default_test_images(dataset: str | None) -> str:
+    """Images to run a model on when the user names none: its built-in held-out split, else the bundled photos."""
+    return default_evaluation_data(dataset) or "builtin:photos"

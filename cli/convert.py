@@ -23,7 +23,9 @@ if TYPE_CHECKING:  # annotations only: the commands import the library lazily, s
 )
 @click.option("--num-classes", type=int, help="Classes; default: the checkpoint's, else 1000 / 10.")
 @click.option("--in-chans", type=int, help="Input channels; default: the checkpoint's, else 3.")
-@click.option("--variant", type=click.Choice([v.value for v in Variant]), default="residual", show_default=True)
+@click.option(
+    "--variant", type=click.Choice([v.value for v in Variant]), help="[default: the checkpoint's, else residual]"
+)
 @click.option("--input-size", type=int, help="Input side in pixels; default: the checkpoint's, else 224 / 32.")
 @click.option(
     "--opset", type=int, default=None, help="ONNX opset (refused if the exporter cannot write it). [default: 17]"

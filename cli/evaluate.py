@@ -30,13 +30,7 @@ def validate(
     """Compare ONNX models with their PyTorch (or FP32 ONNX) reference on each provider; fail on a miss."""
     from resnet_edge.validate import Reference, ValidateOptions, describe_failures, validate_models
 
-    ref = None
-    if reference:
-        ref = (
-            Reference(onnx=Path(reference))
-            if reference.endswith(".onnx")
-            else Reference(checkpoint=reference, arch=arch)
-        )
+    ref = Reference.parse(reference, arch=arch) if reference else None
     options = ValidateOptions(
         data=data,
         labels_file=labels_file,
@@ -127,12 +121,9 @@ def benchmark(
     from tqdm import tqdm
 
     from resnet_edge.artifacts import require_writable_destination, write_json_atomic
-    from resnet_edge.benchmark import DEFAULT_ITERATIONS, BenchmarkOptions, benchmark_models
-    from resnet_edge.errors import OptionError
+    from resnet_edge.benchmark import BenchmarkOptions, benchmark_models
     from resnet_edge.jsonable import to_jsonable
 
-    if iterations is not None and duration is not None:
-        raise OptionError("give --iterations or --duration, not both")
     if output is not None:
         require_writable_destination(output)
     options = BenchmarkOptions(
@@ -140,15 +131,13 @@ def benchmark(
         batch_sizes=parse_batches(batch_sizes),
         threads=threads,
         warmup=warmup,
-        iterations=iterations if duration is None else None,
+        iterations=iterations,
         duration_s=duration,
         torch_reference=torch_reference,
         strict_ep=strict_ep,
         data=data,
     )
-    if duration is None and iterations is None:
-        options = BenchmarkOptions(**{**options.__dict__, "iterations": DEFAULT_ITERATIONS})
-    rounds = (options.iterations or 0) * len(options.providers) * len(options.batch_sizes)
+    rounds = (options.rounds or 0) * len(options.providers) * len(options.batch_sizes)
     with tqdm(total=rounds or None, desc="timing", unit="round", leave=False, disable=as_json) as bar:
         result = benchmark_models(list(models), options, progress=bar.update)
     if output is not None:
@@ -218,7 +207,8 @@ def doctor(as_json) -> None:
 
     env = collect_environment()
     if as_json:
-        return render.emit_json(env)
+        render.emit_json(env)
+        sys.exit(1 if env.problems else 0)
     click.echo(f"python {env.python} on {env.platform}")
     for name, ver in env.packages.items():
         click.echo(f"  {name:16} {ver or 'not installed'}")
@@ -226,9 +216,12 @@ def doctor(as_json) -> None:
     features = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in env.cpu.features.items())
     click.echo(f"cpu: {env.cpu.model} ({env.cpu.architecture}, {env.cpu.logical_cores} logical cores): {features}")
     click.echo(f"gpu: {', '.join(env.gpus) or 'none found'}")
-    from resnet_edge.quantize import detect_target, resolve_config
+    if env.onnxruntime_providers:
+        from resnet_edge.quantize import detect_target, resolve_config  # needs onnxruntime
 
-    config = resolve_config(detect_target())
-    click.echo(f"INT8 target for this machine: {config.target.value} ({config.reason})")
+        config = resolve_config(detect_target())
+        click.echo(f"INT8 target for this machine: {config.target.value} ({config.reason})")
     for problem in env.problems:
-        click.echo(f"warning: {problem}", err=True)
+        click.echo(f"problem: {problem}", err=True)
+    if env.problems:  # a check that found something wrong does not exit 0
+        sys.exit(1)

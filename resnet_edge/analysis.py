@@ -35,13 +35,13 @@ import onnx
 from onnx import helper
 
 from resnet_edge.artifacts import atomic_output, load_onnx, sha256_file, write_json_atomic
-from resnet_edge.calibration.sources import default_evaluation_data, open_source
+from resnet_edge.calibration.sources import default_test_images, open_source
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
 from resnet_edge.jsonable import to_jsonable
 from resnet_edge.metadata import QUANTIZATION_KEY, preprocessing_for, read_metadata, read_record, static_input_shape
 from resnet_edge.onnx_graph import COMPUTE_OPS, is_quantized, module_path
 from resnet_edge.parity import Parity, compare
-from resnet_edge.runtime import Session, open_session
+from resnet_edge.runtime import open_session
 
 STEM = "stem"
 HEAD = "head"
@@ -707,10 +707,11 @@ def analyze_quantization(
     fp32_logits, int8_logits = [], []
     if progress:
         progress("FP32 and INT8 models, every block output")
-    fp32_session, int8_session = open_session(fp32_exposed), open_session(int8_exposed)
+    fp32_session = open_session(fp32_exposed, classifier=False)
+    int8_session = open_session(int8_exposed, classifier=False)
     for x in batches:
-        refs = _run(fp32_session, x, [fp32_names[b] for b in fp32_map.blocks], fixed_batch)
-        cands = _run(int8_session, x, [int8_names[b] for b in fp32_map.blocks], fixed_batch)
+        refs = fp32_session.predict(x, [fp32_names[b] for b in fp32_map.blocks])
+        cands = int8_session.predict(x, [int8_names[b] for b in fp32_map.blocks])
         for block, ref, cand in zip(fp32_map.blocks, refs, cands, strict=True):
             cumulative[block].add(ref, cand)
         fp32_logits.append(refs[-1])
@@ -727,11 +728,11 @@ def analyze_quantization(
             if progress:
                 progress(f"only {block} quantized")
             model, names = isolate_block(fp32, int8, block, fp32_map=fp32_map, int8_map=int8_map)
-            session = open_session(model)
+            session = open_session(model, classifier=False)
             at_block, at_logits = _ErrorAccumulator(), _ErrorAccumulator()
             logits = []
             for x, ref_logits in zip(batches, fp32_logits, strict=True):
-                ref, cand, out = _run(session, x, list(names), fixed_batch)
+                ref, cand, out = session.predict(x, list(names))
                 at_block.add(ref, cand)
                 at_logits.add(ref_logits, out)
                 logits.append(out)
@@ -773,14 +774,6 @@ def analyze_quantization(
     )
 
 
-def _run(session: Session, x: np.ndarray, names: list[str], fixed_batch: int | None) -> list[np.ndarray]:
-    """Run ``names`` on ``x``, padding a short last batch for a model with a fixed batch size."""
-    n = len(x)
-    if fixed_batch and n < fixed_batch:
-        x = np.concatenate([x, np.repeat(x[-1:], fixed_batch - n, axis=0)])
-    return [out[:n] for out in session.session.run(names, {session.input_name: x})]
-
-
 def _compute_nodes(int8: onnx.ModelProto, block_map: BlockMap, block: str) -> tuple[int, int]:
     """(quantized, all) compute nodes of ``block`` in the INT8 model: integer ops, or Conv/Gemm fed by DQ."""
     producer = {out: node for node in int8.graph.node for out in node.output}
@@ -805,7 +798,7 @@ def _held_out_images(
     if options.limit is not None and options.limit < 1:
         raise OptionError(f"limit must be at least 1, got {options.limit}")
     spec = preprocessing_for(fp32, source="FP32 model")
-    source = open_source(options.data or default_evaluation_data(read_metadata(fp32).dataset) or "builtin:photos")
+    source = open_source(options.data or default_test_images(read_metadata(fp32).dataset))
     record = read_record(int8, QUANTIZATION_KEY) or {}
     calibrated = {f["sha256"] for f in record.get("calibration", {}).get("files", [])}
     # Draw in a seeded random order and stop at the limit, so a large folder is not loaded whole.
@@ -845,12 +838,13 @@ def analyze_onnx(
     if output_dir is not None and not Path(output_dir).is_dir():
         raise InputFileError(f"output folder does not exist: {output_dir}")
     fp32, int8 = load_onnx(fp32_path), load_onnx(int8_path)
+    analysis = analyze_quantization(fp32, int8, options, fp32_path=fp32_path, int8_path=int8_path, progress=progress)
     notes = []
     source_sha = (read_record(int8, QUANTIZATION_KEY) or {}).get("source_model_sha256")
     if source_sha and source_sha != sha256_file(fp32_path):
+        # Said only now that the analysis found the same blocks in both.
         notes.append(f"{int8_path.name} was quantized from another file than {fp32_path.name}; its blocks match")
         warnings.warn(notes[-1], ResnetEdgeWarning, stacklevel=2)
-    analysis = analyze_quantization(fp32, int8, options, fp32_path=fp32_path, int8_path=int8_path, progress=progress)
     analysis = replace(analysis, notes=notes)
     if output_dir is None:
         return analysis

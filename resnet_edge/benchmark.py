@@ -1,10 +1,13 @@
 """Latency you can trust: several models (and PyTorch eager) timed side by side in one run.
 
-Method (see ../shared/MEASURED.md): all models of one provider and batch size are timed round-robin, one call
-each per round with the starting model rotating, so machine drift hits them alike; worker threads do not spin
-between calls, or an idle session steals the cores of the running one; warm-up rounds come first and cold start
-(session creation and first inference) is reported apart. Inputs are real preprocessed images. On CUDA, inputs
-and outputs stay on the device through I/O binding, so host-device copies are excluded from every row alike.
+Method: all ONNX models of one provider and batch size are timed together, one call each per round in a freshly
+shuffled (seeded) order, so machine drift and any after-effect of the previous call hit them alike; onnxruntime's
+worker threads do not spin between calls, or an idle session takes the cores of the running one; warm-up rounds
+come first, and cold start (session creation and first inference) is reported apart. PyTorch eager is timed in a
+phase of its own right after: its OpenMP threads keep spinning after each call, and interleaved with onnxruntime
+they slowed whichever model ran next (measured: three copies of one ONNX file differed by 1.4x once PyTorch took
+part). Inputs are real preprocessed images. On CUDA, inputs and outputs stay on the device through I/O binding, so
+host-device copies are excluded from every row alike.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import onnx
 
 from resnet_edge.artifacts import load_onnx, sha256_file
 from resnet_edge.calibration.preprocess import PreprocessSpec
-from resnet_edge.calibration.sources import default_evaluation_data, iter_batches, open_source
+from resnet_edge.calibration.sources import default_test_images, iter_batches, open_source
 from resnet_edge.environment import Environment, collect_environment
 from resnet_edge.errors import OptionError, ResnetEdgeWarning
 from resnet_edge.metadata import preprocessing_for, read_metadata, static_input_shape
@@ -81,11 +84,13 @@ def time_interleaved(
     iterations: int | None,
     duration_s: float | None = None,
     on_round: Callable[[], object] | None = None,
+    seed: int = 0,
 ) -> list[list[float]]:
-    """Call each runner once per round, round-robin with a rotating start; seconds per call, per runner.
+    """Call each runner once per round, in a new shuffled order each round; seconds per call, per runner.
 
     Runs ``iterations`` timed rounds, or rounds until ``duration_s`` has passed (at least MIN_ITERATIONS).
     """
+    order = np.random.default_rng(seed)
     for _ in range(warmup):
         for run in runners:
             run()
@@ -97,9 +102,7 @@ def time_interleaved(
             break
         if duration_s is not None and round_index >= MIN_ITERATIONS and time.perf_counter() - started >= duration_s:
             break
-        n = len(runners)
-        for k in range(n):
-            i = (round_index + k) % n  # rotate who goes first: no runner always follows the same neighbour
+        for i in order.permutation(len(runners)):  # no runner always follows the same neighbour
             t0 = time.perf_counter()
             runners[i]()
             times[i].append(time.perf_counter() - t0)
@@ -107,6 +110,25 @@ def time_interleaved(
         if on_round is not None:
             on_round()
     return times
+
+
+def median_latencies_ms(
+    models: Sequence[onnx.ModelProto], image: np.ndarray, *, warmup: int = 5, iterations: int = 30
+) -> tuple[list[float], int]:
+    """Median latency of each model on one image (its fixed batch, else batch 1, CPU), interleaved in one run.
+
+    Returns:
+        The medians in milliseconds, in the order given, and the thread count used.
+    """
+    from resnet_edge.runtime import open_session
+
+    threads = default_threads()
+    sessions = [open_session(m, threads=threads, spinning=False) for m in models]
+    feeds = [np.repeat(image[None], s.fixed_batch or 1, axis=0) for s in sessions]
+    times = time_interleaved(
+        [lambda s=s, x=x: s.run(x) for s, x in zip(sessions, feeds, strict=True)], warmup=warmup, iterations=iterations
+    )
+    return [float(np.median(t)) * 1e3 for t in times], threads
 
 
 @dataclass(frozen=True)
@@ -118,7 +140,7 @@ class BenchmarkOptions:
         batch_sizes: each model is timed at each batch size, all in one session per model and provider.
         threads: intra-op threads for onnxruntime and PyTorch; all logical cores when None (recorded either way).
         warmup: untimed rounds before timing.
-        iterations: timed rounds; or None with ``duration_s``.
+        iterations: timed rounds (DEFAULT_ITERATIONS when neither this nor ``duration_s`` is given).
         duration_s: time each provider and batch for this long instead of a fixed count.
         torch_reference: also time PyTorch eager: an arch name (fresh weights) or a checkpoint.
         strict_ep: a missing provider is an error instead of a CPU fallback.
@@ -129,11 +151,18 @@ class BenchmarkOptions:
     batch_sizes: tuple[int, ...] = (1,)
     threads: int | None = None
     warmup: int = DEFAULT_WARMUP
-    iterations: int | None = DEFAULT_ITERATIONS
+    iterations: int | None = None
     duration_s: float | None = None
     torch_reference: str | None = None
     strict_ep: bool = False
     data: str | None = None
+
+    @property
+    def rounds(self) -> int | None:
+        """Timed rounds per provider and batch size; None when timing for ``duration_s`` instead."""
+        if self.iterations is None and self.duration_s is None:
+            return DEFAULT_ITERATIONS
+        return self.iterations
 
 
 @dataclass(frozen=True)
@@ -227,16 +256,16 @@ def benchmark_models(
                     continue
                 labels.append(name)
                 runners.append(_onnx_runner(session, images(name, batch)))
+            timing = {
+                "warmup": options.warmup,
+                "iterations": options.rounds,
+                "duration_s": options.duration_s,
+                "on_round": (lambda: progress(1)) if progress else None,
+            }
+            times = time_interleaved(runners, **timing)
             if torch_runner is not None and provider is Provider.CPU:
-                labels.append("pytorch")
-                runners.append(torch_runner(images(str(models[0]), batch)))  # fed as the first model is
-            times = time_interleaved(
-                runners,
-                warmup=options.warmup,
-                iterations=options.iterations,
-                duration_s=options.duration_s,
-                on_round=(lambda: progress(1)) if progress else None,
-            )
+                labels.append("pytorch")  # its own phase (module docstring), fed as the first model is
+                times += time_interleaved([torch_runner(images(str(models[0]), batch))], **timing | {"on_round": None})
             stats = {label: latency_stats(t, batch) for label, t in zip(labels, times, strict=True)}
             first = stats[labels[0]].p50_ms if labels and labels[0] == str(models[0]) else None
             for label in labels:
@@ -264,6 +293,11 @@ def benchmark_models(
                         stacklevel=2,
                     )
             rows.extend(skipped)
+    if not any(row.latency for row in rows):
+        sizes = sorted({b for b in fixed.values() if b})
+        raise OptionError(
+            f"nothing was timed: the models take fixed batch sizes {sizes}, not {list(options.batch_sizes)}"
+        )
     return BenchmarkResult(
         rows=rows,
         options=options,
@@ -277,10 +311,12 @@ def benchmark_models(
 def _check_options(models: Sequence[Path | str], options: BenchmarkOptions) -> None:
     if not models:
         raise OptionError("give at least one model to benchmark")
+    if len({str(m) for m in models}) != len(models):
+        raise OptionError("a model is given twice; to time one file against itself, copy it")
     if not options.batch_sizes or any(b < 1 for b in options.batch_sizes):
         raise OptionError(f"batch sizes must be at least 1, got {list(options.batch_sizes)}")
-    if options.iterations is None and options.duration_s is None:
-        raise OptionError("give an iteration count or a duration")
+    if options.iterations is not None and options.duration_s is not None:
+        raise OptionError("give an iteration count or a duration, not both")
     if options.iterations is not None and options.iterations < 1:
         raise OptionError(f"iterations must be at least 1, got {options.iterations}")
     if options.duration_s is not None and options.duration_s <= 0:
@@ -308,7 +344,7 @@ def _images(spec: PreprocessSpec, batch: int, data: str, pools: dict[tuple[str, 
 
 def default_timing_data(proto: onnx.ModelProto) -> str:
     """The model's built-in held-out split when it was trained on built-in data, else the bundled photos."""
-    return default_evaluation_data(read_metadata(proto).dataset) or "builtin:photos"
+    return default_test_images(read_metadata(proto).dataset)
 
 
 def _onnx_runner(session: Session, batch: np.ndarray) -> Callable[[], object]:

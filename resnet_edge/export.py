@@ -1,7 +1,7 @@
 """PyTorch ResNet to a self-describing, verified ONNX file.
 
 The exporter is chosen deliberately: TorchScript by default, because it honours the requested opset (the dynamo
-exporter writes opset 18 or higher whatever is asked, see ../shared/MEASURED.md), needs nothing beyond torch, and
+exporter writes opset 18 or higher whatever is asked, see tests/test_export.py), needs nothing beyond torch, and
 names every node by its module path (``/layer1/layer1.0/conv1/Conv``), which lets later stages map nodes back to
 residual blocks. The dynamo exporter is available with ``exporter="dynamo"`` (needs onnxscript).
 
@@ -53,7 +53,7 @@ class ExportOptions:
         arch: a registered architecture; may be omitted when ``weights`` records it.
         weights: a checkpoint (.pt, .pth, .safetensors); fresh random weights when None.
         num_classes, in_chans: default to the checkpoint's, else the arch's.
-        variant: residual, plain or preact.
+        variant: residual, plain or preact; the checkpoint's, else residual.
         input_size: side of the square input; the checkpoint's, else 224 (ImageNet stem) or 32 (small stem).
         opset: ONNX opset; refused if the exporter cannot write exactly this one.
         batch: a fixed batch size, or None for a dynamic batch dimension.
@@ -66,7 +66,7 @@ class ExportOptions:
     weights: Path | str | None = None
     num_classes: int | None = None
     in_chans: int | None = None
-    variant: str = "residual"
+    variant: str | None = None
     input_size: int | None = None
     opset: int = DEFAULT_OPSET
     batch: int | None = None
@@ -105,22 +105,25 @@ def resolve_export(options: ExportOptions) -> tuple[LoadedModel, ModelMetadata]:
     recorded = read_checkpoint_metadata(options.weights) if options.weights is not None else {}
     arch = options.arch or recorded.get("arch")
     if arch is None:
-        raise OptionError("no arch given and the checkpoint does not record one; pass --arch")
+        raise OptionError(
+            "no arch given; pass --arch"
+            if options.weights is None
+            else f"{options.weights} records no arch; pass --arch"
+        )
     spec = get_arch(arch)
     loaded = build_model(
         arch,
         weights=options.weights,
         num_classes=options.num_classes,
         in_chans=options.in_chans,
-        variant=options.variant if options.variant != "residual" else recorded.get("variant", "residual"),
+        variant=options.variant or recorded.get("variant", "residual"),
     )
     preprocessing = options.preprocessing
-    if preprocessing is None and "preprocessing" in recorded and options.input_size is None:
-        preprocessing = PreprocessSpec.from_json(recorded["preprocessing"])
+    if preprocessing is None and "preprocessing" in recorded:
+        # The checkpoint's own normalisation stays; only the size follows --input-size.
+        preprocessing = PreprocessSpec.from_json(recorded["preprocessing"]).resized(options.input_size)
     if preprocessing is None:
-        size = options.input_size or spec.default_input_size
-        maker = PreprocessSpec.imagenet if spec.stem is Stem.IMAGENET else PreprocessSpec.small
-        preprocessing = maker(size, channels=loaded.in_chans)
+        preprocessing = default_preprocessing(arch, size=options.input_size, channels=loaded.in_chans)
     if options.input_size is not None and preprocessing.crop != options.input_size:
         raise OptionError(f"--input-size {options.input_size} contradicts the preprocessing crop {preprocessing.crop}")
     if preprocessing.crop < spec.min_input_size:
@@ -146,6 +149,13 @@ def resolve_export(options: ExportOptions) -> tuple[LoadedModel, ModelMetadata]:
         batch="dynamic" if options.batch is None else str(options.batch),
     )
     return loaded, metadata
+
+
+def default_preprocessing(arch: str, *, size: int | None = None, channels: int = 3) -> PreprocessSpec:
+    """ImageNet's evaluation transform for the ImageNet-stem archs, CIFAR-10's statistics for the small ones."""
+    spec = get_arch(arch)
+    maker = PreprocessSpec.imagenet if spec.stem is Stem.IMAGENET else PreprocessSpec.small
+    return maker(size or spec.default_input_size, channels=channels)
 
 
 def export_onnx(options: ExportOptions, output: Path | str) -> ExportResult:

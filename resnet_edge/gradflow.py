@@ -26,6 +26,7 @@ from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import iter_batches, open_source
 from resnet_edge.checkpoints import read_checkpoint_metadata
 from resnet_edge.errors import OptionError
+from resnet_edge.export import default_preprocessing
 from resnet_edge.models import ResNet, Stem, Variant, create_model, get_arch
 
 DIGITS_DATA = "builtin:digits-train"
@@ -211,7 +212,7 @@ def _load_batch(arch: str, *, batch: int, seed: int, data: str | Path | None) ->
     if batch > len(source):
         raise OptionError(f"batch {batch} is more than the {len(source)} images in {data}")
     indices = source.indices(limit=batch, seed=seed)
-    images, samples = next(iter_batches(source, _preprocessing(spec.stem, data), indices, batch))
+    images, samples = next(iter_batches(source, _preprocessing(arch, data), indices, batch))
     num_classes = spec.default_num_classes
     if source.labelled:
         labels = [s.label for s in samples]
@@ -228,11 +229,11 @@ def _load_batch(arch: str, *, batch: int, seed: int, data: str | Path | None) ->
     return torch.from_numpy(images), torch.tensor(labels), label_source, source.name
 
 
-def _preprocessing(stem: Stem, data: str) -> PreprocessSpec:
+def _preprocessing(arch: str, data: str) -> PreprocessSpec:
     if data.startswith("builtin:digits-"):
         # The digits' own statistics at 32x32 RGB, as the built-in digits model was trained with.
         return PreprocessSpec.from_json(read_checkpoint_metadata("builtin:digits-resnet20")["preprocessing"])
-    return PreprocessSpec.small() if stem is Stem.SMALL else PreprocessSpec.imagenet()
+    return default_preprocessing(arch)
 
 
 def _measure(model: ResNet, images: Tensor, labels: Tensor) -> tuple[list[BlockGradient], float, float]:

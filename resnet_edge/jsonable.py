@@ -11,9 +11,16 @@ import numpy as np
 
 
 def to_jsonable(value: object) -> object:
-    """Dataclasses, enums, paths, tuples and NumPy scalars as JSON-ready data; NaN and Inf become None."""
+    """Dataclasses, enums, paths, tuples and NumPy scalars as JSON-ready data; NaN and Inf become None.
+
+    A dataclass field marked ``metadata={"json": False}`` (an image array, say) is left out.
+    """
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        data = {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value) if f.repr}
+        data = {
+            f.name: to_jsonable(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.metadata.get("json", True)
+        }
         # Derived facts (properties) belong in the JSON too: a reader should not recompute them.
         for name in dir(type(value)):
             if isinstance(getattr(type(value), name, None), property) and not name.startswith("_"):

@@ -90,7 +90,16 @@ def write_props(model: onnx.ModelProto, props: dict[str, str]) -> None:
 
 
 def read_metadata(model: onnx.ModelProto) -> ModelMetadata:
-    return ModelMetadata.from_props(read_props(model))
+    """The model's self-description.
+
+    Raises:
+        InputFileError: a key resnet-edge reads holds something it cannot parse.
+    """
+    props = read_props(model)
+    try:
+        return ModelMetadata.from_props(props)
+    except (ValueError, KeyError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise InputFileError(f"the model's metadata_props are malformed ({type(exc).__name__}: {exc})") from None
 
 
 def read_record(model: onnx.ModelProto, key: str) -> dict | None:

@@ -16,7 +16,7 @@ The target is judged on the same held-out images that rank the blocks and pick t
 final number, validate the result on a third set (``resnet-edge validate --data``).
 
 Latency: every step's model is timed side by side with the FP32 model in one interleaved run at the end (batch 1,
-CPU), since timings taken minutes apart on a shared machine do not compare (../shared/MEASURED.md).
+CPU), since timings taken minutes apart on a shared machine do not compare.
 """
 
 from __future__ import annotations
@@ -30,14 +30,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
 import onnx
 
 from resnet_edge.analysis import DEFAULT_IMAGES, AnalysisOptions, analyze_quantization
 from resnet_edge.artifacts import atomic_output, load_onnx, require_writable_destination
 from resnet_edge.calibration.sources import open_source
 from resnet_edge.errors import CheckFailedError, OptionError
-from resnet_edge.metadata import QUANTIZATION_KEY, preprocessing_for, static_input_shape, write_props
+from resnet_edge.metadata import QUANTIZATION_KEY, preprocessing_for, write_props
 from resnet_edge.quantize import (
     SPEED_ITERATIONS,
     QuantizeOptions,
@@ -46,7 +45,6 @@ from resnet_edge.quantize import (
     calibrate_onnx,
     quantize_onnx,
 )
-from resnet_edge.runtime import open_session
 
 SPEED_WARMUP = 5
 
@@ -353,17 +351,12 @@ def _describe(result: QuantizeResult, target: AccuracyTarget) -> str:
 
 
 def _time_side_by_side(fp32: onnx.ModelProto, results: Sequence[QuantizeResult]) -> tuple[float, list[float], int]:
-    """Median batch-1 latency of FP32 and of each step's model, interleaved in one run (one real image)."""
-    from resnet_edge.benchmark import time_interleaved
+    """Median latency of FP32 and of each step's model, interleaved in one run (one real image)."""
+    from resnet_edge.benchmark import median_latencies_ms
 
-    spec = preprocessing_for(fp32)
-    image = open_source(results[0].evaluation_source).load(0, spec).tensor
-    x = np.repeat(image[None], static_input_shape(fp32)[0] or 1, axis=0)
-    threads = _threads()
+    image = open_source(results[0].evaluation_source).load(0, preprocessing_for(fp32)).tensor
     models = [fp32, *(onnx.load(str(r.output)) for r in results)]
-    sessions = [open_session(m, threads=threads, spinning=False) for m in models]
-    times = time_interleaved([lambda s=s: s.run(x) for s in sessions], warmup=SPEED_WARMUP, iterations=SPEED_ITERATIONS)
-    p50 = [float(np.median(t)) * 1e3 for t in times]
+    p50, _ = median_latencies_ms(models, image, warmup=SPEED_WARMUP, iterations=SPEED_ITERATIONS)
     return p50[0], p50[1:], SPEED_ITERATIONS
 
 

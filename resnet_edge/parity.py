@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from resnet_edge.calibration.preprocess import PreprocessSpec
-from resnet_edge.errors import CheckFailedError
+from resnet_edge.errors import CheckFailedError, InputFileError
 
 # FP32 ONNX against PyTorch, same weights: only summation order differs. Measured max abs logit error on the
 # trained digits model 6e-6 to 8e-6; 1e-4 leaves room for deeper nets and other CPUs while catching any real change.
@@ -100,6 +100,15 @@ class Accuracy:
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> Accuracy:
+    """Top-1 and top-5 accuracy of ``logits`` (N, classes) against integer ``labels``.
+
+    Raises:
+        InputFileError: a label is not a class index of this model (a labels file for another model, say).
+    """
+    if len(labels) and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+        raise InputFileError(
+            f"labels run from {labels.min()} to {labels.max()}, but the model has {logits.shape[1]} classes"
+        )
     finite = np.isfinite(logits).all(axis=1)
     k = min(5, logits.shape[1])
     top = np.argsort(-logits, axis=1, kind="stable")[:, :k]  # ties resolved as argmax resolves them

@@ -43,7 +43,7 @@ class PipelineConfig:
 
     arch: str | None = None
     weights: str | None = None
-    variant: str = "residual"
+    variant: str | None = None
     num_classes: int | None = None
     input_size: int | None = None
     opset: int = DEFAULT_OPSET
@@ -66,11 +66,18 @@ class PipelineConfig:
     torch_eager: bool = True
 
     def __post_init__(self) -> None:
-        parse_providers(list(self.providers))  # fail early, with the stage-independent message
+        # Checked here, before any stage runs: a bad benchmark option must not surface after minutes of work.
+        parse_providers(list(self.providers))
         for name, enum_type in (("method", Method), ("target", Target)):
             value = getattr(self, name)
             if value not in {e.value for e in enum_type}:
                 raise OptionError(f"{name} {value!r} is not one of: {', '.join(e.value for e in enum_type)}")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise OptionError(f"batch sizes must be at least 1, got {list(self.batch_sizes)}")
+        for name, low in (("iterations", 1), ("warmup", 0), ("threads", 1), ("limit", 1)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise OptionError(f"{name} must be at least {low}, got {value}")
 
     def resolved_weights(self) -> str | None:
         return self.weights if self.weights or self.arch else DEFAULT_WEIGHTS
@@ -106,15 +113,46 @@ def make_config(values: dict[str, object], *, source: str = "options") -> Pipeli
         raise OptionError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(fields)}")
     clean: dict[str, object] = {}
     for key, value in values.items():
-        if key in ("providers", "batch_sizes"):
-            value = tuple(value.split(",") if isinstance(value, str) else value)
-            if key == "batch_sizes":
-                value = tuple(int(v) for v in value)
+        if key in _TUPLE_FIELDS:
+            value = tuple(value.split(",") if isinstance(value, str) else value) if _is_sequence(value) else value
+            if key == "batch_sizes" and isinstance(value, tuple):
+                value = tuple(int(v) if isinstance(v, str) and v.strip().isdigit() else v for v in value)
+        expected = _FIELD_TYPES[key]
+        if not _is_a(value, expected):
+            raise OptionError(f"{source}: {key} must be {expected}, got {value!r}")
         clean[key] = value
-    try:
-        return PipelineConfig(**clean)
-    except (TypeError, ValueError) as exc:
-        raise OptionError(f"{source}: {exc}") from None
+    return PipelineConfig(**clean)
+
+
+# What each field accepts, read from its annotation, for checking a TOML file's values.
+_TUPLE_FIELDS = {"providers", "batch_sizes"}
+_FIELD_TYPES = {
+    f.name: f.type.replace("tuple[str, ...]", "list of strings").replace("tuple[int, ...]", "list of integers")
+    for f in dataclasses.fields(PipelineConfig)
+}
+
+
+def _is_sequence(value: object) -> bool:
+    return isinstance(value, (str, list, tuple))
+
+
+def _is_a(value: object, expected: str) -> bool:
+    """Whether ``value`` fits a field annotated ``expected`` (``int``, ``str | None``, a list of ...)."""
+    options = [t.strip() for t in expected.split("|")]
+    if value is None:
+        return "None" in options
+    for option in options:
+        if option == "list of strings" and isinstance(value, tuple) and all(isinstance(v, str) for v in value):
+            return True
+        if option == "list of integers" and isinstance(value, tuple):
+            return all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        if option == "bool" and isinstance(value, bool):
+            return True
+        if option == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if option == "str" and isinstance(value, str):
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -158,7 +196,9 @@ def run_pipeline(
         OptionError: ``outdir`` exists and is not empty, and ``overwrite`` is off.
         StageError: a stage failed; the message names it, and ``outdir`` holds the stages before it and a report.
     """
-    outdir = Path(outdir)
+    outdir = Path(outdir).resolve()
+    if outdir == Path.cwd() or outdir in Path.cwd().parents:
+        raise OptionError(f"{outdir} holds the current folder; the pipeline replaces OUTDIR whole, choose a new one")
     if outdir.exists() and not outdir.is_dir():
         raise InputFileError(f"output path is a file, not a folder: {outdir}")
     if outdir.is_dir() and any(outdir.iterdir()) and not overwrite:
@@ -238,9 +278,8 @@ def _run_stages(
 
         torch.manual_seed(config.seed)
         weights = str(scratch / f"{config.arch}-seed{config.seed}.pt")
-        torch.save(
-            create_model(config.arch, num_classes=config.num_classes, variant=config.variant).state_dict(), weights
-        )
+        fresh = create_model(config.arch, num_classes=config.num_classes, variant=config.variant or "residual")
+        torch.save(fresh.state_dict(), weights)
 
     with _stage("export", result, emit) as summary:
         result.export = export_onnx(

@@ -75,6 +75,17 @@ class Method(enum.StrEnum):
     ENTROPY = "entropy"
     PERCENTILE = "percentile"
 
+    @property
+    def onnxruntime(self) -> object:
+        """onnxruntime's ``CalibrationMethod`` for this method."""
+        from onnxruntime.quantization import CalibrationMethod
+
+        return {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }[self.value]
+
 
 class Format(enum.StrEnum):
     QDQ = "qdq"
@@ -520,15 +531,10 @@ def _calibrate(
     progress: bool,
 ) -> dict[str, str]:
     """Collect activation ranges chunk by chunk into ``tmp/ranges.json``; returns the images used (id -> sha256)."""
-    from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
     from tqdm import tqdm
 
-    ort_method = {
-        Method.MINMAX: CalibrationMethod.MinMax,
-        Method.ENTROPY: CalibrationMethod.Entropy,
-        Method.PERCENTILE: CalibrationMethod.Percentile,
-    }[method]
+    ort_method = method.onnxruntime
     with _quiet():
         calibrator = create_calibrator(
             prepped_path,
@@ -562,7 +568,7 @@ def _calibrate(
 def _quantize_static(
     prepped: Path, output: Path, ranges: Path, config: QuantConfig, method: Method, excluded: list[str]
 ) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     with _quiet():
@@ -577,11 +583,7 @@ def _quantize_static(
             activation_type=types[config.activation_type],
             weight_type=types[config.weight_type],
             nodes_to_exclude=excluded,
-            calibrate_method={
-                Method.MINMAX: CalibrationMethod.MinMax,
-                Method.ENTROPY: CalibrationMethod.Entropy,
-                Method.PERCENTILE: CalibrationMethod.Percentile,
-            }[method],
+            calibrate_method=method.onnxruntime,
             extra_options={"ActivationSymmetric": config.symmetric_activations, "WeightSymmetric": True},
         )
 
@@ -615,7 +617,7 @@ class Evaluation:
     parity: Parity
     fp32_accuracy: Accuracy | None
     int8_accuracy: Accuracy | None
-    first_image: np.ndarray = field(repr=False)
+    first_image: np.ndarray = field(repr=False, metadata={"json": False})
 
 
 def evaluate_against(
@@ -644,10 +646,8 @@ def evaluate_against(
             continue
         x = np.stack([s.tensor for s in kept])
         first_image = first_image if ref else x[0]
-        if len(kept) < batch and static_input_shape(fp32)[0]:
-            x = np.concatenate([x, np.repeat(x[-1:], batch - len(kept), axis=0)])  # pad a fixed batch
-        ref.append(fp32_session.run(x)[: len(kept)])
-        cand.append(int8_session.run(x)[: len(kept)])
+        ref.append(fp32_session.logits(x))
+        cand.append(int8_session.logits(x))
         labels.extend(s.label for s in kept)
     if not ref:
         raise InputFileError(f"{source.name}: no held-out image left that was not used for calibration")
@@ -665,15 +665,11 @@ def evaluate_against(
 
 
 def compare_speed(fp32: onnx.ModelProto, int8: onnx.ModelProto, image: np.ndarray) -> SpeedComparison:
-    """Median latency of FP32 and INT8 on one real image (batch 1, CPU), timed side by side."""
-    from resnet_edge.benchmark import default_threads, time_interleaved
+    """Median latency of FP32 and INT8 on one real image (CPU), timed side by side."""
+    from resnet_edge.benchmark import median_latencies_ms
 
-    threads = default_threads()
-    x = image[None]
-    sessions = [open_session(m, threads=threads, spinning=False) for m in (fp32, int8)]
-    times = time_interleaved([lambda s=s: s.run(x) for s in sessions], warmup=5, iterations=SPEED_ITERATIONS)
-    p50 = [float(np.median(t)) * 1e3 for t in times]
-    return SpeedComparison(fp32_p50_ms=p50[0], int8_p50_ms=p50[1], iterations=SPEED_ITERATIONS, threads=threads)
+    (fp32_ms, int8_ms), threads = median_latencies_ms([fp32, int8], image, iterations=SPEED_ITERATIONS)
+    return SpeedComparison(fp32_p50_ms=fp32_ms, int8_p50_ms=int8_ms, iterations=SPEED_ITERATIONS, threads=threads)
 
 
 def _versions() -> dict[str, str]:

@@ -121,7 +121,11 @@ def write_report(result: PipelineResult, folder: Path) -> None:
         "config": describe_config(result.config),
         "stage_seconds": result.stage_seconds,
         "file_sha256": hashes,
-        "seeds": {"calibration_subset": result.config.seed, "init_weights": result.config.seed},
+        "seeds": {
+            "calibration_subset": result.config.seed,
+            # Fresh weights are drawn with the seed only when no checkpoint is given.
+            "init_weights": result.config.seed if result.config.resolved_weights() is None else None,
+        },
         "environment": to_jsonable(result.benchmark.environment) if result.benchmark else _environment(),
         "stages": {
             name: to_jsonable(getattr(result, name))
@@ -184,7 +188,8 @@ def _facts(report: dict) -> list[tuple[str, str]]:
         ("Status", report["status"] + (f": {report['error']}" if report["error"] else "")),
         (
             "Model",
-            f"{stages['export']['arch'] if stages['export'] else config['arch']} ({config['variant']}),"
+            f"{stages['export']['arch'] if stages['export'] else config['arch']}"
+            f" ({stages['export']['variant'] if stages['export'] else config['variant'] or 'residual'}),"
             f" weights {config['weights']}",
         ),
         (

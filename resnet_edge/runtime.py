@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +78,7 @@ class Session:
     input_name: str
     output_name: str
     threads: int | None
+    fixed_batch: int | None  # the batch size a model with a fixed batch dimension demands; None when dynamic
 
     @property
     def fell_back(self) -> bool:
@@ -92,6 +93,32 @@ class Session:
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]
 
+    def predict(self, images: np.ndarray, outputs: Sequence[str] | None = None) -> list[np.ndarray]:
+        """``outputs`` (default: the logits) for any number of images, fed in the model's fixed batch if it has one."""
+        names = list(outputs) if outputs else [self.output_name]
+        parts = [
+            [out[:real] for out in self.session.run(names, {self.input_name: chunk})]
+            for chunk, real in in_fixed_batches(images, self.fixed_batch)
+        ]
+        return [np.concatenate([part[i] for part in parts]) for i in range(len(names))]
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        return self.predict(images)[0]
+
+
+def in_fixed_batches(images: np.ndarray, fixed_batch: int | None) -> Iterator[tuple[np.ndarray, int]]:
+    """Chunks of ``fixed_batch`` images (the last one padded with copies of its final image), each with its count
+    of real images; a dynamic-batch model (None) takes all images in one chunk."""
+    if fixed_batch is None:
+        yield images, len(images)
+        return
+    for start in range(0, len(images), fixed_batch):
+        chunk = images[start : start + fixed_batch]
+        real = len(chunk)
+        if real < fixed_batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed_batch - real, axis=0)])
+        yield chunk, real
+
 
 def open_session(
     model: Path | str | onnx.ModelProto | bytes,
@@ -100,6 +127,7 @@ def open_session(
     strict: bool = False,
     threads: int | None = None,
     spinning: bool = False,
+    classifier: bool = True,
 ) -> Session:
     """Open ``model`` on ``provider`` and audit where it really runs.
 
@@ -109,13 +137,14 @@ def open_session(
         strict: raise instead of falling back to the CPU when ``provider`` is not there.
         threads: intra-op threads; onnxruntime's default (one per physical core) when None.
         spinning: let idle worker threads spin between calls. Off by default: whenever several sessions (or a
-            session and PyTorch) take turns in one process, a spinning idle pool steals the cores of the one that
-            is running. Measured here: validating three models against PyTorch took 26 s with spinning, 1.6 s
-            without; see also ../shared/MEASURED.md.
+            session and PyTorch) take turns in one process, an idle pool that spins takes cores from the one that
+            is running, and interleaved timings become meaningless.
+        classifier: require one float NCHW input and (batch, classes) logits as the first output; off only for
+            analysis graphs that expose intermediate tensors first.
 
     Raises:
         ProviderError: ``strict`` and the provider is not available or failed to initialise.
-        InputFileError: onnxruntime cannot load the model.
+        InputFileError: onnxruntime cannot load the model, or it is not an image classifier.
     """
     options = ort.SessionOptions()
     options.log_severity_level = _ORT_ERROR_ONLY
@@ -144,16 +173,23 @@ def open_session(
     if provider is not Provider.CPU and used[0] != provider.ort_name and provider.ort_name in available:
         # Listed as available, yet the session came up without it: usually a missing CUDA/cuDNN library.
         _fallback(provider, f"{provider.ort_name} failed to initialise (session runs on {used[0]})", strict)
-    inputs = session.get_inputs()
-    if len(inputs) != 1:
-        raise InputFileError(f"{_describe(model)} has {len(inputs)} inputs; an image classifier has one")
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if classifier and (len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4):
+        found = ", ".join(f"{i.type} {i.shape}" for i in inputs)
+        raise InputFileError(f"{_describe(model)} takes {found}; an image classifier takes one float NCHW tensor")
+    if classifier and len(outputs[0].shape) != 2:
+        raise InputFileError(
+            f"{_describe(model)} outputs {outputs[0].shape}; an image classifier outputs (batch, classes) logits"
+        )
+    batch_dim = inputs[0].shape[0]
     return Session(
         session=session,
         requested=provider,
         providers_used=used,
         input_name=inputs[0].name,
-        output_name=session.get_outputs()[0].name,
+        output_name=outputs[0].name,
         threads=threads,
+        fixed_batch=batch_dim if isinstance(batch_dim, int) else None,
     )
 
 

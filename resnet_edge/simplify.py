@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx
 
 from resnet_edge.artifacts import load_onnx, require_writable_destination, save_onnx
-from resnet_edge.errors import CheckFailedError, InputFileError
+from resnet_edge.errors import CheckFailedError, InputFileError, OptionError
 from resnet_edge.metadata import SIMPLIFICATION_KEY, preprocessing_for, read_props, static_input_shape, write_props
 from resnet_edge.onnx_graph import batch_norm_nodes, count_ops, is_quantized
 from resnet_edge.parity import PARITY_IMAGES, Parity, check_fp32_parity
@@ -69,6 +69,8 @@ def simplify_onnx(
         CheckFailedError: onnxsim failed, crashed or timed out; a BatchNormalization remains (unless allowed); the
             outputs changed; or the dynamic batch dimension was lost.
     """
+    if not timeout_s > 0:
+        raise OptionError(f"the onnxsim timeout must be positive, got {timeout_s}")
     started = time.perf_counter()
     model_path = Path(model_path)
     model = load_onnx(model_path)

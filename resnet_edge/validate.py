@@ -7,7 +7,7 @@ into a pass or fail, so ``resnet-edge validate`` can gate a deployment.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import onnx
 
 from resnet_edge.artifacts import load_onnx, sha256_file
 from resnet_edge.calibration.preprocess import PreprocessSpec
-from resnet_edge.calibration.sources import default_evaluation_data, iter_batches, open_source
+from resnet_edge.calibration.sources import default_test_images, iter_batches, open_source
 from resnet_edge.errors import InputFileError, OptionError
 from resnet_edge.metadata import ModelMetadata, preprocessing_for, read_metadata, static_input_shape
 from resnet_edge.onnx_graph import is_quantized
@@ -37,6 +37,15 @@ class Reference:
     checkpoint: str | None = None  # a path or builtin:NAME
     arch: str | None = None
     onnx: Path | None = None
+
+    @classmethod
+    def parse(cls, text: str, *, arch: str | None = None) -> Reference:
+        """An ``.onnx`` file is an FP32 ONNX reference; anything else a checkpoint (path or builtin:NAME)."""
+        if text.lower().endswith(".onnx"):
+            if arch is not None:
+                raise OptionError("--arch applies to a checkpoint reference, not to an ONNX one")
+            return cls(onnx=Path(text))
+        return cls(checkpoint=text, arch=arch)
 
 
 @dataclass(frozen=True)
@@ -121,10 +130,12 @@ def validate_models(
         raise OptionError(f"batch must be at least 1, got {options.batch}")
     if options.min_agreement is not None and not 0 <= options.min_agreement <= 1:
         raise OptionError(f"min agreement is a fraction from 0 to 1, got {options.min_agreement}")
+    if options.max_top1_drop is not None and not 0 <= options.max_top1_drop <= 100:
+        raise OptionError(f"max top-1 drop is in percentage points, 0 to 100, got {options.max_top1_drop}")
     protos = {str(m): load_onnx(m) for m in models}
     first_meta = read_metadata(next(iter(protos.values())))
     reference = reference or _builtin_reference(protos)
-    data_name = options.data or default_evaluation_data(first_meta.dataset) or "builtin:photos"
+    data_name = options.data or default_test_images(first_meta.dataset)
     source = open_source(data_name, labels_file=options.labels_file, class_names=first_meta.labels)
     indices = source.indices()
     reference_model = _ReferenceModel(reference, first_meta)
@@ -152,14 +163,21 @@ def validate_models(
         for images, samples in iter_batches(source, specs[key], indices, options.batch):
             expected_parts.append(reference_model(images))
             for (name, provider), session in sessions.items():
-                got_parts[(name, provider)].append(_run(session.run, images, static_input_shape(protos[name])[0]))
+                got_parts[(name, provider)].append(session.logits(images))
             labels.extend(s.label for s in samples)
         expected = np.concatenate(expected_parts)
         y = np.asarray(labels, np.int64) if all(label is not None for label in labels) else None
         labelled = labelled and y is not None
+        outputs = {key: np.concatenate(parts) for key, parts in got_parts.items()}
+        for (name, _), got in outputs.items():
+            if got.shape[1] != expected.shape[1]:
+                raise InputFileError(
+                    f"{name} has {got.shape[1]} classes but the reference ({reference_model.description}) has"
+                    f" {expected.shape[1]}"
+                )
         ref_acc = accuracy(expected, y) if y is not None else None
         for (name, provider), session in sessions.items():
-            got = np.concatenate(got_parts[(name, provider)])
+            got = outputs[(name, provider)]
             quantized = is_quantized(protos[name])
             parity = compare(expected, got)
             acc = accuracy(got, y) if y is not None else None
@@ -250,20 +268,6 @@ def _check_fits(proto: onnx.ModelProto, spec: PreprocessSpec, name: str) -> None
         )
 
 
-def _run(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, fixed_batch: int | None) -> np.ndarray:
-    """Logits for a batch of images; a fixed-batch model gets chunks of its size, the last one padded."""
-    if fixed_batch is None:
-        return run(images)
-    out = []
-    for start in range(0, len(images), fixed_batch):
-        x = images[start : start + fixed_batch]
-        real = len(x)
-        if real < fixed_batch:
-            x = np.concatenate([x, np.repeat(x[-1:], fixed_batch - real, axis=0)])
-        out.append(run(x)[:real])
-    return np.concatenate(out)
-
-
 class _ReferenceModel:
     """The reference as a function from an image batch to logits."""
 
@@ -273,8 +277,7 @@ class _ReferenceModel:
             if is_quantized(ref_proto):
                 raise OptionError(f"reference {reference.onnx} is quantized; the reference must be FP32")
             session = open_session(ref_proto)
-            fixed = static_input_shape(ref_proto)[0]
-            self.run = lambda x: _run(session.run, x, fixed)
+            self.run = session.logits
             self.description = f"ONNX {reference.onnx}"
             return
         import torch

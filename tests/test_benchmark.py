@@ -73,7 +73,7 @@ def test_fixed_batch_model_skips_other_batches_clearly(tmp_path: Path) -> None:
         (BenchmarkOptions(batch_sizes=(0,)), "batch sizes must be at least 1"),
         (BenchmarkOptions(batch_sizes=(-2,)), "batch sizes must be at least 1"),
         (BenchmarkOptions(iterations=0), "iterations must be at least 1"),
-        (BenchmarkOptions(iterations=None), "iteration count or a duration"),
+        (BenchmarkOptions(iterations=5, duration_s=1.0), "iteration count or a duration, not both"),
         (BenchmarkOptions(threads=0), "threads must be at least 1"),
     ],
 )
@@ -82,12 +82,48 @@ def test_bad_options(tiny_onnx: Path, options: BenchmarkOptions, match: str) -> 
         benchmark_models([tiny_onnx], options)
 
 
-def test_duration_mode_and_rotation() -> None:
+def test_duration_mode_and_shuffled_order() -> None:
     calls: list[str] = []
     times = time_interleaved(
-        [lambda: calls.append("a"), lambda: calls.append("b")], warmup=1, iterations=None, duration_s=0.0
+        [lambda: calls.append("a"), lambda: calls.append("b"), lambda: calls.append("c")],
+        warmup=1,
+        iterations=None,
+        duration_s=0.0,
     )
-    assert [len(t) for t in times] == [5, 5]  # at least MIN_ITERATIONS rounds
-    assert calls[2:6] == ["a", "b", "b", "a"]  # the first runner alternates
+    assert [len(t) for t in times] == [5, 5, 5]  # at least MIN_ITERATIONS rounds
+    rounds = [tuple(calls[i : i + 3]) for i in range(3, len(calls), 3)]
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)  # each runner once per round
+    assert len(set(rounds)) > 1  # in changing orders
     stats = latency_stats([0.001, 0.002, 0.003], batch=2)
     assert stats.p50_ms == pytest.approx(2.0) and stats.throughput == pytest.approx(1000.0)
+
+
+def test_pytorch_is_timed_apart_from_onnxruntime(
+    monkeypatch: pytest.MonkeyPatch, digits_sim: Path, tmp_path: Path
+) -> None:
+    """PyTorch's spinning OpenMP threads would slow the ONNX model timed after it: never in the same rounds."""
+    import resnet_edge.benchmark as bench
+
+    groups: list[int] = []
+    real = bench.time_interleaved
+
+    def spy(runners, **kwargs):
+        groups.append(len(runners))
+        return real(runners, **kwargs)
+
+    monkeypatch.setattr(bench, "time_interleaved", spy)
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(digits_sim.read_bytes())
+    result = benchmark_models(
+        [digits_sim, copy],
+        BenchmarkOptions(iterations=2, warmup=0, threads=1, torch_reference="builtin:digits-resnet20"),
+    )
+    assert groups == [2, 1] and [r.model for r in result.rows] == ["digits.sim.onnx", "copy.onnx", "pytorch"]
+    with pytest.raises(OptionError, match="given twice"):
+        benchmark_models([digits_sim, digits_sim], BenchmarkOptions(iterations=1))
+
+
+def test_nothing_timed_is_an_error(tmp_path: Path) -> None:
+    export_onnx(ExportOptions(arch="resnet20", batch=4), tmp_path / "b4.onnx")
+    with pytest.raises(OptionError, match=r"nothing was timed: the models take fixed batch sizes \[4\], not \[1\]"):
+        benchmark_models([tmp_path / "b4.onnx"], BenchmarkOptions(iterations=2))

@@ -181,3 +181,24 @@ def test_reader_streams_batches_and_rewinds() -> None:
     assert len(reader) == 3 and len(reader.seen) == 10
     reader.rewind()
     assert reader.get_next()["input"].shape == (4, 3, 32, 32)
+
+
+def test_numeric_class_folders_keep_their_numbers(tmp_path: Path) -> None:
+    write_image(tmp_path / "00" / "a.png")
+    write_image(tmp_path / "07" / "b.png")
+    assert [FolderSource(tmp_path).load(i, SPEC).label for i in range(2)] == [0, 7]
+
+
+def test_corrupt_npz_and_bad_labels(tmp_path: Path) -> None:
+    np.savez(tmp_path / "ok.npz", images=np.zeros((2, 8, 8), np.uint8))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "ok.npz").read_bytes()[:100])
+    with pytest.raises(InputFileError, match="cut.npz: not a readable NumPy file"):
+        ArraySource(tmp_path / "cut.npz")
+    np.savez(tmp_path / "float_labels.npz", images=np.zeros((2, 8, 8), np.uint8), labels=np.array([0.5, 1.0]))
+    with pytest.raises(InputFileError, match="non-negative class indices"):
+        ArraySource(tmp_path / "float_labels.npz")
+
+
+def test_a_labels_file_needs_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(OptionError, match="labels file applies to a folder"):
+        open_source("builtin:photos", labels_file=tmp_path / "labels.csv")

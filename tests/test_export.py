@@ -109,3 +109,9 @@ def test_labels_and_checkpoint_metadata_travel(tmp_path: Path) -> None:
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "l.onnx")).metadata_props}
     assert json.loads(props["labels"]) == list(labels)
     assert json.loads(props["provenance"])["checkpoint"] == "random init"
+
+
+def test_input_size_keeps_a_checkpoints_own_normalisation(tmp_path: Path) -> None:
+    export_onnx(ExportOptions(weights="builtin:digits-resnet20", input_size=48), tmp_path / "d48.onnx")
+    spec = read_metadata(onnx.load(str(tmp_path / "d48.onnx"))).preprocessing
+    assert (spec.resize, spec.crop) == (48, 48) and spec.mean == (0.3055,) * 3  # the digits' statistics, rescaled

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from resnet_edge.cli.gradflow import gradflow
-from resnet_edge.errors import CheckFailedError, InputFileError, OptionError
+from resnet_edge.errors import CheckFailedError, OptionError
 from resnet_edge.gradflow import DECOMPOSITION_RTOL, compare, gradient_flow
 from resnet_edge.models import BasicBlock, PreActBasicBlock, create_model
 from resnet_edge.simplify import SimplifyResult
@@ -168,10 +168,13 @@ def test_cli_errors(tmp_path: Path) -> None:
     runner = CliRunner()
     both = runner.invoke(gradflow, ["--arch", "resnet20", "--plain", "--compare", "-o", str(tmp_path)])
     assert isinstance(both.exception, OptionError) and "exclude each other" in str(both.exception)
-    missing = runner.invoke(gradflow, ["--arch", "resnet20", "-o", str(tmp_path / "nowhere")])
-    assert isinstance(missing.exception, InputFileError)
-    assert str(missing.exception) == f"output folder does not exist: {tmp_path / 'nowhere'}"
-    assert list(tmp_path.iterdir()) == []
+    a_file = tmp_path / "plot.png"
+    a_file.write_text("not a folder")
+    from resnet_edge.cli.main import main
+
+    clash = runner.invoke(main, ["gradflow", "--arch", "resnet20", "-o", str(a_file)])
+    assert clash.exit_code == 1 and clash.output.strip() == f"error: output folder is a file: {a_file}"
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
 
 
 # Pre-activation networks through export, simplify and quantize. Folding a BatchNorm rewrites the Conv that

@@ -138,3 +138,26 @@ def test_config_file_and_cli(tmp_path: Path) -> None:
     )
     again = CliRunner().invoke(main, ["pipeline", "--config", str(config), "-o", str(tmp_path / "cli")])
     assert again.exit_code == 2 and "error: " in again.output and "--overwrite" in again.output
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ({"batch_sizes": ["x"]}, "batch_sizes must be list of integers"),
+        ({"providers": 5}, "providers must be list of strings"),
+        ({"iterations": "fifty"}, "iterations must be int"),
+        ({"batch_sizes": [1, 0]}, "batch sizes must be at least 1"),
+        ({"method": "median"}, "method 'median' is not one of"),
+    ],
+)
+def test_config_values_are_checked_before_any_stage(values: dict, match: str) -> None:
+    from resnet_edge.pipeline import make_config
+
+    with pytest.raises(OptionError, match=match):
+        make_config(values)
+
+
+def test_the_current_folder_is_never_an_outdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OptionError, match="holds the current folder"):
+        run_pipeline(PipelineConfig(**SMALL), ".")

@@ -103,3 +103,10 @@ def test_truncated_model(tiny_onnx: Path, tmp_path: Path) -> None:
     cut.write_bytes(tiny_onnx.read_bytes()[: tiny_onnx.stat().st_size // 2])
     with pytest.raises(InputFileError, match="cut.onnx"):
         simplify_onnx(cut, tmp_path / "out.onnx")
+
+
+def test_timeout_must_be_positive(tiny_onnx: Path, tmp_path: Path) -> None:
+    from resnet_edge.errors import OptionError
+
+    with pytest.raises(OptionError, match="timeout must be positive"):
+        simplify_onnx(tiny_onnx, tmp_path / "out.onnx", timeout_s=0)

@@ -136,3 +136,41 @@ def test_foreign_model_without_metadata_gets_imagenet_preprocessing_with_a_warni
     with pytest.warns(ResnetEdgeWarning, match="assuming ImageNet normalisation at 32x32"):
         result = validate_models([path], Reference(onnx=path))
     assert result.passed
+
+
+def test_reference_with_another_class_count(digits_onnx: Path, tmp_path: Path) -> None:
+    from resnet_edge.export import ExportOptions, export_onnx
+
+    export_onnx(ExportOptions(arch="resnet20", num_classes=7), tmp_path / "seven.onnx")
+    with pytest.raises(InputFileError, match="digits.onnx has 10 classes but the reference .* has 7"):
+        validate_models([digits_onnx], Reference.parse(str(tmp_path / "seven.onnx")))
+
+
+def test_labels_outside_the_model_classes(digits_onnx: Path, tmp_path: Path) -> None:
+    np.savez(tmp_path / "d.npz", images=np.zeros((3, 8, 8), np.uint8), labels=np.array([1, 2, 99]))
+    with pytest.raises(InputFileError, match="labels run from 1 to 99, but the model has 10 classes"):
+        validate_models([digits_onnx], options=ValidateOptions(data=str(tmp_path / "d.npz")))
+
+
+def test_reference_parse_and_threshold_ranges(digits_onnx: Path) -> None:
+    assert Reference.parse("FP32.ONNX").onnx == Path("FP32.ONNX")
+    assert Reference.parse("w.pth", arch="resnet20") == Reference(checkpoint="w.pth", arch="resnet20")
+    with pytest.raises(OptionError, match="percentage points, 0 to 100"):
+        validate_models([digits_onnx], options=ValidateOptions(max_top1_drop=-5))
+
+
+def test_not_an_image_classifier(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 3, 32, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 3, 32, 32])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "u8.onnx"))
+    with pytest.raises(InputFileError, match="an image classifier takes one float NCHW tensor"):
+        open_session(tmp_path / "u8.onnx")
+
+
+def test_malformed_metadata_is_a_one_line_error(digits_onnx: Path, tmp_path: Path) -> None:
+    model = onnx.load(str(digits_onnx))
+    write_props(model, {"num_classes": "ten"})
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    with pytest.raises(InputFileError, match="metadata_props are malformed"):
+        validate_models([tmp_path / "bad.onnx"])
