@@ -268,34 +268,16 @@ def quantize_onnx(
         CheckFailedError: a compute node that was not excluded stayed FP32.
     """
     started = time.perf_counter()
-    model_path = Path(model_path)
-    fp32 = load_onnx(model_path)
     output = require_writable_destination(output)
     sidecar = require_writable_destination(Path(f"{output}.json"))
-    if is_quantized(fp32):
-        raise InputFileError(f"{model_path} is already quantized; quantize the FP32 (simplified) model")
-    spec = preprocessing_for(fp32, source=str(model_path))
-    meta = read_metadata(fp32)
-    config = options.config or resolve_config(options.target, per_channel=options.per_channel, format=options.format)
-    calib_source, calib_indices, eval_source, eval_indices = _choose_images(options, meta.dataset)
-    batch = static_input_shape(fp32)[0] or CALIBRATION_BATCH
+    job = _prepare(model_path, options)
+    fp32, spec, config = job.fp32, job.spec, job.config
+    calib_source, eval_source, eval_indices = job.calib_source, job.eval_source, job.eval_indices
 
     with tempfile.TemporaryDirectory(prefix="resnet-edge-quantize-") as tmp:
-        fingerprint = _calibration_fingerprint(model_path, options, config)
         if calibration is None:
-            calibration = _collect_calibration(
-                fp32,
-                Path(tmp),
-                calib_source,
-                calib_indices,
-                spec,
-                config,
-                options,
-                batch=batch,
-                fingerprint=fingerprint,
-                progress=progress,
-            )
-        elif calibration.fingerprint != fingerprint:
+            calibration = _collect_calibration(job, Path(tmp), options, progress=progress)
+        elif calibration.fingerprint != job.fingerprint:
             raise ValueError("the calibration was collected for another model or other calibration options")
         prepped = onnx.load(str(calibration.prepped))
         excluded = resolve_exclusions(prepped, options.exclude)
@@ -325,7 +307,7 @@ def quantize_onnx(
             "images": len(seen),
             "limit": options.limit,
             "seed": options.seed,
-            "batch": batch,
+            "batch": job.batch,
             "files": [{"id": k, "sha256": v} for k, v in seen.items()],
         },
         "evaluation": {
@@ -335,7 +317,7 @@ def quantize_onnx(
         },
         "excluded_nodes": sorted(excluded),
         "fp32_nodes": fp32_kept,
-        "source_model_sha256": sha256_file(model_path),
+        "source_model_sha256": job.fingerprint[0],
         "cpu": {"model": cpu_info().model, **cpu_info().features},
         "versions": _versions(),
     }
@@ -401,24 +383,42 @@ def calibrate_onnx(
         InputFileError: unreadable or already quantized model, unusable data.
         OptionError: bad limit, unknown node to exclude.
     """
+    return _collect_calibration(_prepare(model_path, options), Path(folder), options, progress=progress)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What quantizing and calibrating share: the checked FP32 model, its preprocessing, the configuration, the
+    images for each role, and the fingerprint of everything the activation ranges depend on."""
+
+    fp32: onnx.ModelProto
+    spec: PreprocessSpec
+    config: QuantConfig
+    calib_source: ImageSource
+    calib_indices: list[int]
+    eval_source: ImageSource
+    eval_indices: list[int]
+    batch: int
+    fingerprint: tuple
+
+
+def _prepare(model_path: Path | str, options: QuantizeOptions) -> _Job:
     model_path = Path(model_path)
     fp32 = load_onnx(model_path)
     if is_quantized(fp32):
         raise InputFileError(f"{model_path} is already quantized; quantize the FP32 (simplified) model")
-    spec = preprocessing_for(fp32, source=str(model_path))
     config = options.config or resolve_config(options.target, per_channel=options.per_channel, format=options.format)
-    calib_source, calib_indices, _, _ = _choose_images(options, read_metadata(fp32).dataset)
-    return _collect_calibration(
-        fp32,
-        Path(folder),
-        calib_source,
-        calib_indices,
-        spec,
-        config,
-        options,
+    calib_source, calib_indices, eval_source, eval_indices = _choose_images(options, read_metadata(fp32).dataset)
+    return _Job(
+        fp32=fp32,
+        spec=preprocessing_for(fp32, source=str(model_path)),
+        config=config,
+        calib_source=calib_source,
+        calib_indices=calib_indices,
+        eval_source=eval_source,
+        eval_indices=eval_indices,
         batch=static_input_shape(fp32)[0] or CALIBRATION_BATCH,
         fingerprint=_calibration_fingerprint(model_path, options, config),
-        progress=progress,
     )
 
 
@@ -434,19 +434,8 @@ def _calibration_fingerprint(model_path: Path, options: QuantizeOptions, config:
     )
 
 
-def _collect_calibration(
-    fp32: onnx.ModelProto,
-    folder: Path,
-    source: ImageSource,
-    indices: list[int],
-    spec: PreprocessSpec,
-    config: QuantConfig,
-    options: QuantizeOptions,
-    *,
-    batch: int,
-    fingerprint: tuple,
-    progress: bool,
-) -> Calibration:
+def _collect_calibration(job: _Job, folder: Path, options: QuantizeOptions, *, progress: bool) -> Calibration:
+    indices = job.calib_indices
     if len(indices) < SMALL_CALIBRATION_SET:
         warnings.warn(
             f"calibrating on only {len(indices)} images; {SMALL_CALIBRATION_SET} or more give steadier ranges",
@@ -457,13 +446,21 @@ def _collect_calibration(
     with _quiet():
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        quant_pre_process(fp32, str(prepped_path))
+        quant_pre_process(job.fp32, str(prepped_path))
     resolve_exclusions(onnx.load(str(prepped_path)), options.exclude)  # a bad --exclude fails before calibrating
     seen = _calibrate(
-        prepped_path, folder, source, spec, indices, config, options.method, batch=batch, progress=progress
+        prepped_path,
+        folder,
+        job.calib_source,
+        job.spec,
+        indices,
+        job.config,
+        options.method,
+        batch=job.batch,
+        progress=progress,
     )
     return Calibration(
-        fingerprint=fingerprint, prepped=prepped_path, ranges=folder / "ranges.json", images=seen, batch=batch
+        fingerprint=job.fingerprint, prepped=prepped_path, ranges=folder / "ranges.json", images=seen, batch=job.batch
     )
 
 
