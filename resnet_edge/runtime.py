@@ -12,13 +12,16 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from resnet_edge.errors import InputFileError, OptionError, ProviderError, ResnetEdgeWarning
+
+if TYPE_CHECKING:  # this module runs on target devices that have numpy and onnxruntime but not onnx
+    import onnx
 
 # What onnxruntime raises for a model it cannot load: the model's fault, not ours.
 _LOAD_ERRORS = (
@@ -200,11 +203,11 @@ def _fallback(provider: Provider, reason: str, strict: bool) -> None:
 
 
 def _as_loadable(model: Path | str | onnx.ModelProto | bytes) -> str | bytes:
-    if isinstance(model, onnx.ModelProto):
-        return model.SerializeToString()
     if isinstance(model, bytes):
         return model
-    return str(model)
+    if isinstance(model, (str, Path)):
+        return str(model)
+    return model.SerializeToString()  # an onnx.ModelProto
 
 
 def _describe(model: Path | str | onnx.ModelProto | bytes) -> str:
