@@ -19,7 +19,12 @@ from resnet_edge.models import list_models
 @click.option("--data", help="Images: folder (class sub-folders = labels), .npy/.npz, builtin:NAME.")
 @click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="CSV of relative/path,label.")
 @providers_option
-@click.option("--strict-ep", is_flag=True, help="Fail if a provider is missing instead of falling back to cpu.")
+@click.option(
+    "--strict-ep",
+    is_flag=True,
+    help="Fail if a provider is missing, or leaves compute ops to another (partial placement), instead of"
+    " falling back to cpu.",
+)
 @click.option("--min-agreement", type=float, help="Top-1 agreement required (fraction). [default: 1 FP32, 0.99 INT8]")
 @click.option("--max-top1-drop", type=float, help="Accuracy points a model may lose. [default: 0 FP32, 1 INT8]")
 @click.option("--batch", type=int, default=8, show_default=True)
@@ -85,6 +90,7 @@ def validate(
                 ],
             )
         )
+        render.placements((r.model, r.provider, r.placement) for r in result.rows)
     if not result.passed:
         click.echo(f"error: validation failed: {describe_failures(result)}", err=True)
         sys.exit(1)
@@ -94,7 +100,12 @@ def validate(
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--torch", "torch_reference", help="Also time PyTorch eager: an arch name or a checkpoint.")
 @providers_option
-@click.option("--strict-ep", is_flag=True, help="Fail if a provider is missing instead of falling back to cpu.")
+@click.option(
+    "--strict-ep",
+    is_flag=True,
+    help="Fail if a provider is missing, or leaves compute ops to another (partial placement), instead of"
+    " falling back to cpu.",
+)
 @click.option("--batch", "batch_sizes", default="1", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--threads", type=int, help="Intra-op threads. [default: all cores]")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed rounds first.")
@@ -197,6 +208,7 @@ def benchmark(
         )
     )
     click.echo("x first: the first model's p50 divided by this row's p50 (higher is faster)")
+    render.placements((r.model, r.provider, r.placement) for r in result.rows if r.batch == result.rows[0].batch)
 
 
 @click.command()
@@ -211,8 +223,11 @@ def doctor(as_json) -> None:
         sys.exit(1 if env.problems else 0)
     click.echo(f"python {env.python} on {env.platform}")
     for name, ver in env.packages.items():
-        click.echo(f"  {name:16} {ver or 'not installed'}")
+        click.echo(f"  {name:24} {ver or 'not installed'}")
     click.echo(f"onnxruntime providers: {', '.join(env.onnxruntime_providers)}")
+    for p in env.providers:
+        mark = "yes" if p["available"] else "no "
+        click.echo(f"  {mark} {p['name']:10} {p['via']}" + ("" if p["available"] else f"; to add: {p['install']}"))
     features = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in env.cpu.features.items())
     click.echo(f"cpu: {env.cpu.model} ({env.cpu.architecture}, {env.cpu.logical_cores} logical cores): {features}")
     click.echo(f"gpu: {', '.join(env.gpus) or 'none found'}")

@@ -10,7 +10,13 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the re
 
 
 def providers_option(function):
-    return click.option("--providers", default="cpu", show_default=True, help="Comma-separated: cpu,cuda.")(function)
+    return click.option(
+        "--providers",
+        default="cpu",
+        show_default=True,
+        help="Comma-separated: cpu, cuda, tensorrt, openvino, ep:<onnxruntime name>; options as"
+        " name[key=value;key=value], e.g. 'tensorrt[fp16=1;cache=DIR]'.",
+    )(function)
 
 
 def parse_provider_list(value: str) -> tuple:

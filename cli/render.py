@@ -6,7 +6,7 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import click
 
@@ -61,6 +61,16 @@ def percent(fraction: float | None) -> str:
 
 def ops_line(counts: dict[str, int]) -> str:
     return ", ".join(f"{op} {n}" for op, n in counts.items())
+
+
+def placements(rows: Iterable[tuple[str, str, object]]) -> None:
+    """One ``placement:`` line per (model, provider) that was audited: where its nodes ran."""
+    seen = set()
+    for model, provider, placement in rows:
+        if placement is None or (model, provider) in seen:
+            continue
+        seen.add((model, provider))
+        click.echo(f"placement {model} on {provider}: {placement.describe()}")
 
 
 def install_warning_printer() -> None:

@@ -33,11 +33,26 @@ class Environment:
     gpus: list[str]
     thread_settings: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # things that will go wrong, e.g. two onnxruntime builds
+    # every execution provider: available or not, how it is reached, how to add it (runtime.ProviderStatus as dict)
+    providers: list[dict[str, object]] = field(default_factory=list)
 
 
 _X86_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")
 _ARM_FLAGS = {"asimd": "neon", "asimddp": "dotprod", "i8mm": "i8mm"}
-_PACKAGES = ("resnet-edge", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxsim", "numpy", "click")
+_PACKAGES = (
+    "resnet-edge",
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-openvino",
+    "onnxruntime-ep-openvino",
+    "openvino",
+    "onnxsim",
+    "numpy",
+    "click",
+)
+_ONNXRUNTIME_BUILDS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino")  # each installs the same module
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -97,17 +112,23 @@ def collect_environment() -> Environment:
     """Everything a result needs to be repeatable and comparable: CPU, GPU, versions, thread settings."""
     packages = {name: package_version(name) for name in _PACKAGES}
     problems = []
+    statuses: list[dict[str, object]] = []
     try:
-        import onnxruntime as ort
+        from dataclasses import asdict
 
-        providers = list(ort.get_available_providers())
+        from resnet_edge.runtime import available_providers, provider_statuses
+
+        providers = available_providers()  # plugins (OpenVINO) included
+        statuses = [asdict(s) for s in provider_statuses()]
     except ImportError:
         providers = []
         problems.append("onnxruntime is not installed: pip install 'resnet-edge[cpu]' (or 'resnet-edge[gpu]')")
-    if packages["onnxruntime"] and packages["onnxruntime-gpu"]:
+    builds = [name for name in _ONNXRUNTIME_BUILDS if packages[name]]
+    if len(builds) > 1:
+        keep = builds[-1]
         problems.append(
-            "both onnxruntime and onnxruntime-gpu are installed; they overwrite each other and the CUDA provider"
-            " can silently disappear: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+            f"{' and '.join(builds)} are installed together; they overwrite each other and a provider can silently"
+            f" disappear: pip uninstall -y {' '.join(builds)} && pip install {keep}"
         )
     gpus = gpu_names()
     if gpus and "CUDAExecutionProvider" not in providers:
@@ -123,4 +144,5 @@ def collect_environment() -> Environment:
         gpus=gpus,
         thread_settings={k: os.environ[k] for k in _THREAD_VARIABLES if k in os.environ},
         problems=problems,
+        providers=statuses,
     )

@@ -21,7 +21,7 @@ from resnet_edge.errors import InputFileError, OptionError
 from resnet_edge.metadata import ModelMetadata, preprocessing_for, read_metadata, static_input_shape
 from resnet_edge.onnx_graph import is_quantized
 from resnet_edge.parity import FP32_MAX_ABS_ERROR, FP32_RELATIVE_ERROR, Accuracy, Parity, accuracy, compare
-from resnet_edge.runtime import Provider, open_session
+from resnet_edge.runtime import Placement, Provider, open_session
 
 # INT8 changes every logit a little; judge it on decisions. 99% top-1 agreement with FP32 and at most one point of
 # labelled accuracy lost are the usual acceptance bar for post-training quantization of CNN classifiers.
@@ -55,7 +55,8 @@ class ValidateOptions:
         data: images (folder, .npy/.npz, builtin:NAME); default: the models' built-in test split, else the photos.
         labels_file: labels for a folder without class sub-folders.
         providers: each model runs on each.
-        strict_ep: a missing provider fails instead of falling back to the CPU (the row says where it ran).
+        strict_ep: a missing provider, or one that leaves compute ops to another (partial placement), fails instead
+            of falling back to the CPU (the row says where it ran, node by node).
         min_agreement: top-1 agreement required of every model (default: exact for FP32, 99% for INT8).
         max_top1_drop: labelled top-1 accuracy a model may lose, in points (default: 0 for FP32, 1 for INT8).
         batch: inference batch size.
@@ -83,6 +84,7 @@ class ValidateRow:
     reference_accuracy: Accuracy | None
     passed: bool
     failures: list[str] = field(default_factory=list)
+    placement: Placement | None = None  # where each node ran (runtime module docstring)
 
     @property
     def fell_back(self) -> bool:
@@ -122,7 +124,7 @@ def validate_models(
         OptionError: no models, no reference to be found, bad batch or thresholds.
         InputFileError: unreadable models or data, data that does not fit a model's input.
         CheckpointError: the reference checkpoint does not fit its arch.
-        ProviderError: ``strict_ep`` and a provider is missing.
+        ProviderError: ``strict_ep`` and a provider is missing or took only part of the compute ops.
     """
     if not models:
         raise OptionError("give at least one model to validate")
@@ -195,6 +197,7 @@ def validate_models(
                     reference_accuracy=ref_acc,
                     passed=not failures,
                     failures=failures,
+                    placement=session.placement,
                 )
             )
     rows.sort(key=lambda r: (list(protos).index(r.path), [p.value for p in options.providers].index(r.provider)))
