@@ -48,7 +48,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from resnet_edge.cli import analyze, convert, evaluate, gradflow, pipeline
+    from resnet_edge.cli import analyze, convert, evaluate, gradflow, pipeline, tune
 
     for command in (
         convert.export,
@@ -61,6 +61,7 @@ def _register() -> None:
         pipeline.pipeline,
         gradflow.gradflow,
         analyze.analyze,
+        tune.tune,
     ):
         main.add_command(command)
 

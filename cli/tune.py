@@ -1,0 +1,80 @@
+"""The tune command: the fastest deployment that still gives FP32's answers, chosen by measurement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from resnet_edge.cli import render
+from resnet_edge.cli.options import derived_path, json_option, parse_provider_list
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="The chosen model. [default: MODEL.tuned.onnx]")
+@click.option(
+    "--providers",
+    help="Comma-separated providers to try (cpu, cuda, tensorrt, openvino, ep:NAME[k=v]). [default: all that run here]",
+)
+@click.option("--batch", type=int, default=1, show_default=True, help="The deployment's batch (batch 1 is timed too).")
+@click.option("--threads", type=int, help="Intra-op threads. [default: all cores]")
+@click.option("--data", help="Held-out images for parity. [default: built-in test split, else the photos]")
+@click.option("--calib", help="Calibration images for the INT8 candidates. [default: as quantize]")
+@click.option("--limit", type=int, help="Calibrate on this many images.")
+@click.option("--no-int8", is_flag=True, help="Do not try INT8.")
+@click.option("--no-fp16", is_flag=True, help="Do not try FP16 (tried only on cuda and tensorrt).")
+@click.option("--candidate", "candidates", multiple=True, type=click.Path(path_type=Path), help="Also try this file.")
+@click.option("--iterations", type=int, default=30, show_default=True, help="Timed rounds per provider and batch.")
+@json_option
+def tune(
+    model, output, providers, batch, threads, data, calib, limit, no_int8, no_fp16, candidates, iterations, as_json
+) -> None:
+    """Try providers x precisions, keep the fastest candidate that passes parity against FP32, write it."""
+    from resnet_edge.tune import TuneOptions, tune_model
+
+    options = TuneOptions(
+        providers=parse_provider_list(providers) if providers else None,
+        batch=batch,
+        threads=threads,
+        data=data,
+        calib=calib,
+        limit=limit,
+        int8=not no_int8,
+        fp16=not no_fp16,
+        candidates=tuple(candidates),
+        iterations=iterations,
+    )
+    result = tune_model(model, output or derived_path(model, ".tuned"), options)
+    if as_json:
+        return render.emit_json(result)
+    batches = result.batch_sizes
+    click.echo(
+        render.table(
+            ["candidate", "provider", "ran on", "top-1 agree", "max abs", "parity"]
+            + [f"p50 ms b{b}" for b in batches]
+            + [f"x cpu fp32 b{b}" for b in batches]
+            + ["chosen"],
+            [
+                [
+                    c.name,
+                    c.provider,
+                    c.ran_on,
+                    render.percent(c.top1_agreement),
+                    c.max_abs_error,
+                    "pass" if c.passed else ("FAIL" if not c.error else "error"),
+                    *(c.p50_ms.get(b) for b in batches),
+                    *(f"{c.speedup_vs_cpu_fp32[b]:.2f}x" if b in c.speedup_vs_cpu_fp32 else "-" for b in batches),
+                    "<==" if (c.name, c.provider) == (result.chosen.name, result.chosen.provider) else "",
+                ]
+                for c in result.candidates
+            ],
+        )
+    )
+    for c in result.candidates:
+        if c.error or c.failures:
+            click.echo(f"{c.name} on {c.provider}: {c.error or ', '.join(c.failures)}")
+    click.echo(
+        f"chosen: {result.chosen.name} on {result.chosen.provider} -> {result.output}"
+        f" (record: {result.record}; run it with --providers {result.chosen.provider})"
+    )
