@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from resnet_edge.cli import render
-from resnet_edge.cli.options import derived_path, json_option, parse_batch
+from resnet_edge.cli.options import derived_path, json_option, parse_batch, parse_provider_list
 from resnet_edge.models import Variant, list_models
 
 if TYPE_CHECKING:  # annotations only: the commands import the library lazily, so --help stays fast
@@ -159,6 +159,13 @@ def inspect(model, as_json) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-speed", is_flag=True, help="Skip the FP32 vs INT8 timing.")
 @click.option(
+    "--providers",
+    default="cpu",
+    show_default=True,
+    help="The provider INT8 is checked on (one): cpu, cuda, tensorrt, openvino, ep:NAME, with [key=value] options.",
+)
+@click.option("--strict-ep", is_flag=True, help="Fail if that provider is missing or takes only part of the model.")
+@click.option(
     "--max-top1-drop",
     type=float,
     metavar="POINTS",
@@ -186,6 +193,8 @@ def quantize(
     limit,
     seed,
     no_speed,
+    providers,
+    strict_ep,
     max_top1_drop,
     min_agreement,
     as_json,
@@ -207,6 +216,8 @@ def quantize(
         limit=limit,
         seed=seed,
         measure_speed=not no_speed,
+        provider=_one_provider(providers),
+        strict_ep=strict_ep,
     )
     output = output or derived_path(model, ".int8")
     if max_top1_drop is not None or min_agreement is not None:
@@ -350,3 +361,12 @@ def _quantize_command(model: Path, output: Path, options: QuantizeOptions, exclu
     for item in exclude:
         args += ["--exclude", item]
     return shlex.join(args)
+
+
+def _one_provider(text: str):
+    from resnet_edge.errors import OptionError
+
+    providers = parse_provider_list(text)
+    if len(providers) != 1:
+        raise OptionError(f"quantize checks INT8 on one provider, got {len(providers)}: {text}")
+    return providers[0]

@@ -53,7 +53,7 @@ from resnet_edge.metadata import (
 )
 from resnet_edge.onnx_graph import COMPUTE_OPS, graph_input, is_quantized, module_path
 from resnet_edge.parity import Accuracy, Parity, accuracy, compare
-from resnet_edge.runtime import open_session
+from resnet_edge.runtime import Provider, open_session
 
 SMALL_CALIBRATION_SET = 100  # below this many images, ranges are estimated from too few samples: warn
 CALIBRATION_CHUNK = 16  # images per calibrator pass; bounds memory (ResNet-50 keeps ~45 MB of activations/image)
@@ -188,6 +188,8 @@ class QuantizeOptions:
         limit: calibrate on this many images, drawn with ``seed``.
         measure_speed: time FP32 against INT8 (batch 1, CPU) after quantizing.
         config: a fully explicit configuration, overriding target, per_channel and format (for benchmarks).
+        provider: the execution provider the INT8 model is checked on against FP32 (FP32 runs on the CPU);
+            ``strict_ep``: fail when it is missing or takes only part of the compute ops.
     """
 
     calib: str | None = None
@@ -201,6 +203,8 @@ class QuantizeOptions:
     seed: int = 0
     measure_speed: bool = True
     config: QuantConfig | None = None
+    provider: Provider = Provider.CPU
+    strict_ep: bool = False
 
 
 @dataclass(frozen=True)
@@ -288,7 +292,16 @@ def quantize_onnx(
 
     fp32_kept = check_coverage(prepped, int8, excluded)
     quantized_nodes = sum(n.op_type in COMPUTE_OPS for n in prepped.graph.node) - len(fp32_kept)
-    evaluation = evaluate_against(fp32, int8, eval_source, eval_indices, spec, exclude_hashes=set(seen.values()))
+    evaluation = evaluate_against(
+        fp32,
+        int8,
+        eval_source,
+        eval_indices,
+        spec,
+        exclude_hashes=set(seen.values()),
+        provider=options.provider,
+        strict_ep=options.strict_ep,
+    )
     speed = compare_speed(fp32, int8, evaluation.first_image) if options.measure_speed else None
 
     record = {
@@ -625,13 +638,16 @@ def evaluate_against(
     spec: PreprocessSpec,
     *,
     exclude_hashes: set[str],
+    provider: Provider = Provider.CPU,
+    strict_ep: bool = False,
 ) -> Evaluation:
-    """INT8 against FP32 (CPU) on held-out images, dropping any image whose hash was calibrated on.
+    """INT8 (on ``provider``) against FP32 (CPU) on held-out images, dropping any image whose hash was calibrated on.
 
     Raises:
         InputFileError: no held-out image is left.
+        ProviderError: ``strict_ep`` and the provider is missing or took only part of the compute ops.
     """
-    fp32_session, int8_session = open_session(fp32), open_session(int8)
+    fp32_session, int8_session = open_session(fp32), open_session(int8, provider, strict=strict_ep)
     batch = static_input_shape(fp32)[0] or CALIBRATION_BATCH
     ref, cand, labels = [], [], []
     dropped = 0

@@ -291,3 +291,9 @@ def test_tune_picks_the_fastest_passing_candidate_never_a_broken_one(digits_sim:
     assert json.loads(deployed["deployment"])["provider"] == "cpu"
     checked = run("validate", out, "--reference", digits_sim)
     assert checked.exit_code == 0, checked.output
+
+
+def test_quantize_checks_on_one_provider(digits_sim: Path) -> None:
+    assert_one_line_error(
+        run("quantize", digits_sim, "--providers", "cpu,openvino"), "quantize checks INT8 on one provider, got 2"
+    )
