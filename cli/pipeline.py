@@ -19,7 +19,10 @@ from resnet_edge.models import list_models
 @click.option("--input-size", type=int)
 @click.option("--calib", help="Calibration images. [default: the model's built-in calibration split / photos]")
 @click.option("--data", help="Validation images. [default: the model's built-in test split / photos]")
-@click.option("--providers", help="Comma-separated: cpu,cuda. [default: cpu]")
+@click.option(
+    "--providers",
+    help="Comma-separated: cpu, cuda, tensorrt, openvino, ep:NAME; options as name[k=v;k=v]. [default: cpu]",
+)
 @click.option("--strict-ep", is_flag=True, default=None, help="Fail instead of falling back to cpu.")
 @click.option("--int8/--no-int8", default=None, help="Quantize to INT8. [default: yes]")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]))

@@ -25,7 +25,7 @@ from resnet_edge.benchmark import BenchmarkOptions, BenchmarkResult, benchmark_m
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeError, StageError
 from resnet_edge.export import DEFAULT_OPSET, ExportOptions, ExportResult, export_onnx
 from resnet_edge.quantize import Format, Method, QuantizeOptions, QuantizeResult, Target, quantize_onnx
-from resnet_edge.runtime import parse_providers
+from resnet_edge.runtime import parse_providers, split_provider_list
 from resnet_edge.simplify import SimplifyResult, simplify_onnx
 from resnet_edge.validate import Reference, ValidateOptions, ValidateResult, validate_models
 
@@ -114,7 +114,9 @@ def make_config(values: dict[str, object], *, source: str = "options") -> Pipeli
     clean: dict[str, object] = {}
     for key, value in values.items():
         if key in _TUPLE_FIELDS:
-            value = tuple(value.split(",") if isinstance(value, str) else value) if _is_sequence(value) else value
+            if isinstance(value, str):  # a provider's [options] may hold commas
+                value = split_provider_list(value) if key == "providers" else value.split(",")
+            value = tuple(value) if _is_sequence(value) else value
             if key == "batch_sizes" and isinstance(value, tuple):
                 value = tuple(int(v) if isinstance(v, str) and v.strip().isdigit() else v for v in value)
         expected = _FIELD_TYPES[key]
