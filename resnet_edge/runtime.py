@@ -532,13 +532,13 @@ def open_session(
     except _LOAD_ERRORS as exc:
         _remove_profile(profile_dir, None)
         first = str(exc).strip().splitlines()[0]
-        if provider != Provider.CPU and ("provider" in first.lower() or provider.ort_name in first):
+        if provider.name != "cpu" and ("provider" in first.lower() or provider.ort_name in first):
             _fallback(provider, f"{provider.ort_name} failed: {first[:240]}", strict)
             return open_session(model, Provider.CPU, threads=threads, spinning=spinning, classifier=classifier)
         raise InputFileError(f"onnxruntime cannot load {_describe(model)}: {first[:240]}") from None
     used = list(session.get_providers())
     fell_back = used[0] != provider.ort_name
-    if provider != Provider.CPU and fell_back and provider.ort_name in available_providers():
+    if provider.name != "cpu" and fell_back and provider.ort_name in available_providers():
         # Listed as available, yet the session came up without it: usually a missing CUDA/cuDNN library.
         _fallback(provider, f"{provider.ort_name} failed to initialise (session runs on {used[0]})", strict)
     inputs, outputs = session.get_inputs(), session.get_outputs()
@@ -555,7 +555,7 @@ def open_session(
     if profile_dir:
         requested = provider.short if not fell_back else short_name(used[0])
         placement = _audit(session, requested, profile_dir, model_nodes=_node_count(model))
-        if placement is not None and placement.partial and not fell_back and provider != Provider.CPU:
+        if placement is not None and placement.partial and not fell_back and provider.name != "cpu":
             message = f"requested {provider.value} but it left compute ops to another provider: {placement.describe()}"
             if strict:
                 raise ProviderError(message)
@@ -578,8 +578,8 @@ def _provider_chain(
 ) -> list[Any] | None:
     """The providers list for InferenceSession, or None when a plugin was added to ``options`` instead."""
     cpu = [CPU_ORT_NAME]
-    if provider == Provider.CPU:
-        return cpu
+    if provider.name == "cpu":
+        return [(CPU_ORT_NAME, dict(provider.options))] if provider.options else cpu
     built_in = list(ort.get_available_providers())
     user = dict(provider.options)
     if provider.name == "openvino":

@@ -88,7 +88,7 @@ class ValidateRow:
 
     @property
     def fell_back(self) -> bool:
-        return self.ran_on != self.provider
+        return self.ran_on != self.provider.split("[", 1)[0]  # the provider asked for, without its [options]
 
     @property
     def top1_drop_points(self) -> float | None:
