@@ -13,9 +13,11 @@ plus CPU EP experiments on the INT8 file (``--experiments``): QOperator against 
 ``session.qdqisint8allowed``; and, with ``--bundled-python PY``, onnxruntime's bundled OpenVINO EP
 (``onnxruntime-openvino``, which cannot share an environment with ``onnxruntime``) run by that interpreter.
 
-The whole sequence runs ``--repeats`` times (phase order reversed every other time); each repeat's ratios are
-taken against that repeat's FP32, and the medians of the ratios are printed, with MACs per second against the
-machine's int8 peak (cores x clock x int8 MACs per cycle per core). Models are built once into ``--workdir``.
+The sequence runs ``--repeats`` times (order reversed every other time); each phase is paired with an FP32 run
+right next to it and its ratio taken within the pair, since the load of a shared machine drifts within seconds;
+the medians of the ratios are printed (of the per-phase medians, and of the per-phase minima), with MACs per second
+against the machine's int8 peak (cores x clock x int8 MACs per cycle per core). Models are built once into
+``--workdir``.
 
     python benchmarks/providers.py [--workdir bench-providers] [--repeats 2] [--iterations 50] [--experiments]
 """
@@ -141,7 +143,9 @@ def build(workdir: Path, args: argparse.Namespace) -> dict[str, Path]:
         config = resolve_config(Target.AUTO, format=Format.QOPERATOR)
         quantize_onnx(files["fp32"], files["int8-qoperator"], QuantizeOptions(config=config, limit=args.limit))
     if not files["tuned"].exists():
-        options = TuneOptions(threads=args.threads, limit=args.limit, iterations=args.tune_rounds)
+        options = TuneOptions(
+            threads=args.threads, limit=args.limit, iterations=args.tune_rounds, min_agreement=args.min_agreement
+        )
         tune_model(files["fp32"], files["tuned"], options)
     return files
 
@@ -166,6 +170,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--limit", type=int, default=32, help="calibration images (speed does not depend on it)")
     parser.add_argument("--tune-rounds", type=int, default=20)
+    # Random weights (no download here): ResNet-50's logits are nearly tied, and on the ~55 bundled photos one
+    # flipped decision is 1.8% of agreement. Validate's 99% then rejects every INT8 file; say so and loosen it here.
+    parser.add_argument("--min-agreement", type=float, default=0.95, help="tune's parity bar (random weights)")
     parser.add_argument("--experiments", action="store_true", help="also time CPU EP options on the INT8 file")
     parser.add_argument("--bundled-python", help="an interpreter with onnxruntime-openvino, for its OpenVINO EP")
     parser.add_argument("--json", type=Path, help="write every number here")
@@ -217,38 +224,55 @@ def main() -> None:
             phases[f"experiment: {label}"] = (sys.executable, "ort-raw", model, {"opt_level": level, "config": config})
 
     names = list(phases)
+    baseline = names[0]
+    # On a shared machine the load drifts within seconds: every phase is paired with a baseline run right next to
+    # it (before it in even repeats, after it in odd ones), and its ratio is taken within the pair.
     repeats: list[dict[str, dict]] = []
     for r in range(args.repeats):
-        order = names if r % 2 == 0 else list(reversed(names))
-        results = {}
-        for name in order:
-            python, phase, model, extra = phases[name]
-            results[name] = phase_process(python, phase, model, args, **extra)
-            print(f"  repeat {r + 1} {name}: {results[name]}", file=sys.stderr)
+        results: dict[str, dict] = {}
+        for name in names[1:] if r % 2 == 0 else list(reversed(names[1:])):
+            pair = [baseline, name] if r % 2 == 0 else [name, baseline]
+            got = {}
+            for label in pair:
+                python, phase, model, extra = phases[label]
+                got[label] = phase_process(python, phase, model, args, **extra)
+                print(f"  repeat {r + 1} {label}: {got[label]}", file=sys.stderr)
+            results[name] = got[name] | {"baseline_median_ms": got[baseline].get("median_ms")}
+            results[name]["baseline_min_ms"] = got[baseline].get("min_ms")
+            results.setdefault(baseline, {"runs": []})["runs"].append(got[baseline])
         repeats.append(results)
 
-    baseline = names[0]
     peak, cpu_note = peak_macs_per_s(args.threads)
     print(f"ResNet-50 {args.size}x{args.size}, batch 1, {args.threads} threads, {args.repeats} repeats; {cpu_note}")
     print(f"{macs / 1e9:.2f} GMAC per image; int8 peak {peak / 1e9:.0f} GMAC/s = {macs / peak * 1e3:.2f} ms per image")
-    print(f"{'phase':62} {'median ms':>10} {'x ort-fp32':>10} {'GMAC/s':>8} {'% peak':>7}")
-    summary = {}
-    for name in names:
-        ms = [rep[name]["median_ms"] for rep in repeats if "median_ms" in rep[name]]
-        ratios = [
-            rep[baseline]["median_ms"] / rep[name]["median_ms"]
-            for rep in repeats
-            if "median_ms" in rep[name] and "median_ms" in rep[baseline]
-        ]
-        if not ms:
-            errors = {rep[name].get("error") for rep in repeats}
-            print(f"{name:62} failed: {'; '.join(e for e in errors if e)}")
-            summary[name] = {"error": sorted(e for e in errors if e)}
+    print("x fp32: median over repeats of (paired baseline median / phase median); x fp32 (min): the same on minima")
+    print(f"{'phase':62} {'median ms':>10} {'x fp32':>8} {'(min)':>7} {'GMAC/s':>8} {'% peak':>7}")
+    summary: dict[str, dict] = {}
+    base_ms = [run["median_ms"] for rep in repeats for run in rep[baseline]["runs"] if "median_ms" in run]
+    print(f"{baseline:62} {float(np.median(base_ms)):10.2f} {1:7.2f}x {1:6.2f}x")
+    summary[baseline] = {"median_ms": float(np.median(base_ms)), "runs": base_ms}
+    for name in names[1:]:
+        runs = [rep[name] for rep in repeats if "median_ms" in rep[name] and rep[name].get("baseline_median_ms")]
+        if not runs:
+            errors = sorted({rep[name].get("error") or "" for rep in repeats} - {""})
+            print(f"{name:62} failed: {'; '.join(errors)}")
+            summary[name] = {"error": errors}
             continue
-        med, ratio = float(np.median(ms)), float(np.median(ratios))
-        rate = macs / (med / 1e3)
-        print(f"{name:62} {med:10.2f} {ratio:9.2f}x {rate / 1e9:8.0f} {100 * rate / peak:6.1f}%")
-        summary[name] = {"median_ms": med, "ratio_median": ratio, "ratios": ratios, "where": repeats[0][name]["where"]}
+        med = float(np.median([run["median_ms"] for run in runs]))
+        ratios = [run["baseline_median_ms"] / run["median_ms"] for run in runs]
+        min_ratios = [run["baseline_min_ms"] / run["min_ms"] for run in runs]
+        ratio, min_ratio = float(np.median(ratios)), float(np.median(min_ratios))
+        rate = macs / (min(run["min_ms"] for run in runs) / 1e3)  # the best the machine allowed
+        print(f"{name:62} {med:10.2f} {ratio:7.2f}x {min_ratio:6.2f}x {rate / 1e9:8.0f} {100 * rate / peak:6.1f}%")
+        summary[name] = {
+            "median_ms": med,
+            "ratio_median": ratio,
+            "ratios": ratios,
+            "ratio_of_minima_median": min_ratio,
+            "best_gmac_per_s": rate / 1e9,
+            "where": runs[0]["where"],
+        }
+    print("GMAC/s and % peak: from the fastest single call, the closest this shared machine came to an idle one")
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "repeats": repeats, "cpu": cpu_note}, indent=2) + "\n")
 

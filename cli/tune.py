@@ -26,9 +26,25 @@ from resnet_edge.cli.options import derived_path, json_option, parse_provider_li
 @click.option("--no-fp16", is_flag=True, help="Do not try FP16 (tried only on cuda and tensorrt).")
 @click.option("--candidate", "candidates", multiple=True, type=click.Path(path_type=Path), help="Also try this file.")
 @click.option("--iterations", type=int, default=30, show_default=True, help="Timed rounds per provider and batch.")
+@click.option("--min-agreement", type=float, help="Top-1 agreement required (fraction). [default: validate's]")
+@click.option("--max-top1-drop", type=float, help="Accuracy points a candidate may lose. [default: validate's]")
 @json_option
 def tune(
-    model, output, providers, batch, threads, data, calib, limit, no_int8, no_fp16, candidates, iterations, as_json
+    model,
+    output,
+    providers,
+    batch,
+    threads,
+    data,
+    calib,
+    limit,
+    no_int8,
+    no_fp16,
+    candidates,
+    iterations,
+    min_agreement,
+    max_top1_drop,
+    as_json,
 ) -> None:
     """Try providers x precisions, keep the fastest candidate that passes parity against FP32, write it."""
     from resnet_edge.tune import TuneOptions, tune_model
@@ -44,6 +60,8 @@ def tune(
         fp16=not no_fp16,
         candidates=tuple(candidates),
         iterations=iterations,
+        min_agreement=min_agreement,
+        max_top1_drop=max_top1_drop,
     )
     result = tune_model(model, output or derived_path(model, ".tuned"), options)
     if as_json:

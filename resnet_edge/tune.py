@@ -55,6 +55,8 @@ class TuneOptions:
         int8: try INT8 candidates. fp16: try FP16 where the provider runs it natively.
         candidates: more model files to try (on every provider), judged and timed like the others.
         iterations, warmup: timed and untimed rounds per provider and batch size.
+        min_agreement, max_top1_drop: validate's thresholds, when not its defaults (99% top-1 agreement and one
+            point of accuracy for INT8 and FP16; exact for FP32).
     """
 
     providers: tuple[Provider, ...] | None = None
@@ -68,6 +70,8 @@ class TuneOptions:
     candidates: tuple[Path, ...] = ()
     iterations: int = DEFAULT_TUNE_ITERATIONS
     warmup: int = DEFAULT_TUNE_WARMUP
+    min_agreement: float | None = None
+    max_top1_drop: float | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,7 @@ def tune_model(model_path: Path | str, output: Path | str, options: TuneOptions 
             "batch_sizes": batches,
             "threads": options.threads,
             "iterations": options.iterations,
+            "thresholds": {"min_agreement": options.min_agreement, "max_top1_drop": options.max_top1_drop},
             "candidates": [_as_record(c) for c in flat],
         }
         chosen_model = load_onnx(chosen.path)
@@ -281,9 +286,13 @@ def _judge_and_time(
     runnable = [(name, precision, path) for name, precision, path, error in files if path is not None]
     # One file may serve several candidates (fp32 is the reference itself); validate and time each file once.
     paths = list(dict.fromkeys(str(path) for _, _, path in runnable))
-    validation = validate_models(
-        paths, Reference(onnx=reference), ValidateOptions(data=options.data, providers=(provider,))
+    thresholds = ValidateOptions(
+        data=options.data,
+        providers=(provider,),
+        min_agreement=options.min_agreement,
+        max_top1_drop=options.max_top1_drop,
     )
+    validation = validate_models(paths, Reference(onnx=reference), thresholds)
     rows = {row.path: row for row in validation.rows}
     timing = benchmark_models(
         paths,
