@@ -102,6 +102,7 @@ def _row(name: str, provider: str, result: PipelineResult, batch: int) -> dict:
         "throughput": latency.throughput if latency else None,
         "speedup_vs_onnx_fp32": bench_row.speedup if bench_row else None,
         "passed": valid_row.passed if valid_row else None,
+        "placement": valid_row.placement.describe() if valid_row and valid_row.placement else None,
     }
 
 
@@ -268,6 +269,10 @@ def render_markdown(report: dict) -> str:
     lines = ["# resnet-edge report", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", *(f"- **{k}:** {v}" for k, v in _facts(report)), ""]
+    placements = [r for r in report["summary"] if r.get("placement")]
+    if placements:  # where each node ran, per variant and provider (runtime's placement audit)
+        lines += ["## Where each node ran", ""]
+        lines += [f"- {r['variant']} on {r['provider']}: {r['placement']}" for r in placements] + [""]
     for title, file in _plot_titles(report):
         lines += [f"![{title}]({file})", ""]
     bench_headers, bench_rows = _benchmark_cells(report)

@@ -88,6 +88,7 @@ def test_report_records_what_makes_the_run_repeatable(run_dir: Path) -> None:
     html = (run_dir / "report.html").read_text()
     assert "<table>" in html and 'src="latency.png"' in html and "ONNX INT8" in html
     assert "| ONNX INT8 |" in (run_dir / "report.md").read_text()
+    assert "- ONNX INT8 on cpu: cpu: " in (run_dir / "report.md").read_text()  # where each node ran
 
 
 def test_refuses_an_existing_outdir_unless_overwrite(run_dir: Path, tmp_path: Path) -> None:
