@@ -268,7 +268,7 @@ def benchmark_models(
                 "on_round": (lambda: progress(1)) if progress else None,
             }
             times = time_interleaved(runners, **timing)
-            if torch_runner is not None and provider is Provider.CPU:
+            if torch_runner is not None and provider.name == "cpu":
                 labels.append("pytorch")  # its own phase (module docstring), fed as the first model is
                 times += time_interleaved([torch_runner(images(str(models[0]), batch))], **timing | {"on_round": None})
             stats = {label: latency_stats(t, batch) for label, t in zip(labels, times, strict=True)}

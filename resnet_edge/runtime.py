@@ -165,6 +165,7 @@ Provider.CPU = Provider("cpu")
 Provider.CUDA = Provider("cuda")
 Provider.TENSORRT = Provider("tensorrt")
 Provider.OPENVINO = Provider("openvino")
+_PLAIN = {p.name: p for p in (Provider.CPU, Provider.CUDA, Provider.TENSORRT, Provider.OPENVINO)}
 
 
 def short_name(ort_name: str) -> str:
@@ -207,6 +208,8 @@ def parse_provider(text: str) -> Provider:
         raise OptionError(
             f"unknown execution provider {head!r}; choose from: {', '.join(PROVIDERS)}, or ep:<onnxruntime name>"
         )
+    if not options and name in _PLAIN:
+        return _PLAIN[name]  # the same object as Provider.CPU ..., so that code comparing with ``is`` keeps working
     return Provider(name, tuple(sorted(options.items())))
 
 
