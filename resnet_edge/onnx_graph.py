@@ -87,6 +87,11 @@ def is_quantized(model: onnx.ModelProto) -> bool:
 
 def macs_per_image(model: onnx.ModelProto) -> int:
     """Multiply-accumulates of the convolutions and matrix products for one image, FP32 or quantized."""
+    return sum(macs_by_node(model).values())
+
+
+def macs_by_node(model: onnx.ModelProto) -> dict[str, int]:
+    """Multiply-accumulates for one image of each convolution and matrix product, by node name (FP32 or quantized)."""
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes = {
         value.name: [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
@@ -94,7 +99,7 @@ def macs_per_image(model: onnx.ModelProto) -> int:
     }
     weights = {init.name: list(init.dims) for init in model.graph.initializer}
     producers = {out: node for node in model.graph.node for out in node.output}
-    total = 0
+    found: dict[str, int] = {}
     for node in model.graph.node:
         index = _WEIGHTED_OPS.get(node.op_type)
         if index is None or len(node.input) <= index:
@@ -109,8 +114,8 @@ def macs_per_image(model: onnx.ModelProto) -> int:
             reduction = w_shape[1]
         else:
             reduction = w_shape[0]
-        total += int(np.prod(out_shape[1:])) * reduction
-    return total
+        found[node.name or node.output[0]] = int(np.prod(out_shape[1:])) * reduction
+    return found
 
 
 def _weight_shape(name: str, weights: dict[str, list[int]], producers: dict[str, onnx.NodeProto]) -> list[int] | None:
