@@ -60,6 +60,7 @@ class ExecutedNode:
     op_type: str
     provider: str  # onnxruntime's name, e.g. CPUExecutionProvider
     input_types: tuple[str, ...] = ()  # element types of the inputs it was fed, e.g. ("uint8", "float", ...)
+    output_shape: tuple[int, ...] = ()  # its first output's shape in that run (NHWC for the NHWC kernels)
 
     @property
     def float_input(self) -> bool:
@@ -76,7 +77,9 @@ def executed_nodes_from_profile(events: Sequence[dict]) -> list[ExecutedNode]:
             continue
         name = name.removesuffix("_kernel_time")
         types = tuple(next(iter(t)) for t in args.get("input_type_shape", []) if isinstance(t, dict) and t)
-        seen.setdefault(name, ExecutedNode(name, str(args["op_name"]), str(args.get("provider", "")), types))
+        outputs = [next(iter(t.values())) for t in args.get("output_type_shape", []) if isinstance(t, dict) and t]
+        shape = tuple(int(d) for d in outputs[0]) if outputs else ()
+        seen.setdefault(name, ExecutedNode(name, str(args["op_name"]), str(args.get("provider", "")), types, shape))
     return list(seen.values())
 
 
@@ -150,12 +153,14 @@ def integer_coverage(model: onnx.ModelProto, executed: Sequence[ExecutedNode]) -
         model: the model file the session was opened on (its node names and shapes give each node's MACs).
         executed: the kernels of one profiled inference (:func:`executed_nodes_from_profile`).
     """
-    macs = macs_by_node(model)
     compute_names = [n.name for n in model.graph.node if n.op_type in COMPUTE_OPS or n.op_type in INTEGER_KERNELS]
     by_file_name: dict[str, ExecutedNode] = {}
     for node in executed:
         original = _FUSED_SUFFIX.sub("", node.name)
         by_file_name.setdefault(original, node)
+    # The element count of an output is the same in NCHW and NHWC, which is all a MAC count needs of its shape.
+    seen_shapes = {name: list(node.output_shape) for name, node in by_file_name.items() if node.output_shape}
+    macs = macs_by_node(model, output_shapes=seen_shapes)
 
     blocks = _blocks_in_order(executed)
     nodes = []

@@ -90,8 +90,13 @@ def macs_per_image(model: onnx.ModelProto) -> int:
     return sum(macs_by_node(model).values())
 
 
-def macs_by_node(model: onnx.ModelProto) -> dict[str, int]:
-    """Multiply-accumulates for one image of each convolution and matrix product, by node name (FP32 or quantized)."""
+def macs_by_node(model: onnx.ModelProto, *, output_shapes: dict[str, list[int]] | None = None) -> dict[str, int]:
+    """Multiply-accumulates for one image of each convolution and matrix product, by node name (FP32 or quantized).
+
+    Args:
+        output_shapes: node name -> output shape seen elsewhere (a runtime profile), for nodes whose shape onnx's
+            inference cannot reach (those after a contrib op such as QLinearAdd in a QOperator model).
+    """
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes = {
         value.name: [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
@@ -106,6 +111,8 @@ def macs_by_node(model: onnx.ModelProto) -> dict[str, int]:
             continue
         w_shape = _weight_shape(node.input[index], weights, producers)
         out_shape = shapes.get(node.output[0])
+        if (not out_shape or any(d is None for d in out_shape[1:])) and output_shapes:
+            out_shape = output_shapes.get(node.name)
         if w_shape is None or not out_shape or any(d is None for d in out_shape[1:]):
             continue
         if "Conv" in node.op_type:
