@@ -87,6 +87,16 @@ def is_quantized(model: onnx.ModelProto) -> bool:
 
 def macs_per_image(model: onnx.ModelProto) -> int:
     """Multiply-accumulates of the convolutions and matrix products for one image, FP32 or quantized."""
+    return sum(macs_by_node(model).values())
+
+
+def macs_by_node(model: onnx.ModelProto, *, output_shapes: dict[str, list[int]] | None = None) -> dict[str, int]:
+    """Multiply-accumulates for one image of each convolution and matrix product, by node name (FP32 or quantized).
+
+    Args:
+        output_shapes: node name -> output shape seen elsewhere (a runtime profile), for nodes whose shape onnx's
+            inference cannot reach (those after a contrib op such as QLinearAdd in a QOperator model).
+    """
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes = {
         value.name: [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
@@ -94,13 +104,15 @@ def macs_per_image(model: onnx.ModelProto) -> int:
     }
     weights = {init.name: list(init.dims) for init in model.graph.initializer}
     producers = {out: node for node in model.graph.node for out in node.output}
-    total = 0
+    found: dict[str, int] = {}
     for node in model.graph.node:
         index = _WEIGHTED_OPS.get(node.op_type)
         if index is None or len(node.input) <= index:
             continue
         w_shape = _weight_shape(node.input[index], weights, producers)
         out_shape = shapes.get(node.output[0])
+        if (not out_shape or any(d is None for d in out_shape[1:])) and output_shapes:
+            out_shape = output_shapes.get(node.name)
         if w_shape is None or not out_shape or any(d is None for d in out_shape[1:]):
             continue
         if "Conv" in node.op_type:
@@ -109,8 +121,8 @@ def macs_per_image(model: onnx.ModelProto) -> int:
             reduction = w_shape[1]
         else:
             reduction = w_shape[0]
-        total += int(np.prod(out_shape[1:])) * reduction
-    return total
+        found[node.name or node.output[0]] = int(np.prod(out_shape[1:])) * reduction
+    return found
 
 
 def _weight_shape(name: str, weights: dict[str, list[int]], producers: dict[str, onnx.NodeProto]) -> list[int] | None:
