@@ -297,3 +297,12 @@ def test_quantize_checks_on_one_provider(digits_sim: Path) -> None:
     assert_one_line_error(
         run("quantize", digits_sim, "--providers", "cpu,openvino"), "quantize checks INT8 on one provider, got 2"
     )
+
+
+def test_pipeline_providers_keep_commas_inside_options() -> None:
+    from resnet_edge.pipeline import make_config
+
+    config = make_config({"providers": 'cpu,openvino[load_config={"CPU": {"A": "1", "B": "2"}}]'})
+    assert config.providers == ("cpu", 'openvino[load_config={"CPU": {"A": "1", "B": "2"}}]')
+    with pytest.raises(OptionError, match="unknown execution provider 'tpu'"):
+        make_config({"providers": "cpu,tpu"})
