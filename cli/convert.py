@@ -166,6 +166,11 @@ def inspect(model, as_json) -> None:
 )
 @click.option("--strict-ep", is_flag=True, help="Fail if that provider is missing or takes only part of the model.")
 @click.option(
+    "--require-int8",
+    is_flag=True,
+    help="Fail if a Conv/Gemm (not excluded) runs as an FP32 kernel on that provider. [default: warn]",
+)
+@click.option(
     "--max-top1-drop",
     type=float,
     metavar="POINTS",
@@ -195,6 +200,7 @@ def quantize(
     no_speed,
     providers,
     strict_ep,
+    require_int8,
     max_top1_drop,
     min_agreement,
     as_json,
@@ -218,6 +224,7 @@ def quantize(
         measure_speed=not no_speed,
         provider=_one_provider(providers),
         strict_ep=strict_ep,
+        require_int8=require_int8,
     )
     output = output or derived_path(model, ".int8")
     if max_top1_drop is not None or min_agreement is not None:
@@ -287,6 +294,8 @@ def _print_quantize(result: QuantizeResult) -> None:
                 f"{result.speed.fp32_p50_ms:.2f} ms -> {result.speed.int8_p50_ms:.2f} ms ({result.speed.speedup:.2f}x)",
             ]
         ]
+    if result.coverage is not None:
+        click.echo(f"on {result.record['integer_coverage']['provider']}: {result.coverage.describe()}")
     overlap = f", {result.overlap_excluded} dropped as calibration images" if result.overlap_excluded else ""
     click.echo(f"held-out evaluation: {result.evaluation_images} images from {result.evaluation_source}{overlap}")
     click.echo(render.table(["metric", "value"], rows))

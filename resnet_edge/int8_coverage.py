@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from resnet_edge.onnx_graph import COMPUTE_OPS, macs_by_node, module_path
+from resnet_edge.runtime import ExecutedNode
 
 # Kernels that multiply integers: the fused QDQ forms (QLinearConv, QGemm), the integer-accumulate forms
 # (ConvInteger, MatMulInteger) and the contrib ops onnxruntime fuses them into on some platforms.
@@ -50,37 +51,6 @@ _FUSED_SUFFIX = re.compile(r"_token_\d+$")
 _BLOCK = re.compile(r"^(layer\d+\.\d+)(?:\.|$)")
 STEM = "stem"
 HEAD = "head"
-
-
-@dataclass(frozen=True)
-class ExecutedNode:
-    """One kernel onnxruntime ran, as its profiler records it."""
-
-    name: str
-    op_type: str
-    provider: str  # onnxruntime's name, e.g. CPUExecutionProvider
-    input_types: tuple[str, ...] = ()  # element types of the inputs it was fed, e.g. ("uint8", "float", ...)
-    output_shape: tuple[int, ...] = ()  # its first output's shape in that run (NHWC for the NHWC kernels)
-
-    @property
-    def float_input(self) -> bool:
-        return bool(self.input_types) and self.input_types[0] in ("float", "float16", "double", "bfloat16")
-
-
-def executed_nodes_from_profile(events: Sequence[dict]) -> list[ExecutedNode]:
-    """The kernels of the first inference in an onnxruntime profile (its parsed JSON events), in execution order."""
-    seen: dict[str, ExecutedNode] = {}
-    for event in sorted((e for e in events if e.get("cat") == "Node"), key=lambda e: e.get("ts", 0)):
-        name = str(event.get("name", ""))
-        args = event.get("args") or {}
-        if not name.endswith("_kernel_time") or "op_name" not in args:
-            continue
-        name = name.removesuffix("_kernel_time")
-        types = tuple(next(iter(t)) for t in args.get("input_type_shape", []) if isinstance(t, dict) and t)
-        outputs = [next(iter(t.values())) for t in args.get("output_type_shape", []) if isinstance(t, dict) and t]
-        shape = tuple(int(d) for d in outputs[0]) if outputs else ()
-        seen.setdefault(name, ExecutedNode(name, str(args["op_name"]), str(args.get("provider", "")), types, shape))
-    return list(seen.values())
 
 
 @dataclass(frozen=True)
@@ -151,7 +121,7 @@ def integer_coverage(model: onnx.ModelProto, executed: Sequence[ExecutedNode]) -
 
     Args:
         model: the model file the session was opened on (its node names and shapes give each node's MACs).
-        executed: the kernels of one profiled inference (:func:`executed_nodes_from_profile`).
+        executed: the kernels of one profiled inference (``Session.executed``).
     """
     compute_names = [n.name for n in model.graph.node if n.op_type in COMPUTE_OPS or n.op_type in INTEGER_KERNELS]
     by_file_name: dict[str, ExecutedNode] = {}

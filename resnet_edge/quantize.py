@@ -55,6 +55,7 @@ from resnet_edge.metadata import (
 )
 from resnet_edge.onnx_graph import COMPUTE_OPS, graph_input, is_quantized, module_path
 from resnet_edge.parity import Accuracy, Parity, accuracy, compare
+from resnet_edge.int8_coverage import IntegerCoverage, integer_coverage
 from resnet_edge.runtime import Provider, open_session
 
 SMALL_CALIBRATION_SET = 100  # below this many images, ranges are estimated from too few samples: warn
@@ -197,6 +198,8 @@ class QuantizeOptions:
         config: a fully explicit configuration, overriding target, per_channel and format (for benchmarks).
         provider: the execution provider the INT8 model is checked on against FP32 (FP32 runs on the CPU);
             ``strict_ep``: fail when it is missing or takes only part of the compute ops.
+        require_int8: fail (rather than warn) when a Conv/Gemm that was not excluded runs as an FP32 kernel on that
+            provider (integer coverage below 100%); ``strict_ep`` implies it.
     """
 
     calib: str | None = None
@@ -212,6 +215,7 @@ class QuantizeOptions:
     config: QuantConfig | None = None
     provider: Provider = Provider.CPU
     strict_ep: bool = False
+    require_int8: bool = False
 
 
 @dataclass(frozen=True)
@@ -248,6 +252,7 @@ class QuantizeResult:
     speed: SpeedComparison | None
     seconds: float
     record: dict = field(repr=False)
+    coverage: IntegerCoverage | None = None  # integer kernels on the provider checked; None when not observable
 
     @property
     def top1_drop_points(self) -> float | None:
@@ -309,6 +314,8 @@ def quantize_onnx(
         provider=options.provider,
         strict_ep=options.strict_ep,
     )
+    coverage = evaluation.coverage
+    check_integer_coverage(coverage, excluded=fp32_kept, strict=options.require_int8 or options.strict_ep)
     speed = compare_speed(fp32, int8, evaluation.first_image) if options.measure_speed else None
 
     record = {
@@ -337,6 +344,7 @@ def quantize_onnx(
         },
         "excluded_nodes": sorted(excluded),
         "fp32_nodes": fp32_kept,
+        "integer_coverage": coverage_record(coverage, options.provider.value),
         "source_model_sha256": job.fingerprint[0],
         "cpu": {"model": cpu_info().model, **cpu_info().features},
         "versions": _versions(),
@@ -369,6 +377,7 @@ def quantize_onnx(
         speed=speed,
         seconds=time.perf_counter() - started,
         record=record,
+        coverage=coverage,
     )
 
 
@@ -635,6 +644,7 @@ class Evaluation:
     fp32_accuracy: Accuracy | None
     int8_accuracy: Accuracy | None
     first_image: np.ndarray = field(repr=False, metadata={"json": False})
+    coverage: IntegerCoverage | None = None
 
 
 def evaluate_against(
@@ -681,7 +691,44 @@ def evaluate_against(
         fp32_accuracy=accuracy(ref_logits, y) if y is not None else None,
         int8_accuracy=accuracy(cand_logits, y) if y is not None else None,
         first_image=first_image,
+        coverage=integer_coverage(int8, int8_session.executed) if int8_session.executed else None,
     )
+
+
+def check_integer_coverage(coverage: IntegerCoverage | None, *, excluded: Sequence[str], strict: bool) -> None:
+    """Warn, or with ``strict`` fail, when a Conv/Gemm the user did not exclude ran as an FP32 kernel.
+
+    Raises:
+        CheckFailedError: ``strict`` and integer coverage is below 100% of the Conv/Gemm MACs.
+    """
+    if coverage is None:
+        return
+    unexpected = [name for name in coverage.float_compute if name not in set(excluded)]
+    if not unexpected:
+        return
+    message = (
+        f"{coverage.describe()}: {len(unexpected)} Conv/Gemm ran as FP32 kernels between DequantizeLinear and"
+        f" QuantizeLinear on this platform ({', '.join(unexpected[:4])}{', ...' if len(unexpected) > 4 else ''});"
+        " a quantization form its kernels fuse (see --target) runs them in integer"
+    )
+    if strict:
+        raise CheckFailedError(message)
+    warnings.warn(message, ResnetEdgeWarning, stacklevel=3)
+
+
+def coverage_record(coverage: IntegerCoverage | None, provider: str) -> dict | None:
+    """The integer coverage as the calibration record keeps it."""
+    if coverage is None:
+        return None
+    return {
+        "provider": provider,
+        "integer_macs": coverage.integer_macs,
+        "float_macs": coverage.float_macs,
+        "fraction": coverage.fraction,
+        "quantize_nodes": coverage.quantize_nodes,
+        "dequantize_nodes": coverage.dequantize_nodes,
+        "float_compute": coverage.float_compute,
+    }
 
 
 def compare_speed(fp32: onnx.ModelProto, int8: onnx.ModelProto, image: np.ndarray) -> SpeedComparison:

@@ -383,6 +383,60 @@ class Placement:
         return "; ".join(parts)
 
 
+@dataclass(frozen=True)
+class ExecutedNode:
+    """One kernel onnxruntime ran, as its profiler records it (the raw material of the placement audit and of
+    :mod:`resnet_edge.int8_coverage`)."""
+
+    name: str
+    op_type: str
+    provider: str  # onnxruntime's name, e.g. CPUExecutionProvider
+    input_types: tuple[str, ...] = ()  # element types of the inputs it was fed, e.g. ("uint8", "float", ...)
+    output_shape: tuple[int, ...] = ()  # its first output's shape in that run (NHWC for the NHWC kernels)
+
+    @property
+    def float_input(self) -> bool:
+        return bool(self.input_types) and self.input_types[0] in ("float", "float16", "double", "bfloat16")
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "op_type": self.op_type,
+            "provider": self.provider,
+            "input_types": list(self.input_types),
+            "output_shape": list(self.output_shape),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ExecutedNode:
+        return cls(
+            str(data["name"]),
+            str(data["op_type"]),
+            str(data.get("provider", "")),
+            tuple(str(t) for t in data.get("input_types", ())),
+            tuple(int(d) for d in data.get("output_shape", ())),
+        )
+
+
+def executed_nodes_from_profile(events: Sequence[dict]) -> list[ExecutedNode]:
+    """The kernels of the first inference in an onnxruntime profile (its parsed JSON events), in execution order.
+
+    A node that a fusion produced keeps the name of the node it replaced, with a ``_token_N`` suffix.
+    """
+    seen: dict[str, ExecutedNode] = {}
+    for event in sorted((e for e in events if e.get("cat") == "Node"), key=lambda e: e.get("ts", 0)):
+        name = str(event.get("name", ""))
+        args = event.get("args") or {}
+        if not name.endswith("_kernel_time") or "op_name" not in args:
+            continue
+        name = name.removesuffix("_kernel_time")
+        types = tuple(next(iter(t)) for t in args.get("input_type_shape", []) if isinstance(t, dict) and t)
+        outputs = [next(iter(t.values())) for t in args.get("output_type_shape", []) if isinstance(t, dict) and t]
+        shape = tuple(int(d) for d in outputs[0]) if outputs else ()
+        seen.setdefault(name, ExecutedNode(name, str(args["op_name"]), str(args.get("provider", "")), types, shape))
+    return list(seen.values())
+
+
 def placement_from_profile(events: Sequence[dict], requested: str, *, model_nodes: int | None = None) -> Placement:
     """The placement recorded in an onnxruntime profile (the parsed JSON list of events) of one inference.
 
@@ -440,6 +494,7 @@ class Session:
     threads: int | None
     fixed_batch: int | None  # the batch size a model with a fixed batch dimension demands; None when dynamic
     placement: Placement | None = None  # None when not audited (a model whose input shape is not fixed)
+    executed: list[ExecutedNode] = field(default_factory=list)  # the audited inference's kernels, in order
 
     @property
     def fell_back(self) -> bool:
@@ -554,10 +609,10 @@ def open_session(
         raise InputFileError(
             f"{_describe(model)} outputs {outputs[0].shape}; an image classifier outputs (batch, classes) logits"
         )
-    placement = None
+    placement, executed = None, []
     if profile_dir:
         requested = provider.short if not fell_back else short_name(used[0])
-        placement = _audit(session, requested, profile_dir, model_nodes=_node_count(model))
+        placement, executed = _audit(session, requested, profile_dir, model_nodes=_node_count(model))
         if placement is not None and placement.partial and not fell_back and provider.name != "cpu":
             message = f"requested {provider.value} but it left compute ops to another provider: {placement.describe()}"
             if strict:
@@ -573,6 +628,7 @@ def open_session(
         threads=threads,
         fixed_batch=batch_dim if isinstance(batch_dim, int) else None,
         placement=placement,
+        executed=executed,
     )
 
 
@@ -644,8 +700,8 @@ def _tensorrt_options(user: dict[str, str], quantized: bool) -> dict[str, str]:
 
 def _audit(
     session: ort.InferenceSession, requested: str, profile_dir: str, *, model_nodes: int | None
-) -> Placement | None:
-    """Run one profiled inference on zeros, stop profiling, and read the placement from the profile."""
+) -> tuple[Placement | None, list[ExecutedNode]]:
+    """Run one profiled inference on zeros, stop profiling, and read the placement and the kernels from the profile."""
     try:
         feeds = {}
         for i in session.get_inputs():
@@ -655,10 +711,10 @@ def _audit(
         try:
             session.run(None, feeds)
         except Exception:  # a model with symbolic spatial sizes needs real sizes: no audit then
-            return None
+            return None, []
         path = session.end_profiling()
         events = json.loads(Path(path).read_text(encoding="utf-8"))
-        return placement_from_profile(events, requested, model_nodes=model_nodes)
+        return placement_from_profile(events, requested, model_nodes=model_nodes), executed_nodes_from_profile(events)
     finally:
         _remove_profile(profile_dir, session)
 
