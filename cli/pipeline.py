@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
+from resnet_edge.architectures import list_models
 from resnet_edge.cli import render
 from resnet_edge.cli.options import json_option, parse_batches
-from resnet_edge.models import list_models
 
 
 @click.command()
