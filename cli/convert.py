@@ -281,6 +281,10 @@ def _print_quantize(result: QuantizeResult) -> None:
         f"{', reduce_range' if c.reduce_range else ''}; {result.method} calibration ({c.reason})"
     )
     skipped = f", {result.skipped_files} non-image files skipped" if result.skipped_files else ""
+    if result.calibration_source == "builtin:photos":
+        from resnet_edge.quantize import BUNDLED_PHOTOS_NOTE
+
+        skipped += f" ({BUNDLED_PHOTOS_NOTE})"
     click.echo(
         f"calibrated on {result.calibration_images} images from {result.calibration_source}{skipped};"
         f" {result.quantized_nodes} compute nodes quantized, FP32 kept: {', '.join(result.fp32_nodes) or 'none'}"

@@ -47,7 +47,12 @@ def validate(
     else:
         click.echo(
             f"reference: {result.reference}; data: {result.data} ({result.images} images,"
-            f" {'labelled' if result.labelled else 'unlabelled'})"
+            f" {'labelled' if result.labelled else 'unlabelled'}"
+            + (
+                f"; {result.calibration_excluded} left out as calibration images)"
+                if result.calibration_excluded
+                else ")"
+            )
         )
         click.echo(
             render.table(
@@ -138,8 +143,7 @@ def benchmark(
         strict_ep=strict_ep,
         data=data,
     )
-    rounds = (options.rounds or 0) * len(options.providers) * len(options.batch_sizes)
-    with tqdm(total=rounds or None, desc="timing", unit="round", leave=False, disable=as_json) as bar:
+    with tqdm(total=options.total_rounds, desc="timing", unit="round", leave=False, disable=as_json) as bar:
         result = benchmark_models(list(models), options, progress=bar.update)
     if output is not None:
         write_json_atomic(output, to_jsonable(result))

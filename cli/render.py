@@ -70,6 +70,9 @@ def install_warning_printer() -> None:
     warnings.filterwarnings("default", category=ResnetEdgeWarning)
 
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"warning: {message}", file=sys.stderr)
+        # Through tqdm, so a warning raised under a progress bar gets its own line and the bar is redrawn below.
+        from tqdm import tqdm
+
+        tqdm.write(f"warning: {message}", file=sys.stderr)
 
     warnings.showwarning = show

@@ -32,7 +32,7 @@ from resnet_edge import __version__
 from resnet_edge.artifacts import require_file, require_writable_destination, save_onnx, sha256_bytes
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.checkpoints import LoadedModel, build_model, read_checkpoint_metadata
-from resnet_edge.errors import InputFileError, OptionError
+from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
 from resnet_edge.metadata import ModelMetadata, write_props
 from resnet_edge.models import Stem, get_arch
 from resnet_edge.onnx_graph import count_ops, opset_of
@@ -193,6 +193,14 @@ def export_onnx(options: ExportOptions, output: Path | str) -> ExportResult:
     if not low <= requested <= high:
         raise OptionError(f"the {options.exporter.value} exporter writes opsets {low} to {high}, not {requested}")
     loaded, metadata = resolve_export(options)
+    if options.weights is None:
+        warnings.warn(
+            f"{loaded.arch} has random weights (no --weights): outputs are checked against PyTorch, but any"
+            " accuracy figure from this file is meaningless, and agreement thresholds on a random model measure"
+            " noise",
+            ResnetEdgeWarning,
+            stacklevel=2,
+        )
     model_proto = _run_exporter(loaded.model, metadata.preprocessing, options)
 
     opset = opset_of(model_proto)
