@@ -9,6 +9,7 @@ import click
 from resnet_edge import formatting as fmt
 from resnet_edge.architectures import list_models
 from resnet_edge.cli import render
+from resnet_edge.cli.options import json_option
 
 
 @click.command()
@@ -67,6 +68,17 @@ from resnet_edge.cli import render
     type=click.Path(path_type=Path),
     help='TOML file whose keys are these options\' names (batch = "1,8", strict_ep = true); flags win.',
 )
+@click.option(
+    "-o",
+    "--output",
+    "outdir",
+    type=click.Path(path_type=Path),
+    default=Path("resnet-edge-out"),
+    show_default=True,
+    help="Output folder.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@json_option
 def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
     """Export, simplify, quantize, validate and benchmark in one go, and write a report."""
     from resnet_edge.pipeline import FROM_FLAG, StageEvent, load_config, make_config, run_pipeline

@@ -7,6 +7,7 @@ Everything a person reads is derived from the one summary built here (:func:`sum
 from __future__ import annotations
 
 import html
+import math
 import os
 from pathlib import Path
 
@@ -239,7 +240,8 @@ def _facts(report: dict) -> list[tuple[str, str]]:
             (
                 "INT8",
                 f"{q['config']['target']} {q['config']['format']}, activations"
-                f" {q['config']['activation_type']}, per-channel {q['config']['per_channel']};"
+                f" {q['config']['activation_type']}, weights"
+                f" {'per-channel' if q['config']['per_channel'] else 'per-tensor'};"
                 f" {q['method']} calibration on {q['calibration_images']} images from"
                 f" {q['calibration_source']}",
             )
@@ -346,7 +348,8 @@ def _config_rows(report: dict) -> list[tuple[str, str, str]]:
         return str(value)
 
     sources = report.get("config_sources", {})
-    return [(key, text(value), sources.get(key, "")) for key, value in report["config"].items()]
+    rows = [(key, text(value), sources.get(key, "")) for key, value in report["config"].items()]
+    return [(k, "all" if k == "limit" and v == fmt.MISSING else v, src) for k, v, src in rows]
 
 
 def _speedup_note(report: dict) -> str | None:
@@ -373,9 +376,15 @@ def render_html(report: dict) -> str:
     def table(headers: list[str], rows: list[list[str]], css: str = "") -> str:
         # Wide tables scroll sideways inside their box at narrow widths; the page itself never does.
         head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-        body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+        body = "".join(
+            "<tr>"
+            + "".join(f'<td data-label="{esc(h)}">{esc(c)}</td>' for h, c in zip(headers, r, strict=True))
+            + "</tr>"
+            for r in rows
+        )
         inner = f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
-        return f'<div class="scroll"><table class="{css}">{inner}</table></div>'
+        opening = f'<table class="{css}">' if css else "<table>"
+        return f'<div class="scroll">{opening}{inner}</table></div>'
 
     facts = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in _facts(report))
     figures = "".join(
@@ -410,6 +419,13 @@ img {{ width: 100%; height: auto; }} figcaption {{ text-align: center; color: #5
 .note {{ color: #5b6472; font-size: .9rem; }}
 @media (max-width: 760px) {{
   body {{ margin: 1rem auto; font-size: 14px; }}
+  /* The head table becomes one card per variant, each value beside its column name. */
+  table.stack thead {{ display: none; }}
+  table.stack tr {{ display: block; border: 1px solid #e3e7ee; border-radius: 6px; margin-bottom: .6rem;
+                   padding: .3rem .6rem; }}
+  table.stack td {{ display: flex; justify-content: space-between; border: 0; padding: .12rem 0; }}
+  table.stack td::before {{ content: attr(data-label); font-weight: 600; color: #5b6472; padding-right: 1rem; }}
+  table.stack td:first-child {{ font-weight: 600; }}
   dl {{ grid-template-columns: 1fr; gap: 0 0; }} dd {{ margin-bottom: .5rem; }}
 }}
 </style></head>
@@ -417,7 +433,7 @@ img {{ width: 100%; height: auto; }} figcaption {{ text-align: center; color: #5
 <h1>resnet-edge report</h1>
 <p><span class="status {status_class}">{esc(report["status"])}</span>
  &nbsp;resnet-edge {esc(report["resnet_edge"])}</p>
-{table(headers, rows)}
+{table(headers, rows, "stack")}
 {f'<p class="note">{esc(note)}</p>' if note else ""}
 <dl>{facts}</dl>
 {f'<h2>Plots</h2><div class="figures">{figures}</div>' if figures else ""}
@@ -513,7 +529,10 @@ def _latency_axis(axis: object, low: float, high: float, set_scale: object) -> N
     label = FuncFormatter(lambda value, _: fmt.axis_ms(value))
     if high >= 3 * low > 0:
         set_scale("log")
-        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        decades = math.log10(high / low)
+        # Fewer labelled ticks per decade as the axis spans more decades, so the labels never collide.
+        subs = (1.0, 2.0, 5.0) if decades <= 1.5 else (1.0, 3.0) if decades <= 2.5 else (1.0,)
+        axis.set_major_locator(LogLocator(base=10, subs=subs))
         axis.set_major_formatter(label)
         axis.set_minor_formatter(NullFormatter())
     else:
