@@ -26,7 +26,15 @@ from resnet_edge.artifacts import current_umask
 from resnet_edge.benchmark import BenchmarkOptions, BenchmarkResult, benchmark_models
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeError, ResnetEdgeWarning, StageError
 from resnet_edge.export import DEFAULT_OPSET, ExportOptions, ExportResult, export_onnx
-from resnet_edge.quantize import Format, Method, QuantizeOptions, QuantizeResult, Target, quantize_onnx
+from resnet_edge.quantize import (
+    BUNDLED_PHOTOS_NOTE,
+    Format,
+    Method,
+    QuantizeOptions,
+    QuantizeResult,
+    Target,
+    quantize_onnx,
+)
 from resnet_edge.runtime import parse_providers
 from resnet_edge.simplify import SimplifyResult, simplify_onnx
 from resnet_edge.validate import Reference, ValidateOptions, ValidateResult, validate_models
@@ -406,7 +414,9 @@ def _run_stages(
             q = result.quantize
             summary.append(
                 f"{FILES['quantize']}: {q.config.target.value} {q.config.format.value}, calibrated on"
-                f" {q.calibration_images} images, top-1 agreement with FP32"
+                f" {q.calibration_images} images"
+                f"{f' ({BUNDLED_PHOTOS_NOTE})' if q.calibration_source == 'builtin:photos' else ''},"
+                " top-1 agreement with FP32"
                 f" {fmt.percent(q.parity.top1_agreement)} on {q.evaluation_images} held-out images"
             )
         models.append(out / FILES["quantize"])

@@ -7,7 +7,6 @@ into a pass or fail, so ``resnet-edge validate`` can gate a deployment.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from resnet_edge.metadata import (
     ModelMetadata,
     preprocessing_for,
     read_metadata,
-    read_props,
+    read_record,
     static_input_shape,
 )
 from resnet_edge.onnx_graph import is_quantized
@@ -249,10 +248,8 @@ def calibration_hashes(protos: Iterable[onnx.ModelProto]) -> set[str]:
     """SHA-256 of every image a quantized model records it was calibrated on (resnet-edge's quantization record)."""
     hashes: set[str] = set()
     for proto in protos:
-        record = read_props(proto).get(QUANTIZATION_KEY)
-        if record:
-            files = json.loads(record).get("calibration", {}).get("files", [])
-            hashes.update(f["sha256"] for f in files if "sha256" in f)
+        record = read_record(proto, QUANTIZATION_KEY) or {}
+        hashes.update(f["sha256"] for f in record.get("calibration", {}).get("files", []))
     return hashes
 
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from resnet_edge import pipeline as pipeline_module
 from resnet_edge.cli.main import main
-from resnet_edge.errors import InputFileError, OptionError, StageError
+from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning, StageError
 from resnet_edge.pipeline import PipelineConfig, load_config, option_keys, run_pipeline
 
 SMALL = dict(iterations=5, warmup=1, batch_sizes=(1, 4), threads=1)
@@ -257,3 +257,17 @@ def test_the_current_folder_is_never_an_outdir(tmp_path: Path, monkeypatch: pyte
     monkeypatch.chdir(tmp_path)
     with pytest.raises(OptionError, match="holds the current folder"):
         run_pipeline(PipelineConfig(**SMALL), ".")
+
+
+def test_random_weights_are_said_out_loud(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def stop(*args: object, **kwargs: object) -> None:
+        raise InputFileError("stopped here on purpose")
+
+    monkeypatch.setattr(pipeline_module, "export_onnx", stop)
+    with (
+        pytest.warns(ResnetEdgeWarning, match="resnet20 has random weights .* seed 3.* measure noise"),
+        pytest.raises(StageError, match="stopped here"),
+    ):
+        run_pipeline(PipelineConfig(**SMALL, arch="resnet20", seed=3), tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["config"]["weights"] == "random init (seed 3)"
