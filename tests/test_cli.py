@@ -51,8 +51,10 @@ def test_export_simplify_inspect_round_trip(tmp_path: Path) -> None:
 
 
 def test_export_json(tmp_path: Path) -> None:
-    data = json.loads(run("export", "--arch", "resnet20", "--batch", "2", "-o", tmp_path / "m.onnx", "--json").output)
+    result = run("export", "--arch", "resnet20", "--batch", "2", "-o", tmp_path / "m.onnx", "--json")
+    data = json.loads(result.stdout)  # stdout is JSON alone; the random-weights warning goes to stderr
     assert data["input_shape"] == [2, 3, 32, 32] and data["parity"]["2"]["top1_agreement"] == 1.0
+    assert result.stderr.count("random weights") == 1
 
 
 @pytest.mark.parametrize(
