@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING
 
 import click
 
+from resnet_edge import formatting as fmt
+from resnet_edge.architectures import Variant, list_models
 from resnet_edge.cli import render
 from resnet_edge.cli.options import derived_path, json_option, parse_batch, parse_provider_list
-from resnet_edge.models import Variant, list_models
 
 if TYPE_CHECKING:  # annotations only: the commands import the library lazily, so --help stays fast
     from resnet_edge.mixed_precision import MixedPrecisionResult
@@ -28,20 +29,43 @@ if TYPE_CHECKING:  # annotations only: the commands import the library lazily, s
 )
 @click.option("--input-size", type=int, help="Input side in pixels; default: the checkpoint's, else 224 / 32.")
 @click.option(
-    "--opset", type=int, default=None, help="ONNX opset (refused if the exporter cannot write it). [default: 17]"
+    "--opset",
+    type=int,
+    default=None,
+    help="ONNX opset (refused if the exporter cannot write it). [default: the exporter's: 17 torchscript, 18 dynamo]",
 )
 @click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
+@click.option(
+    "--fold-bn/--keep-bn",
+    default=True,
+    show_default=True,
+    help="Fold each BatchNorm into its Conv at export (a file ready to deploy as it is), or keep every"
+    " BatchNormalization node (the graph as PyTorch has it, for 'simplify' to fold and prove; the pipeline"
+    " exports this way). Both are checked against PyTorch in eval mode.",
+)
 @click.option(
     "--labels", "labels_file", type=click.Path(path_type=Path), help="Text file with one class name per line."
 )
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file. [default: model.onnx]")
 @json_option
 def export(
-    arch, weights, num_classes, in_chans, variant, input_size, opset, batch, exporter, labels_file, output, as_json
+    arch,
+    weights,
+    num_classes,
+    in_chans,
+    variant,
+    input_size,
+    opset,
+    batch,
+    exporter,
+    fold_bn,
+    labels_file,
+    output,
+    as_json,
 ) -> None:
     """Export a ResNet to ONNX, verified against PyTorch at batch 1 and another batch size."""
-    from resnet_edge.export import DEFAULT_OPSET, Exporter, ExportOptions, export_onnx, read_labels_file
+    from resnet_edge.export import Exporter, ExportOptions, export_onnx, read_labels_file
 
     options = ExportOptions(
         arch=arch,
@@ -50,10 +74,11 @@ def export(
         in_chans=in_chans,
         variant=variant,
         input_size=input_size,
-        opset=opset or DEFAULT_OPSET,
+        opset=opset,
         batch=parse_batch(batch),
         exporter=Exporter(exporter),
         labels=read_labels_file(labels_file) if labels_file else None,
+        fold_bn=fold_bn,
     )
     result = export_onnx(options, output or Path("model.onnx"))
     if as_json:
@@ -61,13 +86,14 @@ def export(
     click.echo(
         f"wrote {result.output} ({render.size(result.file_bytes)}): {result.arch} ({result.variant}),"
         f" {result.num_classes} classes, input {list(result.input_shape)}, opset {result.opset},"
-        f" {result.exporter} exporter"
+        f" {result.exporter} exporter, BatchNormalization nodes {result.batch_norm_nodes}"
+        f" ({'folded into Conv' if fold_bn else 'kept'})"
     )
     click.echo(
         render.table(
             ["batch", "max abs error", "cosine", "top-1 agreement", "vs PyTorch"],
             [
-                [size, p.max_abs_error, p.min_cosine, render.percent(p.top1_agreement), "ok"]
+                [size, fmt.error(p.max_abs_error), fmt.cosine(p.min_cosine), fmt.percent(p.top1_agreement), "ok"]
                 for size, p in result.parity.items()
             ],
         )
@@ -93,7 +119,7 @@ def simplify(model, output, allow_unfolded_bn, timeout_s, as_json) -> None:
         return render.emit_json(result)
     click.echo(
         f"wrote {result.output} ({render.size(result.bytes_after)}) with onnxsim {result.onnxsim_version}"
-        f" in {result.seconds:.1f} s"
+        f" in {fmt.seconds(result.seconds)}"
     )
     click.echo(
         f"BatchNormalization: {result.batch_norm_before} before, {len(result.batch_norm_remaining)} after"
@@ -110,7 +136,10 @@ def simplify(model, output, allow_unfolded_bn, timeout_s, as_json) -> None:
     click.echo(
         render.table(
             ["batch", "max abs error", "top-1 agreement", "vs input"],
-            [[size, p.max_abs_error, render.percent(p.top1_agreement), "ok"] for size, p in result.parity.items()],
+            [
+                [size, fmt.error(p.max_abs_error), fmt.percent(p.top1_agreement), "ok"]
+                for size, p in result.parity.items()
+            ],
         )
     )
 
@@ -270,6 +299,10 @@ def _print_quantize(result: QuantizeResult) -> None:
         f"{', reduce_range' if c.reduce_range else ''}; {result.method} calibration ({c.reason})"
     )
     skipped = f", {result.skipped_files} non-image files skipped" if result.skipped_files else ""
+    if result.calibration_source == "builtin:photos":
+        from resnet_edge.quantize import BUNDLED_PHOTOS_NOTE
+
+        skipped += f" ({BUNDLED_PHOTOS_NOTE})"
     click.echo(
         f"calibrated on {result.calibration_images} images from {result.calibration_source}{skipped};"
         f" {result.quantized_nodes} compute nodes quantized, FP32 kept: {', '.join(result.fp32_nodes) or 'none'}"
@@ -277,8 +310,8 @@ def _print_quantize(result: QuantizeResult) -> None:
     p = result.parity
     rows = [
         ["top-1 agreement with FP32", render.percent(p.top1_agreement)],
-        ["logit cosine (mean)", f"{p.cosine:.5f}"],
-        ["max abs logit error", f"{p.max_abs_error:.4g}"],
+        ["logit cosine (mean)", fmt.cosine(p.cosine)],
+        ["max abs logit error", fmt.error(p.max_abs_error)],
     ]
     if result.fp32_accuracy and result.int8_accuracy:
         rows += [
@@ -291,7 +324,8 @@ def _print_quantize(result: QuantizeResult) -> None:
         rows += [
             [
                 "latency p50 FP32 -> INT8 (batch 1)",
-                f"{result.speed.fp32_p50_ms:.2f} ms -> {result.speed.int8_p50_ms:.2f} ms ({result.speed.speedup:.2f}x)",
+                f"{fmt.ms(result.speed.fp32_p50_ms, unit=True)} -> {fmt.ms(result.speed.int8_p50_ms, unit=True)}"
+                f" ({fmt.ratio(result.speed.speedup)})",
             ]
         ]
     if result.coverage is not None:
@@ -316,9 +350,9 @@ def _print_mixed_precision(mixed: MixedPrecisionResult, model: Path, output: Pat
                 len(s.fp32_nodes),
                 render.percent(s.top1_agreement),
                 render.percent(s.int8_top1) if s.int8_top1 is not None else "-",
-                s.top1_drop_points,
-                s.p50_ms,
-                f"{s.speedup:.2f}x" if s.speedup else "-",
+                fmt.points(s.top1_drop_points),
+                fmt.ms(s.p50_ms),
+                fmt.ratio(s.speedup),
                 "yes" if s.met else "no",
             ]
         )
@@ -332,7 +366,7 @@ def _print_mixed_precision(mixed: MixedPrecisionResult, model: Path, output: Pat
                 "INT8 top-1",
                 "drop (pts)",
                 "p50 ms",
-                "vs FP32",
+                fmt.SPEEDUP_COLUMN,
                 "target met",
             ],
             rows,
@@ -340,7 +374,7 @@ def _print_mixed_precision(mixed: MixedPrecisionResult, model: Path, output: Pat
     )
     if mixed.fp32_p50_ms is not None:
         click.echo(
-            f"FP32 p50 {mixed.fp32_p50_ms:.3f} ms, timed side by side with every step (batch 1,"
+            f"FP32 p50 {fmt.ms(mixed.fp32_p50_ms, unit=True)}, timed side by side with every step (batch 1,"
             f" {mixed.timing_iterations} rounds)"
         )
     click.echo("reproduce: " + _quantize_command(model, output, options, mixed.exclude))

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
+from resnet_edge import formatting as fmt
+from resnet_edge.architectures import list_models
 from resnet_edge.cli import render
 from resnet_edge.cli.options import json_option, parse_batches, parse_provider_list, providers_option
-from resnet_edge.models import list_models
 
 
 @click.command()
@@ -51,7 +52,12 @@ def validate(
     else:
         click.echo(
             f"reference: {result.reference}; data: {result.data} ({result.images} images,"
-            f" {'labelled' if result.labelled else 'unlabelled'})"
+            f" {'labelled' if result.labelled else 'unlabelled'}"
+            + (
+                f"; {result.calibration_excluded} left out as calibration images)"
+                if result.calibration_excluded
+                else ")"
+            )
         )
         click.echo(
             render.table(
@@ -75,15 +81,15 @@ def validate(
                         r.model,
                         r.provider,
                         r.ran_on + (" (fallback)" if r.fell_back else ""),
-                        r.parity.max_abs_error,
-                        r.parity.mean_abs_error,
-                        r.parity.cosine,
-                        render.percent(r.parity.top1_agreement),
-                        render.percent(r.parity.top5_overlap),
-                        r.parity.kl_divergence,
-                        render.percent(r.accuracy.top1) if r.accuracy else "-",
-                        render.percent(r.reference_accuracy.top1) if r.reference_accuracy else "-",
-                        r.top1_drop_points,
+                        fmt.error(r.parity.max_abs_error),
+                        fmt.error(r.parity.mean_abs_error),
+                        fmt.cosine(r.parity.cosine),
+                        fmt.percent(r.parity.top1_agreement),
+                        fmt.percent(r.parity.top5_overlap),
+                        fmt.error(r.parity.kl_divergence),
+                        fmt.percent(r.accuracy.top1) if r.accuracy else fmt.MISSING,
+                        fmt.percent(r.reference_accuracy.top1) if r.reference_accuracy else fmt.MISSING,
+                        fmt.points(r.top1_drop_points),
                         "pass" if r.passed else "FAIL",
                     ]
                     for r in result.rows
@@ -148,8 +154,7 @@ def benchmark(
         strict_ep=strict_ep,
         data=data,
     )
-    rounds = (options.rounds or 0) * len(options.providers) * len(options.batch_sizes)
-    with tqdm(total=rounds or None, desc="timing", unit="round", leave=False, disable=as_json) as bar:
+    with tqdm(total=options.total_rounds, desc="timing", unit="round", leave=False, disable=as_json) as bar:
         result = benchmark_models(list(models), options, progress=bar.update)
     if output is not None:
         write_json_atomic(output, to_jsonable(result))
@@ -158,7 +163,7 @@ def benchmark(
     cpu = result.environment.cpu
     click.echo(
         f"{cpu.model}, {cpu.logical_cores} cores ({', '.join(k for k, v in cpu.features.items() if v)});"
-        f" {result.threads} threads; {', '.join(f'{k}: {v}' for k, v in result.io.items())}"
+        f" {fmt.count(result.threads, 'thread')}; {', '.join(f'{k}: {v}' for k, v in result.io.items())}"
     )
     click.echo(
         render.table(
@@ -169,15 +174,15 @@ def benchmark(
                 "batch",
                 "cold ms",
                 "mean ms",
-                "std",
-                "min",
-                "p50",
-                "p90",
-                "p99",
-                "max",
+                "std ms",
+                "min ms",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "max ms",
                 "img/s",
-                "cv",
-                "x first",
+                "CV",
+                fmt.SPEEDUP_COLUMN,
             ],
             [
                 [
@@ -185,29 +190,34 @@ def benchmark(
                     r.provider,
                     r.ran_on,
                     r.batch,
-                    r.cold_start_ms,
+                    fmt.ms(r.cold_start_ms),
                     *(
                         [
-                            r.latency.mean_ms,
-                            r.latency.std_ms,
-                            r.latency.min_ms,
-                            r.latency.p50_ms,
-                            r.latency.p90_ms,
-                            r.latency.p99_ms,
-                            r.latency.max_ms,
-                            r.latency.throughput,
-                            r.latency.cv,
+                            *(
+                                fmt.ms(v)
+                                for v in (
+                                    r.latency.mean_ms,
+                                    r.latency.std_ms,
+                                    r.latency.min_ms,
+                                    r.latency.p50_ms,
+                                    r.latency.p90_ms,
+                                    r.latency.p99_ms,
+                                    r.latency.max_ms,
+                                )
+                            ),
+                            fmt.throughput(r.latency.throughput),
+                            fmt.cv(r.latency.cv),
                         ]
                         if r.latency
-                        else ["-"] * 9
+                        else [fmt.MISSING] * 9
                     ),
-                    f"{r.speedup:.2f}x" if r.speedup else (r.skipped or "-"),
+                    fmt.ratio(r.speedup) if r.speedup else (r.skipped or fmt.MISSING),
                 ]
                 for r in result.rows
             ],
         )
     )
-    click.echo("x first: the first model's p50 divided by this row's p50 (higher is faster)")
+    click.echo(f"{fmt.SPEEDUP_COLUMN}: the first model's p50 divided by this row's (higher is faster)")
     render.placements((r.model, r.provider, r.placement) for r in result.rows if r.batch == result.rows[0].batch)
 
 

@@ -6,33 +6,71 @@ from pathlib import Path
 
 import click
 
+from resnet_edge import formatting as fmt
+from resnet_edge.architectures import list_models
 from resnet_edge.cli import render
-from resnet_edge.cli.options import json_option, parse_batches
-from resnet_edge.models import list_models
+from resnet_edge.cli.options import json_option
 
 
 @click.command()
 @click.option("--arch", type=click.Choice(list_models()), help="Architecture. [default: the built-in digits resnet20]")
-@click.option("--weights", help="Checkpoint or builtin:NAME. [default: builtin:digits-resnet20 unless --arch]")
-@click.option("--variant", type=click.Choice(["residual", "plain", "preact"]))
-@click.option("--num-classes", type=int)
-@click.option("--input-size", type=int)
+@click.option(
+    "--weights",
+    help="Checkpoint (.pt, .pth, .safetensors) or builtin:NAME. [default: builtin:digits-resnet20 unless --arch;"
+    " with --arch alone: random weights drawn with --seed]",
+)
+@click.option(
+    "--variant",
+    type=click.Choice(["residual", "plain", "preact"]),
+    help="Block design: residual, plain (skips off) or preact. [default: the checkpoint's, else residual]",
+)
+@click.option("--num-classes", type=int, help="Output classes. [default: the checkpoint's, else 1000 / 10]")
+@click.option("--input-size", type=int, help="Input side in pixels. [default: the checkpoint's, else 224 / 32]")
+@click.option("--opset", type=int, help="ONNX opset to export. [default: 17]")
 @click.option("--calib", help="Calibration images. [default: the model's built-in calibration split / photos]")
-@click.option("--data", help="Validation images. [default: the model's built-in test split / photos]")
+@click.option(
+    "--data",
+    help="Validation images; any image also used for calibration is left out. [default: the model's built-in"
+    " test split / photos]",
+)
 @click.option(
     "--providers",
     help="Comma-separated: cpu, cuda, tensorrt, openvino, ep:NAME; options as name[k=v;k=v]. [default: cpu]",
 )
 @click.option("--strict-ep", is_flag=True, default=None, help="Fail instead of falling back to cpu.")
 @click.option("--int8/--no-int8", default=None, help="Quantize to INT8. [default: yes]")
-@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]))
-@click.option("--target", type=click.Choice(["auto", "x86-vnni", "x86-avx2", "arm64", "gpu-tensorrt"]))
-@click.option("--limit", type=int, help="Calibration images to draw.")
-@click.option("--batch", "batch_sizes", help="Benchmark batch sizes, comma-separated. [default: 1,8]")
+@click.option(
+    "--method",
+    type=click.Choice(["minmax", "entropy", "percentile"]),
+    help="How calibration turns activations into ranges. [default: minmax]",
+)
+@click.option(
+    "--target",
+    type=click.Choice(["auto", "x86-vnni", "x86-avx2", "arm64", "gpu-tensorrt"]),
+    help="Hardware to choose the INT8 configuration for; auto reads this CPU. [default: auto]",
+)
+@click.option("--per-channel/--per-tensor", default=None, help="INT8 weight granularity. [default: the target's]")
+@click.option("--format", type=click.Choice(["qdq", "qoperator"]), help="INT8 graph format. [default: the target's]")
+@click.option("--limit", type=int, help="Calibration images to draw (with --seed). [default: all]")
+@click.option("--seed", type=int, help="Seed for the calibration subset and for random weights. [default: 0]")
+@click.option("--batch", help="Benchmark batch sizes, comma-separated. [default: 1,8]")
 @click.option("--iterations", type=int, help="Benchmark rounds. [default: 50]")
+@click.option("--warmup", type=int, help="Untimed benchmark rounds first. [default: 5]")
 @click.option("--threads", type=int, help="Intra-op threads. [default: all cores]")
-@click.option("--allow-unfolded-bn", is_flag=True, default=None, help="Keep BatchNorms with no conv to fold into.")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML file with any of these options.")
+@click.option(
+    "--torch-eager/--no-torch-eager",
+    default=None,
+    help="Also time the PyTorch model (the slowest phase; --no-torch-eager skips it). [default: yes]",
+)
+@click.option(
+    "--allow-unfolded-bn", is_flag=True, default=None, help="Keep BatchNorms with no conv to fold into (preact)."
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    help='TOML file whose keys are these options\' names (batch = "1,8", strict_ep = true); flags win.',
+)
 @click.option(
     "-o",
     "--output",
@@ -46,12 +84,10 @@ from resnet_edge.models import list_models
 @json_option
 def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
     """Export, simplify, quantize, validate and benchmark in one go, and write a report."""
-    from resnet_edge.pipeline import StageEvent, load_config, make_config, run_pipeline
+    from resnet_edge.pipeline import FROM_FLAG, StageEvent, load_config, make_config, run_pipeline
 
-    if options["batch_sizes"] is not None:
-        options["batch_sizes"] = parse_batches(options["batch_sizes"])
     given = {k: v for k, v in options.items() if v is not None}
-    config = load_config(config_file, **given) if config_file else make_config(given)
+    config = load_config(config_file, **given) if config_file else make_config(given, source=FROM_FLAG)
 
     def show(event: StageEvent) -> None:
         if as_json:
@@ -59,9 +95,9 @@ def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
         if event.status == "start":
             click.echo(f"[{event.stage}] running ...", err=True)
         elif event.status == "done":
-            click.echo(f"[{event.stage}] done in {event.seconds:.1f} s: {event.summary}")
+            click.echo(f"[{event.stage}] done in {fmt.seconds(event.seconds)}: {event.summary}")
         else:
-            click.echo(f"[{event.stage}] failed after {event.seconds:.1f} s", err=True)
+            click.echo(f"[{event.stage}] failed after {fmt.seconds(event.seconds)}", err=True)
 
     result = run_pipeline(config, outdir, overwrite=overwrite, on_event=show, progress=not as_json)
     if as_json:
@@ -73,17 +109,17 @@ def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
     rows = summarize(result)["rows"]
     click.echo(
         render.table(
-            ["variant", "size", "top-1 agree", "accuracy", "p50 ms", "p99 ms", "img/s", "speed-up", "ran on"],
+            ["variant", "size", "top-1 agree", "accuracy", "p50 ms", "p99 ms", "img/s", fmt.SPEEDUP_COLUMN, "ran on"],
             [
                 [
                     r["variant"],
-                    render.size(r["size_bytes"]) if r["size_bytes"] else "-",
-                    render.percent(r["top1_agreement"]),
-                    render.percent(r["accuracy"]),
-                    r["p50_ms"],
-                    r["p99_ms"],
-                    r["throughput"],
-                    f"{r['speedup_vs_onnx_fp32']:.2f}x" if r["speedup_vs_onnx_fp32"] else "-",
+                    fmt.size(r["size_bytes"]),
+                    fmt.percent(r["top1_agreement"]),
+                    fmt.percent(r["accuracy"]),
+                    fmt.ms(r["p50_ms"]),
+                    fmt.ms(r["p99_ms"]),
+                    fmt.throughput(r["throughput"]),
+                    fmt.ratio(r["speedup_vs_onnx_fp32"]),
                     r["ran_on"],
                 ]
                 for r in rows

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import warnings
 from collections.abc import Iterable, Sequence
 
 import click
 
+from resnet_edge import formatting
 from resnet_edge.errors import ResnetEdgeWarning
 from resnet_edge.jsonable import to_jsonable
 
@@ -31,13 +33,20 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
 
 
+# A number already formatted by resnet_edge.formatting (``1.33×``, ``99.24%``, ``347.6 KiB``) or a missing one.
+_FORMATTED_NUMBER = re.compile(r"[-–]|[-+]?[\d,]*\.?\d+(e[-+]?\d+)?( ?(%|×|ms|s|B|KiB|MiB|GiB))?")
+
+
 def _is_number(value: object) -> bool:
+    if isinstance(value, str):
+        return _FORMATTED_NUMBER.fullmatch(value) is not None
     return (isinstance(value, (int, float)) and not isinstance(value, bool)) or value is None
 
 
 def _cell(value: object) -> str:
+    # Callers format their numbers with resnet_edge.formatting (the same as the report); this is the fallback.
     if value is None:
-        return "-"
+        return formatting.MISSING
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -47,16 +56,8 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def size(num_bytes: float) -> str:
-    for unit in ("B", "KiB", "MiB"):
-        if num_bytes < 1024:
-            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
-        num_bytes /= 1024
-    return f"{num_bytes:.2f} GiB"
-
-
-def percent(fraction: float | None) -> str:
-    return "-" if fraction is None or math.isnan(fraction) else f"{100 * fraction:.2f}%"
+size = formatting.size
+percent = formatting.percent
 
 
 def ops_line(counts: dict[str, int]) -> str:
@@ -79,6 +80,9 @@ def install_warning_printer() -> None:
     warnings.filterwarnings("default", category=ResnetEdgeWarning)
 
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"warning: {message}", file=sys.stderr)
+        # Through tqdm, so a warning raised under a progress bar gets its own line and the bar is redrawn below.
+        from tqdm import tqdm
+
+        tqdm.write(f"warning: {message}", file=sys.stderr)
 
     warnings.showwarning = show

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from resnet_edge import formatting as fmt
 from resnet_edge.artifacts import load_onnx, sha256_file
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import default_test_images, iter_batches, open_source
@@ -166,6 +167,16 @@ class BenchmarkOptions:
             return DEFAULT_ITERATIONS
         return self.iterations
 
+    @property
+    def total_rounds(self) -> int | None:
+        """Timed rounds in the whole run, PyTorch eager's phase included (a progress bar's total)."""
+        if self.rounds is None:
+            return None
+        phases = len(self.providers) * len(self.batch_sizes)
+        if self.torch_reference and Provider.CPU in self.providers:
+            phases += len(self.batch_sizes)
+        return self.rounds * phases
+
 
 @dataclass(frozen=True)
 class BenchmarkRow:
@@ -203,7 +214,8 @@ def benchmark_models(
 
     Args:
         models: ONNX files; ratios are taken against the first.
-        progress: called with the number of timed rounds done (a progress bar's update).
+        progress: called with the number of timed rounds done (a progress bar's update), PyTorch's included:
+            ``options.total_rounds`` calls in all.
 
     Raises:
         OptionError: no models, a bad batch size, iteration count, duration or thread count.
@@ -270,7 +282,7 @@ def benchmark_models(
             times = time_interleaved(runners, **timing)
             if torch_runner is not None and provider.name == "cpu":
                 labels.append("pytorch")  # its own phase (module docstring), fed as the first model is
-                times += time_interleaved([torch_runner(images(str(models[0]), batch))], **timing | {"on_round": None})
+                times += time_interleaved([torch_runner(images(str(models[0]), batch))], **timing)
             stats = {label: latency_stats(t, batch) for label, t in zip(labels, times, strict=True)}
             first = stats[labels[0]].p50_ms if labels and labels[0] == str(models[0]) else None
             for label in labels:
@@ -293,7 +305,7 @@ def benchmark_models(
                 )
                 if s.noisy:
                     warnings.warn(
-                        f"{Path(label).name} on {provider.value} at batch {batch} varied by {s.cv:.0%} (CV);"
+                        f"{Path(label).name} on {provider.value} at batch {batch} varied by {fmt.cv(s.cv)} (CV);"
                         " the machine was busy, treat these numbers with care",
                         ResnetEdgeWarning,
                         stacklevel=2,

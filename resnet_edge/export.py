@@ -7,6 +7,12 @@ residual blocks. The dynamo exporter is available with ``exporter="dynamo"`` (ne
 
 Nothing is written until the exported graph has been run under onnxruntime, at batch 1 and at a second batch size
 when the batch is dynamic, and matched PyTorch within float32 tolerance.
+
+BatchNorm: by default (``fold_bn=True``) the exporter folds each eval-mode BatchNormalization into the Conv before it,
+so a file meant to be deployed as it is carries no BN node. ``fold_bn=False`` keeps every BatchNormalization node
+(constant folding off, as PyTorch has the graph), for a flow whose next step folds them and proves it: the
+pipeline exports that way, so ``simplify`` shows the fold it makes and checks (``BatchNormalization 19 -> 0`` on
+resnet20). Either file is checked against PyTorch in eval mode before it is written.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from resnet_edge import __version__
 from resnet_edge.artifacts import require_file, require_writable_destination, save_onnx, sha256_bytes
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.checkpoints import LoadedModel, build_model, read_checkpoint_metadata
-from resnet_edge.errors import InputFileError, OptionError
+from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
 from resnet_edge.metadata import ModelMetadata, write_props
 from resnet_edge.models import Stem, get_arch
 from resnet_edge.onnx_graph import count_ops, opset_of
@@ -36,6 +42,8 @@ from resnet_edge.runtime import open_session
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 17  # supported by every runtime our users deploy to (onnxruntime, TensorRT 8.6+, OpenVINO)
+# The opset each exporter writes when the user names none: the dynamo exporter cannot write DEFAULT_OPSET.
+DEFAULT_OPSETS = {"torchscript": DEFAULT_OPSET, "dynamo": 18}
 # What each exporter can write; outside these ranges we refuse rather than let the exporter change the opset.
 _OPSET_RANGE = {"torchscript": (11, 20), "dynamo": (18, 23)}
 
@@ -55,11 +63,13 @@ class ExportOptions:
         num_classes, in_chans: default to the checkpoint's, else the arch's.
         variant: residual, plain or preact; the checkpoint's, else residual.
         input_size: side of the square input; the checkpoint's, else 224 (ImageNet stem) or 32 (small stem).
-        opset: ONNX opset; refused if the exporter cannot write exactly this one.
+        opset: ONNX opset; refused if the exporter cannot write exactly this one. None: the exporter's default
+            (17 for TorchScript, 18 for dynamo, see ``DEFAULT_OPSETS``).
         batch: a fixed batch size, or None for a dynamic batch dimension.
         exporter: torchscript or dynamo.
         preprocessing: overrides the preprocessing recorded in the file.
         labels: class names, one per class.
+        fold_bn: fold BatchNormalization into the preceding Conv at export (True), or keep every BN node (False).
     """
 
     arch: str | None = None
@@ -68,11 +78,17 @@ class ExportOptions:
     in_chans: int | None = None
     variant: str | None = None
     input_size: int | None = None
-    opset: int = DEFAULT_OPSET
+    opset: int | None = None
     batch: int | None = None
     exporter: Exporter = Exporter.TORCHSCRIPT
     preprocessing: PreprocessSpec | None = None
     labels: tuple[str, ...] | None = None
+    fold_bn: bool = True
+
+    @property
+    def resolved_opset(self) -> int:
+        """The opset to write: the one asked for, else the exporter's default."""
+        return self.opset if self.opset is not None else DEFAULT_OPSETS[Exporter(self.exporter).value]
 
 
 @dataclass(frozen=True)
@@ -173,16 +189,23 @@ def export_onnx(options: ExportOptions, output: Path | str) -> ExportResult:
     if options.batch is not None and options.batch < 1:
         raise OptionError(f"batch must be 'dynamic' or at least 1, got {options.batch}")
     low, high = _OPSET_RANGE[options.exporter.value]
-    if not low <= options.opset <= high:
-        raise OptionError(f"the {options.exporter.value} exporter writes opsets {low} to {high}, not {options.opset}")
+    requested = options.resolved_opset
+    if not low <= requested <= high:
+        raise OptionError(f"the {options.exporter.value} exporter writes opsets {low} to {high}, not {requested}")
     loaded, metadata = resolve_export(options)
+    if options.weights is None:
+        warnings.warn(
+            f"{loaded.arch} has random weights (no --weights): outputs are checked against PyTorch, but any"
+            " accuracy figure from this file is meaningless, and agreement thresholds on a random model measure"
+            " noise",
+            ResnetEdgeWarning,
+            stacklevel=2,
+        )
     model_proto = _run_exporter(loaded.model, metadata.preprocessing, options)
 
     opset = opset_of(model_proto)
-    if opset != options.opset:
-        raise OptionError(
-            f"the {options.exporter.value} exporter wrote opset {opset}, not the requested {options.opset}"
-        )
+    if opset != requested:
+        raise OptionError(f"the {options.exporter.value} exporter wrote opset {opset}, not the requested {requested}")
     metadata.provenance = {
         "exporter": options.exporter.value,
         "torch": torch.__version__,
@@ -227,18 +250,23 @@ def _run_exporter(model: torch.nn.Module, spec: PreprocessSpec, options: ExportO
                 (example,),
                 buffer,
                 dynamo=False,
-                opset_version=options.opset,
+                opset_version=options.resolved_opset,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
                 dynamic_axes=None if options.batch else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                do_constant_folding=True,  # folds eval-mode BatchNorm into the preceding Conv
+                # Constant folding is what folds eval-mode BatchNorm into the preceding Conv; off, every BN stays
+                # (as an inference-mode BatchNormalization node: the graph is still the eval-mode model).
+                do_constant_folding=options.fold_bn,
                 training=torch.onnx.TrainingMode.EVAL,
             )
         return onnx.load_from_string(buffer.getvalue())
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter's dependency; fail with a clear message)
     except ImportError:
-        raise OptionError("the dynamo exporter needs onnxscript: pip install 'resnet-edge[dynamo]'") from None
+        raise OptionError(
+            "the dynamo exporter needs onnxscript: pip install onnxscript"
+            " (or, from a source checkout, pip install -e '.[dynamo]')"
+        ) from None
     dynamic_shapes = None if options.batch else ({0: torch.export.Dim("batch", min=1, max=1024)},)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -246,11 +274,12 @@ def _run_exporter(model: torch.nn.Module, spec: PreprocessSpec, options: ExportO
             model,
             (example,),
             dynamo=True,
-            opset_version=options.opset,
+            opset_version=options.resolved_opset,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_shapes=dynamic_shapes,
-            optimize=True,
+            # The exporter's optimizer folds BatchNorm into Conv along with other constants.
+            optimize=options.fold_bn,
             verbose=False,
         )
     model_proto = program.model_proto

@@ -1,4 +1,4 @@
-"""Integer coverage: how much of an INT8 model's arithmetic really runs in integer kernels, on the platform that runs it.
+"""Integer coverage: how much of an INT8 model's arithmetic runs in integer kernels, on the platform that runs it.
 
 An INT8 file is not INT8 execution. When onnxruntime optimises a QDQ model it fuses DequantizeLinear -> Conv ->
 QuantizeLinear into QLinearConv only where its kernels for *that* platform support the quantization form; whatever
@@ -45,8 +45,20 @@ FLOAT_KERNELS = frozenset({"Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "
 QUANTIZE_OPS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear"})
 DEQUANTIZE_OPS = frozenset({"DequantizeLinear"})
 # Layout and shape ops carry no arithmetic worth naming among the FP32 ops.
-_LAYOUT_OPS = frozenset({"Transpose", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "ReorderInput",
-                         "ReorderOutput", "MemcpyToHost", "MemcpyFromHost"})
+_LAYOUT_OPS = frozenset(
+    {
+        "Transpose",
+        "Flatten",
+        "Reshape",
+        "Squeeze",
+        "Unsqueeze",
+        "Identity",
+        "ReorderInput",
+        "ReorderOutput",
+        "MemcpyToHost",
+        "MemcpyFromHost",
+    }
+)
 _FUSED_SUFFIX = re.compile(r"_token_\d+$")
 _BLOCK = re.compile(r"^(layer\d+\.\d+)(?:\.|$)")
 STEM = "stem"
@@ -137,7 +149,7 @@ def integer_coverage(model: onnx.ModelProto, executed: Sequence[ExecutedNode]) -
     for name in compute_names:
         ran = by_file_name.get(name)
         kernel = ran.op_type if ran is not None else None
-        integer = kernel in INTEGER_KERNELS or (kernel is not None and kernel not in FLOAT_KERNELS and not ran.float_input)
+        integer = kernel in INTEGER_KERNELS or (ran is not None and kernel not in FLOAT_KERNELS and not ran.float_input)
         block = blocks.get(name) or _block_of(name) or "unknown"
         nodes.append(ComputeNode(name, block, macs.get(name, 0), kernel, integer))
 

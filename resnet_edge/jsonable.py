@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import sys
 from pathlib import Path
-
-import numpy as np
 
 
 def to_jsonable(value: object) -> object:
@@ -34,7 +33,10 @@ def to_jsonable(value: object) -> object:
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [to_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
+    # numpy is looked up, not imported: a NumPy scalar can only exist once numpy is loaded, and the CLI's
+    # start-up (which imports this module) stays free of it.
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 import tomllib
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,17 +21,39 @@ from pathlib import Path
 
 import torch
 
+from resnet_edge import formatting as fmt
 from resnet_edge.artifacts import current_umask
 from resnet_edge.benchmark import BenchmarkOptions, BenchmarkResult, benchmark_models
-from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeError, StageError
+from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeError, ResnetEdgeWarning, StageError
 from resnet_edge.export import DEFAULT_OPSET, ExportOptions, ExportResult, export_onnx
-from resnet_edge.quantize import Format, Method, QuantizeOptions, QuantizeResult, Target, quantize_onnx
+from resnet_edge.quantize import (
+    BUNDLED_PHOTOS_NOTE,
+    Format,
+    Method,
+    QuantizeOptions,
+    QuantizeResult,
+    Target,
+    quantize_onnx,
+)
 from resnet_edge.runtime import parse_providers, split_provider_list
 from resnet_edge.simplify import SimplifyResult, simplify_onnx
 from resnet_edge.validate import Reference, ValidateOptions, ValidateResult, validate_models
 
 DEFAULT_WEIGHTS = "builtin:digits-resnet20"
 FILES = {"export": "model.onnx", "simplify": "model.sim.onnx", "quantize": "model.int8.onnx"}
+# Where a configuration value came from, as the report records it.
+FROM_DEFAULT, FROM_FLAG, FROM_ARGUMENT, FROM_CHECKPOINT, FROM_RUN = "default", "flag", "argument", "checkpoint", "run"
+# Option names (the CLI's, and the config file's keys) that differ from the field they set.
+_KEY_TO_FIELD = {"batch": "batch_sizes"}
+_FIELD_TO_KEY = {v: k for k, v in _KEY_TO_FIELD.items()}
+RANDOM_WEIGHTS_WARNING = (
+    "{arch} has random weights (no --weights; seed {seed}): its accuracy figures are meaningless, and agreement"
+    " thresholds on a random model measure noise, not the conversion"
+)
+RANDOM_WEIGHTS_HINT = (
+    "likely cause: the model has random weights, whose near-tied logits flip under INT8 rounding;"
+    " pass --weights with a trained checkpoint"
+)
 
 
 @dataclass(frozen=True)
@@ -38,7 +61,8 @@ class PipelineConfig:
     """Every option of a pipeline run; the report records it resolved, so the run can be repeated.
 
     With neither ``arch`` nor ``weights``, the built-in trained digits model is used. With ``arch`` alone, the
-    weights are fresh, drawn with ``seed``.
+    weights are fresh, drawn with ``seed``. Each field is a CLI option and a config file key of the same name
+    (``batch_sizes`` is ``--batch`` / ``batch``); ``origins`` records where each given value came from.
     """
 
     arch: str | None = None
@@ -64,6 +88,7 @@ class PipelineConfig:
     warmup: int = 5
     threads: int | None = None
     torch_eager: bool = True
+    origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Checked here, before any stage runs: a bad benchmark option must not surface after minutes of work.
@@ -98,32 +123,59 @@ def load_config(path: Path | str, **overrides: object) -> PipelineConfig:
     except tomllib.TOMLDecodeError as exc:
         raise InputFileError(f"{path}: not valid TOML ({exc})") from None
     data = data.get("pipeline", data)
-    return make_config({**data, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    from_file = {k: v for k, v in data.items() if _field_of(k) not in {_field_of(g) for g in given}}
+    origins = {_field_of(k): f"config file {path.name}" for k in from_file} | {_field_of(k): FROM_FLAG for k in given}
+    return make_config({**from_file, **given}, source=str(path), origins=origins)
 
 
-def make_config(values: dict[str, object], *, source: str = "options") -> PipelineConfig:
+def option_keys() -> list[str]:
+    """Every option's name as a config file key (``batch``, ``strict_ep``, ...)."""
+    return [_FIELD_TO_KEY.get(f.name, f.name) for f in dataclasses.fields(PipelineConfig) if f.name != "origins"]
+
+
+def _field_of(key: str) -> str:
+    key = key.replace("-", "_")  # TOML keys may be spelled like the flags: allow-unfolded-bn
+    return _KEY_TO_FIELD.get(key, key)
+
+
+def make_config(
+    values: dict[str, object], *, source: str = "options", origins: dict[str, str] | None = None
+) -> PipelineConfig:
     """A config from plain values (a TOML table, CLI options), checked against the fields.
+
+    Keys are the options' names (``batch``, ``strict_ep`` or ``strict-ep``); a list may also be given as a
+    comma-separated string, as on the command line (``batch = "1,4"``).
+
+    Args:
+        origins: field -> where its value came from; by default every given value is ``source``'s.
 
     Raises:
         OptionError: an unknown key or a value of the wrong type.
     """
-    fields = {f.name: f for f in dataclasses.fields(PipelineConfig)}
-    unknown = sorted(set(values) - set(fields))
+    fields = {f.name for f in dataclasses.fields(PipelineConfig)} - {"origins"}
+    unknown = sorted(k for k in values if _field_of(k) not in fields)
     if unknown:
-        raise OptionError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+        raise OptionError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(option_keys())}")
     clean: dict[str, object] = {}
-    for key, value in values.items():
+    for given_key, value in values.items():
+        key = _field_of(given_key)
         if key in _TUPLE_FIELDS:
             if isinstance(value, str):  # a provider's [options] may hold commas
-                value = split_provider_list(value) if key == "providers" else value.split(",")
-            value = tuple(value) if _is_sequence(value) else value
+                value = (
+                    tuple(split_provider_list(value))
+                    if key == "providers"
+                    else tuple(v.strip() for v in value.split(","))
+                )
+            elif isinstance(value, (list, tuple)):
+                value = tuple(value)
             if key == "batch_sizes" and isinstance(value, tuple):
-                value = tuple(int(v) if isinstance(v, str) and v.strip().isdigit() else v for v in value)
+                value = tuple(int(v) if isinstance(v, str) and v.isdigit() else v for v in value)
         expected = _FIELD_TYPES[key]
         if not _is_a(value, expected):
-            raise OptionError(f"{source}: {key} must be {expected}, got {value!r}")
+            raise OptionError(f"{source}: {given_key} must be {expected}, got {value!r}")
         clean[key] = value
-    return PipelineConfig(**clean)
+    return PipelineConfig(**clean, origins=origins if origins is not None else dict.fromkeys(clean, source))
 
 
 # What each field accepts, read from its annotation, for checking a TOML file's values.
@@ -131,11 +183,8 @@ _TUPLE_FIELDS = {"providers", "batch_sizes"}
 _FIELD_TYPES = {
     f.name: f.type.replace("tuple[str, ...]", "list of strings").replace("tuple[int, ...]", "list of integers")
     for f in dataclasses.fields(PipelineConfig)
+    if f.name != "origins"
 }
-
-
-def _is_sequence(value: object) -> bool:
-    return isinstance(value, (str, list, tuple))
 
 
 def _is_a(value: object, expected: str) -> bool:
@@ -178,6 +227,7 @@ class PipelineResult:
     failed_stage: str | None = None
     error: str | None = None
     artifacts: list[str] = field(default_factory=list)
+    random_weights: Path | None = None  # the temporary checkpoint of fresh weights, when no weights were given
 
     @property
     def completed(self) -> bool:
@@ -198,6 +248,7 @@ def run_pipeline(
         OptionError: ``outdir`` exists and is not empty, and ``overwrite`` is off.
         StageError: a stage failed; the message names it, and ``outdir`` holds the stages before it and a report.
     """
+    check_inputs(config)
     outdir = Path(outdir).resolve()
     if outdir == Path.cwd() or outdir in Path.cwd().parents:
         raise OptionError(f"{outdir} holds the current folder; the pipeline replaces OUTDIR whole, choose a new one")
@@ -233,6 +284,36 @@ def run_pipeline(
             result.failed_stage, ResnetEdgeError(f"{result.error} (kept in {outdir}: {kept} and the report)")
         )
     return result
+
+
+def check_inputs(config: PipelineConfig) -> None:
+    """Check that the weights, calibration and validation data named exist, before any stage spends time.
+
+    Raises:
+        InputFileError: a named file or folder is missing or holds no images.
+        OptionError: an unknown ``builtin:`` name.
+    """
+    from resnet_edge.artifacts import require_file
+    from resnet_edge.calibration.sources import BUILTIN_PREFIX, open_source
+
+    if config.weights is not None:
+        if config.weights.startswith(BUILTIN_PREFIX):
+            from resnet_edge.checkpoints import BUILTIN_WEIGHTS
+
+            if config.weights not in BUILTIN_WEIGHTS:
+                raise OptionError(
+                    f"weights: unknown built-in checkpoint {config.weights!r};"
+                    f" choose one of: {', '.join(BUILTIN_WEIGHTS)}"
+                )
+        else:
+            require_file(config.weights, what="weights")
+    for key in ("calib", "data"):
+        name = getattr(config, key)
+        if name is not None:
+            try:
+                open_source(name)
+            except ResnetEdgeError as exc:
+                raise type(exc)(f"{key}: {exc}") from None
 
 
 def _publish(staging: Path, outdir: Path) -> None:
@@ -278,8 +359,11 @@ def _run_stages(
         # Fresh weights, drawn with the recorded seed and kept for the validation reference.
         from resnet_edge.models import create_model
 
+        message = RANDOM_WEIGHTS_WARNING.format(arch=config.arch, seed=config.seed)
+        warnings.warn(message, ResnetEdgeWarning, stacklevel=2)
+        result.random_weights = weights_file = scratch / f"{config.arch}-seed{config.seed}.pt"
         torch.manual_seed(config.seed)
-        weights = str(scratch / f"{config.arch}-seed{config.seed}.pt")
+        weights = str(weights_file)
         fresh = create_model(config.arch, num_classes=config.num_classes, variant=config.variant or "residual")
         torch.save(fresh.state_dict(), weights)
 
@@ -292,13 +376,15 @@ def _run_stages(
                 variant=config.variant,
                 input_size=config.input_size,
                 opset=config.opset,
+                fold_bn=False,  # keep every BatchNorm: the simplify stage folds them and proves it
             ),
             out / FILES["export"],
         )
         parity = max(p.max_abs_error for p in result.export.parity.values())
         summary.append(
             f"{FILES['export']}: {result.export.arch}, opset {result.export.opset},"
-            f" max abs error vs PyTorch {parity:.2g} at batch {', '.join(map(str, result.export.parity))}"
+            f" BatchNormalization {result.export.batch_norm_nodes},"
+            f" max abs error vs PyTorch {fmt.error(parity)} at batch {', '.join(map(str, result.export.parity))}"
         )
 
     with _stage("simplify", result, emit) as summary:
@@ -332,8 +418,10 @@ def _run_stages(
             q = result.quantize
             summary.append(
                 f"{FILES['quantize']}: {q.config.target.value} {q.config.format.value}, calibrated on"
-                f" {q.calibration_images} images, top-1 agreement with FP32"
-                f" {q.parity.top1_agreement:.2%} on {q.evaluation_images} held-out images"
+                f" {q.calibration_images} images"
+                f"{f' ({BUNDLED_PHOTOS_NOTE})' if q.calibration_source == 'builtin:photos' else ''},"
+                " top-1 agreement with FP32"
+                f" {fmt.percent(q.parity.top1_agreement)} on {q.evaluation_images} held-out images"
             )
         models.append(out / FILES["quantize"])
 
@@ -346,14 +434,17 @@ def _run_stages(
         v = result.validate
         worst = min(r.parity.top1_agreement for r in v.rows)
         summary.append(
-            f"{len(v.rows)} model x provider rows on {v.images} images, lowest top-1 agreement"
-            f" {worst:.2%}: {'pass' if v.passed else 'FAIL'}"
+            f"{len(v.rows)} model x provider rows on {v.images} images"
+            f"{f' ({v.calibration_excluded} calibration images left out)' if v.calibration_excluded else ''},"
+            " lowest top-1 agreement"
+            f" {fmt.percent(worst)}: {'pass' if v.passed else 'FAIL'}"
         )
         if not v.passed:
             from resnet_edge.errors import CheckFailedError
             from resnet_edge.validate import describe_failures
 
-            raise CheckFailedError(describe_failures(v))
+            hint = f" ({RANDOM_WEIGHTS_HINT})" if result.random_weights is not None else ""
+            raise CheckFailedError(describe_failures(v) + hint)
 
     with _stage("benchmark", result, emit) as summary:
         from tqdm import tqdm
@@ -368,18 +459,57 @@ def _run_stages(
             strict_ep=config.strict_ep,
             data=config.data,
         )
-        rounds = config.iterations * len(providers) * len(config.batch_sizes)
-        with tqdm(total=rounds, desc="timing", unit="round", leave=False, disable=not progress) as bar:
+        with tqdm(total=options.total_rounds, desc="timing", unit="round", leave=False, disable=not progress) as bar:
             result.benchmark = benchmark_models(models, options, progress=bar.update)
         fastest = min((r for r in result.benchmark.rows if r.latency), key=lambda r: r.latency.p50_ms)
         summary.append(
             f"{len(result.benchmark.rows)} rows; fastest {fastest.model} p50"
-            f" {fastest.latency.p50_ms:.2f} ms at batch {fastest.batch} on {fastest.ran_on}"
+            f" {fmt.ms(fastest.latency.p50_ms, unit=True)} at batch {fastest.batch} on {fastest.ran_on}"
         )
 
 
-def describe_config(config: PipelineConfig) -> dict[str, object]:
-    """The resolved configuration, as recorded in the report."""
-    data = dataclasses.asdict(config)
-    data["weights"] = config.resolved_weights() or f"random init (seed {config.seed})"
-    return data
+def describe_config(result: PipelineResult) -> tuple[dict[str, object], dict[str, str]]:
+    """The configuration as run: every option's resolved value, and where each came from.
+
+    Returns:
+        option name -> the value used (what a default turned into: the arch and input size the checkpoint records,
+        the calibration and validation images, the thread count, the INT8 configuration the target chose), and
+        option name -> its origin: ``default``, ``flag``, ``config file NAME``, ``argument`` (library call),
+        ``checkpoint`` (recorded in the weights) or ``run`` (decided while running, e.g. detected).
+    """
+    config = result.config
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}
+    for f in dataclasses.fields(PipelineConfig):
+        if f.name == "origins":
+            continue
+        key = _FIELD_TO_KEY.get(f.name, f.name)
+        value = getattr(config, f.name)
+        values[key] = list(value) if isinstance(value, tuple) else value
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        sources[key] = config.origins.get(f.name) or (FROM_DEFAULT if value == default else FROM_ARGUMENT)
+
+    def resolved(key: str, value: object, source: str) -> None:
+        if values[key] is None and value is not None:
+            values[key], sources[key] = value, source
+
+    recorded = FROM_CHECKPOINT if config.resolved_weights() is not None else FROM_DEFAULT
+    resolved("weights", config.resolved_weights() or f"random init (seed {config.seed})", FROM_DEFAULT)
+    if result.export:
+        e = result.export
+        resolved("arch", e.arch, recorded)
+        resolved("variant", e.variant, recorded)
+        resolved("num_classes", e.num_classes, recorded)
+        resolved("input_size", e.input_shape[-1], recorded)
+    if result.quantize:
+        q = result.quantize
+        resolved("calib", q.calibration_source, FROM_DEFAULT)
+        resolved("per_channel", q.config.per_channel, f"target {q.config.target.value}")
+        resolved("format", q.config.format.value, f"target {q.config.target.value}")
+        if config.target == "auto":
+            values["target"], sources["target"] = q.config.target.value, f"{sources['target']} (auto: this CPU)"
+    if result.validate:
+        resolved("data", result.validate.data, FROM_DEFAULT)
+    if result.benchmark:
+        resolved("threads", result.benchmark.threads, f"{FROM_DEFAULT} (all cores)")
+    return values, sources

@@ -45,6 +45,7 @@ from resnet_edge.calibration.sources import (
 )
 from resnet_edge.environment import cpu_info
 from resnet_edge.errors import CheckFailedError, InputFileError, OptionError, ResnetEdgeWarning
+from resnet_edge.int8_coverage import IntegerCoverage, integer_coverage
 from resnet_edge.metadata import (
     QUANTIZATION_KEY,
     preprocessing_for,
@@ -55,10 +56,13 @@ from resnet_edge.metadata import (
 )
 from resnet_edge.onnx_graph import COMPUTE_OPS, graph_input, is_quantized, module_path
 from resnet_edge.parity import Accuracy, Parity, accuracy, compare
-from resnet_edge.int8_coverage import IntegerCoverage, integer_coverage
 from resnet_edge.runtime import Provider, open_session
 
 SMALL_CALIBRATION_SET = 100  # below this many images, ranges are estimated from too few samples: warn
+BUNDLED_PHOTOS_NOTE = (
+    "the bundled sample photos: enough to run, too few and too generic to tune ranges; pass --calib with"
+    f" {SMALL_CALIBRATION_SET}+ images like your own"
+)
 CALIBRATION_CHUNK = 16  # images per calibrator pass; bounds memory (ResNet-50 keeps ~45 MB of activations/image)
 CALIBRATION_BATCH = 8
 HELD_OUT_EVERY = 4  # with one source for both, every 4th image is held out for evaluation, never calibrated on
@@ -465,7 +469,10 @@ def _calibration_fingerprint(model_path: Path, options: QuantizeOptions, config:
 
 def _collect_calibration(job: _Job, folder: Path, options: QuantizeOptions, *, progress: bool) -> Calibration:
     indices = job.calib_indices
-    if len(indices) < SMALL_CALIBRATION_SET:
+    # The bundled photos are the default only so that an ImageNet model quantizes out of the box; their size is
+    # stated where the result is shown (BUNDLED_PHOTOS_NOTE) instead of warning about the tool's own default.
+    bundled_default = options.calib is None and job.calib_source.name == "builtin:photos"
+    if len(indices) < SMALL_CALIBRATION_SET and not bundled_default:
         warnings.warn(
             f"calibrating on only {len(indices)} images; {SMALL_CALIBRATION_SET} or more give steadier ranges",
             ResnetEdgeWarning,

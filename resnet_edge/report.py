@@ -7,10 +7,12 @@ Everything a person reads is derived from the one summary built here (:func:`sum
 from __future__ import annotations
 
 import html
-import json
+import math
+import os
 from pathlib import Path
 
 from resnet_edge import __version__
+from resnet_edge import formatting as fmt
 from resnet_edge.artifacts import atomic_output, sha256_file, write_json_atomic, write_text_atomic
 from resnet_edge.jsonable import to_jsonable
 from resnet_edge.pipeline import FILES, PipelineResult, describe_config
@@ -113,13 +115,15 @@ def write_report(result: PipelineResult, folder: Path) -> None:
     summary = summarize(staged)
     plots = _write_plots(summary["plots"], staged, folder)
     hashes = {name: sha256_file(folder / name) for name in sorted(result.artifacts) if name.endswith(".onnx")}
+    config, config_sources = describe_config(staged)
     report = {
         "resnet_edge": __version__,
         "status": "complete" if result.completed else f"stopped at {result.failed_stage}",
         "error": result.error,
         "summary": summary["rows"],
         "plots": {**summary["plots"], "files": plots},
-        "config": describe_config(result.config),
+        "config": config,
+        "config_sources": config_sources,
         "stage_seconds": result.stage_seconds,
         "file_sha256": hashes,
         "seeds": {
@@ -133,9 +137,40 @@ def write_report(result: PipelineResult, folder: Path) -> None:
             for name in ("export", "simplify", "quantize", "validate", "benchmark")
         },
     }
+    report = _relative_paths(report, result, folder)
     write_json_atomic(folder / "report.json", report)
     write_text_atomic(folder / "report.md", render_markdown(report))
     write_text_atomic(folder / "report.html", render_html(report))
+
+
+def _relative_paths(report: dict, result: PipelineResult, folder: Path) -> dict:
+    """Paths as a reader of the published report can follow them: relative to the report's folder.
+
+    The stages ran in a staging folder that is renamed to OUTDIR, so its paths become bare file names; the
+    temporary checkpoint of fresh weights (deleted after the run) becomes what it was; a user's own files
+    (``--calib images/``) are given relative to OUTDIR.
+    """
+    replacements = [(f"{folder}{os.sep}", ""), (str(folder), ".")]
+    if result.random_weights is not None:
+        replacements.insert(0, (str(result.random_weights), f"random init (seed {result.config.seed})"))
+
+    def fix(value: object) -> object:
+        if isinstance(value, str):
+            for old, new in replacements:
+                value = value.replace(old, new)
+            return value
+        if isinstance(value, dict):
+            return {fix(k): fix(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fix(v) for v in value]
+        return value
+
+    report = fix(report)
+    for key in ("weights", "calib", "data"):
+        value = report["config"].get(key)
+        if isinstance(value, str) and not value.startswith("builtin:") and Path(value).exists():
+            report["config"][key] = os.path.relpath(Path(value).resolve(), result.outdir)
+    return report
 
 
 def _environment() -> dict:
@@ -144,20 +179,20 @@ def _environment() -> dict:
     return to_jsonable(collect_environment())
 
 
+_FORMATS = {
+    "pct": fmt.percent,
+    "ms": fmt.ms,
+    "x": fmt.ratio,
+    "size": fmt.size,
+    "ips": fmt.throughput,
+    "cv": fmt.cv,
+}
+
+
 def _fmt(value: object, kind: str) -> str:
     if value is None:
-        return "–"
-    if kind == "pct":
-        return f"{100 * value:.2f}%"
-    if kind == "ms":
-        return f"{value:.2f}"
-    if kind == "x":
-        return f"{value:.3g}×"
-    if kind == "size":
-        return f"{value / 1024:.1f} KiB" if value < 1024 * 1024 else f"{value / 1024 / 1024:.2f} MiB"
-    if kind == "ips":
-        return f"{value:,.0f}"
-    return str(value)
+        return fmt.MISSING
+    return _FORMATS[kind](value) if kind in _FORMATS else str(value)
 
 
 _COLUMNS = [
@@ -169,7 +204,7 @@ _COLUMNS = [
     ("p50_ms", "p50 ms", "ms"),
     ("p99_ms", "p99 ms", "ms"),
     ("throughput", "img/s", "ips"),
-    ("speedup_vs_onnx_fp32", "Speed-up", "x"),
+    ("speedup_vs_onnx_fp32", fmt.SPEEDUP_COLUMN, "x"),
     ("ran_on", "Ran on", ""),
 ]
 
@@ -206,21 +241,31 @@ def _facts(report: dict) -> list[tuple[str, str]]:
             (
                 "INT8",
                 f"{q['config']['target']} {q['config']['format']}, activations"
-                f" {q['config']['activation_type']}, per-channel {q['config']['per_channel']};"
+                f" {q['config']['activation_type']}, weights"
+                f" {'per-channel' if q['config']['per_channel'] else 'per-tensor'};"
                 f" {q['method']} calibration on {q['calibration_images']} images from"
                 f" {q['calibration_source']}",
             )
         )
     if stages["validate"]:
         v = stages["validate"]
-        facts.append(("Validation", f"{v['images']} images from {v['data']} against {v['reference']}"))
+        left_out = v.get("calibration_excluded") or 0
+        facts.append(
+            (
+                "Validation",
+                f"{v['images']} images from {v['data']}"
+                + (f" ({left_out} calibration images left out)" if left_out else "")
+                + f" against {v['reference']}",
+            )
+        )
     if stages["benchmark"]:
         b = stages["benchmark"]
         facts.append(
             (
                 "Timing",
                 f"{b['options']['iterations']} round-robin rounds after {b['options']['warmup']}"
-                f" warm-up, {b['threads']} threads, batch sizes {', '.join(map(str, b['options']['batch_sizes']))}"
+                f" warm-up, {fmt.count(b['threads'], 'thread')},"
+                f" batch sizes {', '.join(map(str, b['options']['batch_sizes']))}"
                 f" (the table above: batch {report['plots']['latency']['batch']})",
             )
         )
@@ -241,7 +286,7 @@ def _benchmark_cells(report: dict) -> tuple[list[str], list[list[str]]]:
         "p99 ms",
         "img/s",
         "CV",
-        "Speed-up",
+        fmt.SPEEDUP_COLUMN,
     ]
     rows = []
     for r in bench["rows"] if bench else []:
@@ -257,7 +302,7 @@ def _benchmark_cells(report: dict) -> tuple[list[str], list[list[str]]]:
                 _fmt(lat.get("p90_ms"), "ms"),
                 _fmt(lat.get("p99_ms"), "ms"),
                 _fmt(lat.get("throughput"), "ips"),
-                _fmt(lat.get("cv"), "pct"),
+                _fmt(lat.get("cv"), "cv"),
                 _fmt(r["speedup"], "x") if r["latency"] else r["skipped"] or "–",
             ]
         )
@@ -268,7 +313,8 @@ def render_markdown(report: dict) -> str:
     headers, rows = _table_cells(report)
     lines = ["# resnet-edge report", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", *(f"- **{k}:** {v}" for k, v in _facts(report)), ""]
+    note = _speedup_note(report)
+    lines += ["", *([note, ""] if note else []), *(f"- **{k}:** {v}" for k, v in _facts(report)), ""]
     placements = [r for r in report["summary"] if r.get("placement")]
     if placements:  # where each node ran, per variant and provider (runtime's placement audit)
         lines += ["## Where each node ran", ""]
@@ -286,12 +332,36 @@ def render_markdown(report: dict) -> str:
         "",
         "## Configuration",
         "",
-        "```json",
-        json.dumps(report["config"], indent=2),
-        "```",
+        "| Option | Value | From |",
+        "|---|---|---|",
+        *(f"| `{key}` | {value} | {source} |" for key, value, source in _config_rows(report)),
         "",
     ]
     return "\n".join(lines)
+
+
+def _config_rows(report: dict) -> list[tuple[str, str, str]]:
+    """Option, resolved value as text, and where it came from."""
+
+    def text(value: object) -> str:
+        if value is None:
+            return fmt.MISSING
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, list):
+            return ", ".join(map(str, value))
+        return str(value)
+
+    sources = report.get("config_sources", {})
+    rows = [(key, text(value), sources.get(key, "")) for key, value in report["config"].items()]
+    return [(k, "all" if k == "limit" and v == fmt.MISSING else v, src) for k, v, src in rows]
+
+
+def _speedup_note(report: dict) -> str | None:
+    """What the Speed-up column means, when the table has one to show."""
+    if any(row["speedup_vs_onnx_fp32"] is not None for row in report["summary"]):
+        return f"{fmt.SPEEDUP_COLUMN}: {fmt.SPEEDUP_MEANING}."
+    return None
 
 
 def _plot_titles(report: dict) -> list[tuple[str, str]]:
@@ -307,52 +377,83 @@ def _plot_titles(report: dict) -> list[tuple[str, str]]:
 def render_html(report: dict) -> str:
     headers, rows = _table_cells(report)
     esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+
+    def table(headers: list[str], rows: list[list[str]], css: str = "") -> str:
+        # Wide tables scroll sideways inside their box at narrow widths; the page itself never does.
+        head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+        body = "".join(
+            "<tr>"
+            + "".join(f'<td data-label="{esc(h)}">{esc(c)}</td>' for h, c in zip(headers, r, strict=True))
+            + "</tr>"
+            for r in rows
+        )
+        inner = f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+        opening = f'<table class="{css}">' if css else "<table>"
+        return f'<div class="scroll">{opening}{inner}</table></div>'
+
     facts = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in _facts(report))
     figures = "".join(
         f'<figure><img src="{esc(f)}" alt="{esc(t)}"><figcaption>{esc(t)}</figcaption></figure>'
         for t, f in _plot_titles(report)
     )
-    hashes = "".join(
-        f"<tr><td>{esc(n)}</td><td><code>{esc(d)}</code></td></tr>" for n, d in report["file_sha256"].items()
-    )
+    hashes = table(["File", "SHA-256"], [[n, d] for n, d in report["file_sha256"].items()], "text hashes")
     bench_headers, bench_rows = _benchmark_cells(report)
-    bench_head = "".join(f"<th>{esc(h)}</th>" for h in bench_headers)
-    bench_body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in bench_rows)
+    note = _speedup_note(report)
     status_class = "ok" if report["status"] == "complete" else "bad"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>resnet-edge report</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
 body {{ font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
        color: #1d2430; padding: 0 1rem; }}
 h1 {{ font-size: 1.6rem; margin-bottom: .2rem; }} h2 {{ font-size: 1.15rem; margin-top: 2rem; }}
 .status {{ display: inline-block; padding: .1rem .6rem; border-radius: 1rem; font-weight: 600; }}
 .ok {{ background: #dff5e3; color: #16632a; }} .bad {{ background: #fde2e1; color: #8a1c17; }}
-table {{ border-collapse: collapse; width: 100%; margin: 1rem 0; }}
-th, td {{ padding: .45rem .6rem; border-bottom: 1px solid #e3e7ee; text-align: right; white-space: nowrap; }}
+.scroll {{ overflow-x: auto; margin: 1rem 0; }}
+table {{ border-collapse: collapse; width: 100%; }}
+th, td {{ padding: .4rem .55rem; border-bottom: 1px solid #e3e7ee; text-align: right; white-space: nowrap; }}
 th {{ background: #f3f5f9; font-weight: 600; }}
 td:nth-child(1), td:nth-child(2), th:nth-child(1), th:nth-child(2), td:last-child, th:last-child {{ text-align: left; }}
+table.text td, table.text th {{ text-align: left; white-space: normal; }}
+table.hashes td:last-child {{ font-family: ui-monospace, monospace; font-size: .8rem; word-break: break-all; }}
 dl {{ display: grid; grid-template-columns: max-content 1fr; gap: .3rem 1rem; }} dt {{ font-weight: 600; }}
-dd {{ margin: 0; }}
-.figures {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr)); gap: 1rem; }}
+dd {{ margin: 0; overflow-wrap: anywhere; }}
+.figures {{ display: grid; grid-template-columns: 1fr; gap: 1rem; max-width: 900px; }}
 figure {{ margin: 0; border: 1px solid #e3e7ee; border-radius: 6px; padding: .5rem; background: #fff; }}
 img {{ width: 100%; height: auto; }} figcaption {{ text-align: center; color: #5b6472; font-size: .9rem; }}
-code {{ font-size: .85em; }}
+.note {{ color: #5b6472; font-size: .9rem; }}
+@media (max-width: 760px) {{
+  body {{ margin: 1rem auto; font-size: 14px; }}
+  /* The head table becomes one card per variant, each value beside its column name. */
+  table.stack thead {{ display: none; }}
+  table.stack tr {{ display: block; border: 1px solid #e3e7ee; border-radius: 6px; margin-bottom: .6rem;
+                   padding: .3rem .6rem; }}
+  table.stack td {{ display: flex; justify-content: space-between; border: 0; padding: .12rem 0; }}
+  table.stack td::before {{ content: attr(data-label); font-weight: 600; color: #5b6472; padding-right: 1rem; }}
+  table.stack td:first-child {{ font-weight: 600; }}
+  dl {{ grid-template-columns: 1fr; gap: 0 0; }} dd {{ margin-bottom: .5rem; }}
+}}
 </style></head>
 <body>
 <h1>resnet-edge report</h1>
 <p><span class="status {status_class}">{esc(report["status"])}</span>
  &nbsp;resnet-edge {esc(report["resnet_edge"])}</p>
-<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
-<p>Speed-up: ONNX FP32's median latency divided by the variant's, timed side by side in one run.</p>
+{table(headers, rows, "stack")}
+{f'<p class="note">{esc(note)}</p>' if note else ""}
 <dl>{facts}</dl>
-<h2>Plots</h2><div class="figures">{figures}</div>
-<h2>Benchmark</h2><table><thead><tr>{bench_head}</tr></thead><tbody>{bench_body}</tbody></table>
-<h2>Files</h2><table><tbody>{hashes}</tbody></table>
-<h2>Configuration</h2><pre>{esc(json.dumps(report["config"], indent=2))}</pre>
+{f'<h2>Plots</h2><div class="figures">{figures}</div>' if figures else ""}
+{f"<h2>Benchmark</h2>{table(bench_headers, bench_rows)}" if bench_rows else ""}
+<h2>Files</h2>{hashes}
+<h2>Configuration</h2>{table(["Option", "Value", "From"], [list(r) for r in _config_rows(report)], "text")}
 </body></html>
 """
+
+
+# The HTML shows each plot at most PLOT_WIDTH_IN * PLOT_DPI pixels wide (900 px, one column), so text drawn at
+# PLOT_FONT_PT stays about 15 px at 1300 px and 11 px at a 700 px window.
+PLOT_WIDTH_IN = 7.5
+PLOT_DPI = 120
+PLOT_FONT_PT = 11
 
 
 def _write_plots(plots: dict, result: PipelineResult, folder: Path) -> dict[str, str]:
@@ -361,62 +462,87 @@ def _write_plots(plots: dict, result: PipelineResult, folder: Path) -> dict[str,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     written: dict[str, str] = {}
-    series = plots["latency"]["series"]
-    if series:
-        fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
-        labels = list(series)
-        ax.boxplot([series[k] for k in labels], orientation="horizontal", showfliers=True, widths=0.6)
-        ax.set_yticks(range(1, len(labels) + 1), labels)
-        ax.set_xlabel("latency per call (ms), log scale")
-        ax.set_xscale("log")
-        ax.set_title(
-            f"Warm latency at batch {plots['latency']['batch']} ({len(next(iter(series.values())))} rounds each)"
-        )
-        ax.grid(axis="x", alpha=0.3)
-        written["latency"] = _save(fig, folder / PLOTS["latency"])
-    points = [p for p in plots["accuracy_latency"]["points"] if p["value"] is not None]
-    if points:
-        fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
-        markers = "osD^vP*X"
-        for i, p in enumerate(points):  # a legend, not labels: variants often share an accuracy and overlap
-            ax.scatter(
-                p["p50_ms"],
-                100 * p["value"],
-                s=70,
-                marker=markers[i % len(markers)],
-                label=f"{p['label']}: {p['p50_ms']:.3g} ms, {100 * p['value']:.2f}%",
+    with plt.rc_context({"font.size": PLOT_FONT_PT, "axes.titlesize": PLOT_FONT_PT + 1, "legend.fontsize": 10}):
+        series = plots["latency"]["series"]
+        if series:
+            labels = list(series)
+            fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 0.55 * len(labels) + 1.6), dpi=PLOT_DPI)
+            ax.boxplot([series[k] for k in labels], orientation="horizontal", showfliers=True, widths=0.6)
+            ax.set_yticks(range(1, len(labels) + 1), labels)
+            ax.invert_yaxis()
+            values = [v for k in labels for v in series[k]]
+            _latency_axis(ax.xaxis, min(values), max(values), ax.set_xscale)
+            ax.set_xlabel("latency per call")
+            ax.set_title(
+                f"Warm latency at batch {plots['latency']['batch']} ({len(next(iter(series.values())))} rounds each)"
             )
-        ax.legend(fontsize=8, loc="best")
-        ax.set_xscale("log")
-        ax.set_xlabel("median latency (ms), log scale")
-        ax.set_ylabel(f"{plots['accuracy_latency']['metric']} (%)")
-        values = [100 * p["value"] for p in points]
-        low, high = min(values), max(values)
-        pad = max(0.5, (high - low) * 0.3)
-        ax.set_ylim(low - pad, min(100.5, high + pad) if high <= 100 else high + pad)
-        ax.set_title("Accuracy against latency, per variant")
-        ax.grid(alpha=0.3)
-        written["accuracy_latency"] = _save(fig, folder / PLOTS["accuracy_latency"])
-    before, after = plots["ops"]["before"], plots["ops"]["after"]
-    if before:
-        ops = sorted(set(before) | set(after), key=lambda o: -(before.get(o, 0) + after.get(o, 0)))
-        fig, ax = plt.subplots(figsize=(8, 0.45 * len(ops) + 1.5), dpi=110)
-        y = range(len(ops))
-        ax.barh([i - 0.2 for i in y], [before.get(o, 0) for o in ops], height=0.4, label="exported")
-        ax.barh([i + 0.2 for i in y], [after.get(o, 0) for o in ops], height=0.4, label="simplified")
-        for i, op in enumerate(ops):
-            for offset, count in ((-0.2, before.get(op, 0)), (0.2, after.get(op, 0))):
-                ax.text(count, i + offset, f" {count}", va="center", fontsize=8)
-        ax.set_yticks(list(y), ops)
-        ax.invert_yaxis()
-        ax.set_xlabel("nodes")
-        ax.set_title("Nodes by op type before and after simplification")
-        ax.legend(loc="lower right")
-        written["ops"] = _save(fig, folder / PLOTS["ops"])
-    plt.close("all")
+            ax.grid(axis="x", alpha=0.3)
+            written["latency"] = _save(fig, folder / PLOTS["latency"])
+        points = [p for p in plots["accuracy_latency"]["points"] if p["value"] is not None]
+        if points:
+            fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 4.2), dpi=PLOT_DPI)
+            markers = "osD^vP*X"
+            for i, p in enumerate(points):  # a legend, not labels: variants often share an accuracy and overlap
+                ax.scatter(
+                    p["p50_ms"],
+                    100 * p["value"],
+                    s=70,
+                    marker=markers[i % len(markers)],
+                    label=f"{p['label']}: {fmt.ms(p['p50_ms'], unit=True)}, {fmt.percent(p['value'])}",
+                )
+            ax.legend(loc="best")
+            latencies = [p["p50_ms"] for p in points]
+            _latency_axis(ax.xaxis, min(latencies), max(latencies), ax.set_xscale)
+            ax.set_xlabel("median latency")
+            ax.set_ylabel(f"{plots['accuracy_latency']['metric']} (%)")
+            values = [100 * p["value"] for p in points]
+            low, high = min(values), max(values)
+            pad = max(0.5, (high - low) * 0.3)
+            ax.set_ylim(low - pad, min(100.5, high + pad) if high <= 100 else high + pad)
+            ax.set_title("Accuracy against latency, per variant")
+            ax.grid(alpha=0.3)
+            written["accuracy_latency"] = _save(fig, folder / PLOTS["accuracy_latency"])
+        before, after = plots["ops"]["before"], plots["ops"]["after"]
+        if before:
+            ops = sorted(set(before) | set(after), key=lambda o: -(before.get(o, 0) + after.get(o, 0)))
+            fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 0.5 * len(ops) + 1.6), dpi=PLOT_DPI)
+            y = range(len(ops))
+            ax.barh([i - 0.2 for i in y], [before.get(o, 0) for o in ops], height=0.4, label="exported")
+            ax.barh([i + 0.2 for i in y], [after.get(o, 0) for o in ops], height=0.4, label="simplified")
+            for i, op in enumerate(ops):
+                for offset, count in ((-0.2, before.get(op, 0)), (0.2, after.get(op, 0))):
+                    ax.text(count, i + offset, f" {count}", va="center", fontsize=PLOT_FONT_PT - 1)
+            ax.set_yticks(list(y), ops)
+            ax.invert_yaxis()
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlim(0, max([*before.values(), *after.values()]) * 1.12 + 1)
+            ax.set_xlabel("nodes")
+            ax.set_title("Nodes by op type before and after simplification")
+            ax.legend(loc="lower right")
+            written["ops"] = _save(fig, folder / PLOTS["ops"])
+        plt.close("all")
     return written
+
+
+def _latency_axis(axis: object, low: float, high: float, set_scale: object) -> None:
+    """A latency axis labelled ``0.5 ms``, ``1 ms``, ``2 ms``: log scale when the values span 3× or more."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    label = FuncFormatter(lambda value, _: fmt.axis_ms(value))
+    if high >= 3 * low > 0:
+        set_scale("log")
+        decades = math.log10(high / low)
+        # Fewer labelled ticks per decade as the axis spans more decades, so the labels never collide.
+        subs = (1.0, 2.0, 5.0) if decades <= 1.5 else (1.0, 3.0) if decades <= 2.5 else (1.0,)
+        axis.set_major_locator(LogLocator(base=10, subs=subs))
+        axis.set_major_formatter(label)
+        axis.set_minor_formatter(NullFormatter())
+    else:
+        axis.set_major_locator(MaxNLocator(nbins=6))
+        axis.set_major_formatter(label)
 
 
 def _save(fig: object, path: Path) -> str:

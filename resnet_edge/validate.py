@@ -7,7 +7,8 @@ into a pass or fail, so ``resnet-edge validate`` can gate a deployment.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +18,15 @@ import onnx
 from resnet_edge.artifacts import load_onnx, sha256_file
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import default_test_images, iter_batches, open_source
-from resnet_edge.errors import InputFileError, OptionError
-from resnet_edge.metadata import ModelMetadata, preprocessing_for, read_metadata, static_input_shape
+from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
+from resnet_edge.metadata import (
+    QUANTIZATION_KEY,
+    ModelMetadata,
+    preprocessing_for,
+    read_metadata,
+    read_record,
+    static_input_shape,
+)
 from resnet_edge.onnx_graph import is_quantized
 from resnet_edge.parity import FP32_MAX_ABS_ERROR, FP32_RELATIVE_ERROR, Accuracy, Parity, accuracy, compare
 from resnet_edge.runtime import Placement, Provider, open_session
@@ -28,6 +36,8 @@ from resnet_edge.runtime import Placement, Provider, open_session
 INT8_MIN_AGREEMENT = 0.99
 INT8_MAX_TOP1_DROP = 1.0  # percentage points
 DEFAULT_BATCH = 8
+# Below this many images a top-1 agreement moves in steps of more than 2%: say so rather than judge quietly.
+FEW_VALIDATION_IMAGES = 50
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,7 @@ class ValidateResult:
     labelled: bool
     thresholds: dict[str, float | str]
     file_sha256: dict[str, str]
+    calibration_excluded: int = 0  # images left out because a quantized model was calibrated on them
 
     @property
     def passed(self) -> bool:
@@ -140,6 +151,7 @@ def validate_models(
     data_name = options.data or default_test_images(first_meta.dataset)
     source = open_source(data_name, labels_file=options.labels_file, class_names=first_meta.labels)
     indices = source.indices()
+    calibrated_on = calibration_hashes(protos.values())
     reference_model = _ReferenceModel(reference, first_meta)
 
     # Models that share a preprocessing see the same tensors in one streaming pass over the data.
@@ -153,6 +165,7 @@ def validate_models(
 
     rows = []
     labelled = True
+    kept_images, excluded = len(indices), 0
     for key, names in by_spec.items():
         sessions = {
             (name, p): open_session(protos[name], p, strict=options.strict_ep)
@@ -162,11 +175,24 @@ def validate_models(
         expected_parts: list[np.ndarray] = []
         got_parts: dict[tuple[str, Provider], list[np.ndarray]] = {k: [] for k in sessions}
         labels: list[int | None] = []
-        for images, samples in iter_batches(source, specs[key], indices, options.batch):
+        kept_images, excluded = 0, 0
+        for batch_images, batch_samples in iter_batches(source, specs[key], indices, options.batch):
+            # An image a quantized model was calibrated on says nothing about how it generalises: leave it out.
+            keep = [i for i, s in enumerate(batch_samples) if s.sha256 not in calibrated_on]
+            excluded += len(batch_samples) - len(keep)
+            kept_images += len(keep)
+            if not keep:
+                continue
+            images, samples = batch_images[keep], [batch_samples[i] for i in keep]
             expected_parts.append(reference_model(images))
             for (name, provider), session in sessions.items():
                 got_parts[(name, provider)].append(session.logits(images))
             labels.extend(s.label for s in samples)
+        if not expected_parts:
+            raise InputFileError(
+                f"{source.name}: all {excluded} images were used to calibrate the INT8 model; pass --data with"
+                " other images"
+            )
         expected = np.concatenate(expected_parts)
         y = np.asarray(labels, np.int64) if all(label is not None for label in labels) else None
         labelled = labelled and y is not None
@@ -203,15 +229,33 @@ def validate_models(
                 )
             )
     rows.sort(key=lambda r: (list(protos).index(r.path), [p.value for p in options.providers].index(r.provider)))
+    if kept_images < FEW_VALIDATION_IMAGES:
+        left_out = f" after leaving out {excluded} calibration images" if excluded else ""
+        warnings.warn(
+            f"validating on only {kept_images} images from {source.name}{left_out}; each image moves top-1"
+            f" agreement by {1 / kept_images:.1%}: pass --data with more images",
+            ResnetEdgeWarning,
+            stacklevel=2,
+        )
     return ValidateResult(
         rows=rows,
         reference=reference_model.description,
         data=source.name,
-        images=len(indices),
+        calibration_excluded=excluded,
+        images=kept_images,
         labelled=labelled,
         thresholds=thresholds(options),
         file_sha256={name: sha256_file(name) for name in protos},
     )
+
+
+def calibration_hashes(protos: Iterable[onnx.ModelProto]) -> set[str]:
+    """SHA-256 of every image a quantized model records it was calibrated on (resnet-edge's quantization record)."""
+    hashes: set[str] = set()
+    for proto in protos:
+        record = read_record(proto, QUANTIZATION_KEY) or {}
+        hashes.update(f["sha256"] for f in record.get("calibration", {}).get("files", []))
+    return hashes
 
 
 def thresholds(options: ValidateOptions) -> dict[str, float | str]:

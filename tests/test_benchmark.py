@@ -114,11 +114,12 @@ def test_pytorch_is_timed_apart_from_onnxruntime(
     monkeypatch.setattr(bench, "time_interleaved", spy)
     copy = tmp_path / "copy.onnx"
     copy.write_bytes(digits_sim.read_bytes())
-    result = benchmark_models(
-        [digits_sim, copy],
-        BenchmarkOptions(iterations=2, warmup=0, threads=1, torch_reference="builtin:digits-resnet20"),
-    )
+    options = BenchmarkOptions(iterations=2, warmup=0, threads=1, torch_reference="builtin:digits-resnet20")
+    done: list[int] = []
+    result = benchmark_models([digits_sim, copy], options, progress=done.append)
     assert groups == [2, 1] and [r.model for r in result.rows] == ["digits.sim.onnx", "copy.onnx", "pytorch"]
+    # One progress bar covers every timed phase, PyTorch's included.
+    assert sum(done) == options.total_rounds == 2 * 2
     with pytest.raises(OptionError, match="given twice"):
         benchmark_models([digits_sim, digits_sim], BenchmarkOptions(iterations=1))
 

@@ -51,8 +51,10 @@ def test_export_simplify_inspect_round_trip(tmp_path: Path) -> None:
 
 
 def test_export_json(tmp_path: Path) -> None:
-    data = json.loads(run("export", "--arch", "resnet20", "--batch", "2", "-o", tmp_path / "m.onnx", "--json").output)
+    result = run("export", "--arch", "resnet20", "--batch", "2", "-o", tmp_path / "m.onnx", "--json")
+    data = json.loads(result.stdout)  # stdout is JSON alone; the random-weights warning goes to stderr
     assert data["input_shape"] == [2, 3, 32, 32] and data["parity"]["2"]["top1_agreement"] == 1.0
+    assert result.stderr.count("random weights") == 1
 
 
 @pytest.mark.parametrize(
@@ -167,3 +169,52 @@ def test_doctor() -> None:
     assert result.exit_code == 0 and "onnxruntime providers: " in result.output and "avx512_vnni" in result.output
     data = json.loads(run("doctor", "--json").output)
     assert data["packages"]["onnxruntime"] and "CPUExecutionProvider" in data["onnxruntime_providers"]
+
+
+def test_help_is_fast_because_the_cli_imports_no_heavy_library() -> None:
+    """``--help`` and ``--version`` import no torch, onnx or onnxruntime: those load inside the commands."""
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import sys, resnet_edge.cli.main;"
+        "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'numpy', 'matplotlib') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+    started = time.perf_counter()
+    help_run = subprocess.run(
+        [sys.executable, "-m", "resnet_edge.cli.main", "--help"], capture_output=True, text=True, check=True
+    )
+    # Generous: about 0.2 s on an idle 2-core machine; importing torch alone took 2.4 s.
+    assert time.perf_counter() - started < 2.0 and "pipeline" in help_run.stdout
+
+
+def test_warnings_are_written_through_the_progress_bar(capsys: pytest.CaptureFixture) -> None:
+    import sys
+    import warnings
+
+    from tqdm import tqdm
+
+    from resnet_edge.cli import render
+    from resnet_edge.errors import ResnetEdgeWarning
+
+    saved = warnings.showwarning
+    try:
+        with warnings.catch_warnings():
+            render.install_warning_printer()
+            with tqdm(total=4, file=sys.stderr, desc="timing") as bar:
+                bar.update(1)
+                warnings.warn("noisy timing", ResnetEdgeWarning, stacklevel=1)
+                bar.update(1)
+    finally:
+        warnings.showwarning = saved
+    err = capsys.readouterr().err
+    # tqdm clears the bar's line first: the warning starts a line of its own, never after the bar's text.
+    assert "\nwarning: noisy timing" in err.replace("\r", "\n") and "|warning" not in err
+
+
+def test_gitignore_keeps_the_default_output_folder_out() -> None:
+    lines = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().splitlines()
+    assert "resnet-edge-out/" in lines

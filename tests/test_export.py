@@ -74,7 +74,8 @@ def test_dynamo_exporter_is_refused_below_its_opset_or_without_onnxscript(tmp_pa
     with pytest.raises(OptionError, match="dynamo exporter writes opsets 18 to 23, not 17"):
         export_onnx(ExportOptions(arch="resnet20", exporter=Exporter.DYNAMO, opset=17), tmp_path / "d.onnx")
     pytest.importorskip("onnxscript")
-    result = export_onnx(ExportOptions(arch="resnet20", exporter=Exporter.DYNAMO, opset=18), tmp_path / "d.onnx")
+    # No opset named: the exporter's own default, not the TorchScript exporter's 17.
+    result = export_onnx(ExportOptions(arch="resnet20", exporter=Exporter.DYNAMO), tmp_path / "d.onnx")
     assert result.opset == 18 and result.exporter == "dynamo"
     # Nodes are renamed by module scope, as the TorchScript exporter names them, so blocks can be found.
     names = {n.name for n in onnx.load(str(tmp_path / "d.onnx")).graph.node}
@@ -115,3 +116,29 @@ def test_input_size_keeps_a_checkpoints_own_normalisation(tmp_path: Path) -> Non
     export_onnx(ExportOptions(weights="builtin:digits-resnet20", input_size=48), tmp_path / "d48.onnx")
     spec = read_metadata(onnx.load(str(tmp_path / "d48.onnx"))).preprocessing
     assert (spec.resize, spec.crop) == (48, 48) and spec.mean == (0.3055,) * 3  # the digits' statistics, rescaled
+
+
+def test_keep_bn_keeps_every_batchnorm_and_still_matches_pytorch(tmp_path: Path) -> None:
+    """--keep-bn writes the graph as PyTorch has it (BatchNormalization nodes, eval mode); the default folds them."""
+    from resnet_edge.errors import ResnetEdgeWarning
+
+    with pytest.warns(ResnetEdgeWarning, match="resnet20 has random weights .* measure noise"):
+        kept = export_onnx(ExportOptions(arch="resnet20", fold_bn=False), tmp_path / "kept.onnx")
+    assert kept.batch_norm_nodes == 21  # stem, 18 in the blocks, 2 in the downsampling shortcuts
+    assert all(p.max_abs_error <= FP32_MAX_ABS_ERROR for p in kept.parity.values())
+    folded = export_onnx(ExportOptions(weights="builtin:digits-resnet20"), tmp_path / "folded.onnx")
+    assert folded.batch_norm_nodes == 0
+
+
+def test_export_cli_keep_bn(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from resnet_edge.cli.main import main
+
+    result = CliRunner().invoke(
+        main, ["export", "--weights", "builtin:digits-resnet20", "--keep-bn", "-o", str(tmp_path / "k.onnx")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "BatchNormalization nodes 21 (kept)" in result.output
+    help_text = " ".join(CliRunner().invoke(main, ["export", "--help"]).output.split())
+    assert "--fold-bn / --keep-bn" in help_text and "[default: fold-" in help_text

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from resnet_edge import pipeline as pipeline_module
 from resnet_edge.cli.main import main
-from resnet_edge.errors import OptionError, StageError
-from resnet_edge.pipeline import PipelineConfig, load_config, run_pipeline
+from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning, StageError
+from resnet_edge.pipeline import PipelineConfig, load_config, option_keys, run_pipeline
 
 SMALL = dict(iterations=5, warmup=1, batch_sizes=(1, 4), threads=1)
 EXPECTED = {
@@ -89,6 +89,94 @@ def test_report_records_what_makes_the_run_repeatable(run_dir: Path) -> None:
     assert "<table>" in html and 'src="latency.png"' in html and "ONNX INT8" in html
     assert "| ONNX INT8 |" in (run_dir / "report.md").read_text()
     assert "- ONNX INT8 on cpu: cpu: " in (run_dir / "report.md").read_text()  # where each node ran
+    assert "Speed-up: ONNX FP32" in html
+
+
+def _assert_paths_are_relative_and_exist(report: dict, folder: Path) -> None:
+    """Every string in the report that names a file names one beside the report, by a relative path."""
+    found = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(k)
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+        elif isinstance(value, str):
+            assert ".partial" not in value and "resnet-edge-weights-" not in value, value
+            if value.endswith((".onnx", ".json", ".png")) and " " not in value:
+                assert not Path(value).is_absolute(), value
+                found.append(value)
+                assert (folder / value).exists(), value
+
+    walk(report)
+    assert found
+
+
+def test_report_paths_are_relative_to_the_report_and_exist(run_dir: Path) -> None:
+    report = json.loads((run_dir / "report.json").read_text())
+    _assert_paths_are_relative_and_exist(report, run_dir)
+    assert report["stages"]["validate"]["rows"][0]["path"] == "model.onnx"
+
+
+def test_report_records_resolved_configuration_and_where_it_came_from(run_dir: Path) -> None:
+    report = json.loads((run_dir / "report.json").read_text())
+    config, sources = report["config"], report["config_sources"]
+    assert set(config) == set(sources) == set(option_keys())
+    for key in ("arch", "calib", "data", "threads", "variant", "input_size", "per_channel", "format"):
+        assert config[key] is not None, key
+    assert config["arch"] == "resnet20" and sources["arch"] == "checkpoint"
+    assert config["calib"] == "builtin:digits-calib" and config["data"] == "builtin:digits-test"
+    assert config["threads"] == 1 and sources["threads"] == "argument" and sources["opset"] == "default"
+    assert config["batch"] == [1, 4] and "auto" in sources["target"]
+    assert "<th>From</th>" in (run_dir / "report.html").read_text()
+
+
+def test_the_pipeline_shows_the_batchnorm_fold(run_dir: Path) -> None:
+    """model.onnx keeps PyTorch's BatchNorms; the simplify stage folds every one, and the ops plot shows it."""
+    report = json.loads((run_dir / "report.json").read_text())
+    simplify = report["stages"]["simplify"]
+    assert simplify["batch_norm_before"] == 21 == report["stages"]["export"]["op_counts"]["BatchNormalization"]
+    assert simplify["batch_norm_remaining"] == [] and report["plots"]["ops"]["after"].get("BatchNormalization", 0) == 0
+    assert report["plots"]["ops"]["before"]["BatchNormalization"] == 21
+
+
+def test_inputs_are_checked_before_the_first_stage(tmp_path: Path) -> None:
+    for values, error, match in (
+        ({"calib": str(tmp_path / "missing")}, InputFileError, "calib: .*not found"),
+        ({"data": str(tmp_path / "missing")}, InputFileError, "data: .*not found"),
+        ({"weights": str(tmp_path / "missing.pt")}, InputFileError, "missing.pt"),
+        ({"weights": "builtin:nope"}, OptionError, "unknown built-in checkpoint"),
+    ):
+        with pytest.raises(error, match=match):
+            run_pipeline(PipelineConfig(**SMALL, **values), tmp_path / "out")
+        assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_every_option_is_a_config_key_with_help() -> None:
+    command = main.commands["pipeline"]
+    not_keys = {"config_file", "outdir", "overwrite", "as_json", "help"}
+    options = {p.name: p for p in command.params if p.name not in not_keys}
+    assert set(options) == set(option_keys())
+    for name, param in options.items():
+        assert param.help and len(param.help) > 10, name
+    assert "skips" in options["torch_eager"].help
+
+
+def test_a_config_file_list_may_be_written_as_on_the_command_line(tmp_path: Path) -> None:
+    from resnet_edge.pipeline import make_config
+
+    config = tmp_path / "p.toml"
+    config.write_text('batch = "1,4"\nstrict-ep = true\ntorch_eager = false\n')
+    loaded = load_config(config)
+    assert loaded.batch_sizes == (1, 4) == make_config({"batch": "1,4"}).batch_sizes
+    assert loaded.strict_ep is True and loaded.torch_eager is False
+    assert loaded.origins["batch_sizes"] == "config file p.toml"
+    assert load_config(config, batch="8").origins["batch_sizes"] == "flag"
+    with pytest.raises(OptionError, match="batch must be list of integers"):
+        make_config({"batch": "1,x"})
 
 
 def test_refuses_an_existing_outdir_unless_overwrite(run_dir: Path, tmp_path: Path) -> None:
@@ -102,15 +190,23 @@ def test_refuses_an_existing_outdir_unless_overwrite(run_dir: Path, tmp_path: Pa
     assert "stale.onnx" not in names and "model.int8.onnx" not in names and "model.sim.onnx" in names
 
 
-def test_a_failing_stage_is_named_and_earlier_artifacts_stay(tmp_path: Path) -> None:
-    empty = tmp_path / "empty"
-    empty.mkdir()
+def test_a_failing_stage_is_named_and_earlier_artifacts_stay(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def no_images(*args: object, **kwargs: object) -> None:
+        raise InputFileError("no images in the calibration folder")
+
+    # A missing --calib is refused before any stage (test_inputs_are_checked_before_the_first_stage); a stage
+    # that fails on its own is simulated.
+    monkeypatch.setattr(pipeline_module, "quantize_onnx", no_images)
     with pytest.raises(StageError, match=r"^quantize: no images .* \(kept in .*: model.onnx, model.sim.onnx"):
-        run_pipeline(PipelineConfig(**SMALL, calib=str(empty)), tmp_path / "out")
+        run_pipeline(PipelineConfig(**SMALL), tmp_path / "out")
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"model.onnx", "model.sim.onnx", "report.json"} <= names and "model.int8.onnx" not in names
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["status"] == "stopped at quantize" and "no images" in report["error"]
+    # No timings, so no speed-up column to explain.
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "Speed-up:" not in html and "Speed-up:" not in (tmp_path / "out" / "report.md").read_text()
+    _assert_paths_are_relative_and_exist(report, tmp_path / "out")
 
 
 def test_ctrl_c_publishes_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -162,3 +258,17 @@ def test_the_current_folder_is_never_an_outdir(tmp_path: Path, monkeypatch: pyte
     monkeypatch.chdir(tmp_path)
     with pytest.raises(OptionError, match="holds the current folder"):
         run_pipeline(PipelineConfig(**SMALL), ".")
+
+
+def test_random_weights_are_said_out_loud(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def stop(*args: object, **kwargs: object) -> None:
+        raise InputFileError("stopped here on purpose")
+
+    monkeypatch.setattr(pipeline_module, "export_onnx", stop)
+    with (
+        pytest.warns(ResnetEdgeWarning, match="resnet20 has random weights .* seed 3.* measure noise"),
+        pytest.raises(StageError, match="stopped here"),
+    ):
+        run_pipeline(PipelineConfig(**SMALL, arch="resnet20", seed=3), tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["config"]["weights"] == "random init (seed 3)"

@@ -174,3 +174,18 @@ def test_malformed_metadata_is_a_one_line_error(digits_onnx: Path, tmp_path: Pat
     onnx.save(model, str(tmp_path / "bad.onnx"))
     with pytest.raises(InputFileError, match="metadata_props are malformed"):
         validate_models([tmp_path / "bad.onnx"])
+
+
+def test_images_the_int8_model_was_calibrated_on_are_left_out(digits_int8: Path, tmp_path: Path) -> None:
+    """Judging INT8 on its own calibration images flatters it: those are dropped by hash, and counted."""
+    from resnet_edge.calibration.sources import DIGITS_FILE
+
+    with np.load(DIGITS_FILE) as archive:
+        rows = np.concatenate([archive["calib_rows"][:10], archive["test_rows"][:30]])
+        mixed = tmp_path / "mixed.npz"
+        np.savez(mixed, images=archive["images"][rows], labels=archive["labels"][rows])
+    with pytest.warns(ResnetEdgeWarning, match="validating on only 30 images .* after leaving out 10 calibration"):
+        result = validate_models([digits_int8], options=ValidateOptions(data=str(mixed)))
+    assert result.images == 30 and result.calibration_excluded == 10
+    with pytest.raises(InputFileError, match="all 200 images were used to calibrate"):
+        validate_models([digits_int8], options=ValidateOptions(data="builtin:digits-calib"))
