@@ -16,7 +16,7 @@ import onnx
 
 from resnet_edge.artifacts import load_onnx, sha256_file
 from resnet_edge.calibration.preprocess import PreprocessSpec
-from resnet_edge.calibration.sources import default_test_images, iter_batches, open_source
+from resnet_edge.calibration.sources import ImageSource, default_test_images, iter_batches, open_source
 from resnet_edge.errors import InputFileError, OptionError
 from resnet_edge.metadata import ModelMetadata, preprocessing_for, read_metadata, static_input_shape
 from resnet_edge.onnx_graph import is_quantized
@@ -110,19 +110,25 @@ class ValidateResult:
         return all(row.passed for row in self.rows)
 
 
-def validate_models(
-    models: Sequence[Path | str], reference: Reference | None = None, options: ValidateOptions = ValidateOptions()
-) -> ValidateResult:
-    """Compare each model on each provider with the reference over the same images.
+@dataclass
+class Plan:
+    """A validation, prepared: the models read and checked, the reference ready, the data opened, and the models
+    grouped by preprocessing (models that share one see the same tensors)."""
 
-    Args:
-        reference: None finds the built-in checkpoint a model was exported from (by its recorded SHA-256).
+    protos: dict[str, onnx.ModelProto]
+    reference: _ReferenceModel
+    source: ImageSource
+    indices: list[int]
+    specs: dict[str, PreprocessSpec]  # preprocessing (as JSON) -> spec
+    groups: dict[str, list[str]]  # preprocessing (as JSON) -> model paths
+    options: ValidateOptions
+
+
+def plan_validation(models: Sequence[Path | str], reference: Reference | None, options: ValidateOptions) -> Plan:
+    """Check the options, read the models, find and load the reference, open the data.
 
     Raises:
-        OptionError: no models, no reference to be found, bad batch or thresholds.
-        InputFileError: unreadable models or data, data that does not fit a model's input.
-        CheckpointError: the reference checkpoint does not fit its arch.
-        ProviderError: ``strict_ep`` and a provider is missing.
+        as :func:`validate_models`.
     """
     if not models:
         raise OptionError("give at least one model to validate")
@@ -137,75 +143,130 @@ def validate_models(
     reference = reference or _builtin_reference(protos)
     data_name = options.data or default_test_images(first_meta.dataset)
     source = open_source(data_name, labels_file=options.labels_file, class_names=first_meta.labels)
-    indices = source.indices()
-    reference_model = _ReferenceModel(reference, first_meta)
-
-    # Models that share a preprocessing see the same tensors in one streaming pass over the data.
-    by_spec: dict[str, list[str]] = {}
+    groups: dict[str, list[str]] = {}
     specs: dict[str, PreprocessSpec] = {}
     for name, proto in protos.items():
         spec = preprocessing_for(proto, source=name)
         _check_fits(proto, spec, name)
         specs[spec.to_json()] = spec
-        by_spec.setdefault(spec.to_json(), []).append(name)
+        groups.setdefault(spec.to_json(), []).append(name)
+    return Plan(protos, _ReferenceModel(reference, first_meta), source, source.indices(), specs, groups, options)
 
+
+def validate_models(
+    models: Sequence[Path | str], reference: Reference | None = None, options: ValidateOptions = ValidateOptions()
+) -> ValidateResult:
+    """Compare each model on each provider with the reference over the same images.
+
+    Args:
+        reference: None finds the built-in checkpoint a model was exported from (by its recorded SHA-256).
+
+    Raises:
+        OptionError: no models, no reference to be found, bad batch or thresholds.
+        InputFileError: unreadable models or data, data that does not fit a model's input.
+        CheckpointError: the reference checkpoint does not fit its arch.
+        ProviderError: ``strict_ep`` and a provider is missing.
+    """
+    plan = plan_validation(models, reference, options)
     rows = []
     labelled = True
-    for key, names in by_spec.items():
+    for key, names in plan.groups.items():
         sessions = {
-            (name, p): open_session(protos[name], p, strict=options.strict_ep)
+            (name, p): open_session(plan.protos[name], p, strict=options.strict_ep)
             for name in names
             for p in options.providers
         }
         expected_parts: list[np.ndarray] = []
         got_parts: dict[tuple[str, Provider], list[np.ndarray]] = {k: [] for k in sessions}
         labels: list[int | None] = []
-        for images, samples in iter_batches(source, specs[key], indices, options.batch):
-            expected_parts.append(reference_model(images))
+        for images, samples in iter_batches(plan.source, plan.specs[key], plan.indices, options.batch):
+            expected_parts.append(plan.reference(images))
             for (name, provider), session in sessions.items():
                 got_parts[(name, provider)].append(session.logits(images))
             labels.extend(s.label for s in samples)
-        expected = np.concatenate(expected_parts)
         y = np.asarray(labels, np.int64) if all(label is not None for label in labels) else None
         labelled = labelled and y is not None
-        outputs = {key: np.concatenate(parts) for key, parts in got_parts.items()}
-        for (name, _), got in outputs.items():
-            if got.shape[1] != expected.shape[1]:
-                raise InputFileError(
-                    f"{name} has {got.shape[1]} classes but the reference ({reference_model.description}) has"
-                    f" {expected.shape[1]}"
-                )
-        ref_acc = accuracy(expected, y) if y is not None else None
-        for (name, provider), session in sessions.items():
-            got = outputs[(name, provider)]
-            quantized = is_quantized(protos[name])
-            parity = compare(expected, got)
-            acc = accuracy(got, y) if y is not None else None
-            failures = _judge(parity, acc, ref_acc, quantized, options, float(np.abs(expected).max()))
-            rows.append(
-                ValidateRow(
-                    model=Path(name).name,
-                    path=name,
-                    quantized=quantized,
-                    provider=provider.value,
-                    ran_on=session.ran_on,
-                    providers_used=session.providers_used,
-                    parity=parity,
-                    accuracy=acc,
-                    reference_accuracy=ref_acc,
-                    passed=not failures,
-                    failures=failures,
-                )
+        outputs = {
+            (name, provider.value): Outputs(np.concatenate(got_parts[(name, provider)]), s.ran_on, s.providers_used)
+            for (name, provider), s in sessions.items()
+        }
+        rows += judge_outputs(plan, np.concatenate(expected_parts), y, outputs)
+    return finish_validation(plan, rows, labelled)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """One model's logits on one provider, and where they were computed."""
+
+    logits: np.ndarray
+    ran_on: str
+    providers_used: list[str]
+
+
+def reference_inputs(plan: Plan, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """All images of a preprocessing group at once (for a device), the reference's logits and the labels (or None)."""
+    images, expected, labels = [], [], []
+    for batch, samples in iter_batches(plan.source, plan.specs[key], plan.indices, plan.options.batch):
+        images.append(batch)
+        expected.append(plan.reference(batch))
+        labels.extend(s.label for s in samples)
+    y = np.asarray(labels, np.int64) if all(label is not None for label in labels) else None
+    return np.concatenate(images), np.concatenate(expected), y
+
+
+def judge_outputs(
+    plan: Plan, expected: np.ndarray, y: np.ndarray | None, outputs: dict[tuple[str, str], Outputs]
+) -> list[ValidateRow]:
+    """Rows for one preprocessing group: each (model, provider)'s outputs judged against the reference's.
+
+    The one place where parity becomes pass or fail, for outputs computed here or on a device alike.
+
+    Raises:
+        InputFileError: a model's class count differs from the reference's.
+    """
+    for (name, _), got in outputs.items():
+        if got.logits.shape[1] != expected.shape[1]:
+            raise InputFileError(
+                f"{name} has {got.logits.shape[1]} classes but the reference ({plan.reference.description}) has"
+                f" {expected.shape[1]}"
             )
-    rows.sort(key=lambda r: (list(protos).index(r.path), [p.value for p in options.providers].index(r.provider)))
+    ref_acc = accuracy(expected, y) if y is not None else None
+    rows = []
+    for (name, provider), got in outputs.items():
+        quantized = is_quantized(plan.protos[name])
+        parity = compare(expected, got.logits)
+        acc = accuracy(got.logits, y) if y is not None else None
+        failures = _judge(parity, acc, ref_acc, quantized, plan.options, float(np.abs(expected).max()))
+        rows.append(
+            ValidateRow(
+                model=Path(name).name,
+                path=name,
+                quantized=quantized,
+                provider=provider,
+                ran_on=got.ran_on,
+                providers_used=got.providers_used,
+                parity=parity,
+                accuracy=acc,
+                reference_accuracy=ref_acc,
+                passed=not failures,
+                failures=failures,
+            )
+        )
+    return rows
+
+
+def finish_validation(plan: Plan, rows: list[ValidateRow], labelled: bool) -> ValidateResult:
+    """The result, rows in the order the models and providers were given."""
+    providers = [p.value for p in plan.options.providers]
+    rows.sort(key=lambda r: (list(plan.protos).index(r.path), providers.index(r.provider)))
     return ValidateResult(
         rows=rows,
-        reference=reference_model.description,
-        data=source.name,
-        images=len(indices),
+        reference=plan.reference.description,
+        data=plan.source.name,
+        images=len(plan.indices),
         labelled=labelled,
-        thresholds=thresholds(options),
-        file_sha256={name: sha256_file(name) for name in protos},
+        thresholds=thresholds(plan.options),
+        file_sha256={name: sha256_file(name) for name in plan.protos},
     )
 
 
