@@ -140,7 +140,7 @@ def benchmark_models(
         InputFileError: a model cannot be read or loaded.
         ProviderError: ``strict_ep`` and a provider is missing.
     """
-    _check_options(models, options)
+    check_options(models, options)
     threads = options.threads or default_threads()
     protos = {str(m): load_onnx(m) for m in models}
     specs = {name: preprocessing_for(proto, source=name) for name, proto in protos.items()}
@@ -208,7 +208,7 @@ def benchmark_models(
     )
 
 
-def _check_options(models: Sequence[Path | str], options: BenchmarkOptions) -> None:
+def check_options(models: Sequence[Path | str], options: BenchmarkOptions) -> None:
     if not models:
         raise OptionError("give at least one model to benchmark")
     if len({str(m) for m in models}) != len(models):

@@ -351,7 +351,7 @@ class TargetSession:
                 f"uploading {_mib(len(archive))} ({len(set(transfer.models_uploaded))} model(s); {cached} cached)"
             )
             self._call(_UPLOAD, [self.remote_dir], step="upload", stdin=archive, timeout=self._timeout(600))
-            self.progress(f"running on {facts.get('python', '?')} python")
+            self.progress(f"running (Python {facts.get('python', '?')})")
             # Two targets that are one machine (local and ssh://localhost, say) must not time each other: take turns.
             machine = facts.get("machine") or self.target.name
             with _lock_for(hashlib.sha256(machine.encode()).hexdigest()):
