@@ -8,6 +8,7 @@ writes nowhere else either.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -63,10 +64,8 @@ class SshServer:
     def drop_connections(self) -> None:
         """Kill every connection's sshd processes: what the host sees as a dropped link."""
         for pid in self.session_pids():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def leftovers(self) -> list[Path]:
         return sorted(self.remote_tmp.glob("resnet-edge.*"))
