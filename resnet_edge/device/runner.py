@@ -151,6 +151,15 @@ def _open(path: str, label: str, provider: str, job: dict) -> object:
         raise
 
 
+def _oom_detail(exc: BaseException) -> str:
+    """onnxruntime's allocation failure without its source paths: what was asked for."""
+    text = str(exc)
+    for marker in ("Failed to allocate memory for requested buffer of size", "Failed to allocate", "bad_alloc"):
+        if marker in text:
+            return marker + text.split(marker, 1)[1].splitlines()[0][:40]
+    return _first_line(exc)[:120]
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300]
@@ -195,7 +204,7 @@ def _benchmark(job: dict, paths: dict[str, str], inputs: dict, warnings_: list[s
             except Exception as exc:
                 if not _is_oom(exc):
                     raise
-                reason = f"out of memory at batch {batch}: {_first_line(exc)}"
+                reason = f"out of memory at batch {batch} ({_oom_detail(exc)})"
                 warnings_.append(f"{provider}: {reason}")
                 timed_all += [Timed(label, batch, None, reason) for label in sessions]
         out[provider] = {
@@ -220,7 +229,9 @@ def _stats_json(stats: object) -> dict | None:
     if stats is None:
         return None
     data = asdict(stats)
-    data["cv"] = stats.cv
+    for name in dir(type(stats)):  # derived facts too, as resnet_edge.jsonable writes them on the host
+        if isinstance(getattr(type(stats), name), property) and not name.startswith("_"):
+            data[name] = getattr(stats, name)
     return data
 
 

@@ -272,6 +272,8 @@ class TargetSession:
     def _script_failure(self, err: str, step: str, code: int) -> str:
         if "no space left on device" in err.lower():
             return f"not enough space on the device during the {step}: {_last_line(err)}"
+        if code in (137, -9):
+            return f"the {step} was killed (SIGKILL): most likely the device ran out of memory; try a smaller batch"
         if code < 0:
             return f"the {step} was interrupted (signal {-code})"
         return f"{step} failed (exit {code}): {_last_line(err) or 'no message'}"
