@@ -60,7 +60,9 @@ for name in ("numpy", "onnxruntime"):
     except Exception:
         missing.append(name)
 sys.stdout.write("resnet-edge:missing %s\n" % " ".join(missing))
-' || { echo "resnet-edge:python-failed"; exit 0; }
+sys.exit(3 if missing else 0)
+'
+case $? in 0) ;; 3) exit 0 ;; *) echo "resnet-edge:python-failed"; exit 0 ;; esac
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/resnet-edge/models"
 (umask 077 && mkdir -p "$cache") 2>/dev/null || echo "resnet-edge:cache-unwritable"
 echo "resnet-edge:cache $cache"
@@ -262,7 +264,8 @@ class TargetSession:
         if "could not resolve hostname" in text:
             return f"unknown host {self.target.host!r} (neither a DNS name nor an alias in the ssh config)"
         if "connection refused" in text:
-            return f"connection refused (no ssh server on port {self.target.port or 22}?)"
+            where = f"port {self.target.port}" if self.target.port else "its ssh port"
+            return f"connection refused (is an ssh server listening on {where}?)"
         if "timed out" in text or "no route to host" in text or "network is unreachable" in text:
             return f"unreachable: no answer within {self.options.connect_timeout_s:g} s ({last})"
         if step in ("upload", "run"):
@@ -293,6 +296,8 @@ class TargetSession:
                 facts["missing"] = value.split()
             else:
                 facts[key] = value
+        if "dir" in facts and _REMOTE_DIR.match(facts["dir"]):
+            self.remote_dir = facts["dir"]  # from here on, cleanup() removes it whatever fails next
         python = self.python
         if "no-python" in facts:
             raise TargetError(self.target.name, f"no interpreter {python!r} on the device (--remote-python PATH)")
@@ -309,9 +314,8 @@ class TargetSession:
             )
         if "no-tmp" in facts or "dir" not in facts:
             raise TargetError(self.target.name, "cannot create a temporary folder on the device (is its /tmp full?)")
-        if not _REMOTE_DIR.match(facts["dir"]):
+        if self.remote_dir is None:
             raise TargetError(self.target.name, f"unexpected temporary folder {facts['dir']!r} on the device")
-        self.remote_dir = facts["dir"]
         return facts
 
     def _timeout(self, seconds: float) -> float:
