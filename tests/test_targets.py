@@ -19,9 +19,10 @@ from click.testing import CliRunner
 
 from resnet_edge.benchmark import BenchmarkOptions
 from resnet_edge.cli.main import main
-from resnet_edge.device.fleet import benchmark_on_targets, parse_targets, validate_on_targets
+from resnet_edge.device.fleet import benchmark_on_targets, parse_targets
 from resnet_edge.device.targets import RemoteOptions, Target, TargetKind
 from resnet_edge.errors import OptionError
+from resnet_edge.jsonable import to_jsonable
 from resnet_edge.validate import validate_models
 from tests.sshd import SshServer, start_sshd
 
@@ -116,22 +117,20 @@ def test_benchmark_on_a_device_and_here_side_by_side_and_the_second_run_uploads_
 def test_validate_on_a_device_agrees_exactly_as_a_local_validate(
     ssh_server: SshServer, device_python: Path, digits_onnx: Path, digits_int8: Path
 ) -> None:
-    result = cli(
-        "validate", digits_onnx, digits_int8, "--target", "ssh://device", *remote_args(ssh_server, device_python)
-    )
+    args = ["validate", digits_onnx, digits_int8, "--target", "ssh://device", "--json"]
+    result = cli(*args, *remote_args(ssh_server, device_python))
     assert result.exit_code == 0, result.output
-    assert "ssh://device  digits.int8.onnx" in result.stdout and "[ssh://device] done" in result.stderr
-    remote = RemoteOptions(python=str(device_python), ssh_config=ssh_server.client_config)
-    fleet = validate_on_targets([digits_onnx, digits_int8], parse_targets(["ssh://device"]), remote=remote)
-    local = validate_models([digits_onnx, digits_int8])
-    device = fleet.results["ssh://device"]
-    assert fleet.passed and device.thresholds == local.thresholds and device.images == local.images == 397
-    for got, want in zip(device.rows, local.rows, strict=True):
-        assert (got.model, got.quantized, got.passed) == (want.model, want.quantized, want.passed)
-        assert got.parity.top1_agreement == want.parity.top1_agreement
-        assert got.accuracy == want.accuracy
-        assert got.parity.max_abs_error == pytest.approx(want.parity.max_abs_error, rel=0.05, abs=1e-6)
-    assert [r.quantized for r in device.rows] == [False, True]
+    fleet = json.loads(result.stdout)
+    device = fleet["results"]["ssh://device"]
+    local = to_jsonable(validate_models([digits_onnx, digits_int8]))
+    assert fleet["passed"] and device["thresholds"] == local["thresholds"]
+    assert device["images"] == local["images"] == 397
+    for got, want in zip(device["rows"], local["rows"], strict=True):
+        for key in ("model", "quantized", "passed", "accuracy", "reference_accuracy"):
+            assert got[key] == want[key], key
+        assert got["parity"]["top1_agreement"] == want["parity"]["top1_agreement"]
+        assert got["parity"]["max_abs_error"] == pytest.approx(want["parity"]["max_abs_error"], rel=0.05, abs=1e-6)
+    assert [r["quantized"] for r in device["rows"]] == [False, True]
     assert ssh_server.leftovers() == []
 
 
