@@ -28,6 +28,11 @@ from resnet_edge.models import list_models
 @click.option("--batch", "batch_sizes", help="Benchmark batch sizes, comma-separated. [default: 1,8]")
 @click.option("--iterations", type=int, help="Benchmark rounds. [default: 50]")
 @click.option("--threads", type=int, help="Intra-op threads. [default: all cores]")
+@click.option(
+    "--target", "targets", multiple=True, help="Also benchmark on this device (ssh://[user@]host[:port], local)."
+)
+@click.option("--remote-python", help="Interpreter on the target devices. [default: python3]")
+@click.option("--ssh-config", help="ssh config file instead of ~/.ssh/config (ssh -F).")
 @click.option("--allow-unfolded-bn", is_flag=True, default=None, help="Keep BatchNorms with no conv to fold into.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML file with any of these options.")
 @click.option(
@@ -47,13 +52,15 @@ def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
 
     if options["batch_sizes"] is not None:
         options["batch_sizes"] = parse_batches(options["batch_sizes"])
-    given = {k: v for k, v in options.items() if v is not None}
+    given = {k: v for k, v in options.items() if v is not None and v != ()}
     config = load_config(config_file, **given) if config_file else make_config(given)
 
     def show(event: StageEvent) -> None:
         if as_json:
             return
-        if event.status == "start":
+        if event.status == "progress":
+            click.echo(f"[{event.stage}] {event.summary}", err=True)
+        elif event.status == "start":
             click.echo(f"[{event.stage}] running ...", err=True)
         elif event.status == "done":
             click.echo(f"[{event.stage}] done in {event.seconds:.1f} s: {event.summary}")

@@ -21,7 +21,12 @@ VARIANTS = {
     "model.int8.onnx": "ONNX INT8",
     "pytorch": "PyTorch eager",
 }
-PLOTS = {"latency": "latency.png", "accuracy_latency": "accuracy_vs_latency.png", "ops": "ops_before_after.png"}
+PLOTS = {
+    "latency": "latency.png",
+    "accuracy_latency": "accuracy_vs_latency.png",
+    "ops": "ops_before_after.png",
+    "devices": "latency_by_device.png",
+}
 
 
 def summarize(result: PipelineResult) -> dict:
@@ -62,8 +67,19 @@ def summarize(result: PipelineResult) -> dict:
             "before": result.simplify.ops_before if result.simplify else {},
             "after": result.simplify.ops_after if result.simplify else {},
         },
+        "devices": _device_series(result, first_batch),
     }
     return {"rows": rows, "plots": plots}
+
+
+def _device_series(result: PipelineResult, batch: int) -> dict:
+    """p50 per (target, model) at the first batch size, for the latency-by-device plot (``--target`` runs)."""
+    devices = getattr(result, "devices", None)
+    series: dict[str, dict[str, float]] = {}
+    for r in devices.rows if devices else []:
+        if r.latency and r.batch == batch:
+            series.setdefault(r.target, {})[VARIANTS.get(r.model, r.model)] = r.latency.p50_ms
+    return {"batch": batch, "p50_ms": series}
 
 
 def _row(name: str, provider: str, result: PipelineResult, batch: int) -> dict:
@@ -129,7 +145,7 @@ def write_report(result: PipelineResult, folder: Path) -> None:
         "environment": to_jsonable(result.benchmark.environment) if result.benchmark else _environment(),
         "stages": {
             name: to_jsonable(getattr(result, name))
-            for name in ("export", "simplify", "quantize", "validate", "benchmark")
+            for name in ("export", "simplify", "quantize", "validate", "benchmark", "devices")
         },
     }
     write_json_atomic(folder / "report.json", report)
@@ -274,6 +290,13 @@ def render_markdown(report: dict) -> str:
     if bench_rows:
         lines += ["## Benchmark", "", "| " + " | ".join(bench_headers) + " |", "|" + "---|" * len(bench_headers)]
         lines += ["| " + " | ".join(r) + " |" for r in bench_rows] + [""]
+    device_headers, device_rows, device_facts = _device_cells(report)
+    if device_headers:
+        lines += ["## Devices", "", *(f"- **{k}:** {v}" for k, v in device_facts), ""]
+        lines += ["| " + " | ".join(device_headers) + " |", "|" + "---|" * len(device_headers)]
+        lines += ["| " + " | ".join(r) + " |" for r in device_rows] + [""]
+        if "devices" in report["plots"]["files"]:
+            lines += [f"![Latency by device]({report['plots']['files']['devices']})", ""]
     lines += [
         "## Files",
         "",
@@ -287,6 +310,59 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _device_cells(report: dict) -> tuple[list[str], list[list[str]], list[tuple[str, str]]]:
+    """The per-device section (``pipeline --target``): each target's facts, and every row it timed."""
+    devices = report["stages"].get("devices")
+    if not devices:
+        return [], [], []
+    facts = []
+    for t in devices["targets"]:
+        if not t["ok"]:
+            facts.append((t["target"], f"failed: {t['error']}"))
+            continue
+        d = t["device"]
+        features = ", ".join(k for k, v in d["features"].items() if v) or "no INT8 features of note"
+        board = f"{d['board']}; " if d["board"] else ""
+        facts.append(
+            (
+                t["target"],
+                f"{board}{d['cpu_model']}, {d['usable_cores']} cores ({features}); {d['os']}; onnxruntime"
+                f" {d['onnxruntime']} ({', '.join(d['onnxruntime_providers'])}); {t['threads']} threads"
+                + "".join(f"; warning: {w}" for w in t["warnings"]),
+            )
+        )
+    headers = [
+        "Target",
+        "Model",
+        "Provider",
+        "Ran on",
+        "Batch",
+        "Cold start ms",
+        "p50 ms",
+        "p99 ms",
+        "img/s",
+        "Speed-up",
+    ]
+    rows = []
+    for r in devices["rows"]:
+        lat = r["latency"] or {}
+        rows.append(
+            [
+                r["target"],
+                VARIANTS.get(r["model"], r["model"]),
+                r["provider"],
+                r["ran_on"],
+                str(r["batch"]),
+                _fmt(r["cold_start_ms"], "ms"),
+                _fmt(lat.get("p50_ms"), "ms"),
+                _fmt(lat.get("p99_ms"), "ms"),
+                _fmt(lat.get("throughput"), "ips"),
+                _fmt(r["speedup"], "x") if r["latency"] else r["skipped"] or "–",
+            ]
+        )
+    return headers, rows, facts
 
 
 def _plot_titles(report: dict) -> list[tuple[str, str]]:
@@ -315,6 +391,21 @@ def render_html(report: dict) -> str:
     bench_headers, bench_rows = _benchmark_cells(report)
     bench_head = "".join(f"<th>{esc(h)}</th>" for h in bench_headers)
     bench_body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in bench_rows)
+    device_headers, device_rows, device_facts = _device_cells(report)
+    devices = ""
+    if device_headers:
+        plot = report["plots"]["files"].get("devices")
+        devices = (
+            "<h2>Devices</h2><dl>"
+            + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in device_facts)
+            + "</dl><table><thead><tr>"
+            + "".join(f"<th>{esc(h)}</th>" for h in device_headers)
+            + "</tr></thead><tbody>"
+            + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in device_rows)
+            + "</tbody></table>"
+            + (f'<figure><img src="{esc(plot)}" alt="Latency by device"><figcaption>Latency by device</figcaption>'
+               "</figure>" if plot else "")
+        )  # fmt: skip
     status_class = "ok" if report["status"] == "complete" else "bad"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>resnet-edge report</title>
@@ -344,6 +435,7 @@ code {{ font-size: .85em; }}
 <dl>{facts}</dl>
 <h2>Plots</h2><div class="figures">{figures}</div>
 <h2>Benchmark</h2><table><thead><tr>{bench_head}</tr></thead><tbody>{bench_body}</tbody></table>
+{devices}
 <h2>Files</h2><table><tbody>{hashes}</tbody></table>
 <h2>Configuration</h2><pre>{esc(json.dumps(report["config"], indent=2))}</pre>
 </body></html>
@@ -410,6 +502,22 @@ def _write_plots(plots: dict, result: PipelineResult, folder: Path) -> dict[str,
         ax.set_title("Nodes by op type before and after simplification")
         ax.legend(loc="lower right")
         written["ops"] = _save(fig, folder / PLOTS["ops"])
+    devices = plots["devices"]["p50_ms"]
+    if devices:
+        models = list(dict.fromkeys(m for per in devices.values() for m in per))
+        fig, ax = plt.subplots(figsize=(8, 0.5 * len(devices) * len(models) + 1.6), dpi=110)
+        height = 0.8 / len(models)
+        for i, model in enumerate(models):
+            y = [j + i * height for j in range(len(devices))]
+            values = [per.get(model, 0.0) for per in devices.values()]
+            bars = ax.barh(y, values, height=height, label=model)
+            ax.bar_label(bars, labels=[f" {v:.3g} ms" if v else "" for v in values], fontsize=8)
+        ax.set_yticks([j + 0.4 - height / 2 for j in range(len(devices))], list(devices))
+        ax.invert_yaxis()
+        ax.set_xlabel("median latency (ms)")
+        ax.set_title(f"Latency by device at batch {plots['devices']['batch']}")
+        ax.legend(fontsize=8, loc="lower right")
+        written["devices"] = _save(fig, folder / PLOTS["devices"])
     plt.close("all")
     return written
 

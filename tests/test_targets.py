@@ -271,3 +271,30 @@ def test_hostile_file_names_reach_no_shell(
     assert [place / "PWNED" for place in places if (place / "PWNED").exists()] == []
     assert list(ssh_server.root.rglob("PWNED")) == [] and list(tmp_path.rglob("PWNED")) == []
     assert ssh_server.leftovers() == []
+
+
+def test_report_has_a_device_section_and_a_latency_by_device_plot(
+    ssh_server: SshServer, device_python: Path, digits_int8: Path, tmp_path: Path, local_cache: Path
+) -> None:
+    """What ``pipeline --target`` adds to the report, from a real run on two targets (the rest of the pipeline
+    is covered by tests/test_pipeline.py)."""
+    from resnet_edge.pipeline import PipelineConfig, PipelineResult
+    from resnet_edge.report import write_report
+
+    remote = RemoteOptions(python=str(device_python), ssh_config=ssh_server.client_config)
+    targets = parse_targets(["ssh://device", "ssh://wrongkey"])
+    options = BenchmarkOptions(iterations=3, warmup=1, threads=1, batch_sizes=(1,))
+    fleet = benchmark_on_targets([digits_int8], targets, options, remote)
+    config = PipelineConfig(targets=("ssh://device", "ssh://wrongkey"), batch_sizes=(1,))
+    out = tmp_path / "report"
+    out.mkdir()
+    write_report(PipelineResult(outdir=out, config=config, devices=fleet, failed_stage="devices"), out)
+    report = json.loads((out / "report.json").read_text())
+    assert [r["target"] for r in report["stages"]["devices"]["rows"]] == ["ssh://device"]
+    assert set(report["plots"]["devices"]["p50_ms"]) == {"ssh://device"}
+    assert (out / "latency_by_device.png").stat().st_size > 0
+    markdown = (out / "report.md").read_text()
+    assert "## Devices" in markdown and "![Latency by device](latency_by_device.png)" in markdown
+    assert "| ssh://device | digits.int8.onnx | cpu | cpu | 1 |" in markdown
+    assert "- **ssh://wrongkey:** failed: ssh://wrongkey: authentication failed" in markdown
+    assert "<h2>Devices</h2>" in (out / "report.html").read_text()
