@@ -34,9 +34,12 @@ class SshServer:
     root: Path
     port: int
     process: subprocess.Popen
-    client_config: Path  # aliases: "device" (works), "wrongkey" (an unauthorised key), "closed" (nothing listens)
+    # aliases: "device" (works), "wrongkey" (an unauthorised key), "closed" (nothing listens), "strangehost" (a
+    # known-hosts entry that does not match), "unreachable" (a port that accepts and never answers)
+    client_config: Path
     remote_tmp: Path  # the device's TMPDIR
     remote_cache: Path  # the device's XDG_CACHE_HOME
+    silent: socket.socket
 
     def session_pids(self) -> list[int]:
         """The sshd processes serving connections now (descendants of this server named sshd), by id."""
@@ -71,6 +74,7 @@ class SshServer:
         return sorted(self.remote_tmp.glob("resnet-edge.*"))
 
     def stop(self) -> None:
+        self.silent.close()
         self.process.terminate()
         try:
             self.process.wait(timeout=5)
@@ -113,7 +117,13 @@ LogLevel ERROR
     )
     host_key = (root / "host_key.pub").read_text().split()
     (root / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    other_key = (root / "wrong_key.pub").read_text().split()  # not the server's key: a host key mismatch
+    (root / "other_known_hosts").write_text(f"[127.0.0.1]:{port} {other_key[0]} {other_key[1]}\n")
     closed = free_port()
+    # A port that accepts connections and never answers: a hung or half-dead device (ssh times out in its banner).
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
     user = getpass.getuser()
     common = f"""  HostName 127.0.0.1
   User {user}
@@ -126,7 +136,10 @@ LogLevel ERROR
     client.write_text(
         f"Host device\n  Port {port}\n  IdentityFile {root / 'client_key'}\n{common}\n"
         f"Host wrongkey\n  Port {port}\n  IdentityFile {root / 'wrong_key'}\n{common}\n"
-        f"Host closed\n  Port {closed}\n  IdentityFile {root / 'client_key'}\n{common}"
+        f"Host closed\n  Port {closed}\n  IdentityFile {root / 'client_key'}\n{common}\n"
+        f"Host strangehost\n  Port {port}\n  IdentityFile {root / 'client_key'}\n"
+        + common.replace(str(root / "known_hosts"), str(root / "other_known_hosts"))
+        + f"\nHost unreachable\n  Port {silent.getsockname()[1]}\n  IdentityFile {root / 'client_key'}\n{common}"
     )
     Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation folder (Debian's default)
     process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=open(root / "sshd.log", "wb"))  # noqa: SIM115
@@ -142,4 +155,4 @@ LogLevel ERROR
     else:
         process.kill()
         raise RuntimeError("sshd did not start listening")
-    return SshServer(root, port, process, client, remote_tmp, remote_cache)
+    return SshServer(root, port, process, client, remote_tmp, remote_cache, silent)

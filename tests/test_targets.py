@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -34,8 +35,9 @@ def cli(*args: object) -> object:
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def remote_args(server: SshServer, python: Path | str) -> list[str]:
-    return ["--ssh-config", str(server.client_config), "--remote-python", str(python), "--connect-timeout", "5"]
+def remote_args(server: SshServer, python: Path | str, timeout: float = 5) -> list[str]:
+    config = ["--ssh-config", str(server.client_config)]
+    return [*config, "--remote-python", str(python), "--connect-timeout", str(timeout)]
 
 
 def wait_until_clean(server: SshServer) -> list[Path]:
@@ -144,12 +146,15 @@ def test_validate_on_a_device_agrees_exactly_as_a_local_validate(
         ),
         ("ssh://wrongkey", "python3", "error: ssh://wrongkey: authentication failed (ssh runs in batch mode"),
         ("ssh://device", "/no/such/python3", "error: ssh://device: no interpreter '/no/such/python3' on the device"),
+        ("ssh://strangehost", "python3", "error: ssh://strangehost: host key verification failed"),
+        ("ssh://unreachable", "python3", "error: ssh://unreachable: unreachable: no answer within 1 s"),
     ],
 )
 def test_connection_failures_are_one_line_naming_the_host(
     ssh_server: SshServer, digits_int8: Path, target: str, python: str, message: str
 ) -> None:
-    result = cli("benchmark", digits_int8, "--target", target, *remote_args(ssh_server, python), *QUICK)
+    timeout = 1 if target == "ssh://unreachable" else 5
+    result = cli("benchmark", digits_int8, "--target", target, *remote_args(ssh_server, python, timeout), *QUICK)
     assert result.exit_code == 1
     assert result.stderr.splitlines()[-1].startswith(message), result.stderr
     assert "Traceback" not in result.output and ssh_server.leftovers() == []
@@ -218,6 +223,27 @@ def test_a_connection_dropped_mid_run_is_an_error_and_the_device_folder_is_gone(
     worker.join(timeout=60)
     run_record = outcome["result"].targets[0]
     assert not run_record.ok and run_record.error.startswith("ssh://device: the connection dropped during the run")
+    assert wait_until_clean(ssh_server) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_device_and_removes_its_folder(
+    ssh_server: SshServer, device_python: Path, digits_int8: Path
+) -> None:
+    command = [str(Path(sys.executable).parent / "resnet-edge"), "benchmark", str(digits_int8), "--duration", "60"]
+    process = subprocess.Popen(
+        [*command, "--target", "ssh://device", *remote_args(ssh_server, device_python)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not _runner_is_timing(ssh_server) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    assert _runner_is_timing(ssh_server), process.communicate()
+    process.send_signal(signal.SIGINT)  # only resnet-edge: its ssh children must be stopped by it
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.strip().splitlines()[-1] == "interrupted: no partial output was kept"
     assert wait_until_clean(ssh_server) == []
 
 

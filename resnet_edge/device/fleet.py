@@ -264,9 +264,14 @@ def _on_each(
     """Run ``job`` on every target in parallel; per target its record and the runner's result (None if it failed)."""
     progress = on_progress or (lambda target, message: None)
 
+    sessions = {
+        target.name: TargetSession(target, remote, on_progress=lambda message, t=target: progress(t.name, message))
+        for target in targets
+    }
+
     def one(target: Target) -> tuple[TargetRun, dict | None]:
         started = time.perf_counter()
-        session = TargetSession(target, remote, on_progress=lambda message: progress(target.name, message))
+        session = sessions[target.name]
         try:
             document, transfer = session.run_job(dict(job, models=[dict(m) for m in job["models"]]), files)
         except ResnetEdgeError as exc:
@@ -290,5 +295,13 @@ def _on_each(
         progress(target.name, f"done in {run.seconds:.1f} s")
         return run, document
 
-    with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="resnet-edge-target") as pool:
-        return list(pool.map(one, targets))
+    pool = ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="resnet-edge-target")
+    futures = [pool.submit(one, target) for target in targets]
+    try:
+        return [future.result() for future in futures]
+    except BaseException:  # Ctrl-C: stop every target's ssh now, let each remove its folder, then stop
+        for session in sessions.values():
+            session.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=True)

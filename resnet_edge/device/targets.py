@@ -205,6 +205,8 @@ class TargetSession:
         self.options = options
         self.progress = on_progress or (lambda message: None)
         self.remote_dir: str | None = None
+        self.cancelled = threading.Event()
+        self._process: subprocess.Popen | None = None
         if target.kind is TargetKind.LOCAL:
             import sys
 
@@ -232,17 +234,24 @@ class TargetSession:
         self, script: str, args: Sequence[str], *, step: str, stdin: bytes | None = None, timeout: float | None = None
     ) -> tuple[str, str]:
         """Run a script on the target; stdout and stderr. Raises TargetError for an ssh-level failure."""
+        if self.cancelled.is_set() and step != "cleanup":
+            raise TargetError(self.target.name, "interrupted")
         try:
-            done = subprocess.run(
-                self._argv(script, args),
-                input=stdin if stdin is not None else b"",
-                capture_output=True,
-                timeout=timeout,
+            process = subprocess.Popen(
+                self._argv(script, args), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
-        except subprocess.TimeoutExpired:
-            raise TargetError(self.target.name, f"{step} took longer than {timeout:.0f} s") from None
         except FileNotFoundError:
             raise TargetError(self.target.name, "no ssh client here: install OpenSSH's client") from None
+        self._process = process
+        try:
+            stdout, stderr = process.communicate(stdin or b"", timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise TargetError(self.target.name, f"{step} took longer than {timeout:.0f} s") from None
+        finally:
+            self._process = None
+        done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
         out = done.stdout.decode("utf-8", "replace")
         err = done.stderr.decode("utf-8", "replace")
         if done.returncode == _SSH_FAILED and self.target.kind is TargetKind.SSH:
@@ -391,6 +400,9 @@ class TargetSession:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
+        self._process = process
+        if self.cancelled.is_set():
+            process.kill()
         chunks: dict[str, bytes] = {}
 
         def read(name: str, stream: io.BufferedReader) -> None:
@@ -412,6 +424,7 @@ class TargetSession:
             raise
         finally:
             process.stdin.close()
+            self._process = None
         out = chunks.get("out", b"").decode("utf-8", "replace").strip()
         err = chunks.get("err", b"").decode("utf-8", "replace")
         document = _last_json(out)
@@ -429,6 +442,13 @@ class TargetSession:
                 message = f"not enough space on the device: {message}"
             raise TargetError(self.target.name, message)
         return document
+
+    def cancel(self) -> None:
+        """Stop this target's current step now (from another thread, on Ctrl-C); its cleanup still runs."""
+        self.cancelled.set()
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
 
     def cleanup(self) -> None:
         """Remove the temporary folder (best effort: a device that is gone has already removed it itself)."""
