@@ -81,6 +81,8 @@ def test_bad_targets(text: str, match: str) -> None:
         Target.parse(text)
     with pytest.raises(OptionError, match="given twice"):
         parse_targets(["local", "local"])
+    with pytest.raises(OptionError, match="a --target device runs ONNX models only"):
+        benchmark_on_targets(["m.onnx"], [Target(TargetKind.LOCAL)], BenchmarkOptions(torch_reference="resnet20"))
 
 
 @pytest.mark.slow

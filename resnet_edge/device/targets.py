@@ -29,6 +29,7 @@ import json
 import re
 import shlex
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -208,8 +209,6 @@ class TargetSession:
         self.cancelled = threading.Event()
         self._process: subprocess.Popen | None = None
         if target.kind is TargetKind.LOCAL:
-            import sys
-
             self.python = options.local_python or sys.executable
         else:
             self.python = options.python
@@ -219,7 +218,8 @@ class TargetSession:
         words = ["sh", "-c", script, "resnet-edge", *args]
         if self.target.kind is TargetKind.LOCAL:
             return words
-        ssh = ["ssh", "-T", "-x", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(self.options.connect_timeout_s)}"]
+        timeout = max(1, round(self.options.connect_timeout_s))  # ssh takes whole seconds
+        ssh = ["ssh", "-T", "-x", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout}"]
         ssh += ["-o", f"ServerAliveInterval={SERVER_ALIVE_INTERVAL_S}", "-o", "ServerAliveCountMax=3"]
         if self.options.ssh_config is not None:
             ssh += ["-F", str(self.options.ssh_config)]
