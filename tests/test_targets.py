@@ -115,6 +115,9 @@ def test_benchmark_on_a_device_and_here_side_by_side_and_the_second_run_uploads_
         assert len(target["cache"]["hits"]) == 2  # the runner's own record: both models came from its cache
     assert json.loads((tmp_path / "bench.json").read_text())["rows"]
     assert ssh_server.leftovers() == []
+    # Nothing outside resnet-edge's folders, not even onnxruntime's own telemetry database.
+    assert [p.name for p in ssh_server.remote_cache.iterdir()] == ["resnet-edge"]
+    assert [p.name for p in local_cache.iterdir()] == ["resnet-edge"]
 
 
 @pytest.mark.slow

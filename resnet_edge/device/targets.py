@@ -48,10 +48,15 @@ _TAG = "resnet-edge:"
 _REMOTE_DIR = re.compile(r"^/[^\0\n]*/resnet-edge\.[A-Za-z0-9]+$")
 _SSH_FAILED = 255
 
+# onnxruntime (1.32 at least) writes a telemetry database under $XDG_CACHE_HOME on import: the device's Python runs
+# with XDG_CACHE_HOME inside the temporary folder, so that nothing lands outside resnet-edge's own folders.
 _PREPARE = r"""
 py=$1; shift
 if ! command -v "$py" >/dev/null 2>&1; then echo "resnet-edge:no-python"; exit 0; fi
-"$py" -c '
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/resnet-edge/models"
+d=$(umask 077 && mktemp -d "${TMPDIR:-/tmp}/resnet-edge.XXXXXXXX") || { echo "resnet-edge:no-tmp"; exit 0; }
+echo "resnet-edge:dir $d"
+XDG_CACHE_HOME="$d/.cache" "$py" -c '
 import sys
 sys.stdout.write("resnet-edge:python %d.%d.%d\n" % tuple(sys.version_info[:3]))
 missing = []
@@ -64,14 +69,11 @@ sys.stdout.write("resnet-edge:missing %s\n" % " ".join(missing))
 sys.exit(3 if missing else 0)
 '
 case $? in 0) ;; 3) exit 0 ;; *) echo "resnet-edge:python-failed"; exit 0 ;; esac
-cache="${XDG_CACHE_HOME:-$HOME/.cache}/resnet-edge/models"
 (umask 077 && mkdir -p "$cache") 2>/dev/null || echo "resnet-edge:cache-unwritable"
 echo "resnet-edge:cache $cache"
 [ -d "$cache" ] && df -Pk "$cache" | awk 'NR==2 {print "resnet-edge:cache-free " $4}'
 for s in "$@"; do [ -f "$cache/$s.onnx" ] && echo "resnet-edge:have $s"; done
 [ -r /etc/machine-id ] && echo "resnet-edge:machine $(cat /etc/machine-id)"
-d=$(umask 077 && mktemp -d "${TMPDIR:-/tmp}/resnet-edge.XXXXXXXX") || { echo "resnet-edge:no-tmp"; exit 0; }
-echo "resnet-edge:dir $d"
 df -Pk "$d" | awk 'NR==2 {print "resnet-edge:free " $4}'
 """
 _UPLOAD = r"""
@@ -85,7 +87,7 @@ trap 'exit 129' HUP
 trap 'exit 130' INT
 trap 'exit 143' TERM
 cd "$d" || exit 1
-"$py" runner.pyz job.json
+XDG_CACHE_HOME="$d/.cache" "$py" runner.pyz job.json
 """
 _CLEANUP = r"""
 rm -rf "$1"
@@ -353,7 +355,7 @@ class TargetSession:
                     members[model["upload"]] = files.models[sha]
                     transfer.models_uploaded.append(sha)
                 models.append(model)
-            job = {**job, "models": models, "cleanup": True, "watch_stdin": True}
+            job = {**job, "models": models, "cleanup": True, "watch_stdin": True, "cache_dir": facts.get("cache")}
             members["job.json"] = json.dumps(job).encode()
             archive = _tar(members)
             transfer.bytes_uploaded = len(archive)
