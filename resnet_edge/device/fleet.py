@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -157,8 +158,9 @@ def benchmark_on_targets(
         "iterations": options.rounds,
         "duration_s": options.duration_s,
     }
-    files = JobFiles(models={shas[n]: Path(n) for n in protos}, files={"inputs.npz": _npz(inputs)})
-    runs = _on_each(targets, remote, job, files, on_progress)
+    with tempfile.TemporaryDirectory(prefix="resnet-edge-job-") as scratch:
+        files = JobFiles(models={shas[n]: Path(n) for n in protos}, files={"inputs.npz": _npz(inputs, scratch)})
+        runs = _on_each(targets, remote, job, files, on_progress)
     rows: list[BenchmarkRow] = []
     first = str(models[0])
     for run, document in runs:
@@ -220,9 +222,11 @@ def validate_on_targets(
         "strict_ep": options.strict_ep,
         "validate_batch": options.batch,
     }
-    files = JobFiles(models={shas[n]: Path(n) for n in names}, files={"inputs.npz": _npz(inputs)})
     results: dict[str, ValidateResult | None] = {}
-    runs = _on_each(targets, remote, job, files, on_progress)
+    with tempfile.TemporaryDirectory(prefix="resnet-edge-job-") as scratch:
+        files = JobFiles(models={shas[n]: Path(n) for n in names}, files={"inputs.npz": _npz(inputs, scratch)})
+        inputs.clear()
+        runs = _on_each(targets, remote, job, files, on_progress)
     for run, document in runs:
         if document is None:
             results[run.target] = None
@@ -248,10 +252,11 @@ def validate_on_targets(
     return FleetValidateResult(results=results, targets=[run for run, _ in runs])
 
 
-def _npz(arrays: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
+def _npz(arrays: dict[str, np.ndarray], folder: str) -> Path:
+    """The arrays as ``inputs.npz`` in ``folder`` (streamed to the devices from there, not held as bytes)."""
+    path = Path(folder) / "inputs.npz"
+    np.savez(path, **arrays)
+    return path
 
 
 def _on_each(

@@ -26,16 +26,19 @@ import enum
 import hashlib
 import io
 import json
+import os
 import re
 import shlex
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from resnet_edge.errors import OptionError, TargetError
 
@@ -183,7 +186,7 @@ class JobFiles:
     """What a job needs on the device besides the runner: models (by SHA-256) and named input files."""
 
     models: dict[str, Path]  # sha256 -> a local file holding those bytes
-    files: dict[str, bytes]  # name in the temporary folder -> content (job.json is added by run_job)
+    files: dict[str, bytes | Path]  # name in the temporary folder -> content or a file (run_job adds job.json)
 
 
 def _machine_locks() -> Callable[[str], threading.Lock]:
@@ -233,20 +236,29 @@ class TargetSession:
         return [*ssh, "--", str(self.target.host), " ".join(shlex.quote(w) for w in words)]
 
     def _call(
-        self, script: str, args: Sequence[str], *, step: str, stdin: bytes | None = None, timeout: float | None = None
+        self,
+        script: str,
+        args: Sequence[str],
+        *,
+        step: str,
+        stdin: BinaryIO | None = None,
+        timeout: float | None = None,
     ) -> tuple[str, str]:
         """Run a script on the target; stdout and stderr. Raises TargetError for an ssh-level failure."""
         if self.cancelled.is_set() and step != "cleanup":
             raise TargetError(self.target.name, "interrupted")
         try:
             process = subprocess.Popen(
-                self._argv(script, args), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                self._argv(script, args),
+                stdin=stdin if stdin is not None else subprocess.DEVNULL,  # a file streams: no copy in memory
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
             )
         except FileNotFoundError:
             raise TargetError(self.target.name, "no ssh client here: install OpenSSH's client") from None
         self._process = process
         try:
-            stdout, stderr = process.communicate(stdin or b"", timeout=timeout)
+            stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.communicate()
@@ -358,16 +370,17 @@ class TargetSession:
             job = {**job, "models": models, "cleanup": True, "watch_stdin": True, "cache_dir": facts.get("cache")}
             members["job.json"] = json.dumps(job).encode()
             archive = _tar(members)
-            transfer.bytes_uploaded = len(archive)
+            transfer.bytes_uploaded = archive_size = os.fstat(archive.fileno()).st_size
             transfer.model_bytes_uploaded = sum(
                 files.models[s].stat().st_size for s in dict.fromkeys(transfer.models_uploaded)
             )
-            self._check_space(facts, len(archive), transfer.model_bytes_uploaded)
+            self._check_space(facts, archive_size, transfer.model_bytes_uploaded)
             cached = len(dict.fromkeys(transfer.models_cached))
             self.progress(
-                f"uploading {_mib(len(archive))} ({len(set(transfer.models_uploaded))} model(s); {cached} cached)"
+                f"uploading {_mib(archive_size)} ({len(set(transfer.models_uploaded))} model(s); {cached} cached)"
             )
-            self._call(_UPLOAD, [self.remote_dir], step="upload", stdin=archive, timeout=self._timeout(600))
+            with archive:
+                self._call(_UPLOAD, [self.remote_dir], step="upload", stdin=archive, timeout=self._timeout(600))
             self.progress(f"running (Python {facts.get('python', '?')})")
             # Two targets that are one machine (local and ssh://localhost, say) must not time each other: take turns.
             machine = facts.get("machine") or self.target.name
@@ -461,17 +474,23 @@ class TargetSession:
             self._call(_CLEANUP, [remote_dir], step="cleanup", timeout=self._timeout(CLEANUP_TIMEOUT_S))
 
 
-def _tar(members: dict[str, bytes | Path]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+def _tar(members: dict[str, bytes | Path]) -> BinaryIO:
+    """The upload as an uncompressed tar in an anonymous temporary file (models and inputs can be large)."""
+    archive = tempfile.TemporaryFile()  # noqa: SIM115 (returned open; the caller closes it)
+    with tarfile.open(fileobj=archive, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name, content in members.items():
-            data = content.read_bytes() if isinstance(content, Path) else content
             info = tarfile.TarInfo(name)
-            info.size = len(data)
             info.mode = 0o600
             info.mtime = int(time.time())
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+            if isinstance(content, Path):
+                info.size = content.stat().st_size
+                with open(content, "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    archive.seek(0)
+    return archive
 
 
 def _last_json(text: str) -> dict | None:
