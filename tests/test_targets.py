@@ -340,3 +340,11 @@ def test_report_has_a_device_section_and_a_latency_by_device_plot(
     assert "| ssh://device | digits.int8.onnx | cpu | cpu | 1 |" in markdown
     assert "- **ssh://wrongkey:** failed: ssh://wrongkey: authentication failed" in markdown
     assert "<h2>Devices</h2>" in (out / "report.html").read_text()
+
+
+def test_pipeline_checks_its_targets_before_any_stage() -> None:
+    from resnet_edge.pipeline import make_config
+
+    assert make_config({"targets": "ssh://pi,local"}).targets == ("ssh://pi", "local")  # TOML list or CLI text
+    with pytest.raises(OptionError, match="target 'jetson': use ssh://"):
+        make_config({"targets": ["jetson"]})
