@@ -10,7 +10,7 @@ import click
 from resnet_edge import formatting as fmt
 from resnet_edge.architectures import Variant, list_models
 from resnet_edge.cli import render
-from resnet_edge.cli.options import derived_path, json_option, parse_batch, parse_provider_list
+from resnet_edge.cli.options import INT8_TARGETS, derived_path, json_option, parse_batch, parse_provider_list
 
 if TYPE_CHECKING:  # annotations only: the commands import the library lazily, so --help stays fast
     from resnet_edge.mixed_precision import MixedPrecisionResult
@@ -178,7 +178,7 @@ def inspect(model, as_json) -> None:
 @click.option("--format", "quant_format", type=click.Choice(["qdq", "qoperator"]), help="[default: the target's]")
 @click.option(
     "--target",
-    type=click.Choice(["auto", "x86-vnni", "x86-avx2", "arm64", "gpu-tensorrt"]),
+    type=click.Choice(INT8_TARGETS),
     default="auto",
     show_default=True,
     help="Hardware to choose the configuration for; auto detects this CPU.",

@@ -10,7 +10,15 @@ import click
 from resnet_edge import formatting as fmt
 from resnet_edge.architectures import list_models
 from resnet_edge.cli import render
-from resnet_edge.cli.options import json_option, parse_batches, parse_provider_list, providers_option
+from resnet_edge.cli.options import (
+    json_option,
+    parse_batches,
+    parse_provider_list,
+    providers_option,
+    remote_options,
+    target_options,
+    target_progress,
+)
 
 
 @click.command()
@@ -29,11 +37,29 @@ from resnet_edge.cli.options import json_option, parse_batches, parse_provider_l
 @click.option("--min-agreement", type=float, help="Top-1 agreement required (fraction). [default: 1 FP32, 0.99 INT8]")
 @click.option("--max-top1-drop", type=float, help="Accuracy points a model may lose. [default: 0 FP32, 1 INT8]")
 @click.option("--batch", type=int, default=8, show_default=True)
+@target_options
 @json_option
 def validate(
-    models, reference, arch, data, labels_file, providers, strict_ep, min_agreement, max_top1_drop, batch, as_json
+    models,
+    reference,
+    arch,
+    data,
+    labels_file,
+    providers,
+    strict_ep,
+    min_agreement,
+    max_top1_drop,
+    batch,
+    targets,
+    remote_python,
+    connect_timeout,
+    ssh_config,
+    as_json,
 ) -> None:
-    """Compare ONNX models with their PyTorch (or FP32 ONNX) reference on each provider; fail on a miss."""
+    """Compare ONNX models with their PyTorch (or FP32 ONNX) reference on each provider; fail on a miss.
+
+    With --target, the models run on the devices; the inputs are preprocessed and the outputs judged here.
+    """
     from resnet_edge.validate import Reference, ValidateOptions, describe_failures, validate_models
 
     ref = Reference.parse(reference, arch=arch) if reference else None
@@ -46,6 +72,10 @@ def validate(
         max_top1_drop=max_top1_drop,
         batch=batch,
     )
+    if targets:
+        return _validate_on_targets(
+            models, ref, options, targets, remote_options(remote_python, connect_timeout, ssh_config), as_json
+        )
     result = validate_models(list(models), ref, options)
     if as_json:
         render.emit_json(result)
@@ -59,47 +89,84 @@ def validate(
                 else ")"
             )
         )
-        click.echo(
-            render.table(
-                [
-                    "model",
-                    "provider",
-                    "ran on",
-                    "max abs",
-                    "mean abs",
-                    "cosine",
-                    "top-1 agree",
-                    "top-5 overlap",
-                    "KL",
-                    "top-1 acc",
-                    "ref acc",
-                    "drop pts",
-                    "result",
-                ],
-                [
-                    [
-                        r.model,
-                        r.provider,
-                        r.ran_on + (" (fallback)" if r.fell_back else ""),
-                        fmt.error(r.parity.max_abs_error),
-                        fmt.error(r.parity.mean_abs_error),
-                        fmt.cosine(r.parity.cosine),
-                        fmt.percent(r.parity.top1_agreement),
-                        fmt.percent(r.parity.top5_overlap),
-                        fmt.error(r.parity.kl_divergence),
-                        fmt.percent(r.accuracy.top1) if r.accuracy else fmt.MISSING,
-                        fmt.percent(r.reference_accuracy.top1) if r.reference_accuracy else fmt.MISSING,
-                        fmt.points(r.top1_drop_points),
-                        "pass" if r.passed else "FAIL",
-                    ]
-                    for r in result.rows
-                ],
-            )
-        )
+        click.echo(_validate_table([(None, r) for r in result.rows]))
         render.placements((r.model, r.provider, r.placement) for r in result.rows)
     if not result.passed:
         click.echo(f"error: validation failed: {describe_failures(result)}", err=True)
         sys.exit(1)
+
+
+def _validate_on_targets(models, ref, options, targets, remote, as_json) -> None:
+    from resnet_edge.device.fleet import parse_targets, validate_on_targets
+    from resnet_edge.validate import describe_failures
+
+    fleet = validate_on_targets(
+        list(models), parse_targets(targets), ref, options, remote, on_progress=None if as_json else target_progress
+    )
+    done = {name: result for name, result in fleet.results.items() if result is not None}
+    if as_json:
+        render.emit_json(fleet)
+    else:
+        first = next(iter(done.values()), None)
+        if first is not None:
+            click.echo(
+                f"reference: {first.reference}; data: {first.data} ({first.images} images,"
+                f" {'labelled' if first.labelled else 'unlabelled'}), judged here"
+            )
+            click.echo(_validate_table([(name, r) for name, result in done.items() for r in result.rows]))
+            render.placements(
+                (f"{name}: {r.model}", r.provider, r.placement) for name, result in done.items() for r in result.rows
+            )
+    for run in fleet.targets:
+        if not run.ok:
+            click.echo(f"error: {run.error}", err=True)
+    for name, result in done.items():
+        if not result.passed:
+            click.echo(f"error: {name}: validation failed: {describe_failures(result)}", err=True)
+    if not fleet.passed:
+        sys.exit(1)
+
+
+def _validate_table(rows) -> str:
+    """(target or None, row) pairs as the validate table; a target column when any row has one."""
+    with_target = any(target for target, _ in rows)
+    return render.table(
+        [
+            *(["target"] if with_target else []),
+            "model",
+            "provider",
+            "ran on",
+            "max abs",
+            "mean abs",
+            "cosine",
+            "top-1 agree",
+            "top-5 overlap",
+            "KL",
+            "top-1 acc",
+            "ref acc",
+            "drop pts",
+            "result",
+        ],
+        [
+            [
+                *([target] if with_target else []),
+                r.model,
+                r.provider,
+                r.ran_on + (" (fallback)" if r.fell_back else ""),
+                fmt.error(r.parity.max_abs_error),
+                fmt.error(r.parity.mean_abs_error),
+                fmt.cosine(r.parity.cosine),
+                fmt.percent(r.parity.top1_agreement),
+                fmt.percent(r.parity.top5_overlap),
+                fmt.error(r.parity.kl_divergence),
+                fmt.percent(r.accuracy.top1) if r.accuracy else fmt.MISSING,
+                fmt.percent(r.reference_accuracy.top1) if r.reference_accuracy else fmt.MISSING,
+                fmt.points(r.top1_drop_points),
+                "pass" if r.passed else "FAIL",
+            ]
+            for target, r in rows
+        ],
+    )
 
 
 @click.command()
@@ -119,6 +186,7 @@ def validate(
 @click.option("--duration", type=float, help="Seconds to time each batch size, instead of --iterations.")
 @click.option("--data", help="Images to time on. [default: built-in]")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Also write the JSON result here.")
+@target_options
 @json_option
 def benchmark(
     models,
@@ -132,13 +200,19 @@ def benchmark(
     duration,
     data,
     output,
+    targets,
+    remote_python,
+    connect_timeout,
+    ssh_config,
     as_json,
 ) -> None:
-    """Time models side by side (round-robin): cold start, p50/p90/p99, throughput, ratios to the first."""
-    from tqdm import tqdm
+    """Time models side by side (round-robin): cold start, p50/p90/p99, throughput, ratios to the first.
 
+    With --target, the device runner times them on each device (the same timing code), one row per
+    (target, model, provider, batch).
+    """
     from resnet_edge.artifacts import require_writable_destination, write_json_atomic
-    from resnet_edge.benchmark import BenchmarkOptions, benchmark_models
+    from resnet_edge.benchmark import BenchmarkOptions
     from resnet_edge.jsonable import to_jsonable
 
     if output is not None:
@@ -154,6 +228,42 @@ def benchmark(
         strict_ep=strict_ep,
         data=data,
     )
+    if targets:
+        from resnet_edge.device.fleet import benchmark_on_targets, parse_targets
+
+        fleet = benchmark_on_targets(
+            list(models),
+            parse_targets(targets),
+            options,
+            remote_options(remote_python, connect_timeout, ssh_config),
+            on_progress=None if as_json else target_progress,
+        )
+        if output is not None:
+            write_json_atomic(output, to_jsonable(fleet))
+        if as_json:
+            render.emit_json(fleet)
+        else:
+            for run in fleet.targets:
+                if run.ok:
+                    d = run.device
+                    features = ", ".join(k for k, v in d.features.items() if v) or "none of note"
+                    board = f"{d.board}; " if d.board else ""
+                    click.echo(
+                        f"{run.target}: {board}{d.cpu_model}, {d.usable_cores} cores ({features}); {d.os};"
+                        f" onnxruntime {d.onnxruntime} ({', '.join(d.onnxruntime_providers)}); {run.threads} threads"
+                    )
+            if fleet.rows:
+                click.echo(_benchmark_table(fleet.rows))
+        for run in fleet.targets:
+            if not run.ok:
+                click.echo(f"error: {run.error}", err=True)
+        if fleet.failed:
+            sys.exit(1)
+        return
+    from tqdm import tqdm
+
+    from resnet_edge.benchmark import benchmark_models
+
     with tqdm(total=options.total_rounds, desc="timing", unit="round", leave=False, disable=as_json) as bar:
         result = benchmark_models(list(models), options, progress=bar.update)
     if output is not None:
@@ -165,60 +275,87 @@ def benchmark(
         f"{cpu.model}, {cpu.logical_cores} cores ({', '.join(k for k, v in cpu.features.items() if v)});"
         f" {fmt.count(result.threads, 'thread')}; {', '.join(f'{k}: {v}' for k, v in result.io.items())}"
     )
-    click.echo(
-        render.table(
-            [
-                "model",
-                "provider",
-                "ran on",
-                "batch",
-                "cold ms",
-                "mean ms",
-                "std ms",
-                "min ms",
-                "p50 ms",
-                "p90 ms",
-                "p99 ms",
-                "max ms",
-                "img/s",
-                "CV",
-                fmt.SPEEDUP_COLUMN,
-            ],
-            [
-                [
-                    r.model,
-                    r.provider,
-                    r.ran_on,
-                    r.batch,
-                    fmt.ms(r.cold_start_ms),
-                    *(
-                        [
-                            *(
-                                fmt.ms(v)
-                                for v in (
-                                    r.latency.mean_ms,
-                                    r.latency.std_ms,
-                                    r.latency.min_ms,
-                                    r.latency.p50_ms,
-                                    r.latency.p90_ms,
-                                    r.latency.p99_ms,
-                                    r.latency.max_ms,
-                                )
-                            ),
-                            fmt.throughput(r.latency.throughput),
-                            fmt.cv(r.latency.cv),
-                        ]
-                        if r.latency
-                        else [fmt.MISSING] * 9
-                    ),
-                    fmt.ratio(r.speedup) if r.speedup else (r.skipped or fmt.MISSING),
-                ]
-                for r in result.rows
-            ],
-        )
-    )
-    click.echo(f"{fmt.SPEEDUP_COLUMN}: the first model's p50 divided by this row's (higher is faster)")
+    click.echo(_benchmark_table(result.rows))
     render.placements((r.model, r.provider, r.placement) for r in result.rows if r.batch == result.rows[0].batch)
+
+
+def _benchmark_table(rows) -> str:
+    """Benchmark rows as a table; a target column first when the rows come from target devices."""
+    with_target = any(r.target for r in rows)
+    return "\n".join(
+        [
+            render.table(
+                [
+                    *(["target"] if with_target else []),
+                    "model",
+                    "provider",
+                    "ran on",
+                    "batch",
+                    "cold ms",
+                    "mean ms",
+                    "std ms",
+                    "min ms",
+                    "p50 ms",
+                    "p90 ms",
+                    "p99 ms",
+                    "max ms",
+                    "img/s",
+                    "CV",
+                    fmt.SPEEDUP_COLUMN,
+                ],
+                [
+                    [
+                        *([r.target] if with_target else []),
+                        r.model,
+                        r.provider,
+                        r.ran_on,
+                        r.batch,
+                        fmt.ms(r.cold_start_ms),
+                        *(
+                            [
+                                *(
+                                    fmt.ms(v)
+                                    for v in (
+                                        r.latency.mean_ms,
+                                        r.latency.std_ms,
+                                        r.latency.min_ms,
+                                        r.latency.p50_ms,
+                                        r.latency.p90_ms,
+                                        r.latency.p99_ms,
+                                        r.latency.max_ms,
+                                    )
+                                ),
+                                fmt.throughput(r.latency.throughput),
+                                fmt.cv(r.latency.cv),
+                            ]
+                            if r.latency
+                            else [fmt.MISSING] * 9
+                        ),
+                        fmt.ratio(r.speedup) if r.speedup else (r.skipped or fmt.MISSING),
+                    ]
+                    for r in rows
+                ],
+            ),
+            f"{fmt.SPEEDUP_COLUMN}: the first model's p50 divided by this row's (higher is faster)",
+        ]
+    )
+
+
+@click.command()
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), default=Path("runner.pyz"), show_default=True, help="File."
+)
+@json_option
+def runner(output, as_json) -> None:
+    """Write the device runner: one file that needs only Python 3.8+, numpy and onnxruntime on the device."""
+    from resnet_edge.device.bundle import write_runner
+
+    written = write_runner(output)
+    if as_json:
+        return render.emit_json(written)
+    click.echo(f"wrote {written.path} ({render.size(written.size_bytes)}, sha256 {written.sha256[:16]}...)")
+    click.echo(f"on the device: python3 {written.path.name} JOB.json  (or --facts); needs Python {written.python},")
+    click.echo("numpy and onnxruntime. resnet-edge benchmark/validate --target ssh://HOST copy it there for you.")
 
 
 @click.command()

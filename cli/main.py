@@ -58,6 +58,7 @@ def _register() -> None:
         evaluate.validate,
         evaluate.benchmark,
         evaluate.doctor,
+        evaluate.runner,
         pipeline.pipeline,
         gradflow.gradflow,
         analyze.analyze,

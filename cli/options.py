@@ -6,6 +6,10 @@ from pathlib import Path
 
 import click
 
+# resnet_edge.quantize.Target's values, spelled here so that --help need not import the quantization stack
+# (tests/test_cli.py checks that the two agree).
+INT8_TARGETS = ("auto", "x86-vnni", "x86-avx2", "arm64", "gpu-tensorrt")
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
 
@@ -44,3 +48,42 @@ def parse_batches(value: str) -> tuple[int, ...]:
 def derived_path(model: Path, tag: str) -> Path:
     """``model.onnx`` -> ``model<tag>.onnx`` beside it."""
     return model.with_name(f"{model.name.removesuffix('.onnx')}{tag}.onnx")
+
+
+def target_options(function):
+    """``--target`` (repeatable) and how to reach targets; shared by benchmark, validate and pipeline."""
+    for option in reversed(
+        [
+            click.option(
+                "--target",
+                "targets",
+                multiple=True,
+                help="Run on this device instead: ssh://[user@]host[:port] (an ~/.ssh/config alias works) or"
+                " local. Repeat for several, run in parallel.",
+            ),
+            click.option(
+                "--remote-python", default="python3", show_default=True, help="Interpreter on the target devices."
+            ),
+            click.option(
+                "--connect-timeout", type=float, default=10.0, show_default=True, help="Seconds ssh waits for a device."
+            ),
+            click.option(
+                "--ssh-config",
+                type=click.Path(path_type=Path),
+                help="ssh config file to use instead of ~/.ssh/config (ssh -F).",
+            ),
+        ]
+    ):
+        function = option(function)
+    return function
+
+
+def remote_options(remote_python: str, connect_timeout: float, ssh_config: Path | None) -> object:
+    from resnet_edge.device.targets import RemoteOptions
+
+    return RemoteOptions(python=remote_python, connect_timeout_s=connect_timeout, ssh_config=ssh_config)
+
+
+def target_progress(target: str, message: str) -> None:
+    """Each target's progress, one line per step, on stderr (targets run in parallel: lines name their target)."""
+    click.echo(f"[{target}] {message}", err=True)

@@ -9,7 +9,20 @@ import click
 from resnet_edge import formatting as fmt
 from resnet_edge.architectures import list_models
 from resnet_edge.cli import render
-from resnet_edge.cli.options import json_option
+from resnet_edge.cli.options import INT8_TARGETS, json_option
+
+
+def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
+    """``--target x86-vnni`` meant the INT8 configuration before ``--target`` named devices: keep it working."""
+    targets = list(given.get("targets", ()))
+    int8 = [t for t in targets if t in INT8_TARGETS]
+    if not int8:
+        return given
+    if len(int8) > 1 or ("target" in given and given["target"] != int8[0]):
+        raise click.BadParameter(f"more than one INT8 target given: {', '.join(int8)}", param_hint="--int8-target")
+    given = {k: v for k, v in given.items() if k != "targets"} | {"target": int8[0]}
+    devices = tuple(t for t in targets if t not in INT8_TARGETS)
+    return given | ({"targets": devices} if devices else {})
 
 
 @click.command()
@@ -45,8 +58,9 @@ from resnet_edge.cli.options import json_option
     help="How calibration turns activations into ranges. [default: minmax]",
 )
 @click.option(
-    "--target",
-    type=click.Choice(["auto", "x86-vnni", "x86-avx2", "arm64", "gpu-tensorrt"]),
+    "--int8-target",
+    "target",
+    type=click.Choice(INT8_TARGETS),
     help="Hardware to choose the INT8 configuration for; auto reads this CPU. [default: auto]",
 )
 @click.option("--per-channel/--per-tensor", default=None, help="INT8 weight granularity. [default: the target's]")
@@ -72,6 +86,15 @@ from resnet_edge.cli.options import json_option
     help='TOML file whose keys are these options\' names (batch = "1,8", strict_ep = true); flags win.',
 )
 @click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    help="Also benchmark and report on this device, repeatable: ssh://[user@]host[:port] or local. (A value that"
+    " names an INT8 target, as in earlier releases, is taken as --int8-target.)",
+)
+@click.option("--remote-python", help="Interpreter on the target devices. [default: python3]")
+@click.option("--ssh-config", help="ssh config file instead of ~/.ssh/config (ssh -F). [default: ssh's own]")
+@click.option(
     "-o",
     "--output",
     "outdir",
@@ -86,13 +109,16 @@ def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
     """Export, simplify, quantize, validate and benchmark in one go, and write a report."""
     from resnet_edge.pipeline import FROM_FLAG, StageEvent, load_config, make_config, run_pipeline
 
-    given = {k: v for k, v in options.items() if v is not None}
+    given = {k: v for k, v in options.items() if v is not None and v != ()}
+    given = route_int8_targets(given)
     config = load_config(config_file, **given) if config_file else make_config(given, source=FROM_FLAG)
 
     def show(event: StageEvent) -> None:
         if as_json:
             return
-        if event.status == "start":
+        if event.status == "progress":
+            click.echo(f"[{event.stage}] {event.summary}", err=True)
+        elif event.status == "start":
             click.echo(f"[{event.stage}] running ...", err=True)
         elif event.status == "done":
             click.echo(f"[{event.stage}] done in {fmt.seconds(event.seconds)}: {event.summary}")

@@ -12,11 +12,9 @@ host-device copies are excluded from every row alike.
 
 from __future__ import annotations
 
-import os
-import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,88 +28,22 @@ from resnet_edge.environment import Environment, collect_environment
 from resnet_edge.errors import OptionError, ResnetEdgeWarning
 from resnet_edge.metadata import preprocessing_for, read_metadata, static_input_shape
 from resnet_edge.runtime import Placement, Provider, Session, open_session
-
-NOISY_CV = 0.15  # a coefficient of variation above this means the machine was too busy to trust the row
-MIN_ITERATIONS = 5  # a --duration run still times every model at least this often
-DEFAULT_WARMUP = 10
-DEFAULT_ITERATIONS = 100
-_GPU_PROVIDERS = ("cuda", "tensorrt")  # inputs and outputs bound on the device for these
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    """Warm latency of one model at one batch size, in milliseconds per call."""
-
-    iterations: int
-    mean_ms: float
-    std_ms: float
-    min_ms: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
-    throughput: float  # images per second: batch / mean latency
-    samples_ms: list[float] = field(default_factory=list)  # every timed call, for distributions
-
-    @property
-    def cv(self) -> float:
-        return self.std_ms / self.mean_ms if self.mean_ms > 0 else float("nan")
-
-    @property
-    def noisy(self) -> bool:
-        return self.cv > NOISY_CV
-
-
-def latency_stats(seconds: Sequence[float], batch: int) -> LatencyStats:
-    ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return LatencyStats(
-        iterations=len(ms),
-        mean_ms=float(ms.mean()),
-        std_ms=float(ms.std()),
-        min_ms=float(ms.min()),
-        p50_ms=float(p50),
-        p90_ms=float(p90),
-        p99_ms=float(p99),
-        max_ms=float(ms.max()),
-        throughput=float(batch / (ms.mean() / 1e3)),
-        samples_ms=[float(v) for v in ms],
-    )
-
-
-def time_interleaved(
-    runners: Sequence[Callable[[], object]],
-    *,
-    warmup: int,
-    iterations: int | None,
-    duration_s: float | None = None,
-    on_round: Callable[[], object] | None = None,
-    seed: int = 0,
-) -> list[list[float]]:
-    """Call each runner once per round, in a new shuffled order each round; seconds per call, per runner.
-
-    Runs ``iterations`` timed rounds, or rounds until ``duration_s`` has passed (at least MIN_ITERATIONS).
-    """
-    order = np.random.default_rng(seed)
-    for _ in range(warmup):
-        for run in runners:
-            run()
-    times: list[list[float]] = [[] for _ in runners]
-    started = time.perf_counter()
-    round_index = 0
-    while True:
-        if iterations is not None and round_index >= iterations:
-            break
-        if duration_s is not None and round_index >= MIN_ITERATIONS and time.perf_counter() - started >= duration_s:
-            break
-        for i in order.permutation(len(runners)):  # no runner always follows the same neighbour
-            t0 = time.perf_counter()
-            runners[i]()
-            times[i].append(time.perf_counter() - t0)
-        round_index += 1
-        if on_round is not None:
-            on_round()
-    return times
+from resnet_edge.timing import (  # noqa: F401 (re-exported: the timing names callers know from here)
+    DEFAULT_ITERATIONS,
+    DEFAULT_WARMUP,
+    GPU_PROVIDERS,
+    MIN_ITERATIONS,
+    NOISY_CV,
+    POOL_IMAGES,
+    LatencyStats,
+    Timed,
+    batch_from_pool,
+    cold_start,
+    default_threads,
+    latency_stats,
+    time_interleaved,
+    time_sessions,
+)
 
 
 def median_latencies_ms(
@@ -192,6 +124,7 @@ class BenchmarkRow:
     speedup: float | None = None  # the first model's p50 / this row's p50
     skipped: str | None = None
     placement: Placement | None = None  # where each node ran (runtime module docstring)
+    target: str | None = None  # the device it ran on (``--target``); None: this machine, in this process
 
 
 @dataclass(frozen=True)
@@ -220,9 +153,9 @@ def benchmark_models(
     Raises:
         OptionError: no models, a bad batch size, iteration count, duration or thread count.
         InputFileError: a model cannot be read or loaded.
-        ProviderError: ``strict_ep`` and a provider is missing.
+        ProviderError: ``strict_ep`` and a provider is missing or took only part of the compute ops.
     """
-    _check_options(models, options)
+    check_options(models, options)
     threads = options.threads or default_threads()
     protos = {str(m): load_onnx(m) for m in models}
     specs = {name: preprocessing_for(proto, source=name) for name, proto in protos.items()}
@@ -240,77 +173,44 @@ def benchmark_models(
         sessions: dict[str, Session] = {}
         cold: dict[str, float] = {}
         for name, proto in protos.items():
-            first_input = images(name, fixed[name] or options.batch_sizes[0])
-            t0 = time.perf_counter()
-            session = open_session(proto, provider, strict=options.strict_ep, threads=threads, spinning=False)
-            if session.placement is None:  # the placement audit ran the first inference already
-                session.run(first_input)
-            cold[name] = (time.perf_counter() - t0) * 1e3
-            sessions[name] = session
+            sessions[name], cold[name] = cold_start(
+                lambda proto=proto, provider=provider: open_session(
+                    proto, provider, strict=options.strict_ep, threads=threads, spinning=False
+                ),
+                # The placement audit has already run a first inference; else run one (cold start includes it).
+                lambda session, name=name: (
+                    session.placement is None and session.run(images(name, fixed[name] or options.batch_sizes[0]))
+                ),
+            )
         io[provider.value] = (
             "inputs and outputs bound on the GPU (copies excluded)"
-            if any(s.ran_on in _GPU_PROVIDERS for s in sessions.values())
+            if any(s.ran_on in GPU_PROVIDERS for s in sessions.values())
             else "host memory"
         )
-        for batch in options.batch_sizes:
-            labels, runners, skipped = [], [], []
-            for name, session in sessions.items():
-                if fixed[name] is not None and fixed[name] != batch:
-                    skipped.append(
-                        BenchmarkRow(
-                            model=Path(name).name,
-                            path=name,
-                            provider=provider.value,
-                            ran_on=session.ran_on,
-                            providers_used=session.providers_used,
-                            batch=batch,
-                            cold_start_ms=None,
-                            latency=None,
-                            skipped=f"model has a fixed batch of {fixed[name]}",
-                            placement=session.placement,
-                        )
-                    )
-                    continue
-                labels.append(name)
-                runners.append(_onnx_runner(session, images(name, batch)))
-            timing = {
-                "warmup": options.warmup,
-                "iterations": options.rounds,
-                "duration_s": options.duration_s,
-                "on_round": (lambda: progress(1)) if progress else None,
-            }
-            times = time_interleaved(runners, **timing)
+        timing = {
+            "warmup": options.warmup,
+            "iterations": options.rounds,
+            "duration_s": options.duration_s,
+            "on_round": (lambda: progress(1)) if progress else None,
+        }
+        for batch, timed in time_sessions(sessions, images, options.batch_sizes, **timing, timer=time_interleaved):
             if torch_runner is not None and provider.name == "cpu":
-                labels.append("pytorch")  # its own phase (module docstring), fed as the first model is
-                times += time_interleaved([torch_runner(images(str(models[0]), batch))], **timing)
-            stats = {label: latency_stats(t, batch) for label, t in zip(labels, times, strict=True)}
-            first = stats[labels[0]].p50_ms if labels and labels[0] == str(models[0]) else None
-            for label in labels:
-                s = stats[label]
-                session = sessions.get(label)
-                rows.append(
-                    BenchmarkRow(
-                        model="pytorch" if label == "pytorch" else Path(label).name,
-                        path=None if label == "pytorch" else label,
-                        provider=provider.value,
-                        ran_on=session.ran_on if session else "cpu",
-                        providers_used=session.providers_used if session else ["torch eager (CPU)"],
-                        batch=batch,
-                        cold_start_ms=cold.get(label),
-                        latency=s,
-                        p50_ratio=s.p50_ms / first if first else None,
-                        speedup=first / s.p50_ms if first else None,
-                        placement=session.placement if session else None,
-                    )
+                # its own phase (module docstring), right after the ONNX models, fed as the first model is;
+                # the progress bar counts its rounds too (options.total_rounds)
+                (times,) = time_interleaved([torch_runner(images(str(models[0]), batch))], **timing)
+                timed.insert(
+                    sum(t.latency is not None for t in timed), Timed("pytorch", batch, latency_stats(times, batch))
                 )
-                if s.noisy:
-                    warnings.warn(
-                        f"{Path(label).name} on {provider.value} at batch {batch} varied by {fmt.cv(s.cv)} (CV);"
-                        " the machine was busy, treat these numbers with care",
-                        ResnetEdgeWarning,
-                        stacklevel=2,
-                    )
-            rows.extend(skipped)
+            rows.extend(
+                timed_rows(
+                    timed,
+                    first=str(models[0]),
+                    provider=provider.value,
+                    sessions={k: (s.ran_on, s.providers_used) for k, s in sessions.items()},
+                    cold=cold,
+                    placements={k: s.placement for k, s in sessions.items()},
+                )
+            )
     if not any(row.latency for row in rows):
         sizes = sorted({b for b in fixed.values() if b})
         raise OptionError(
@@ -326,7 +226,7 @@ def benchmark_models(
     )
 
 
-def _check_options(models: Sequence[Path | str], options: BenchmarkOptions) -> None:
+def check_options(models: Sequence[Path | str], options: BenchmarkOptions) -> None:
     if not models:
         raise OptionError("give at least one model to benchmark")
     if len({str(m) for m in models}) != len(models):
@@ -345,40 +245,77 @@ def _check_options(models: Sequence[Path | str], options: BenchmarkOptions) -> N
         raise OptionError(f"threads must be at least 1, got {options.threads}")
 
 
-def default_threads() -> int:
-    """Every core this process may run on: the thread count used when none is given (and recorded)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _images(spec: PreprocessSpec, batch: int, data: str, pools: dict[tuple[str, str], np.ndarray]) -> np.ndarray:
-    """A batch of real preprocessed images (up to 64, repeated when the batch is larger), loaded once per spec."""
+    """A batch of real preprocessed images (up to POOL_IMAGES, repeated when the batch is larger)."""
+    return batch_from_pool(image_pool(spec, data, pools), batch)
+
+
+def image_pool(spec: PreprocessSpec, data: str, pools: dict[tuple[str, str], np.ndarray]) -> np.ndarray:
+    """The real preprocessed images a model is timed on, loaded once per (preprocessing, data) into ``pools``."""
     key = (spec.to_json(), data)
     if key not in pools:
         source = open_source(data)
-        pools[key] = np.concatenate([b for b, _ in iter_batches(source, spec, source.indices()[:64], 16)])
-    pool = pools[key]
-    return np.ascontiguousarray(np.concatenate([pool] * -(-batch // len(pool)))[:batch])
+        pools[key] = np.concatenate([b for b, _ in iter_batches(source, spec, source.indices()[:POOL_IMAGES], 16)])
+    return pools[key]
+
+
+def timed_rows(
+    timed: Sequence[Timed],
+    *,
+    first: str,
+    provider: str,
+    sessions: dict[str, tuple[str, list[str]]],
+    cold: dict[str, float],
+    target: str | None = None,
+    placements: dict[str, Placement | None] | None = None,
+) -> list[BenchmarkRow]:
+    """Benchmark rows from one provider's and batch size's timings (here or on a device), with ratios to ``first``.
+
+    Args:
+        timed: the models' timings at one batch size, as :func:`resnet_edge.timing.time_sessions` gives them.
+        first: the label ratios are taken against.
+        sessions: label -> (provider it ran on, providers the session used); PyTorch is absent (cpu).
+        cold: label -> cold start in milliseconds.
+        target: where it ran; None here.
+        placements: label -> where each node ran, when audited.
+    """
+    by_label = {t.label: t.latency for t in timed if t.latency is not None}
+    base = by_label[first].p50_ms if first in by_label else None
+    rows = []
+    for t in timed:
+        ran_on, used = sessions.get(t.label, ("cpu", ["torch eager (CPU)"]))
+        s = t.latency
+        rows.append(
+            BenchmarkRow(
+                model=Path(t.label).name,
+                path=None if t.label == "pytorch" else t.label,
+                provider=provider,
+                ran_on=ran_on,
+                providers_used=used,
+                batch=t.batch,
+                cold_start_ms=cold.get(t.label) if s is not None else None,
+                latency=s,
+                p50_ratio=s.p50_ms / base if s is not None and base else None,
+                speedup=base / s.p50_ms if s is not None and base else None,
+                skipped=t.skipped,
+                placement=(placements or {}).get(t.label),
+                target=target,
+            )
+        )
+        if s is not None and s.noisy:
+            where = f" on {target}" if target else ""
+            warnings.warn(
+                f"{Path(t.label).name} on {provider} at batch {t.batch}{where} varied by {fmt.cv(s.cv)} (CV);"
+                " the machine was busy, treat these numbers with care",
+                ResnetEdgeWarning,
+                stacklevel=3,
+            )
+    return rows
 
 
 def default_timing_data(proto: onnx.ModelProto) -> str:
     """The model's built-in held-out split when it was trained on built-in data, else the bundled photos."""
     return default_test_images(read_metadata(proto).dataset)
-
-
-def _onnx_runner(session: Session, batch: np.ndarray) -> Callable[[], object]:
-    if session.ran_on not in _GPU_PROVIDERS:
-        feed = {session.input_name: batch}
-        return lambda: session.session.run([session.output_name], feed)
-    import onnxruntime as ort
-
-    binding = session.session.io_binding()
-    binding.bind_ortvalue_input(session.input_name, ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0))
-    binding.bind_output(session.output_name, "cuda")
-
-    def run() -> None:
-        session.session.run_with_iobinding(binding)  # returns after the device has finished (synchronised)
-
-    return run
 
 
 def _torch_reference(reference: str, protos: dict, threads: int) -> Callable[[np.ndarray], Callable[[], object]]:

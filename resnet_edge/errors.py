@@ -48,3 +48,11 @@ class StageError(ResnetEdgeError):
 
 class ResnetEdgeWarning(UserWarning):
     """Something the user should see but that does not stop the command (a CPU fallback, a small calibration set)."""
+
+
+class TargetError(ResnetEdgeError):
+    """A target device cannot be reached or used (``--target``); the message names the target."""
+
+    def __init__(self, target: str, message: str) -> None:
+        super().__init__(f"{target}: {message}")
+        self.target = target

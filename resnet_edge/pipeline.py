@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -38,6 +39,9 @@ from resnet_edge.quantize import (
 from resnet_edge.runtime import parse_providers, split_provider_list
 from resnet_edge.simplify import SimplifyResult, simplify_onnx
 from resnet_edge.validate import Reference, ValidateOptions, ValidateResult, validate_models
+
+if TYPE_CHECKING:
+    from resnet_edge.device.fleet import FleetBenchmarkResult
 
 DEFAULT_WEIGHTS = "builtin:digits-resnet20"
 FILES = {"export": "model.onnx", "simplify": "model.sim.onnx", "quantize": "model.int8.onnx"}
@@ -88,11 +92,18 @@ class PipelineConfig:
     warmup: int = 5
     threads: int | None = None
     torch_eager: bool = True
+    targets: tuple[str, ...] = ()  # devices to benchmark the models on too (ssh://[user@]host[:port] or local)
+    remote_python: str = "python3"
+    ssh_config: str | None = None
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Checked here, before any stage runs: a bad benchmark option must not surface after minutes of work.
         parse_providers(list(self.providers))
+        if self.targets:
+            from resnet_edge.device.fleet import parse_targets
+
+            parse_targets(list(self.targets))
         for name, enum_type in (("method", Method), ("target", Target)):
             value = getattr(self, name)
             if value not in {e.value for e in enum_type}:
@@ -179,7 +190,7 @@ def make_config(
 
 
 # What each field accepts, read from its annotation, for checking a TOML file's values.
-_TUPLE_FIELDS = {"providers", "batch_sizes"}
+_TUPLE_FIELDS = {"providers", "batch_sizes", "targets"}
 _FIELD_TYPES = {
     f.name: f.type.replace("tuple[str, ...]", "list of strings").replace("tuple[int, ...]", "list of integers")
     for f in dataclasses.fields(PipelineConfig)
@@ -209,7 +220,7 @@ def _is_a(value: object, expected: str) -> bool:
 @dataclass(frozen=True)
 class StageEvent:
     stage: str
-    status: str  # "start", "done" or "failed"
+    status: str  # "start", "progress", "done" or "failed"
     summary: str = ""
     seconds: float = 0.0
 
@@ -223,6 +234,7 @@ class PipelineResult:
     quantize: QuantizeResult | None = None
     validate: ValidateResult | None = None
     benchmark: BenchmarkResult | None = None
+    devices: FleetBenchmarkResult | None = None  # the models benchmarked on the --target devices
     stage_seconds: dict[str, float] = field(default_factory=dict)
     failed_stage: str | None = None
     error: str | None = None
@@ -466,6 +478,26 @@ def _run_stages(
             f"{len(result.benchmark.rows)} rows; fastest {fastest.model} p50"
             f" {fmt.ms(fastest.latency.p50_ms, unit=True)} at batch {fastest.batch} on {fastest.ran_on}"
         )
+
+    if config.targets:
+        with _stage("devices", result, emit) as summary:
+            from resnet_edge.device.fleet import benchmark_on_targets, parse_targets
+            from resnet_edge.device.targets import RemoteOptions
+
+            remote = RemoteOptions(
+                python=config.remote_python, ssh_config=config.ssh_config and Path(config.ssh_config)
+            )
+            result.devices = benchmark_on_targets(
+                models,
+                parse_targets(list(config.targets)),
+                dataclasses.replace(options, torch_reference=None),
+                remote,
+                on_progress=lambda target, message: emit(StageEvent("devices", "progress", f"[{target}] {message}")),
+            )
+            failed = [t.error for t in result.devices.targets if not t.ok]
+            if failed:
+                raise ResnetEdgeError("; ".join(failed))
+            summary.append(f"{len(result.devices.rows)} rows from {len(result.devices.targets)} target(s)")
 
 
 def describe_config(result: PipelineResult) -> tuple[dict[str, object], dict[str, str]]:

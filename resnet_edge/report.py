@@ -23,7 +23,12 @@ VARIANTS = {
     "model.int8.onnx": "ONNX INT8",
     "pytorch": "PyTorch eager",
 }
-PLOTS = {"latency": "latency.png", "accuracy_latency": "accuracy_vs_latency.png", "ops": "ops_before_after.png"}
+PLOTS = {
+    "latency": "latency.png",
+    "accuracy_latency": "accuracy_vs_latency.png",
+    "ops": "ops_before_after.png",
+    "devices": "latency_by_device.png",
+}
 
 
 def summarize(result: PipelineResult) -> dict:
@@ -64,8 +69,19 @@ def summarize(result: PipelineResult) -> dict:
             "before": result.simplify.ops_before if result.simplify else {},
             "after": result.simplify.ops_after if result.simplify else {},
         },
+        "devices": _device_series(result, first_batch),
     }
     return {"rows": rows, "plots": plots}
+
+
+def _device_series(result: PipelineResult, batch: int) -> dict:
+    """p50 per (target, model) at the first batch size, for the latency-by-device plot (``--target`` runs)."""
+    devices = getattr(result, "devices", None)
+    series: dict[str, dict[str, float]] = {}
+    for r in devices.rows if devices else []:
+        if r.latency and r.batch == batch:
+            series.setdefault(r.target, {})[VARIANTS.get(r.model, r.model)] = r.latency.p50_ms
+    return {"batch": batch, "p50_ms": series}
 
 
 def _row(name: str, provider: str, result: PipelineResult, batch: int) -> dict:
@@ -134,7 +150,7 @@ def write_report(result: PipelineResult, folder: Path) -> None:
         "environment": to_jsonable(result.benchmark.environment) if result.benchmark else _environment(),
         "stages": {
             name: to_jsonable(getattr(result, name))
-            for name in ("export", "simplify", "quantize", "validate", "benchmark")
+            for name in ("export", "simplify", "quantize", "validate", "benchmark", "devices")
         },
     }
     report = _relative_paths(report, result, folder)
@@ -325,6 +341,13 @@ def render_markdown(report: dict) -> str:
     if bench_rows:
         lines += ["## Benchmark", "", "| " + " | ".join(bench_headers) + " |", "|" + "---|" * len(bench_headers)]
         lines += ["| " + " | ".join(r) + " |" for r in bench_rows] + [""]
+    device_headers, device_rows, device_facts = _device_cells(report)
+    if device_headers:
+        lines += ["## Devices", "", *(f"- **{k}:** {v}" for k, v in device_facts), ""]
+        lines += ["| " + " | ".join(device_headers) + " |", "|" + "---|" * len(device_headers)]
+        lines += ["| " + " | ".join(r) + " |" for r in device_rows] + [""]
+        if "devices" in report["plots"]["files"]:
+            lines += [f"![Latency by device]({report['plots']['files']['devices']})", ""]
     lines += [
         "## Files",
         "",
@@ -364,6 +387,59 @@ def _speedup_note(report: dict) -> str | None:
     return None
 
 
+def _device_cells(report: dict) -> tuple[list[str], list[list[str]], list[tuple[str, str]]]:
+    """The per-device section (``pipeline --target``): each target's facts, and every row it timed."""
+    devices = report["stages"].get("devices")
+    if not devices:
+        return [], [], []
+    facts = []
+    for t in devices["targets"]:
+        if not t["ok"]:
+            facts.append((t["target"], f"failed: {t['error']}"))
+            continue
+        d = t["device"]
+        features = ", ".join(k for k, v in d["features"].items() if v) or "no INT8 features of note"
+        board = f"{d['board']}; " if d["board"] else ""
+        facts.append(
+            (
+                t["target"],
+                f"{board}{d['cpu_model']}, {d['usable_cores']} cores ({features}); {d['os']}; onnxruntime"
+                f" {d['onnxruntime']} ({', '.join(d['onnxruntime_providers'])}); {t['threads']} threads"
+                + "".join(f"; warning: {w}" for w in t["warnings"]),
+            )
+        )
+    headers = [
+        "Target",
+        "Model",
+        "Provider",
+        "Ran on",
+        "Batch",
+        "Cold start ms",
+        "p50 ms",
+        "p99 ms",
+        "img/s",
+        fmt.SPEEDUP_COLUMN,
+    ]
+    rows = []
+    for r in devices["rows"]:
+        lat = r["latency"] or {}
+        rows.append(
+            [
+                r["target"],
+                VARIANTS.get(r["model"], r["model"]),
+                r["provider"],
+                r["ran_on"],
+                str(r["batch"]),
+                _fmt(r["cold_start_ms"], "ms"),
+                _fmt(lat.get("p50_ms"), "ms"),
+                _fmt(lat.get("p99_ms"), "ms"),
+                _fmt(lat.get("throughput"), "ips"),
+                _fmt(r["speedup"], "x") if r["latency"] else r["skipped"] or "–",
+            ]
+        )
+    return headers, rows, facts
+
+
 def _plot_titles(report: dict) -> list[tuple[str, str]]:
     files = report["plots"]["files"]
     titles = {
@@ -399,6 +475,18 @@ def render_html(report: dict) -> str:
     hashes = table(["File", "SHA-256"], [[n, d] for n, d in report["file_sha256"].items()], "text hashes")
     bench_headers, bench_rows = _benchmark_cells(report)
     note = _speedup_note(report)
+    device_headers, device_rows, device_facts = _device_cells(report)
+    devices = ""
+    if device_headers:
+        plot = report["plots"]["files"].get("devices")
+        devices = (
+            "<h2>Devices</h2><dl>"
+            + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in device_facts)
+            + "</dl>"
+            + table(device_headers, device_rows)
+            + (f'<figure><img src="{esc(plot)}" alt="Latency by device"><figcaption>Latency by device</figcaption>'
+               "</figure>" if plot else "")
+        )  # fmt: skip
     status_class = "ok" if report["status"] == "complete" else "bad"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>resnet-edge report</title>
@@ -443,6 +531,7 @@ img {{ width: 100%; height: auto; }} figcaption {{ text-align: center; color: #5
 <dl>{facts}</dl>
 {f'<h2>Plots</h2><div class="figures">{figures}</div>' if figures else ""}
 {f"<h2>Benchmark</h2>{table(bench_headers, bench_rows)}" if bench_rows else ""}
+{devices}
 <h2>Files</h2>{hashes}
 <h2>Configuration</h2>{table(["Option", "Value", "From"], [list(r) for r in _config_rows(report)], "text")}
 </body></html>
@@ -523,6 +612,22 @@ def _write_plots(plots: dict, result: PipelineResult, folder: Path) -> dict[str,
             ax.set_title("Nodes by op type before and after simplification")
             ax.legend(loc="lower right")
             written["ops"] = _save(fig, folder / PLOTS["ops"])
+        devices = plots["devices"]["p50_ms"]
+        if devices:
+            models = list(dict.fromkeys(m for per in devices.values() for m in per))
+            fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 0.5 * len(devices) * len(models) + 1.6), dpi=PLOT_DPI)
+            height = 0.8 / len(models)
+            for i, model in enumerate(models):
+                y = [j + i * height for j in range(len(devices))]
+                values = [per.get(model, 0.0) for per in devices.values()]
+                bars = ax.barh(y, values, height=height, label=model)
+                ax.bar_label(bars, labels=[f" {fmt.ms(v, unit=True)}" if v else "" for v in values])
+            ax.set_yticks([j + 0.4 - height / 2 for j in range(len(devices))], list(devices))
+            ax.invert_yaxis()
+            ax.set_xlabel("median latency (ms)")
+            ax.set_title(f"Latency by device at batch {plots['devices']['batch']}")
+            ax.legend(loc="lower right")
+            written["devices"] = _save(fig, folder / PLOTS["devices"])
         plt.close("all")
     return written
 

@@ -8,7 +8,7 @@ into a pass or fail, so ``resnet-edge validate`` can gate a deployment.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import onnx
 
 from resnet_edge.artifacts import load_onnx, sha256_file
 from resnet_edge.calibration.preprocess import PreprocessSpec
-from resnet_edge.calibration.sources import default_test_images, iter_batches, open_source
+from resnet_edge.calibration.sources import ImageSource, default_test_images, iter_batches, open_source
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
 from resnet_edge.metadata import (
     QUANTIZATION_KEY,
@@ -123,19 +123,28 @@ class ValidateResult:
         return all(row.passed for row in self.rows)
 
 
-def validate_models(
-    models: Sequence[Path | str], reference: Reference | None = None, options: ValidateOptions = ValidateOptions()
-) -> ValidateResult:
-    """Compare each model on each provider with the reference over the same images.
+@dataclass
+class Plan:
+    """A validation, prepared: the models read and checked, the reference ready, the data opened, and the models
+    grouped by preprocessing (models that share one see the same tensors)."""
 
-    Args:
-        reference: None finds the built-in checkpoint a model was exported from (by its recorded SHA-256).
+    protos: dict[str, onnx.ModelProto]
+    reference: _ReferenceModel
+    source: ImageSource
+    indices: list[int]
+    specs: dict[str, PreprocessSpec]  # preprocessing (as JSON) -> spec
+    groups: dict[str, list[str]]  # preprocessing (as JSON) -> model paths
+    options: ValidateOptions
+    calibrated_on: set[str] = field(default_factory=set)  # SHA-256 of images a quantized model was calibrated on
+    images: int = 0  # images judged (after leaving out calibration images), known once the data was read
+    calibration_excluded: int = 0
+
+
+def plan_validation(models: Sequence[Path | str], reference: Reference | None, options: ValidateOptions) -> Plan:
+    """Check the options, read the models, find and load the reference, open the data.
 
     Raises:
-        OptionError: no models, no reference to be found, bad batch or thresholds.
-        InputFileError: unreadable models or data, data that does not fit a model's input.
-        CheckpointError: the reference checkpoint does not fit its arch.
-        ProviderError: ``strict_ep`` and a provider is missing or took only part of the compute ops.
+        as :func:`validate_models`.
     """
     if not models:
         raise OptionError("give at least one model to validate")
@@ -150,102 +159,170 @@ def validate_models(
     reference = reference or _builtin_reference(protos)
     data_name = options.data or default_test_images(first_meta.dataset)
     source = open_source(data_name, labels_file=options.labels_file, class_names=first_meta.labels)
-    indices = source.indices()
-    calibrated_on = calibration_hashes(protos.values())
-    reference_model = _ReferenceModel(reference, first_meta)
-
-    # Models that share a preprocessing see the same tensors in one streaming pass over the data.
-    by_spec: dict[str, list[str]] = {}
+    groups: dict[str, list[str]] = {}
     specs: dict[str, PreprocessSpec] = {}
     for name, proto in protos.items():
         spec = preprocessing_for(proto, source=name)
         _check_fits(proto, spec, name)
         specs[spec.to_json()] = spec
-        by_spec.setdefault(spec.to_json(), []).append(name)
+        groups.setdefault(spec.to_json(), []).append(name)
+    reference_model = _ReferenceModel(reference, first_meta)
+    calibrated_on = calibration_hashes(protos.values())
+    return Plan(protos, reference_model, source, source.indices(), specs, groups, options, calibrated_on)
 
+
+def held_out_batches(plan: Plan, key: str) -> Iterator[tuple[np.ndarray, list]]:
+    """The preprocessed batches of a group, less every image a quantized model was calibrated on (an image it was
+    calibrated on says nothing about how it generalises); counts what was judged and left out on the plan.
+
+    Raises:
+        InputFileError: every image was a calibration image.
+    """
+    plan.images, plan.calibration_excluded = 0, 0
+    for batch_images, batch_samples in iter_batches(plan.source, plan.specs[key], plan.indices, plan.options.batch):
+        keep = [i for i, s in enumerate(batch_samples) if s.sha256 not in plan.calibrated_on]
+        plan.calibration_excluded += len(batch_samples) - len(keep)
+        plan.images += len(keep)
+        if keep:
+            yield batch_images[keep], [batch_samples[i] for i in keep]
+    if not plan.images:
+        raise InputFileError(
+            f"{plan.source.name}: all {plan.calibration_excluded} images were used to calibrate the INT8 model;"
+            " pass --data with other images"
+        )
+
+
+def validate_models(
+    models: Sequence[Path | str], reference: Reference | None = None, options: ValidateOptions = ValidateOptions()
+) -> ValidateResult:
+    """Compare each model on each provider with the reference over the same images.
+
+    Args:
+        reference: None finds the built-in checkpoint a model was exported from (by its recorded SHA-256).
+
+    Raises:
+        OptionError: no models, no reference to be found, bad batch or thresholds.
+        InputFileError: unreadable models or data, data that does not fit a model's input.
+        CheckpointError: the reference checkpoint does not fit its arch.
+        ProviderError: ``strict_ep`` and a provider is missing or took only part of the compute ops.
+    """
+    plan = plan_validation(models, reference, options)
     rows = []
     labelled = True
-    kept_images, excluded = len(indices), 0
-    for key, names in by_spec.items():
+    for key, names in plan.groups.items():
         sessions = {
-            (name, p): open_session(protos[name], p, strict=options.strict_ep)
+            (name, p): open_session(plan.protos[name], p, strict=options.strict_ep)
             for name in names
             for p in options.providers
         }
         expected_parts: list[np.ndarray] = []
         got_parts: dict[tuple[str, Provider], list[np.ndarray]] = {k: [] for k in sessions}
         labels: list[int | None] = []
-        kept_images, excluded = 0, 0
-        for batch_images, batch_samples in iter_batches(source, specs[key], indices, options.batch):
-            # An image a quantized model was calibrated on says nothing about how it generalises: leave it out.
-            keep = [i for i, s in enumerate(batch_samples) if s.sha256 not in calibrated_on]
-            excluded += len(batch_samples) - len(keep)
-            kept_images += len(keep)
-            if not keep:
-                continue
-            images, samples = batch_images[keep], [batch_samples[i] for i in keep]
-            expected_parts.append(reference_model(images))
+        for images, samples in held_out_batches(plan, key):
+            expected_parts.append(plan.reference(images))
             for (name, provider), session in sessions.items():
                 got_parts[(name, provider)].append(session.logits(images))
             labels.extend(s.label for s in samples)
-        if not expected_parts:
-            raise InputFileError(
-                f"{source.name}: all {excluded} images were used to calibrate the INT8 model; pass --data with"
-                " other images"
-            )
-        expected = np.concatenate(expected_parts)
         y = np.asarray(labels, np.int64) if all(label is not None for label in labels) else None
         labelled = labelled and y is not None
-        outputs = {key: np.concatenate(parts) for key, parts in got_parts.items()}
-        for (name, _), got in outputs.items():
-            if got.shape[1] != expected.shape[1]:
-                raise InputFileError(
-                    f"{name} has {got.shape[1]} classes but the reference ({reference_model.description}) has"
-                    f" {expected.shape[1]}"
-                )
-        ref_acc = accuracy(expected, y) if y is not None else None
-        for (name, provider), session in sessions.items():
-            got = outputs[(name, provider)]
-            quantized = is_quantized(protos[name])
-            parity = compare(expected, got)
-            acc = accuracy(got, y) if y is not None else None
-            # FP16 changes every logit a little, as INT8 does: judged on decisions too.
-            reduced = quantized or _has_float16_weights(protos[name])
-            failures = _judge(parity, acc, ref_acc, reduced, options, float(np.abs(expected).max()))
-            rows.append(
-                ValidateRow(
-                    model=Path(name).name,
-                    path=name,
-                    quantized=quantized,
-                    provider=provider.value,
-                    ran_on=session.ran_on,
-                    providers_used=session.providers_used,
-                    parity=parity,
-                    accuracy=acc,
-                    reference_accuracy=ref_acc,
-                    passed=not failures,
-                    failures=failures,
-                    placement=session.placement,
-                )
+        outputs = {
+            (name, provider.value): Outputs(
+                np.concatenate(got_parts[(name, provider)]), s.ran_on, s.providers_used, s.placement
             )
-    rows.sort(key=lambda r: (list(protos).index(r.path), [p.value for p in options.providers].index(r.provider)))
-    if kept_images < FEW_VALIDATION_IMAGES:
-        left_out = f" after leaving out {excluded} calibration images" if excluded else ""
+            for (name, provider), s in sessions.items()
+        }
+        rows += judge_outputs(plan, np.concatenate(expected_parts), y, outputs)
+    return finish_validation(plan, rows, labelled)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """One model's logits on one provider, and where they were computed."""
+
+    logits: np.ndarray
+    ran_on: str
+    providers_used: list[str]
+    placement: Placement | None = None
+
+
+def reference_inputs(plan: Plan, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """All images of a preprocessing group at once (for a device), the reference's logits and the labels (or None)."""
+    images, expected, labels = [], [], []
+    for batch, samples in held_out_batches(plan, key):
+        images.append(batch)
+        expected.append(plan.reference(batch))
+        labels.extend(s.label for s in samples)
+    y = np.asarray(labels, np.int64) if all(label is not None for label in labels) else None
+    return np.concatenate(images), np.concatenate(expected), y
+
+
+def judge_outputs(
+    plan: Plan, expected: np.ndarray, y: np.ndarray | None, outputs: dict[tuple[str, str], Outputs]
+) -> list[ValidateRow]:
+    """Rows for one preprocessing group: each (model, provider)'s outputs judged against the reference's.
+
+    The one place where parity becomes pass or fail, for outputs computed here or on a device alike.
+
+    Raises:
+        InputFileError: a model's class count differs from the reference's.
+    """
+    for (name, _), got in outputs.items():
+        if got.logits.shape[1] != expected.shape[1]:
+            raise InputFileError(
+                f"{name} has {got.logits.shape[1]} classes but the reference ({plan.reference.description}) has"
+                f" {expected.shape[1]}"
+            )
+    ref_acc = accuracy(expected, y) if y is not None else None
+    rows = []
+    for (name, provider), got in outputs.items():
+        quantized = is_quantized(plan.protos[name])
+        parity = compare(expected, got.logits)
+        acc = accuracy(got.logits, y) if y is not None else None
+        # FP16 changes every logit a little, as INT8 does: judged on decisions too.
+        reduced = quantized or _has_float16_weights(plan.protos[name])
+        failures = _judge(parity, acc, ref_acc, reduced, plan.options, float(np.abs(expected).max()))
+        rows.append(
+            ValidateRow(
+                model=Path(name).name,
+                path=name,
+                quantized=quantized,
+                provider=provider,
+                ran_on=got.ran_on,
+                providers_used=got.providers_used,
+                parity=parity,
+                accuracy=acc,
+                reference_accuracy=ref_acc,
+                passed=not failures,
+                failures=failures,
+                placement=got.placement,
+            )
+        )
+    return rows
+
+
+def finish_validation(plan: Plan, rows: list[ValidateRow], labelled: bool) -> ValidateResult:
+    """The result, rows in the order the models and providers were given."""
+    providers = [p.value for p in plan.options.providers]
+    rows.sort(key=lambda r: (list(plan.protos).index(r.path), providers.index(r.provider)))
+    if plan.images < FEW_VALIDATION_IMAGES:
+        left_out = (
+            f" after leaving out {plan.calibration_excluded} calibration images" if plan.calibration_excluded else ""
+        )
         warnings.warn(
-            f"validating on only {kept_images} images from {source.name}{left_out}; each image moves top-1"
-            f" agreement by {1 / kept_images:.1%}: pass --data with more images",
+            f"validating on only {plan.images} images from {plan.source.name}{left_out}; each image moves top-1"
+            f" agreement by {1 / plan.images:.1%}: pass --data with more images",
             ResnetEdgeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     return ValidateResult(
         rows=rows,
-        reference=reference_model.description,
-        data=source.name,
-        calibration_excluded=excluded,
-        images=kept_images,
+        reference=plan.reference.description,
+        data=plan.source.name,
+        calibration_excluded=plan.calibration_excluded,
+        images=plan.images,
         labelled=labelled,
-        thresholds=thresholds(options),
-        file_sha256={name: sha256_file(name) for name in protos},
+        thresholds=thresholds(plan.options),
+        file_sha256={name: sha256_file(name) for name in plan.protos},
     )
 
 

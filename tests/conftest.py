@@ -87,3 +87,42 @@ def export_with_batchnorm(path: Path, arch: str = "resnet18", size: int = 64, va
 
 def bn_count(path: Path) -> int:
     return sum(node.op_type == "BatchNormalization" for node in onnx.load(str(path)).graph.node)
+
+
+@pytest.fixture(scope="session")
+def device_python(request: pytest.FixtureRequest) -> Path:
+    """A separate venv holding only numpy and onnxruntime (and what they need): the interpreter of a bare device.
+
+    The same versions as here, so pip takes them from its cache. Kept in pytest's cache folder between sessions
+    (keyed by the versions), because building it is most of the device tests' time.
+    """
+    import platform
+    import shutil
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    packages = [f"numpy=={version('numpy')}", f"onnxruntime=={version('onnxruntime')}"]
+    key = "-".join(["device-venv", platform.python_version(), *(p.replace("==", "") for p in packages)])
+    venv = request.config.cache.mkdir(key)
+    python = venv / "bin" / "python"
+    if python.exists() and subprocess.run([str(python), "-c", "import numpy, onnxruntime"], cwd=venv).returncode == 0:
+        return python
+    shutil.rmtree(venv)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *packages],
+        check=True,
+        capture_output=True,
+    )
+    return python
+
+
+@pytest.fixture(scope="session")
+def ssh_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real OpenSSH server on 127.0.0.1 (see tests/sshd.py): aliases device, wrongkey and closed."""
+    from tests.sshd import start_sshd
+
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()

@@ -28,6 +28,7 @@ def test_wheel_holds_exactly_one_top_level_package_with_its_data(tmp_path: Path)
     for required in (
         "resnet_edge/cli/main.py",
         "resnet_edge/calibration/preprocess.py",
+        "resnet_edge/device/runner.py",
         "resnet_edge/py.typed",
         "resnet_edge/calibration/photos/MANIFEST.json",
         "resnet_edge/calibration/digits/digits.npz",

@@ -1,0 +1,312 @@
+"""``benchmark`` and ``validate`` on target devices, one or a fleet, side by side.
+
+The host does everything that needs the toolkit: it reads the models, preprocesses the inputs from each model's own
+metadata (the one preprocessing implementation), computes the reference outputs, and afterwards builds the rows
+with the code a local run uses (:func:`resnet_edge.benchmark.timed_rows`, :func:`resnet_edge.validate.judge_outputs`),
+so the thresholds and the JSON are those of a local run. Each device only runs the runner.
+
+Targets run in parallel, each in its own thread with its own progress line; a target that fails is reported as
+failed with its one-line error, and the others complete. Targets that are one machine take turns for the timing.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from resnet_edge.artifacts import load_onnx, sha256_file
+from resnet_edge.benchmark import (
+    BenchmarkOptions,
+    BenchmarkRow,
+    check_options,
+    default_timing_data,
+    image_pool,
+    timed_rows,
+)
+from resnet_edge.device.facts import DeviceFacts, Thermal
+from resnet_edge.device.runner import JOB_FORMAT
+from resnet_edge.device.targets import JobFiles, RemoteOptions, Target, TargetSession, Transfer
+from resnet_edge.errors import OptionError, ResnetEdgeError, ResnetEdgeWarning
+from resnet_edge.metadata import preprocessing_for
+from resnet_edge.timing import LatencyStats, Timed
+from resnet_edge.validate import (
+    Outputs,
+    Reference,
+    ValidateOptions,
+    ValidateResult,
+    finish_validation,
+    judge_outputs,
+    plan_validation,
+    reference_inputs,
+)
+
+
+@dataclass
+class TargetRun:
+    """What happened on one target: its facts and transfers, or the one-line error it failed with."""
+
+    target: str
+    ok: bool
+    error: str | None = None
+    device: DeviceFacts | None = None
+    thermal_before: Thermal | None = None
+    thermal_after: Thermal | None = None
+    threads: int | None = None
+    transfer: Transfer | None = None
+    cache: dict | None = None  # the runner's record: models found in its cache, and installed into it
+    warnings: list[str] = field(default_factory=list)
+    io: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class FleetBenchmarkResult:
+    """One row per (target, model, provider, batch), and what happened on each target."""
+
+    rows: list[BenchmarkRow]
+    targets: list[TargetRun]
+    options: BenchmarkOptions
+    file_sha256: dict[str, str]
+
+    @property
+    def failed(self) -> list[str]:
+        return [t.target for t in self.targets if not t.ok]
+
+
+@dataclass
+class FleetValidateResult:
+    """One validation per target (None where the target failed), and what happened on each target."""
+
+    results: dict[str, ValidateResult | None]
+    targets: list[TargetRun]
+
+    @property
+    def failed(self) -> list[str]:
+        return [t.target for t in self.targets if not t.ok]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed and all(r is not None and r.passed for r in self.results.values())
+
+
+def parse_targets(texts: Sequence[str]) -> list[Target]:
+    """Raises: OptionError: a bad target, or one given twice."""
+    targets = [Target.parse(t) for t in texts]
+    names = [t.name for t in targets]
+    if len(set(names)) != len(names):
+        raise OptionError(f"a target is given twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    return targets
+
+
+def benchmark_on_targets(
+    models: Sequence[Path | str],
+    targets: Sequence[Target],
+    options: BenchmarkOptions | None = None,
+    remote: RemoteOptions | None = None,
+    *,
+    on_progress: Callable[[str, str], object] | None = None,
+) -> FleetBenchmarkResult:
+    """Time ``models`` on each target with the device runner, side by side with the same method as ``benchmark``.
+
+    Args:
+        models: ONNX files; ratios are taken against the first, per target, provider and batch.
+        targets: where to run; in parallel.
+        on_progress: called with (target name, message) as each target moves on.
+
+    Raises:
+        OptionError: bad options (as ``benchmark``), ``--torch`` (PyTorch does not run on a device), no targets.
+        InputFileError: a model cannot be read.
+    """
+    options = options or BenchmarkOptions()
+    remote = remote or RemoteOptions()
+    check_options(models, options)
+    if options.torch_reference:
+        raise OptionError("--torch times PyTorch on this machine; a --target device runs ONNX models only")
+    if not targets:
+        raise OptionError("give at least one target")
+    protos = {str(m): load_onnx(m) for m in models}
+    pools: dict[tuple[str, str], np.ndarray] = {}
+    inputs: dict[str, np.ndarray] = {}
+    job_models = []
+    shas = {}
+    pool_names: dict[int, str] = {}  # one copy of each distinct image pool goes to the device
+    for name, proto in protos.items():
+        pool = image_pool(preprocessing_for(proto, source=name), options.data or default_timing_data(proto), pools)
+        key = pool_names.setdefault(id(pool), f"pool_{len(pool_names)}")
+        inputs[key] = pool
+        shas[name] = sha256_file(name)
+        job_models.append({"label": name, "sha256": shas[name], "input": key})
+    job = {
+        "format": JOB_FORMAT,
+        "action": "benchmark",
+        "models": job_models,
+        "inputs": "inputs.npz",
+        "providers": [p.value for p in options.providers],
+        "strict_ep": options.strict_ep,
+        "threads": options.threads,
+        "batch_sizes": list(options.batch_sizes),
+        "warmup": options.warmup,
+        "iterations": options.rounds,
+        "duration_s": options.duration_s,
+    }
+    with tempfile.TemporaryDirectory(prefix="resnet-edge-job-") as scratch:
+        files = JobFiles(models={shas[n]: Path(n) for n in protos}, files={"inputs.npz": _npz(inputs, scratch)})
+        runs = _on_each(targets, remote, job, files, on_progress)
+    rows: list[BenchmarkRow] = []
+    first = str(models[0])
+    for run, document in runs:
+        if document is None:
+            continue
+        for provider, data in document["benchmark"].items():
+            run.io[provider] = data["io"]
+            sessions = {k: (v["ran_on"], v["providers_used"]) for k, v in data["sessions"].items()}
+            cold = {k: v["cold_start_ms"] for k, v in data["sessions"].items()}
+            by_batch: dict[int, list[Timed]] = {}
+            for t in data["timed"]:
+                latency = LatencyStats.from_json(t["latency"]) if t["latency"] else None
+                by_batch.setdefault(t["batch"], []).append(Timed(t["label"], t["batch"], latency, t["skipped"]))
+            for batch in options.batch_sizes:
+                rows += timed_rows(
+                    by_batch.get(batch, []), first=first, provider=provider, sessions=sessions, cold=cold,
+                    target=run.target,
+                )  # fmt: skip
+    return FleetBenchmarkResult(
+        rows=rows, targets=[run for run, _ in runs], options=options, file_sha256={n: shas[n] for n in protos}
+    )
+
+
+def validate_on_targets(
+    models: Sequence[Path | str],
+    targets: Sequence[Target],
+    reference: Reference | None = None,
+    options: ValidateOptions | None = None,
+    remote: RemoteOptions | None = None,
+    *,
+    on_progress: Callable[[str, str], object] | None = None,
+) -> FleetValidateResult:
+    """Run ``models`` on each target over the preprocessed images; judge the outputs here, as ``validate`` does.
+
+    Raises:
+        as :func:`resnet_edge.validate.validate_models`, and OptionError for no targets.
+    """
+    if not targets:
+        raise OptionError("give at least one target")
+    options = options or ValidateOptions()
+    remote = remote or RemoteOptions()
+    plan = plan_validation(models, reference, options)
+    inputs: dict[str, np.ndarray] = {}
+    groups = {}  # group key -> (expected logits, labels)
+    input_of = {}
+    for index, (key, names) in enumerate(plan.groups.items()):
+        images, expected, labels = reference_inputs(plan, key)
+        inputs[f"images_{index}"] = images
+        groups[key] = (expected, labels)
+        input_of.update({name: f"images_{index}" for name in names})
+    shas = {name: sha256_file(name) for name in plan.protos}
+    names = list(plan.protos)
+    job = {
+        "format": JOB_FORMAT,
+        "action": "validate",
+        "models": [{"label": n, "sha256": shas[n], "input": input_of[n]} for n in names],
+        "inputs": "inputs.npz",
+        "providers": [p.value for p in options.providers],
+        "strict_ep": options.strict_ep,
+        "validate_batch": options.batch,
+    }
+    results: dict[str, ValidateResult | None] = {}
+    with tempfile.TemporaryDirectory(prefix="resnet-edge-job-") as scratch:
+        files = JobFiles(models={shas[n]: Path(n) for n in names}, files={"inputs.npz": _npz(inputs, scratch)})
+        inputs.clear()
+        runs = _on_each(targets, remote, job, files, on_progress)
+    for run, document in runs:
+        if document is None:
+            results[run.target] = None
+            continue
+        data = document["validate"]
+        with np.load(io.BytesIO(base64.b64decode(data["outputs_npz_b64"]))) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        rows = []
+        labelled = True
+        for key, group_names in plan.groups.items():
+            expected, y = groups[key]
+            labelled = labelled and y is not None
+            outputs = {}
+            for name in group_names:
+                index = names.index(name)
+                for provider in job["providers"]:
+                    where = data["sessions"][f"{index}:{provider}"]
+                    outputs[(name, provider)] = Outputs(
+                        arrays[f"out_{index}_{provider}"], where["ran_on"], where["providers_used"]
+                    )
+            rows += judge_outputs(plan, expected, y, outputs)
+        results[run.target] = finish_validation(plan, rows, labelled)
+    return FleetValidateResult(results=results, targets=[run for run, _ in runs])
+
+
+def _npz(arrays: dict[str, np.ndarray], folder: str) -> Path:
+    """The arrays as ``inputs.npz`` in ``folder`` (streamed to the devices from there, not held as bytes)."""
+    path = Path(folder) / "inputs.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def _on_each(
+    targets: Sequence[Target],
+    remote: RemoteOptions,
+    job: dict,
+    files: JobFiles,
+    on_progress: Callable[[str, str], object] | None,
+) -> list[tuple[TargetRun, dict | None]]:
+    """Run ``job`` on every target in parallel; per target its record and the runner's result (None if it failed)."""
+    progress = on_progress or (lambda target, message: None)
+
+    sessions = {
+        target.name: TargetSession(target, remote, on_progress=lambda message, t=target: progress(t.name, message))
+        for target in targets
+    }
+
+    def one(target: Target) -> tuple[TargetRun, dict | None]:
+        started = time.perf_counter()
+        session = sessions[target.name]
+        try:
+            document, transfer = session.run_job(dict(job, models=[dict(m) for m in job["models"]]), files)
+        except ResnetEdgeError as exc:
+            progress(target.name, f"failed: {exc}")
+            return TargetRun(target.name, False, error=str(exc), seconds=time.perf_counter() - started), None
+        thermal = document.get("thermal") or {}
+        run = TargetRun(
+            target=target.name,
+            ok=True,
+            device=DeviceFacts(**document["facts"]),
+            thermal_before=Thermal(**thermal["before"]) if thermal.get("before") else None,
+            thermal_after=Thermal(**thermal["after"]) if thermal.get("after") else None,
+            threads=document.get("threads"),
+            transfer=transfer,
+            cache=document.get("cache"),
+            warnings=list(document.get("warnings", [])),
+            seconds=time.perf_counter() - started,
+        )
+        for message in run.warnings:
+            warnings.warn(f"{target.name}: {message}", ResnetEdgeWarning, stacklevel=2)
+        progress(target.name, f"done in {run.seconds:.1f} s")
+        return run, document
+
+    pool = ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="resnet-edge-target")
+    futures = [pool.submit(one, target) for target in targets]
+    try:
+        return [future.result() for future in futures]
+    except BaseException:  # Ctrl-C: stop every target's ssh now, let each remove its folder, then stop
+        for session in sessions.values():
+            session.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=True)
