@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from resnet_edge.artifacts import read_user_text
 from resnet_edge.calibration.preprocess import PreprocessSpec, preprocess_image, preprocess_uint8
 from resnet_edge.errors import InputFileError, OptionError
 
@@ -122,10 +123,10 @@ class FolderSource(ImageSource):
         return [index[parts[0]] for parts in parents]
 
     def _labels_from_file(self, path: Path, class_names: Sequence[str] | None) -> list[int]:
-        if not path.is_file():
+        if not path.exists():
             raise InputFileError(f"labels file not found: {path}")
         by_file: dict[str, str] = {}
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(read_user_text(path, what="labels file").splitlines(), 1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             name, sep, label = line.rpartition(",")

@@ -41,8 +41,11 @@ def export(
     arch, weights, num_classes, in_chans, variant, input_size, opset, batch, exporter, labels_file, output, as_json
 ) -> None:
     """Export a ResNet to ONNX, verified against PyTorch at batch 1 and another batch size."""
+    from resnet_edge.artifacts import refuse_overwriting_inputs
     from resnet_edge.export import DEFAULT_OPSET, Exporter, ExportOptions, export_onnx, read_labels_file
 
+    output = output or Path("model.onnx")
+    refuse_overwriting_inputs([output], [weights, labels_file], command="export output")
     options = ExportOptions(
         arch=arch,
         weights=weights,
@@ -55,7 +58,7 @@ def export(
         exporter=Exporter(exporter),
         labels=read_labels_file(labels_file) if labels_file else None,
     )
-    result = export_onnx(options, output or Path("model.onnx"))
+    result = export_onnx(options, output)
     if as_json:
         return render.emit_json(result)
     click.echo(

@@ -120,12 +120,13 @@ def benchmark(
     """Time models side by side (round-robin): cold start, p50/p90/p99, throughput, ratios to the first."""
     from tqdm import tqdm
 
-    from resnet_edge.artifacts import require_writable_destination, write_json_atomic
+    from resnet_edge.artifacts import refuse_overwriting_inputs, require_writable_destination, write_json_atomic
     from resnet_edge.benchmark import BenchmarkOptions, benchmark_models
     from resnet_edge.jsonable import to_jsonable
 
     if output is not None:
         require_writable_destination(output)
+        refuse_overwriting_inputs([output], [*models, data, torch_reference], command="benchmark output")
     options = BenchmarkOptions(
         providers=parse_provider_list(providers),
         batch_sizes=parse_batches(batch_sizes),
@@ -138,7 +139,7 @@ def benchmark(
         data=data,
     )
     rounds = (options.rounds or 0) * len(options.providers) * len(options.batch_sizes)
-    with tqdm(total=rounds or None, desc="timing", unit="round", leave=False, disable=as_json) as bar:
+    with tqdm(total=rounds or None, desc="timing", unit="round", leave=False, disable=as_json, delay=0.5) as bar:
         result = benchmark_models(list(models), options, progress=bar.update)
     if output is not None:
         write_json_atomic(output, to_jsonable(result))

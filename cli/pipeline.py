@@ -60,7 +60,14 @@ def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
         else:
             click.echo(f"[{event.stage}] failed after {event.seconds:.1f} s", err=True)
 
-    result = run_pipeline(config, outdir, overwrite=overwrite, on_event=show, progress=not as_json)
+    result = run_pipeline(
+        config,
+        outdir,
+        overwrite=overwrite,
+        inputs=[config_file] if config_file else [],
+        on_event=show,
+        progress=not as_json,
+    )
     if as_json:
         return render.emit_json(
             {"outdir": result.outdir, "artifacts": result.artifacts, "report": str(result.outdir / "report.json")}

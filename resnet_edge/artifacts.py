@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import onnx
@@ -39,6 +39,21 @@ def require_file(path: Path | str, *, what: str = "file") -> Path:
     return path
 
 
+def read_user_text(path: Path | str, *, what: str = "file") -> str:
+    """The UTF-8 text of a file a user gave (labels, config), after :func:`require_file`.
+
+    Raises:
+        InputFileError: missing, empty, not a regular file, or not UTF-8 (naming the first bad byte's offset).
+    """
+    path = require_file(path, what=what)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{what} {path} is not UTF-8 text (bad byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise InputFileError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
 def require_writable_destination(path: Path | str) -> Path:
     """``path`` as a Path, after checking that its folder exists and can be written, before any work is done.
 
@@ -54,6 +69,52 @@ def require_writable_destination(path: Path | str) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputFileError(f"output folder is not writable: {parent}")
     return path
+
+
+def refuse_overwriting_inputs(
+    outputs: Iterable[Path | str | None], inputs: Iterable[Path | str | None], *, command: str = "output"
+) -> None:
+    """Refuse, before any work, an output that would replace one of the command's inputs.
+
+    An output is refused when it is an input (same resolved path, or the same file through a symlink or a hard
+    link: same device and inode), or when it already exists inside an input folder (an image or a labels file that
+    the run reads). Inputs that are not paths (``builtin:NAME``) or do not exist are passed over; None entries are
+    ignored on both sides.
+
+    Raises:
+        InputFileError: an output is an input, naming both.
+    """
+    checked: list[tuple[Path, Path, tuple[int, int] | None, bool]] = []
+    for item in inputs:
+        if item is None or str(item).startswith("builtin:"):
+            continue
+        path = Path(item)
+        identity = _identity(path)
+        if identity is None and not path.is_symlink():
+            continue
+        checked.append((path, path.resolve(), identity, path.is_dir()))
+    for out in outputs:
+        if out is None:
+            continue
+        out = Path(out)
+        resolved, identity = out.resolve(), _identity(out)
+        for path, input_resolved, input_identity, is_folder in checked:
+            same = resolved == input_resolved or (identity is not None and identity == input_identity)
+            inside = is_folder and identity is not None and input_resolved in resolved.parents
+            if same or inside:
+                where = "is" if same else "would replace a file inside"
+                raise InputFileError(
+                    f"{command} {out} {where} the input {path}; choose another output path, nothing was written"
+                )
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` points to, or None where nothing is there."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def ensure_folder(path: Path | str) -> Path:

@@ -34,6 +34,11 @@ NOISY_CV = 0.15  # a coefficient of variation above this means the machine was t
 MIN_ITERATIONS = 5  # a --duration run still times every model at least this often
 DEFAULT_WARMUP = 10
 DEFAULT_ITERATIONS = 100
+# Upper bounds, so that a typo (--duration 1e308, --iterations 10**12) cannot run for ever: one hour per provider
+# and batch size is far beyond what a stable median needs.
+MAX_DURATION_S = 3600.0
+MAX_ITERATIONS = 1_000_000
+MAX_WARMUP = 100_000
 
 
 @dataclass(frozen=True)
@@ -317,12 +322,12 @@ def _check_options(models: Sequence[Path | str], options: BenchmarkOptions) -> N
         raise OptionError(f"batch sizes must be at least 1, got {list(options.batch_sizes)}")
     if options.iterations is not None and options.duration_s is not None:
         raise OptionError("give an iteration count or a duration, not both")
-    if options.iterations is not None and options.iterations < 1:
-        raise OptionError(f"iterations must be at least 1, got {options.iterations}")
-    if options.duration_s is not None and options.duration_s <= 0:
-        raise OptionError(f"duration must be positive, got {options.duration_s}")
-    if options.warmup < 0:
-        raise OptionError(f"warmup must be 0 or more, got {options.warmup}")
+    if options.iterations is not None and not 1 <= options.iterations <= MAX_ITERATIONS:
+        raise OptionError(f"iterations must be from 1 to {MAX_ITERATIONS:,}, got {options.iterations}")
+    if options.duration_s is not None and not 0 < options.duration_s <= MAX_DURATION_S:  # refuses NaN and inf too
+        raise OptionError(f"duration must be more than 0 and at most {MAX_DURATION_S:g} s, got {options.duration_s}")
+    if not 0 <= options.warmup <= MAX_WARMUP:
+        raise OptionError(f"warmup must be from 0 to {MAX_WARMUP:,}, got {options.warmup}")
     if options.threads is not None and options.threads < 1:
         raise OptionError(f"threads must be at least 1, got {options.threads}")
 

@@ -23,7 +23,13 @@ import onnx
 import torch
 
 from resnet_edge import __version__
-from resnet_edge.artifacts import require_file, require_writable_destination, save_onnx, sha256_bytes
+from resnet_edge.artifacts import (
+    read_user_text,
+    refuse_overwriting_inputs,
+    require_writable_destination,
+    save_onnx,
+    sha256_bytes,
+)
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.checkpoints import LoadedModel, build_model, read_checkpoint_metadata
 from resnet_edge.errors import InputFileError, OptionError
@@ -170,6 +176,7 @@ def export_onnx(options: ExportOptions, output: Path | str) -> ExportResult:
         InputFileError, CheckpointError: bad checkpoint or unwritable output.
     """
     output = require_writable_destination(output)
+    refuse_overwriting_inputs([output], [options.weights], command="export output")
     if options.batch is not None and options.batch < 1:
         raise OptionError(f"batch must be 'dynamic' or at least 1, got {options.batch}")
     low, high = _OPSET_RANGE[options.exporter.value]
@@ -310,8 +317,8 @@ def read_labels_file(path: Path | str) -> tuple[str, ...]:
     Raises:
         InputFileError: missing or empty.
     """
-    path = require_file(path, what="labels file")
-    labels = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    text = read_user_text(path, what="labels file")
+    labels = tuple(line.strip() for line in text.splitlines() if line.strip())
     if not labels:
         raise InputFileError(f"labels file has no labels: {path}")
     return labels

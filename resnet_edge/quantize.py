@@ -31,7 +31,13 @@ import numpy as np
 import onnx
 
 from resnet_edge import __version__
-from resnet_edge.artifacts import atomic_output, load_onnx, require_writable_destination, sha256_file
+from resnet_edge.artifacts import (
+    atomic_output,
+    load_onnx,
+    refuse_overwriting_inputs,
+    require_writable_destination,
+    sha256_file,
+)
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.reader import ImageCalibrationReader
 from resnet_edge.calibration.sources import (
@@ -270,6 +276,9 @@ def quantize_onnx(
     started = time.perf_counter()
     output = require_writable_destination(output)
     sidecar = require_writable_destination(Path(f"{output}.json"))
+    refuse_overwriting_inputs(
+        [output, sidecar], [model_path, options.calib, options.eval_data], command="quantize output"
+    )
     job = _prepare(model_path, options)
     fp32, spec, config = job.fp32, job.spec, job.config
     calib_source, eval_source, eval_indices = job.calib_source, job.eval_source, job.eval_indices

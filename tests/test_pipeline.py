@@ -25,6 +25,7 @@ EXPECTED = {
     "latency.png",
     "accuracy_vs_latency.png",
     "ops_before_after.png",
+    ".resnet-edge-pipeline",  # the marker that lets a later --overwrite replace this folder
 }
 
 
@@ -96,6 +97,10 @@ def test_refuses_an_existing_outdir_unless_overwrite(run_dir: Path, tmp_path: Pa
     old = tmp_path / "old"
     old.mkdir()
     (old / "stale.onnx").write_text("from another run")
+    with pytest.raises(OptionError, match="not made by resnet-edge pipeline"):
+        run_pipeline(PipelineConfig(**SMALL, int8=False), old, overwrite=True)
+    assert (old / "stale.onnx").read_text() == "from another run"
+    (old / ".resnet-edge-pipeline").write_text("made by an earlier run")
     run_pipeline(PipelineConfig(**SMALL, int8=False), old, overwrite=True)
     names = {p.name for p in old.iterdir()}
     assert "stale.onnx" not in names and "model.int8.onnx" not in names and "model.sim.onnx" in names
