@@ -8,7 +8,9 @@ calibration record lists and which proves that calibration and evaluation images
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from resnet_edge.artifacts import read_user_text
 from resnet_edge.calibration.preprocess import PreprocessSpec, preprocess_image, preprocess_uint8
-from resnet_edge.errors import InputFileError, OptionError
+from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 LABEL_FILE_NAMES = ("labels.csv", "labels.txt")
@@ -86,18 +88,28 @@ class FolderSource(ImageSource):
         self.root = root
         self.name = str(root)
         files: list[Path] = []
-        skipped = 0
+        skipped = special = 0
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for filename in sorted(filenames):
                 path = Path(dirpath, filename)
                 if filename.startswith("."):
                     continue
-                if path.suffix.lower() in IMAGE_SUFFIXES:
+                if not path.is_file():  # a FIFO would block the read for ever; a broken symlink cannot be read
+                    special += 1
+                elif path.suffix.lower() in IMAGE_SUFFIXES:
                     files.append(path)
                 elif filename not in LABEL_FILE_NAMES:
                     skipped += 1
         files.sort(key=lambda p: p.relative_to(root).as_posix())
+        if special:
+            warnings.warn(
+                f"{root}: skipped {special} entries that are not regular files (FIFO, socket, device or broken"
+                " symlink)",
+                ResnetEdgeWarning,
+                stacklevel=2,
+            )
+            skipped += special
         if not files:
             detail = f" ({skipped} other files skipped)" if skipped else ""
             raise InputFileError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {root}{detail}")
@@ -156,11 +168,16 @@ class FolderSource(ImageSource):
 
     def load(self, index: int, spec: PreprocessSpec) -> Sample:
         path = self.files[index]
-        data = path.read_bytes()
         try:
-            with Image.open(path) as image:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InputFileError(f"cannot read image {path}: {exc.strerror}") from None
+        try:
+            with Image.open(io.BytesIO(data)) as image:
                 image.load()  # decode now: a truncated file fails here, not somewhere downstream
                 tensor = preprocess_image(image, spec)
+        except Image.DecompressionBombError as exc:  # Pillow's guard against a tiny file of billions of pixels
+            raise InputFileError(f"refusing image {path}: {exc}") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise InputFileError(f"cannot decode image {path}: {exc}") from None
         label = self._labels[index] if self._labels is not None else None
@@ -251,6 +268,8 @@ def _pick_key(keys: list[str], preferred: tuple[str, ...], path: Path) -> str:
 def _check_images(images: np.ndarray, path: Path) -> None:
     if images.ndim == 0 or len(images) == 0:
         raise InputFileError(f"{path}: holds no images")
+    if images.ndim >= 3 and 0 in images.shape[1:]:
+        raise InputFileError(f"{path}: images of shape {images.shape[1:]} have no pixels")
     if images.dtype == np.uint8:
         if not (images.ndim == 3 or (images.ndim == 4 and images.shape[3] in (1, 3, 4))):
             raise InputFileError(
