@@ -27,6 +27,7 @@ from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import default_test_images, iter_batches, open_source
 from resnet_edge.environment import Environment, collect_environment
 from resnet_edge.errors import OptionError, ResnetEdgeWarning
+from resnet_edge.memory import check_fits, onnx_estimate
 from resnet_edge.metadata import preprocessing_for, read_metadata, static_input_shape
 from resnet_edge.runtime import Provider, Session, open_session
 
@@ -217,6 +218,10 @@ def benchmark_models(
     protos = {str(m): load_onnx(m) for m in models}
     specs = {name: preprocessing_for(proto, source=name) for name, proto in protos.items()}
     fixed = {name: static_input_shape(proto)[0] for name, proto in protos.items()}
+    for name, proto in protos.items():  # a batch that cannot fit must fail now, not after the machine swaps
+        estimate = onnx_estimate(proto)
+        for batch in {fixed[name]} if fixed[name] else set(options.batch_sizes):
+            check_fits(f"{Path(name).name} at batch {batch}", estimate, batch)
     data = {name: options.data or default_timing_data(proto) for name, proto in protos.items()}
     pools: dict[tuple[str, str], np.ndarray] = {}
 

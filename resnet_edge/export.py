@@ -33,6 +33,7 @@ from resnet_edge.artifacts import (
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.checkpoints import LoadedModel, build_model, read_checkpoint_metadata
 from resnet_edge.errors import InputFileError, OptionError
+from resnet_edge.memory import check_fits, torch_estimate
 from resnet_edge.metadata import ModelMetadata, write_props
 from resnet_edge.models import Stem, get_arch
 from resnet_edge.onnx_graph import count_ops, opset_of
@@ -117,6 +118,24 @@ def resolve_export(options: ExportOptions) -> tuple[LoadedModel, ModelMetadata]:
             else f"{options.weights} records no arch; pass --arch"
         )
     spec = get_arch(arch)
+    if options.input_size is not None and options.input_size < spec.min_input_size:
+        raise OptionError(f"{arch} needs inputs of at least {spec.min_input_size} pixels, got {options.input_size}")
+    if options.num_classes is not None or options.input_size is not None or options.batch is not None:
+        # A class count, input size or batch that cannot fit must fail now, not after the machine swaps.
+        size = options.input_size or spec.default_input_size
+        estimate = torch_estimate(
+            arch,
+            num_classes=options.num_classes,
+            in_chans=3 if options.in_chans is None else options.in_chans,
+            variant=options.variant or recorded.get("variant", "residual"),
+            input_size=max(size, spec.min_input_size),
+        )
+        check_fits(
+            f"exporting {arch} at {size}x{size} with {options.num_classes or spec.default_num_classes} classes",
+            estimate,
+            options.batch or PARITY_IMAGES,
+            hint="use a smaller --input-size, --batch or --num-classes",
+        )
     loaded = build_model(
         arch,
         weights=options.weights,

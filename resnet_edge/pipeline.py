@@ -31,7 +31,7 @@ from resnet_edge.benchmark import (
 )
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeError, StageError
 from resnet_edge.export import DEFAULT_OPSET, ExportOptions, ExportResult, export_onnx
-from resnet_edge.quantize import Format, Method, QuantizeOptions, QuantizeResult, Target, quantize_onnx
+from resnet_edge.quantize import MIN_OPSET, Format, Method, QuantizeOptions, QuantizeResult, Target, quantize_onnx
 from resnet_edge.runtime import parse_providers
 from resnet_edge.simplify import SimplifyResult, simplify_onnx
 from resnet_edge.validate import Reference, ValidateOptions, ValidateResult, validate_models
@@ -87,6 +87,8 @@ class PipelineConfig:
             value = getattr(self, name)
             if value is not None and value < low:
                 raise OptionError(f"{name} must be at least {low}, got {value}")
+        if self.int8 and self.opset < MIN_OPSET:
+            raise OptionError(f"INT8 needs opset {MIN_OPSET} or later, got opset {self.opset}; or pass --no-int8")
         for name, high in (("iterations", MAX_ITERATIONS), ("warmup", MAX_WARMUP)):
             if getattr(self, name) > high:
                 raise OptionError(f"{name} must be at most {high:,}, got {getattr(self, name)}")

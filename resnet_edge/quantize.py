@@ -57,8 +57,8 @@ from resnet_edge.metadata import (
     static_input_shape,
     write_props,
 )
-from resnet_edge.onnx_graph import COMPUTE_OPS, graph_input, is_quantized, module_path
-from resnet_edge.parity import Accuracy, Parity, accuracy, compare
+from resnet_edge.onnx_graph import COMPUTE_OPS, graph_input, is_quantized, module_path, opset_of
+from resnet_edge.parity import Accuracy, Parity, accuracy, compare, int8_shortfalls
 from resnet_edge.runtime import open_session
 
 SMALL_CALIBRATION_SET = 100  # below this many images, ranges are estimated from too few samples: warn
@@ -66,6 +66,9 @@ CALIBRATION_CHUNK = 16  # images per calibrator pass; bounds memory (ResNet-50 k
 CALIBRATION_BATCH = 8
 HELD_OUT_EVERY = 4  # with one source for both, every 4th image is held out for evaluation, never calibrated on
 SPEED_ITERATIONS = 30
+# Below opset 13, onnxruntime's quantizer wrote models it could not load itself (measured with opsets 7 to 12:
+# INVALID_GRAPH at a DequantizeLinear), after the whole calibration had run; refused up front instead.
+MIN_OPSET = 13
 
 
 class Target(enum.StrEnum):
@@ -194,6 +197,8 @@ class QuantizeOptions:
         limit: calibrate on this many images, drawn with ``seed``.
         measure_speed: time FP32 against INT8 (batch 1, CPU) after quantizing.
         config: a fully explicit configuration, overriding target, per_channel and format (for benchmarks).
+        allow_accuracy_drop: write the INT8 model even when, on the held-out images, it misses validate's INT8
+            bar (top-1 agreement with FP32, labelled top-1 drop); otherwise that fails, and nothing is written.
     """
 
     calib: str | None = None
@@ -207,6 +212,7 @@ class QuantizeOptions:
     seed: int = 0
     measure_speed: bool = True
     config: QuantConfig | None = None
+    allow_accuracy_drop: bool = False
 
 
 @dataclass(frozen=True)
@@ -271,7 +277,8 @@ def quantize_onnx(
     Raises:
         InputFileError: unreadable or already quantized model, unusable data, unwritable output.
         OptionError: bad limit, unknown node to exclude.
-        CheckFailedError: a compute node that was not excluded stayed FP32.
+        CheckFailedError: a compute node that was not excluded stayed FP32, or the INT8 model misses validate's
+            INT8 bar on the held-out images (unless ``options.allow_accuracy_drop``).
     """
     started = time.perf_counter()
     output = require_writable_destination(output)
@@ -298,6 +305,13 @@ def quantize_onnx(
     fp32_kept = check_coverage(prepped, int8, excluded)
     quantized_nodes = sum(n.op_type in COMPUTE_OPS for n in prepped.graph.node) - len(fp32_kept)
     evaluation = evaluate_against(fp32, int8, eval_source, eval_indices, spec, exclude_hashes=set(seen.values()))
+    misses = int8_shortfalls(evaluation.parity, evaluation.fp32_accuracy, evaluation.int8_accuracy)
+    if misses and not options.allow_accuracy_drop:
+        raise CheckFailedError(
+            f"INT8 model misses validate's bar on {evaluation.images} held-out images of {eval_source.name}:"
+            f" {'; '.join(misses)}; nothing was written (pass --allow-accuracy-drop to keep it, or keep blocks in"
+            " FP32 with --max-top1-drop / --min-agreement)"
+        )
     speed = compare_speed(fp32, int8, evaluation.first_image) if options.measure_speed else None
 
     record = {
@@ -416,6 +430,11 @@ def _prepare(model_path: Path | str, options: QuantizeOptions) -> _Job:
     fp32 = load_onnx(model_path)
     if is_quantized(fp32):
         raise InputFileError(f"{model_path} is already quantized; quantize the FP32 (simplified) model")
+    if opset_of(fp32) < MIN_OPSET:
+        raise InputFileError(
+            f"{model_path} is opset {opset_of(fp32)}; INT8 needs opset {MIN_OPSET} or later (onnxruntime writes"
+            f" per-channel DequantizeLinear nodes): re-export with --opset {MIN_OPSET} or later"
+        )
     config = options.config or resolve_config(options.target, per_channel=options.per_channel, format=options.format)
     calib_source, calib_indices, eval_source, eval_indices = _choose_images(options, read_metadata(fp32).dataset)
     return _Job(
@@ -555,20 +574,31 @@ def _calibrate(
         total=len(indices), desc=f"calibrating ({method.value})", unit="img", disable=not progress, leave=False
     ) as bar:
         for start in range(0, len(indices), chunk):
-            reader = ImageCalibrationReader(
-                source,
-                spec,
-                indices[start : start + chunk],
-                input_name=graph_input(calibrator.model).name,
-                batch_size=batch,
-                on_batch=bar.update,
-            )
-            with _quiet():
-                calibrator.collect_data(reader)
-            seen.update(reader.seen)
+            for part in _uniform_batches(indices[start : start + chunk], batch):
+                reader = ImageCalibrationReader(
+                    source,
+                    spec,
+                    part,
+                    input_name=graph_input(calibrator.model).name,
+                    batch_size=batch,
+                    on_batch=bar.update,
+                )
+                with _quiet():
+                    calibrator.collect_data(reader)
+                seen.update(reader.seen)
     with _quiet():
         save_tensors_data(calibrator.compute_data(), tmp / "ranges.json")
     return seen
+
+
+def _uniform_batches(indices: list[int], batch: int) -> list[list[int]]:
+    """``indices`` split so that each part feeds batches of one size: the full batches, then the short rest.
+
+    onnxruntime's histogram calibrators (entropy, percentile) stack every batch of one ``collect_data`` call into
+    one array, which fails when the last batch is shorter; the ranges still merge across calls.
+    """
+    full = len(indices) - len(indices) % batch
+    return [part for part in (indices[:full], indices[full:]) if part]
 
 
 def _quantize_static(

@@ -20,13 +20,18 @@ from resnet_edge.calibration.sources import default_test_images, iter_batches, o
 from resnet_edge.errors import InputFileError, OptionError
 from resnet_edge.metadata import ModelMetadata, preprocessing_for, read_metadata, static_input_shape
 from resnet_edge.onnx_graph import is_quantized
-from resnet_edge.parity import FP32_MAX_ABS_ERROR, FP32_RELATIVE_ERROR, Accuracy, Parity, accuracy, compare
+from resnet_edge.parity import (
+    FP32_MAX_ABS_ERROR,
+    FP32_RELATIVE_ERROR,
+    INT8_MAX_TOP1_DROP,
+    INT8_MIN_AGREEMENT,
+    Accuracy,
+    Parity,
+    accuracy,
+    compare,
+)
 from resnet_edge.runtime import Provider, open_session
 
-# INT8 changes every logit a little; judge it on decisions. 99% top-1 agreement with FP32 and at most one point of
-# labelled accuracy lost are the usual acceptance bar for post-training quantization of CNN classifiers.
-INT8_MIN_AGREEMENT = 0.99
-INT8_MAX_TOP1_DROP = 1.0  # percentage points
 DEFAULT_BATCH = 8
 
 
