@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -20,6 +21,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # CIFAR-10 channel statistics, the usual normalisation for the small-input ResNets when nothing better is known.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+# The largest side an image is resized to: 8x torchvision's largest evaluation size, far beyond any ResNet input;
+# a resize of millions (a corrupted or hostile model file) would allocate gigabytes per image.
+MAX_SIDE = 4096
 
 
 class ChannelOrder(enum.StrEnum):
@@ -63,6 +67,10 @@ class PreprocessSpec:
     def __post_init__(self) -> None:
         if self.crop < 1 or self.resize < self.crop:
             raise OptionError(f"preprocessing needs 1 <= crop <= resize, got crop={self.crop}, resize={self.resize}")
+        if self.resize > MAX_SIDE:
+            raise OptionError(f"preprocessing resize {self.resize} is over the {MAX_SIDE} pixels an image may have")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise OptionError(f"preprocessing mean and std must be finite numbers, got {self.mean} and {self.std}")
         if self.interpolation not in _INTERPOLATIONS:
             raise OptionError(
                 f"unknown interpolation {self.interpolation!r}; choose one of: {', '.join(_INTERPOLATIONS)}"

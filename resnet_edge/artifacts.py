@@ -192,9 +192,10 @@ def load_onnx(path: Path | str) -> onnx.ModelProto:
     """
     path = require_file(path, what="ONNX model")
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeError or ValueError depending on the damage
         raise InputFileError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    _load_external_data(model, path)
     if not model.graph.node or not model.graph.input:
         raise InputFileError(f"{path}: not an ONNX model (no graph nodes or inputs)")
     try:
@@ -203,6 +204,32 @@ def load_onnx(path: Path | str) -> onnx.ModelProto:
         first = str(exc).strip().splitlines()[0]
         raise InputFileError(f"{path}: invalid ONNX model ({first[:200]})") from None
     return model
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Read the weights a model keeps in files beside it, refusing (by tensor, file and reason) any that lie
+    outside the model's folder or are not regular files: a model must not make us read ``/etc`` or a FIFO."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    folder = path.resolve().parent
+    external = [t for t in model.graph.initializer if uses_external_data(t)]
+    for tensor in external:
+        location = ExternalDataInfo(tensor).location
+        target = (folder / location).resolve()
+        if Path(location).is_absolute() or folder not in target.parents:
+            raise InputFileError(
+                f"{path}: tensor {tensor.name} keeps its data in {location!r}, outside the model's folder; refused"
+                " (external data must sit beside the model)"
+            )
+        if not target.is_file():
+            why = "is missing" if not target.exists() and not target.is_symlink() else "is not a regular file"
+            raise InputFileError(f"{path}: tensor {tensor.name} keeps its data in {location!r}, which {why}")
+    if external:
+        try:
+            onnx.load_external_data_for_model(model, str(folder))
+        except Exception as exc:  # onnx's own checks (sizes, offsets) in its own words
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputFileError(f"{path}: cannot read its external data ({first[:200]})") from None
 
 
 def save_onnx(model: onnx.ModelProto, path: Path | str) -> int:

@@ -151,6 +151,7 @@ def validate_models(
     for name, proto in protos.items():
         spec = preprocessing_for(proto, source=name)
         _check_fits(proto, spec, name)
+        reference_model.check_takes(spec.input_shape, name)
         specs[spec.to_json()] = spec
         by_spec.setdefault(spec.to_json(), []).append(name)
 
@@ -284,6 +285,8 @@ class _ReferenceModel:
             session = open_session(ref_proto)
             self.run = session.logits
             self.description = f"ONNX {reference.onnx}"
+            shape = static_input_shape(ref_proto)
+            self.input_shape = tuple(shape[1:]) if len(shape) == 4 else None
             return
         import torch
 
@@ -294,6 +297,7 @@ class _ReferenceModel:
             raise OptionError("cannot tell the reference checkpoint's arch; pass --arch")
         model = build_model(arch, weights=reference.checkpoint, variant=meta.variant or "residual").model
         self.description = f"PyTorch {arch} {reference.checkpoint}"
+        self.input_shape = (model.conv1.in_channels, None, None)  # a ResNet takes any size it is not too small for
 
         def run(x: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
@@ -303,6 +307,21 @@ class _ReferenceModel:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.run(images)
+
+    def check_takes(self, shape: tuple[int, ...], name: str) -> None:
+        """Refuse a model whose (C, H, W) input the reference cannot take, naming both shapes.
+
+        Raises:
+            InputFileError: a known dimension differs.
+        """
+        if self.input_shape is None:
+            return
+        if any(r is not None and r != s for r, s in zip(self.input_shape, shape, strict=False)):
+            shown = ["?" if d is None else d for d in self.input_shape]
+            raise InputFileError(
+                f"{name} takes input {list(shape)} (C, H, W) but the reference ({self.description}) takes {shown};"
+                " compare models of the same input"
+            )
 
 
 def describe_failures(result: ValidateResult) -> str:
