@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from resnet_edge.cli import render
-from resnet_edge.cli.options import derived_path, json_option, parse_batch
+from resnet_edge.cli.options import SEED, derived_path, json_option, parse_batch
 from resnet_edge.models import Variant, list_models
 
 if TYPE_CHECKING:  # annotations only: the commands import the library lazily, so --help stays fast
@@ -159,7 +159,7 @@ def inspect(model, as_json) -> None:
 )
 @click.option("--exclude", multiple=True, help="Node name or module path (layer1.0, fc) to keep in FP32; repeatable.")
 @click.option("--limit", type=int, help="Calibrate on this many images, drawn with --seed.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--no-speed", is_flag=True, help="Skip the FP32 vs INT8 timing.")
 @click.option(
     "--max-top1-drop",

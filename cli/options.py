@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+# Seeds reach numpy's default_rng, which takes 0 to 2**32 - 1 here (and fails with a traceback below 0).
+SEED = click.IntRange(0, 2**32 - 1)
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
 

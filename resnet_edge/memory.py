@@ -121,7 +121,7 @@ def torch_estimate(
     from resnet_edge.models import create_model
 
     with torch.device("meta"):
-        model = create_model(arch, num_classes=num_classes, in_chans=in_chans, variant=variant)
+        model = create_model(arch, num_classes=num_classes, in_chans=in_chans, variant=variant).eval()
     largest = 0
 
     def record(module: object, inputs: object, output: object) -> None:

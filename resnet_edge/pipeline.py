@@ -83,7 +83,15 @@ class PipelineConfig:
                 raise OptionError(f"{name} {value!r} is not one of: {', '.join(e.value for e in enum_type)}")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise OptionError(f"batch sizes must be at least 1, got {list(self.batch_sizes)}")
-        for name, low in (("iterations", 1), ("warmup", 0), ("threads", 1), ("limit", 1)):
+        for name, low in (
+            ("iterations", 1),
+            ("warmup", 0),
+            ("threads", 1),
+            ("limit", 1),
+            ("num_classes", 1),
+            ("input_size", 1),
+            ("seed", 0),
+        ):
             value = getattr(self, name)
             if value is not None and value < low:
                 raise OptionError(f"{name} must be at least {low}, got {value}")
@@ -220,6 +228,7 @@ def run_pipeline(
         StageError: a stage failed; the message names it, and ``outdir`` holds the stages before it and a report.
     """
     outdir = check_outdir(outdir, overwrite=overwrite, inputs=[config.weights, config.calib, config.data, *inputs])
+    _check_sources(config)
     parent = outdir.parent
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", suffix=".partial", dir=parent))
@@ -301,6 +310,18 @@ def check_outdir(outdir: Path | str, *, overwrite: bool, inputs: Sequence[Path |
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputFileError(f"output folder's parent is not writable: {parent}")
     return outdir
+
+
+def _check_sources(config: PipelineConfig) -> None:
+    """Refuse a missing checkpoint or image source now, not after the stages before the one that reads it."""
+    from resnet_edge.calibration.sources import open_source
+    from resnet_edge.checkpoints import resolve_weights
+
+    if config.weights is not None:
+        resolve_weights(config.weights)
+    for source in (config.calib, config.data):
+        if source is not None:
+            open_source(source)
 
 
 def _publish(staging: Path, outdir: Path) -> None:
