@@ -344,11 +344,7 @@ def _extra_args(case: Case, w: dict[str, Path]) -> list[str]:
         np.save(path, np.zeros((4, 0, 32, 3), np.uint8))
         return _replace_option(base, "--data", _param("validate", "data"), str(path))
     if k == "other-input-shape":
-        from resnet_edge.export import ExportOptions, export_onnx
-
-        path = inputs / "r40.onnx"
-        export_onnx(ExportOptions(arch="resnet20", input_size=40), path)
-        return [*base, "--reference", str(path)]
+        return [*base, "--reference", str(_plain_onnx(inputs / "r40.onnx", size=40, opset=17))]
     if k in ("nan-metadata", "huge-resize"):
         change = (
             _set_preprocessing(mean=[float("nan")] * 3) if k == "nan-metadata" else _set_preprocessing(resize=10**9)
@@ -371,30 +367,41 @@ def _extra_args(case: Case, w: dict[str, Path]) -> list[str]:
         (sub / "m2.onnx").write_bytes(model.SerializeToString())
         return ["inspect", str(sub / "m2.onnx")]
     if k == "opset-7":
-        import warnings
-
-        import torch
-
-        from resnet_edge.models import create_model
-
-        path = inputs / "op7.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                create_model("resnet20").eval(),
-                (torch.zeros(1, 3, 32, 32),),
-                str(path),
-                dynamo=False,
-                opset_version=7,
-                input_names=["input"],
-                output_names=["logits"],
-            )
+        path = _plain_onnx(inputs / "op7.onnx", size=32, opset=7)
         return [a if a != str(w["model"]) else str(path) for a in base]
     raise AssertionError(f"no setup for {case.id}")
 
 
+def _plain_onnx(path: Path, *, size: int, opset: int) -> Path:
+    """A fresh resnet20 as another tool writes it: fixed 1x3xSIZExSIZE input, no resnet-edge metadata."""
+    import warnings
+
+    import torch
+
+    from resnet_edge.models import create_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            create_model("resnet20").eval(),
+            (torch.zeros(1, 3, size, size),),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["logits"],
+        )
+    return path
+
+
 def _param(command: str, name: str) -> click.Parameter:
     return next(p for p in COMMANDS[command].params if p.name == name)
+
+
+def _runtime_cache(path: Path) -> bool:
+    """Files the libraries keep in the temp folder across runs, not litter of one: PyTorch's compile cache
+    (torchinductor_<user>) and onnxruntime's native session-id file (.ses)."""
+    return path.name.startswith("torchinductor_") or path.name == ".ses"
 
 
 def _check_refused(args: list[str], w: dict[str, Path], expect: str = "") -> None:
@@ -412,8 +419,7 @@ def _check_refused(args: list[str], w: dict[str, Path], expect: str = "") -> Non
     after_inputs = _hashes(w["inputs"])
     assert all(after_inputs.get(name) == digest for name, digest in before_inputs.items()), "an input changed"
     assert _listing(w["out"]) == before_out, f"left in the output folder: {_listing(w['out'])}"
-    # torchinductor_<user> is PyTorch's own cache folder, made once and reused by every later run: not litter.
-    left = [p for p in w["tmp"].iterdir() if not p.name.startswith("torchinductor_")]
+    left = [p for p in w["tmp"].iterdir() if not _runtime_cache(p)]
     assert not left, f"left in the temp folder: {left}"
 
 
