@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import tokenize
 import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -222,8 +223,9 @@ class ArraySource(ImageSource):
                 labels = None
             else:
                 raise InputFileError(f"{path}: arrays must be .npy or .npz")
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise InputFileError(f"{path}: not a readable NumPy file ({exc})") from None
+        except _NUMPY_READ_ERRORS as exc:
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise InputFileError(f"{path}: not a readable NumPy file ({first})") from None
         _check_images(images, path)
         if labels is not None and (labels.ndim != 1 or len(labels) != len(images)):
             raise InputFileError(f"{path}: labels must be one per image, got shape {labels.shape} for {len(images)}")
@@ -254,6 +256,22 @@ class ArraySource(ImageSource):
             tensor = raw.astype(np.float32)
         label = int(self._labels[row]) if self._labels is not None else None
         return Sample(f"{Path(self.name).name}[{row}]", hashlib.sha256(raw.tobytes()).hexdigest(), tensor, label)
+
+
+# What numpy raises on a damaged or hostile .npy/.npz: its header is parsed with Python's tokenizer and
+# ast.literal_eval (SyntaxError, TokenError, TypeError on a wrong dict), a shape can overflow or not fit in memory.
+_NUMPY_READ_ERRORS = (
+    ValueError,
+    OSError,
+    EOFError,
+    zipfile.BadZipFile,
+    SyntaxError,
+    tokenize.TokenError,
+    TypeError,
+    KeyError,
+    OverflowError,
+    MemoryError,
+)
 
 
 def _pick_key(keys: list[str], preferred: tuple[str, ...], path: Path) -> str:
