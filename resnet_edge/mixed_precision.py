@@ -33,7 +33,7 @@ from typing import TypeVar
 import onnx
 
 from resnet_edge.analysis import DEFAULT_IMAGES, AnalysisOptions, analyze_quantization
-from resnet_edge.artifacts import atomic_output, load_onnx, require_writable_destination
+from resnet_edge.artifacts import atomic_output, load_onnx, refuse_overwriting_inputs, require_writable_destination
 from resnet_edge.calibration.sources import open_source
 from resnet_edge.errors import CheckFailedError, OptionError
 from resnet_edge.metadata import QUANTIZATION_KEY, preprocessing_for, write_props
@@ -235,6 +235,11 @@ def quantize_mixed_precision(
     model_path = Path(model_path)
     output = require_writable_destination(output)
     require_writable_destination(Path(f"{output}.json"))
+    refuse_overwriting_inputs(
+        [output, Path(f"{output}.json")],
+        [model_path, options.calib, options.eval_data],
+        command="quantize output",
+    )
     fp32 = load_onnx(model_path)
     ranking: list[BlockSensitivity] = []
 

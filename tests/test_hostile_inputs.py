@@ -105,6 +105,7 @@ def generated_cases() -> list[Case]:
 # value (see _apply_extra).
 EXTRA = [
     Case("benchmark", "output", "model-itself", "is the input"),
+    Case("quantize", "output", "model-itself-mixed-precision", "is the input"),
     Case("export", "output", "checkpoint-itself", "is the input"),
     Case("quantize", "output", "calib-image", "would replace a file inside"),
     Case("export", "labels", "not-utf8", "not UTF-8"),
@@ -284,6 +285,8 @@ def _extra_args(case: Case, w: dict[str, Path]) -> list[str]:
     k = case.kind
     if k == "model-itself":
         return [*base, "-o", str(w["model"])]
+    if k == "model-itself-mixed-precision":
+        return [*_replace_option(base, "-o", _param("quantize", "output"), str(w["model"])), "--min-agreement", "0.9"]
     if k == "checkpoint-itself":
         return _replace_option(base, "-o", COMMANDS["export"].params[-2], str(w["ckpt"]))
     if k == "calib-image":
