@@ -317,11 +317,33 @@ def _check_sources(config: PipelineConfig) -> None:
     from resnet_edge.calibration.sources import open_source
     from resnet_edge.checkpoints import resolve_weights
 
-    if config.weights is not None:
-        resolve_weights(config.weights)
+    weights = config.resolved_weights()
+    if weights is not None:
+        resolve_weights(weights)
     for source in (config.calib, config.data):
         if source is not None:
             open_source(source)
+    # The benchmark's largest batch, estimated now from the architecture: it must not fail after the other stages.
+    from resnet_edge.checkpoints import read_checkpoint_metadata
+    from resnet_edge.memory import check_fits, torch_estimate
+    from resnet_edge.models import get_arch
+
+    arch = config.arch or (read_checkpoint_metadata(weights).get("arch") if weights else None)
+    if arch is not None:
+        size = config.input_size or get_arch(arch).default_input_size
+        estimate = torch_estimate(
+            arch,
+            num_classes=config.num_classes,
+            in_chans=3,
+            variant=config.variant or "residual",
+            input_size=max(size, get_arch(arch).min_input_size),
+        )
+        check_fits(
+            f"{arch} at batch {max(config.batch_sizes)}",
+            estimate,
+            max(config.batch_sizes),
+            hint="use a smaller --batch",
+        )
 
 
 def _publish(staging: Path, outdir: Path) -> None:

@@ -123,6 +123,7 @@ EXTRA = [
     Case("export", "weights", "integer-weights", "is int64"),
     Case("export", "weights", "nan-weights", "holds NaN or Inf"),
     Case("benchmark", "batch_sizes", "huge", "of memory available"),
+    Case("pipeline", "batch_sizes", "huge", "of memory available"),
     Case("benchmark", "duration", "1e308", "at most 3600"),
     Case("simplify", "timeout_s", "1e308", "at most 3600"),
     Case("validate", "data", "decompression-bomb", "decompression bomb"),
@@ -315,8 +316,8 @@ def _extra_args(case: Case, w: dict[str, Path]) -> list[str]:
         return [*base, "--in-chans", "0"]
     if k == "huge":
         flag = {"input_size": "--input-size", "num_classes": "--num-classes", "batch": "--batch"}.get(case.param)
-        if case.command == "benchmark":
-            return _replace_option(base, "--batch", _param("benchmark", "batch_sizes"), "100000000")
+        if case.command in ("benchmark", "pipeline"):
+            return _replace_option(base, "--batch", _param(case.command, "batch_sizes"), "100000000")
         value = {"input_size": "100000", "num_classes": "10000000000", "batch": "100000000"}[case.param]
         return [*base, "--arch", "resnet18", flag, value]
     if k in ("integer-weights", "nan-weights"):
