@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from resnet_edge import pipeline as pipeline_module
 from resnet_edge.cli.main import main
-from resnet_edge.errors import OptionError, StageError
+from resnet_edge.errors import InputFileError, OptionError, StageError
 from resnet_edge.pipeline import PipelineConfig, load_config, run_pipeline
 
 SMALL = dict(iterations=5, warmup=1, batch_sizes=(1, 4), threads=1)
@@ -109,12 +110,17 @@ def test_refuses_an_existing_outdir_unless_overwrite(run_dir: Path, tmp_path: Pa
 def test_a_failing_stage_is_named_and_earlier_artifacts_stay(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(StageError, match=r"^quantize: no images .* \(kept in .*: model.onnx, model.sim.onnx"):
+    with pytest.raises(InputFileError, match="no images"):  # a source that cannot work is refused before any stage
         run_pipeline(PipelineConfig(**SMALL, calib=str(empty)), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    wrong_size = tmp_path / "wrong.npy"  # opens fine; only the quantize stage finds it does not fit the model
+    np.save(wrong_size, np.zeros((8, 3, 16, 16), np.float32))
+    with pytest.raises(StageError, match=r"^quantize: .*float arrays .* \(kept in .*: model.onnx, model.sim.onnx"):
+        run_pipeline(PipelineConfig(**SMALL, calib=str(wrong_size)), tmp_path / "out")
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"model.onnx", "model.sim.onnx", "report.json"} <= names and "model.int8.onnx" not in names
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["status"] == "stopped at quantize" and "no images" in report["error"]
+    assert report["status"] == "stopped at quantize" and "float arrays" in report["error"]
 
 
 def test_ctrl_c_publishes_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
