@@ -29,6 +29,12 @@ from resnet_edge.models import list_models
 @click.option("--iterations", type=int, help="Benchmark rounds. [default: 50]")
 @click.option("--threads", type=int, help="Intra-op threads. [default: all cores]")
 @click.option("--allow-unfolded-bn", is_flag=True, default=None, help="Keep BatchNorms with no conv to fold into.")
+@click.option(
+    "--allow-accuracy-drop",
+    is_flag=True,
+    default=None,
+    help="Keep an INT8 model that misses validate's INT8 bar on held-out images (random weights, say).",
+)
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML file with any of these options.")
 @click.option(
     "-o",

@@ -68,6 +68,7 @@ class PipelineConfig:
     limit: int | None = None
     seed: int = 0
     allow_unfolded_bn: bool = False
+    allow_accuracy_drop: bool = False
     batch_sizes: tuple[int, ...] = (1, 8)
     iterations: int = 50
     warmup: int = 5
@@ -441,6 +442,7 @@ def _run_stages(
                     limit=config.limit,
                     seed=config.seed,
                     measure_speed=False,
+                    allow_accuracy_drop=config.allow_accuracy_drop,
                 ),
                 progress=progress,
             )
