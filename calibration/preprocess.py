@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -20,6 +21,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # CIFAR-10 channel statistics, the usual normalisation for the small-input ResNets when nothing better is known.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+# The largest side an image is resized to: 8x torchvision's largest evaluation size, far beyond any ResNet input;
+# a resize of millions (a corrupted or hostile model file) would allocate gigabytes per image.
+MAX_SIDE = 4096
 
 
 class ChannelOrder(enum.StrEnum):
@@ -63,6 +67,10 @@ class PreprocessSpec:
     def __post_init__(self) -> None:
         if self.crop < 1 or self.resize < self.crop:
             raise OptionError(f"preprocessing needs 1 <= crop <= resize, got crop={self.crop}, resize={self.resize}")
+        if self.resize > MAX_SIDE:
+            raise OptionError(f"preprocessing resize {self.resize} is over the {MAX_SIDE} pixels an image may have")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise OptionError(f"preprocessing mean and std must be finite numbers, got {self.mean} and {self.std}")
         if self.interpolation not in _INTERPOLATIONS:
             raise OptionError(
                 f"unknown interpolation {self.interpolation!r}; choose one of: {', '.join(_INTERPOLATIONS)}"
@@ -130,14 +138,47 @@ class PreprocessSpec:
         return cls(resize, crop, mean, std)
 
 
-def preprocess_image(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """One PIL image to a float32 CHW array, as ``spec`` says.
+# 16-bit (and 32-bit integer) grey modes; Pillow's convert() clips them to 255, which turns a 16-bit PNG white.
+_WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_WIDE_GREY_MAX = 65535  # PNG's 16-bit grey; the I mode of a 16-bit PNG holds the same 0..65535 range
 
-    Grayscale, RGBA, palette and CMYK images are converted first (alpha is dropped, as torchvision's loaders do).
+
+def to_model_mode(image: Image.Image, channels: int) -> Image.Image:
+    """An image of any mode as 8-bit ``L`` (one channel) or ``RGB`` (three), the way torchvision's ``decode_image``
+    reads it (``ImageReadMode.GRAY``/``RGB``), with the EXIF orientation applied.
+
+    16-bit grey is scaled to 8 bits (value / 257, torchvision scales by 65535), not clipped; 16-bit RGB keeps
+    Pillow's high byte; a palette is expanded; alpha is dropped, not composited; CMYK becomes RGB as
+    ``(255 - C)(255 - K) / 255``; grey becomes RGB by repetition and RGB grey by ITU-R 601 luma.
+
+    Raises:
+        InputFileError: the image has no pixels.
     """
-    mode = "L" if spec.channels == 1 else "RGB"
+    from PIL import ImageOps
+
+    if image.width < 1 or image.height < 1:
+        raise InputFileError(f"image of {image.width}x{image.height} pixels has nothing to preprocess")
+    image = ImageOps.exif_transpose(image)  # a photo taken upright stays upright (camera JPEGs carry a rotation)
+    mode = "L" if channels == 1 else "RGB"
+    if image.mode in _WIDE_GREY_MODES:
+        wide = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.rint(wide * 255.0 / _WIDE_GREY_MAX), 0, 255).astype(np.uint8), "L")
+    elif image.mode in ("P", "PA"):
+        image = image.convert("RGBA")  # a palette with transparency expands through RGBA, then alpha is dropped
+    elif image.mode in ("LA", "La"):
+        image = image.getchannel("L")
     if image.mode != mode:
         image = image.convert(mode)
+    return image
+
+
+def preprocess_image(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """One PIL image to a float32 CHW array, as ``spec`` says (any mode: see :func:`to_model_mode`).
+
+    Raises:
+        InputFileError: the image has no pixels.
+    """
+    image = to_model_mode(image, spec.channels)
     width, height = image.size
     scale = spec.resize / min(width, height)
     size = (max(spec.crop, round(width * scale)), max(spec.crop, round(height * scale)))

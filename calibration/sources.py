@@ -8,7 +8,10 @@ calibration record lists and which proves that calibration and evaluation images
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import tokenize
+import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -17,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from resnet_edge.artifacts import read_user_text
 from resnet_edge.calibration.preprocess import PreprocessSpec, preprocess_image, preprocess_uint8
-from resnet_edge.errors import InputFileError, OptionError
+from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 LABEL_FILE_NAMES = ("labels.csv", "labels.txt")
@@ -85,18 +89,28 @@ class FolderSource(ImageSource):
         self.root = root
         self.name = str(root)
         files: list[Path] = []
-        skipped = 0
+        skipped = special = 0
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for filename in sorted(filenames):
                 path = Path(dirpath, filename)
                 if filename.startswith("."):
                     continue
-                if path.suffix.lower() in IMAGE_SUFFIXES:
+                if not path.is_file():  # a FIFO would block the read for ever; a broken symlink cannot be read
+                    special += 1
+                elif path.suffix.lower() in IMAGE_SUFFIXES:
                     files.append(path)
                 elif filename not in LABEL_FILE_NAMES:
                     skipped += 1
         files.sort(key=lambda p: p.relative_to(root).as_posix())
+        if special:
+            warnings.warn(
+                f"{root}: skipped {special} entries that are not regular files (FIFO, socket, device or broken"
+                " symlink)",
+                ResnetEdgeWarning,
+                stacklevel=2,
+            )
+            skipped += special
         if not files:
             detail = f" ({skipped} other files skipped)" if skipped else ""
             raise InputFileError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {root}{detail}")
@@ -122,10 +136,10 @@ class FolderSource(ImageSource):
         return [index[parts[0]] for parts in parents]
 
     def _labels_from_file(self, path: Path, class_names: Sequence[str] | None) -> list[int]:
-        if not path.is_file():
+        if not path.exists():
             raise InputFileError(f"labels file not found: {path}")
         by_file: dict[str, str] = {}
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(read_user_text(path, what="labels file").splitlines(), 1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             name, sep, label = line.rpartition(",")
@@ -155,11 +169,16 @@ class FolderSource(ImageSource):
 
     def load(self, index: int, spec: PreprocessSpec) -> Sample:
         path = self.files[index]
-        data = path.read_bytes()
         try:
-            with Image.open(path) as image:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InputFileError(f"cannot read image {path}: {exc.strerror}") from None
+        try:
+            with Image.open(io.BytesIO(data)) as image:
                 image.load()  # decode now: a truncated file fails here, not somewhere downstream
                 tensor = preprocess_image(image, spec)
+        except Image.DecompressionBombError as exc:  # Pillow's guard against a tiny file of billions of pixels
+            raise InputFileError(f"refusing image {path}: {exc}") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise InputFileError(f"cannot decode image {path}: {exc}") from None
         label = self._labels[index] if self._labels is not None else None
@@ -204,8 +223,9 @@ class ArraySource(ImageSource):
                 labels = None
             else:
                 raise InputFileError(f"{path}: arrays must be .npy or .npz")
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise InputFileError(f"{path}: not a readable NumPy file ({exc})") from None
+        except _NUMPY_READ_ERRORS as exc:
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise InputFileError(f"{path}: not a readable NumPy file ({first})") from None
         _check_images(images, path)
         if labels is not None and (labels.ndim != 1 or len(labels) != len(images)):
             raise InputFileError(f"{path}: labels must be one per image, got shape {labels.shape} for {len(images)}")
@@ -238,6 +258,22 @@ class ArraySource(ImageSource):
         return Sample(f"{Path(self.name).name}[{row}]", hashlib.sha256(raw.tobytes()).hexdigest(), tensor, label)
 
 
+# What numpy raises on a damaged or hostile .npy/.npz: its header is parsed with Python's tokenizer and
+# ast.literal_eval (SyntaxError, TokenError, TypeError on a wrong dict), a shape can overflow or not fit in memory.
+_NUMPY_READ_ERRORS = (
+    ValueError,
+    OSError,
+    EOFError,
+    zipfile.BadZipFile,
+    SyntaxError,
+    tokenize.TokenError,
+    TypeError,
+    KeyError,
+    OverflowError,
+    MemoryError,
+)
+
+
 def _pick_key(keys: list[str], preferred: tuple[str, ...], path: Path) -> str:
     for key in preferred:
         if key in keys:
@@ -250,6 +286,8 @@ def _pick_key(keys: list[str], preferred: tuple[str, ...], path: Path) -> str:
 def _check_images(images: np.ndarray, path: Path) -> None:
     if images.ndim == 0 or len(images) == 0:
         raise InputFileError(f"{path}: holds no images")
+    if images.ndim >= 3 and 0 in images.shape[1:]:
+        raise InputFileError(f"{path}: images of shape {images.shape[1:]} have no pixels")
     if images.dtype == np.uint8:
         if not (images.ndim == 3 or (images.ndim == 4 and images.shape[3] in (1, 3, 4))):
             raise InputFileError(

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from resnet_edge.cli import render
-from resnet_edge.cli.options import json_option
+from resnet_edge.cli.options import SEED, json_option
 
 
 @click.command()
@@ -22,7 +22,7 @@ from resnet_edge.cli.options import json_option
     show_default=True,  # analysis.DEFAULT_IMAGES, not imported for --help
     help="Analyse at most this many images.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for drawing --limit images.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for drawing --limit images.")
 @click.option(
     "-o",
     "--output-dir",

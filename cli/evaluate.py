@@ -211,12 +211,13 @@ def benchmark(
     With --target, the device runner times them on each device (the same timing code), one row per
     (target, model, provider, batch).
     """
-    from resnet_edge.artifacts import require_writable_destination, write_json_atomic
+    from resnet_edge.artifacts import refuse_overwriting_inputs, require_writable_destination, write_json_atomic
     from resnet_edge.benchmark import BenchmarkOptions
     from resnet_edge.jsonable import to_jsonable
 
     if output is not None:
         require_writable_destination(output)
+        refuse_overwriting_inputs([output], [*models, data, torch_reference], command="benchmark output")
     options = BenchmarkOptions(
         providers=parse_provider_list(providers),
         batch_sizes=parse_batches(batch_sizes),
@@ -264,7 +265,7 @@ def benchmark(
 
     from resnet_edge.benchmark import benchmark_models
 
-    with tqdm(total=options.total_rounds, desc="timing", unit="round", leave=False, disable=as_json) as bar:
+    with tqdm(total=options.total_rounds, desc="timing", unit="round", leave=False, disable=as_json, delay=0.5) as bar:
         result = benchmark_models(list(models), options, progress=bar.update)
     if output is not None:
         write_json_atomic(output, to_jsonable(result))

@@ -9,7 +9,7 @@ import click
 
 from resnet_edge.architectures import list_models
 from resnet_edge.cli import render
-from resnet_edge.cli.options import json_option
+from resnet_edge.cli.options import SEED, json_option
 from resnet_edge.errors import OptionError
 
 
@@ -18,7 +18,7 @@ from resnet_edge.errors import OptionError
 @click.option("--plain", is_flag=True, help="Switch the skip connections off.")
 @click.option("--compare", "side_by_side", is_flag=True, help="Residual and plain side by side.")
 @click.option("--batch", type=int, default=16, show_default=True, help="Images in the one backward pass.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds weights and image choice.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds weights and image choice.")
 @click.option(
     "--data",
     help="Images: folder, .npy/.npz, or builtin:NAME. [default: digits for resnet20..110,"

@@ -14,8 +14,6 @@ from resnet_edge import __version__
 from resnet_edge.cli import render
 from resnet_edge.errors import ResnetEdgeError
 
-INTERRUPTED_EXIT = 130
-
 
 class _Group(click.Group):
     """Turns user errors into one line and a non-zero exit, and Ctrl-C into a clean exit."""
@@ -36,9 +34,11 @@ class _Group(click.Group):
                 err=True,
             )
             ctx.exit(1)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM under the installed script (see cli/entry.py)
+            from resnet_edge.cli.entry import interrupt_exit_code
+
             click.echo("interrupted: no partial output was kept", err=True)
-            ctx.exit(INTERRUPTED_EXIT)
+            ctx.exit(interrupt_exit_code(exc))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -9,6 +9,8 @@ import click
 # resnet_edge.quantize.Target's values, spelled here so that --help need not import the quantization stack
 # (tests/test_cli.py checks that the two agree).
 INT8_TARGETS = ("auto", "x86-vnni", "x86-avx2", "arm64", "gpu-tensorrt")
+# Seeds reach numpy's default_rng, which takes 0 to 2**32 - 1 here (and fails with a traceback below 0).
+SEED = click.IntRange(0, 2**32 - 1)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 

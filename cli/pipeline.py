@@ -80,6 +80,12 @@ def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
     "--allow-unfolded-bn", is_flag=True, default=None, help="Keep BatchNorms with no conv to fold into (preact)."
 )
 @click.option(
+    "--allow-accuracy-drop",
+    is_flag=True,
+    default=None,
+    help="Keep an INT8 model that misses validate's INT8 bar on held-out images (random weights, say).",
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(path_type=Path),
@@ -125,7 +131,14 @@ def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
         else:
             click.echo(f"[{event.stage}] failed after {fmt.seconds(event.seconds)}", err=True)
 
-    result = run_pipeline(config, outdir, overwrite=overwrite, on_event=show, progress=not as_json)
+    result = run_pipeline(
+        config,
+        outdir,
+        overwrite=overwrite,
+        inputs=[config_file] if config_file else [],
+        on_event=show,
+        progress=not as_json,
+    )
     if as_json:
         return render.emit_json(
             {"outdir": result.outdir, "artifacts": result.artifacts, "report": str(result.outdir / "report.json")}

@@ -34,7 +34,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from resnet_edge.artifacts import atomic_output, load_onnx, sha256_file, write_json_atomic
+from resnet_edge.artifacts import (
+    atomic_output,
+    load_onnx,
+    refuse_overwriting_inputs,
+    sha256_file,
+    write_json_atomic,
+)
 from resnet_edge.calibration.sources import default_test_images, open_source
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
 from resnet_edge.jsonable import to_jsonable
@@ -837,6 +843,13 @@ def analyze_onnx(
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     if output_dir is not None and not Path(output_dir).is_dir():
         raise InputFileError(f"output folder does not exist: {output_dir}")
+    stem = int8_path.name.removesuffix(".onnx")
+    if output_dir is not None:
+        refuse_overwriting_inputs(
+            [Path(output_dir, f"{stem}.analysis.png"), Path(output_dir, f"{stem}.analysis.json")],
+            [fp32_path, int8_path, options.data],
+            command="analyze output",
+        )
     fp32, int8 = load_onnx(fp32_path), load_onnx(int8_path)
     analysis = analyze_quantization(fp32, int8, options, fp32_path=fp32_path, int8_path=int8_path, progress=progress)
     notes = []
@@ -848,7 +861,6 @@ def analyze_onnx(
     analysis = replace(analysis, notes=notes)
     if output_dir is None:
         return analysis
-    stem = int8_path.name.removesuffix(".onnx")
     analysis = replace(
         analysis, chart=Path(output_dir, f"{stem}.analysis.png"), report=Path(output_dir, f"{stem}.analysis.json")
     )

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import onnx
@@ -39,6 +39,21 @@ def require_file(path: Path | str, *, what: str = "file") -> Path:
     return path
 
 
+def read_user_text(path: Path | str, *, what: str = "file") -> str:
+    """The UTF-8 text of a file a user gave (labels, config), after :func:`require_file`.
+
+    Raises:
+        InputFileError: missing, empty, not a regular file, or not UTF-8 (naming the first bad byte's offset).
+    """
+    path = require_file(path, what=what)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{what} {path} is not UTF-8 text (bad byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise InputFileError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
 def require_writable_destination(path: Path | str) -> Path:
     """``path`` as a Path, after checking that its folder exists and can be written, before any work is done.
 
@@ -54,6 +69,52 @@ def require_writable_destination(path: Path | str) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputFileError(f"output folder is not writable: {parent}")
     return path
+
+
+def refuse_overwriting_inputs(
+    outputs: Iterable[Path | str | None], inputs: Iterable[Path | str | None], *, command: str = "output"
+) -> None:
+    """Refuse, before any work, an output that would replace one of the command's inputs.
+
+    An output is refused when it is an input (same resolved path, or the same file through a symlink or a hard
+    link: same device and inode), or when it already exists inside an input folder (an image or a labels file that
+    the run reads). Inputs that are not paths (``builtin:NAME``) or do not exist are passed over; None entries are
+    ignored on both sides.
+
+    Raises:
+        InputFileError: an output is an input, naming both.
+    """
+    checked: list[tuple[Path, Path, tuple[int, int] | None, bool]] = []
+    for item in inputs:
+        if item is None or str(item).startswith("builtin:"):
+            continue
+        path = Path(item)
+        identity = _identity(path)
+        if identity is None and not path.is_symlink():
+            continue
+        checked.append((path, path.resolve(), identity, path.is_dir()))
+    for out in outputs:
+        if out is None:
+            continue
+        out = Path(out)
+        resolved, identity = out.resolve(), _identity(out)
+        for path, input_resolved, input_identity, is_folder in checked:
+            same = resolved == input_resolved or (identity is not None and identity == input_identity)
+            inside = is_folder and identity is not None and input_resolved in resolved.parents
+            if same or inside:
+                where = "is" if same else "would replace a file inside"
+                raise InputFileError(
+                    f"{command} {out} {where} the input {path}; choose another output path, nothing was written"
+                )
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` points to, or None where nothing is there."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def ensure_folder(path: Path | str) -> Path:
@@ -131,9 +192,10 @@ def load_onnx(path: Path | str) -> onnx.ModelProto:
     """
     path = require_file(path, what="ONNX model")
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeError or ValueError depending on the damage
         raise InputFileError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    _load_external_data(model, path)
     if not model.graph.node or not model.graph.input:
         raise InputFileError(f"{path}: not an ONNX model (no graph nodes or inputs)")
     try:
@@ -142,6 +204,32 @@ def load_onnx(path: Path | str) -> onnx.ModelProto:
         first = str(exc).strip().splitlines()[0]
         raise InputFileError(f"{path}: invalid ONNX model ({first[:200]})") from None
     return model
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Read the weights a model keeps in files beside it, refusing (by tensor, file and reason) any that lie
+    outside the model's folder or are not regular files: a model must not make us read ``/etc`` or a FIFO."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    folder = path.resolve().parent
+    external = [t for t in model.graph.initializer if uses_external_data(t)]
+    for tensor in external:
+        location = ExternalDataInfo(tensor).location
+        target = (folder / location).resolve()
+        if Path(location).is_absolute() or folder not in target.parents:
+            raise InputFileError(
+                f"{path}: tensor {tensor.name} keeps its data in {location!r}, outside the model's folder; refused"
+                " (external data must sit beside the model)"
+            )
+        if not target.is_file():
+            why = "is missing" if not target.exists() and not target.is_symlink() else "is not a regular file"
+            raise InputFileError(f"{path}: tensor {tensor.name} keeps its data in {location!r}, which {why}")
+    if external:
+        try:
+            onnx.load_external_data_for_model(model, str(folder))
+        except Exception as exc:  # onnx's own checks (sizes, offsets) in its own words
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputFileError(f"{path}: cannot read its external data ({first[:200]})") from None
 
 
 def save_onnx(model: onnx.ModelProto, path: Path | str) -> int:

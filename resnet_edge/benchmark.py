@@ -26,6 +26,7 @@ from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import default_test_images, iter_batches, open_source
 from resnet_edge.environment import Environment, collect_environment
 from resnet_edge.errors import OptionError, ResnetEdgeWarning
+from resnet_edge.memory import check_fits, onnx_estimate
 from resnet_edge.metadata import preprocessing_for, read_metadata, static_input_shape
 from resnet_edge.runtime import Placement, Provider, Session, open_session
 from resnet_edge.timing import (  # noqa: F401 (re-exported: the timing names callers know from here)
@@ -44,6 +45,12 @@ from resnet_edge.timing import (  # noqa: F401 (re-exported: the timing names ca
     time_interleaved,
     time_sessions,
 )
+
+# Upper bounds, so that a typo (--duration 1e308, --iterations 10**12) cannot run for ever: one hour per provider
+# and batch size is far beyond what a stable median needs.
+MAX_DURATION_S = 3600.0
+MAX_ITERATIONS = 1_000_000
+MAX_WARMUP = 100_000
 
 
 def median_latencies_ms(
@@ -160,6 +167,10 @@ def benchmark_models(
     protos = {str(m): load_onnx(m) for m in models}
     specs = {name: preprocessing_for(proto, source=name) for name, proto in protos.items()}
     fixed = {name: static_input_shape(proto)[0] for name, proto in protos.items()}
+    for name, proto in protos.items():  # a batch that cannot fit must fail now, not after the machine swaps
+        estimate = onnx_estimate(proto)
+        for batch in {fixed[name]} if fixed[name] else set(options.batch_sizes):
+            check_fits(f"{Path(name).name} at batch {batch}", estimate, batch)
     data = {name: options.data or default_timing_data(proto) for name, proto in protos.items()}
     pools: dict[tuple[str, str], np.ndarray] = {}
 
@@ -235,12 +246,12 @@ def check_options(models: Sequence[Path | str], options: BenchmarkOptions) -> No
         raise OptionError(f"batch sizes must be at least 1, got {list(options.batch_sizes)}")
     if options.iterations is not None and options.duration_s is not None:
         raise OptionError("give an iteration count or a duration, not both")
-    if options.iterations is not None and options.iterations < 1:
-        raise OptionError(f"iterations must be at least 1, got {options.iterations}")
-    if options.duration_s is not None and options.duration_s <= 0:
-        raise OptionError(f"duration must be positive, got {options.duration_s}")
-    if options.warmup < 0:
-        raise OptionError(f"warmup must be 0 or more, got {options.warmup}")
+    if options.iterations is not None and not 1 <= options.iterations <= MAX_ITERATIONS:
+        raise OptionError(f"iterations must be from 1 to {MAX_ITERATIONS:,}, got {options.iterations}")
+    if options.duration_s is not None and not 0 < options.duration_s <= MAX_DURATION_S:  # refuses NaN and inf too
+        raise OptionError(f"duration must be more than 0 and at most {MAX_DURATION_S:g} s, got {options.duration_s}")
+    if not 0 <= options.warmup <= MAX_WARMUP:
+        raise OptionError(f"warmup must be from 0 to {MAX_WARMUP:,}, got {options.warmup}")
     if options.threads is not None and options.threads < 1:
         raise OptionError(f"threads must be at least 1, got {options.threads}")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from resnet_edge.artifacts import require_file, sha256_file
-from resnet_edge.errors import CheckpointError, InputFileError, OptionError
+from resnet_edge.errors import CheckpointError, InputFileError, OptionError, ResnetEdgeWarning
 from resnet_edge.models import ResNet, Variant, create_model
 
 BUILTIN_DIGITS_WEIGHTS = Path(__file__).resolve().parent / "data" / "digits_resnet20.safetensors"
@@ -131,7 +131,56 @@ def load_weights(model: ResNet, state: dict[str, torch.Tensor], *, arch: str, so
             problems.append(f"{label}: {', '.join(items[:_KEYS_SHOWN])}{more}")
     if problems:
         raise CheckpointError(f"{source} does not fit {arch}: {'; '.join(problems)}")
+    check_tensor_values(state, own, source=source)
     model.load_state_dict(state, strict=True)
+
+
+# Floating-point types that become float32 with nothing lost that matters: float16 and bfloat16 exactly; float64
+# rounded to float32's precision, which is what the model computes in anyway (overflow to inf is refused below).
+_WIDENED_FLOATS = (torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_tensor_values(
+    state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], *, source: Path | str
+) -> list[str]:
+    """Refuse checkpoint tensors that loading would silently turn into other numbers.
+
+    ``load_state_dict`` casts to the model's dtype: integer or boolean weights (a quantized or mangled checkpoint)
+    would load as a model at chance accuracy, and NaN or Inf would only surface later, blamed on the ONNX output.
+
+    Returns:
+        A note per cast dtype (float16, bfloat16, float64 into float32), also issued as a warning.
+
+    Raises:
+        CheckpointError: an integer, boolean or complex tensor where the model holds floats, or a NaN or Inf
+            (also after the cast to float32), naming the tensor.
+    """
+    cast: dict[torch.dtype, list[str]] = {}
+    for key, expected in own.items():
+        tensor = state[key]
+        if not expected.is_floating_point() or tensor.dtype == expected.dtype:
+            pass
+        elif tensor.dtype in _WIDENED_FLOATS:
+            cast.setdefault(tensor.dtype, []).append(key)
+        else:
+            raise CheckpointError(
+                f"{source}: {key} is {str(tensor.dtype).removeprefix('torch.')}, but the model holds"
+                f" {str(expected.dtype).removeprefix('torch.')} there; a cast would change its values"
+                " (a quantized or converted checkpoint?): give the floating-point checkpoint"
+            )
+        if expected.is_floating_point() and tensor.is_floating_point():
+            values = tensor.to(expected.dtype)
+            if not bool(torch.isfinite(values).all()):
+                what = "NaN or Inf" if not bool(torch.isfinite(tensor).all()) else "values beyond float32"
+                bad = int((~torch.isfinite(values)).sum())
+                raise CheckpointError(f"{source}: {key} holds {what} ({bad} of {values.numel()} values)")
+    notes = [
+        f"{len(keys)} {str(dtype).removeprefix('torch.')} tensor(s) (e.g. {keys[0]}) cast to float32"
+        for dtype, keys in cast.items()
+    ]
+    for note in notes:
+        warnings.warn(f"{Path(str(source)).name}: {note}", ResnetEdgeWarning, stacklevel=2)
+    return notes
 
 
 def infer_num_classes(state: dict[str, torch.Tensor]) -> int | None:
@@ -170,7 +219,11 @@ def build_model(
         num_classes = num_classes if num_classes is not None else infer_num_classes(state)
         in_chans = in_chans if in_chans is not None else infer_in_chans(state)
     model = create_model(
-        arch, num_classes=num_classes, in_chans=in_chans or 3, variant=variant, zero_init_residual=zero_init_residual
+        arch,
+        num_classes=num_classes,
+        in_chans=3 if in_chans is None else in_chans,  # not `or 3`: --in-chans 0 must be refused, not taken as 3
+        variant=variant,
+        zero_init_residual=zero_init_residual,
     )
     if state is not None and weights is not None:
         load_weights(model, state, arch=arch, source=weights)

@@ -29,10 +29,17 @@ import onnx
 import torch
 
 from resnet_edge import __version__
-from resnet_edge.artifacts import require_file, require_writable_destination, save_onnx, sha256_bytes
+from resnet_edge.artifacts import (
+    read_user_text,
+    refuse_overwriting_inputs,
+    require_writable_destination,
+    save_onnx,
+    sha256_bytes,
+)
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.checkpoints import LoadedModel, build_model, read_checkpoint_metadata
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
+from resnet_edge.memory import check_fits, torch_estimate
 from resnet_edge.metadata import ModelMetadata, write_props
 from resnet_edge.models import Stem, get_arch
 from resnet_edge.onnx_graph import count_ops, opset_of
@@ -127,6 +134,24 @@ def resolve_export(options: ExportOptions) -> tuple[LoadedModel, ModelMetadata]:
             else f"{options.weights} records no arch; pass --arch"
         )
     spec = get_arch(arch)
+    if options.input_size is not None and options.input_size < spec.min_input_size:
+        raise OptionError(f"{arch} needs inputs of at least {spec.min_input_size} pixels, got {options.input_size}")
+    if options.num_classes is not None or options.input_size is not None or options.batch is not None:
+        # A class count, input size or batch that cannot fit must fail now, not after the machine swaps.
+        size = options.input_size or spec.default_input_size
+        estimate = torch_estimate(
+            arch,
+            num_classes=options.num_classes,
+            in_chans=3 if options.in_chans is None else options.in_chans,
+            variant=options.variant or recorded.get("variant", "residual"),
+            input_size=max(size, spec.min_input_size),
+        )
+        check_fits(
+            f"exporting {arch} at {size}x{size} with {options.num_classes or spec.default_num_classes} classes",
+            estimate,
+            options.batch or PARITY_IMAGES,
+            hint="use a smaller --input-size, --batch or --num-classes",
+        )
     loaded = build_model(
         arch,
         weights=options.weights,
@@ -186,6 +211,7 @@ def export_onnx(options: ExportOptions, output: Path | str) -> ExportResult:
         InputFileError, CheckpointError: bad checkpoint or unwritable output.
     """
     output = require_writable_destination(output)
+    refuse_overwriting_inputs([output], [options.weights], command="export output")
     if options.batch is not None and options.batch < 1:
         raise OptionError(f"batch must be 'dynamic' or at least 1, got {options.batch}")
     low, high = _OPSET_RANGE[options.exporter.value]
@@ -339,8 +365,8 @@ def read_labels_file(path: Path | str) -> tuple[str, ...]:
     Raises:
         InputFileError: missing or empty.
     """
-    path = require_file(path, what="labels file")
-    labels = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    text = read_user_text(path, what="labels file")
+    labels = tuple(line.strip() for line in text.splitlines() if line.strip())
     if not labels:
         raise InputFileError(f"labels file has no labels: {path}")
     return labels

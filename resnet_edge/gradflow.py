@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from resnet_edge.artifacts import atomic_output, require_writable_destination
+from resnet_edge.artifacts import atomic_output, refuse_overwriting_inputs, require_writable_destination
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import iter_batches, open_source
 from resnet_edge.checkpoints import read_checkpoint_metadata
@@ -135,6 +135,7 @@ def gradient_flow(
     variant = _variant(variant)
     if plot is not None:
         plot = require_writable_destination(plot)  # before the work, not after it
+        refuse_overwriting_inputs([plot], [data], command="gradflow plot")
     images, labels, label_source, data_name = _load_batch(arch, batch=batch, seed=seed, data=data)
     blocks, loss, error = _measure(_fresh_model(arch, variant, seed), images, labels)
     if not error <= DECOMPOSITION_RTOL:  # a bug in the measurement, not in the user's input: a traceback
@@ -169,6 +170,7 @@ def compare(
     """
     if plot is not None:
         plot = require_writable_destination(plot)
+        refuse_overwriting_inputs([plot], [data], command="gradflow plot")
     residual = gradient_flow(arch, variant=Variant.RESIDUAL, batch=batch, seed=seed, data=data)
     plain = gradient_flow(arch, variant=Variant.PLAIN, batch=batch, seed=seed, data=data)
     return GradFlowComparison(residual, plain, plot_gradient_flow([residual, plain], plot) if plot else None)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from resnet_edge.calibration.preprocess import PreprocessSpec
-from resnet_edge.errors import InputFileError, ResnetEdgeWarning
+from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
 from resnet_edge.onnx_graph import graph_input
 
 PRODUCER = "resnet-edge"
@@ -100,6 +100,8 @@ def read_metadata(model: onnx.ModelProto) -> ModelMetadata:
         return ModelMetadata.from_props(props)
     except (ValueError, KeyError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
         raise InputFileError(f"the model's metadata_props are malformed ({type(exc).__name__}: {exc})") from None
+    except OptionError as exc:  # a preprocessing record that parses but makes no sense (NaN std, absurd resize)
+        raise InputFileError(f"the model's metadata_props hold an unusable preprocessing record: {exc}") from None
 
 
 def read_record(model: onnx.ModelProto, key: str) -> dict | None:

@@ -33,7 +33,7 @@ from typing import TypeVar
 import onnx
 
 from resnet_edge.analysis import DEFAULT_IMAGES, AnalysisOptions, analyze_quantization
-from resnet_edge.artifacts import atomic_output, load_onnx, require_writable_destination
+from resnet_edge.artifacts import atomic_output, load_onnx, refuse_overwriting_inputs, require_writable_destination
 from resnet_edge.calibration.sources import open_source
 from resnet_edge.errors import CheckFailedError, OptionError
 from resnet_edge.metadata import QUANTIZATION_KEY, preprocessing_for, write_props
@@ -235,6 +235,11 @@ def quantize_mixed_precision(
     model_path = Path(model_path)
     output = require_writable_destination(output)
     require_writable_destination(Path(f"{output}.json"))
+    refuse_overwriting_inputs(
+        [output, Path(f"{output}.json")],
+        [model_path, options.calib, options.eval_data],
+        command="quantize output",
+    )
     fp32 = load_onnx(model_path)
     ranking: list[BlockSensitivity] = []
 
@@ -246,7 +251,10 @@ def quantize_mixed_precision(
             return list(dict.fromkeys([*options.exclude, *(item for b in blocks for item in by_block[b])]))
 
         def evaluate(blocks: list[str]) -> QuantizeResult:
-            step_options = replace(options, exclude=tuple(exclusions(blocks)), measure_speed=False)
+            # Every step is judged by the search's own target, not by quantize's default bar.
+            step_options = replace(
+                options, exclude=tuple(exclusions(blocks)), measure_speed=False, allow_accuracy_drop=True
+            )
             result = quantize_onnx(
                 model_path, Path(tmp, f"step{len(blocks)}.onnx"), step_options, calibration=calibration
             )

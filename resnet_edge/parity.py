@@ -120,6 +120,25 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> Accuracy:
     )
 
 
+# INT8 changes every logit a little; judge it on decisions. 99% top-1 agreement with FP32 and at most one point of
+# labelled accuracy lost are the usual acceptance bar for post-training quantization of CNN classifiers. Shared by
+# validate (its INT8 defaults) and quantize (which fails above them unless told to accept the drop).
+INT8_MIN_AGREEMENT = 0.99
+INT8_MAX_TOP1_DROP = 1.0  # percentage points
+
+
+def int8_shortfalls(parity: Parity, reference: Accuracy | None, candidate: Accuracy | None) -> list[str]:
+    """What an INT8 model misses of the default INT8 bar (:data:`INT8_MIN_AGREEMENT`, :data:`INT8_MAX_TOP1_DROP`)."""
+    misses = []
+    if parity.top1_agreement < INT8_MIN_AGREEMENT:
+        misses.append(f"top-1 agreement with FP32 {parity.top1_agreement:.2%} < {INT8_MIN_AGREEMENT:.2%}")
+    if reference is not None and candidate is not None:
+        drop = 100.0 * (reference.top1 - candidate.top1)
+        if drop > INT8_MAX_TOP1_DROP + 1e-9:
+            misses.append(f"top-1 accuracy drop {drop:.2f} points > {INT8_MAX_TOP1_DROP:g}")
+    return misses
+
+
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     shifted = x - x.max(axis=1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))

@@ -14,7 +14,7 @@ import tempfile
 import time
 import tomllib
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +22,21 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from resnet_edge import __version__
 from resnet_edge import formatting as fmt
-from resnet_edge.artifacts import current_umask
-from resnet_edge.benchmark import BenchmarkOptions, BenchmarkResult, benchmark_models
+from resnet_edge.artifacts import current_umask, read_user_text
+from resnet_edge.benchmark import (
+    MAX_ITERATIONS,
+    MAX_WARMUP,
+    BenchmarkOptions,
+    BenchmarkResult,
+    benchmark_models,
+)
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeError, ResnetEdgeWarning, StageError
 from resnet_edge.export import DEFAULT_OPSET, ExportOptions, ExportResult, export_onnx
 from resnet_edge.quantize import (
     BUNDLED_PHOTOS_NOTE,
+    MIN_OPSET,
     Format,
     Method,
     QuantizeOptions,
@@ -44,6 +52,8 @@ if TYPE_CHECKING:
     from resnet_edge.device.fleet import FleetBenchmarkResult
 
 DEFAULT_WEIGHTS = "builtin:digits-resnet20"
+# Written into every OUTDIR the pipeline makes; --overwrite replaces only a folder that holds it.
+MARKER = ".resnet-edge-pipeline"
 FILES = {"export": "model.onnx", "simplify": "model.sim.onnx", "quantize": "model.int8.onnx"}
 # Where a configuration value came from, as the report records it.
 FROM_DEFAULT, FROM_FLAG, FROM_ARGUMENT, FROM_CHECKPOINT, FROM_RUN = "default", "flag", "argument", "checkpoint", "run"
@@ -87,6 +97,7 @@ class PipelineConfig:
     limit: int | None = None
     seed: int = 0
     allow_unfolded_bn: bool = False
+    allow_accuracy_drop: bool = False
     batch_sizes: tuple[int, ...] = (1, 8)
     iterations: int = 50
     warmup: int = 5
@@ -110,10 +121,23 @@ class PipelineConfig:
                 raise OptionError(f"{name} {value!r} is not one of: {', '.join(e.value for e in enum_type)}")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise OptionError(f"batch sizes must be at least 1, got {list(self.batch_sizes)}")
-        for name, low in (("iterations", 1), ("warmup", 0), ("threads", 1), ("limit", 1)):
+        for name, low in (
+            ("iterations", 1),
+            ("warmup", 0),
+            ("threads", 1),
+            ("limit", 1),
+            ("num_classes", 1),
+            ("input_size", 1),
+            ("seed", 0),
+        ):
             value = getattr(self, name)
             if value is not None and value < low:
                 raise OptionError(f"{name} must be at least {low}, got {value}")
+        if self.int8 and self.opset < MIN_OPSET:
+            raise OptionError(f"INT8 needs opset {MIN_OPSET} or later, got opset {self.opset}; or pass --no-int8")
+        for name, high in (("iterations", MAX_ITERATIONS), ("warmup", MAX_WARMUP)):
+            if getattr(self, name) > high:
+                raise OptionError(f"{name} must be at most {high:,}, got {getattr(self, name)}")
 
     def resolved_weights(self) -> str | None:
         return self.weights if self.weights or self.arch else DEFAULT_WEIGHTS
@@ -127,13 +151,16 @@ def load_config(path: Path | str, **overrides: object) -> PipelineConfig:
         OptionError: an unknown key or a value of the wrong type.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputFileError(f"config file not found: {path}")
+    text = read_user_text(path, what="config file")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputFileError(f"{path}: not valid TOML ({exc})") from None
     data = data.get("pipeline", data)
+    if not isinstance(data, dict):
+        raise OptionError(f"{path}: [pipeline] must be a table of options, got {type(data).__name__} {data!r}")
     given = {k: v for k, v in overrides.items() if v is not None}
     from_file = {k: v for k, v in data.items() if _field_of(k) not in {_field_of(g) for g in given}}
     origins = {_field_of(k): f"config file {path.name}" for k in from_file} | {_field_of(k): FROM_FLAG for k in given}
@@ -251,45 +278,59 @@ def run_pipeline(
     outdir: Path | str,
     *,
     overwrite: bool = False,
+    inputs: Sequence[Path | str] = (),
     on_event: Callable[[StageEvent], object] | None = None,
     progress: bool = False,
 ) -> PipelineResult:
     """Run every stage into ``outdir`` and write the report (JSON, Markdown, HTML, plots).
 
+    Args:
+        overwrite: replace ``outdir`` if an earlier pipeline run made it (it holds the :data:`MARKER` file).
+        inputs: files the caller read the configuration from (a TOML file), protected like the run's own inputs.
+
     Raises:
-        OptionError: ``outdir`` exists and is not empty, and ``overwrite`` is off.
+        OptionError: see :func:`check_outdir`.
+        InputFileError: the output's parent folder is missing or cannot be written.
         StageError: a stage failed; the message names it, and ``outdir`` holds the stages before it and a report.
     """
     check_inputs(config)
-    outdir = Path(outdir).resolve()
-    if outdir == Path.cwd() or outdir in Path.cwd().parents:
-        raise OptionError(f"{outdir} holds the current folder; the pipeline replaces OUTDIR whole, choose a new one")
-    if outdir.exists() and not outdir.is_dir():
-        raise InputFileError(f"output path is a file, not a folder: {outdir}")
-    if outdir.is_dir() and any(outdir.iterdir()) and not overwrite:
-        raise OptionError(f"{outdir} exists and is not empty; pass --overwrite to replace it")
-    parent = outdir.resolve().parent
-    if not parent.is_dir():
-        raise InputFileError(f"output folder's parent does not exist: {parent}")
-    staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", suffix=".partial", dir=parent))
+    outdir = check_outdir(outdir, overwrite=overwrite, inputs=[config.weights, config.calib, config.data, *inputs])
+    _check_sources(config)
+    parent = outdir.parent
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", suffix=".partial", dir=parent))
+    except OSError as exc:  # permission bits can say yes where the file system says no
+        raise InputFileError(f"cannot write in the output folder's parent {parent}: {exc.strerror}") from None
     os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; OUTDIR should be an ordinary folder
     result = PipelineResult(outdir=outdir, config=config)
     emit = on_event or (lambda event: None)
     try:
         with tempfile.TemporaryDirectory(prefix="resnet-edge-weights-") as scratch:
+            crash: Exception | None = None
             try:
                 _run_stages(config, staging, Path(scratch), result, emit, progress)
             except StageError as exc:
                 result.failed_stage, result.error = exc.stage, str(exc.cause)
+            except Exception as exc:  # a bug in a stage: keep what the stages before it made, then re-raise it
+                if result.failed_stage is None:
+                    raise
+                crash = exc
         from resnet_edge.report import write_report
 
         result.artifacts = sorted(p.name for p in staging.iterdir())
         write_report(result, staging)
         result.artifacts = sorted(p.name for p in staging.iterdir())
+        (staging / MARKER).write_text(
+            f"made by resnet-edge {__version__} pipeline; `--overwrite` may replace this folder while this file is"
+            " here\n",
+            encoding="utf-8",
+        )
         _publish(staging, outdir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if crash is not None:
+        raise crash
     if result.failed_stage is not None:
         kept = ", ".join(a for a in result.artifacts if a.endswith(".onnx")) or "no model"
         raise StageError(
@@ -328,6 +369,76 @@ def check_inputs(config: PipelineConfig) -> None:
                 raise type(exc)(f"{key}: {exc}") from None
 
 
+def check_outdir(outdir: Path | str, *, overwrite: bool, inputs: Sequence[Path | str | None] = ()) -> Path:
+    """``outdir`` resolved, once it is safe to fill (or, with ``overwrite``, to replace whole).
+
+    A folder is only ever replaced if an earlier pipeline run made it (it holds :data:`MARKER`), holds none of this
+    run's inputs, and is not the home folder, the current folder or one of its parents.
+
+    Raises:
+        OptionError: any of the above does not hold, or ``outdir`` is not empty and ``overwrite`` is off.
+        InputFileError: ``outdir`` is a file, or its parent is missing or not writable.
+    """
+    outdir = Path(outdir).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if outdir == cwd or outdir in cwd.parents:
+        raise OptionError(f"{outdir} holds the current folder; the pipeline replaces OUTDIR whole, choose a new one")
+    if outdir == Path.home().resolve():
+        raise OptionError(f"{outdir} is the home folder; the pipeline replaces OUTDIR whole, choose a new one")
+    for item in inputs:
+        if item is None or str(item).startswith("builtin:"):
+            continue
+        path = Path(item).expanduser().resolve()
+        if path == outdir or outdir in path.parents:
+            raise OptionError(f"{outdir} holds {item}, an input of this run; choose another output folder")
+    if outdir.exists() and not outdir.is_dir():
+        raise InputFileError(f"output path is a file, not a folder: {outdir}")
+    if outdir.is_dir() and any(outdir.iterdir()):
+        if not overwrite:
+            raise OptionError(f"{outdir} exists and is not empty; pass --overwrite to replace it")
+        if not (outdir / MARKER).is_file():
+            raise OptionError(
+                f"{outdir} is not empty and was not made by resnet-edge pipeline (no {MARKER} in it); refusing to"
+                " replace it even with --overwrite: choose a new folder or empty this one yourself"
+            )
+    parent = outdir.parent
+    if not parent.is_dir():
+        raise InputFileError(f"output folder's parent does not exist: {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputFileError(f"output folder's parent is not writable: {parent}")
+    return outdir
+
+
+def _check_sources(config: PipelineConfig) -> None:
+    """Refuse, now, a checkpoint that does not resolve and a benchmark batch that cannot fit in memory."""
+    from resnet_edge.checkpoints import resolve_weights
+
+    weights = config.resolved_weights()
+    if weights is not None:
+        resolve_weights(weights)  # what check_inputs found, resolved (builtin:NAME to its file)
+    # The benchmark's largest batch, estimated now from the architecture: it must not fail after the other stages.
+    from resnet_edge.checkpoints import read_checkpoint_metadata
+    from resnet_edge.memory import check_fits, torch_estimate
+    from resnet_edge.models import get_arch
+
+    arch = config.arch or (read_checkpoint_metadata(weights).get("arch") if weights else None)
+    if arch is not None:
+        size = config.input_size or get_arch(arch).default_input_size
+        estimate = torch_estimate(
+            arch,
+            num_classes=config.num_classes,
+            in_chans=3,
+            variant=config.variant or "residual",
+            input_size=max(size, get_arch(arch).min_input_size),
+        )
+        check_fits(
+            f"{arch} at batch {max(config.batch_sizes)}",
+            estimate,
+            max(config.batch_sizes),
+            hint="use a smaller --batch",
+        )
+
+
 def _publish(staging: Path, outdir: Path) -> None:
     """Replace ``outdir`` with ``staging`` as close to atomically as a folder allows."""
     if outdir.exists():
@@ -347,7 +458,11 @@ def _stage(name: str, result: PipelineResult, emit: Callable[[StageEvent], objec
     started = time.perf_counter()
     try:
         yield summary
-    except ResnetEdgeError as exc:
+    except Exception as exc:
+        if not isinstance(exc, ResnetEdgeError):  # a bug: the report names the stage, the traceback stays
+            result.failed_stage, result.error = name, f"internal error: {type(exc).__name__}: {exc}"
+            emit(StageEvent(name, "failed", result.error, time.perf_counter() - started))
+            raise
         seconds = time.perf_counter() - started
         result.stage_seconds[name] = seconds
         emit(StageEvent(name, "failed", str(exc), seconds))
@@ -424,6 +539,7 @@ def _run_stages(
                     limit=config.limit,
                     seed=config.seed,
                     measure_speed=False,
+                    allow_accuracy_drop=config.allow_accuracy_drop,
                 ),
                 progress=progress,
             )

@@ -33,7 +33,13 @@ import numpy as np
 import onnx
 
 from resnet_edge import __version__
-from resnet_edge.artifacts import atomic_output, load_onnx, require_writable_destination, sha256_file
+from resnet_edge.artifacts import (
+    atomic_output,
+    load_onnx,
+    refuse_overwriting_inputs,
+    require_writable_destination,
+    sha256_file,
+)
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.reader import ImageCalibrationReader
 from resnet_edge.calibration.sources import (
@@ -54,8 +60,8 @@ from resnet_edge.metadata import (
     static_input_shape,
     write_props,
 )
-from resnet_edge.onnx_graph import COMPUTE_OPS, graph_input, is_quantized, module_path
-from resnet_edge.parity import Accuracy, Parity, accuracy, compare
+from resnet_edge.onnx_graph import COMPUTE_OPS, graph_input, is_quantized, module_path, opset_of
+from resnet_edge.parity import Accuracy, Parity, accuracy, compare, int8_shortfalls
 from resnet_edge.runtime import Provider, open_session
 
 SMALL_CALIBRATION_SET = 100  # below this many images, ranges are estimated from too few samples: warn
@@ -67,6 +73,9 @@ CALIBRATION_CHUNK = 16  # images per calibrator pass; bounds memory (ResNet-50 k
 CALIBRATION_BATCH = 8
 HELD_OUT_EVERY = 4  # with one source for both, every 4th image is held out for evaluation, never calibrated on
 SPEED_ITERATIONS = 30
+# Below opset 13, onnxruntime's quantizer wrote models it could not load itself (measured with opsets 7 to 12:
+# INVALID_GRAPH at a DequantizeLinear), after the whole calibration had run; refused up front instead.
+MIN_OPSET = 13
 
 
 class Target(enum.StrEnum):
@@ -204,6 +213,8 @@ class QuantizeOptions:
             ``strict_ep``: fail when it is missing or takes only part of the compute ops.
         require_int8: fail (rather than warn) when a Conv/Gemm that was not excluded runs as an FP32 kernel on that
             provider (integer coverage below 100%); ``strict_ep`` implies it.
+        allow_accuracy_drop: write the INT8 model even when, on the held-out images, it misses validate's INT8
+            bar (top-1 agreement with FP32, labelled top-1 drop); otherwise that fails, and nothing is written.
     """
 
     calib: str | None = None
@@ -220,6 +231,7 @@ class QuantizeOptions:
     provider: Provider = Provider.CPU
     strict_ep: bool = False
     require_int8: bool = False
+    allow_accuracy_drop: bool = False
 
 
 @dataclass(frozen=True)
@@ -285,11 +297,15 @@ def quantize_onnx(
     Raises:
         InputFileError: unreadable or already quantized model, unusable data, unwritable output.
         OptionError: bad limit, unknown node to exclude.
-        CheckFailedError: a compute node that was not excluded stayed FP32.
+        CheckFailedError: a compute node that was not excluded stayed FP32, or the INT8 model misses validate's
+            INT8 bar on the held-out images (unless ``options.allow_accuracy_drop``).
     """
     started = time.perf_counter()
     output = require_writable_destination(output)
     sidecar = require_writable_destination(Path(f"{output}.json"))
+    refuse_overwriting_inputs(
+        [output, sidecar], [model_path, options.calib, options.eval_data], command="quantize output"
+    )
     job = _prepare(model_path, options)
     fp32, spec, config = job.fp32, job.spec, job.config
     calib_source, eval_source, eval_indices = job.calib_source, job.eval_source, job.eval_indices
@@ -320,6 +336,13 @@ def quantize_onnx(
     )
     coverage = evaluation.coverage
     check_integer_coverage(coverage, excluded=fp32_kept, strict=options.require_int8 or options.strict_ep)
+    misses = int8_shortfalls(evaluation.parity, evaluation.fp32_accuracy, evaluation.int8_accuracy)
+    if misses and not options.allow_accuracy_drop:
+        raise CheckFailedError(
+            f"INT8 model misses validate's bar on {evaluation.images} held-out images of {eval_source.name}:"
+            f" {'; '.join(misses)}; nothing was written (pass --allow-accuracy-drop to keep it, or keep blocks in"
+            " FP32 with --max-top1-drop / --min-agreement)"
+        )
     speed = compare_speed(fp32, int8, evaluation.first_image) if options.measure_speed else None
 
     record = {
@@ -440,6 +463,11 @@ def _prepare(model_path: Path | str, options: QuantizeOptions) -> _Job:
     fp32 = load_onnx(model_path)
     if is_quantized(fp32):
         raise InputFileError(f"{model_path} is already quantized; quantize the FP32 (simplified) model")
+    if opset_of(fp32) < MIN_OPSET:
+        raise InputFileError(
+            f"{model_path} is opset {opset_of(fp32)}; INT8 needs opset {MIN_OPSET} or later (onnxruntime writes"
+            f" per-channel DequantizeLinear nodes): re-export with --opset {MIN_OPSET} or later"
+        )
     config = options.config or resolve_config(options.target, per_channel=options.per_channel, format=options.format)
     calib_source, calib_indices, eval_source, eval_indices = _choose_images(options, read_metadata(fp32).dataset)
     return _Job(
@@ -582,20 +610,31 @@ def _calibrate(
         total=len(indices), desc=f"calibrating ({method.value})", unit="img", disable=not progress, leave=False
     ) as bar:
         for start in range(0, len(indices), chunk):
-            reader = ImageCalibrationReader(
-                source,
-                spec,
-                indices[start : start + chunk],
-                input_name=graph_input(calibrator.model).name,
-                batch_size=batch,
-                on_batch=bar.update,
-            )
-            with _quiet():
-                calibrator.collect_data(reader)
-            seen.update(reader.seen)
+            for part in _uniform_batches(indices[start : start + chunk], batch):
+                reader = ImageCalibrationReader(
+                    source,
+                    spec,
+                    part,
+                    input_name=graph_input(calibrator.model).name,
+                    batch_size=batch,
+                    on_batch=bar.update,
+                )
+                with _quiet():
+                    calibrator.collect_data(reader)
+                seen.update(reader.seen)
     with _quiet():
         save_tensors_data(calibrator.compute_data(), tmp / "ranges.json")
     return seen
+
+
+def _uniform_batches(indices: list[int], batch: int) -> list[list[int]]:
+    """``indices`` split so that each part feeds batches of one size: the full batches, then the short rest.
+
+    onnxruntime's histogram calibrators (entropy, percentile) stack every batch of one ``collect_data`` call into
+    one array, which fails when the last batch is shorter; the ranges still merge across calls.
+    """
+    full = len(indices) - len(indices) % batch
+    return [part for part in (indices[:full], indices[full:]) if part]
 
 
 def _quantize_static(

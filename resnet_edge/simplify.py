@@ -9,6 +9,7 @@ dynamic batch dimension must survive.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import onnx
 
-from resnet_edge.artifacts import load_onnx, require_writable_destination, save_onnx
+from resnet_edge.artifacts import load_onnx, refuse_overwriting_inputs, require_writable_destination, save_onnx
 from resnet_edge.errors import CheckFailedError, InputFileError, OptionError
 from resnet_edge.metadata import SIMPLIFICATION_KEY, preprocessing_for, read_props, static_input_shape, write_props
 from resnet_edge.onnx_graph import batch_norm_nodes, count_ops, is_quantized
@@ -26,6 +27,8 @@ from resnet_edge.parity import PARITY_IMAGES, Parity, check_fp32_parity
 from resnet_edge.runtime import open_session
 
 DEFAULT_TIMEOUT_S = 300.0  # resnet152 simplifies in under a minute on 2 cores; five times that means a hang
+# An upper bound, so that a typo (1e308, inf) cannot leave a hung onnxsim running for ever; 12x the default.
+MAX_TIMEOUT_S = 3600.0
 _NAMES_SHOWN = 3
 
 
@@ -69,12 +72,13 @@ def simplify_onnx(
         CheckFailedError: onnxsim failed, crashed or timed out; a BatchNormalization remains (unless allowed); the
             outputs changed; or the dynamic batch dimension was lost.
     """
-    if not timeout_s > 0:
-        raise OptionError(f"the onnxsim timeout must be positive, got {timeout_s}")
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:  # also refuses NaN and inf
+        raise OptionError(f"the onnxsim timeout must be more than 0 and at most {MAX_TIMEOUT_S:g} s, got {timeout_s}")
     started = time.perf_counter()
     model_path = Path(model_path)
-    model = load_onnx(model_path)
     output = require_writable_destination(output)
+    refuse_overwriting_inputs([output], [model_path], command="simplify output")
+    model = load_onnx(model_path)
     if is_quantized(model):
         raise InputFileError(f"{model_path} is already quantized; simplify the FP32 model, then quantize")
     import onnxsim
@@ -118,7 +122,7 @@ def simplify_onnx(
 
 
 def _worker_command(source: Path, destination: Path) -> list[str]:
-    return [sys.executable, "-m", "resnet_edge.onnxsim_worker", str(source), str(destination)]
+    return [sys.executable, "-m", "resnet_edge.onnxsim_worker", str(source), str(destination), str(os.getpid())]
 
 
 def _run_onnxsim(model: onnx.ModelProto, timeout_s: float) -> onnx.ModelProto:

@@ -28,13 +28,18 @@ from resnet_edge.metadata import (
     static_input_shape,
 )
 from resnet_edge.onnx_graph import is_quantized
-from resnet_edge.parity import FP32_MAX_ABS_ERROR, FP32_RELATIVE_ERROR, Accuracy, Parity, accuracy, compare
+from resnet_edge.parity import (
+    FP32_MAX_ABS_ERROR,
+    FP32_RELATIVE_ERROR,
+    INT8_MAX_TOP1_DROP,
+    INT8_MIN_AGREEMENT,
+    Accuracy,
+    Parity,
+    accuracy,
+    compare,
+)
 from resnet_edge.runtime import Placement, Provider, open_session
 
-# INT8 changes every logit a little; judge it on decisions. 99% top-1 agreement with FP32 and at most one point of
-# labelled accuracy lost are the usual acceptance bar for post-training quantization of CNN classifiers.
-INT8_MIN_AGREEMENT = 0.99
-INT8_MAX_TOP1_DROP = 1.0  # percentage points
 DEFAULT_BATCH = 8
 # Below this many images a top-1 agreement moves in steps of more than 2%: say so rather than judge quietly.
 FEW_VALIDATION_IMAGES = 50
@@ -159,14 +164,15 @@ def plan_validation(models: Sequence[Path | str], reference: Reference | None, o
     reference = reference or _builtin_reference(protos)
     data_name = options.data or default_test_images(first_meta.dataset)
     source = open_source(data_name, labels_file=options.labels_file, class_names=first_meta.labels)
+    reference_model = _ReferenceModel(reference, first_meta)
     groups: dict[str, list[str]] = {}
     specs: dict[str, PreprocessSpec] = {}
     for name, proto in protos.items():
         spec = preprocessing_for(proto, source=name)
         _check_fits(proto, spec, name)
+        reference_model.check_takes(spec.input_shape, name)
         specs[spec.to_json()] = spec
         groups.setdefault(spec.to_json(), []).append(name)
-    reference_model = _ReferenceModel(reference, first_meta)
     calibrated_on = calibration_hashes(protos.values())
     return Plan(protos, reference_model, source, source.indices(), specs, groups, options, calibrated_on)
 
@@ -409,6 +415,8 @@ class _ReferenceModel:
             session = open_session(ref_proto)
             self.run = session.logits
             self.description = f"ONNX {reference.onnx}"
+            shape = static_input_shape(ref_proto)
+            self.input_shape = tuple(shape[1:]) if len(shape) == 4 else None
             return
         import torch
 
@@ -419,6 +427,7 @@ class _ReferenceModel:
             raise OptionError("cannot tell the reference checkpoint's arch; pass --arch")
         model = build_model(arch, weights=reference.checkpoint, variant=meta.variant or "residual").model
         self.description = f"PyTorch {arch} {reference.checkpoint}"
+        self.input_shape = (model.conv1.in_channels, None, None)  # a ResNet takes any size it is not too small for
 
         def run(x: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
@@ -428,6 +437,21 @@ class _ReferenceModel:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.run(images)
+
+    def check_takes(self, shape: tuple[int, ...], name: str) -> None:
+        """Refuse a model whose (C, H, W) input the reference cannot take, naming both shapes.
+
+        Raises:
+            InputFileError: a known dimension differs.
+        """
+        if self.input_shape is None:
+            return
+        if any(r is not None and r != s for r, s in zip(self.input_shape, shape, strict=False)):
+            shown = ["?" if d is None else d for d in self.input_shape]
+            raise InputFileError(
+                f"{name} takes input {list(shape)} (C, H, W) but the reference ({self.description}) takes {shown};"
+                " compare models of the same input"
+            )
 
 
 def describe_failures(result: ValidateResult) -> str:

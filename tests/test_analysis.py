@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,8 @@ FAST = AnalysisOptions(limit=16)
 def quantize_quietly(model: Path, output: Path, options: QuantizeOptions) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the small-calibration-set warning
-        quantize_onnx(model, output, options)
+        # These tests need a damaged INT8 model to analyse, not one that passes quantize's own bar.
+        quantize_onnx(model, output, replace(options, allow_accuracy_drop=True))
     return output
 
 

@@ -232,7 +232,7 @@ def test_preact_quantizes_with_bn_in_fp32(preact_sim: SimplifyResult, tmp_path: 
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        options = QuantizeOptions(measure_speed=False, limit=32)
+        options = QuantizeOptions(measure_speed=False, limit=32, allow_accuracy_drop=True)  # random weights
         result = quantize_onnx(preact_sim.output, tmp_path / "preact.int8.onnx", options)
     assert result.quantized_nodes == 22  # 21 Conv + the Gemm
     assert result.parity.cosine > 0.99

@@ -37,7 +37,7 @@ def test_wheel_holds_exactly_one_top_level_package_with_its_data(tmp_path: Path)
         assert required in names
     assert sum(n.startswith("resnet_edge/calibration/photos/") and n.endswith((".jpg", ".png")) for n in names) >= 40
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "resnet-edge = resnet_edge.cli.main:main" in entry_points
+    assert "resnet-edge = resnet_edge.cli.entry:main" in entry_points
 
 
 def test_installed_layout_maps_the_folders_under_resnet_edge(tmp_path: Path) -> None:

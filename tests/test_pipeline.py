@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -25,6 +26,7 @@ EXPECTED = {
     "latency.png",
     "accuracy_vs_latency.png",
     "ops_before_after.png",
+    ".resnet-edge-pipeline",  # the marker that lets a later --overwrite replace this folder
 }
 
 
@@ -185,24 +187,29 @@ def test_refuses_an_existing_outdir_unless_overwrite(run_dir: Path, tmp_path: Pa
     old = tmp_path / "old"
     old.mkdir()
     (old / "stale.onnx").write_text("from another run")
+    with pytest.raises(OptionError, match="not made by resnet-edge pipeline"):
+        run_pipeline(PipelineConfig(**SMALL, int8=False), old, overwrite=True)
+    assert (old / "stale.onnx").read_text() == "from another run"
+    (old / ".resnet-edge-pipeline").write_text("made by an earlier run")
     run_pipeline(PipelineConfig(**SMALL, int8=False), old, overwrite=True)
     names = {p.name for p in old.iterdir()}
     assert "stale.onnx" not in names and "model.int8.onnx" not in names and "model.sim.onnx" in names
 
 
-def test_a_failing_stage_is_named_and_earlier_artifacts_stay(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    def no_images(*args: object, **kwargs: object) -> None:
-        raise InputFileError("no images in the calibration folder")
-
-    # A missing --calib is refused before any stage (test_inputs_are_checked_before_the_first_stage); a stage
-    # that fails on its own is simulated.
-    monkeypatch.setattr(pipeline_module, "quantize_onnx", no_images)
-    with pytest.raises(StageError, match=r"^quantize: no images .* \(kept in .*: model.onnx, model.sim.onnx"):
-        run_pipeline(PipelineConfig(**SMALL), tmp_path / "out")
+def test_a_failing_stage_is_named_and_earlier_artifacts_stay(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputFileError, match="no images"):  # a source that cannot work is refused before any stage
+        run_pipeline(PipelineConfig(**SMALL, calib=str(empty)), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    wrong_size = tmp_path / "wrong.npy"  # opens fine; only the quantize stage finds it does not fit the model
+    np.save(wrong_size, np.zeros((8, 3, 16, 16), np.float32))
+    with pytest.raises(StageError, match=r"^quantize: .*float arrays .* \(kept in .*: model.onnx, model.sim.onnx"):
+        run_pipeline(PipelineConfig(**SMALL, calib=str(wrong_size)), tmp_path / "out")
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"model.onnx", "model.sim.onnx", "report.json"} <= names and "model.int8.onnx" not in names
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["status"] == "stopped at quantize" and "no images" in report["error"]
+    assert report["status"] == "stopped at quantize" and "float arrays" in report["error"]
     # No timings, so no speed-up column to explain.
     html = (tmp_path / "out" / "report.html").read_text()
     assert "Speed-up:" not in html and "Speed-up:" not in (tmp_path / "out" / "report.md").read_text()

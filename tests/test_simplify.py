@@ -108,5 +108,5 @@ def test_truncated_model(tiny_onnx: Path, tmp_path: Path) -> None:
 def test_timeout_must_be_positive(tiny_onnx: Path, tmp_path: Path) -> None:
     from resnet_edge.errors import OptionError
 
-    with pytest.raises(OptionError, match="timeout must be positive"):
+    with pytest.raises(OptionError, match="timeout must be more than 0 and at most"):
         simplify_onnx(tiny_onnx, tmp_path / "out.onnx", timeout_s=0)

@@ -1,0 +1,149 @@
+"""Will a batch fit in memory? Estimated from the model's activation sizes and checked before any work.
+
+A batch too large for the machine does not fail cleanly: the process grows until the kernel's OOM killer (or swap)
+stops it, minutes later. So the commands that take a batch size or an input size estimate what they will need and
+refuse, with the numbers, what the machine cannot give.
+
+The estimate: a ResNet runs its layers one after the other, and onnxruntime's (and PyTorch's) allocator reuses the
+memory of tensors no longer needed, so what is alive at once is a few activations, not all of them: a block's input,
+its branch's output, the shortcut and a temporary. Hence ``LIVE_ACTIVATIONS`` times the largest activation per
+image, plus the input and output, times the batch; plus the weights, held several times (the PyTorch model, the
+ONNX file in memory and onnxruntime's session).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from resnet_edge.errors import OptionError
+
+if TYPE_CHECKING:
+    import onnx
+
+LIVE_ACTIVATIONS = 4  # largest activations alive at once in a residual block (input, branch, shortcut, temporary)
+WEIGHT_COPIES = 3  # the weights in PyTorch, in the ONNX proto and in onnxruntime's session
+_FLOAT_BYTES = 4
+_ONNX_DTYPE_BYTES = {1: 4, 2: 1, 3: 1, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 16: 2}  # by TensorProto data type
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a run needs: ``fixed`` once (weights), ``per_image`` for each image of a batch."""
+
+    per_image: int
+    fixed: int
+
+    def for_batch(self, batch: int) -> int:
+        return self.fixed + batch * self.per_image
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the smaller of the system's available memory and what the cgroup
+    (a container's limit) leaves; None where neither can be read (the check is then skipped)."""
+    limits: list[int] = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            limits.append(int(limit) - int((cgroup / "memory.current").read_text().strip()))
+    except (OSError, ValueError):
+        pass
+    return min(limits) if limits else None
+
+
+def check_fits(what: str, estimate: MemoryEstimate, batch: int, *, hint: str = "use a smaller batch") -> None:
+    """Refuse a batch whose estimated memory exceeds what the machine has available.
+
+    Raises:
+        OptionError: the estimate exceeds the available memory; the message gives both, and the per-image share.
+    """
+    available = available_memory()
+    needed = estimate.for_batch(batch)
+    if available is not None and needed > available:
+        raise OptionError(
+            f"{what} needs about {_size(needed)} ({_size(estimate.per_image)} per image x {batch:,}"
+            f" + {_size(estimate.fixed)} of weights), more than the {_size(available)} of memory available; {hint}"
+        )
+
+
+def onnx_estimate(model: onnx.ModelProto) -> MemoryEstimate:
+    """Memory per image of running ``model`` in onnxruntime, from its shape-inferred activation sizes.
+
+    A fixed batch dimension is divided out; a symbolic one counts as 1.
+    """
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shape inference is best effort: without it, count the graph's inputs and outputs only
+        inferred = model
+    graph = inferred.graph
+    sizes: dict[str, int] = {}
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        tensor = value.type.tensor_type
+        dims = tensor.shape.dim
+        if not dims:
+            continue
+        known = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
+        per_image = math.prod(known[1:]) if len(known) > 1 else 1
+        sizes[value.name] = per_image * _ONNX_DTYPE_BYTES.get(tensor.elem_type, _FLOAT_BYTES)
+    initializers = {i.name for i in graph.initializer}
+    activations = [size for name, size in sizes.items() if name not in initializers]
+    ends = sum(sizes.get(v.name, 0) for v in [*graph.input, *graph.output])
+    largest = max(activations, default=0)
+    weights = sum(len(i.raw_data) or _tensor_bytes(i) for i in graph.initializer)
+    return MemoryEstimate(per_image=LIVE_ACTIVATIONS * largest + ends, fixed=WEIGHT_COPIES * weights)
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    return math.prod(tensor.dims) * _ONNX_DTYPE_BYTES.get(tensor.data_type, _FLOAT_BYTES)
+
+
+def torch_estimate(
+    arch: str, *, num_classes: int | None, in_chans: int, variant: str, input_size: int
+) -> MemoryEstimate:
+    """Memory of exporting and checking ``arch``, measured on PyTorch's meta device (shapes only, no memory).
+
+    Raises:
+        OptionError: as :func:`resnet_edge.models.create_model`.
+    """
+    import torch
+
+    from resnet_edge.models import create_model
+
+    with torch.device("meta"):
+        model = create_model(arch, num_classes=num_classes, in_chans=in_chans, variant=variant).eval()
+    largest = 0
+
+    def record(module: object, inputs: object, output: object) -> None:
+        nonlocal largest
+        if isinstance(output, torch.Tensor):
+            largest = max(largest, output[0].numel() * _FLOAT_BYTES)
+
+    handles = [m.register_forward_hook(record) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            logits = model(torch.empty(1, in_chans, input_size, input_size, device="meta"))
+    finally:
+        for handle in handles:
+            handle.remove()
+    ends = (in_chans * input_size * input_size + logits.numel()) * _FLOAT_BYTES
+    weights = sum(p.numel() for p in model.state_dict().values()) * _FLOAT_BYTES
+    return MemoryEstimate(per_image=LIVE_ACTIVATIONS * largest + ends, fixed=WEIGHT_COPIES * weights)
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
