@@ -91,6 +91,7 @@ def validate(
         )
         click.echo(_validate_table([(None, r) for r in result.rows]))
         render.placements((r.model, r.provider, r.placement) for r in result.rows)
+        render.coverages((r.model, r.provider, r.coverage) for r in result.rows)
     if not result.passed:
         click.echo(f"error: validation failed: {describe_failures(result)}", err=True)
         sys.exit(1)
@@ -117,6 +118,9 @@ def _validate_on_targets(models, ref, options, targets, remote, as_json) -> None
             render.placements(
                 (f"{name}: {r.model}", r.provider, r.placement) for name, result in done.items() for r in result.rows
             )
+            render.coverages(
+                (f"{name}: {r.model}", r.provider, r.coverage) for name, result in done.items() for r in result.rows
+            )
     for run in fleet.targets:
         if not run.ok:
             click.echo(f"error: {run.error}", err=True)
@@ -128,7 +132,8 @@ def _validate_on_targets(models, ref, options, targets, remote, as_json) -> None
 
 
 def _validate_table(rows) -> str:
-    """(target or None, row) pairs as the validate table; a target column when any row has one."""
+    """(target or None, row) pairs as the validate table; a target column when any row has one. ``steps``: an INT8
+    model's max abs logit error in units of its output's quantisation step."""
     with_target = any(target for target, _ in rows)
     return render.table(
         [
@@ -137,6 +142,7 @@ def _validate_table(rows) -> str:
             "provider",
             "ran on",
             "max abs",
+            "steps",
             "mean abs",
             "cosine",
             "top-1 agree",
@@ -154,6 +160,7 @@ def _validate_table(rows) -> str:
                 r.provider,
                 r.ran_on + (" (fallback)" if r.fell_back else ""),
                 fmt.error(r.parity.max_abs_error),
+                f"{r.max_error_steps:.2f}" if r.max_error_steps is not None else fmt.MISSING,
                 fmt.error(r.parity.mean_abs_error),
                 fmt.cosine(r.parity.cosine),
                 fmt.percent(r.parity.top1_agreement),
@@ -255,6 +262,9 @@ def benchmark(
                     )
             if fleet.rows:
                 click.echo(_benchmark_table(fleet.rows))
+                rows = [r for r in fleet.rows if r.batch == fleet.rows[0].batch]
+                render.placements((f"{r.target}: {r.model}", r.provider, r.placement) for r in rows)
+                render.coverages((f"{r.target}: {r.model}", r.provider, r.coverage) for r in rows)
         for run in fleet.targets:
             if not run.ok:
                 click.echo(f"error: {run.error}", err=True)
@@ -278,6 +288,7 @@ def benchmark(
     )
     click.echo(_benchmark_table(result.rows))
     render.placements((r.model, r.provider, r.placement) for r in result.rows if r.batch == result.rows[0].batch)
+    render.coverages((r.model, r.provider, r.coverage) for r in result.rows)
 
 
 def _benchmark_table(rows) -> str:

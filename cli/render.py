@@ -74,6 +74,16 @@ def placements(rows: Iterable[tuple[str, str, object]]) -> None:
         click.echo(f"placement {model} on {provider}: {placement.describe()}")
 
 
+def coverages(rows: Iterable[tuple[str, str, object]]) -> None:
+    """One ``int8 coverage:`` line per (model, provider) of a quantized model: which Conv/Gemm ran as integer."""
+    seen = set()
+    for model, provider, coverage in rows:
+        if coverage is None or (model, provider) in seen:
+            continue
+        seen.add((model, provider))
+        click.echo(f"int8 coverage {model} on {provider}: {coverage.describe()}")
+
+
 def install_warning_printer() -> None:
     """Show resnet-edge's warnings as ``warning: ...`` lines on stderr; silence other libraries' chatter."""
     warnings.filterwarnings("ignore")

@@ -26,6 +26,7 @@ from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import default_test_images, iter_batches, open_source
 from resnet_edge.environment import Environment, collect_environment
 from resnet_edge.errors import OptionError, ResnetEdgeWarning
+from resnet_edge.int8_coverage import IntegerCoverage, coverage_of
 from resnet_edge.memory import check_fits, onnx_estimate
 from resnet_edge.metadata import preprocessing_for, read_metadata, static_input_shape
 from resnet_edge.runtime import Placement, Provider, Session, open_session
@@ -131,6 +132,7 @@ class BenchmarkRow:
     speedup: float | None = None  # the first model's p50 / this row's p50
     skipped: str | None = None
     placement: Placement | None = None  # where each node ran (runtime module docstring)
+    coverage: IntegerCoverage | None = None  # INT8 models: which Conv/Gemm ran as integer kernels (int8_coverage)
     target: str | None = None  # the device it ran on (``--target``); None: this machine, in this process
 
 
@@ -220,6 +222,7 @@ def benchmark_models(
                     sessions={k: (s.ran_on, s.providers_used) for k, s in sessions.items()},
                     cold=cold,
                     placements={k: s.placement for k, s in sessions.items()},
+                    coverages={k: coverage_of(protos[k], s.executed) for k, s in sessions.items()},
                 )
             )
     if not any(row.latency for row in rows):
@@ -279,6 +282,7 @@ def timed_rows(
     cold: dict[str, float],
     target: str | None = None,
     placements: dict[str, Placement | None] | None = None,
+    coverages: dict[str, IntegerCoverage | None] | None = None,
 ) -> list[BenchmarkRow]:
     """Benchmark rows from one provider's and batch size's timings (here or on a device), with ratios to ``first``.
 
@@ -289,6 +293,7 @@ def timed_rows(
         cold: label -> cold start in milliseconds.
         target: where it ran; None here.
         placements: label -> where each node ran, when audited.
+        coverages: label -> integer coverage, for quantized models.
     """
     by_label = {t.label: t.latency for t in timed if t.latency is not None}
     base = by_label[first].p50_ms if first in by_label else None
@@ -310,6 +315,7 @@ def timed_rows(
                 speedup=base / s.p50_ms if s is not None and base else None,
                 skipped=t.skipped,
                 placement=(placements or {}).get(t.label),
+                coverage=(coverages or {}).get(t.label),
                 target=target,
             )
         )

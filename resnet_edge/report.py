@@ -121,6 +121,7 @@ def _row(name: str, provider: str, result: PipelineResult, batch: int) -> dict:
         "speedup_vs_onnx_fp32": bench_row.speedup if bench_row else None,
         "passed": valid_row.passed if valid_row else None,
         "placement": valid_row.placement.describe() if valid_row and valid_row.placement else None,
+        "int8_coverage": valid_row.coverage.describe() if valid_row and valid_row.coverage else None,
     }
 
 
@@ -335,6 +336,10 @@ def render_markdown(report: dict) -> str:
     if placements:  # where each node ran, per variant and provider (runtime's placement audit)
         lines += ["## Where each node ran", ""]
         lines += [f"- {r['variant']} on {r['provider']}: {r['placement']}" for r in placements] + [""]
+    coverages = [r for r in report["summary"] if r.get("int8_coverage")]
+    if coverages:  # which convolutions really ran as integer kernels (int8_coverage)
+        lines += ["## INT8 kernels", ""]
+        lines += [f"- {r['variant']} on {r['provider']}: {r['int8_coverage']}" for r in coverages] + [""]
     for title, file in _plot_titles(report):
         lines += [f"![{title}]({file})", ""]
     bench_headers, bench_rows = _benchmark_cells(report)
@@ -487,6 +492,12 @@ def render_html(report: dict) -> str:
             + (f'<figure><img src="{esc(plot)}" alt="Latency by device"><figcaption>Latency by device</figcaption>'
                "</figure>" if plot else "")
         )  # fmt: skip
+    audit = "".join(
+        f"<h2>{title}</h2><ul>" + "".join(f"<li>{esc(r['variant'])} on {esc(r['provider'])}: {esc(r[key])}</li>"
+        for r in items) + "</ul>"
+        for title, key in (("Where each node ran", "placement"), ("INT8 kernels", "int8_coverage"))
+        if (items := [r for r in report["summary"] if r.get(key)])
+    )  # fmt: skip
     status_class = "ok" if report["status"] == "complete" else "bad"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>resnet-edge report</title>
@@ -532,6 +543,7 @@ img {{ width: 100%; height: auto; }} figcaption {{ text-align: center; color: #5
 {f'<h2>Plots</h2><div class="figures">{figures}</div>' if figures else ""}
 {f"<h2>Benchmark</h2>{table(bench_headers, bench_rows)}" if bench_rows else ""}
 {devices}
+{audit}
 <h2>Files</h2>{hashes}
 <h2>Configuration</h2>{table(["Option", "Value", "From"], [list(r) for r in _config_rows(report)], "text")}
 </body></html>

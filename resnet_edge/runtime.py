@@ -437,6 +437,14 @@ def executed_nodes_from_profile(events: Sequence[dict]) -> list[ExecutedNode]:
     return list(seen.values())
 
 
+def placement_from_json(data: dict | None) -> Placement | None:
+    """A :class:`Placement` from its JSON form (``dataclasses.asdict``), as a device runner returns it."""
+    if not data:
+        return None
+    shares = [ProviderShare(**share) for share in data.get("shares", [])]
+    return Placement(data["requested"], data["total"], shares, dict(data.get("compute_elsewhere", {})))
+
+
 def placement_from_profile(events: Sequence[dict], requested: str, *, model_nodes: int | None = None) -> Placement:
     """The placement recorded in an onnxruntime profile (the parsed JSON list of events) of one inference.
 

@@ -19,6 +19,7 @@ from resnet_edge.artifacts import load_onnx, sha256_file
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import ImageSource, default_test_images, iter_batches, open_source
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
+from resnet_edge.int8_coverage import IntegerCoverage, coverage_of, output_step
 from resnet_edge.metadata import (
     QUANTIZATION_KEY,
     ModelMetadata,
@@ -38,7 +39,7 @@ from resnet_edge.parity import (
     accuracy,
     compare,
 )
-from resnet_edge.runtime import Placement, Provider, open_session
+from resnet_edge.runtime import ExecutedNode, Placement, Provider, open_session
 
 DEFAULT_BATCH = 8
 # Below this many images a top-1 agreement moves in steps of more than 2%: say so rather than judge quietly.
@@ -100,6 +101,8 @@ class ValidateRow:
     passed: bool
     failures: list[str] = field(default_factory=list)
     placement: Placement | None = None  # where each node ran (runtime module docstring)
+    coverage: IntegerCoverage | None = None  # INT8 models: which Conv/Gemm ran as integer kernels, there
+    max_error_steps: float | None = None  # INT8 models: max abs logit error in units of the output's step
 
     @property
     def fell_back(self) -> bool:
@@ -233,7 +236,7 @@ def validate_models(
         labelled = labelled and y is not None
         outputs = {
             (name, provider.value): Outputs(
-                np.concatenate(got_parts[(name, provider)]), s.ran_on, s.providers_used, s.placement
+                np.concatenate(got_parts[(name, provider)]), s.ran_on, s.providers_used, s.placement, s.executed
             )
             for (name, provider), s in sessions.items()
         }
@@ -249,6 +252,7 @@ class Outputs:
     ran_on: str
     providers_used: list[str]
     placement: Placement | None = None
+    executed: list[ExecutedNode] = field(default_factory=list)  # the audited kernels, for integer coverage
 
 
 def reference_inputs(plan: Plan, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -301,6 +305,8 @@ def judge_outputs(
                 passed=not failures,
                 failures=failures,
                 placement=got.placement,
+                coverage=coverage_of(plan.protos[name], got.executed),
+                max_error_steps=_in_steps(parity.max_abs_error, plan.protos[name]) if quantized else None,
             )
         )
     return rows
@@ -377,6 +383,11 @@ def _judge(
         if drop > max_drop + 1e-9:
             failures.append(f"top-1 accuracy drop {drop:.2f} points > {max_drop:g}")
     return failures
+
+
+def _in_steps(error: float, proto: onnx.ModelProto) -> float | None:
+    step = output_step(proto)
+    return error / step if step else None
 
 
 def _has_float16_weights(model: onnx.ModelProto) -> bool:

@@ -117,3 +117,35 @@ def test_signed_symmetric_int8_is_partly_fp32_on_x86_and_quantize_says_so(digits
     errors = [line for line in run.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "ran as FP32 kernels" in errors[0] and "Traceback" not in run.output
     assert not refused.exists() and not Path(f"{refused}.json").exists()
+
+
+def test_validate_and_benchmark_report_coverage_and_error_in_output_steps(digits_sim: Path, digits_int8: Path) -> None:
+    from resnet_edge.benchmark import BenchmarkOptions, benchmark_models
+    from resnet_edge.int8_coverage import output_step
+    from resnet_edge.validate import ValidateOptions, validate_models
+
+    step = output_step(onnx.load(str(digits_int8)))
+    assert step is not None and step > 0
+    assert output_step(onnx.load(str(digits_sim))) is None
+    result = validate_models([digits_sim, digits_int8], options=ValidateOptions(data="builtin:digits-test"))
+    fp32, int8 = result.rows
+    assert fp32.coverage is None and fp32.max_error_steps is None
+    assert int8.coverage is not None and int8.coverage.complete
+    assert int8.max_error_steps == pytest.approx(int8.parity.max_abs_error / step)
+    rows = benchmark_models([digits_int8], BenchmarkOptions(iterations=2, warmup=0, threads=1)).rows
+    assert rows[0].coverage is not None and rows[0].coverage.complete
+
+
+def test_a_device_reports_the_same_coverage_as_here(digits_int8: Path) -> None:
+    """The runner sends the kernels its sessions ran; the host attributes them with the model file."""
+    from resnet_edge.device.fleet import validate_on_targets
+    from resnet_edge.device.targets import Target
+    from resnet_edge.validate import ValidateOptions, validate_models
+
+    options = ValidateOptions(data="builtin:digits-test")
+    here = validate_models([digits_int8], options=options).rows[0]
+    fleet = validate_on_targets([digits_int8], [Target.parse("local")], options=options)
+    there = fleet.results["local"].rows[0]
+    assert there.coverage is not None and there.coverage.describe() == here.coverage.describe()
+    assert there.placement is not None and there.placement.describe() == here.placement.describe()
+    assert there.max_error_steps == pytest.approx(here.max_error_steps)

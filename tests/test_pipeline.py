@@ -91,6 +91,8 @@ def test_report_records_what_makes_the_run_repeatable(run_dir: Path) -> None:
     assert "<table>" in html and 'src="latency.png"' in html and "ONNX INT8" in html
     assert "| ONNX INT8 |" in (run_dir / "report.md").read_text()
     assert "- ONNX INT8 on cpu: cpu: " in (run_dir / "report.md").read_text()  # where each node ran
+    assert "- ONNX INT8 on cpu: integer: 100.0% of" in (run_dir / "report.md").read_text()  # INT8 kernels
+    assert "<h2>INT8 kernels</h2>" in html
     assert "Speed-up: ONNX FP32" in html
 
 

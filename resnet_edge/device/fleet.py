@@ -36,7 +36,9 @@ from resnet_edge.device.facts import DeviceFacts, Thermal
 from resnet_edge.device.runner import JOB_FORMAT
 from resnet_edge.device.targets import JobFiles, RemoteOptions, Target, TargetSession, Transfer
 from resnet_edge.errors import OptionError, ResnetEdgeError, ResnetEdgeWarning
+from resnet_edge.int8_coverage import coverage_of
 from resnet_edge.metadata import preprocessing_for
+from resnet_edge.runtime import ExecutedNode, placement_from_json
 from resnet_edge.timing import LatencyStats, Timed
 from resnet_edge.validate import (
     Outputs,
@@ -170,6 +172,8 @@ def benchmark_on_targets(
             run.io[provider] = data["io"]
             sessions = {k: (v["ran_on"], v["providers_used"]) for k, v in data["sessions"].items()}
             cold = {k: v["cold_start_ms"] for k, v in data["sessions"].items()}
+            placements = {k: placement_from_json(v.get("placement")) for k, v in data["sessions"].items()}
+            coverages = {k: coverage_of(protos[k], _executed(v)) for k, v in data["sessions"].items()}
             by_batch: dict[int, list[Timed]] = {}
             for t in data["timed"]:
                 latency = LatencyStats.from_json(t["latency"]) if t["latency"] else None
@@ -177,7 +181,7 @@ def benchmark_on_targets(
             for batch in options.batch_sizes:
                 rows += timed_rows(
                     by_batch.get(batch, []), first=first, provider=provider, sessions=sessions, cold=cold,
-                    target=run.target,
+                    target=run.target, placements=placements, coverages=coverages,
                 )  # fmt: skip
     return FleetBenchmarkResult(
         rows=rows, targets=[run for run, _ in runs], options=options, file_sha256={n: shas[n] for n in protos}
@@ -245,11 +249,20 @@ def validate_on_targets(
                 for provider in job["providers"]:
                     where = data["sessions"][f"{index}:{provider}"]
                     outputs[(name, provider)] = Outputs(
-                        arrays[f"out_{index}_{provider}"], where["ran_on"], where["providers_used"]
+                        arrays[f"out_{index}_{provider}"],
+                        where["ran_on"],
+                        where["providers_used"],
+                        placement_from_json(where.get("placement")),
+                        _executed(where),
                     )
             rows += judge_outputs(plan, expected, y, outputs)
         results[run.target] = finish_validation(plan, rows, labelled)
     return FleetValidateResult(results=results, targets=[run for run, _ in runs])
+
+
+def _executed(session: dict) -> list[ExecutedNode]:
+    """The kernels a device's session ran (older runners send none)."""
+    return [ExecutedNode.from_dict(node) for node in session.get("executed", [])]
 
 
 def _npz(arrays: dict[str, np.ndarray], folder: str) -> Path:

@@ -210,6 +210,7 @@ def _benchmark(job: dict, paths: dict[str, str], inputs: dict, warnings_: list[s
         out[provider] = {
             "sessions": {
                 label: {"ran_on": s.ran_on, "providers_used": s.providers_used, "cold_start_ms": cold[label]}
+                | _audit_json(s)
                 for label, s in sessions.items()
             },
             "io": (
@@ -223,6 +224,15 @@ def _benchmark(job: dict, paths: dict[str, str], inputs: dict, warnings_: list[s
             ],
         }
     return out
+
+
+def _audit_json(session: object) -> dict:
+    """Where the session's nodes ran and the kernels it executed (its audit), for the host to judge."""
+    placement = getattr(session, "placement", None)
+    return {
+        "placement": asdict(placement) if placement is not None else None,
+        "executed": [node.to_dict() for node in getattr(session, "executed", [])],
+    }
 
 
 def _stats_json(stats: object) -> dict | None:
@@ -258,7 +268,10 @@ def _validate(job: dict, paths: dict[str, str], inputs: dict, warnings_: list[st
                     raise RunnerError("oom", f"out of memory running {label} at batch {batch}") from None
                 raise RunnerError("model", f"{label} failed on {provider}: {_first_line(exc)}") from None
             outputs[f"out_{index}_{provider}"] = logits
-            sessions[f"{index}:{provider}"] = {"ran_on": session.ran_on, "providers_used": session.providers_used}
+            sessions[f"{index}:{provider}"] = {
+                "ran_on": session.ran_on,
+                "providers_used": session.providers_used,
+            } | _audit_json(session)
     buffer = io.BytesIO()
     np.savez(buffer, **outputs)
     return {"sessions": sessions, "outputs_npz_b64": base64.b64encode(buffer.getvalue()).decode("ascii")}
