@@ -69,7 +69,7 @@ def tune(
     batches = result.batch_sizes
     click.echo(
         render.table(
-            ["candidate", "provider", "ran on", "top-1 agree", "max abs", "parity"]
+            ["candidate", "provider", "ran on", "top-1 agree", "max abs", "int8 MACs", "parity"]
             + [f"p50 ms b{b}" for b in batches]
             + [f"x cpu fp32 b{b}" for b in batches]
             + ["chosen"],
@@ -80,6 +80,7 @@ def tune(
                     c.ran_on,
                     render.percent(c.top1_agreement),
                     c.max_abs_error,
+                    render.percent(c.integer_fraction) if c.integer_fraction is not None else "-",
                     "pass" if c.passed else ("FAIL" if not c.error else "error"),
                     *(c.p50_ms.get(b) for b in batches),
                     *(f"{c.speedup_vs_cpu_fp32[b]:.2f}x" if b in c.speedup_vs_cpu_fp32 else "-" for b in batches),

@@ -7,7 +7,8 @@ the provider runs it natively (CUDA, TensorRT), converted with onnxconverter-com
 kept; and any model file the caller adds. Every candidate is judged against the FP32 model on held-out images by
 :func:`resnet_edge.validate.validate_models` with the validate thresholds (FP16 is judged like INT8, on decisions),
 and timed side by side with the others of its provider in one run (:func:`resnet_edge.benchmark.benchmark_models`)
-at batch 1 and the user's batch. The fastest candidate that passed at the user's batch is written, with a JSON record
+at batch 1 and the user's batch. The fastest candidate that passed at the user's batch (a near-tie going to the one
+with more integer-kernel MACs, :data:`SPEED_TIE`) is written, with a JSON record
 of every candidate; a candidate that failed parity is never chosen, however fast (Olive's search over passes and
 providers is the anchor; this one searches a small, fixed space, so it runs in minutes).
 
@@ -38,6 +39,9 @@ FP16_PROVIDERS = ("cuda", "tensorrt")  # providers with native FP16 kernels; els
 GPU_INT8_PROVIDERS = ("cuda", "tensorrt")
 DEFAULT_TUNE_ITERATIONS = 30
 DEFAULT_TUNE_WARMUP = 5
+# Candidates within this fraction of the fastest one's p50 are a tie on this noisy machine; the tie goes to the one
+# whose Conv/Gemm MACs run most in integer kernels (int8_coverage), which stays fast where timing cannot be trusted.
+SPEED_TIE = 0.03
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,8 @@ class Candidate:
     path: str
     ran_on: str | None = None
     placement: str | None = None
+    integer_fraction: float | None = None  # INT8: share of Conv/Gemm MACs that ran as integer kernels
+    int8_coverage: str | None = None
     passed: bool = False
     failures: list[str] = field(default_factory=list)
     top1_agreement: float | None = None
@@ -141,7 +147,7 @@ def tune_model(model_path: Path | str, output: Path | str, options: TuneOptions 
                 "no candidate passed parity against FP32: "
                 + "; ".join(f"{c.name} on {c.provider}: {', '.join(c.failures) or c.error}" for c in flat)
             )
-        chosen = min(passing, key=lambda c: c.p50_ms[options.batch])
+        chosen = _choose(passing, options.batch)
         record = {
             "model": str(model_path),
             "model_sha256": sha256_file(model_path),
@@ -323,6 +329,8 @@ def _judge_and_time(
                 path=str(path),
                 ran_on=row.ran_on,
                 placement=row.placement.describe() if row.placement else None,
+                integer_fraction=row.coverage.fraction if row.coverage else None,
+                int8_coverage=row.coverage.describe() if row.coverage else None,
                 passed=row.passed and not row.fell_back,
                 failures=row.failures + ([f"ran on {row.ran_on}, not {provider.value}"] if row.fell_back else []),
                 top1_agreement=row.parity.top1_agreement,
@@ -331,6 +339,13 @@ def _judge_and_time(
             )
         )
     return candidates
+
+
+def _choose(passing: Sequence[Candidate], batch: int) -> Candidate:
+    """The fastest passing candidate; among those within SPEED_TIE of it, the one with the most integer MACs."""
+    fastest = min(c.p50_ms[batch] for c in passing)
+    tied = [c for c in passing if c.p50_ms[batch] <= fastest * (1 + SPEED_TIE)]
+    return max(tied, key=lambda c: (c.integer_fraction if c.integer_fraction is not None else 1.0, -c.p50_ms[batch]))
 
 
 def _with_speedup(candidate: Candidate, baseline: Candidate) -> Candidate:
