@@ -72,10 +72,9 @@ def validate(
         max_top1_drop=max_top1_drop,
         batch=batch,
     )
+    remote = remote_options(targets, remote_python, connect_timeout, ssh_config)
     if targets:
-        return _validate_on_targets(
-            models, ref, options, targets, remote_options(remote_python, connect_timeout, ssh_config), as_json
-        )
+        return _validate_on_targets(models, ref, options, targets, remote, as_json)
     result = validate_models(list(models), ref, options)
     if as_json:
         render.emit_json(result)
@@ -236,6 +235,7 @@ def benchmark(
         strict_ep=strict_ep,
         data=data,
     )
+    remote = remote_options(targets, remote_python, connect_timeout, ssh_config)
     if targets:
         from resnet_edge.device.fleet import benchmark_on_targets, parse_targets
 
@@ -243,7 +243,7 @@ def benchmark(
             list(models),
             parse_targets(targets),
             options,
-            remote_options(remote_python, connect_timeout, ssh_config),
+            remote,
             on_progress=None if as_json else target_progress,
         )
         if output is not None:

@@ -63,12 +63,8 @@ def target_options(function):
                 help="Run on this device instead: ssh://[user@]host[:port] (an ~/.ssh/config alias works) or"
                 " local. Repeat for several, run in parallel.",
             ),
-            click.option(
-                "--remote-python", default="python3", show_default=True, help="Interpreter on the target devices."
-            ),
-            click.option(
-                "--connect-timeout", type=float, default=10.0, show_default=True, help="Seconds ssh waits for a device."
-            ),
+            click.option("--remote-python", help="Interpreter on the target devices. [default: python3]"),
+            click.option("--connect-timeout", type=float, help="Seconds ssh waits for a device. [default: 10]"),
             click.option(
                 "--ssh-config",
                 type=click.Path(path_type=Path),
@@ -80,10 +76,23 @@ def target_options(function):
     return function
 
 
-def remote_options(remote_python: str, connect_timeout: float, ssh_config: Path | None) -> object:
+def remote_options(
+    targets: tuple[str, ...], remote_python: str | None, connect_timeout: float | None, ssh_config: Path | None
+) -> object:
+    """How to reach the targets, checked before any work; refused without ``--target`` (it would do nothing)."""
     from resnet_edge.device.targets import RemoteOptions
+    from resnet_edge.errors import OptionError
 
-    return RemoteOptions(python=remote_python, connect_timeout_s=connect_timeout, ssh_config=ssh_config)
+    given = {"--remote-python": remote_python, "--connect-timeout": connect_timeout, "--ssh-config": ssh_config}
+    if not targets and any(v is not None for v in given.values()):
+        named = ", ".join(k for k, v in given.items() if v is not None)
+        raise OptionError(f"{named} apply to --target devices, and no --target was given")
+    defaults = RemoteOptions()
+    return RemoteOptions(
+        python=remote_python or defaults.python,
+        connect_timeout_s=connect_timeout if connect_timeout is not None else defaults.connect_timeout_s,
+        ssh_config=ssh_config,
+    )
 
 
 def target_progress(target: str, message: str) -> None:

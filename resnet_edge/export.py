@@ -52,7 +52,7 @@ DEFAULT_OPSET = 17  # supported by every runtime our users deploy to (onnxruntim
 # The opset each exporter writes when the user names none: the dynamo exporter cannot write DEFAULT_OPSET.
 DEFAULT_OPSETS = {"torchscript": DEFAULT_OPSET, "dynamo": 18}
 # What each exporter can write; outside these ranges we refuse rather than let the exporter change the opset.
-_OPSET_RANGE = {"torchscript": (11, 20), "dynamo": (18, 23)}
+OPSET_RANGE = {"torchscript": (11, 20), "dynamo": (18, 23)}
 
 
 class Exporter(enum.StrEnum):
@@ -214,7 +214,7 @@ def export_onnx(options: ExportOptions, output: Path | str) -> ExportResult:
     refuse_overwriting_inputs([output], [options.weights], command="export output")
     if options.batch is not None and options.batch < 1:
         raise OptionError(f"batch must be 'dynamic' or at least 1, got {options.batch}")
-    low, high = _OPSET_RANGE[options.exporter.value]
+    low, high = OPSET_RANGE[options.exporter.value]
     requested = options.resolved_opset
     if not low <= requested <= high:
         raise OptionError(f"the {options.exporter.value} exporter writes opsets {low} to {high}, not {requested}")

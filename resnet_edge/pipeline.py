@@ -33,7 +33,7 @@ from resnet_edge.benchmark import (
     benchmark_models,
 )
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeError, ResnetEdgeWarning, StageError
-from resnet_edge.export import DEFAULT_OPSET, ExportOptions, ExportResult, export_onnx
+from resnet_edge.export import DEFAULT_OPSET, OPSET_RANGE, ExportOptions, ExportResult, export_onnx
 from resnet_edge.quantize import (
     BUNDLED_PHOTOS_NOTE,
     MIN_OPSET,
@@ -104,7 +104,7 @@ class PipelineConfig:
     threads: int | None = None
     torch_eager: bool = True
     targets: tuple[str, ...] = ()  # devices to benchmark the models on too (ssh://[user@]host[:port] or local)
-    remote_python: str = "python3"
+    remote_python: str | None = None  # python3 on the device when None
     ssh_config: str | None = None
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -133,6 +133,11 @@ class PipelineConfig:
             value = getattr(self, name)
             if value is not None and value < low:
                 raise OptionError(f"{name} must be at least {low}, got {value}")
+        low, high = OPSET_RANGE["torchscript"]  # the pipeline exports with the TorchScript exporter
+        if not low <= self.opset <= high:
+            raise OptionError(f"opset must be from {low} to {high} (what the exporter writes), got {self.opset}")
+        if not self.targets and (self.remote_python is not None or self.ssh_config is not None):
+            raise OptionError("remote_python and ssh_config apply to --target devices, and no target was given")
         if self.int8 and self.opset < MIN_OPSET:
             raise OptionError(f"INT8 needs opset {MIN_OPSET} or later, got opset {self.opset}; or pass --no-int8")
         for name, high in (("iterations", MAX_ITERATIONS), ("warmup", MAX_WARMUP)):
@@ -601,7 +606,8 @@ def _run_stages(
             from resnet_edge.device.targets import RemoteOptions
 
             remote = RemoteOptions(
-                python=config.remote_python, ssh_config=config.ssh_config and Path(config.ssh_config)
+                python=config.remote_python or RemoteOptions().python,
+                ssh_config=config.ssh_config and Path(config.ssh_config),
             )
             result.devices = benchmark_on_targets(
                 models,

@@ -26,7 +26,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resnet_edge.artifacts import atomic_output, load_onnx, require_file, require_writable_destination, sha256_file
+from resnet_edge.artifacts import (
+    atomic_output,
+    load_onnx,
+    refuse_overwriting_inputs,
+    require_file,
+    require_writable_destination,
+    sha256_file,
+)
 from resnet_edge.errors import CheckFailedError, OptionError, ResnetEdgeError, ResnetEdgeWarning
 from resnet_edge.metadata import write_props
 from resnet_edge.onnx_graph import is_quantized
@@ -128,6 +135,10 @@ def tune_model(model_path: Path | str, output: Path | str, options: TuneOptions 
         raise OptionError(f"batch must be at least 1, got {options.batch}")
     if options.iterations < 1 or options.warmup < 0:
         raise OptionError(f"iterations must be at least 1 and warmup 0 or more, got {options.iterations}")
+    _check_options(options)
+    refuse_overwriting_inputs(
+        [output, record_path], [model_path, options.data, options.calib, *options.candidates], command="tune output"
+    )
     fp32 = load_onnx(model_path)
     if is_quantized(fp32):
         raise OptionError(f"{model_path} is quantized; tune starts from the FP32 (simplified) model")
@@ -205,6 +216,25 @@ def _providers(options: TuneOptions) -> list[Provider]:
     return [Provider(short) for short, info in PROVIDERS.items() if info.ort_name in here]
 
 
+def _check_options(options: TuneOptions) -> None:
+    """Refuse bad numbers and unreadable data now, before minutes of calibration and timing."""
+    from resnet_edge.calibration.sources import open_source
+
+    if options.threads is not None and options.threads < 1:
+        raise OptionError(f"threads must be at least 1, got {options.threads}")
+    if options.limit is not None and options.limit < 1:
+        raise OptionError(f"limit must be at least 1, got {options.limit}")
+    if options.min_agreement is not None and not 0 <= options.min_agreement <= 1:
+        raise OptionError(f"min agreement is a fraction from 0 to 1, got {options.min_agreement}")
+    if options.max_top1_drop is not None and not 0 <= options.max_top1_drop <= 100:
+        raise OptionError(f"max top-1 drop is in percentage points, 0 to 100, got {options.max_top1_drop}")
+    for source in (options.data, options.calib):
+        if source is not None:
+            open_source(source)
+    for candidate in options.candidates:
+        require_file(candidate, what="candidate model")
+
+
 def _build_variants(
     model_path: Path, folder: Path, providers: Sequence[Provider], options: TuneOptions
 ) -> list[tuple[Provider, list[tuple[str, str, Path | None, str | None]]]]:
@@ -224,7 +254,7 @@ def _build_variants(
         try:
             if config.symmetric_activations not in calibrations:
                 where = folder / f"calibration-{'symmetric' if config.symmetric_activations else 'asymmetric'}"
-                where.mkdir()
+                where.mkdir(exist_ok=True)
                 calibrations[config.symmetric_activations] = calibrate_onnx(model_path, where, quantize)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ResnetEdgeWarning)  # quantize's own notes; validate judges below

@@ -46,6 +46,8 @@ BASE: dict[str, list[str]] = {
     "pipeline": ["pipeline", "-o", "{out}/run", "--iterations", "2", "--no-int8"],
     "analyze": ["analyze", "{model}", "{int8}", "--data", "{images}", "-o", "{out}"],
     "gradflow": ["gradflow", "--arch", "resnet20", "--batch", "2", "-o", "{out}"],
+    "tune": ["tune", "{model}", "-o", "{out}/t.onnx", "--iterations", "2", "--data", "{images}", "--calib", "{images}"],
+    "runner": ["runner", "-o", "{out}/runner.pyz"],
 }
 # Parameters that write: an output file, or an output folder.
 OUTPUT_FILES = {"output"}
@@ -317,7 +319,8 @@ def _extra_args(case: Case, w: dict[str, Path]) -> list[str]:
     if k == "huge":
         flag = {"input_size": "--input-size", "num_classes": "--num-classes", "batch": "--batch"}.get(case.param)
         if case.command in ("benchmark", "pipeline"):
-            return _replace_option(base, "--batch", _param(case.command, "batch_sizes"), "100000000")
+            name = "batch_sizes" if case.command == "benchmark" else "batch"  # the pipeline's option is its key
+            return _replace_option(base, "--batch", _param(case.command, name), "100000000")
         value = {"input_size": "100000", "num_classes": "10000000000", "batch": "100000000"}[case.param]
         return [*base, "--arch", "resnet18", flag, value]
     if k in ("integer-weights", "nan-weights"):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from resnet_edge import __version__
 from resnet_edge.artifacts import atomic_output, require_writable_destination
+from resnet_edge.errors import InputFileError
 
 # The modules the runner imports (they import only the standard library, numpy and onnxruntime), by package path.
 RUNNER_MODULES = (
@@ -67,9 +68,12 @@ def write_runner(output: Path | str) -> RunnerFile:
     """Write the runner to ``output`` (atomically, executable).
 
     Raises:
-        InputFileError: the destination folder is missing or not writable.
+        InputFileError: the destination folder is missing or not writable, or ``output`` is a file that is not a
+            runner written earlier (never written over: it is not ours).
     """
     output = require_writable_destination(output)
+    if output.exists() and not _is_runner(output):
+        raise InputFileError(f"{output} exists and is not a resnet-edge runner; choose another name (nothing written)")
     data = runner_bytes()
     with atomic_output(output) as tmp:
         tmp.write_bytes(data)
@@ -82,3 +86,12 @@ def write_runner(output: Path | str) -> RunnerFile:
         modules=["__main__.py", "resnet_edge/__init__.py", *(f"resnet_edge/{m}" for m in RUNNER_MODULES)],
         python=">=" + ".".join(map(str, MIN_PYTHON)),
     )
+
+
+def _is_runner(path: Path) -> bool:
+    """A zipapp this module wrote: a zip holding the runner module."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "resnet_edge/device/runner.py" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False

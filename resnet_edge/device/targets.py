@@ -44,6 +44,7 @@ from resnet_edge.errors import OptionError, TargetError
 
 DEFAULT_PYTHON = "python3"
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
+MAX_CONNECT_TIMEOUT_S = 600.0  # a device that does not answer in ten minutes is not coming
 SERVER_ALIVE_INTERVAL_S = 5  # with 3 missed answers, a silently dead link is noticed within ~15 s
 CLEANUP_TIMEOUT_S = 20.0
 UPLOAD_MARGIN = 1.2  # free space wanted on the device, as a multiple of what is uploaded (the cache copy aside)
@@ -163,8 +164,11 @@ class RemoteOptions:
     local_python: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.connect_timeout_s > 0:
-            raise OptionError(f"connect timeout must be positive, got {self.connect_timeout_s}")
+        if not 0 < self.connect_timeout_s <= MAX_CONNECT_TIMEOUT_S:  # refuses NaN and inf too
+            raise OptionError(
+                f"connect timeout must be more than 0 and at most {MAX_CONNECT_TIMEOUT_S:g} s,"
+                f" got {self.connect_timeout_s}"
+            )
         if not self.python or self.python.startswith("-"):
             raise OptionError(f"remote python {self.python!r} is not an interpreter name or path")
         if self.ssh_config is not None and not Path(self.ssh_config).is_file():
