@@ -89,8 +89,8 @@ def validate(
             )
         )
         click.echo(_validate_table([(None, r) for r in result.rows]))
-        render.placements((r.model, r.provider, r.placement) for r in result.rows)
-        render.coverages((r.model, r.provider, r.coverage) for r in result.rows)
+        render.audit_lines("placement", [(r.model, r.provider, r.placement) for r in result.rows])
+        render.audit_lines("int8 coverage", [(r.model, r.provider, r.coverage) for r in result.rows])
     if not result.passed:
         click.echo(f"error: validation failed: {describe_failures(result)}", err=True)
         sys.exit(1)
@@ -114,11 +114,13 @@ def _validate_on_targets(models, ref, options, targets, remote, as_json) -> None
                 f" {'labelled' if first.labelled else 'unlabelled'}), judged here"
             )
             click.echo(_validate_table([(name, r) for name, result in done.items() for r in result.rows]))
-            render.placements(
-                (f"{name}: {r.model}", r.provider, r.placement) for name, result in done.items() for r in result.rows
+            render.audit_lines(
+                "placement",
+                [(f"{name}: {r.model}", r.provider, r.placement) for name, result in done.items() for r in result.rows],
             )
-            render.coverages(
-                (f"{name}: {r.model}", r.provider, r.coverage) for name, result in done.items() for r in result.rows
+            render.audit_lines(
+                "int8 coverage",
+                [(f"{name}: {r.model}", r.provider, r.coverage) for name, result in done.items() for r in result.rows],
             )
     for run in fleet.targets:
         if not run.ok:
@@ -263,8 +265,8 @@ def benchmark(
             if fleet.rows:
                 click.echo(_benchmark_table(fleet.rows))
                 rows = [r for r in fleet.rows if r.batch == fleet.rows[0].batch]
-                render.placements((f"{r.target}: {r.model}", r.provider, r.placement) for r in rows)
-                render.coverages((f"{r.target}: {r.model}", r.provider, r.coverage) for r in rows)
+                render.audit_lines("placement", [(f"{r.target}: {r.model}", r.provider, r.placement) for r in rows])
+                render.audit_lines("int8 coverage", [(f"{r.target}: {r.model}", r.provider, r.coverage) for r in rows])
         for run in fleet.targets:
             if not run.ok:
                 click.echo(f"error: {run.error}", err=True)
@@ -287,8 +289,10 @@ def benchmark(
         f" {fmt.count(result.threads, 'thread')}; {', '.join(f'{k}: {v}' for k, v in result.io.items())}"
     )
     click.echo(_benchmark_table(result.rows))
-    render.placements((r.model, r.provider, r.placement) for r in result.rows if r.batch == result.rows[0].batch)
-    render.coverages((r.model, r.provider, r.coverage) for r in result.rows)
+    render.audit_lines(
+        "placement", [(r.model, r.provider, r.placement) for r in result.rows if r.batch == result.rows[0].batch]
+    )
+    render.audit_lines("int8 coverage", [(r.model, r.provider, r.coverage) for r in result.rows])
 
 
 def _benchmark_table(rows) -> str:

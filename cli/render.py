@@ -64,24 +64,15 @@ def ops_line(counts: dict[str, int]) -> str:
     return ", ".join(f"{op} {n}" for op, n in counts.items())
 
 
-def placements(rows: Iterable[tuple[str, str, object]]) -> None:
-    """One ``placement:`` line per (model, provider) that was audited: where its nodes ran."""
+def audit_lines(label: str, rows: Iterable[tuple[str, str, object]]) -> None:
+    """One ``LABEL MODEL on PROVIDER: ...`` line per (model, provider) that has an audit result (a placement, an
+    integer coverage: anything with ``describe()``); None is passed over."""
     seen = set()
-    for model, provider, placement in rows:
-        if placement is None or (model, provider) in seen:
+    for model, provider, audit in rows:
+        if audit is None or (model, provider) in seen:
             continue
         seen.add((model, provider))
-        click.echo(f"placement {model} on {provider}: {placement.describe()}")
-
-
-def coverages(rows: Iterable[tuple[str, str, object]]) -> None:
-    """One ``int8 coverage:`` line per (model, provider) of a quantized model: which Conv/Gemm ran as integer."""
-    seen = set()
-    for model, provider, coverage in rows:
-        if coverage is None or (model, provider) in seen:
-            continue
-        seen.add((model, provider))
-        click.echo(f"int8 coverage {model} on {provider}: {coverage.describe()}")
+        click.echo(f"{label} {model} on {provider}: {audit.describe()}")
 
 
 def install_warning_printer() -> None:
