@@ -22,6 +22,13 @@ ARM_FEATURES = ("asimd", "asimddp", "i8mm", "sve", "sve2", "bf16")
 # A clock this much lower after the run than before it means the CPU throttled (or a governor slowed it).
 THROTTLE_DROP = 0.10
 _NVIDIA_SMI_TIMEOUT_S = 20
+# What the runner and the host say about any timing taken on an emulated CPU (QEMU user mode and the like).
+EMULATION_WARNING = (
+    "this target runs under emulation: timings under emulation are not ARM timings (nor any real CPU's); they are"
+    " not ranked beside real devices, while its outputs (parity) are real"
+)
+_X86_MACHINES = ("x86_64", "amd64", "i386", "i686")
+_ARM_MACHINES = ("aarch64", "arm64", "armv7l", "armv8l")
 
 
 @dataclass
@@ -53,6 +60,9 @@ class DeviceFacts:
     numpy: str | None
     onnxruntime: str | None
     onnxruntime_providers: list[str]
+    # The interpreter's machine differs from the CPU the kernel describes: user-mode emulation (qemu-aarch64 on
+    # x86, where the host's /proc/cpuinfo shows through). Timings then say nothing of the emulated CPU.
+    emulated: bool = False
 
 
 def read_text(path: str) -> str | None:
@@ -74,6 +84,39 @@ def _cpuinfo() -> tuple[str, set[str]]:
         elif key in ("flags", "features") and not flags:
             flags = set(value.split())
     return model, flags
+
+
+def _family(machine: str) -> str | None:
+    machine = machine.lower()
+    if machine in _X86_MACHINES:
+        return "x86"
+    if machine in _ARM_MACHINES or machine.startswith("arm"):
+        return "arm"
+    return None
+
+
+def _kernel_cpu_family() -> str | None:
+    """The CPU family the kernel describes, read from files that user-mode emulators pass through unchanged:
+    ``/proc/cpuinfo`` (x86: vendor_id and an x86 flags line; ARM: CPU implementer) and the CPU modalias."""
+    cpuinfo = (read_text("/proc/cpuinfo") or "").lower()
+    keys = {line.partition(":")[0].strip() for line in cpuinfo.splitlines()}
+    if "vendor_id" in keys or ("flags" in keys and " sse2" in cpuinfo):
+        return "x86"
+    if "cpu implementer" in keys:
+        return "arm"
+    modalias = (read_text("/sys/devices/system/cpu/modalias") or "").lower()
+    if modalias.startswith("cpu:type:x86"):
+        return "x86"
+    if modalias.startswith(("cpu:type:aarch64", "cpu:type:arm")):
+        return "arm"
+    return None
+
+
+def is_emulated(machine: str | None = None) -> bool:
+    """Whether this interpreter runs on another CPU family than the kernel's (False when either is unknown)."""
+    ours = _family(machine or platform.machine())
+    kernel = _kernel_cpu_family()
+    return ours is not None and kernel is not None and ours != kernel
 
 
 def _board() -> str | None:
@@ -150,10 +193,15 @@ def collect_facts() -> DeviceFacts:
     except ImportError:
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    emulated = is_emulated(arch)
+    cpu_model = model or platform.processor() or "unknown"
+    if emulated:  # the kernel's CPU is the host's; say what runs, and the core QEMU was asked for when known
+        core = os.environ.get("QEMU_CPU")
+        cpu_model = f"emulated {arch}{f' (QEMU_CPU={core})' if core else ''} on {cpu_model}"
     return DeviceFacts(
         hostname=platform.node(),
         machine_id=_machine_id(),
-        cpu_model=model or platform.processor() or "unknown",
+        cpu_model=cpu_model,
         architecture=arch,
         logical_cores=os.cpu_count() or 1,
         usable_cores=usable,
@@ -168,6 +216,7 @@ def collect_facts() -> DeviceFacts:
         numpy=numpy_version,
         onnxruntime=ort_version,
         onnxruntime_providers=providers,
+        emulated=emulated,
     )
 
 
