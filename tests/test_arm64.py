@@ -184,6 +184,7 @@ def test_validate_on_arm_kernels_under_qemu(
     device = fleet["targets"][0]["device"]
     assert device["architecture"] == "aarch64" and device["emulated"] is True
     assert device["cpu_model"].startswith(f"emulated aarch64 (QEMU_CPU={QEMU_CPU})")
+    assert device["features"]["asimddp"] and not device["features"]["i8mm"]  # the emulated core's, not the host's
     rows = {r["model"]: r for r in fleet["results"][target]["rows"]}
     assert rows[digits_sim.name]["parity"]["top1_agreement"] == 1.0
     assert rows[digits_int8.name]["parity"]["top1_agreement"] >= MIN_INT8_AGREEMENT

@@ -27,6 +27,11 @@ EMULATION_WARNING = (
     "this target runs under emulation: timings under emulation are not ARM timings (nor any real CPU's); they are"
     " not ranked beside real devices, while its outputs (parity) are real"
 )
+# aarch64's hardware capability bits (Linux uapi asm/hwcap.h), read from the auxiliary vector where /proc/cpuinfo
+# has no ARM "Features" line: under QEMU user mode, whose auxiliary vector describes the emulated core (QEMU_CPU).
+_AT_HWCAP, _AT_HWCAP2 = 16, 26
+_ARM_HWCAPS = {"asimd": (_AT_HWCAP, 1 << 1), "asimddp": (_AT_HWCAP, 1 << 20), "sve": (_AT_HWCAP, 1 << 22)}
+_ARM_HWCAPS.update({"sve2": (_AT_HWCAP2, 1 << 1), "i8mm": (_AT_HWCAP2, 1 << 13), "bf16": (_AT_HWCAP2, 1 << 14)})
 _X86_MACHINES = ("x86_64", "amd64", "i386", "i686")
 _ARM_MACHINES = ("aarch64", "arm64", "armv7l", "armv8l")
 
@@ -110,6 +115,20 @@ def _kernel_cpu_family() -> str | None:
     if modalias.startswith(("cpu:type:aarch64", "cpu:type:arm")):
         return "arm"
     return None
+
+
+def _arm_hwcaps() -> set[str]:
+    """The ARM features the auxiliary vector announces (empty where it cannot be read)."""
+    import struct
+
+    try:
+        with open("/proc/self/auxv", "rb") as f:
+            data = f.read()
+    except OSError:
+        return set()
+    words = struct.unpack(f"{len(data) // 8}Q", data[: len(data) // 8 * 8])
+    vector = {words[i]: words[i + 1] for i in range(0, len(words) - 1, 2)}  # (type, value) pairs
+    return {name for name, (key, bit) in _ARM_HWCAPS.items() if vector.get(key, 0) & bit}
 
 
 def is_emulated(machine: str | None = None) -> bool:
@@ -198,6 +217,8 @@ def collect_facts() -> DeviceFacts:
     if emulated:  # the kernel's CPU is the host's; say what runs, and the core QEMU was asked for when known
         core = os.environ.get("QEMU_CPU")
         cpu_model = f"emulated {arch}{f' (QEMU_CPU={core})' if core else ''} on {cpu_model}"
+        if arch in ("aarch64", "arm64"):  # 64-bit auxiliary vector entries
+            flags = _arm_hwcaps()
     return DeviceFacts(
         hostname=platform.node(),
         machine_id=_machine_id(),
