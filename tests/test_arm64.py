@@ -121,12 +121,12 @@ def test_exec_target_runs_the_runner_through_the_prefix_and_quotes_a_hostile_pat
 
 @pytest.mark.slow
 def test_a_target_whose_prefix_names_qemu_is_not_ranked(
-    digits_sim: Path, digits_int8: Path, digits16: Path, private_tmp: Path
+    digits_sim: Path, digits_int8: Path, digits16: Path, private_tmp: Path, tmp_path: Path
 ) -> None:
     """The prefix names QEMU only as a variable (no emulation here): the host alone knows it for emulated."""
     from resnet_edge.benchmark import BenchmarkOptions
     from resnet_edge.device.fleet import benchmark_on_targets, parse_targets
-    from resnet_edge.report import _device_series
+    from resnet_edge.report import _device_series, _write_plots
 
     emulated = f"exec:env QEMU_CPU=max {shlex.quote(sys.executable)}"
     options = BenchmarkOptions(data=str(digits16), iterations=3, warmup=1, threads=1, batch_sizes=(1,))
@@ -141,6 +141,13 @@ def test_a_target_whose_prefix_names_qemu_is_not_ranked(
     series = _device_series(SimpleNamespace(devices=fleet), 1)
     assert list(series["p50_ms"]) == ["local"] and series["emulated_left_out"] == [emulated]
     assert leftovers(private_tmp) == []
+    plots = {
+        "latency": {"series": {}},
+        "accuracy_latency": {"points": []},
+        "ops": {"before": {}, "after": {}},
+        "devices": series,
+    }
+    assert _write_plots(plots, SimpleNamespace(), tmp_path) == {"devices": "latency_by_device.png"}
 
 
 # -- ARM kernels under QEMU ------------------------------------------------------------------------------------------
