@@ -60,8 +60,12 @@ def target_options(function):
                 "--target",
                 "targets",
                 multiple=True,
-                help="Run on this device instead: ssh://[user@]host[:port] (an ~/.ssh/config alias works) or"
-                " local. Repeat for several, run in parallel.",
+                help="Run on this device instead: ssh://[user@]host[:port] (an ~/.ssh/config alias works), local, or"
+                " 'exec:COMMAND PREFIX', a command that starts the device's Python on this machine's files, e.g."
+                " 'exec:env QEMU_CPU=max ROOTFS/qemu-aarch64-static -L ROOTFS ROOTFS/usr/bin/python3' for ARM"
+                " kernels under emulation (parity is real; its timings are not ARM timings and are not ranked). A"
+                " prefix whose command does not see this machine's files (docker exec, adb shell) does not work."
+                " Repeat for several, run in parallel.",
             ),
             click.option("--remote-python", help="Interpreter on the target devices. [default: python3]"),
             click.option("--connect-timeout", type=float, help="Seconds ssh waits for a device. [default: 10]"),

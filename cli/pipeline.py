@@ -95,7 +95,8 @@ def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
     "--target",
     "targets",
     multiple=True,
-    help="Also benchmark and report on this device, repeatable: ssh://[user@]host[:port] or local. (A value that"
+    help="Also benchmark and report on this device, repeatable: ssh://[user@]host[:port], local or 'exec:COMMAND"
+    " PREFIX' (see benchmark --help; an emulated one is reported, never ranked). (A value that"
     " names an INT8 target, as in earlier releases, is taken as --int8-target.)",
 )
 @click.option("--remote-python", help="Interpreter on the target devices. [default: python3]")

@@ -75,13 +75,15 @@ def summarize(result: PipelineResult) -> dict:
 
 
 def _device_series(result: PipelineResult, batch: int) -> dict:
-    """p50 per (target, model) at the first batch size, for the latency-by-device plot (``--target`` runs)."""
+    """p50 per (target, model) at the first batch size, for the latency-by-device plot (``--target`` runs).
+    Emulated targets are left out (their timings are not the emulated CPU's) and listed as such."""
     devices = getattr(result, "devices", None)
+    emulated = [t.target for t in devices.targets if getattr(t, "emulated", False)] if devices else []
     series: dict[str, dict[str, float]] = {}
     for r in devices.rows if devices else []:
-        if r.latency and r.batch == batch:
+        if r.latency and r.batch == batch and r.target not in emulated:
             series.setdefault(r.target, {})[VARIANTS.get(r.model, r.model)] = r.latency.p50_ms
-    return {"batch": batch, "p50_ms": series}
+    return {"batch": batch, "p50_ms": series, "emulated_left_out": emulated}
 
 
 def _row(name: str, provider: str, result: PipelineResult, batch: int) -> dict:
@@ -636,7 +638,12 @@ def _write_plots(plots: dict, result: PipelineResult, folder: Path) -> dict[str,
                 ax.bar_label(bars, labels=[f" {fmt.ms(v, unit=True)}" if v else "" for v in values])
             ax.set_yticks([j + 0.4 - height / 2 for j in range(len(devices))], list(devices))
             ax.invert_yaxis()
-            ax.set_xlabel("median latency (ms)")
+            left_out = len(plots["devices"].get("emulated_left_out") or [])
+            ax.set_xlabel(
+                "median latency (ms)"
+                + (f"\n{left_out} emulated target(s) left out: timings under emulation are not ARM timings"
+                   if left_out else "")
+            )  # fmt: skip
             ax.set_title(f"Latency by device at batch {plots['devices']['batch']}")
             ax.legend(loc="lower right")
             written["devices"] = _save(fig, folder / PLOTS["devices"])

@@ -22,6 +22,18 @@ ARM_FEATURES = ("asimd", "asimddp", "i8mm", "sve", "sve2", "bf16")
 # A clock this much lower after the run than before it means the CPU throttled (or a governor slowed it).
 THROTTLE_DROP = 0.10
 _NVIDIA_SMI_TIMEOUT_S = 20
+# What the runner and the host say about any timing taken on an emulated CPU (QEMU user mode and the like).
+EMULATION_WARNING = (
+    "this target runs under emulation: timings under emulation are not ARM timings (nor any real CPU's); they are"
+    " not ranked beside real devices, while its outputs (parity) are real"
+)
+# aarch64's hardware capability bits (Linux uapi asm/hwcap.h), read from the auxiliary vector where /proc/cpuinfo
+# has no ARM "Features" line: under QEMU user mode, whose auxiliary vector describes the emulated core (QEMU_CPU).
+_AT_HWCAP, _AT_HWCAP2 = 16, 26
+_ARM_HWCAPS = {"asimd": (_AT_HWCAP, 1 << 1), "asimddp": (_AT_HWCAP, 1 << 20), "sve": (_AT_HWCAP, 1 << 22)}
+_ARM_HWCAPS.update({"sve2": (_AT_HWCAP2, 1 << 1), "i8mm": (_AT_HWCAP2, 1 << 13), "bf16": (_AT_HWCAP2, 1 << 14)})
+_X86_MACHINES = ("x86_64", "amd64", "i386", "i686")
+_ARM_MACHINES = ("aarch64", "arm64", "armv7l", "armv8l")
 
 
 @dataclass
@@ -53,6 +65,9 @@ class DeviceFacts:
     numpy: str | None
     onnxruntime: str | None
     onnxruntime_providers: list[str]
+    # The interpreter's machine differs from the CPU the kernel describes: user-mode emulation (qemu-aarch64 on
+    # x86, where the host's /proc/cpuinfo shows through). Timings then say nothing of the emulated CPU.
+    emulated: bool = False
 
 
 def read_text(path: str) -> str | None:
@@ -74,6 +89,53 @@ def _cpuinfo() -> tuple[str, set[str]]:
         elif key in ("flags", "features") and not flags:
             flags = set(value.split())
     return model, flags
+
+
+def _family(machine: str) -> str | None:
+    machine = machine.lower()
+    if machine in _X86_MACHINES:
+        return "x86"
+    if machine in _ARM_MACHINES or machine.startswith("arm"):
+        return "arm"
+    return None
+
+
+def _kernel_cpu_family() -> str | None:
+    """The CPU family the kernel describes, read from files that user-mode emulators pass through unchanged:
+    ``/proc/cpuinfo`` (x86: vendor_id and an x86 flags line; ARM: CPU implementer) and the CPU modalias."""
+    cpuinfo = (read_text("/proc/cpuinfo") or "").lower()
+    keys = {line.partition(":")[0].strip() for line in cpuinfo.splitlines()}
+    if "vendor_id" in keys or ("flags" in keys and " sse2" in cpuinfo):
+        return "x86"
+    if "cpu implementer" in keys:
+        return "arm"
+    modalias = (read_text("/sys/devices/system/cpu/modalias") or "").lower()
+    if modalias.startswith("cpu:type:x86"):
+        return "x86"
+    if modalias.startswith(("cpu:type:aarch64", "cpu:type:arm")):
+        return "arm"
+    return None
+
+
+def _arm_hwcaps() -> set[str]:
+    """The ARM features the auxiliary vector announces (empty where it cannot be read)."""
+    import struct
+
+    try:
+        with open("/proc/self/auxv", "rb") as f:
+            data = f.read()
+    except OSError:
+        return set()
+    words = struct.unpack(f"{len(data) // 8}Q", data[: len(data) // 8 * 8])
+    vector = {words[i]: words[i + 1] for i in range(0, len(words) - 1, 2)}  # (type, value) pairs
+    return {name for name, (key, bit) in _ARM_HWCAPS.items() if vector.get(key, 0) & bit}
+
+
+def is_emulated(machine: str | None = None) -> bool:
+    """Whether this interpreter runs on another CPU family than the kernel's (False when either is unknown)."""
+    ours = _family(machine or platform.machine())
+    kernel = _kernel_cpu_family()
+    return ours is not None and kernel is not None and ours != kernel
 
 
 def _board() -> str | None:
@@ -150,10 +212,17 @@ def collect_facts() -> DeviceFacts:
     except ImportError:
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    emulated = is_emulated(arch)
+    cpu_model = model or platform.processor() or "unknown"
+    if emulated:  # the kernel's CPU is the host's; say what runs, and the core QEMU was asked for when known
+        core = os.environ.get("QEMU_CPU")
+        cpu_model = f"emulated {arch}{f' (QEMU_CPU={core})' if core else ''} on {cpu_model}"
+        if arch in ("aarch64", "arm64"):  # 64-bit auxiliary vector entries
+            flags = _arm_hwcaps()
     return DeviceFacts(
         hostname=platform.node(),
         machine_id=_machine_id(),
-        cpu_model=model or platform.processor() or "unknown",
+        cpu_model=cpu_model,
         architecture=arch,
         logical_cores=os.cpu_count() or 1,
         usable_cores=usable,
@@ -168,6 +237,7 @@ def collect_facts() -> DeviceFacts:
         numpy=numpy_version,
         onnxruntime=ort_version,
         onnxruntime_providers=providers,
+        emulated=emulated,
     )
 
 

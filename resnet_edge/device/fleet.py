@@ -12,6 +12,7 @@ failed with its one-line error, and the others complete. Targets that are one ma
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import tempfile
 import time
@@ -32,7 +33,7 @@ from resnet_edge.benchmark import (
     image_pool,
     timed_rows,
 )
-from resnet_edge.device.facts import DeviceFacts, Thermal
+from resnet_edge.device.facts import EMULATION_WARNING, DeviceFacts, Thermal
 from resnet_edge.device.runner import JOB_FORMAT
 from resnet_edge.device.targets import JobFiles, RemoteOptions, Target, TargetSession, Transfer
 from resnet_edge.errors import OptionError, ResnetEdgeError, ResnetEdgeWarning
@@ -68,6 +69,8 @@ class TargetRun:
     warnings: list[str] = field(default_factory=list)
     io: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    # Ran under emulation (the runner's facts say so, or an exec: prefix names QEMU): its timings are not ranked.
+    emulated: bool = False
 
 
 @dataclass
@@ -179,10 +182,13 @@ def benchmark_on_targets(
                 latency = LatencyStats.from_json(t["latency"]) if t["latency"] else None
                 by_batch.setdefault(t["batch"], []).append(Timed(t["label"], t["batch"], latency, t["skipped"]))
             for batch in options.batch_sizes:
-                rows += timed_rows(
+                timed = timed_rows(
                     by_batch.get(batch, []), first=first, provider=provider, sessions=sessions, cold=cold,
                     target=run.target, placements=placements, coverages=coverages,
                 )  # fmt: skip
+                if run.emulated:  # no speed-up from emulated timings: they rank nothing, not even the models
+                    timed = [dataclasses.replace(r, p50_ratio=None, speedup=None) for r in timed]
+                rows += timed
     return FleetBenchmarkResult(
         rows=rows, targets=[run for run, _ in runs], options=options, file_sha256={n: shas[n] for n in protos}
     )
@@ -307,7 +313,10 @@ def _on_each(
             cache=document.get("cache"),
             warnings=list(document.get("warnings", [])),
             seconds=time.perf_counter() - started,
+            emulated=bool(document["facts"].get("emulated")) or target.emulated,
         )
+        if run.emulated and job["action"] == "benchmark" and EMULATION_WARNING not in run.warnings:
+            run.warnings.append(EMULATION_WARNING)
         for message in run.warnings:
             warnings.warn(f"{target.name}: {message}", ResnetEdgeWarning, stacklevel=2)
         progress(target.name, f"done in {run.seconds:.1f} s")

@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import asdict
 
-from resnet_edge.device.facts import collect_facts, read_thermal, throttle_warning
+from resnet_edge.device.facts import EMULATION_WARNING, collect_facts, read_thermal, throttle_warning
 
 JOB_FORMAT = 1
 LOST_EXIT = 75  # the host went away (stdin closed) before the job finished
@@ -308,6 +308,8 @@ def run_job(job: dict, workdir: str) -> dict:
         inputs = {key: data[key] for key in data.files}
     before = read_thermal()
     if job["action"] == "benchmark":
+        if result["facts"]["emulated"]:
+            warnings_.append(EMULATION_WARNING)
         result["benchmark"] = _benchmark(job, paths, inputs, warnings_)
     elif job["action"] == "validate":
         result["validate"] = _validate(job, paths, inputs, warnings_)

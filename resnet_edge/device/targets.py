@@ -1,11 +1,20 @@
-"""Reaching a target device and running a runner job there: ``ssh://[user@]host[:port]`` or ``local``.
+"""Reaching a target device and running a runner job there: ``ssh://[user@]host[:port]``, ``local`` or
+``exec:COMMAND PREFIX``.
 
 The SSH layer is the system's OpenSSH client, on purpose: it honours the user's ``~/.ssh/config`` (aliases, keys,
 ``ProxyJump``, ports), agent and known-hosts exactly as their own ``ssh`` does, which no Python SSH library
 matches in full. It always runs with ``BatchMode=yes`` (a batch job never waits for a password or a host-key
 prompt) and a connect timeout.
 
-One run on a target is four steps, each one ssh command (``local`` runs the same scripts with ``sh``):
+``exec:COMMAND PREFIX`` starts the device's Python through a command prefix, on this machine's file system, as
+``local`` does: ``exec:env QEMU_CPU=max ROOTFS/qemu-aarch64-static -L ROOTFS ROOTFS/usr/bin/python3`` runs the
+runner on onnxruntime's ARM kernels under QEMU user-mode emulation. The prefix is split with :func:`shlex.split` and
+written, each word quoted, into a two-line wrapper script (``exec PREFIX "$@"``) in a private temporary folder made
+for the run and removed when the run ends; the scripts below use that wrapper as their interpreter. A prefix that
+reaches another file system (``docker exec``, ``adb shell``) does not work as it is: the runner reads its job from a
+folder on this machine.
+
+One run on a target is four steps, each one ssh command (``local`` and ``exec:`` run the same scripts with ``sh``):
 
 1. *prepare*: check the interpreter, numpy and onnxruntime; create the per-user model cache
    (``$XDG_CACHE_HOME/resnet-edge/models``, ``~/.cache/...`` by default) and a private temporary folder
@@ -29,6 +38,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -101,25 +111,43 @@ rm -rf "$1"
 class TargetKind(enum.StrEnum):
     SSH = "ssh"
     LOCAL = "local"
+    EXEC = "exec"
+
+
+EXEC_PREFIX = "exec:"
+_EXEC_EXAMPLE = "exec:env QEMU_CPU=max ROOTFS/qemu-aarch64-static -L ROOTFS ROOTFS/usr/bin/python3"
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where a job runs: ``ssh://[user@]host[:port]`` (host may be a ``~/.ssh/config`` alias) or ``local``."""
+    """Where a job runs: ``ssh://[user@]host[:port]`` (host may be a ``~/.ssh/config`` alias), ``local``, or
+    ``exec:COMMAND PREFIX`` (``command``: the prefix as given, which starts the device's Python here)."""
 
     kind: TargetKind
     host: str | None = None
     user: str | None = None
     port: int | None = None
+    command: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> Target:
-        """Raises: OptionError: not ``local`` nor ``ssh://[user@]host[:port]``, or a host that ssh would read as
-        an option."""
+        """Raises: OptionError: not ``local``, ``ssh://[user@]host[:port]`` nor ``exec:COMMAND``, a host that ssh
+        would read as an option, or an empty or unbalanced exec prefix."""
         if text == "local":
             return cls(TargetKind.LOCAL)
+        if text.startswith(EXEC_PREFIX):
+            command = text[len(EXEC_PREFIX) :]
+            try:
+                words = shlex.split(command)
+            except ValueError as exc:
+                raise OptionError(f"target {text!r}: cannot split the command prefix ({exc})") from None
+            if not words:
+                raise OptionError(
+                    f"target {text!r}: give the command prefix that starts the device's Python, e.g. {_EXEC_EXAMPLE}"
+                )
+            return cls(TargetKind.EXEC, command=command)
         if not text.startswith("ssh://"):
-            raise OptionError(f"target {text!r}: use ssh://[user@]host[:port] or local")
+            raise OptionError(f"target {text!r}: use ssh://[user@]host[:port], local or exec:COMMAND PREFIX")
         rest = text[len("ssh://") :].rstrip("/")
         user, _, hostport = rest.rpartition("@")
         host, port = hostport, None
@@ -137,9 +165,22 @@ class Target:
         return cls(TargetKind.SSH, host=host, user=user or None, port=int(port) if port else None)
 
     @property
+    def argv(self) -> list[str]:
+        """An exec target's prefix, split into words (empty for the other kinds)."""
+        return shlex.split(self.command) if self.command else []
+
+    @property
+    def emulated(self) -> bool:
+        """Whether this machine can tell, before running anything, that the target is emulated: an exec prefix
+        that names QEMU (``qemu-aarch64-static``, ``QEMU_CPU=...``). The runner's facts tell the rest."""
+        return any("qemu" in os.path.basename(word).lower() for word in self.argv)
+
+    @property
     def name(self) -> str:
         if self.kind is TargetKind.LOCAL:
             return "local"
+        if self.kind is TargetKind.EXEC:
+            return f"{EXEC_PREFIX}{self.command}"
         host = f"[{self.host}]" if self.host and ":" in self.host else self.host
         return f"ssh://{self.user + '@' if self.user else ''}{host}{f':{self.port}' if self.port else ''}"
 
@@ -217,15 +258,20 @@ class TargetSession:
         self.remote_dir: str | None = None
         self.cancelled = threading.Event()
         self._process: subprocess.Popen | None = None
+        self._wrapper_dir: str | None = None  # exec: the private folder of the wrapper script, for this run only
         if target.kind is TargetKind.LOCAL:
             self.python = options.local_python or sys.executable
+        elif target.kind is TargetKind.EXEC:
+            self.python = ""  # the wrapper script, written by run_job
         else:
             self.python = options.python
+        # How messages name the interpreter: an exec target's prefix, never its temporary wrapper.
+        self.python_label = (target.command or "") if target.kind is TargetKind.EXEC else self.python
 
     # -- the shell layer ------------------------------------------------------------------------------------------
     def _argv(self, script: str, args: Sequence[str]) -> list[str]:
         words = ["sh", "-c", script, "resnet-edge", *args]
-        if self.target.kind is TargetKind.LOCAL:
+        if self.target.kind in (TargetKind.LOCAL, TargetKind.EXEC):
             return words
         timeout = max(1, round(self.options.connect_timeout_s))  # ssh takes whole seconds
         ssh = ["ssh", "-T", "-x", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout}"]
@@ -325,7 +371,7 @@ class TargetSession:
                 facts[key] = value
         if "dir" in facts and _REMOTE_DIR.match(facts["dir"]):
             self.remote_dir = facts["dir"]  # from here on, cleanup() removes it whatever fails next
-        python = self.python
+        python = self.python_label
         if "no-python" in facts:
             raise TargetError(self.target.name, f"no interpreter {python!r} on the device (--remote-python PATH)")
         if "python-failed" in facts or "python" not in facts:
@@ -357,6 +403,8 @@ class TargetSession:
         from resnet_edge.device.bundle import runner_bytes
 
         try:
+            if self.target.kind is TargetKind.EXEC:
+                self.python = self._write_wrapper()
             facts = self.prepare(sorted(files.models))
             transfer = Transfer()
             members: dict[str, bytes | Path] = {"runner.pyz": runner_bytes(), **files.files}
@@ -470,12 +518,33 @@ class TargetSession:
             process.kill()
 
     def cleanup(self) -> None:
-        """Remove the temporary folder (best effort: a device that is gone has already removed it itself)."""
-        if self.remote_dir is None:
-            return
-        remote_dir, self.remote_dir = self.remote_dir, None
-        with contextlib.suppress(TargetError):
-            self._call(_CLEANUP, [remote_dir], step="cleanup", timeout=self._timeout(CLEANUP_TIMEOUT_S))
+        """Remove the temporary folder (best effort: a device that is gone has already removed it itself), and an
+        exec target's wrapper script."""
+        try:
+            if self.remote_dir is not None:
+                remote_dir, self.remote_dir = self.remote_dir, None
+                with contextlib.suppress(TargetError):
+                    self._call(_CLEANUP, [remote_dir], step="cleanup", timeout=self._timeout(CLEANUP_TIMEOUT_S))
+        finally:
+            if self._wrapper_dir is not None:
+                wrapper_dir, self._wrapper_dir = self._wrapper_dir, None
+                shutil.rmtree(wrapper_dir, ignore_errors=True)
+
+    def _write_wrapper(self) -> str:
+        """An exec target's interpreter: ``#!/bin/sh`` + ``exec PREFIX "$@"``, every word of the prefix quoted, in
+        a private folder that :meth:`cleanup` removes.
+
+        Raises:
+            TargetError: the prefix's first word is no command here.
+        """
+        words = self.target.argv
+        if shutil.which(words[0]) is None:
+            raise TargetError(self.target.name, f"{words[0]!r}: no such command here (an exec: prefix runs locally)")
+        self._wrapper_dir = tempfile.mkdtemp(prefix="resnet-edge-exec-")  # mode 0700
+        wrapper = os.path.join(self._wrapper_dir, "python")
+        with open(os.open(wrapper, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700), "w", encoding="utf-8") as f:
+            f.write(f'#!/bin/sh\nexec {" ".join(shlex.quote(w) for w in words)} "$@"\n')
+        return wrapper
 
 
 def _tar(members: dict[str, bytes | Path]) -> BinaryIO:
