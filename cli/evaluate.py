@@ -108,6 +108,7 @@ def _validate_on_targets(models, ref, options, targets, remote, as_json) -> None
         render.emit_json(fleet)
     else:
         first = next(iter(done.values()), None)
+        _device_lines(fleet.targets)
         if first is not None:
             click.echo(
                 f"reference: {first.reference}; data: {first.data} ({first.images} images,"
@@ -130,6 +131,20 @@ def _validate_on_targets(models, ref, options, targets, remote, as_json) -> None
             click.echo(f"error: {name}: validation failed: {describe_failures(result)}", err=True)
     if not fleet.passed:
         sys.exit(1)
+
+
+def _device_lines(runs) -> None:
+    """One line of facts per target that answered: what the numbers were measured on (emulated or not)."""
+    for run in runs:
+        if run.ok:
+            d = run.device
+            features = ", ".join(k for k, v in d.features.items() if v) or "none of note"
+            board = f"{d.board}; " if d.board else ""
+            threads = f"; {fmt.count(run.threads, 'thread')}" if run.threads else ""
+            click.echo(
+                f"{run.target}: {board}{d.cpu_model}, {d.usable_cores} cores ({features}); {d.os};"
+                f" onnxruntime {d.onnxruntime} ({', '.join(d.onnxruntime_providers)}){threads}"
+            )
 
 
 def _validate_table(rows) -> str:
@@ -253,15 +268,7 @@ def benchmark(
         if as_json:
             render.emit_json(fleet)
         else:
-            for run in fleet.targets:
-                if run.ok:
-                    d = run.device
-                    features = ", ".join(k for k, v in d.features.items() if v) or "none of note"
-                    board = f"{d.board}; " if d.board else ""
-                    click.echo(
-                        f"{run.target}: {board}{d.cpu_model}, {d.usable_cores} cores ({features}); {d.os};"
-                        f" onnxruntime {d.onnxruntime} ({', '.join(d.onnxruntime_providers)}); {run.threads} threads"
-                    )
+            _device_lines(fleet.targets)
             if fleet.rows:
                 click.echo(_benchmark_table(fleet.rows))
                 rows = [r for r in fleet.rows if r.batch == fleet.rows[0].batch]
