@@ -32,7 +32,14 @@ from resnet_edge.benchmark import (
     BenchmarkResult,
     benchmark_models,
 )
-from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeError, ResnetEdgeWarning, StageError
+from resnet_edge.errors import (
+    CheckFailedError,
+    InputFileError,
+    OptionError,
+    ResnetEdgeError,
+    ResnetEdgeWarning,
+    StageError,
+)
 from resnet_edge.export import DEFAULT_OPSET, OPSET_RANGE, ExportOptions, ExportResult, export_onnx
 from resnet_edge.quantize import (
     BUNDLED_PHOTOS_NOTE,
@@ -532,22 +539,27 @@ def _run_stages(
     models = [out / FILES["export"], out / FILES["simplify"]]
     if config.int8:
         with _stage("quantize", result, emit) as summary:
-            result.quantize = quantize_onnx(
-                out / FILES["simplify"],
-                out / FILES["quantize"],
-                QuantizeOptions(
-                    calib=config.calib,
-                    method=Method(config.method),
-                    per_channel=config.per_channel,
-                    format=Format(config.format) if config.format else None,
-                    target=Target(config.target),
-                    limit=config.limit,
-                    seed=config.seed,
-                    measure_speed=False,
-                    allow_accuracy_drop=config.allow_accuracy_drop,
-                ),
-                progress=progress,
-            )
+            try:
+                result.quantize = quantize_onnx(
+                    out / FILES["simplify"],
+                    out / FILES["quantize"],
+                    QuantizeOptions(
+                        calib=config.calib,
+                        method=Method(config.method),
+                        per_channel=config.per_channel,
+                        format=Format(config.format) if config.format else None,
+                        target=Target(config.target),
+                        limit=config.limit,
+                        seed=config.seed,
+                        measure_speed=False,
+                        allow_accuracy_drop=config.allow_accuracy_drop,
+                    ),
+                    progress=progress,
+                )
+            except CheckFailedError as exc:  # quantize judges INT8 on validate's bar: say why a random model misses it
+                if result.random_weights is None:
+                    raise
+                raise CheckFailedError(f"{exc} ({RANDOM_WEIGHTS_HINT})") from None
             q = result.quantize
             summary.append(
                 f"{FILES['quantize']}: {q.config.target.value} {q.config.format.value}, calibrated on"
@@ -573,7 +585,6 @@ def _run_stages(
             f" {fmt.percent(worst)}: {'pass' if v.passed else 'FAIL'}"
         )
         if not v.passed:
-            from resnet_edge.errors import CheckFailedError
             from resnet_edge.validate import describe_failures
 
             hint = f" ({RANDOM_WEIGHTS_HINT})" if result.random_weights is not None else ""

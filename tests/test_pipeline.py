@@ -281,3 +281,21 @@ def test_random_weights_are_said_out_loud(monkeypatch: pytest.MonkeyPatch, tmp_p
         run_pipeline(PipelineConfig(**SMALL, arch="resnet20", seed=3), tmp_path / "out")
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["config"]["weights"] == "random init (seed 3)"
+
+
+def test_a_random_model_missing_the_int8_bar_is_told_the_likely_cause(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """quantize judges INT8 on validate's bar; on random weights its failure names the likely cause."""
+    from resnet_edge.errors import CheckFailedError
+
+    def misses(*args: object, **kwargs: object) -> None:
+        raise CheckFailedError("INT8 model misses validate's bar on 13 held-out images: top-1 agreement 92.31%")
+
+    monkeypatch.setattr(pipeline_module, "quantize_onnx", misses)  # a random model's real miss takes minutes
+    config = PipelineConfig(arch="resnet20", torch_eager=False, **SMALL)
+    with pytest.warns(ResnetEdgeWarning, match="random weights"), pytest.raises(StageError) as caught:
+        run_pipeline(config, tmp_path / "out")
+    assert str(caught.value).startswith("quantize: INT8 model misses") and "likely cause: the model has random" in str(
+        caught.value
+    )
