@@ -86,7 +86,9 @@ def _calib_copy(tmp_path: Path) -> Path:
 
 
 def test_one_source_holds_out_a_quarter(tiny_onnx: Path, tmp_path: Path) -> None:
-    result = quantize_onnx(tiny_onnx, tmp_path / "t.onnx", QuantizeOptions(calib="builtin:photos", measure_speed=False))
+    # A random model's agreement measures noise, not the split this test is about: its INT8 bar is waived.
+    options = QuantizeOptions(calib="builtin:photos", measure_speed=False, allow_accuracy_drop=True)
+    result = quantize_onnx(tiny_onnx, tmp_path / "t.onnx", options)
     assert result.calibration_source == result.evaluation_source == "builtin:photos"
     assert result.calibration_images + result.evaluation_images == 55 and result.evaluation_images == 13
     assert result.overlap_excluded == 0
@@ -112,6 +114,7 @@ def test_calibration_memory_does_not_grow_with_image_count(tiny_onnx: Path, tmp_
                 eval_data="builtin:photos",
                 method=Method.ENTROPY,
                 measure_speed=False,
+                allow_accuracy_drop=True,  # a random model: this test is about memory, not agreement
             ),
         )
         peaks[count] = tracemalloc.get_traced_memory()[1]
