@@ -12,6 +12,7 @@ import click
 
 from resnet_edge import __version__
 from resnet_edge.cli import render
+from resnet_edge.cli.interrupts import INTERRUPTED_LINE, interrupt_exit_code
 from resnet_edge.errors import ResnetEdgeError
 
 
@@ -34,10 +35,8 @@ class _Group(click.Group):
                 err=True,
             )
             ctx.exit(1)
-        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM under the installed script (see cli/entry.py)
-            from resnet_edge.cli.entry import interrupt_exit_code
-
-            click.echo("interrupted: no partial output was kept", err=True)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM under the installed script (see cli/interrupts.py)
+            click.echo(INTERRUPTED_LINE, err=True)
             ctx.exit(interrupt_exit_code(exc))
 
 

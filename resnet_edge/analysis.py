@@ -713,8 +713,8 @@ def analyze_quantization(
     fp32_logits, int8_logits = [], []
     if progress:
         progress("FP32 and INT8 models, every block output")
-    fp32_session = open_session(fp32_exposed, classifier=False)
-    int8_session = open_session(int8_exposed, classifier=False)
+    fp32_session = open_session(fp32_exposed, classifier=False, audit=False)
+    int8_session = open_session(int8_exposed, classifier=False, audit=False)
     for x in batches:
         refs = fp32_session.predict(x, [fp32_names[b] for b in fp32_map.blocks])
         cands = int8_session.predict(x, [int8_names[b] for b in fp32_map.blocks])
@@ -734,7 +734,7 @@ def analyze_quantization(
             if progress:
                 progress(f"only {block} quantized")
             model, names = isolate_block(fp32, int8, block, fp32_map=fp32_map, int8_map=int8_map)
-            session = open_session(model, classifier=False)
+            session = open_session(model, classifier=False, audit=False)
             at_block, at_logits = _ErrorAccumulator(), _ErrorAccumulator()
             logits = []
             for x, ref_logits in zip(batches, fp32_logits, strict=True):

@@ -65,7 +65,7 @@ def median_latencies_ms(
     from resnet_edge.runtime import open_session
 
     threads = default_threads()
-    sessions = [open_session(m, threads=threads, spinning=False) for m in models]
+    sessions = [open_session(m, threads=threads, spinning=False, audit=False) for m in models]
     feeds = [np.repeat(image[None], s.fixed_batch or 1, axis=0) for s in sessions]
     times = time_interleaved(
         [lambda s=s, x=x: s.run(x) for s, x in zip(sessions, feeds, strict=True)], warmup=warmup, iterations=iterations

@@ -349,7 +349,7 @@ def check_against_torch(
     Raises:
         CheckFailedError: any batch size misses float32 tolerance.
     """
-    session = open_session(model_proto)
+    session = open_session(model_proto, audit=False)
 
     def torch_logits(images: np.ndarray) -> np.ndarray:
         with torch.no_grad():

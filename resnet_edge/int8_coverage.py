@@ -140,6 +140,17 @@ def integer_coverage(model: onnx.ModelProto, executed: Sequence[ExecutedNode]) -
     for node in executed:
         original = _FUSED_SUFFIX.sub("", node.name)
         by_file_name.setdefault(original, node)
+    # Older onnxruntime (1.19, measured) names a fused kernel after its op ("QLinearConv_token_3"), not after the
+    # node it replaced: pair such kernels with the unmatched compute nodes in order (execution order follows the
+    # file's topological order in these graphs; an approximation only where integer and FP32 kernels mix).
+    unnamed = [
+        n
+        for n in executed
+        if (n.op_type in INTEGER_KERNELS or n.op_type in FLOAT_KERNELS)
+        and _FUSED_SUFFIX.sub("", n.name) not in compute_names
+    ]
+    unmatched = [name for name in compute_names if name not in by_file_name]
+    by_file_name.update(zip(unmatched, unnamed, strict=False))
     # The element count of an output is the same in NCHW and NHWC, which is all a MAC count needs of its shape.
     seen_shapes = {name: list(node.output_shape) for name, node in by_file_name.items() if node.output_shape}
     macs = macs_by_node(model, output_shapes=seen_shapes)

@@ -291,41 +291,34 @@ def _facts(report: dict) -> list[tuple[str, str]]:
     return facts
 
 
+# The columns of a benchmark row as the report shows it: title and how to read it from a row (a dict of report.json).
+_ROW_COLUMNS = {
+    "target": ("Target", lambda r, lat: r.get("target") or ""),
+    "model": ("Model", lambda r, lat: VARIANTS.get(r["model"], r["model"])),
+    "provider": ("Provider", lambda r, lat: r["provider"]),
+    "ran_on": ("Ran on", lambda r, lat: r["ran_on"]),
+    "batch": ("Batch", lambda r, lat: str(r["batch"])),
+    "cold": ("Cold start ms", lambda r, lat: _fmt(r["cold_start_ms"], "ms")),
+    "p50": ("p50 ms", lambda r, lat: _fmt(lat.get("p50_ms"), "ms")),
+    "p90": ("p90 ms", lambda r, lat: _fmt(lat.get("p90_ms"), "ms")),
+    "p99": ("p99 ms", lambda r, lat: _fmt(lat.get("p99_ms"), "ms")),
+    "ips": ("img/s", lambda r, lat: _fmt(lat.get("throughput"), "ips")),
+    "cv": ("CV", lambda r, lat: _fmt(lat.get("cv"), "cv")),
+    "speedup": (fmt.SPEEDUP_COLUMN, lambda r, lat: _fmt(r["speedup"], "x") if r["latency"] else r["skipped"] or "–"),
+}
+
+
+def _row_cells(rows: list[dict], columns: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of benchmark rows (here or from devices) for the named columns of _ROW_COLUMNS."""
+    headers = [_ROW_COLUMNS[c][0] for c in columns]
+    return headers, [[_ROW_COLUMNS[c][1](r, r["latency"] or {}) for c in columns] for r in rows]
+
+
 def _benchmark_cells(report: dict) -> tuple[list[str], list[list[str]]]:
     """Every benchmark row: all batch sizes and providers, cold start and the percentiles."""
     bench = report["stages"]["benchmark"]
-    headers = [
-        "Model",
-        "Provider",
-        "Ran on",
-        "Batch",
-        "Cold start ms",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "img/s",
-        "CV",
-        fmt.SPEEDUP_COLUMN,
-    ]
-    rows = []
-    for r in bench["rows"] if bench else []:
-        lat = r["latency"] or {}
-        rows.append(
-            [
-                VARIANTS.get(r["model"], r["model"]),
-                r["provider"],
-                r["ran_on"],
-                str(r["batch"]),
-                _fmt(r["cold_start_ms"], "ms"),
-                _fmt(lat.get("p50_ms"), "ms"),
-                _fmt(lat.get("p90_ms"), "ms"),
-                _fmt(lat.get("p99_ms"), "ms"),
-                _fmt(lat.get("throughput"), "ips"),
-                _fmt(lat.get("cv"), "cv"),
-                _fmt(r["speedup"], "x") if r["latency"] else r["skipped"] or "–",
-            ]
-        )
-    return headers, rows
+    columns = ["model", "provider", "ran_on", "batch", "cold", "p50", "p90", "p99", "ips", "cv", "speedup"]
+    return _row_cells(bench["rows"] if bench else [], columns)
 
 
 def render_markdown(report: dict) -> str:
@@ -415,35 +408,8 @@ def _device_cells(report: dict) -> tuple[list[str], list[list[str]], list[tuple[
                 + "".join(f"; warning: {w}" for w in t["warnings"]),
             )
         )
-    headers = [
-        "Target",
-        "Model",
-        "Provider",
-        "Ran on",
-        "Batch",
-        "Cold start ms",
-        "p50 ms",
-        "p99 ms",
-        "img/s",
-        fmt.SPEEDUP_COLUMN,
-    ]
-    rows = []
-    for r in devices["rows"]:
-        lat = r["latency"] or {}
-        rows.append(
-            [
-                r["target"],
-                VARIANTS.get(r["model"], r["model"]),
-                r["provider"],
-                r["ran_on"],
-                str(r["batch"]),
-                _fmt(r["cold_start_ms"], "ms"),
-                _fmt(lat.get("p50_ms"), "ms"),
-                _fmt(lat.get("p99_ms"), "ms"),
-                _fmt(lat.get("throughput"), "ips"),
-                _fmt(r["speedup"], "x") if r["latency"] else r["skipped"] or "–",
-            ]
-        )
+    columns = ["target", "model", "provider", "ran_on", "batch", "cold", "p50", "p99", "ips", "speedup"]
+    headers, rows = _row_cells(devices["rows"], columns)
     return headers, rows, facts
 
 

@@ -53,6 +53,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from collections import Counter
@@ -429,7 +430,7 @@ def executed_nodes_from_profile(events: Sequence[dict]) -> list[ExecutedNode]:
         args = event.get("args") or {}
         if not name.endswith("_kernel_time") or "op_name" not in args:
             continue
-        name = name.removesuffix("_kernel_time")
+        name = name[: -len("_kernel_time")]
         types = tuple(next(iter(t)) for t in args.get("input_type_shape", []) if isinstance(t, dict) and t)
         outputs = [next(iter(t.values())) for t in args.get("output_type_shape", []) if isinstance(t, dict) and t]
         shape = tuple(int(d) for d in outputs[0]) if outputs else ()
@@ -461,7 +462,7 @@ def placement_from_profile(events: Sequence[dict], requested: str, *, model_node
             or not str(event.get("name", "")).endswith("_kernel_time")
         ):
             continue
-        name = str(event["name"]).removesuffix("_kernel_time")
+        name = str(event["name"])[: -len("_kernel_time")]
         op_type = str(args.get("op_name", "?"))
         if op_type in _INSERTED_OPS:
             continue
@@ -586,46 +587,46 @@ def open_session(
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    chain = _provider_chain(provider, options, threads=threads, quantized=_looks_quantized(model), strict=strict)
+    # The audit's profile goes to a private folder that is removed whatever happens below, Ctrl-C included.
     profile_dir = tempfile.mkdtemp(prefix="resnet-edge-profile-") if audit else None
     if profile_dir:
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(profile_dir, "profile")
-
-    chain = _provider_chain(provider, options, threads=threads, quantized=_looks_quantized(model), strict=strict)
-    source = _as_loadable(model)
+    session = None
     try:
-        session = ort.InferenceSession(source, sess_options=options, providers=chain)
-    except _LOAD_ERRORS as exc:
-        _remove_profile(profile_dir, None)
-        first = str(exc).strip().splitlines()[0]
-        if provider.name != "cpu" and ("provider" in first.lower() or provider.ort_name in first):
-            _fallback(provider, f"{provider.ort_name} failed: {first[:240]}", strict)
-            return open_session(model, Provider.CPU, threads=threads, spinning=spinning, classifier=classifier)
-        raise InputFileError(f"onnxruntime cannot load {_describe(model)}: {first[:240]}") from None
-    used = list(session.get_providers())
-    fell_back = used[0] != provider.ort_name
-    if provider.name != "cpu" and fell_back and provider.ort_name in available_providers():
-        # Listed as available, yet the session came up without it: usually a missing CUDA/cuDNN library.
-        _fallback(provider, f"{provider.ort_name} failed to initialise (session runs on {used[0]})", strict)
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    if classifier and (len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4):
+        try:
+            session = ort.InferenceSession(_as_loadable(model), sess_options=options, providers=chain)
+        except _LOAD_ERRORS as exc:
+            first = str(exc).strip().splitlines()[0]
+            if provider.name != "cpu" and ("provider" in first.lower() or provider.ort_name in first):
+                _fallback(provider, f"{provider.ort_name} failed: {first[:240]}", strict)
+                return open_session(model, Provider.CPU, threads=threads, spinning=spinning, classifier=classifier)
+            raise InputFileError(f"onnxruntime cannot load {_describe(model)}: {first[:240]}") from None
+        used = list(session.get_providers())
+        fell_back = used[0] != provider.ort_name
+        if provider.name != "cpu" and fell_back and provider.ort_name in available_providers():
+            # Listed as available, yet the session came up without it: usually a missing CUDA/cuDNN library.
+            _fallback(provider, f"{provider.ort_name} failed to initialise (session runs on {used[0]})", strict)
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if classifier and (len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4):
+            found = ", ".join(f"{i.type} {i.shape}" for i in inputs)
+            raise InputFileError(f"{_describe(model)} takes {found}; an image classifier takes one float NCHW tensor")
+        if classifier and len(outputs[0].shape) != 2:
+            raise InputFileError(
+                f"{_describe(model)} outputs {outputs[0].shape}; an image classifier outputs (batch, classes) logits"
+            )
+        placement, executed = None, []
+        if profile_dir:
+            requested = provider.short if not fell_back else short_name(used[0])
+            placement, executed = _audit(session, requested, model_nodes=_node_count(model))
+    finally:
         _remove_profile(profile_dir, session)
-        found = ", ".join(f"{i.type} {i.shape}" for i in inputs)
-        raise InputFileError(f"{_describe(model)} takes {found}; an image classifier takes one float NCHW tensor")
-    if classifier and len(outputs[0].shape) != 2:
-        _remove_profile(profile_dir, session)
-        raise InputFileError(
-            f"{_describe(model)} outputs {outputs[0].shape}; an image classifier outputs (batch, classes) logits"
-        )
-    placement, executed = None, []
-    if profile_dir:
-        requested = provider.short if not fell_back else short_name(used[0])
-        placement, executed = _audit(session, requested, profile_dir, model_nodes=_node_count(model))
-        if placement is not None and placement.partial and not fell_back and provider.name != "cpu":
-            message = f"requested {provider.value} but it left compute ops to another provider: {placement.describe()}"
-            if strict:
-                raise ProviderError(message)
-            warnings.warn(message, ResnetEdgeWarning, stacklevel=2)
+    if placement is not None and placement.partial and not fell_back and provider.name != "cpu":
+        message = f"requested {provider.value} but it left compute ops to another provider: {placement.describe()}"
+        if strict:
+            raise ProviderError(message)
+        warnings.warn(message, ResnetEdgeWarning, stacklevel=2)
     batch_dim = inputs[0].shape[0]
     return Session(
         session=session,
@@ -707,35 +708,31 @@ def _tensorrt_options(user: dict[str, str], quantized: bool) -> dict[str, str]:
 
 
 def _audit(
-    session: ort.InferenceSession, requested: str, profile_dir: str, *, model_nodes: int | None
+    session: ort.InferenceSession, requested: str, *, model_nodes: int | None
 ) -> tuple[Placement | None, list[ExecutedNode]]:
-    """Run one profiled inference on zeros, stop profiling, and read the placement and the kernels from the profile."""
+    """Run one profiled inference on zeros, stop profiling, and read the placement and the kernels from the profile
+    (the caller removes the profile's folder)."""
+    feeds = {}
+    for i in session.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+        dtype = np.float16 if i.type == "tensor(float16)" else np.float32
+        feeds[i.name] = np.zeros(shape, dtype)
     try:
-        feeds = {}
-        for i in session.get_inputs():
-            shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
-            dtype = np.float16 if i.type == "tensor(float16)" else np.float32
-            feeds[i.name] = np.zeros(shape, dtype)
-        try:
-            session.run(None, feeds)
-        except Exception:  # a model with symbolic spatial sizes needs real sizes: no audit then
-            return None, []
-        path = session.end_profiling()
-        events = json.loads(Path(path).read_text(encoding="utf-8"))
-        return placement_from_profile(events, requested, model_nodes=model_nodes), executed_nodes_from_profile(events)
-    finally:
-        _remove_profile(profile_dir, session)
+        session.run(None, feeds)
+    except Exception:  # a model with symbolic spatial sizes needs real sizes: no audit then
+        return None, []
+    events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
+    return placement_from_profile(events, requested, model_nodes=model_nodes), executed_nodes_from_profile(events)
 
 
 def _remove_profile(profile_dir: str | None, session: ort.InferenceSession | None) -> None:
+    """End the session's profiling (if still on) and remove the profile's folder; safe to call twice."""
     if profile_dir is None:
         return
     if session is not None:
         with contextlib.suppress(Exception):  # already ended
             session.end_profiling()
-    for entry in Path(profile_dir).glob("*"):
-        entry.unlink(missing_ok=True)
-    Path(profile_dir).rmdir()
+    shutil.rmtree(profile_dir, ignore_errors=True)
 
 
 def _looks_quantized(model: Path | str | onnx.ModelProto | bytes) -> bool:

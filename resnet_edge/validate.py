@@ -423,7 +423,7 @@ class _ReferenceModel:
             ref_proto = load_onnx(reference.onnx)
             if is_quantized(ref_proto):
                 raise OptionError(f"reference {reference.onnx} is quantized; the reference must be FP32")
-            session = open_session(ref_proto)
+            session = open_session(ref_proto, audit=False)
             self.run = session.logits
             self.description = f"ONNX {reference.onnx}"
             shape = static_input_shape(ref_proto)

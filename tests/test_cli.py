@@ -218,3 +218,11 @@ def test_warnings_are_written_through_the_progress_bar(capsys: pytest.CaptureFix
 def test_gitignore_keeps_the_default_output_folder_out() -> None:
     lines = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().splitlines()
     assert "resnet-edge-out/" in lines
+
+
+def test_the_cli_int8_targets_are_quantizes() -> None:
+    """cli/options.py spells the INT8 targets out (so --help imports no quantization stack): they must agree."""
+    from resnet_edge.cli.options import INT8_TARGETS
+    from resnet_edge.quantize import Target
+
+    assert tuple(t.value for t in Target) == INT8_TARGETS

@@ -59,6 +59,20 @@ def test_a_kernel_left_in_fp32_is_counted_with_its_macs_and_block(digits_int8: P
     check_integer_coverage(coverage, excluded=["/layer2/layer2.1/conv1/Conv"], strict=True)  # excluded on purpose
 
 
+def test_kernels_named_after_their_op_are_paired_in_order(digits_int8: Path) -> None:
+    """onnxruntime 1.19 names fused kernels "QLinearConv_token_3", not after the node they replaced."""
+    model = onnx.load(str(digits_int8))
+    renamed = [
+        ExecutedNode(f"{n.op_type}_token_{i}", n.op_type, n.provider, n.input_types, n.output_shape)
+        if n.op_type in ("QLinearConv", "QGemm")
+        else n
+        for i, n in enumerate(_executed(digits_int8))
+    ]
+    coverage = integer_coverage(model, renamed)
+    assert coverage.complete and coverage.integer_macs == macs_per_image(model)
+    assert len([n for n in coverage.nodes if n.kernel]) == 22
+
+
 def test_profile_events_become_executed_nodes() -> None:
     events = [
         {"cat": "Session", "name": "model_run", "ts": 1},

@@ -59,19 +59,6 @@ def sha256_path(path: str) -> str:
     return digest.hexdigest()
 
 
-def _install_py38_compat() -> None:
-    """enum.StrEnum is Python 3.11+; resnet_edge.runtime uses it, and devices run older Pythons (Jetson: 3.8)."""
-    import enum
-
-    if not hasattr(enum, "StrEnum"):
-
-        class StrEnum(str, enum.Enum):  # noqa: UP042 (the 3.8 stand-in for enum.StrEnum)
-            def __str__(self) -> str:
-                return str(self.value)
-
-        enum.StrEnum = StrEnum  # type: ignore[attr-defined]
-
-
 def _check_packages() -> None:
     missing = []
     for name in ("numpy", "onnxruntime"):
@@ -209,8 +196,12 @@ def _benchmark(job: dict, paths: dict[str, str], inputs: dict, warnings_: list[s
                 timed_all += [Timed(label, batch, None, reason) for label in sessions]
         out[provider] = {
             "sessions": {
-                label: {"ran_on": s.ran_on, "providers_used": s.providers_used, "cold_start_ms": cold[label]}
-                | _audit_json(s)
+                label: {
+                    "ran_on": s.ran_on,
+                    "providers_used": s.providers_used,
+                    "cold_start_ms": cold[label],
+                    **_audit_json(s),
+                }
                 for label, s in sessions.items()
             },
             "io": (
@@ -271,7 +262,8 @@ def _validate(job: dict, paths: dict[str, str], inputs: dict, warnings_: list[st
             sessions[f"{index}:{provider}"] = {
                 "ran_on": session.ran_on,
                 "providers_used": session.providers_used,
-            } | _audit_json(session)
+                **_audit_json(session),
+            }
     buffer = io.BytesIO()
     np.savez(buffer, **outputs)
     return {"sessions": sessions, "outputs_npz_b64": base64.b64encode(buffer.getvalue()).decode("ascii")}
@@ -287,7 +279,6 @@ def run_job(job: dict, workdir: str) -> dict:
         raise RunnerError("job", f"job format {job.get('format')!r}; this runner reads format {JOB_FORMAT}")
     started = time.perf_counter()
     _check_packages()
-    _install_py38_compat()
     import numpy as np
 
     warnings_: list[str] = []

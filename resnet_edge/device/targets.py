@@ -62,8 +62,9 @@ _TAG = "resnet-edge:"
 _REMOTE_DIR = re.compile(r"^/[^\0\n]*/resnet-edge\.[A-Za-z0-9]+$")
 _SSH_FAILED = 255
 
-# onnxruntime (1.32 at least) writes a telemetry database under $XDG_CACHE_HOME on import: the device's Python runs
-# with XDG_CACHE_HOME inside the temporary folder, so that nothing lands outside resnet-edge's own folders.
+# onnxruntime (1.32 at least) writes a telemetry database under $XDG_CACHE_HOME on import, and the runner's session
+# audit writes a profile under $TMPDIR: the device's Python runs with both inside the temporary folder, so that
+# nothing lands outside resnet-edge's own folders, even for an instant.
 _PREPARE = r"""
 py=$1; shift
 if ! command -v "$py" >/dev/null 2>&1; then echo "resnet-edge:no-python"; exit 0; fi
@@ -101,7 +102,7 @@ trap 'exit 129' HUP
 trap 'exit 130' INT
 trap 'exit 143' TERM
 cd "$d" || exit 1
-XDG_CACHE_HOME="$d/.cache" "$py" runner.pyz job.json
+TMPDIR="$d" XDG_CACHE_HOME="$d/.cache" "$py" runner.pyz job.json
 """
 _CLEANUP = r"""
 rm -rf "$1"
