@@ -13,10 +13,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from resnet_edge.benchmark import BenchmarkOptions, benchmark_models
+from resnet_edge.conversion.export import ExportOptions, export_onnx
+from resnet_edge.conversion.simplify import simplify_onnx
 from resnet_edge.environment import cpu_info
-from resnet_edge.export import ExportOptions, export_onnx
-from resnet_edge.quantize import (
+from resnet_edge.evaluation.benchmark import BenchmarkOptions, benchmark_models
+from resnet_edge.quantization.quantize import (
     Format,
     QuantConfig,
     QuantizeOptions,
@@ -25,7 +26,6 @@ from resnet_edge.quantize import (
     quantize_onnx,
     resolve_config,
 )
-from resnet_edge.simplify import simplify_onnx
 
 
 def variants() -> dict[str, QuantConfig]:

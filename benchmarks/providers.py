@@ -81,7 +81,7 @@ def run_phase(args: argparse.Namespace) -> dict:
     else:  # through resnet-edge's one way to open a session
         import onnxruntime as ort
 
-        from resnet_edge.runtime import open_session, parse_provider
+        from resnet_edge.onnx.runtime import open_session, parse_provider
 
         session = open_session(args.model, parse_provider(args.provider), threads=args.threads)
 
@@ -120,10 +120,10 @@ def phase_process(python: str, phase: str, model: Path, args: argparse.Namespace
 
 
 def build(workdir: Path, args: argparse.Namespace) -> dict[str, Path]:
-    from resnet_edge.export import ExportOptions, export_onnx
-    from resnet_edge.quantize import QuantizeOptions, Target, quantize_onnx, resolve_config
-    from resnet_edge.simplify import simplify_onnx
-    from resnet_edge.tune import TuneOptions, tune_model
+    from resnet_edge.conversion.export import ExportOptions, export_onnx
+    from resnet_edge.conversion.simplify import simplify_onnx
+    from resnet_edge.evaluation.tune import TuneOptions, tune_model
+    from resnet_edge.quantization.quantize import QuantizeOptions, Target, quantize_onnx, resolve_config
 
     workdir.mkdir(parents=True, exist_ok=True)
     files = {
@@ -138,7 +138,7 @@ def build(workdir: Path, args: argparse.Namespace) -> dict[str, Path]:
     if not files["int8"].exists():
         quantize_onnx(files["fp32"], files["int8"], QuantizeOptions(limit=args.limit, measure_speed=False))
     if not files["int8-qoperator"].exists():
-        from resnet_edge.quantize import Format
+        from resnet_edge.quantization.quantize import Format
 
         config = resolve_config(Target.AUTO, format=Format.QOPERATOR)
         quantize_onnx(files["fp32"], files["int8-qoperator"], QuantizeOptions(config=config, limit=args.limit))
@@ -202,8 +202,8 @@ def main() -> None:
 
     import onnx
 
-    from resnet_edge.metadata import read_record
-    from resnet_edge.onnx_graph import macs_per_image
+    from resnet_edge.onnx.graph import macs_per_image
+    from resnet_edge.onnx.metadata import read_record
 
     files = build(args.workdir, args)
     deployment = read_record(onnx.load(str(files["tuned"])), "deployment") or {"provider": "cpu", "name": "?"}

@@ -32,8 +32,8 @@ from resnet_edge.cli.options import SEED, json_option
 @json_option
 def analyze(fp32_model, int8_model, data, limit, seed, output_dir, as_json) -> None:
     """Error INT8 shows by residual block (whole model and one block at a time), most sensitive first."""
-    from resnet_edge.analysis import AnalysisOptions, analyze_onnx
     from resnet_edge.artifacts import ensure_folder
+    from resnet_edge.quantization.sensitivity import AnalysisOptions, analyze_onnx
 
     progress = None if as_json else (lambda what: click.echo(f"running {what}", err=True))
     result = analyze_onnx(

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 import click
 
 from resnet_edge import formatting as fmt
-from resnet_edge.architectures import Variant, list_models
 from resnet_edge.cli import render
 from resnet_edge.cli.options import INT8_TARGETS, SEED, derived_path, json_option, parse_batch, parse_provider_list
+from resnet_edge.models.registry import Variant, list_models
 
 if TYPE_CHECKING:  # annotations only: the commands import the library lazily, so --help stays fast
-    from resnet_edge.mixed_precision import MixedPrecisionResult
-    from resnet_edge.quantize import QuantizeOptions, QuantizeResult
+    from resnet_edge.quantization.mixed_precision import MixedPrecisionResult
+    from resnet_edge.quantization.quantize import QuantizeOptions, QuantizeResult
 
 
 @click.command()
@@ -66,7 +66,7 @@ def export(
 ) -> None:
     """Export a ResNet to ONNX, verified against PyTorch at batch 1 and another batch size."""
     from resnet_edge.artifacts import refuse_overwriting_inputs
-    from resnet_edge.export import Exporter, ExportOptions, export_onnx, read_labels_file
+    from resnet_edge.conversion.export import Exporter, ExportOptions, export_onnx, read_labels_file
 
     output = output or Path("model.onnx")
     refuse_overwriting_inputs([output], [weights, labels_file], command="export output")
@@ -113,7 +113,7 @@ def export(
 @json_option
 def simplify(model, output, allow_unfolded_bn, timeout_s, as_json) -> None:
     """Simplify with onnxsim; verify every BatchNormalization is folded and outputs are unchanged."""
-    from resnet_edge.simplify import simplify_onnx
+    from resnet_edge.conversion.simplify import simplify_onnx
 
     result = simplify_onnx(
         model, output or derived_path(model, ".sim"), allow_unfolded_bn=allow_unfolded_bn, timeout_s=timeout_s
@@ -152,7 +152,7 @@ def simplify(model, output, allow_unfolded_bn, timeout_s, as_json) -> None:
 @json_option
 def inspect(model, as_json) -> None:
     """Describe an ONNX model: I/O, opset, ops, parameters, MACs, metadata, remaining BatchNorms."""
-    from resnet_edge.inspection import inspect_onnx
+    from resnet_edge.onnx.inspection import inspect_onnx
 
     result = inspect_onnx(model)
     if as_json:
@@ -248,7 +248,7 @@ def quantize(
 
     With --max-top1-drop or --min-agreement, blocks are kept in FP32, most sensitive first, until the target holds.
     """
-    from resnet_edge.quantize import Format, Method, QuantizeOptions, Target, quantize_onnx
+    from resnet_edge.quantization.quantize import Format, Method, QuantizeOptions, Target, quantize_onnx
 
     options = QuantizeOptions(
         calib=calib,
@@ -268,7 +268,7 @@ def quantize(
     )
     output = output or derived_path(model, ".int8")
     if max_top1_drop is not None or min_agreement is not None:
-        from resnet_edge.mixed_precision import AccuracyTarget, SearchStep, quantize_mixed_precision
+        from resnet_edge.quantization.mixed_precision import AccuracyTarget, SearchStep, quantize_mixed_precision
 
         def show_step(step: SearchStep) -> None:
             if not as_json:
@@ -311,7 +311,7 @@ def _print_quantize(result: QuantizeResult) -> None:
     )
     skipped = f", {result.skipped_files} non-image files skipped" if result.skipped_files else ""
     if result.calibration_source == "builtin:photos":
-        from resnet_edge.quantize import BUNDLED_PHOTOS_NOTE
+        from resnet_edge.quantization.quantize import BUNDLED_PHOTOS_NOTE
 
         skipped += f" ({BUNDLED_PHOTOS_NOTE})"
     click.echo(

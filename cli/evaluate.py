@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from resnet_edge import formatting as fmt
-from resnet_edge.architectures import list_models
 from resnet_edge.cli import render
 from resnet_edge.cli.options import (
     json_option,
@@ -19,6 +18,7 @@ from resnet_edge.cli.options import (
     target_options,
     target_progress,
 )
+from resnet_edge.models.registry import list_models
 
 
 @click.command()
@@ -60,7 +60,7 @@ def validate(
 
     With --target, the models run on the devices; the inputs are preprocessed and the outputs judged here.
     """
-    from resnet_edge.validate import Reference, ValidateOptions, describe_failures, validate_models
+    from resnet_edge.evaluation.validate import Reference, ValidateOptions, describe_failures, validate_models
 
     ref = Reference.parse(reference, arch=arch) if reference else None
     options = ValidateOptions(
@@ -98,7 +98,7 @@ def validate(
 
 def _validate_on_targets(models, ref, options, targets, remote, as_json) -> None:
     from resnet_edge.device.fleet import parse_targets, validate_on_targets
-    from resnet_edge.validate import describe_failures
+    from resnet_edge.evaluation.validate import describe_failures
 
     fleet = validate_on_targets(
         list(models), parse_targets(targets), ref, options, remote, on_progress=None if as_json else target_progress
@@ -235,7 +235,7 @@ def benchmark(
     (target, model, provider, batch).
     """
     from resnet_edge.artifacts import refuse_overwriting_inputs, require_writable_destination, write_json_atomic
-    from resnet_edge.benchmark import BenchmarkOptions
+    from resnet_edge.evaluation.benchmark import BenchmarkOptions
     from resnet_edge.jsonable import to_jsonable
 
     if output is not None:
@@ -282,7 +282,7 @@ def benchmark(
         return
     from tqdm import tqdm
 
-    from resnet_edge.benchmark import benchmark_models
+    from resnet_edge.evaluation.benchmark import benchmark_models
 
     with tqdm(total=options.total_rounds, desc="timing", unit="round", leave=False, disable=as_json, delay=0.5) as bar:
         result = benchmark_models(list(models), options, progress=bar.update)
@@ -402,7 +402,7 @@ def doctor(as_json) -> None:
     click.echo(f"cpu: {env.cpu.model} ({env.cpu.architecture}, {env.cpu.logical_cores} logical cores): {features}")
     click.echo(f"gpu: {', '.join(env.gpus) or 'none found'}")
     if env.onnxruntime_providers:
-        from resnet_edge.quantize import detect_target, resolve_config  # needs onnxruntime
+        from resnet_edge.quantization.quantize import detect_target, resolve_config  # needs onnxruntime
 
         config = resolve_config(detect_target())
         click.echo(f"INT8 target for this machine: {config.target.value} ({config.reason})")

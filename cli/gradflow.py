@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from resnet_edge.architectures import list_models
 from resnet_edge.cli import render
 from resnet_edge.cli.options import SEED, json_option
 from resnet_edge.errors import OptionError
+from resnet_edge.models.registry import list_models
 
 
 @click.command()
@@ -38,7 +38,7 @@ def gradflow(arch, plain, side_by_side, batch, seed, data, output_dir, as_json) 
     Each block's gradient is split into the branch term (through F) and the shortcut term (the "+ I").
     """
     from resnet_edge.artifacts import ensure_folder
-    from resnet_edge.gradflow import compare, gradient_flow
+    from resnet_edge.models.gradflow import compare, gradient_flow
 
     if plain and side_by_side:
         raise OptionError("--plain and --compare exclude each other: --compare runs the plain network too")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-# resnet_edge.quantize.Target's values, spelled here so that --help need not import the quantization stack
-# (tests/test_cli.py checks that the two agree).
+# resnet_edge.quantization.quantize.Target's values, spelled here so that --help need not import the quantization stack
+# (tests/cli/test_cli.py checks that the two agree).
 INT8_TARGETS = ("auto", "x86-vnni", "x86-avx2", "arm64", "gpu-tensorrt")
 # Seeds reach numpy's default_rng, which takes 0 to 2**32 - 1 here (and fails with a traceback below 0).
 SEED = click.IntRange(0, 2**32 - 1)
@@ -26,7 +26,7 @@ def providers_option(function):
 
 
 def parse_provider_list(value: str) -> tuple:
-    from resnet_edge.runtime import parse_providers  # imports onnxruntime: only when a command runs
+    from resnet_edge.onnx.runtime import parse_providers  # imports onnxruntime: only when a command runs
 
     return tuple(parse_providers(value))
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from resnet_edge import formatting as fmt
-from resnet_edge.architectures import list_models
 from resnet_edge.cli import render
 from resnet_edge.cli.options import INT8_TARGETS, json_option
+from resnet_edge.models.registry import list_models
 
 
 def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
@@ -114,7 +114,7 @@ def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
 @json_option
 def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
     """Export, simplify, quantize, validate and benchmark in one go, and write a report."""
-    from resnet_edge.pipeline import FROM_FLAG, StageEvent, load_config, make_config, run_pipeline
+    from resnet_edge.pipeline.run import FROM_FLAG, StageEvent, load_config, make_config, run_pipeline
 
     given = {k: v for k, v in options.items() if v is not None and v != ()}
     given = route_int8_targets(given)
@@ -144,7 +144,7 @@ def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
         return render.emit_json(
             {"outdir": result.outdir, "artifacts": result.artifacts, "report": str(result.outdir / "report.json")}
         )
-    from resnet_edge.report import summarize
+    from resnet_edge.pipeline.report import summarize
 
     rows = summarize(result)["rows"]
     click.echo(

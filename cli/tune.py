@@ -47,7 +47,7 @@ def tune(
     as_json,
 ) -> None:
     """Try providers x precisions, keep the fastest candidate that passes parity against FP32, write it."""
-    from resnet_edge.tune import TuneOptions, tune_model
+    from resnet_edge.evaluation.tune import TuneOptions, tune_model
 
     options = TuneOptions(
         providers=parse_provider_list(providers) if providers else None,

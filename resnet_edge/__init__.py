@@ -1,9 +1,10 @@
 """resnet-edge: take a PyTorch ResNet to an edge-ready ONNX model.
 
 The library is the product; the ``resnet-edge`` command is a thin layer over it. Each stage is one function that
-returns a result dataclass: :func:`resnet_edge.export.export_onnx`, :func:`resnet_edge.simplify.simplify_onnx`,
-:func:`resnet_edge.quantize.quantize_onnx`, :func:`resnet_edge.validate.validate_models`,
-:func:`resnet_edge.benchmark.benchmark_models`, and :func:`resnet_edge.pipeline.run_pipeline` for all of them.
+returns a result dataclass: :func:`resnet_edge.conversion.export.export_onnx`,
+:func:`resnet_edge.conversion.simplify.simplify_onnx`, :func:`resnet_edge.quantization.quantize.quantize_onnx`,
+:func:`resnet_edge.evaluation.validate.validate_models`, :func:`resnet_edge.evaluation.benchmark.benchmark_models`,
+and :func:`resnet_edge.pipeline.run.run_pipeline` for all of them. DESIGN.md draws the layers.
 """
 
 from __future__ import annotations

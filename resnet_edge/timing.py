@@ -131,7 +131,7 @@ def batch_from_pool(pool: np.ndarray, batch: int) -> np.ndarray:
 
 
 def session_runner(session: object, batch: np.ndarray) -> Callable[[], object]:
-    """A no-argument call of ``session`` (a :class:`resnet_edge.runtime.Session`) on ``batch``, as timed.
+    """A no-argument call of ``session`` (a :class:`resnet_edge.onnx.runtime.Session`) on ``batch``, as timed.
 
     On CUDA the input is bound on the device once and the output stays there, so copies are excluded.
     """
@@ -178,7 +178,7 @@ def time_sessions(
     A session whose model has a fixed batch (``session.fixed_batch``) is skipped at the other sizes, with the reason.
 
     Args:
-        sessions: label -> :class:`resnet_edge.runtime.Session`, all opened with spinning off.
+        sessions: label -> :class:`resnet_edge.onnx.runtime.Session`, all opened with spinning off.
         images: (label, batch) -> that model's input batch.
         timer: :func:`time_interleaved` unless given (a caller's module-level name, so a test can spy on it).
     """

@@ -52,7 +52,7 @@ step() {  # step NAME COMMAND...: run, keep stdout as NAME.json, stderr as NAME.
 }
 
 to_fp16() {
-    python -c 'import sys; from resnet_edge.tune import convert_fp16; convert_fp16(sys.argv[1], sys.argv[2])' "$1" "$2"
+    python -c 'import sys; from resnet_edge.evaluation.tune import convert_fp16; convert_fp16(sys.argv[1], sys.argv[2])' "$1" "$2"
 }
 
 cache="$work/trt-cache"

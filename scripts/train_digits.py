@@ -30,8 +30,8 @@ from torch import nn
 
 from resnet_edge.calibration.preprocess import PreprocessSpec, preprocess_uint8
 from resnet_edge.calibration.sources import DIGITS_FILE
-from resnet_edge.checkpoints import BUILTIN_DIGITS_WEIGHTS
-from resnet_edge.models import create_model
+from resnet_edge.models.checkpoints import BUILTIN_DIGITS_WEIGHTS
+from resnet_edge.models.resnet import create_model
 
 SEED = 0
 SPLIT = {"train": 1200, "calib": 200, "test": 397}

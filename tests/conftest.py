@@ -9,9 +9,9 @@ import onnx
 import pytest
 import torch
 
-from resnet_edge.export import ExportOptions, export_onnx
-from resnet_edge.models import create_model
-from resnet_edge.simplify import simplify_onnx
+from resnet_edge.conversion.export import ExportOptions, export_onnx
+from resnet_edge.conversion.simplify import simplify_onnx
+from resnet_edge.models.resnet import create_model
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +36,7 @@ def digits_sim(session_dir: Path, digits_onnx: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def digits_int8(session_dir: Path, digits_sim: Path) -> Path:
-    from resnet_edge.quantize import QuantizeOptions, quantize_onnx
+    from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
 
     path = session_dir / "digits.int8.onnx"
     with warnings.catch_warnings():

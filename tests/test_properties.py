@@ -18,10 +18,10 @@ from PIL import Image
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import ArraySource, FolderSource
 from resnet_edge.cli.options import parse_batches
+from resnet_edge.conversion.export import read_labels_file
 from resnet_edge.errors import ResnetEdgeError
-from resnet_edge.export import read_labels_file
-from resnet_edge.pipeline import PipelineConfig, load_config, make_config
-from resnet_edge.runtime import parse_providers
+from resnet_edge.onnx.runtime import parse_providers
+from resnet_edge.pipeline.run import PipelineConfig, load_config, make_config
 
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 SPEC = PreprocessSpec.small(16)

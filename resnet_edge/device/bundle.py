@@ -15,7 +15,7 @@ from resnet_edge.errors import InputFileError
 # The modules the runner imports (they import only the standard library, numpy and onnxruntime), by package path.
 RUNNER_MODULES = (
     "errors.py",
-    "runtime.py",
+    "onnx/runtime.py",
     "timing.py",
     "device/__init__.py",
     "device/facts.py",
@@ -32,6 +32,8 @@ from resnet_edge.device.runner import main
 sys.exit(main())
 """
 _INIT = '"""resnet-edge device runner (a subset of resnet-edge {version})."""\n\n__version__ = "{version}"\n'
+# Packages whose own __init__ re-exports modules a device lacks (onnx): the runner gets an empty one instead.
+PACKAGE_STUBS = ("onnx/__init__.py",)
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # same bytes for the same sources: the runner's hash names it
 
 
@@ -59,6 +61,8 @@ def runner_bytes() -> bytes:
         min_text = ".".join(map(str, MIN_PYTHON))
         add("__main__.py", _MAIN.format(min_python=MIN_PYTHON, min_text=min_text))
         add("resnet_edge/__init__.py", _INIT.format(version=__version__))
+        for stub in PACKAGE_STUBS:
+            add(f"resnet_edge/{stub}", '"""Only what the device runner needs."""\n')
         for module in RUNNER_MODULES:
             add(f"resnet_edge/{module}", (package / module).read_text(encoding="utf-8"))
     return b"#!/usr/bin/env python3\n" + buffer.getvalue()
@@ -83,7 +87,11 @@ def write_runner(output: Path | str) -> RunnerFile:
         path=output,
         size_bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
-        modules=["__main__.py", "resnet_edge/__init__.py", *(f"resnet_edge/{m}" for m in RUNNER_MODULES)],
+        modules=[
+            "__main__.py",
+            "resnet_edge/__init__.py",
+            *(f"resnet_edge/{m}" for m in (*PACKAGE_STUBS, *RUNNER_MODULES)),
+        ],
         python=">=" + ".".join(map(str, MIN_PYTHON)),
     )
 

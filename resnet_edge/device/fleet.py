@@ -1,9 +1,10 @@
 """``benchmark`` and ``validate`` on target devices, one or a fleet, side by side.
 
 The host does everything that needs the toolkit: it reads the models, preprocesses the inputs from each model's own
-metadata (the one preprocessing implementation), computes the reference outputs, and afterwards builds the rows
-with the code a local run uses (:func:`resnet_edge.benchmark.timed_rows`, :func:`resnet_edge.validate.judge_outputs`),
-so the thresholds and the JSON are those of a local run. Each device only runs the runner.
+metadata (the one preprocessing implementation), computes the reference outputs, and afterwards builds the rows with the
+code a local run uses (:func:`resnet_edge.evaluation.benchmark.timed_rows`,
+:func:`resnet_edge.evaluation.validate.judge_outputs`), so the thresholds and the JSON are those of a local run. Each
+device only runs the runner.
 
 Targets run in parallel, each in its own thread with its own progress line; a target that fails is reported as
 failed with its one-line error, and the others complete. Targets that are one machine take turns for the timing.
@@ -25,7 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from resnet_edge.artifacts import load_onnx, sha256_file
-from resnet_edge.benchmark import (
+from resnet_edge.device.facts import EMULATION_WARNING, DeviceFacts, Thermal
+from resnet_edge.device.runner import JOB_FORMAT
+from resnet_edge.device.targets import JobFiles, RemoteOptions, Target, TargetSession, Transfer
+from resnet_edge.errors import OptionError, ResnetEdgeError, ResnetEdgeWarning
+from resnet_edge.evaluation.benchmark import (
     BenchmarkOptions,
     BenchmarkRow,
     check_options,
@@ -33,15 +38,7 @@ from resnet_edge.benchmark import (
     image_pool,
     timed_rows,
 )
-from resnet_edge.device.facts import EMULATION_WARNING, DeviceFacts, Thermal
-from resnet_edge.device.runner import JOB_FORMAT
-from resnet_edge.device.targets import JobFiles, RemoteOptions, Target, TargetSession, Transfer
-from resnet_edge.errors import OptionError, ResnetEdgeError, ResnetEdgeWarning
-from resnet_edge.int8_coverage import coverage_of
-from resnet_edge.metadata import preprocessing_for
-from resnet_edge.runtime import ExecutedNode, placement_from_json
-from resnet_edge.timing import LatencyStats, Timed
-from resnet_edge.validate import (
+from resnet_edge.evaluation.validate import (
     Outputs,
     Reference,
     ValidateOptions,
@@ -51,6 +48,10 @@ from resnet_edge.validate import (
     plan_validation,
     reference_inputs,
 )
+from resnet_edge.onnx.metadata import preprocessing_for
+from resnet_edge.onnx.runtime import ExecutedNode, placement_from_json
+from resnet_edge.quantization.coverage import coverage_of
+from resnet_edge.timing import LatencyStats, Timed
 
 
 @dataclass
@@ -206,7 +207,7 @@ def validate_on_targets(
     """Run ``models`` on each target over the preprocessed images; judge the outputs here, as ``validate`` does.
 
     Raises:
-        as :func:`resnet_edge.validate.validate_models`, and OptionError for no targets.
+        as :func:`resnet_edge.evaluation.validate.validate_models`, and OptionError for no targets.
     """
     if not targets:
         raise OptionError("give at least one target")

@@ -3,7 +3,7 @@
 It is what ``resnet-edge runner -o runner.pyz`` bundles, and what a ``--target`` run copies to the device. It needs
 only Python 3.8+, numpy and onnxruntime (any build: CPU, GPU, Jetson's wheel, a plugin EP). It times with
 :mod:`resnet_edge.timing`, the same code ``benchmark`` uses on the host, and opens sessions with
-:mod:`resnet_edge.runtime`, the same code as everywhere else. Parity is not judged here: the runner returns the
+:mod:`resnet_edge.onnx.runtime`, the same code as everywhere else. Parity is not judged here: the runner returns the
 outputs, and the host compares them with the reference using the thresholds of a local ``validate``.
 
 Every failure is a JSON error on stdout with a non-zero exit, never a traceback: a model this onnxruntime cannot
@@ -120,7 +120,7 @@ def _models(job: dict, workdir: str, warnings_: list[str]) -> tuple[dict[str, st
 
 def _open(path: str, label: str, provider: str, job: dict) -> object:
     from resnet_edge.errors import InputFileError, OptionError, ProviderError
-    from resnet_edge.runtime import Provider, open_session
+    from resnet_edge.onnx.runtime import Provider, open_session
 
     try:
         chosen = Provider(provider)

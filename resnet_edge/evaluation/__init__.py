@@ -1,0 +1,1 @@
+"""Judging models: validate (parity and accuracy), benchmark (latency), tune (the fastest candidate that passes)."""

@@ -1,0 +1,348 @@
+"""Latency you can trust: several models (and PyTorch eager) timed side by side in one run.
+
+Method: all ONNX models of one provider and batch size are timed together, one call each per round in a freshly
+shuffled (seeded) order, so machine drift and any after-effect of the previous call hit them alike; onnxruntime's
+worker threads do not spin between calls, or an idle session takes the cores of the running one; warm-up rounds
+come first, and cold start (session creation and first inference) is reported apart. PyTorch eager is timed in a
+phase of its own right after: its OpenMP threads keep spinning after each call, and interleaved with onnxruntime
+they slowed whichever model ran next (measured: three copies of one ONNX file differed by 1.4x once PyTorch took
+part). Inputs are real preprocessed images. On CUDA, inputs and outputs stay on the device through I/O binding, so
+host-device copies are excluded from every row alike.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from resnet_edge import formatting as fmt
+from resnet_edge.artifacts import load_onnx, sha256_file
+from resnet_edge.calibration.preprocess import PreprocessSpec
+from resnet_edge.calibration.sources import default_test_images, iter_batches, open_source
+from resnet_edge.environment import Environment, collect_environment
+from resnet_edge.errors import OptionError, ResnetEdgeWarning
+from resnet_edge.memory import check_fits, onnx_estimate
+from resnet_edge.onnx.metadata import preprocessing_for, read_metadata, static_input_shape
+from resnet_edge.onnx.runtime import Placement, Provider, Session, open_session
+from resnet_edge.quantization.coverage import IntegerCoverage, coverage_of
+from resnet_edge.timing import (  # noqa: F401 (re-exported: the timing names callers know from here)
+    DEFAULT_ITERATIONS,
+    DEFAULT_WARMUP,
+    GPU_PROVIDERS,
+    MIN_ITERATIONS,
+    NOISY_CV,
+    POOL_IMAGES,
+    LatencyStats,
+    Timed,
+    batch_from_pool,
+    cold_start,
+    default_threads,
+    latency_stats,
+    time_interleaved,
+    time_sessions,
+)
+
+# Upper bounds, so that a typo (--duration 1e308, --iterations 10**12) cannot run for ever: one hour per provider
+# and batch size is far beyond what a stable median needs.
+MAX_DURATION_S = 3600.0
+MAX_ITERATIONS = 1_000_000
+MAX_WARMUP = 100_000
+
+
+@dataclass(frozen=True)
+class BenchmarkOptions:
+    """How to benchmark.
+
+    Attributes:
+        providers: each model is timed on each provider.
+        batch_sizes: each model is timed at each batch size, all in one session per model and provider.
+        threads: intra-op threads for onnxruntime and PyTorch; all logical cores when None (recorded either way).
+        warmup: untimed rounds before timing.
+        iterations: timed rounds (DEFAULT_ITERATIONS when neither this nor ``duration_s`` is given).
+        duration_s: time each provider and batch for this long instead of a fixed count.
+        torch_reference: also time PyTorch eager: an arch name (fresh weights) or a checkpoint.
+        strict_ep: a missing provider, or one that leaves compute ops to another, is an error instead of a CPU
+            fallback.
+        data: images to time on (default: the model's built-in test split, else the bundled photos).
+    """
+
+    providers: tuple[Provider, ...] = (Provider.CPU,)
+    batch_sizes: tuple[int, ...] = (1,)
+    threads: int | None = None
+    warmup: int = DEFAULT_WARMUP
+    iterations: int | None = None
+    duration_s: float | None = None
+    torch_reference: str | None = None
+    strict_ep: bool = False
+    data: str | None = None
+
+    @property
+    def rounds(self) -> int | None:
+        """Timed rounds per provider and batch size; None when timing for ``duration_s`` instead."""
+        if self.iterations is None and self.duration_s is None:
+            return DEFAULT_ITERATIONS
+        return self.iterations
+
+    @property
+    def total_rounds(self) -> int | None:
+        """Timed rounds in the whole run, PyTorch eager's phase included (a progress bar's total)."""
+        if self.rounds is None:
+            return None
+        phases = len(self.providers) * len(self.batch_sizes)
+        if self.torch_reference and Provider.CPU in self.providers:
+            phases += len(self.batch_sizes)
+        return self.rounds * phases
+
+
+@dataclass(frozen=True)
+class BenchmarkRow:
+    model: str  # a label: the file name, or "pytorch"
+    path: str | None
+    provider: str  # requested
+    ran_on: str  # the provider the session really used
+    providers_used: list[str]
+    batch: int
+    cold_start_ms: float | None  # session creation + first inference, once per model and provider
+    latency: LatencyStats | None  # None when skipped
+    p50_ratio: float | None = None  # this row's p50 / the first model's p50 at the same provider and batch
+    speedup: float | None = None  # the first model's p50 / this row's p50
+    skipped: str | None = None
+    placement: Placement | None = None  # where each node ran (runtime module docstring)
+    coverage: IntegerCoverage | None = None  # INT8 models: which Conv/Gemm ran as integer kernels (int8_coverage)
+    target: str | None = None  # the device it ran on (``--target``); None: this machine, in this process
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    rows: list[BenchmarkRow]
+    options: BenchmarkOptions
+    threads: int
+    environment: Environment
+    file_sha256: dict[str, str]
+    io: dict[str, str]  # per provider: what the timing includes
+
+
+def benchmark_models(
+    models: Sequence[Path | str],
+    options: BenchmarkOptions = BenchmarkOptions(),
+    *,
+    progress: Callable[[int], object] | None = None,
+) -> BenchmarkResult:
+    """Time ``models`` (and optionally PyTorch eager) side by side on each provider and batch size.
+
+    Args:
+        models: ONNX files; ratios are taken against the first.
+        progress: called with the number of timed rounds done (a progress bar's update), PyTorch's included:
+            ``options.total_rounds`` calls in all.
+
+    Raises:
+        OptionError: no models, a bad batch size, iteration count, duration or thread count.
+        InputFileError: a model cannot be read or loaded.
+        ProviderError: ``strict_ep`` and a provider is missing or took only part of the compute ops.
+    """
+    check_options(models, options)
+    threads = options.threads or default_threads()
+    protos = {str(m): load_onnx(m) for m in models}
+    specs = {name: preprocessing_for(proto, source=name) for name, proto in protos.items()}
+    fixed = {name: static_input_shape(proto)[0] for name, proto in protos.items()}
+    for name, proto in protos.items():  # a batch that cannot fit must fail now, not after the machine swaps
+        estimate = onnx_estimate(proto)
+        for batch in {fixed[name]} if fixed[name] else set(options.batch_sizes):
+            check_fits(f"{Path(name).name} at batch {batch}", estimate, batch)
+    data = {name: options.data or default_timing_data(proto) for name, proto in protos.items()}
+    pools: dict[tuple[str, str], np.ndarray] = {}
+
+    def images(name: str, batch: int) -> np.ndarray:
+        return _images(specs[name], batch, data[name], pools)
+
+    torch_runner = _torch_reference(options.torch_reference, protos, threads) if options.torch_reference else None
+    rows: list[BenchmarkRow] = []
+    io: dict[str, str] = {}
+    for provider in options.providers:
+        sessions: dict[str, Session] = {}
+        cold: dict[str, float] = {}
+        for name, proto in protos.items():
+            sessions[name], cold[name] = cold_start(
+                lambda proto=proto, provider=provider: open_session(
+                    proto, provider, strict=options.strict_ep, threads=threads, spinning=False
+                ),
+                # The placement audit has already run a first inference; else run one (cold start includes it).
+                lambda session, name=name: (
+                    session.placement is None and session.run(images(name, fixed[name] or options.batch_sizes[0]))
+                ),
+            )
+        io[provider.value] = (
+            "inputs and outputs bound on the GPU (copies excluded)"
+            if any(s.ran_on in GPU_PROVIDERS for s in sessions.values())
+            else "host memory"
+        )
+        timing = {
+            "warmup": options.warmup,
+            "iterations": options.rounds,
+            "duration_s": options.duration_s,
+            "on_round": (lambda: progress(1)) if progress else None,
+        }
+        for batch, timed in time_sessions(sessions, images, options.batch_sizes, **timing, timer=time_interleaved):
+            if torch_runner is not None and provider.name == "cpu":
+                # its own phase (module docstring), right after the ONNX models, fed as the first model is;
+                # the progress bar counts its rounds too (options.total_rounds)
+                (times,) = time_interleaved([torch_runner(images(str(models[0]), batch))], **timing)
+                timed.insert(
+                    sum(t.latency is not None for t in timed), Timed("pytorch", batch, latency_stats(times, batch))
+                )
+            rows.extend(
+                timed_rows(
+                    timed,
+                    first=str(models[0]),
+                    provider=provider.value,
+                    sessions={k: (s.ran_on, s.providers_used) for k, s in sessions.items()},
+                    cold=cold,
+                    placements={k: s.placement for k, s in sessions.items()},
+                    coverages={k: coverage_of(protos[k], s.executed) for k, s in sessions.items()},
+                )
+            )
+    if not any(row.latency for row in rows):
+        sizes = sorted({b for b in fixed.values() if b})
+        raise OptionError(
+            f"nothing was timed: the models take fixed batch sizes {sizes}, not {list(options.batch_sizes)}"
+        )
+    return BenchmarkResult(
+        rows=rows,
+        options=options,
+        threads=threads,
+        environment=collect_environment(),
+        file_sha256={str(m): sha256_file(m) for m in models},
+        io=io,
+    )
+
+
+def check_options(models: Sequence[Path | str], options: BenchmarkOptions) -> None:
+    if not models:
+        raise OptionError("give at least one model to benchmark")
+    if len({str(m) for m in models}) != len(models):
+        raise OptionError("a model is given twice; to time one file against itself, copy it")
+    if not options.batch_sizes or any(b < 1 for b in options.batch_sizes):
+        raise OptionError(f"batch sizes must be at least 1, got {list(options.batch_sizes)}")
+    if options.iterations is not None and options.duration_s is not None:
+        raise OptionError("give an iteration count or a duration, not both")
+    if options.iterations is not None and not 1 <= options.iterations <= MAX_ITERATIONS:
+        raise OptionError(f"iterations must be from 1 to {MAX_ITERATIONS:,}, got {options.iterations}")
+    if options.duration_s is not None and not 0 < options.duration_s <= MAX_DURATION_S:  # refuses NaN and inf too
+        raise OptionError(f"duration must be more than 0 and at most {MAX_DURATION_S:g} s, got {options.duration_s}")
+    if not 0 <= options.warmup <= MAX_WARMUP:
+        raise OptionError(f"warmup must be from 0 to {MAX_WARMUP:,}, got {options.warmup}")
+    if options.threads is not None and options.threads < 1:
+        raise OptionError(f"threads must be at least 1, got {options.threads}")
+
+
+def _images(spec: PreprocessSpec, batch: int, data: str, pools: dict[tuple[str, str], np.ndarray]) -> np.ndarray:
+    """A batch of real preprocessed images (up to POOL_IMAGES, repeated when the batch is larger)."""
+    return batch_from_pool(image_pool(spec, data, pools), batch)
+
+
+def image_pool(spec: PreprocessSpec, data: str, pools: dict[tuple[str, str], np.ndarray]) -> np.ndarray:
+    """The real preprocessed images a model is timed on, loaded once per (preprocessing, data) into ``pools``."""
+    key = (spec.to_json(), data)
+    if key not in pools:
+        source = open_source(data)
+        pools[key] = np.concatenate([b for b, _ in iter_batches(source, spec, source.indices()[:POOL_IMAGES], 16)])
+    return pools[key]
+
+
+def timed_rows(
+    timed: Sequence[Timed],
+    *,
+    first: str,
+    provider: str,
+    sessions: dict[str, tuple[str, list[str]]],
+    cold: dict[str, float],
+    target: str | None = None,
+    placements: dict[str, Placement | None] | None = None,
+    coverages: dict[str, IntegerCoverage | None] | None = None,
+) -> list[BenchmarkRow]:
+    """Benchmark rows from one provider's and batch size's timings (here or on a device), with ratios to ``first``.
+
+    Args:
+        timed: the models' timings at one batch size, as :func:`resnet_edge.timing.time_sessions` gives them.
+        first: the label ratios are taken against.
+        sessions: label -> (provider it ran on, providers the session used); PyTorch is absent (cpu).
+        cold: label -> cold start in milliseconds.
+        target: where it ran; None here.
+        placements: label -> where each node ran, when audited.
+        coverages: label -> integer coverage, for quantized models.
+    """
+    by_label = {t.label: t.latency for t in timed if t.latency is not None}
+    base = by_label[first].p50_ms if first in by_label else None
+    rows = []
+    for t in timed:
+        ran_on, used = sessions.get(t.label, ("cpu", ["torch eager (CPU)"]))
+        s = t.latency
+        rows.append(
+            BenchmarkRow(
+                model=Path(t.label).name,
+                path=None if t.label == "pytorch" else t.label,
+                provider=provider,
+                ran_on=ran_on,
+                providers_used=used,
+                batch=t.batch,
+                cold_start_ms=cold.get(t.label) if s is not None else None,
+                latency=s,
+                p50_ratio=s.p50_ms / base if s is not None and base else None,
+                speedup=base / s.p50_ms if s is not None and base else None,
+                skipped=t.skipped,
+                placement=(placements or {}).get(t.label),
+                coverage=(coverages or {}).get(t.label),
+                target=target,
+            )
+        )
+        if s is not None and s.noisy:
+            where = f" on {target}" if target else ""
+            warnings.warn(
+                f"{Path(t.label).name} on {provider} at batch {t.batch}{where} varied by {fmt.cv(s.cv)} (CV);"
+                " the machine was busy, treat these numbers with care",
+                ResnetEdgeWarning,
+                stacklevel=3,
+            )
+    return rows
+
+
+def default_timing_data(proto: onnx.ModelProto) -> str:
+    """The model's built-in held-out split when it was trained on built-in data, else the bundled photos."""
+    return default_test_images(read_metadata(proto).dataset)
+
+
+def _torch_reference(reference: str, protos: dict, threads: int) -> Callable[[np.ndarray], Callable[[], object]]:
+    """A factory of PyTorch eager runners for the reference model: an arch name or a checkpoint."""
+    import torch
+
+    from resnet_edge.models.checkpoints import build_model, read_checkpoint_metadata
+    from resnet_edge.models.resnet import list_models
+
+    first = read_metadata(next(iter(protos.values())))
+    if reference in list_models():
+        loaded = build_model(
+            reference, num_classes=first.num_classes, in_chans=first.in_chans or 3, variant=first.variant or "residual"
+        )
+    else:
+        arch = read_checkpoint_metadata(reference).get("arch") or first.arch
+        if arch is None:
+            raise OptionError(f"cannot tell the arch of {reference}; pass --torch ARCH or export with resnet-edge")
+        loaded = build_model(arch, weights=reference, variant=first.variant or "residual")
+    torch.set_num_threads(threads)
+    model = loaded.model
+
+    def make(batch: np.ndarray) -> Callable[[], object]:
+        x = torch.from_numpy(batch)
+
+        def run() -> object:
+            with torch.inference_mode():
+                return model(x)
+
+        return run
+
+    return make

@@ -1,0 +1,402 @@
+"""Choose the deployment by measurement: the fastest (provider, precision) that still gives FP32's answers.
+
+Candidates are the providers that run here (or those asked for) times their precisions: FP32; the INT8 configurations of
+the per-target table in :mod:`resnet_edge.quantization.quantize` that fit the provider (the CPU target of this machine,
+in QDQ and QOperator form, for the CPU EP and OpenVINO; ``gpu-tensorrt`` for CUDA and TensorRT); FP16 where the provider
+runs it natively (CUDA, TensorRT), converted with onnxconverter-common with float32 inputs and outputs kept; and any
+model file the caller adds. Every candidate is judged against the FP32 model on held-out images by
+:func:`resnet_edge.evaluation.validate.validate_models` with the validate thresholds (FP16 is judged like INT8, on
+decisions), and timed side by side with the others of its provider in one run
+(:func:`resnet_edge.evaluation.benchmark.benchmark_models`) at batch 1 and the user's batch. The fastest candidate that
+passed at the user's batch (a near-tie going to the one with more integer-kernel MACs, :data:`SPEED_TIE`) is written,
+with a JSON record of every candidate; a candidate that failed parity is never chosen, however fast (Olive's search over
+passes and providers is the anchor; this one searches a small, fixed space, so it runs in minutes).
+
+Calibration runs once per activation symmetry and is shared by the INT8 configurations that need it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from resnet_edge.artifacts import (
+    atomic_output,
+    load_onnx,
+    refuse_overwriting_inputs,
+    require_file,
+    require_writable_destination,
+    sha256_file,
+)
+from resnet_edge.errors import CheckFailedError, OptionError, ResnetEdgeError, ResnetEdgeWarning
+from resnet_edge.onnx.graph import is_quantized
+from resnet_edge.onnx.metadata import write_props
+from resnet_edge.onnx.runtime import PROVIDERS, Provider, available_providers, parse_providers
+
+logger = logging.getLogger("resnet_edge")
+
+TUNE_KEY = "deployment"  # metadata key of the chosen model: provider, precision and the numbers behind the choice
+FP16_PROVIDERS = ("cuda", "tensorrt")  # providers with native FP16 kernels; elsewhere FP16 only adds casts
+GPU_INT8_PROVIDERS = ("cuda", "tensorrt")
+DEFAULT_TUNE_ITERATIONS = 30
+DEFAULT_TUNE_WARMUP = 5
+# Candidates within this fraction of the fastest one's p50 are a tie on this noisy machine; the tie goes to the one
+# whose Conv/Gemm MACs run most in integer kernels (int8_coverage), which stays fast where timing cannot be trusted.
+SPEED_TIE = 0.03
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """What to try and how.
+
+    Attributes:
+        providers: providers to try; default: every provider of the table that runs here.
+        batch: the batch size the deployment will use; candidates are timed at batch 1 and at this one, and chosen
+            at this one.
+        threads: intra-op threads (all cores when None).
+        data: held-out images for parity (default: the model's built-in test split, else the bundled photos).
+        calib: calibration images for the INT8 candidates (default: quantize's default).
+        limit: calibrate on this many images.
+        int8: try INT8 candidates. fp16: try FP16 where the provider runs it natively.
+        candidates: more model files to try (on every provider), judged and timed like the others.
+        iterations, warmup: timed and untimed rounds per provider and batch size.
+        min_agreement, max_top1_drop: validate's thresholds, when not its defaults (99% top-1 agreement and one
+            point of accuracy for INT8 and FP16; exact for FP32).
+    """
+
+    providers: tuple[Provider, ...] | None = None
+    batch: int = 1
+    threads: int | None = None
+    data: str | None = None
+    calib: str | None = None
+    limit: int | None = None
+    int8: bool = True
+    fp16: bool = True
+    candidates: tuple[Path, ...] = ()
+    iterations: int = DEFAULT_TUNE_ITERATIONS
+    warmup: int = DEFAULT_TUNE_WARMUP
+    min_agreement: float | None = None
+    max_top1_drop: float | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One (model variant, provider) pair and what was measured of it."""
+
+    name: str  # e.g. "int8 x86-vnni qdq"
+    provider: str  # the provider text, as --providers takes it
+    precision: str  # fp32, int8, fp16 or file
+    path: str
+    ran_on: str | None = None
+    placement: str | None = None
+    integer_fraction: float | None = None  # INT8: share of Conv/Gemm MACs that ran as integer kernels
+    int8_coverage: str | None = None
+    passed: bool = False
+    failures: list[str] = field(default_factory=list)
+    top1_agreement: float | None = None
+    max_abs_error: float | None = None
+    p50_ms: dict[int, float] = field(default_factory=dict)  # batch -> median latency
+    speedup_vs_cpu_fp32: dict[int, float] = field(default_factory=dict)  # batch -> FP32-on-CPU p50 / this p50
+    error: str | None = None  # why it could not be built or run
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    output: Path
+    record: Path
+    chosen: Candidate
+    candidates: list[Candidate]
+    batch_sizes: list[int]
+    threads: int | None
+    seconds: float
+
+
+def tune_model(model_path: Path | str, output: Path | str, options: TuneOptions = TuneOptions()) -> TuneResult:
+    """Try every candidate, keep the fastest one that passes parity, write it and a record of all.
+
+    Writes ``output`` (the chosen model, with a ``deployment`` record in its metadata) and ``output + ".json"``.
+
+    Raises:
+        OptionError: a bad batch or iteration count, no provider to try.
+        InputFileError: an unreadable or already quantized model.
+        CheckFailedError: no candidate passed parity (nothing is written).
+    """
+    started = time.perf_counter()
+    model_path = require_file(model_path, what="model")
+    output = require_writable_destination(output)
+    record_path = require_writable_destination(Path(f"{output}.json"))
+    if options.batch < 1:
+        raise OptionError(f"batch must be at least 1, got {options.batch}")
+    if options.iterations < 1 or options.warmup < 0:
+        raise OptionError(f"iterations must be at least 1 and warmup 0 or more, got {options.iterations}")
+    _check_options(options)
+    refuse_overwriting_inputs(
+        [output, record_path], [model_path, options.data, options.calib, *options.candidates], command="tune output"
+    )
+    fp32 = load_onnx(model_path)
+    if is_quantized(fp32):
+        raise OptionError(f"{model_path} is quantized; tune starts from the FP32 (simplified) model")
+    providers = _providers(options)
+    batches = sorted({1, options.batch})
+
+    with tempfile.TemporaryDirectory(prefix="resnet-edge-tune-") as tmp:
+        variants = _build_variants(model_path, Path(tmp), providers, options)
+        candidates = [_judge_and_time(provider, files, model_path, batches, options) for provider, files in variants]
+        flat = [c for group in candidates for c in group]
+        baseline = next((c for c in flat if c.provider == "cpu" and c.precision == "fp32" and c.p50_ms), None)
+        if baseline is not None:
+            flat = [_with_speedup(c, baseline) for c in flat]
+        passing = [c for c in flat if c.passed and options.batch in c.p50_ms]
+        if not passing:
+            raise CheckFailedError(
+                "no candidate passed parity against FP32: "
+                + "; ".join(f"{c.name} on {c.provider}: {', '.join(c.failures) or c.error}" for c in flat)
+            )
+        chosen = _choose(passing, options.batch)
+        record = {
+            "model": str(model_path),
+            "model_sha256": sha256_file(model_path),
+            "chosen": {"name": chosen.name, "provider": chosen.provider, "precision": chosen.precision},
+            "batch_sizes": batches,
+            "threads": options.threads,
+            "iterations": options.iterations,
+            "thresholds": {"min_agreement": options.min_agreement, "max_top1_drop": options.max_top1_drop},
+            "candidates": [_as_record(c) for c in flat],
+        }
+        chosen_model = load_onnx(chosen.path)
+        write_props(chosen_model, {TUNE_KEY: json.dumps(record["chosen"] | {"p50_ms": chosen.p50_ms})})
+        with atomic_output(output) as tmp_model, atomic_output(record_path) as tmp_record:
+            tmp_model.write_bytes(chosen_model.SerializeToString())
+            tmp_record.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    final = [_with_path(c, str(output)) if c is chosen else c for c in flat]
+    return TuneResult(
+        output=output,
+        record=record_path,
+        chosen=_with_path(chosen, str(output)),
+        candidates=final,
+        batch_sizes=batches,
+        threads=options.threads,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def convert_fp16(model_path: Path | str, output: Path | str) -> Path:
+    """An FP16 copy of an FP32 model with float32 inputs and outputs kept (onnxconverter-common), written atomically.
+
+    Raises:
+        OptionError: onnxconverter-common is not installed.
+    """
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        raise OptionError("FP16 needs onnxconverter-common: pip install 'resnet-edge[gpu]'") from None
+    model = load_onnx(model_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it warns about values clamped to the FP16 range, which validate judges
+        half = float16.convert_float_to_float16(model, keep_io_types=True)
+    with atomic_output(output) as tmp:
+        tmp.write_bytes(half.SerializeToString())
+    return Path(output)
+
+
+def _providers(options: TuneOptions) -> list[Provider]:
+    if options.providers is not None:
+        providers = parse_providers(list(options.providers))
+        missing = [p.value for p in providers if p.ort_name not in available_providers()]
+        if missing:
+            raise OptionError(f"cannot tune on {', '.join(missing)}: not available here (resnet-edge doctor says why)")
+        return providers
+    here = available_providers()
+    return [Provider(short) for short, info in PROVIDERS.items() if info.ort_name in here]
+
+
+def _check_options(options: TuneOptions) -> None:
+    """Refuse bad numbers and unreadable data now, before minutes of calibration and timing."""
+    from resnet_edge.calibration.sources import open_source
+
+    if options.threads is not None and options.threads < 1:
+        raise OptionError(f"threads must be at least 1, got {options.threads}")
+    if options.limit is not None and options.limit < 1:
+        raise OptionError(f"limit must be at least 1, got {options.limit}")
+    if options.min_agreement is not None and not 0 <= options.min_agreement <= 1:
+        raise OptionError(f"min agreement is a fraction from 0 to 1, got {options.min_agreement}")
+    if options.max_top1_drop is not None and not 0 <= options.max_top1_drop <= 100:
+        raise OptionError(f"max top-1 drop is in percentage points, 0 to 100, got {options.max_top1_drop}")
+    for source in (options.data, options.calib):
+        if source is not None:
+            open_source(source)
+    for candidate in options.candidates:
+        require_file(candidate, what="candidate model")
+
+
+def _build_variants(
+    model_path: Path, folder: Path, providers: Sequence[Provider], options: TuneOptions
+) -> list[tuple[Provider, list[tuple[str, str, Path | None, str | None]]]]:
+    """Per provider: (name, precision, file or None, error) of each candidate; INT8 files are built once."""
+    from resnet_edge.quantization.quantize import (
+        Format,
+        QuantConfig,
+        QuantizeOptions,
+        Target,
+        detect_target,
+        resolve_config,
+    )
+
+    built: dict[str, tuple[Path | None, str | None]] = {}
+    calibrations: dict[bool, object] = {}
+
+    def int8(config: QuantConfig, label: str) -> tuple[Path | None, str | None]:
+        if label in built:
+            return built[label]
+        from resnet_edge.quantization.quantize import calibrate_onnx, quantize_onnx
+
+        path = folder / f"int8-{label.replace(' ', '-')}.onnx"
+        quantize = QuantizeOptions(calib=options.calib, eval_data=options.data, limit=options.limit, config=config)
+        try:
+            if config.symmetric_activations not in calibrations:
+                where = folder / f"calibration-{'symmetric' if config.symmetric_activations else 'asymmetric'}"
+                where.mkdir(exist_ok=True)
+                calibrations[config.symmetric_activations] = calibrate_onnx(model_path, where, quantize)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResnetEdgeWarning)  # quantize's own notes; validate judges below
+                quantize_onnx(
+                    model_path,
+                    path,
+                    QuantizeOptions(**{**quantize.__dict__, "measure_speed": False}),
+                    calibration=calibrations[config.symmetric_activations],
+                )
+            built[label] = (path, None)
+        except ResnetEdgeError as exc:
+            built[label] = (None, f"quantization failed: {exc}")
+        return built[label]
+
+    fp16_file: list[tuple[Path | None, str | None]] = []
+    result = []
+    for provider in providers:
+        files: list[tuple[str, str, Path | None, str | None]] = [("fp32", "fp32", model_path, None)]
+        if options.int8:
+            if provider.name in GPU_INT8_PROVIDERS:
+                configs = [resolve_config(Target.GPU_TENSORRT)]
+            else:
+                target = resolve_config(detect_target())
+                configs = [target]
+                if provider.name == "cpu":  # QOperator against QDQ, measured on each machine anew
+                    configs.append(resolve_config(detect_target(), format=Format.QOPERATOR))
+            for config in configs:
+                label = f"{config.target.value} {config.format.value}"
+                path, error = int8(config, label)
+                files.append((f"int8 {label}", "int8", path, error))
+        if options.fp16 and provider.name in FP16_PROVIDERS:
+            if not fp16_file:
+                try:
+                    fp16_file.append((convert_fp16(model_path, folder / "fp16.onnx"), None))
+                except ResnetEdgeError as exc:
+                    fp16_file.append((None, str(exc)))
+            files.append(("fp16", "fp16", *fp16_file[0]))
+        for extra in options.candidates:
+            files.append((f"file {Path(extra).name}", "file", *_fits(model_path, extra)))
+        result.append((provider, files))
+    return result
+
+
+def _fits(model_path: Path, candidate: Path) -> tuple[Path | None, str | None]:
+    """A candidate file, or why it cannot stand in for the model (another input shape)."""
+    from resnet_edge.onnx.metadata import static_input_shape
+
+    candidate = require_file(candidate, what="candidate model")
+    want, got = static_input_shape(load_onnx(model_path))[1:], static_input_shape(load_onnx(candidate))[1:]
+    if want != got:
+        return None, f"takes input {list(got)}, the model takes {list(want)}"
+    return candidate, None
+
+
+def _judge_and_time(
+    provider: Provider,
+    files: list[tuple[str, str, Path | None, str | None]],
+    reference: Path,
+    batches: list[int],
+    options: TuneOptions,
+) -> list[Candidate]:
+    from resnet_edge.evaluation.benchmark import BenchmarkOptions, benchmark_models
+    from resnet_edge.evaluation.validate import Reference, ValidateOptions, validate_models
+
+    runnable = [(name, precision, path) for name, precision, path, error in files if path is not None]
+    # One file may serve several candidates (fp32 is the reference itself); validate and time each file once.
+    paths = list(dict.fromkeys(str(path) for _, _, path in runnable))
+    thresholds = ValidateOptions(
+        data=options.data,
+        providers=(provider,),
+        min_agreement=options.min_agreement,
+        max_top1_drop=options.max_top1_drop,
+    )
+    validation = validate_models(paths, Reference(onnx=reference), thresholds)
+    rows = {row.path: row for row in validation.rows}
+    timing = benchmark_models(
+        paths,
+        BenchmarkOptions(
+            providers=(provider,),
+            batch_sizes=tuple(batches),
+            threads=options.threads,
+            warmup=options.warmup,
+            iterations=options.iterations,
+            data=options.data,
+        ),
+    )
+    p50: dict[str, dict[int, float]] = {}
+    for row in timing.rows:
+        if row.latency is not None and row.path is not None:
+            p50.setdefault(row.path, {})[row.batch] = row.latency.p50_ms
+    candidates: list[Candidate] = []
+    for name, precision, path, error in files:
+        if path is None:
+            candidates.append(Candidate(name, provider.value, precision, "", error=error))
+            continue
+        row = rows[str(path)]
+        candidates.append(
+            Candidate(
+                name=name,
+                provider=provider.value,
+                precision=precision,
+                path=str(path),
+                ran_on=row.ran_on,
+                placement=row.placement.describe() if row.placement else None,
+                integer_fraction=row.coverage.fraction if row.coverage else None,
+                int8_coverage=row.coverage.describe() if row.coverage else None,
+                passed=row.passed and not row.fell_back,
+                failures=row.failures + ([f"ran on {row.ran_on}, not {provider.value}"] if row.fell_back else []),
+                top1_agreement=row.parity.top1_agreement,
+                max_abs_error=row.parity.max_abs_error,
+                p50_ms=p50.get(str(path), {}),
+            )
+        )
+    return candidates
+
+
+def _choose(passing: Sequence[Candidate], batch: int) -> Candidate:
+    """The fastest passing candidate; among those within SPEED_TIE of it, the one with the most integer MACs."""
+    fastest = min(c.p50_ms[batch] for c in passing)
+    tied = [c for c in passing if c.p50_ms[batch] <= fastest * (1 + SPEED_TIE)]
+    return max(tied, key=lambda c: (c.integer_fraction if c.integer_fraction is not None else 1.0, -c.p50_ms[batch]))
+
+
+def _with_speedup(candidate: Candidate, baseline: Candidate) -> Candidate:
+    ratios = {b: baseline.p50_ms[b] / ms for b, ms in candidate.p50_ms.items() if b in baseline.p50_ms and ms > 0}
+    return Candidate(**{**candidate.__dict__, "speedup_vs_cpu_fp32": ratios})
+
+
+def _with_path(candidate: Candidate, path: str) -> Candidate:
+    return Candidate(**{**candidate.__dict__, "path": path})
+
+
+def _as_record(candidate: Candidate) -> dict:
+    record = dict(candidate.__dict__)
+    record["p50_ms"] = {str(k): v for k, v in candidate.p50_ms.items()}
+    record["speedup_vs_cpu_fp32"] = {str(k): v for k, v in candidate.speedup_vs_cpu_fp32.items()}
+    record["path"] = Path(candidate.path).name if candidate.precision != "file" else candidate.path
+    return record

@@ -1,0 +1,139 @@
+"""What an ONNX model says about itself, in its ``metadata_props``.
+
+Export writes the architecture, class count and labels, the preprocessing and the provenance; simplify and quantize
+carry every key over and add a record of their own. Later stages read from here, so nobody repeats an option.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+
+import onnx
+
+from resnet_edge.calibration.preprocess import PreprocessSpec
+from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
+from resnet_edge.onnx.graph import graph_input
+
+PRODUCER = "resnet-edge"
+# Keys holding JSON; everything else is a plain string.
+SIMPLIFICATION_KEY = "simplification"
+QUANTIZATION_KEY = "quantization"
+
+
+@dataclass
+class ModelMetadata:
+    """The self-description resnet-edge writes into every model it produces.
+
+    Attributes that an ONNX file from another tool lacks are None.
+    """
+
+    arch: str | None = None
+    variant: str | None = None
+    num_classes: int | None = None
+    in_chans: int | None = None
+    preprocessing: PreprocessSpec | None = None
+    labels: list[str] | None = None
+    dataset: str | None = None
+    checkpoint_sha256: str | None = None
+    batch: str | None = None  # "dynamic" or the fixed batch size
+    provenance: dict[str, str] = field(default_factory=dict)  # exporter, versions, opset, source hashes
+
+    def to_props(self) -> dict[str, str]:
+        props: dict[str, str] = {"producer": PRODUCER}
+        for key in ("arch", "variant", "dataset", "checkpoint_sha256", "batch"):
+            value = getattr(self, key)
+            if value is not None:
+                props[key] = str(value)
+        for key in ("num_classes", "in_chans"):
+            value = getattr(self, key)
+            if value is not None:
+                props[key] = str(int(value))
+        if self.preprocessing is not None:
+            props["preprocessing"] = self.preprocessing.to_json()
+            props["input_size"] = str(self.preprocessing.crop)
+        if self.labels is not None:
+            props["labels"] = json.dumps(self.labels)
+        props["provenance"] = json.dumps(self.provenance, sort_keys=True)
+        return props
+
+    @classmethod
+    def from_props(cls, props: dict[str, str]) -> ModelMetadata:
+        def as_int(key: str) -> int | None:
+            return int(props[key]) if key in props else None
+
+        return cls(
+            arch=props.get("arch"),
+            variant=props.get("variant"),
+            num_classes=as_int("num_classes"),
+            in_chans=as_int("in_chans"),
+            preprocessing=PreprocessSpec.from_json(props["preprocessing"]) if "preprocessing" in props else None,
+            labels=json.loads(props["labels"]) if "labels" in props else None,
+            dataset=props.get("dataset"),
+            checkpoint_sha256=props.get("checkpoint_sha256"),
+            batch=props.get("batch"),
+            provenance=json.loads(props.get("provenance", "{}")),
+        )
+
+
+def read_props(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def write_props(model: onnx.ModelProto, props: dict[str, str]) -> None:
+    """Set ``props`` on ``model``, replacing keys that exist and keeping the others."""
+    merged = read_props(model) | props
+    del model.metadata_props[:]
+    for key, value in merged.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def read_metadata(model: onnx.ModelProto) -> ModelMetadata:
+    """The model's self-description.
+
+    Raises:
+        InputFileError: a key resnet-edge reads holds something it cannot parse.
+    """
+    props = read_props(model)
+    try:
+        return ModelMetadata.from_props(props)
+    except (ValueError, KeyError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise InputFileError(f"the model's metadata_props are malformed ({type(exc).__name__}: {exc})") from None
+    except OptionError as exc:  # a preprocessing record that parses but makes no sense (NaN std, absurd resize)
+        raise InputFileError(f"the model's metadata_props hold an unusable preprocessing record: {exc}") from None
+
+
+def read_record(model: onnx.ModelProto, key: str) -> dict | None:
+    """A JSON record written by a stage (``simplification``, ``quantization``), or None."""
+    text = read_props(model).get(key)
+    return json.loads(text) if text else None
+
+
+def static_input_shape(model: onnx.ModelProto) -> tuple[int | None, ...]:
+    """The first graph input's shape; None for a symbolic or unknown dimension."""
+    dims = graph_input(model).type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+
+
+def preprocessing_for(model: onnx.ModelProto, *, source: str = "model") -> PreprocessSpec:
+    """The preprocessing a model carries or, for an ONNX file from another tool, ImageNet's at its input size.
+
+    Raises:
+        InputFileError: the model carries none and its input is not a fixed-size NCHW image.
+    """
+    meta = read_metadata(model)
+    if meta.preprocessing is not None:
+        return meta.preprocessing
+    shape = static_input_shape(model)
+    if len(shape) != 4 or shape[1] not in (1, 3) or shape[2] is None or shape[2] != shape[3]:
+        raise InputFileError(
+            f"{source} carries no preprocessing metadata and its input {list(shape)} is not a square NCHW image;"
+            " export it with resnet-edge"
+        )
+    warnings.warn(
+        f"{source} carries no preprocessing metadata; assuming ImageNet normalisation at {shape[2]}x{shape[3]}",
+        ResnetEdgeWarning,
+        stacklevel=2,
+    )
+    return PreprocessSpec.imagenet(shape[2], channels=shape[1])

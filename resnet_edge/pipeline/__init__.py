@@ -1,0 +1,1 @@
+"""The whole flow in one call, and its report: export, simplify, quantize, validate, benchmark."""

@@ -1,0 +1,642 @@
+"""The pipeline's report: ``report.json`` for machines, ``report.md`` and ``report.html`` for people, and plots.
+
+Everything a person reads is derived from the one summary built here (:func:`summarize`), which is also what
+``report.json`` holds under ``summary`` and ``plots``: the tables and the plots cannot disagree with the JSON.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+from pathlib import Path
+
+from resnet_edge import __version__
+from resnet_edge import formatting as fmt
+from resnet_edge.artifacts import atomic_output, sha256_file, write_json_atomic, write_text_atomic
+from resnet_edge.jsonable import to_jsonable
+from resnet_edge.pipeline.run import FILES, PipelineResult, describe_config
+
+VARIANTS = {
+    "model.onnx": "ONNX FP32",
+    "model.sim.onnx": "ONNX simplified",
+    "model.int8.onnx": "ONNX INT8",
+    "pytorch": "PyTorch eager",
+}
+PLOTS = {
+    "latency": "latency.png",
+    "accuracy_latency": "accuracy_vs_latency.png",
+    "ops": "ops_before_after.png",
+    "devices": "latency_by_device.png",
+}
+
+
+def summarize(result: PipelineResult) -> dict:
+    """The head table (one row per variant and provider, at the first batch size) and the series each plot shows."""
+    rows = []
+    bench = result.benchmark
+    valid = result.validate
+    first_batch = result.config.batch_sizes[0]
+    providers = list(dict.fromkeys(r.provider for r in valid.rows)) if valid else list(result.config.providers)
+    files = [f for f in FILES.values() if result.outdir and (f in result.artifacts)]
+    for provider in providers:
+        if bench and any(r.model == "pytorch" and r.batch == first_batch for r in bench.rows) and provider == "cpu":
+            rows.append(_row("pytorch", provider, result, first_batch))
+        for name in files:
+            rows.append(_row(name, provider, result, first_batch))
+    plots = {
+        "latency": {
+            "batch": first_batch,
+            "series": {
+                f"{VARIANTS[r.model]} ({r.ran_on})": r.latency.samples_ms
+                for r in (bench.rows if bench else [])
+                if r.latency and r.batch == first_batch
+            },
+        },
+        "accuracy_latency": {
+            "metric": "top-1 accuracy" if valid and valid.labelled else "top-1 agreement with the reference",
+            "points": [
+                {
+                    "label": f"{r['variant']} ({r['ran_on']})",
+                    "p50_ms": r["p50_ms"],
+                    "value": r["accuracy"] if valid and valid.labelled else r["top1_agreement"],
+                }
+                for r in rows
+                if r["p50_ms"] is not None
+            ],
+        },
+        "ops": {
+            "before": result.simplify.ops_before if result.simplify else {},
+            "after": result.simplify.ops_after if result.simplify else {},
+        },
+        "devices": _device_series(result, first_batch),
+    }
+    return {"rows": rows, "plots": plots}
+
+
+def _device_series(result: PipelineResult, batch: int) -> dict:
+    """p50 per (target, model) at the first batch size, for the latency-by-device plot (``--target`` runs).
+    Emulated targets are left out (their timings are not the emulated CPU's) and listed as such."""
+    devices = getattr(result, "devices", None)
+    emulated = [t.target for t in devices.targets if getattr(t, "emulated", False)] if devices else []
+    series: dict[str, dict[str, float]] = {}
+    for r in devices.rows if devices else []:
+        if r.latency and r.batch == batch and r.target not in emulated:
+            series.setdefault(r.target, {})[VARIANTS.get(r.model, r.model)] = r.latency.p50_ms
+    return {"batch": batch, "p50_ms": series, "emulated_left_out": emulated}
+
+
+def _row(name: str, provider: str, result: PipelineResult, batch: int) -> dict:
+    bench_row = next(
+        (
+            r
+            for r in (result.benchmark.rows if result.benchmark else [])
+            if r.model == name and r.batch == batch and (r.provider == provider or name == "pytorch")
+        ),
+        None,
+    )
+    valid_row = next(
+        (r for r in (result.validate.rows if result.validate else []) if r.model == name and r.provider == provider),
+        None,
+    )
+    if name == "pytorch":
+        any_row = result.validate.rows[0] if result.validate else None
+        accuracy = any_row.reference_accuracy.top1 if any_row and any_row.reference_accuracy else None
+        agreement, size, ran_on = 1.0, None, "cpu"
+    else:
+        accuracy = valid_row.accuracy.top1 if valid_row and valid_row.accuracy else None
+        agreement = valid_row.parity.top1_agreement if valid_row else None
+        size = (result.outdir / name).stat().st_size if (result.outdir / name).exists() else None
+        ran_on = valid_row.ran_on if valid_row else (bench_row.ran_on if bench_row else None)
+    latency = bench_row.latency if bench_row else None
+    return {
+        "variant": VARIANTS[name],
+        "file": None if name == "pytorch" else name,
+        "provider": provider,
+        "ran_on": ran_on,
+        "size_bytes": size,
+        "top1_agreement": agreement,
+        "accuracy": accuracy,
+        "p50_ms": latency.p50_ms if latency else None,
+        "p99_ms": latency.p99_ms if latency else None,
+        "throughput": latency.throughput if latency else None,
+        "speedup_vs_onnx_fp32": bench_row.speedup if bench_row else None,
+        "passed": valid_row.passed if valid_row else None,
+        "placement": valid_row.placement.describe() if valid_row and valid_row.placement else None,
+        "int8_coverage": valid_row.coverage.describe() if valid_row and valid_row.coverage else None,
+    }
+
+
+def write_report(result: PipelineResult, folder: Path) -> None:
+    """Write report.json, report.md, report.html and the PNG plots into ``folder`` (each atomically)."""
+    # Sizes and hashes are read from the staging folder, where the artifacts are now.
+    staged = PipelineResult(**{**result.__dict__, "outdir": folder})
+    summary = summarize(staged)
+    plots = _write_plots(summary["plots"], staged, folder)
+    hashes = {name: sha256_file(folder / name) for name in sorted(result.artifacts) if name.endswith(".onnx")}
+    config, config_sources = describe_config(staged)
+    report = {
+        "resnet_edge": __version__,
+        "status": "complete" if result.completed else f"stopped at {result.failed_stage}",
+        "error": result.error,
+        "summary": summary["rows"],
+        "plots": {**summary["plots"], "files": plots},
+        "config": config,
+        "config_sources": config_sources,
+        "stage_seconds": result.stage_seconds,
+        "file_sha256": hashes,
+        "seeds": {
+            "calibration_subset": result.config.seed,
+            # Fresh weights are drawn with the seed only when no checkpoint is given.
+            "init_weights": result.config.seed if result.config.resolved_weights() is None else None,
+        },
+        "environment": to_jsonable(result.benchmark.environment) if result.benchmark else _environment(),
+        "stages": {
+            name: to_jsonable(getattr(result, name))
+            for name in ("export", "simplify", "quantize", "validate", "benchmark", "devices")
+        },
+    }
+    report = _relative_paths(report, result, folder)
+    write_json_atomic(folder / "report.json", report)
+    write_text_atomic(folder / "report.md", render_markdown(report))
+    write_text_atomic(folder / "report.html", render_html(report))
+
+
+def _relative_paths(report: dict, result: PipelineResult, folder: Path) -> dict:
+    """Paths as a reader of the published report can follow them: relative to the report's folder.
+
+    The stages ran in a staging folder that is renamed to OUTDIR, so its paths become bare file names; the
+    temporary checkpoint of fresh weights (deleted after the run) becomes what it was; a user's own files
+    (``--calib images/``) are given relative to OUTDIR.
+    """
+    replacements = [(f"{folder}{os.sep}", ""), (str(folder), ".")]
+    if result.random_weights is not None:
+        replacements.insert(0, (str(result.random_weights), f"random init (seed {result.config.seed})"))
+
+    def fix(value: object) -> object:
+        if isinstance(value, str):
+            for old, new in replacements:
+                value = value.replace(old, new)
+            return value
+        if isinstance(value, dict):
+            return {fix(k): fix(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fix(v) for v in value]
+        return value
+
+    report = fix(report)
+    for key in ("weights", "calib", "data"):
+        value = report["config"].get(key)
+        if isinstance(value, str) and not value.startswith("builtin:") and Path(value).exists():
+            report["config"][key] = os.path.relpath(Path(value).resolve(), result.outdir)
+    return report
+
+
+def _environment() -> dict:
+    from resnet_edge.environment import collect_environment
+
+    return to_jsonable(collect_environment())
+
+
+_FORMATS = {
+    "pct": fmt.percent,
+    "ms": fmt.ms,
+    "x": fmt.ratio,
+    "size": fmt.size,
+    "ips": fmt.throughput,
+    "cv": fmt.cv,
+}
+
+
+def _fmt(value: object, kind: str) -> str:
+    if value is None:
+        return fmt.MISSING
+    return _FORMATS[kind](value) if kind in _FORMATS else str(value)
+
+
+_COLUMNS = [
+    ("variant", "Variant", ""),
+    ("file", "File", ""),
+    ("size_bytes", "Size", "size"),
+    ("top1_agreement", "Top-1 agreement", "pct"),
+    ("accuracy", "Accuracy", "pct"),
+    ("p50_ms", "p50 ms", "ms"),
+    ("p99_ms", "p99 ms", "ms"),
+    ("throughput", "img/s", "ips"),
+    ("speedup_vs_onnx_fp32", fmt.SPEEDUP_COLUMN, "x"),
+    ("ran_on", "Ran on", ""),
+]
+
+
+def _table_cells(report: dict) -> tuple[list[str], list[list[str]]]:
+    headers = [title for _, title, _ in _COLUMNS]
+    rows = [[_fmt(row[key], kind) for key, _, kind in _COLUMNS] for row in report["summary"]]
+    return headers, rows
+
+
+def _facts(report: dict) -> list[tuple[str, str]]:
+    env = report["environment"]
+    cpu = env["cpu"]
+    config = report["config"]
+    stages = report["stages"]
+    facts = [
+        ("Status", report["status"] + (f": {report['error']}" if report["error"] else "")),
+        (
+            "Model",
+            f"{stages['export']['arch'] if stages['export'] else config['arch']}"
+            f" ({stages['export']['variant'] if stages['export'] else config['variant'] or 'residual'}),"
+            f" weights {config['weights']}",
+        ),
+        (
+            "CPU",
+            f"{cpu['model']}, {cpu['logical_cores']} cores; " + ", ".join(k for k, v in cpu["features"].items() if v),
+        ),
+        ("Versions", ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)),
+        ("Providers available", ", ".join(env["onnxruntime_providers"])),
+    ]
+    if stages["quantize"]:
+        q = stages["quantize"]
+        facts.append(
+            (
+                "INT8",
+                f"{q['config']['target']} {q['config']['format']}, activations"
+                f" {q['config']['activation_type']}, weights"
+                f" {'per-channel' if q['config']['per_channel'] else 'per-tensor'};"
+                f" {q['method']} calibration on {q['calibration_images']} images from"
+                f" {q['calibration_source']}",
+            )
+        )
+    if stages["validate"]:
+        v = stages["validate"]
+        left_out = v.get("calibration_excluded") or 0
+        facts.append(
+            (
+                "Validation",
+                f"{v['images']} images from {v['data']}"
+                + (f" ({left_out} calibration images left out)" if left_out else "")
+                + f" against {v['reference']}",
+            )
+        )
+    if stages["benchmark"]:
+        b = stages["benchmark"]
+        facts.append(
+            (
+                "Timing",
+                f"{b['options']['iterations']} round-robin rounds after {b['options']['warmup']}"
+                f" warm-up, {fmt.count(b['threads'], 'thread')},"
+                f" batch sizes {', '.join(map(str, b['options']['batch_sizes']))}"
+                f" (the table above: batch {report['plots']['latency']['batch']})",
+            )
+        )
+    return facts
+
+
+# The columns of a benchmark row as the report shows it: title and how to read it from a row (a dict of report.json).
+_ROW_COLUMNS = {
+    "target": ("Target", lambda r, lat: r.get("target") or ""),
+    "model": ("Model", lambda r, lat: VARIANTS.get(r["model"], r["model"])),
+    "provider": ("Provider", lambda r, lat: r["provider"]),
+    "ran_on": ("Ran on", lambda r, lat: r["ran_on"]),
+    "batch": ("Batch", lambda r, lat: str(r["batch"])),
+    "cold": ("Cold start ms", lambda r, lat: _fmt(r["cold_start_ms"], "ms")),
+    "p50": ("p50 ms", lambda r, lat: _fmt(lat.get("p50_ms"), "ms")),
+    "p90": ("p90 ms", lambda r, lat: _fmt(lat.get("p90_ms"), "ms")),
+    "p99": ("p99 ms", lambda r, lat: _fmt(lat.get("p99_ms"), "ms")),
+    "ips": ("img/s", lambda r, lat: _fmt(lat.get("throughput"), "ips")),
+    "cv": ("CV", lambda r, lat: _fmt(lat.get("cv"), "cv")),
+    "speedup": (fmt.SPEEDUP_COLUMN, lambda r, lat: _fmt(r["speedup"], "x") if r["latency"] else r["skipped"] or "–"),
+}
+
+
+def _row_cells(rows: list[dict], columns: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of benchmark rows (here or from devices) for the named columns of _ROW_COLUMNS."""
+    headers = [_ROW_COLUMNS[c][0] for c in columns]
+    return headers, [[_ROW_COLUMNS[c][1](r, r["latency"] or {}) for c in columns] for r in rows]
+
+
+def _benchmark_cells(report: dict) -> tuple[list[str], list[list[str]]]:
+    """Every benchmark row: all batch sizes and providers, cold start and the percentiles."""
+    bench = report["stages"]["benchmark"]
+    columns = ["model", "provider", "ran_on", "batch", "cold", "p50", "p90", "p99", "ips", "cv", "speedup"]
+    return _row_cells(bench["rows"] if bench else [], columns)
+
+
+def render_markdown(report: dict) -> str:
+    headers, rows = _table_cells(report)
+    lines = ["# resnet-edge report", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    note = _speedup_note(report)
+    lines += ["", *([note, ""] if note else []), *(f"- **{k}:** {v}" for k, v in _facts(report)), ""]
+    placements = [r for r in report["summary"] if r.get("placement")]
+    if placements:  # where each node ran, per variant and provider (runtime's placement audit)
+        lines += ["## Where each node ran", ""]
+        lines += [f"- {r['variant']} on {r['provider']}: {r['placement']}" for r in placements] + [""]
+    coverages = [r for r in report["summary"] if r.get("int8_coverage")]
+    if coverages:  # which convolutions really ran as integer kernels (int8_coverage)
+        lines += ["## INT8 kernels", ""]
+        lines += [f"- {r['variant']} on {r['provider']}: {r['int8_coverage']}" for r in coverages] + [""]
+    for title, file in _plot_titles(report):
+        lines += [f"![{title}]({file})", ""]
+    bench_headers, bench_rows = _benchmark_cells(report)
+    if bench_rows:
+        lines += ["## Benchmark", "", "| " + " | ".join(bench_headers) + " |", "|" + "---|" * len(bench_headers)]
+        lines += ["| " + " | ".join(r) + " |" for r in bench_rows] + [""]
+    device_headers, device_rows, device_facts = _device_cells(report)
+    if device_headers:
+        lines += ["## Devices", "", *(f"- **{k}:** {v}" for k, v in device_facts), ""]
+        lines += ["| " + " | ".join(device_headers) + " |", "|" + "---|" * len(device_headers)]
+        lines += ["| " + " | ".join(r) + " |" for r in device_rows] + [""]
+        if "devices" in report["plots"]["files"]:
+            lines += [f"![Latency by device]({report['plots']['files']['devices']})", ""]
+    lines += [
+        "## Files",
+        "",
+        *(f"- `{name}` sha256 `{digest}`" for name, digest in report["file_sha256"].items()),
+        "",
+        "## Configuration",
+        "",
+        "| Option | Value | From |",
+        "|---|---|---|",
+        *(f"| `{key}` | {value} | {source} |" for key, value, source in _config_rows(report)),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _config_rows(report: dict) -> list[tuple[str, str, str]]:
+    """Option, resolved value as text, and where it came from."""
+
+    def text(value: object) -> str:
+        if value is None:
+            return fmt.MISSING
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, list):
+            return ", ".join(map(str, value))
+        return str(value)
+
+    sources = report.get("config_sources", {})
+    rows = [(key, text(value), sources.get(key, "")) for key, value in report["config"].items()]
+    return [(k, "all" if k == "limit" and v == fmt.MISSING else v, src) for k, v, src in rows]
+
+
+def _speedup_note(report: dict) -> str | None:
+    """What the Speed-up column means, when the table has one to show."""
+    if any(row["speedup_vs_onnx_fp32"] is not None for row in report["summary"]):
+        return f"{fmt.SPEEDUP_COLUMN}: {fmt.SPEEDUP_MEANING}."
+    return None
+
+
+def _device_cells(report: dict) -> tuple[list[str], list[list[str]], list[tuple[str, str]]]:
+    """The per-device section (``pipeline --target``): each target's facts, and every row it timed."""
+    devices = report["stages"].get("devices")
+    if not devices:
+        return [], [], []
+    facts = []
+    for t in devices["targets"]:
+        if not t["ok"]:
+            facts.append((t["target"], f"failed: {t['error']}"))
+            continue
+        d = t["device"]
+        features = ", ".join(k for k, v in d["features"].items() if v) or "no INT8 features of note"
+        board = f"{d['board']}; " if d["board"] else ""
+        facts.append(
+            (
+                t["target"],
+                f"{board}{d['cpu_model']}, {d['usable_cores']} cores ({features}); {d['os']}; onnxruntime"
+                f" {d['onnxruntime']} ({', '.join(d['onnxruntime_providers'])}); {t['threads']} threads"
+                + "".join(f"; warning: {w}" for w in t["warnings"]),
+            )
+        )
+    columns = ["target", "model", "provider", "ran_on", "batch", "cold", "p50", "p99", "ips", "speedup"]
+    headers, rows = _row_cells(devices["rows"], columns)
+    return headers, rows, facts
+
+
+def _plot_titles(report: dict) -> list[tuple[str, str]]:
+    files = report["plots"]["files"]
+    titles = {
+        "latency": "Latency distribution",
+        "accuracy_latency": "Accuracy against latency",
+        "ops": "Nodes by op type before and after simplification",
+    }
+    return [(titles[key], files[key]) for key in titles if key in files]
+
+
+def render_html(report: dict) -> str:
+    headers, rows = _table_cells(report)
+    esc = html.escape
+
+    def table(headers: list[str], rows: list[list[str]], css: str = "") -> str:
+        # Wide tables scroll sideways inside their box at narrow widths; the page itself never does.
+        head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+        body = "".join(
+            "<tr>"
+            + "".join(f'<td data-label="{esc(h)}">{esc(c)}</td>' for h, c in zip(headers, r, strict=True))
+            + "</tr>"
+            for r in rows
+        )
+        inner = f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+        opening = f'<table class="{css}">' if css else "<table>"
+        return f'<div class="scroll">{opening}{inner}</table></div>'
+
+    facts = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in _facts(report))
+    figures = "".join(
+        f'<figure><img src="{esc(f)}" alt="{esc(t)}"><figcaption>{esc(t)}</figcaption></figure>'
+        for t, f in _plot_titles(report)
+    )
+    hashes = table(["File", "SHA-256"], [[n, d] for n, d in report["file_sha256"].items()], "text hashes")
+    bench_headers, bench_rows = _benchmark_cells(report)
+    note = _speedup_note(report)
+    device_headers, device_rows, device_facts = _device_cells(report)
+    devices = ""
+    if device_headers:
+        plot = report["plots"]["files"].get("devices")
+        devices = (
+            "<h2>Devices</h2><dl>"
+            + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in device_facts)
+            + "</dl>"
+            + table(device_headers, device_rows)
+            + (f'<figure><img src="{esc(plot)}" alt="Latency by device"><figcaption>Latency by device</figcaption>'
+               "</figure>" if plot else "")
+        )  # fmt: skip
+    audit = "".join(
+        f"<h2>{title}</h2><ul>" + "".join(f"<li>{esc(r['variant'])} on {esc(r['provider'])}: {esc(r[key])}</li>"
+        for r in items) + "</ul>"
+        for title, key in (("Where each node ran", "placement"), ("INT8 kernels", "int8_coverage"))
+        if (items := [r for r in report["summary"] if r.get(key)])
+    )  # fmt: skip
+    status_class = "ok" if report["status"] == "complete" else "bad"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>resnet-edge report</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body {{ font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
+       color: #1d2430; padding: 0 1rem; }}
+h1 {{ font-size: 1.6rem; margin-bottom: .2rem; }} h2 {{ font-size: 1.15rem; margin-top: 2rem; }}
+.status {{ display: inline-block; padding: .1rem .6rem; border-radius: 1rem; font-weight: 600; }}
+.ok {{ background: #dff5e3; color: #16632a; }} .bad {{ background: #fde2e1; color: #8a1c17; }}
+.scroll {{ overflow-x: auto; margin: 1rem 0; }}
+table {{ border-collapse: collapse; width: 100%; }}
+th, td {{ padding: .4rem .55rem; border-bottom: 1px solid #e3e7ee; text-align: right; white-space: nowrap; }}
+th {{ background: #f3f5f9; font-weight: 600; }}
+td:nth-child(1), td:nth-child(2), th:nth-child(1), th:nth-child(2), td:last-child, th:last-child {{ text-align: left; }}
+table.text td, table.text th {{ text-align: left; white-space: normal; }}
+table.hashes td:last-child {{ font-family: ui-monospace, monospace; font-size: .8rem; word-break: break-all; }}
+dl {{ display: grid; grid-template-columns: max-content 1fr; gap: .3rem 1rem; }} dt {{ font-weight: 600; }}
+dd {{ margin: 0; overflow-wrap: anywhere; }}
+.figures {{ display: grid; grid-template-columns: 1fr; gap: 1rem; max-width: 900px; }}
+figure {{ margin: 0; border: 1px solid #e3e7ee; border-radius: 6px; padding: .5rem; background: #fff; }}
+img {{ width: 100%; height: auto; }} figcaption {{ text-align: center; color: #5b6472; font-size: .9rem; }}
+.note {{ color: #5b6472; font-size: .9rem; }}
+@media (max-width: 760px) {{
+  body {{ margin: 1rem auto; font-size: 14px; }}
+  /* The head table becomes one card per variant, each value beside its column name. */
+  table.stack thead {{ display: none; }}
+  table.stack tr {{ display: block; border: 1px solid #e3e7ee; border-radius: 6px; margin-bottom: .6rem;
+                   padding: .3rem .6rem; }}
+  table.stack td {{ display: flex; justify-content: space-between; border: 0; padding: .12rem 0; }}
+  table.stack td::before {{ content: attr(data-label); font-weight: 600; color: #5b6472; padding-right: 1rem; }}
+  table.stack td:first-child {{ font-weight: 600; }}
+  dl {{ grid-template-columns: 1fr; gap: 0 0; }} dd {{ margin-bottom: .5rem; }}
+}}
+</style></head>
+<body>
+<h1>resnet-edge report</h1>
+<p><span class="status {status_class}">{esc(report["status"])}</span>
+ &nbsp;resnet-edge {esc(report["resnet_edge"])}</p>
+{table(headers, rows, "stack")}
+{f'<p class="note">{esc(note)}</p>' if note else ""}
+<dl>{facts}</dl>
+{f'<h2>Plots</h2><div class="figures">{figures}</div>' if figures else ""}
+{f"<h2>Benchmark</h2>{table(bench_headers, bench_rows)}" if bench_rows else ""}
+{devices}
+{audit}
+<h2>Files</h2>{hashes}
+<h2>Configuration</h2>{table(["Option", "Value", "From"], [list(r) for r in _config_rows(report)], "text")}
+</body></html>
+"""
+
+
+# The HTML shows each plot at most PLOT_WIDTH_IN * PLOT_DPI pixels wide (900 px, one column), so text drawn at
+# PLOT_FONT_PT stays about 15 px at 1300 px and 11 px at a 700 px window.
+PLOT_WIDTH_IN = 7.5
+PLOT_DPI = 120
+PLOT_FONT_PT = 11
+
+
+def _write_plots(plots: dict, result: PipelineResult, folder: Path) -> dict[str, str]:
+    """Draw each plot from the summary's series; returns plot key -> file name for those drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    written: dict[str, str] = {}
+    with plt.rc_context({"font.size": PLOT_FONT_PT, "axes.titlesize": PLOT_FONT_PT + 1, "legend.fontsize": 10}):
+        series = plots["latency"]["series"]
+        if series:
+            labels = list(series)
+            fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 0.55 * len(labels) + 1.6), dpi=PLOT_DPI)
+            ax.boxplot([series[k] for k in labels], orientation="horizontal", showfliers=True, widths=0.6)
+            ax.set_yticks(range(1, len(labels) + 1), labels)
+            ax.invert_yaxis()
+            values = [v for k in labels for v in series[k]]
+            _latency_axis(ax.xaxis, min(values), max(values), ax.set_xscale)
+            ax.set_xlabel("latency per call")
+            ax.set_title(
+                f"Warm latency at batch {plots['latency']['batch']} ({len(next(iter(series.values())))} rounds each)"
+            )
+            ax.grid(axis="x", alpha=0.3)
+            written["latency"] = _save(fig, folder / PLOTS["latency"])
+        points = [p for p in plots["accuracy_latency"]["points"] if p["value"] is not None]
+        if points:
+            fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 4.2), dpi=PLOT_DPI)
+            markers = "osD^vP*X"
+            for i, p in enumerate(points):  # a legend, not labels: variants often share an accuracy and overlap
+                ax.scatter(
+                    p["p50_ms"],
+                    100 * p["value"],
+                    s=70,
+                    marker=markers[i % len(markers)],
+                    label=f"{p['label']}: {fmt.ms(p['p50_ms'], unit=True)}, {fmt.percent(p['value'])}",
+                )
+            ax.legend(loc="best")
+            latencies = [p["p50_ms"] for p in points]
+            _latency_axis(ax.xaxis, min(latencies), max(latencies), ax.set_xscale)
+            ax.set_xlabel("median latency")
+            ax.set_ylabel(f"{plots['accuracy_latency']['metric']} (%)")
+            values = [100 * p["value"] for p in points]
+            low, high = min(values), max(values)
+            pad = max(0.5, (high - low) * 0.3)
+            ax.set_ylim(low - pad, min(100.5, high + pad) if high <= 100 else high + pad)
+            ax.set_title("Accuracy against latency, per variant")
+            ax.grid(alpha=0.3)
+            written["accuracy_latency"] = _save(fig, folder / PLOTS["accuracy_latency"])
+        before, after = plots["ops"]["before"], plots["ops"]["after"]
+        if before:
+            ops = sorted(set(before) | set(after), key=lambda o: -(before.get(o, 0) + after.get(o, 0)))
+            fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 0.5 * len(ops) + 1.6), dpi=PLOT_DPI)
+            y = range(len(ops))
+            ax.barh([i - 0.2 for i in y], [before.get(o, 0) for o in ops], height=0.4, label="exported")
+            ax.barh([i + 0.2 for i in y], [after.get(o, 0) for o in ops], height=0.4, label="simplified")
+            for i, op in enumerate(ops):
+                for offset, count in ((-0.2, before.get(op, 0)), (0.2, after.get(op, 0))):
+                    ax.text(count, i + offset, f" {count}", va="center", fontsize=PLOT_FONT_PT - 1)
+            ax.set_yticks(list(y), ops)
+            ax.invert_yaxis()
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlim(0, max([*before.values(), *after.values()]) * 1.12 + 1)
+            ax.set_xlabel("nodes")
+            ax.set_title("Nodes by op type before and after simplification")
+            ax.legend(loc="lower right")
+            written["ops"] = _save(fig, folder / PLOTS["ops"])
+        devices = plots["devices"]["p50_ms"]
+        if devices:
+            models = list(dict.fromkeys(m for per in devices.values() for m in per))
+            fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 0.5 * len(devices) * len(models) + 1.6), dpi=PLOT_DPI)
+            height = 0.8 / len(models)
+            for i, model in enumerate(models):
+                y = [j + i * height for j in range(len(devices))]
+                values = [per.get(model, 0.0) for per in devices.values()]
+                bars = ax.barh(y, values, height=height, label=model)
+                ax.bar_label(bars, labels=[f" {fmt.ms(v, unit=True)}" if v else "" for v in values])
+            ax.set_yticks([j + 0.4 - height / 2 for j in range(len(devices))], list(devices))
+            ax.invert_yaxis()
+            left_out = len(plots["devices"].get("emulated_left_out") or [])
+            ax.set_xlabel(
+                "median latency (ms)"
+                + (f"\n{left_out} emulated target(s) left out: timings under emulation are not ARM timings"
+                   if left_out else "")
+            )  # fmt: skip
+            ax.set_title(f"Latency by device at batch {plots['devices']['batch']}")
+            ax.legend(loc="lower right")
+            written["devices"] = _save(fig, folder / PLOTS["devices"])
+        plt.close("all")
+    return written
+
+
+def _latency_axis(axis: object, low: float, high: float, set_scale: object) -> None:
+    """A latency axis labelled ``0.5 ms``, ``1 ms``, ``2 ms``: log scale when the values span 3× or more."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    label = FuncFormatter(lambda value, _: fmt.axis_ms(value))
+    if high >= 3 * low > 0:
+        set_scale("log")
+        decades = math.log10(high / low)
+        # Fewer labelled ticks per decade as the axis spans more decades, so the labels never collide.
+        subs = (1.0, 2.0, 5.0) if decades <= 1.5 else (1.0, 3.0) if decades <= 2.5 else (1.0,)
+        axis.set_major_locator(LogLocator(base=10, subs=subs))
+        axis.set_major_formatter(label)
+        axis.set_minor_formatter(NullFormatter())
+    else:
+        axis.set_major_locator(MaxNLocator(nbins=6))
+        axis.set_major_formatter(label)
+
+
+def _save(fig: object, path: Path) -> str:
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path.name

@@ -1,0 +1,681 @@
+"""The whole flow in one call: export -> simplify -> quantize -> validate -> benchmark -> report.
+
+Everything is built in a staging folder beside OUTDIR and moved into place at the end, so OUTDIR never mixes the
+artifacts of two runs. A stage that fails stops the run: the artifacts of the stages before it (each complete and
+verified) are published with a report that says where it stopped. Ctrl-C publishes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+import tomllib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from resnet_edge import __version__
+from resnet_edge import formatting as fmt
+from resnet_edge.artifacts import current_umask, read_user_text
+from resnet_edge.conversion.export import DEFAULT_OPSET, OPSET_RANGE, ExportOptions, ExportResult, export_onnx
+from resnet_edge.conversion.simplify import SimplifyResult, simplify_onnx
+from resnet_edge.errors import (
+    CheckFailedError,
+    InputFileError,
+    OptionError,
+    ResnetEdgeError,
+    ResnetEdgeWarning,
+    StageError,
+)
+from resnet_edge.evaluation.benchmark import (
+    MAX_ITERATIONS,
+    MAX_WARMUP,
+    BenchmarkOptions,
+    BenchmarkResult,
+    benchmark_models,
+)
+from resnet_edge.evaluation.validate import Reference, ValidateOptions, ValidateResult, validate_models
+from resnet_edge.onnx.runtime import parse_providers, split_provider_list
+from resnet_edge.quantization.quantize import (
+    BUNDLED_PHOTOS_NOTE,
+    MIN_OPSET,
+    Format,
+    Method,
+    QuantizeOptions,
+    QuantizeResult,
+    Target,
+    quantize_onnx,
+)
+
+if TYPE_CHECKING:
+    from resnet_edge.device.fleet import FleetBenchmarkResult
+
+DEFAULT_WEIGHTS = "builtin:digits-resnet20"
+# Written into every OUTDIR the pipeline makes; --overwrite replaces only a folder that holds it.
+MARKER = ".resnet-edge-pipeline"
+FILES = {"export": "model.onnx", "simplify": "model.sim.onnx", "quantize": "model.int8.onnx"}
+# Where a configuration value came from, as the report records it.
+FROM_DEFAULT, FROM_FLAG, FROM_ARGUMENT, FROM_CHECKPOINT, FROM_RUN = "default", "flag", "argument", "checkpoint", "run"
+# Option names (the CLI's, and the config file's keys) that differ from the field they set.
+_KEY_TO_FIELD = {"batch": "batch_sizes"}
+_FIELD_TO_KEY = {v: k for k, v in _KEY_TO_FIELD.items()}
+RANDOM_WEIGHTS_WARNING = (
+    "{arch} has random weights (no --weights; seed {seed}): its accuracy figures are meaningless, and agreement"
+    " thresholds on a random model measure noise, not the conversion"
+)
+RANDOM_WEIGHTS_HINT = (
+    "likely cause: the model has random weights, whose near-tied logits flip under INT8 rounding;"
+    " pass --weights with a trained checkpoint"
+)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Every option of a pipeline run; the report records it resolved, so the run can be repeated.
+
+    With neither ``arch`` nor ``weights``, the built-in trained digits model is used. With ``arch`` alone, the
+    weights are fresh, drawn with ``seed``. Each field is a CLI option and a config file key of the same name
+    (``batch_sizes`` is ``--batch`` / ``batch``); ``origins`` records where each given value came from.
+    """
+
+    arch: str | None = None
+    weights: str | None = None
+    variant: str | None = None
+    num_classes: int | None = None
+    input_size: int | None = None
+    opset: int = DEFAULT_OPSET
+    calib: str | None = None
+    data: str | None = None
+    providers: tuple[str, ...] = ("cpu",)
+    strict_ep: bool = False
+    int8: bool = True
+    method: str = "minmax"
+    target: str = "auto"
+    per_channel: bool | None = None
+    format: str | None = None
+    limit: int | None = None
+    seed: int = 0
+    allow_unfolded_bn: bool = False
+    allow_accuracy_drop: bool = False
+    batch_sizes: tuple[int, ...] = (1, 8)
+    iterations: int = 50
+    warmup: int = 5
+    threads: int | None = None
+    torch_eager: bool = True
+    targets: tuple[str, ...] = ()  # devices to benchmark the models on too (ssh://[user@]host[:port] or local)
+    remote_python: str | None = None  # python3 on the device when None
+    ssh_config: str | None = None
+    origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Checked here, before any stage runs: a bad benchmark option must not surface after minutes of work.
+        parse_providers(list(self.providers))
+        if self.targets:
+            from resnet_edge.device.fleet import parse_targets
+
+            parse_targets(list(self.targets))
+        for name, enum_type in (("method", Method), ("target", Target)):
+            value = getattr(self, name)
+            if value not in {e.value for e in enum_type}:
+                raise OptionError(f"{name} {value!r} is not one of: {', '.join(e.value for e in enum_type)}")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise OptionError(f"batch sizes must be at least 1, got {list(self.batch_sizes)}")
+        for name, low in (
+            ("iterations", 1),
+            ("warmup", 0),
+            ("threads", 1),
+            ("limit", 1),
+            ("num_classes", 1),
+            ("input_size", 1),
+            ("seed", 0),
+        ):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise OptionError(f"{name} must be at least {low}, got {value}")
+        low, high = OPSET_RANGE["torchscript"]  # the pipeline exports with the TorchScript exporter
+        if not low <= self.opset <= high:
+            raise OptionError(f"opset must be from {low} to {high} (what the exporter writes), got {self.opset}")
+        if not self.targets and (self.remote_python is not None or self.ssh_config is not None):
+            raise OptionError("remote_python and ssh_config apply to --target devices, and no target was given")
+        if self.int8 and self.opset < MIN_OPSET:
+            raise OptionError(f"INT8 needs opset {MIN_OPSET} or later, got opset {self.opset}; or pass --no-int8")
+        for name, high in (("iterations", MAX_ITERATIONS), ("warmup", MAX_WARMUP)):
+            if getattr(self, name) > high:
+                raise OptionError(f"{name} must be at most {high:,}, got {getattr(self, name)}")
+
+    def resolved_weights(self) -> str | None:
+        return self.weights if self.weights or self.arch else DEFAULT_WEIGHTS
+
+
+def load_config(path: Path | str, **overrides: object) -> PipelineConfig:
+    """A config from a TOML file (keys at the top level or under ``[pipeline]``), then ``overrides`` on top.
+
+    Raises:
+        InputFileError: the file is missing or not valid TOML.
+        OptionError: an unknown key or a value of the wrong type.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"config file not found: {path}")
+    text = read_user_text(path, what="config file")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputFileError(f"{path}: not valid TOML ({exc})") from None
+    data = data.get("pipeline", data)
+    if not isinstance(data, dict):
+        raise OptionError(f"{path}: [pipeline] must be a table of options, got {type(data).__name__} {data!r}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    from_file = {k: v for k, v in data.items() if _field_of(k) not in {_field_of(g) for g in given}}
+    origins = {_field_of(k): f"config file {path.name}" for k in from_file} | {_field_of(k): FROM_FLAG for k in given}
+    return make_config({**from_file, **given}, source=str(path), origins=origins)
+
+
+def option_keys() -> list[str]:
+    """Every option's name as a config file key (``batch``, ``strict_ep``, ...)."""
+    return [_FIELD_TO_KEY.get(f.name, f.name) for f in dataclasses.fields(PipelineConfig) if f.name != "origins"]
+
+
+def _field_of(key: str) -> str:
+    key = key.replace("-", "_")  # TOML keys may be spelled like the flags: allow-unfolded-bn
+    return _KEY_TO_FIELD.get(key, key)
+
+
+def make_config(
+    values: dict[str, object], *, source: str = "options", origins: dict[str, str] | None = None
+) -> PipelineConfig:
+    """A config from plain values (a TOML table, CLI options), checked against the fields.
+
+    Keys are the options' names (``batch``, ``strict_ep`` or ``strict-ep``); a list may also be given as a
+    comma-separated string, as on the command line (``batch = "1,4"``).
+
+    Args:
+        origins: field -> where its value came from; by default every given value is ``source``'s.
+
+    Raises:
+        OptionError: an unknown key or a value of the wrong type.
+    """
+    fields = {f.name for f in dataclasses.fields(PipelineConfig)} - {"origins"}
+    unknown = sorted(k for k in values if _field_of(k) not in fields)
+    if unknown:
+        raise OptionError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(option_keys())}")
+    clean: dict[str, object] = {}
+    for given_key, value in values.items():
+        key = _field_of(given_key)
+        if key in _TUPLE_FIELDS:
+            if isinstance(value, str):  # a provider's [options] may hold commas
+                value = (
+                    tuple(split_provider_list(value))
+                    if key == "providers"
+                    else tuple(v.strip() for v in value.split(","))
+                )
+            elif isinstance(value, (list, tuple)):
+                value = tuple(value)
+            if key == "batch_sizes" and isinstance(value, tuple):
+                value = tuple(int(v) if isinstance(v, str) and v.isdigit() else v for v in value)
+        expected = _FIELD_TYPES[key]
+        if not _is_a(value, expected):
+            raise OptionError(f"{source}: {given_key} must be {expected}, got {value!r}")
+        clean[key] = value
+    return PipelineConfig(**clean, origins=origins if origins is not None else dict.fromkeys(clean, source))
+
+
+# What each field accepts, read from its annotation, for checking a TOML file's values.
+_TUPLE_FIELDS = {"providers", "batch_sizes", "targets"}
+_FIELD_TYPES = {
+    f.name: f.type.replace("tuple[str, ...]", "list of strings").replace("tuple[int, ...]", "list of integers")
+    for f in dataclasses.fields(PipelineConfig)
+    if f.name != "origins"
+}
+
+
+def _is_a(value: object, expected: str) -> bool:
+    """Whether ``value`` fits a field annotated ``expected`` (``int``, ``str | None``, a list of ...)."""
+    options = [t.strip() for t in expected.split("|")]
+    if value is None:
+        return "None" in options
+    for option in options:
+        if option == "list of strings" and isinstance(value, tuple) and all(isinstance(v, str) for v in value):
+            return True
+        if option == "list of integers" and isinstance(value, tuple):
+            return all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        if option == "bool" and isinstance(value, bool):
+            return True
+        if option == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if option == "str" and isinstance(value, str):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    stage: str
+    status: str  # "start", "progress", "done" or "failed"
+    summary: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class PipelineResult:
+    outdir: Path
+    config: PipelineConfig
+    export: ExportResult | None = None
+    simplify: SimplifyResult | None = None
+    quantize: QuantizeResult | None = None
+    validate: ValidateResult | None = None
+    benchmark: BenchmarkResult | None = None
+    devices: FleetBenchmarkResult | None = None  # the models benchmarked on the --target devices
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    failed_stage: str | None = None
+    error: str | None = None
+    artifacts: list[str] = field(default_factory=list)
+    random_weights: Path | None = None  # the temporary checkpoint of fresh weights, when no weights were given
+
+    @property
+    def completed(self) -> bool:
+        return self.failed_stage is None
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    outdir: Path | str,
+    *,
+    overwrite: bool = False,
+    inputs: Sequence[Path | str] = (),
+    on_event: Callable[[StageEvent], object] | None = None,
+    progress: bool = False,
+) -> PipelineResult:
+    """Run every stage into ``outdir`` and write the report (JSON, Markdown, HTML, plots).
+
+    Args:
+        overwrite: replace ``outdir`` if an earlier pipeline run made it (it holds the :data:`MARKER` file).
+        inputs: files the caller read the configuration from (a TOML file), protected like the run's own inputs.
+
+    Raises:
+        OptionError: see :func:`check_outdir`.
+        InputFileError: the output's parent folder is missing or cannot be written.
+        StageError: a stage failed; the message names it, and ``outdir`` holds the stages before it and a report.
+    """
+    check_inputs(config)
+    outdir = check_outdir(outdir, overwrite=overwrite, inputs=[config.weights, config.calib, config.data, *inputs])
+    _check_sources(config)
+    parent = outdir.parent
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", suffix=".partial", dir=parent))
+    except OSError as exc:  # permission bits can say yes where the file system says no
+        raise InputFileError(f"cannot write in the output folder's parent {parent}: {exc.strerror}") from None
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; OUTDIR should be an ordinary folder
+    result = PipelineResult(outdir=outdir, config=config)
+    emit = on_event or (lambda event: None)
+    try:
+        with tempfile.TemporaryDirectory(prefix="resnet-edge-weights-") as scratch:
+            crash: Exception | None = None
+            try:
+                _run_stages(config, staging, Path(scratch), result, emit, progress)
+            except StageError as exc:
+                result.failed_stage, result.error = exc.stage, str(exc.cause)
+            except Exception as exc:  # a bug in a stage: keep what the stages before it made, then re-raise it
+                if result.failed_stage is None:
+                    raise
+                crash = exc
+        from resnet_edge.pipeline.report import write_report
+
+        result.artifacts = sorted(p.name for p in staging.iterdir())
+        write_report(result, staging)
+        result.artifacts = sorted(p.name for p in staging.iterdir())
+        (staging / MARKER).write_text(
+            f"made by resnet-edge {__version__} pipeline; `--overwrite` may replace this folder while this file is"
+            " here\n",
+            encoding="utf-8",
+        )
+        _publish(staging, outdir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if crash is not None:
+        raise crash
+    if result.failed_stage is not None:
+        kept = ", ".join(a for a in result.artifacts if a.endswith(".onnx")) or "no model"
+        raise StageError(
+            result.failed_stage, ResnetEdgeError(f"{result.error} (kept in {outdir}: {kept} and the report)")
+        )
+    return result
+
+
+def check_inputs(config: PipelineConfig) -> None:
+    """Check that the weights, calibration and validation data named exist, before any stage spends time.
+
+    Raises:
+        InputFileError: a named file or folder is missing or holds no images.
+        OptionError: an unknown ``builtin:`` name.
+    """
+    from resnet_edge.artifacts import require_file
+    from resnet_edge.calibration.sources import BUILTIN_PREFIX, open_source
+
+    if config.weights is not None:
+        if config.weights.startswith(BUILTIN_PREFIX):
+            from resnet_edge.models.checkpoints import BUILTIN_WEIGHTS
+
+            if config.weights not in BUILTIN_WEIGHTS:
+                raise OptionError(
+                    f"weights: unknown built-in checkpoint {config.weights!r};"
+                    f" choose one of: {', '.join(BUILTIN_WEIGHTS)}"
+                )
+        else:
+            require_file(config.weights, what="weights")
+    for key in ("calib", "data"):
+        name = getattr(config, key)
+        if name is not None:
+            try:
+                open_source(name)
+            except ResnetEdgeError as exc:
+                raise type(exc)(f"{key}: {exc}") from None
+
+
+def check_outdir(outdir: Path | str, *, overwrite: bool, inputs: Sequence[Path | str | None] = ()) -> Path:
+    """``outdir`` resolved, once it is safe to fill (or, with ``overwrite``, to replace whole).
+
+    A folder is only ever replaced if an earlier pipeline run made it (it holds :data:`MARKER`), holds none of this
+    run's inputs, and is not the home folder, the current folder or one of its parents.
+
+    Raises:
+        OptionError: any of the above does not hold, or ``outdir`` is not empty and ``overwrite`` is off.
+        InputFileError: ``outdir`` is a file, or its parent is missing or not writable.
+    """
+    outdir = Path(outdir).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if outdir == cwd or outdir in cwd.parents:
+        raise OptionError(f"{outdir} holds the current folder; the pipeline replaces OUTDIR whole, choose a new one")
+    if outdir == Path.home().resolve():
+        raise OptionError(f"{outdir} is the home folder; the pipeline replaces OUTDIR whole, choose a new one")
+    for item in inputs:
+        if item is None or str(item).startswith("builtin:"):
+            continue
+        path = Path(item).expanduser().resolve()
+        if path == outdir or outdir in path.parents:
+            raise OptionError(f"{outdir} holds {item}, an input of this run; choose another output folder")
+    if outdir.exists() and not outdir.is_dir():
+        raise InputFileError(f"output path is a file, not a folder: {outdir}")
+    if outdir.is_dir() and any(outdir.iterdir()):
+        if not overwrite:
+            raise OptionError(f"{outdir} exists and is not empty; pass --overwrite to replace it")
+        if not (outdir / MARKER).is_file():
+            raise OptionError(
+                f"{outdir} is not empty and was not made by resnet-edge pipeline (no {MARKER} in it); refusing to"
+                " replace it even with --overwrite: choose a new folder or empty this one yourself"
+            )
+    parent = outdir.parent
+    if not parent.is_dir():
+        raise InputFileError(f"output folder's parent does not exist: {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputFileError(f"output folder's parent is not writable: {parent}")
+    return outdir
+
+
+def _check_sources(config: PipelineConfig) -> None:
+    """Refuse, now, a checkpoint that does not resolve and a benchmark batch that cannot fit in memory."""
+    from resnet_edge.models.checkpoints import resolve_weights
+
+    weights = config.resolved_weights()
+    if weights is not None:
+        resolve_weights(weights)  # what check_inputs found, resolved (builtin:NAME to its file)
+    # The benchmark's largest batch, estimated now from the architecture: it must not fail after the other stages.
+    from resnet_edge.memory import check_fits
+    from resnet_edge.models.checkpoints import read_checkpoint_metadata
+    from resnet_edge.models.memory import torch_estimate
+    from resnet_edge.models.resnet import get_arch
+
+    arch = config.arch or (read_checkpoint_metadata(weights).get("arch") if weights else None)
+    if arch is not None:
+        size = config.input_size or get_arch(arch).default_input_size
+        estimate = torch_estimate(
+            arch,
+            num_classes=config.num_classes,
+            in_chans=3,
+            variant=config.variant or "residual",
+            input_size=max(size, get_arch(arch).min_input_size),
+        )
+        check_fits(
+            f"{arch} at batch {max(config.batch_sizes)}",
+            estimate,
+            max(config.batch_sizes),
+            hint="use a smaller --batch",
+        )
+
+
+def _publish(staging: Path, outdir: Path) -> None:
+    """Replace ``outdir`` with ``staging`` as close to atomically as a folder allows."""
+    if outdir.exists():
+        old = outdir.with_name(f".{outdir.name}.old-{time.time_ns()}")
+        outdir.rename(old)
+        staging.rename(outdir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(outdir)
+
+
+@contextmanager
+def _stage(name: str, result: PipelineResult, emit: Callable[[StageEvent], object]) -> Iterator[list[str]]:
+    """Time a stage, report its start and end; turn a user error into a StageError naming it."""
+    summary: list[str] = []
+    emit(StageEvent(name, "start"))
+    started = time.perf_counter()
+    try:
+        yield summary
+    except Exception as exc:
+        if not isinstance(exc, ResnetEdgeError):  # a bug: the report names the stage, the traceback stays
+            result.failed_stage, result.error = name, f"internal error: {type(exc).__name__}: {exc}"
+            emit(StageEvent(name, "failed", result.error, time.perf_counter() - started))
+            raise
+        seconds = time.perf_counter() - started
+        result.stage_seconds[name] = seconds
+        emit(StageEvent(name, "failed", str(exc), seconds))
+        raise StageError(name, exc) from None
+    seconds = time.perf_counter() - started
+    result.stage_seconds[name] = seconds
+    emit(StageEvent(name, "done", summary[0] if summary else "", seconds))
+
+
+def _run_stages(
+    config: PipelineConfig,
+    out: Path,
+    scratch: Path,
+    result: PipelineResult,
+    emit: Callable[[StageEvent], object],
+    progress: bool,
+) -> None:
+    providers = tuple(parse_providers(list(config.providers)))
+    weights = config.resolved_weights()
+    if weights is None:
+        # Fresh weights, drawn with the recorded seed and kept for the validation reference.
+        from resnet_edge.models.resnet import create_model
+
+        message = RANDOM_WEIGHTS_WARNING.format(arch=config.arch, seed=config.seed)
+        warnings.warn(message, ResnetEdgeWarning, stacklevel=2)
+        result.random_weights = weights_file = scratch / f"{config.arch}-seed{config.seed}.pt"
+        torch.manual_seed(config.seed)
+        weights = str(weights_file)
+        fresh = create_model(config.arch, num_classes=config.num_classes, variant=config.variant or "residual")
+        torch.save(fresh.state_dict(), weights)
+
+    with _stage("export", result, emit) as summary:
+        result.export = export_onnx(
+            ExportOptions(
+                arch=config.arch,
+                weights=weights,
+                num_classes=config.num_classes,
+                variant=config.variant,
+                input_size=config.input_size,
+                opset=config.opset,
+                fold_bn=False,  # keep every BatchNorm: the simplify stage folds them and proves it
+            ),
+            out / FILES["export"],
+        )
+        parity = max(p.max_abs_error for p in result.export.parity.values())
+        summary.append(
+            f"{FILES['export']}: {result.export.arch}, opset {result.export.opset},"
+            f" BatchNormalization {result.export.batch_norm_nodes},"
+            f" max abs error vs PyTorch {fmt.error(parity)} at batch {', '.join(map(str, result.export.parity))}"
+        )
+
+    with _stage("simplify", result, emit) as summary:
+        result.simplify = simplify_onnx(
+            out / FILES["export"], out / FILES["simplify"], allow_unfolded_bn=config.allow_unfolded_bn
+        )
+        s = result.simplify
+        summary.append(
+            f"{FILES['simplify']}: BatchNormalization {s.batch_norm_before} -> {len(s.batch_norm_remaining)},"
+            f" nodes {sum(s.ops_before.values())} -> {sum(s.ops_after.values())}"
+        )
+
+    models = [out / FILES["export"], out / FILES["simplify"]]
+    if config.int8:
+        with _stage("quantize", result, emit) as summary:
+            try:
+                result.quantize = quantize_onnx(
+                    out / FILES["simplify"],
+                    out / FILES["quantize"],
+                    QuantizeOptions(
+                        calib=config.calib,
+                        method=Method(config.method),
+                        per_channel=config.per_channel,
+                        format=Format(config.format) if config.format else None,
+                        target=Target(config.target),
+                        limit=config.limit,
+                        seed=config.seed,
+                        measure_speed=False,
+                        allow_accuracy_drop=config.allow_accuracy_drop,
+                    ),
+                    progress=progress,
+                )
+            except CheckFailedError as exc:  # quantize judges INT8 on validate's bar: say why a random model misses it
+                if result.random_weights is None:
+                    raise
+                raise CheckFailedError(f"{exc} ({RANDOM_WEIGHTS_HINT})") from None
+            q = result.quantize
+            summary.append(
+                f"{FILES['quantize']}: {q.config.target.value} {q.config.format.value}, calibrated on"
+                f" {q.calibration_images} images"
+                f"{f' ({BUNDLED_PHOTOS_NOTE})' if q.calibration_source == 'builtin:photos' else ''},"
+                " top-1 agreement with FP32"
+                f" {fmt.percent(q.parity.top1_agreement)} on {q.evaluation_images} held-out images"
+            )
+        models.append(out / FILES["quantize"])
+
+    with _stage("validate", result, emit) as summary:
+        result.validate = validate_models(
+            models,
+            Reference(checkpoint=weights, arch=result.export.arch),
+            ValidateOptions(data=config.data, providers=providers, strict_ep=config.strict_ep),
+        )
+        v = result.validate
+        worst = min(r.parity.top1_agreement for r in v.rows)
+        summary.append(
+            f"{len(v.rows)} model x provider rows on {v.images} images"
+            f"{f' ({v.calibration_excluded} calibration images left out)' if v.calibration_excluded else ''},"
+            " lowest top-1 agreement"
+            f" {fmt.percent(worst)}: {'pass' if v.passed else 'FAIL'}"
+        )
+        if not v.passed:
+            from resnet_edge.evaluation.validate import describe_failures
+
+            hint = f" ({RANDOM_WEIGHTS_HINT})" if result.random_weights is not None else ""
+            raise CheckFailedError(describe_failures(v) + hint)
+
+    with _stage("benchmark", result, emit) as summary:
+        from tqdm import tqdm
+
+        options = BenchmarkOptions(
+            providers=providers,
+            batch_sizes=config.batch_sizes,
+            threads=config.threads,
+            warmup=config.warmup,
+            iterations=config.iterations,
+            torch_reference=weights if config.torch_eager else None,
+            strict_ep=config.strict_ep,
+            data=config.data,
+        )
+        with tqdm(total=options.total_rounds, desc="timing", unit="round", leave=False, disable=not progress) as bar:
+            result.benchmark = benchmark_models(models, options, progress=bar.update)
+        fastest = min((r for r in result.benchmark.rows if r.latency), key=lambda r: r.latency.p50_ms)
+        summary.append(
+            f"{len(result.benchmark.rows)} rows; fastest {fastest.model} p50"
+            f" {fmt.ms(fastest.latency.p50_ms, unit=True)} at batch {fastest.batch} on {fastest.ran_on}"
+        )
+
+    if config.targets:
+        with _stage("devices", result, emit) as summary:
+            from resnet_edge.device.fleet import benchmark_on_targets, parse_targets
+            from resnet_edge.device.targets import RemoteOptions
+
+            remote = RemoteOptions(
+                python=config.remote_python or RemoteOptions().python,
+                ssh_config=config.ssh_config and Path(config.ssh_config),
+            )
+            result.devices = benchmark_on_targets(
+                models,
+                parse_targets(list(config.targets)),
+                dataclasses.replace(options, torch_reference=None),
+                remote,
+                on_progress=lambda target, message: emit(StageEvent("devices", "progress", f"[{target}] {message}")),
+            )
+            failed = [t.error for t in result.devices.targets if not t.ok]
+            if failed:
+                raise ResnetEdgeError("; ".join(failed))
+            summary.append(f"{len(result.devices.rows)} rows from {len(result.devices.targets)} target(s)")
+
+
+def describe_config(result: PipelineResult) -> tuple[dict[str, object], dict[str, str]]:
+    """The configuration as run: every option's resolved value, and where each came from.
+
+    Returns:
+        option name -> the value used (what a default turned into: the arch and input size the checkpoint records,
+        the calibration and validation images, the thread count, the INT8 configuration the target chose), and
+        option name -> its origin: ``default``, ``flag``, ``config file NAME``, ``argument`` (library call),
+        ``checkpoint`` (recorded in the weights) or ``run`` (decided while running, e.g. detected).
+    """
+    config = result.config
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}
+    for f in dataclasses.fields(PipelineConfig):
+        if f.name == "origins":
+            continue
+        key = _FIELD_TO_KEY.get(f.name, f.name)
+        value = getattr(config, f.name)
+        values[key] = list(value) if isinstance(value, tuple) else value
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        sources[key] = config.origins.get(f.name) or (FROM_DEFAULT if value == default else FROM_ARGUMENT)
+
+    def resolved(key: str, value: object, source: str) -> None:
+        if values[key] is None and value is not None:
+            values[key], sources[key] = value, source
+
+    recorded = FROM_CHECKPOINT if config.resolved_weights() is not None else FROM_DEFAULT
+    resolved("weights", config.resolved_weights() or f"random init (seed {config.seed})", FROM_DEFAULT)
+    if result.export:
+        e = result.export
+        resolved("arch", e.arch, recorded)
+        resolved("variant", e.variant, recorded)
+        resolved("num_classes", e.num_classes, recorded)
+        resolved("input_size", e.input_shape[-1], recorded)
+    if result.quantize:
+        q = result.quantize
+        resolved("calib", q.calibration_source, FROM_DEFAULT)
+        resolved("per_channel", q.config.per_channel, f"target {q.config.target.value}")
+        resolved("format", q.config.format.value, f"target {q.config.target.value}")
+        if config.target == "auto":
+            values["target"], sources["target"] = q.config.target.value, f"{sources['target']} (auto: this CPU)"
+    if result.validate:
+        resolved("data", result.validate.data, FROM_DEFAULT)
+    if result.benchmark:
+        resolved("threads", result.benchmark.threads, f"{FROM_DEFAULT} (all cores)")
+    return values, sources

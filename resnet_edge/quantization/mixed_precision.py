@@ -1,0 +1,379 @@
+"""Accuracy-aware mixed precision: keep the blocks INT8 hurts most in FP32, fewest first, until a target holds.
+
+The rule, precisely:
+
+1. Calibrate once (:func:`resnet_edge.quantization.quantize.calibrate_onnx`); every step below reuses those ranges,
+   since the ranges do not depend on which nodes stay FP32.
+2. Step 0 quantizes everything the user did not ``--exclude`` and judges it on the held-out images. Target met: stop.
+3. Otherwise rank the blocks that step 0 quantized by isolated sensitivity
+   (:mod:`resnet_edge.quantization.sensitivity`: the logit SQNR of the FP32 model with only that block INT8; lowest
+   first, ties in execution order). Step k keeps the k highest-ranked blocks in FP32 (on top of the user's exclusions),
+   k = 1, 2, ..., n - 1, and stops at the first k whose model meets the target. So the result has the fewest FP32 blocks
+   of any prefix of the ranking.
+4. With n - 1 blocks in FP32 and the target still missed, the search fails with :class:`TargetMissedError`: keeping
+   all n in FP32 would leave no INT8 block, which is not a quantization, so it never counts as meeting the target.
+
+The target is judged on the same held-out images that rank the blocks and pick the stopping step; for an unbiased
+final number, validate the result on a third set (``resnet-edge validate --data``).
+
+Latency: every step's model is timed side by side with the FP32 model in one interleaved run at the end (batch 1,
+CPU), since timings taken minutes apart on a shared machine do not compare.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TypeVar
+
+import onnx
+
+from resnet_edge.artifacts import atomic_output, load_onnx, refuse_overwriting_inputs, require_writable_destination
+from resnet_edge.calibration.sources import open_source
+from resnet_edge.errors import CheckFailedError, OptionError
+from resnet_edge.onnx.metadata import QUANTIZATION_KEY, preprocessing_for, write_props
+from resnet_edge.quantization.quantize import (
+    SPEED_ITERATIONS,
+    QuantizeOptions,
+    QuantizeResult,
+    SpeedComparison,
+    calibrate_onnx,
+    quantize_onnx,
+)
+from resnet_edge.quantization.sensitivity import DEFAULT_IMAGES, AnalysisOptions, analyze_quantization
+
+SPEED_WARMUP = 5
+
+T = TypeVar("T")
+
+
+class TargetMissedError(CheckFailedError):
+    """No mixed-precision model with at least one INT8 block met the accuracy target."""
+
+
+@dataclass(frozen=True)
+class AccuracyTarget:
+    """What a quantized model must keep, judged on held-out images; every target given must hold.
+
+    Attributes:
+        max_top1_drop: labelled top-1 accuracy lost, FP32 minus INT8, in percentage points (needs labelled images).
+        min_agreement: fraction of images on which INT8's top-1 class equals FP32's.
+    """
+
+    max_top1_drop: float | None = None
+    min_agreement: float | None = None
+
+    def check(self) -> None:
+        """Raises OptionError for a target that is missing or out of range."""
+        if self.max_top1_drop is None and self.min_agreement is None:
+            raise OptionError("give an accuracy target: --max-top1-drop POINTS or --min-agreement FRACTION")
+        if self.max_top1_drop is not None and not 0 <= self.max_top1_drop <= 100:
+            raise OptionError(f"--max-top1-drop is in percentage points, 0 to 100; got {self.max_top1_drop}")
+        if self.min_agreement is not None and not 0 < self.min_agreement <= 1:
+            raise OptionError(
+                f"--min-agreement is a fraction above 0 and at most 1, such as 0.99; got {self.min_agreement}"
+            )
+
+    def met_by(self, result: QuantizeResult) -> bool:
+        """Whether ``result`` meets every given target.
+
+        Raises:
+            OptionError: a top-1 drop target on images without labels.
+        """
+        met = True
+        if self.max_top1_drop is not None:
+            drop = result.top1_drop_points
+            if drop is None:
+                raise OptionError(
+                    f"--max-top1-drop needs labelled held-out images and {result.evaluation_source} has"
+                    " none; pass labelled --eval-data, or use --min-agreement"
+                )
+            met = drop <= self.max_top1_drop
+        if self.min_agreement is not None:
+            met = met and result.parity.top1_agreement >= self.min_agreement
+        return met
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_top1_drop is not None:
+            parts.append(f"top-1 drop <= {self.max_top1_drop:g} points")
+        if self.min_agreement is not None:
+            parts.append(f"top-1 agreement >= {100 * self.min_agreement:g}%")
+        return " and ".join(parts)
+
+
+@dataclass(frozen=True)
+class BlockSensitivity:
+    block: str
+    sensitivity_db: float  # logit SQNR with only this block INT8: lower costs more accuracy
+    isolated_top1_agreement: float | None
+    exclude: list[str]  # --exclude items that keep it in FP32
+
+
+@dataclass(frozen=True)
+class SearchStep:
+    """One model the search tried.
+
+    Attributes:
+        step: number of ranked blocks kept in FP32.
+        fp32_blocks: those blocks, most sensitive first.
+        exclude: every ``--exclude`` item of this model (the user's, then the blocks').
+        fp32_nodes: compute nodes left in FP32.
+        p50_ms, speedup: batch-1 median latency and FP32 p50 over it, from the side-by-side timing (None when
+            timing is off).
+    """
+
+    step: int
+    fp32_blocks: list[str]
+    exclude: list[str]
+    fp32_nodes: list[str]
+    top1_agreement: float
+    fp32_top1: float | None
+    int8_top1: float | None
+    top1_drop_points: float | None
+    met: bool
+    p50_ms: float | None = None
+    speedup: float | None = None
+
+
+@dataclass(frozen=True)
+class MixedPrecisionResult:
+    """The chosen model (written like :func:`quantize_onnx` writes one) and every step that led to it.
+
+    Attributes:
+        quantize: the chosen step's result; its file and sidecar record the search under ``mixed_precision``.
+        exclude: the ``--exclude`` items that reproduce the chosen model with ``resnet-edge quantize``.
+        ranking: the blocks step 0 quantized, most sensitive first (empty when step 0 met the target).
+        fp32_p50_ms: the FP32 model's median latency in the same timing run as the steps.
+    """
+
+    target: AccuracyTarget
+    quantize: QuantizeResult
+    steps: list[SearchStep]
+    ranking: list[BlockSensitivity]
+    exclude: list[str]
+    fp32_p50_ms: float | None
+    timing_iterations: int | None
+    seconds: float
+
+    @property
+    def fp32_blocks(self) -> list[str]:
+        return self.steps[-1].fp32_blocks
+
+
+def search_prefixes(
+    evaluate: Callable[[list[str]], T],
+    met: Callable[[T], bool],
+    rank: Callable[[T], Sequence[str]],
+    *,
+    describe: Callable[[T], str] = str,
+) -> list[tuple[list[str], T]]:
+    """The stopping rule, apart from quantization (see the module docstring).
+
+    Args:
+        evaluate: builds and judges the model that keeps the given blocks in FP32.
+        met: whether an outcome meets the target.
+        rank: from step 0's outcome, the blocks it quantized, most sensitive first.
+        describe: an outcome in words, for the failure message.
+
+    Returns:
+        Every step tried, as (blocks kept in FP32, outcome); the last one met the target.
+
+    Raises:
+        TargetMissedError: no step with at least one INT8 block met the target.
+    """
+    first = evaluate([])
+    steps = [([], first)]
+    if met(first):
+        return steps
+    ranking = list(rank(first))
+    for k in range(1, len(ranking)):
+        kept = ranking[:k]
+        outcome = evaluate(kept)
+        steps.append((kept, outcome))
+        if met(outcome):
+            return steps
+    best = steps[-1][1]
+    raise TargetMissedError(
+        f"no model with an INT8 block meets the target: with {len(steps) - 1} of {len(ranking)} quantized blocks"
+        f" in FP32 {describe(best)}"
+    )
+
+
+def quantize_mixed_precision(
+    model_path: Path | str,
+    output: Path | str,
+    target: AccuracyTarget,
+    options: QuantizeOptions = QuantizeOptions(),  # noqa: B008 (frozen, as quantize_onnx's default)
+    *,
+    progress: bool = False,
+    on_step: Callable[[SearchStep], object] | None = None,
+    analysis_images: int = DEFAULT_IMAGES,
+) -> MixedPrecisionResult:
+    """Quantize, and keep the most sensitive blocks in FP32, fewest first, until ``target`` holds.
+
+    Args:
+        options: as for :func:`quantize_onnx`; ``exclude`` is kept in FP32 at every step, ``measure_speed`` turns
+            the side-by-side timing of the steps on or off.
+        on_step: called with each step as soon as it is judged (before timing).
+        analysis_images: held-out images the blocks are ranked on.
+
+    Returns:
+        The chosen model, written to ``output`` with its sidecar, both atomically; nothing is written on failure.
+
+    Raises:
+        OptionError: a bad target, a top-1 drop target without labels, or see :func:`quantize_onnx`.
+        TargetMissedError: the target holds for no model with an INT8 block.
+        InputFileError, CheckFailedError: see :func:`quantize_onnx`.
+    """
+    started = time.perf_counter()
+    target.check()
+    model_path = Path(model_path)
+    output = require_writable_destination(output)
+    require_writable_destination(Path(f"{output}.json"))
+    refuse_overwriting_inputs(
+        [output, Path(f"{output}.json")],
+        [model_path, options.calib, options.eval_data],
+        command="quantize output",
+    )
+    fp32 = load_onnx(model_path)
+    ranking: list[BlockSensitivity] = []
+
+    with tempfile.TemporaryDirectory(prefix="resnet-edge-mixed-") as tmp:
+        calibration = calibrate_onnx(model_path, tmp, options, progress=progress)
+        by_block: dict[str, list[str]] = {}
+
+        def exclusions(blocks: list[str]) -> list[str]:
+            return list(dict.fromkeys([*options.exclude, *(item for b in blocks for item in by_block[b])]))
+
+        def evaluate(blocks: list[str]) -> QuantizeResult:
+            # Every step is judged by the search's own target, not by quantize's default bar.
+            step_options = replace(
+                options, exclude=tuple(exclusions(blocks)), measure_speed=False, allow_accuracy_drop=True
+            )
+            result = quantize_onnx(
+                model_path, Path(tmp, f"step{len(blocks)}.onnx"), step_options, calibration=calibration
+            )
+            if on_step is not None:
+                on_step(_step(blocks, result, target, exclusions(blocks)))
+            return result
+
+        def rank(first: QuantizeResult) -> list[str]:
+            analysis = analyze_quantization(
+                fp32,
+                onnx.load(str(first.output)),
+                AnalysisOptions(data=first.evaluation_source, limit=analysis_images, seed=options.seed),
+            )
+            for name in analysis.ranking:
+                block = analysis.block(name)
+                by_block[name] = block.exclude
+                ranking.append(
+                    BlockSensitivity(name, block.sensitivity_db, block.isolated_top1_agreement, block.exclude)
+                )
+            return analysis.ranking
+
+        tried = search_prefixes(evaluate, target.met_by, rank, describe=lambda r: _describe(r, target))
+        steps = [_step(blocks, result, target, exclusions(blocks)) for blocks, result in tried]
+        fp32_p50, iterations = None, None
+        if options.measure_speed:
+            fp32_p50, p50s, iterations = _time_side_by_side(fp32, [r for _, r in tried])
+            steps = [replace(s, p50_ms=p, speedup=fp32_p50 / p) for s, p in zip(steps, p50s, strict=True)]
+        chosen = tried[-1][1]
+        exclude = steps[-1].exclude
+        record = dict(chosen.record)
+        record["mixed_precision"] = {
+            "target": {"max_top1_drop": target.max_top1_drop, "min_agreement": target.min_agreement},
+            "rule": "keep the most sensitive blocks in FP32, fewest first, until the target holds",
+            "ranking": [
+                {"block": r.block, "sensitivity_db": _finite(r.sensitivity_db), "exclude": r.exclude} for r in ranking
+            ],
+            "steps": [
+                {
+                    "step": s.step,
+                    "fp32_blocks": s.fp32_blocks,
+                    "top1_agreement": s.top1_agreement,
+                    "top1_drop_points": s.top1_drop_points,
+                    "p50_ms": s.p50_ms,
+                    "met": s.met,
+                }
+                for s in steps
+            ],
+            "exclude": exclude,
+        }
+        model = onnx.load(str(chosen.output))
+        write_props(model, {QUANTIZATION_KEY: json.dumps(record, sort_keys=True)})
+        data = model.SerializeToString()
+        with atomic_output(output) as tmp_model, atomic_output(Path(f"{output}.json")) as tmp_sidecar:
+            tmp_model.write_bytes(data)
+            tmp_sidecar.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+    speed = None
+    if fp32_p50 is not None:
+        speed = SpeedComparison(
+            fp32_p50_ms=fp32_p50, int8_p50_ms=steps[-1].p50_ms, iterations=iterations, threads=_threads()
+        )
+    final = replace(
+        chosen,
+        output=output,
+        sidecar=Path(f"{output}.json"),
+        bytes_after=len(data),
+        speed=speed,
+        record=record,
+        seconds=time.perf_counter() - started,
+    )
+    return MixedPrecisionResult(
+        target=target,
+        quantize=final,
+        steps=steps,
+        ranking=ranking,
+        exclude=exclude,
+        fp32_p50_ms=fp32_p50,
+        timing_iterations=iterations,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _step(blocks: list[str], result: QuantizeResult, target: AccuracyTarget, exclude: list[str]) -> SearchStep:
+    return SearchStep(
+        step=len(blocks),
+        fp32_blocks=list(blocks),
+        exclude=exclude,
+        fp32_nodes=result.fp32_nodes,
+        top1_agreement=result.parity.top1_agreement,
+        fp32_top1=result.fp32_accuracy.top1 if result.fp32_accuracy else None,
+        int8_top1=result.int8_accuracy.top1 if result.int8_accuracy else None,
+        top1_drop_points=result.top1_drop_points,
+        met=target.met_by(result),
+    )
+
+
+def _describe(result: QuantizeResult, target: AccuracyTarget) -> str:
+    text = f"top-1 agreement is {100 * result.parity.top1_agreement:.2f}%"
+    if result.top1_drop_points is not None:
+        text += f" and the top-1 drop {result.top1_drop_points:.2f} points"
+    return f"{text}; the target is {target.describe()}"
+
+
+def _time_side_by_side(fp32: onnx.ModelProto, results: Sequence[QuantizeResult]) -> tuple[float, list[float], int]:
+    """Median latency of FP32 and of each step's model, interleaved in one run (one real image)."""
+    from resnet_edge.quantization.evaluate import median_latencies_ms
+
+    image = open_source(results[0].evaluation_source).load(0, preprocessing_for(fp32)).tensor
+    models = [fp32, *(onnx.load(str(r.output)) for r in results)]
+    p50, _ = median_latencies_ms(models, image, warmup=SPEED_WARMUP, iterations=SPEED_ITERATIONS)
+    return p50[0], p50[1:], SPEED_ITERATIONS
+
+
+def _threads() -> int:
+    from resnet_edge.timing import default_threads
+
+    return default_threads()
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
