@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from resnet_edge.artifacts import (
     atomic_output,
@@ -38,6 +39,9 @@ from resnet_edge.errors import CheckFailedError, OptionError, ResnetEdgeError, R
 from resnet_edge.metadata import write_props
 from resnet_edge.onnx_graph import is_quantized
 from resnet_edge.runtime import PROVIDERS, Provider, available_providers, parse_providers
+
+if TYPE_CHECKING:
+    from resnet_edge.quantize import QuantConfig
 
 logger = logging.getLogger("resnet_edge")
 
@@ -68,6 +72,9 @@ class TuneOptions:
         iterations, warmup: timed and untimed rounds per provider and batch size.
         min_agreement, max_top1_drop: validate's thresholds, when not its defaults (99% top-1 agreement and one
             point of accuracy for INT8 and FP16; exact for FP32).
+        int8_models: INT8 files already built from this model, with their configurations (the pipeline's
+            ``model.int8.onnx``): one whose configuration a candidate needs stands in for it (no quantization), any
+            other is tried as one more INT8 candidate.
     """
 
     providers: tuple[Provider, ...] | None = None
@@ -83,6 +90,7 @@ class TuneOptions:
     warmup: int = DEFAULT_TUNE_WARMUP
     min_agreement: float | None = None
     max_top1_drop: float | None = None
+    int8_models: tuple[tuple[QuantConfig, Path], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,7 +145,9 @@ def tune_model(model_path: Path | str, output: Path | str, options: TuneOptions 
         raise OptionError(f"iterations must be at least 1 and warmup 0 or more, got {options.iterations}")
     _check_options(options)
     refuse_overwriting_inputs(
-        [output, record_path], [model_path, options.data, options.calib, *options.candidates], command="tune output"
+        [output, record_path],
+        [model_path, options.data, options.calib, *options.candidates, *(path for _, path in options.int8_models)],
+        command="tune output",
     )
     fp32 = load_onnx(model_path)
     if is_quantized(fp32):
@@ -239,13 +249,17 @@ def _build_variants(
     model_path: Path, folder: Path, providers: Sequence[Provider], options: TuneOptions
 ) -> list[tuple[Provider, list[tuple[str, str, Path | None, str | None]]]]:
     """Per provider: (name, precision, file or None, error) of each candidate; INT8 files are built once."""
-    from resnet_edge.quantize import Format, QuantConfig, QuantizeOptions, Target, detect_target, resolve_config
+    from resnet_edge.quantize import Format, QuantizeOptions, Target, detect_target, resolve_config
 
     built: dict[str, tuple[Path | None, str | None]] = {}
     calibrations: dict[bool, object] = {}
 
     def int8(config: QuantConfig, label: str) -> tuple[Path | None, str | None]:
         if label in built:
+            return built[label]
+        ready = next((path for given, path in options.int8_models if _same_config(given, config)), None)
+        if ready is not None:
+            built[label] = (require_file(ready, what="INT8 model"), None)
             return built[label]
         from resnet_edge.quantize import calibrate_onnx, quantize_onnx
 
@@ -285,6 +299,10 @@ def _build_variants(
                 label = f"{config.target.value} {config.format.value}"
                 path, error = int8(config, label)
                 files.append((f"int8 {label}", "int8", path, error))
+            for given, path in options.int8_models:  # built with another configuration: one more candidate
+                if not any(_same_config(given, config) for config in configs):
+                    label = f"{given.target.value} {given.format.value}"
+                    files.append((f"int8 {label} ({Path(path).name})", "int8", require_file(path), None))
         if options.fp16 and provider.name in FP16_PROVIDERS:
             if not fp16_file:
                 try:
@@ -296,6 +314,13 @@ def _build_variants(
             files.append((f"file {Path(extra).name}", "file", *_fits(model_path, extra)))
         result.append((provider, files))
     return result
+
+
+def _same_config(a: QuantConfig, b: QuantConfig) -> bool:
+    """The same INT8 configuration, whatever the reason recorded for choosing it."""
+    import dataclasses
+
+    return dataclasses.replace(a, reason="") == dataclasses.replace(b, reason="")
 
 
 def _fits(model_path: Path, candidate: Path) -> tuple[Path | None, str | None]:
