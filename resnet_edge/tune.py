@@ -17,12 +17,13 @@ Calibration runs once per activation symmetry and is shared by the INT8 configur
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,7 +42,9 @@ from resnet_edge.onnx_graph import is_quantized
 from resnet_edge.runtime import PROVIDERS, Provider, available_providers, parse_providers
 
 if TYPE_CHECKING:
-    from resnet_edge.quantize import QuantConfig
+    from resnet_edge.device.facts import DeviceFacts
+    from resnet_edge.device.targets import RemoteOptions
+    from resnet_edge.quantize import QuantConfig, Target
 
 logger = logging.getLogger("resnet_edge")
 
@@ -75,6 +78,11 @@ class TuneOptions:
         int8_models: INT8 files already built from this model, with their configurations (the pipeline's
             ``model.int8.onnx``): one whose configuration a candidate needs stands in for it (no quantization), any
             other is tried as one more INT8 candidate.
+        target: tune on this device (``ssh://[user@]host[:port]``, ``local``, ``exec:PREFIX``): the candidates are
+            built here, for the device's CPU and the providers its onnxruntime has, then judged and timed there by
+            the device runner (:mod:`resnet_edge.device.fleet`); the chosen model is written here.
+        remote: how to reach ``target``.
+        on_progress: called with (target, message) as the device moves on.
     """
 
     providers: tuple[Provider, ...] | None = None
@@ -91,6 +99,9 @@ class TuneOptions:
     min_agreement: float | None = None
     max_top1_drop: float | None = None
     int8_models: tuple[tuple[QuantConfig, Path], ...] = ()
+    target: str | None = None
+    remote: RemoteOptions | None = None
+    on_progress: Callable[[str, str], object] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,8 @@ class TuneResult:
     batch_sizes: list[int]
     threads: int | None
     seconds: float
+    target: str | None = None  # the device it was measured on (None: here)
+    device: DeviceFacts | None = None
 
 
 def tune_model(model_path: Path | str, output: Path | str, options: TuneOptions = TuneOptions()) -> TuneResult:
@@ -152,11 +165,12 @@ def tune_model(model_path: Path | str, output: Path | str, options: TuneOptions 
     fp32 = load_onnx(model_path)
     if is_quantized(fp32):
         raise OptionError(f"{model_path} is quantized; tune starts from the FP32 (simplified) model")
-    providers = _providers(options)
+    device = _device(options)
+    providers = _providers(options, device)
     batches = sorted({1, options.batch})
 
     with tempfile.TemporaryDirectory(prefix="resnet-edge-tune-") as tmp:
-        variants = _build_variants(model_path, Path(tmp), providers, options)
+        variants = _build_variants(model_path, Path(tmp), providers, options, cpu_target=_cpu_target(device))
         candidates = [_judge_and_time(provider, files, model_path, batches, options) for provider, files in variants]
         flat = [c for group in candidates for c in group]
         baseline = next((c for c in flat if c.provider == "cpu" and c.precision == "fp32" and c.p50_ms), None)
@@ -177,10 +191,13 @@ def tune_model(model_path: Path | str, output: Path | str, options: TuneOptions 
             "threads": options.threads,
             "iterations": options.iterations,
             "thresholds": {"min_agreement": options.min_agreement, "max_top1_drop": options.max_top1_drop},
+            "target": options.target,
+            "device": dataclasses.asdict(device.device) if device and device.device else None,
             "candidates": [_as_record(c) for c in flat],
         }
+        measured_on = {"target": options.target} if options.target else {}
         chosen_model = load_onnx(chosen.path)
-        write_props(chosen_model, {TUNE_KEY: json.dumps(record["chosen"] | {"p50_ms": chosen.p50_ms})})
+        write_props(chosen_model, {TUNE_KEY: json.dumps(record["chosen"] | measured_on | {"p50_ms": chosen.p50_ms})})
         with atomic_output(output) as tmp_model, atomic_output(record_path) as tmp_record:
             tmp_model.write_bytes(chosen_model.SerializeToString())
             tmp_record.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -193,6 +210,8 @@ def tune_model(model_path: Path | str, output: Path | str, options: TuneOptions 
         batch_sizes=batches,
         threads=options.threads,
         seconds=time.perf_counter() - started,
+        target=options.target,
+        device=device.device if device else None,
     )
 
 
@@ -215,15 +234,42 @@ def convert_fp16(model_path: Path | str, output: Path | str) -> Path:
     return Path(output)
 
 
-def _providers(options: TuneOptions) -> list[Provider]:
+def _device(options: TuneOptions) -> object | None:
+    """The target's run record with its facts (the runner's answer to a job that loads no model), or None."""
+    if options.target is None:
+        if options.remote is not None:
+            raise OptionError("remote options apply to a --target device, and no target was given")
+        return None
+    from resnet_edge.device.fleet import parse_targets, target_facts
+
+    [target] = parse_targets([options.target])
+    return target_facts(target, options.remote, on_progress=options.on_progress)
+
+
+def _providers(options: TuneOptions, device: object | None = None) -> list[Provider]:
+    """The providers to try: those asked for, or every table provider that runs here (on the device, with one)."""
+    here = available_providers() if device is None else list(device.device.onnxruntime_providers)
+    where = "here (resnet-edge doctor says why)" if device is None else f"on {device.target} (it has {', '.join(here)})"
     if options.providers is not None:
         providers = parse_providers(list(options.providers))
-        missing = [p.value for p in providers if p.ort_name not in available_providers()]
+        missing = [p.value for p in providers if p.ort_name not in here]
         if missing:
-            raise OptionError(f"cannot tune on {', '.join(missing)}: not available here (resnet-edge doctor says why)")
+            raise OptionError(f"cannot tune on {', '.join(missing)}: not available {where}")
         return providers
-    here = available_providers()
     return [Provider(short) for short, info in PROVIDERS.items() if info.ort_name in here]
+
+
+def _cpu_target(device: object | None) -> Target:
+    """The INT8 target of the CPU the candidates run on: this machine's, or the device's from its facts."""
+    from resnet_edge.quantize import Target, detect_target
+
+    if device is None:
+        return detect_target()
+    facts = device.device
+    if facts.architecture in ("aarch64", "arm64"):
+        return Target.ARM64
+    vnni = facts.features.get("avx512_vnni") or facts.features.get("avx_vnni")
+    return Target.X86_VNNI if vnni else Target.X86_AVX2
 
 
 def _check_options(options: TuneOptions) -> None:
@@ -246,10 +292,18 @@ def _check_options(options: TuneOptions) -> None:
 
 
 def _build_variants(
-    model_path: Path, folder: Path, providers: Sequence[Provider], options: TuneOptions
+    model_path: Path,
+    folder: Path,
+    providers: Sequence[Provider],
+    options: TuneOptions,
+    *,
+    cpu_target: Target | None = None,
 ) -> list[tuple[Provider, list[tuple[str, str, Path | None, str | None]]]]:
-    """Per provider: (name, precision, file or None, error) of each candidate; INT8 files are built once."""
+    """Per provider: (name, precision, file or None, error) of each candidate; INT8 files are built once.
+    ``cpu_target``: the INT8 target of the CPU they will run on (default: this machine's)."""
     from resnet_edge.quantize import Format, QuantizeOptions, Target, detect_target, resolve_config
+
+    cpu_target = cpu_target or detect_target()
 
     built: dict[str, tuple[Path | None, str | None]] = {}
     calibrations: dict[bool, object] = {}
@@ -291,10 +345,9 @@ def _build_variants(
             if provider.name in GPU_INT8_PROVIDERS:
                 configs = [resolve_config(Target.GPU_TENSORRT)]
             else:
-                target = resolve_config(detect_target())
-                configs = [target]
+                configs = [resolve_config(cpu_target)]
                 if provider.name == "cpu":  # QOperator against QDQ, measured on each machine anew
-                    configs.append(resolve_config(detect_target(), format=Format.QOPERATOR))
+                    configs.append(resolve_config(cpu_target, format=Format.QOPERATOR))
             for config in configs:
                 label = f"{config.target.value} {config.format.value}"
                 path, error = int8(config, label)
@@ -353,19 +406,20 @@ def _judge_and_time(
         min_agreement=options.min_agreement,
         max_top1_drop=options.max_top1_drop,
     )
-    validation = validate_models(paths, Reference(onnx=reference), thresholds)
-    rows = {row.path: row for row in validation.rows}
-    timing = benchmark_models(
-        paths,
-        BenchmarkOptions(
-            providers=(provider,),
-            batch_sizes=tuple(batches),
-            threads=options.threads,
-            warmup=options.warmup,
-            iterations=options.iterations,
-            data=options.data,
-        ),
+    timing_options = BenchmarkOptions(
+        providers=(provider,),
+        batch_sizes=tuple(batches),
+        threads=options.threads,
+        warmup=options.warmup,
+        iterations=options.iterations,
+        data=options.data,
     )
+    if options.target is None:
+        validation = validate_models(paths, Reference(onnx=reference), thresholds)
+        timing = benchmark_models(paths, timing_options)
+    else:  # judged and timed on the device by its runner; parity is judged here, with validate's code
+        validation, timing = _on_target(paths, reference, thresholds, timing_options, options)
+    rows = {row.path: row for row in validation.rows}
     p50: dict[str, dict[int, float]] = {}
     for row in timing.rows:
         if row.latency is not None and row.path is not None:
@@ -394,6 +448,24 @@ def _judge_and_time(
             )
         )
     return candidates
+
+
+def _on_target(
+    paths: list[str], reference: Path, thresholds: object, timing: object, options: TuneOptions
+) -> tuple[object, object]:
+    """validate and benchmark of ``paths`` on ``options.target`` (one job each); a failed target is an error."""
+    from resnet_edge.device.fleet import benchmark_on_targets, parse_targets, validate_on_targets
+    from resnet_edge.validate import Reference
+
+    targets = parse_targets([options.target])
+    where = dict(remote=options.remote, on_progress=options.on_progress)
+    judged = validate_on_targets(paths, targets, Reference(onnx=reference), thresholds, **where)
+    if judged.failed:
+        raise ResnetEdgeError(judged.targets[0].error)
+    timed = benchmark_on_targets(paths, targets, timing, **where)
+    if timed.failed:
+        raise ResnetEdgeError(timed.targets[0].error)
+    return judged.results[targets[0].name], timed
 
 
 def _choose(passing: Sequence[Candidate], batch: int) -> Candidate:

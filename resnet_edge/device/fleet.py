@@ -266,6 +266,21 @@ def validate_on_targets(
     return FleetValidateResult(results=results, targets=[run for run, _ in runs])
 
 
+def target_facts(
+    target: Target, remote: RemoteOptions | None = None, *, on_progress: Callable[[str, str], object] | None = None
+) -> TargetRun:
+    """The device's facts alone (CPU, onnxruntime's providers there), from a runner job that loads no model.
+
+    Raises:
+        TargetError: the target cannot be reached or used (its one-line error).
+    """
+    job = {"format": JOB_FORMAT, "action": "facts", "models": []}
+    [(run, _)] = _on_each([target], remote or RemoteOptions(), job, JobFiles(models={}, files={}), on_progress)
+    if not run.ok:
+        raise ResnetEdgeError(run.error)
+    return run
+
+
 def _executed(session: dict) -> list[ExecutedNode]:
     """The kernels a device's session ran (older runners send none)."""
     return [ExecutedNode.from_dict(node) for node in session.get("executed", [])]
