@@ -166,6 +166,12 @@ def tune_model(model_path: Path | str, output: Path | str, options: TuneOptions 
     if is_quantized(fp32):
         raise OptionError(f"{model_path} is quantized; tune starts from the FP32 (simplified) model")
     device = _device(options)
+    if device is not None and device.emulated:
+        warnings.warn(
+            f"{device.target} runs under emulation: parity is real, but the choice rests on emulated timings",
+            ResnetEdgeWarning,
+            stacklevel=2,
+        )
     providers = _providers(options, device)
     batches = sorted({1, options.batch})
 

@@ -345,11 +345,11 @@ def test_a_failing_tune_is_a_failing_stage(monkeypatch: pytest.MonkeyPatch, tmp_
         raise CheckFailedError("no candidate passed parity against FP32: int8 on cpu: top-1 agreement 90.00%")
 
     monkeypatch.setattr(pipeline_module, "tune_model", none_passed)  # a real miss needs a broken quantizer
-    config = PipelineConfig(**{**SMALL, "iterations": 1, "batch_sizes": (1,)}, torch_eager=False)
-    with pytest.raises(StageError, match=r"^tune: no candidate passed parity .*\(kept in .*model.int8.onnx"):
+    config = PipelineConfig(**{**SMALL, "iterations": 1, "batch_sizes": (1,)}, torch_eager=False, int8=False)
+    with pytest.raises(StageError, match=r"^tune: no candidate passed parity .*\(kept in .*model.sim.onnx"):
         run_pipeline(config, tmp_path / "out")
     names = {p.name for p in (tmp_path / "out").iterdir()}
-    assert {"model.int8.onnx", "model.sim.onnx", "report.json", ".resnet-edge-pipeline"} <= names
+    assert {"model.onnx", "model.sim.onnx", "report.json", ".resnet-edge-pipeline"} <= names
     assert "model.tuned.onnx" not in names
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["status"] == "stopped at tune" and report["deployment"] is None
