@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from resnet_edge.cli import render
-from resnet_edge.cli.options import SEED, json_option
+from resnet_edge.cli.options import SEED, json_option, parse_provider_list, providers_option
 
 
 @click.command()
@@ -29,17 +29,24 @@ from resnet_edge.cli.options import SEED, json_option
     type=click.Path(path_type=Path),
     help="Folder for INT8.analysis.png and .json. [default: the INT8 model's folder]",
 )
+@providers_option
+@click.option("--strict-ep", is_flag=True, help="Fail instead of falling back to cpu, or on partial placement.")
 @json_option
-def analyze(fp32_model, int8_model, data, limit, seed, output_dir, as_json) -> None:
+def analyze(fp32_model, int8_model, data, limit, seed, output_dir, providers, strict_ep, as_json) -> None:
     """Error INT8 shows by residual block (whole model and one block at a time), most sensitive first."""
     from resnet_edge.artifacts import ensure_folder
+    from resnet_edge.errors import OptionError
     from resnet_edge.quantization.sensitivity import AnalysisOptions, analyze_onnx
+
+    chosen = parse_provider_list(providers)
+    if len(chosen) != 1:
+        raise OptionError(f"analyze runs on one provider, got {len(chosen)}: {providers}")
 
     progress = None if as_json else (lambda what: click.echo(f"running {what}", err=True))
     result = analyze_onnx(
         fp32_model,
         int8_model,
-        AnalysisOptions(data=data, limit=limit, seed=seed),
+        AnalysisOptions(data=data, limit=limit, seed=seed, provider=chosen[0], strict_ep=strict_ep),
         output_dir=ensure_folder(output_dir) if output_dir else int8_model.parent,
         progress=progress,
     )
@@ -52,6 +59,8 @@ def analyze(fp32_model, int8_model, data, limit, seed, output_dir, as_json) -> N
         f" {result.format} model, top-1 agreement with FP32 {render.percent(result.parity.top1_agreement)},"
         f" logit cosine {result.parity.cosine:.5f}"
     )
+    names = {"fp32": fp32_model.name, "int8": int8_model.name}
+    render.audit_lines("placement", [(names[role], result.provider, p) for role, p in result.placement.items()])
     order = result.ranking + [b.block for b in result.blocks if b.block not in result.ranking]
     rows = []
     for name in order:

@@ -77,6 +77,11 @@ def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
     help="Also time the PyTorch model (the slowest phase; --no-torch-eager skips it). [default: yes]",
 )
 @click.option(
+    "--tune/--no-tune",
+    default=None,
+    help="Choose the deployment by measurement (as resnet-edge tune) and write model.tuned.onnx. [default: yes]",
+)
+@click.option(
     "--allow-unfolded-bn", is_flag=True, default=None, help="Keep BatchNorms with no conv to fold into (preact)."
 )
 @click.option(
@@ -113,7 +118,7 @@ def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @json_option
 def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
-    """Export, simplify, quantize, validate and benchmark in one go, and write a report."""
+    """Export, simplify, quantize, validate, benchmark and tune in one go, and write a report."""
     from resnet_edge.pipeline.run import FROM_FLAG, StageEvent, load_config, make_config, run_pipeline
 
     given = {k: v for k, v in options.items() if v is not None and v != ()}
@@ -166,4 +171,10 @@ def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
             ],
         )
     )
+    if result.tune:
+        chosen = result.tune.chosen
+        click.echo(
+            f"deployment: {chosen.name} on {chosen.provider} -> {result.outdir / result.tune.output.name}"
+            f" (run it with --providers {chosen.provider})"
+        )
     click.echo(f"wrote {result.outdir}/: {', '.join(result.artifacts)}")

@@ -7,7 +7,14 @@ from pathlib import Path
 import click
 
 from resnet_edge.cli import render
-from resnet_edge.cli.options import derived_path, json_option, parse_provider_list
+from resnet_edge.cli.options import (
+    derived_path,
+    json_option,
+    parse_provider_list,
+    remote_options,
+    target_options,
+    target_progress,
+)
 
 
 @click.command()
@@ -28,6 +35,7 @@ from resnet_edge.cli.options import derived_path, json_option, parse_provider_li
 @click.option("--iterations", type=int, default=30, show_default=True, help="Timed rounds per provider and batch.")
 @click.option("--min-agreement", type=float, help="Top-1 agreement required (fraction). [default: validate's]")
 @click.option("--max-top1-drop", type=float, help="Accuracy points a candidate may lose. [default: validate's]")
+@target_options
 @json_option
 def tune(
     model,
@@ -44,10 +52,22 @@ def tune(
     iterations,
     min_agreement,
     max_top1_drop,
+    targets,
+    remote_python,
+    connect_timeout,
+    ssh_config,
     as_json,
 ) -> None:
-    """Try providers x precisions, keep the fastest candidate that passes parity against FP32, write it."""
+    """Try providers x precisions, keep the fastest candidate that passes parity against FP32, write it.
+
+    With --target, the candidates are built here for the device's CPU and providers, judged and timed there.
+    """
+    from resnet_edge.errors import OptionError
     from resnet_edge.evaluation.tune import TuneOptions, tune_model
+
+    if len(targets) > 1:
+        raise OptionError(f"tune measures on one device at a time, got {len(targets)} --target")
+    remote = remote_options(targets, remote_python, connect_timeout, ssh_config)
 
     options = TuneOptions(
         providers=parse_provider_list(providers) if providers else None,
@@ -63,7 +83,14 @@ def tune(
         min_agreement=min_agreement,
         max_top1_drop=max_top1_drop,
     )
-    result = tune_model(model, output or derived_path(model, ".tuned"), options)
+    output = output or derived_path(model, ".tuned")
+    if targets:
+        from resnet_edge.device.fleet import tune_on_target
+
+        progress = None if as_json else target_progress
+        result = tune_on_target(model, output, options, targets[0], remote, on_progress=progress)
+    else:
+        result = tune_model(model, output, options)
     if as_json:
         return render.emit_json(result)
     batches = result.batch_sizes
@@ -90,6 +117,12 @@ def tune(
             ],
         )
     )
+    if result.device is not None:
+        d = result.device
+        click.echo(
+            f"measured on {result.target}: {d.hostname}, {d.cpu_model} ({d.architecture}, {d.usable_cores} cores),"
+            f" onnxruntime {d.onnxruntime}{', EMULATED: timings are not the device' if d.emulated else ''}"
+        )
     for c in result.candidates:
         if c.error or c.failures:
             click.echo(f"{c.name} on {c.provider}: {c.error or ', '.join(c.failures)}")

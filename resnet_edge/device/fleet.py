@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -52,6 +53,9 @@ from resnet_edge.onnx.metadata import preprocessing_for
 from resnet_edge.onnx.runtime import ExecutedNode, placement_from_json
 from resnet_edge.quantization.coverage import coverage_of
 from resnet_edge.timing import LatencyStats, Timed
+
+if TYPE_CHECKING:
+    from resnet_edge.evaluation.tune import TuneOptions, TuneResult
 
 
 @dataclass
@@ -267,6 +271,21 @@ def validate_on_targets(
     return FleetValidateResult(results=results, targets=[run for run, _ in runs])
 
 
+def target_facts(
+    target: Target, remote: RemoteOptions | None = None, *, on_progress: Callable[[str, str], object] | None = None
+) -> TargetRun:
+    """The device's facts alone (CPU, onnxruntime's providers there), from a runner job that loads no model.
+
+    Raises:
+        TargetError: the target cannot be reached or used (its one-line error).
+    """
+    job = {"format": JOB_FORMAT, "action": "facts", "models": []}
+    [(run, _)] = _on_each([target], remote or RemoteOptions(), job, JobFiles(models={}, files={}), on_progress)
+    if not run.ok:
+        raise ResnetEdgeError(run.error)
+    return run
+
+
 def _executed(session: dict) -> list[ExecutedNode]:
     """The kernels a device's session ran (older runners send none)."""
     return [ExecutedNode.from_dict(node) for node in session.get("executed", [])]
@@ -333,3 +352,50 @@ def _on_each(
         raise
     finally:
         pool.shutdown(wait=True)
+
+
+def tune_on_target(
+    model_path: Path | str,
+    output: Path | str,
+    options: TuneOptions,
+    target: str,
+    remote: RemoteOptions | None = None,
+    *,
+    on_progress: Callable[[str, str], object] | None = None,
+) -> TuneResult:
+    """:func:`resnet_edge.evaluation.tune.tune_model` on a device: the candidates are built here, for the device's CPU
+    and the providers its onnxruntime has, then judged and timed there by the runner (parity is judged here, with
+    validate's code); the chosen model is written here.
+
+    Raises:
+        TargetError: the device cannot be reached or used.
+        and as :func:`resnet_edge.evaluation.tune.tune_model`.
+    """
+    from resnet_edge.evaluation.tune import Site, tune_model
+
+    [device] = parse_targets([target])
+    remote = remote or RemoteOptions()
+    run = target_facts(device, remote, on_progress=on_progress)
+    facts = run.device
+    site = Site(
+        target=run.target,
+        providers=tuple(facts.onnxruntime_providers),
+        architecture=facts.architecture,
+        cpu_features=dict(facts.features),
+        emulated=run.emulated,
+        facts=dataclasses.asdict(facts),
+    )
+
+    def measure(
+        paths: list[str], reference: Path, thresholds: ValidateOptions, timing: BenchmarkOptions
+    ) -> tuple[ValidateResult, FleetBenchmarkResult]:
+        where = dict(remote=remote, on_progress=on_progress)
+        judged = validate_on_targets(paths, [device], Reference(onnx=reference), thresholds, **where)
+        if judged.failed:
+            raise ResnetEdgeError(judged.targets[0].error)
+        timed = benchmark_on_targets(paths, [device], timing, **where)
+        if timed.failed:
+            raise ResnetEdgeError(timed.targets[0].error)
+        return judged.results[device.name], timed
+
+    return tune_model(model_path, output, options, site=site, measure=measure)

@@ -17,6 +17,7 @@ Calibration runs once per activation symmetry and is shared by the INT8 configur
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -25,6 +26,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from resnet_edge.artifacts import (
     atomic_output,
@@ -38,6 +40,11 @@ from resnet_edge.errors import CheckFailedError, OptionError, ResnetEdgeError, R
 from resnet_edge.onnx.graph import is_quantized
 from resnet_edge.onnx.metadata import write_props
 from resnet_edge.onnx.runtime import PROVIDERS, Provider, available_providers, parse_providers
+
+if TYPE_CHECKING:
+    from resnet_edge.evaluation.benchmark import BenchmarkOptions, BenchmarkResult
+    from resnet_edge.evaluation.validate import ValidateOptions, ValidateResult
+    from resnet_edge.quantization.quantize import QuantConfig, Target
 
 logger = logging.getLogger("resnet_edge")
 
@@ -68,6 +75,9 @@ class TuneOptions:
         iterations, warmup: timed and untimed rounds per provider and batch size.
         min_agreement, max_top1_drop: validate's thresholds, when not its defaults (99% top-1 agreement and one
             point of accuracy for INT8 and FP16; exact for FP32).
+        int8_models: INT8 files already built from this model, with their configurations (the pipeline's
+            ``model.int8.onnx``): one whose configuration a candidate needs stands in for it (no quantization), any
+            other is tried as one more INT8 candidate.
     """
 
     providers: tuple[Provider, ...] | None = None
@@ -83,6 +93,34 @@ class TuneOptions:
     warmup: int = DEFAULT_TUNE_WARMUP
     min_agreement: float | None = None
     max_top1_drop: float | None = None
+    int8_models: tuple[tuple[QuantConfig, Path], ...] = ()
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where the candidates are judged and timed: this machine (the default), or a device as its facts describe it.
+
+    The device layer fills it in (:func:`resnet_edge.device.fleet.tune_on_target`), so that tune needs to know
+    nothing of how a device is reached.
+    """
+
+    target: str | None = None  # the device's name; None: here
+    providers: tuple[str, ...] | None = None  # onnxruntime's provider names there; None: those that load here
+    architecture: str | None = None  # the device's machine (aarch64, x86_64), to pick its INT8 configuration
+    cpu_features: dict[str, bool] = field(default_factory=dict)
+    emulated: bool = False
+    facts: dict | None = None  # the device's facts, for the record
+
+
+class Measure(Protocol):
+    """Judge ``paths`` against ``reference`` with validate's thresholds and time them, both at one site."""
+
+    def __call__(
+        self, paths: list[str], reference: Path, thresholds: ValidateOptions, timing: BenchmarkOptions
+    ) -> tuple[ValidateResult, BenchmarkResult]: ...
+
+
+HERE = Site()
 
 
 @dataclass(frozen=True)
@@ -115,10 +153,22 @@ class TuneResult:
     batch_sizes: list[int]
     threads: int | None
     seconds: float
+    target: str | None = None  # the device it was measured on (None: here)
+    device: dict | None = None  # that device's facts
 
 
-def tune_model(model_path: Path | str, output: Path | str, options: TuneOptions = TuneOptions()) -> TuneResult:
+def tune_model(
+    model_path: Path | str,
+    output: Path | str,
+    options: TuneOptions = TuneOptions(),
+    *,
+    site: Site = HERE,
+    measure: Measure | None = None,
+) -> TuneResult:
     """Try every candidate, keep the fastest one that passes parity, write it and a record of all.
+
+    The candidates are built here, for ``site``'s CPU and providers, and judged and timed by ``measure`` (default:
+    :func:`validate_models` and :func:`benchmark_models` here).
 
     Writes ``output`` (the chosen model, with a ``deployment`` record in its metadata) and ``output + ".json"``.
 
@@ -137,17 +187,28 @@ def tune_model(model_path: Path | str, output: Path | str, options: TuneOptions 
         raise OptionError(f"iterations must be at least 1 and warmup 0 or more, got {options.iterations}")
     _check_options(options)
     refuse_overwriting_inputs(
-        [output, record_path], [model_path, options.data, options.calib, *options.candidates], command="tune output"
+        [output, record_path],
+        [model_path, options.data, options.calib, *options.candidates, *(path for _, path in options.int8_models)],
+        command="tune output",
     )
     fp32 = load_onnx(model_path)
     if is_quantized(fp32):
         raise OptionError(f"{model_path} is quantized; tune starts from the FP32 (simplified) model")
-    providers = _providers(options)
+    if site.emulated:
+        warnings.warn(
+            f"{site.target} runs under emulation: parity is real, but the choice rests on emulated timings",
+            ResnetEdgeWarning,
+            stacklevel=2,
+        )
+    providers = _providers(options, site)
     batches = sorted({1, options.batch})
 
     with tempfile.TemporaryDirectory(prefix="resnet-edge-tune-") as tmp:
-        variants = _build_variants(model_path, Path(tmp), providers, options)
-        candidates = [_judge_and_time(provider, files, model_path, batches, options) for provider, files in variants]
+        variants = _build_variants(model_path, Path(tmp), providers, options, cpu_target=_cpu_target(site))
+        measure = measure or _measure_here
+        candidates = [
+            _judge_and_time(provider, files, model_path, batches, options, measure) for provider, files in variants
+        ]
         flat = [c for group in candidates for c in group]
         baseline = next((c for c in flat if c.provider == "cpu" and c.precision == "fp32" and c.p50_ms), None)
         if baseline is not None:
@@ -167,10 +228,13 @@ def tune_model(model_path: Path | str, output: Path | str, options: TuneOptions 
             "threads": options.threads,
             "iterations": options.iterations,
             "thresholds": {"min_agreement": options.min_agreement, "max_top1_drop": options.max_top1_drop},
+            "target": site.target,
+            "device": site.facts,
             "candidates": [_as_record(c) for c in flat],
         }
+        measured_on = {"target": site.target} if site.target else {}
         chosen_model = load_onnx(chosen.path)
-        write_props(chosen_model, {TUNE_KEY: json.dumps(record["chosen"] | {"p50_ms": chosen.p50_ms})})
+        write_props(chosen_model, {TUNE_KEY: json.dumps(record["chosen"] | measured_on | {"p50_ms": chosen.p50_ms})})
         with atomic_output(output) as tmp_model, atomic_output(record_path) as tmp_record:
             tmp_model.write_bytes(chosen_model.SerializeToString())
             tmp_record.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -183,6 +247,8 @@ def tune_model(model_path: Path | str, output: Path | str, options: TuneOptions 
         batch_sizes=batches,
         threads=options.threads,
         seconds=time.perf_counter() - started,
+        target=site.target,
+        device=site.facts,
     )
 
 
@@ -205,15 +271,31 @@ def convert_fp16(model_path: Path | str, output: Path | str) -> Path:
     return Path(output)
 
 
-def _providers(options: TuneOptions) -> list[Provider]:
+def _providers(options: TuneOptions, site: Site) -> list[Provider]:
+    """The providers to try: those asked for, or every table provider that runs at the site."""
+    here = available_providers() if site.providers is None else list(site.providers)
+    where = (
+        "here (resnet-edge doctor says why)" if site.target is None else f"on {site.target} (it has {', '.join(here)})"
+    )
     if options.providers is not None:
         providers = parse_providers(list(options.providers))
-        missing = [p.value for p in providers if p.ort_name not in available_providers()]
+        missing = [p.value for p in providers if p.ort_name not in here]
         if missing:
-            raise OptionError(f"cannot tune on {', '.join(missing)}: not available here (resnet-edge doctor says why)")
+            raise OptionError(f"cannot tune on {', '.join(missing)}: not available {where}")
         return providers
-    here = available_providers()
     return [Provider(short) for short, info in PROVIDERS.items() if info.ort_name in here]
+
+
+def _cpu_target(site: Site) -> Target:
+    """The INT8 target of the CPU the candidates run on: this machine's, or the device's from its facts."""
+    from resnet_edge.quantization.quantize import Target, detect_target
+
+    if site.architecture is None:
+        return detect_target()
+    if site.architecture in ("aarch64", "arm64"):
+        return Target.ARM64
+    vnni = site.cpu_features.get("avx512_vnni") or site.cpu_features.get("avx_vnni")
+    return Target.X86_VNNI if vnni else Target.X86_AVX2
 
 
 def _check_options(options: TuneOptions) -> None:
@@ -236,23 +318,28 @@ def _check_options(options: TuneOptions) -> None:
 
 
 def _build_variants(
-    model_path: Path, folder: Path, providers: Sequence[Provider], options: TuneOptions
+    model_path: Path,
+    folder: Path,
+    providers: Sequence[Provider],
+    options: TuneOptions,
+    *,
+    cpu_target: Target | None = None,
 ) -> list[tuple[Provider, list[tuple[str, str, Path | None, str | None]]]]:
-    """Per provider: (name, precision, file or None, error) of each candidate; INT8 files are built once."""
-    from resnet_edge.quantization.quantize import (
-        Format,
-        QuantConfig,
-        QuantizeOptions,
-        Target,
-        detect_target,
-        resolve_config,
-    )
+    """Per provider: (name, precision, file or None, error) of each candidate; INT8 files are built once.
+    ``cpu_target``: the INT8 target of the CPU they will run on (default: this machine's)."""
+    from resnet_edge.quantization.quantize import Format, QuantizeOptions, Target, detect_target, resolve_config
+
+    cpu_target = cpu_target or detect_target()
 
     built: dict[str, tuple[Path | None, str | None]] = {}
     calibrations: dict[bool, object] = {}
 
     def int8(config: QuantConfig, label: str) -> tuple[Path | None, str | None]:
         if label in built:
+            return built[label]
+        ready = next((path for given, path in options.int8_models if _same_config(given, config)), None)
+        if ready is not None:
+            built[label] = (require_file(ready, what="INT8 model"), None)
             return built[label]
         from resnet_edge.quantization.quantize import calibrate_onnx, quantize_onnx
 
@@ -284,14 +371,17 @@ def _build_variants(
             if provider.name in GPU_INT8_PROVIDERS:
                 configs = [resolve_config(Target.GPU_TENSORRT)]
             else:
-                target = resolve_config(detect_target())
-                configs = [target]
+                configs = [resolve_config(cpu_target)]
                 if provider.name == "cpu":  # QOperator against QDQ, measured on each machine anew
-                    configs.append(resolve_config(detect_target(), format=Format.QOPERATOR))
+                    configs.append(resolve_config(cpu_target, format=Format.QOPERATOR))
             for config in configs:
                 label = f"{config.target.value} {config.format.value}"
                 path, error = int8(config, label)
                 files.append((f"int8 {label}", "int8", path, error))
+            for given, path in options.int8_models:  # built with another configuration: one more candidate
+                if not any(_same_config(given, config) for config in configs):
+                    label = f"{given.target.value} {given.format.value}"
+                    files.append((f"int8 {label} ({Path(path).name})", "int8", require_file(path), None))
         if options.fp16 and provider.name in FP16_PROVIDERS:
             if not fp16_file:
                 try:
@@ -303,6 +393,12 @@ def _build_variants(
             files.append((f"file {Path(extra).name}", "file", *_fits(model_path, extra)))
         result.append((provider, files))
     return result
+
+
+def _same_config(a: QuantConfig, b: QuantConfig) -> bool:
+    """The same INT8 configuration, whatever the reason recorded for choosing it."""
+
+    return dataclasses.replace(a, reason="") == dataclasses.replace(b, reason="")
 
 
 def _fits(model_path: Path, candidate: Path) -> tuple[Path | None, str | None]:
@@ -322,9 +418,10 @@ def _judge_and_time(
     reference: Path,
     batches: list[int],
     options: TuneOptions,
+    measure: Measure,
 ) -> list[Candidate]:
-    from resnet_edge.evaluation.benchmark import BenchmarkOptions, benchmark_models
-    from resnet_edge.evaluation.validate import Reference, ValidateOptions, validate_models
+    from resnet_edge.evaluation.benchmark import BenchmarkOptions
+    from resnet_edge.evaluation.validate import ValidateOptions
 
     runnable = [(name, precision, path) for name, precision, path, error in files if path is not None]
     # One file may serve several candidates (fp32 is the reference itself); validate and time each file once.
@@ -335,19 +432,16 @@ def _judge_and_time(
         min_agreement=options.min_agreement,
         max_top1_drop=options.max_top1_drop,
     )
-    validation = validate_models(paths, Reference(onnx=reference), thresholds)
-    rows = {row.path: row for row in validation.rows}
-    timing = benchmark_models(
-        paths,
-        BenchmarkOptions(
-            providers=(provider,),
-            batch_sizes=tuple(batches),
-            threads=options.threads,
-            warmup=options.warmup,
-            iterations=options.iterations,
-            data=options.data,
-        ),
+    timing_options = BenchmarkOptions(
+        providers=(provider,),
+        batch_sizes=tuple(batches),
+        threads=options.threads,
+        warmup=options.warmup,
+        iterations=options.iterations,
+        data=options.data,
     )
+    validation, timing = measure(paths, reference, thresholds, timing_options)
+    rows = {row.path: row for row in validation.rows}
     p50: dict[str, dict[int, float]] = {}
     for row in timing.rows:
         if row.latency is not None and row.path is not None:
@@ -376,6 +470,15 @@ def _judge_and_time(
             )
         )
     return candidates
+
+
+def _measure_here(
+    paths: list[str], reference: Path, thresholds: ValidateOptions, timing: BenchmarkOptions
+) -> tuple[ValidateResult, BenchmarkResult]:
+    from resnet_edge.evaluation.benchmark import benchmark_models
+    from resnet_edge.evaluation.validate import Reference, validate_models
+
+    return validate_models(paths, Reference(onnx=reference), thresholds), benchmark_models(paths, timing)
 
 
 def _choose(passing: Sequence[Candidate], batch: int) -> Candidate:

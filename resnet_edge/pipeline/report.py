@@ -38,7 +38,8 @@ def summarize(result: PipelineResult) -> dict:
     valid = result.validate
     first_batch = result.config.batch_sizes[0]
     providers = list(dict.fromkeys(r.provider for r in valid.rows)) if valid else list(result.config.providers)
-    files = [f for f in FILES.values() if result.outdir and (f in result.artifacts)]
+    # The tuned model is one of these files (or their like) chosen again: its numbers are in the tune section.
+    files = [f for stage, f in FILES.items() if stage != "tune" and result.outdir and (f in result.artifacts)]
     for provider in providers:
         if bench and any(r.model == "pytorch" and r.batch == first_batch for r in bench.rows) and provider == "cpu":
             rows.append(_row("pytorch", provider, result, first_batch))
@@ -156,10 +157,74 @@ def write_report(result: PipelineResult, folder: Path) -> None:
             for name in ("export", "simplify", "quantize", "validate", "benchmark", "devices")
         },
     }
+    report["stages"]["tune"] = _tune_stage(result)
+    report["deployment"] = _deployment(report["stages"]["tune"])
     report = _relative_paths(report, result, folder)
     write_json_atomic(folder / "report.json", report)
     write_text_atomic(folder / "report.md", render_markdown(report))
     write_text_atomic(folder / "report.html", render_html(report))
+
+
+def _tune_stage(result: PipelineResult) -> dict | None:
+    """The tune stage as JSON; a candidate's file only where the run kept it (tune builds the others in a temporary
+    folder and keeps only the chosen one)."""
+    if result.tune is None:
+        return None
+    data = to_jsonable(result.tune)
+    for candidate in [data["chosen"], *data["candidates"]]:
+        if candidate["path"] and not Path(candidate["path"]).exists():
+            candidate["path"] = None
+    return data
+
+
+def _deployment(tune: dict | None) -> dict | None:
+    """What tune chose, in a few fields: the file, where to run it, how much faster, how close to FP32."""
+    if tune is None:
+        return None
+    chosen, batch = tune["chosen"], str(max(tune["batch_sizes"]))
+    return {
+        "file": chosen["path"],
+        "candidate": chosen["name"],
+        "provider": chosen["provider"],
+        "precision": chosen["precision"],
+        "batch": int(batch),
+        "p50_ms": chosen["p50_ms"].get(batch),
+        "speedup_vs_cpu_fp32": chosen["speedup_vs_cpu_fp32"].get(batch),
+        "top1_agreement": chosen["top1_agreement"],
+        "max_abs_error": chosen["max_abs_error"],
+        "parity": "pass" if chosen["passed"] else "fail",
+        "record": tune["record"],
+    }
+
+
+def _tune_cells(report: dict) -> tuple[str | None, list[str], list[list[str]]]:
+    """The chosen deployment in one sentence, and the table of every candidate tune tried (none without tune)."""
+    tune, chosen = report["stages"].get("tune"), report.get("deployment")
+    if not tune or not chosen:
+        return None, [], []
+    batches = [str(b) for b in tune["batch_sizes"]]
+    sentence = (
+        f"{chosen['candidate']} on {chosen['provider']} ({chosen['file']}): {fmt.ratio(chosen['speedup_vs_cpu_fp32'])}"
+        f" CPU FP32 at batch {chosen['batch']}, top-1 agreement with FP32 {fmt.percent(chosen['top1_agreement'])},"
+        f" parity {chosen['parity']}; run it with --providers {chosen['provider']} (every candidate:"
+        f" {chosen['record']})"
+    )
+    headers = ["Candidate", "Provider", "Ran on", "Top-1 agreement", "Parity"]
+    headers += [f"p50 ms b{b}" for b in batches] + [f"× CPU FP32 b{b}" for b in batches] + ["Chosen"]
+    rows = [
+        [
+            c["name"],
+            c["provider"],
+            c["ran_on"] or fmt.MISSING,
+            fmt.percent(c["top1_agreement"]),
+            "pass" if c["passed"] else ("error" if c["error"] else "FAIL"),
+            *(fmt.ms(c["p50_ms"].get(b)) for b in batches),
+            *(fmt.ratio(c["speedup_vs_cpu_fp32"].get(b)) for b in batches),
+            "◀" if (c["name"], c["provider"]) == (chosen["candidate"], chosen["provider"]) else "",
+        ]
+        for c in tune["candidates"]
+    ]
+    return sentence, headers, rows
 
 
 def _relative_paths(report: dict, result: PipelineResult, folder: Path) -> dict:
@@ -348,6 +413,11 @@ def render_markdown(report: dict) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in device_rows] + [""]
         if "devices" in report["plots"]["files"]:
             lines += [f"![Latency by device]({report['plots']['files']['devices']})", ""]
+    tune_sentence, tune_headers, tune_rows = _tune_cells(report)
+    if tune_sentence:
+        lines += ["## Deployment (tune)", "", f"Chosen: {tune_sentence}", ""]
+        lines += ["| " + " | ".join(tune_headers) + " |", "|" + "---|" * len(tune_headers)]
+        lines += ["| " + " | ".join(r) + " |" for r in tune_rows] + [""]
     lines += [
         "## Files",
         "",
@@ -466,6 +536,12 @@ def render_html(report: dict) -> str:
         for title, key in (("Where each node ran", "placement"), ("INT8 kernels", "int8_coverage"))
         if (items := [r for r in report["summary"] if r.get(key)])
     )  # fmt: skip
+    tune_sentence, tune_headers, tune_rows = _tune_cells(report)
+    deployment = (
+        f"<h2>Deployment (tune)</h2><p>Chosen: {esc(tune_sentence)}</p>{table(tune_headers, tune_rows)}"
+        if tune_sentence
+        else ""
+    )
     status_class = "ok" if report["status"] == "complete" else "bad"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>resnet-edge report</title>
@@ -511,6 +587,7 @@ img {{ width: 100%; height: auto; }} figcaption {{ text-align: center; color: #5
 {f'<h2>Plots</h2><div class="figures">{figures}</div>' if figures else ""}
 {f"<h2>Benchmark</h2>{table(bench_headers, bench_rows)}" if bench_rows else ""}
 {devices}
+{deployment}
 {audit}
 <h2>Files</h2>{hashes}
 <h2>Configuration</h2>{table(["Option", "Value", "From"], [list(r) for r in _config_rows(report)], "text")}

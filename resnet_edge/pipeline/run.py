@@ -1,4 +1,4 @@
-"""The whole flow in one call: export -> simplify -> quantize -> validate -> benchmark -> report.
+"""The whole flow in one call: export -> simplify -> quantize -> validate -> benchmark -> tune -> report.
 
 Everything is built in a staging folder beside OUTDIR and moved into place at the end, so OUTDIR never mixes the
 artifacts of two runs. A stage that fails stops the run: the artifacts of the stages before it (each complete and
@@ -42,6 +42,7 @@ from resnet_edge.evaluation.benchmark import (
     BenchmarkResult,
     benchmark_models,
 )
+from resnet_edge.evaluation.tune import DEFAULT_TUNE_ITERATIONS, TuneOptions, TuneResult, tune_model
 from resnet_edge.evaluation.validate import Reference, ValidateOptions, ValidateResult, validate_models
 from resnet_edge.onnx.runtime import parse_providers, split_provider_list
 from resnet_edge.quantization.quantize import (
@@ -61,7 +62,12 @@ if TYPE_CHECKING:
 DEFAULT_WEIGHTS = "builtin:digits-resnet20"
 # Written into every OUTDIR the pipeline makes; --overwrite replaces only a folder that holds it.
 MARKER = ".resnet-edge-pipeline"
-FILES = {"export": "model.onnx", "simplify": "model.sim.onnx", "quantize": "model.int8.onnx"}
+FILES = {
+    "export": "model.onnx",
+    "simplify": "model.sim.onnx",
+    "quantize": "model.int8.onnx",
+    "tune": "model.tuned.onnx",  # + model.tuned.onnx.json, every candidate tune tried
+}
 # Where a configuration value came from, as the report records it.
 FROM_DEFAULT, FROM_FLAG, FROM_ARGUMENT, FROM_CHECKPOINT, FROM_RUN = "default", "flag", "argument", "checkpoint", "run"
 # Option names (the CLI's, and the config file's keys) that differ from the field they set.
@@ -110,6 +116,7 @@ class PipelineConfig:
     warmup: int = 5
     threads: int | None = None
     torch_eager: bool = True
+    tune: bool = True  # choose the deployment by measurement (resnet_edge.evaluation.tune) on model.sim.onnx
     targets: tuple[str, ...] = ()  # devices to benchmark the models on too (ssh://[user@]host[:port] or local)
     remote_python: str | None = None  # python3 on the device when None
     ssh_config: str | None = None
@@ -274,6 +281,7 @@ class PipelineResult:
     validate: ValidateResult | None = None
     benchmark: BenchmarkResult | None = None
     devices: FleetBenchmarkResult | None = None  # the models benchmarked on the --target devices
+    tune: TuneResult | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
     failed_stage: str | None = None
     error: str | None = None
@@ -632,6 +640,46 @@ def _run_stages(
             if failed:
                 raise ResnetEdgeError("; ".join(failed))
             summary.append(f"{len(result.devices.rows)} rows from {len(result.devices.targets)} target(s)")
+
+    if config.tune:
+        with _stage("tune", result, emit) as summary:
+            result.tune = _tune(config, out, providers, result)
+            chosen, batch = result.tune.chosen, max(result.tune.batch_sizes)
+            speedup = chosen.speedup_vs_cpu_fp32.get(batch)
+            summary.append(
+                f"{FILES['tune']}: {chosen.name} on {chosen.provider}"
+                f"{f', {fmt.ratio(speedup)} CPU FP32' if speedup else ''} at batch {batch}"
+                f" ({sum(c.passed for c in result.tune.candidates)} of {len(result.tune.candidates)} candidates"
+                " passed parity)"
+            )
+
+
+def _tune(config: PipelineConfig, out: Path, providers: Sequence[object], result: PipelineResult) -> TuneResult:
+    """tune on model.sim.onnx with the run's providers (those that run here), threads, largest batch, data and
+    calibration images; the quantize stage's INT8 model stands in for its configuration's candidate (no second
+    quantization of it). Timed rounds are the run's, at most tune's default (30): the stage adds seconds, not
+    minutes, to a default run."""
+    from resnet_edge.onnx.runtime import Provider, available_providers
+
+    here = available_providers()
+    usable = tuple(p for p in providers if p.ort_name in here) or (Provider.CPU,)
+    built = ((result.quantize.config, result.quantize.output),) if result.quantize else ()
+    return tune_model(
+        out / FILES["simplify"],
+        out / FILES["tune"],
+        TuneOptions(
+            providers=usable,
+            batch=max(config.batch_sizes),
+            threads=config.threads,
+            data=config.data,
+            calib=config.calib,
+            limit=config.limit,
+            int8=config.int8,
+            iterations=min(config.iterations, DEFAULT_TUNE_ITERATIONS),
+            warmup=config.warmup,
+            int8_models=built,
+        ),
+    )
 
 
 def describe_config(result: PipelineResult) -> tuple[dict[str, object], dict[str, str]]:

@@ -53,7 +53,7 @@ from resnet_edge.onnx.metadata import (
     static_input_shape,
 )
 from resnet_edge.onnx.parity import Parity, compare
-from resnet_edge.onnx.runtime import open_session
+from resnet_edge.onnx.runtime import Placement, Provider, open_session
 
 STEM = "stem"
 HEAD = "head"
@@ -624,11 +624,17 @@ class AnalysisOptions:
             bundled photos. Images the INT8 model was calibrated on (by the hashes in its record) are dropped.
         limit: analyse at most this many images, drawn with ``seed``; None for all.
         seed: seed of the draw.
+        provider: the execution provider every session runs on (validate's ``--providers`` syntax); the CPU EP
+            when None.
+        strict_ep: fail (ProviderError) instead of falling back to the CPU, or when the provider leaves compute ops
+            of the analysed graphs to another.
     """
 
     data: str | None = None
     limit: int | None = DEFAULT_IMAGES
     seed: int = 0
+    provider: Provider | None = None
+    strict_ep: bool = False
 
 
 @dataclass(frozen=True)
@@ -641,6 +647,9 @@ class Analysis:
         parity: the INT8 model's logits against FP32's on the analysed images.
         flagged_additions: blocks whose residual addition's input scales differ by RESIDUAL_SCALE_RATIO or more.
         chart, report: the PNG and JSON written, if any.
+        provider, ran_on: the provider asked for and the one the sessions ran on.
+        placement: where each node of the two analysed graphs ran (``fp32``, ``int8``; every block output exposed,
+            so an EP may fuse less than in the deployed model).
     """
 
     fp32_model: Path | None
@@ -659,6 +668,9 @@ class Analysis:
     chart: Path | None = None
     report: Path | None = None
     notes: list[str] = field(default_factory=list)
+    provider: str = "cpu"
+    ran_on: str = "cpu"
+    placement: dict[str, Placement | None] = field(default_factory=dict)
 
     def block(self, name: str) -> BlockError:
         return next(b for b in self.blocks if b.block == name)
@@ -719,8 +731,12 @@ def analyze_quantization(
     fp32_logits, int8_logits = [], []
     if progress:
         progress("FP32 and INT8 models, every block output")
-    fp32_session = open_session(fp32_exposed, classifier=False, audit=False)
-    int8_session = open_session(int8_exposed, classifier=False, audit=False)
+    asked = options.provider or Provider.CPU
+    fp32_session = open_session(fp32_exposed, asked, strict=options.strict_ep, classifier=False)
+    int8_session = open_session(int8_exposed, asked, strict=options.strict_ep, classifier=False)
+    placement = {"fp32": fp32_session.placement, "int8": int8_session.placement}
+    ran_on = int8_session.ran_on
+    provider = asked if not int8_session.fell_back else Provider.CPU  # warned once above; no warning per block
     for x in batches:
         refs = fp32_session.predict(x, [fp32_names[b] for b in fp32_map.blocks])
         cands = int8_session.predict(x, [int8_names[b] for b in fp32_map.blocks])
@@ -740,7 +756,7 @@ def analyze_quantization(
             if progress:
                 progress(f"only {block} quantized")
             model, names = isolate_block(fp32, int8, block, fp32_map=fp32_map, int8_map=int8_map)
-            session = open_session(model, classifier=False, audit=False)
+            session = open_session(model, provider, strict=options.strict_ep, classifier=False, audit=False)
             at_block, at_logits = _ErrorAccumulator(), _ErrorAccumulator()
             logits = []
             for x, ref_logits in zip(batches, fp32_logits, strict=True):
@@ -783,6 +799,9 @@ def analyze_quantization(
         residual_scale_ratio=RESIDUAL_SCALE_RATIO,
         isolated_models=sum(b.isolated is not None for b in blocks),
         seconds=time.perf_counter() - started,
+        provider=asked.value,
+        ran_on=ran_on,
+        placement=placement,
     )
 
 

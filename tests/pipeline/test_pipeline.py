@@ -20,6 +20,8 @@ EXPECTED = {
     "model.sim.onnx",
     "model.int8.onnx",
     "model.int8.onnx.json",
+    "model.tuned.onnx",  # the tune stage's choice, on by default
+    "model.tuned.onnx.json",
     "report.json",
     "report.md",
     "report.html",
@@ -86,7 +88,7 @@ def test_report_records_what_makes_the_run_repeatable(run_dir: Path) -> None:
     report = json.loads((run_dir / "report.json").read_text())
     assert report["status"] == "complete" and report["config"]["weights"] == "builtin:digits-resnet20"
     assert report["config"]["iterations"] == 5 and report["seeds"]["calibration_subset"] == 0
-    assert set(report["file_sha256"]) == {"model.onnx", "model.sim.onnx", "model.int8.onnx"}
+    assert set(report["file_sha256"]) == {"model.onnx", "model.sim.onnx", "model.int8.onnx", "model.tuned.onnx"}
     assert report["environment"]["cpu"]["features"] and report["environment"]["packages"]["onnxruntime"]
     html = (run_dir / "report.html").read_text()
     assert "<table>" in html and 'src="latency.png"' in html and "ONNX INT8" in html
@@ -192,10 +194,10 @@ def test_refuses_an_existing_outdir_unless_overwrite(run_dir: Path, tmp_path: Pa
     old.mkdir()
     (old / "stale.onnx").write_text("from another run")
     with pytest.raises(OptionError, match="not made by resnet-edge pipeline"):
-        run_pipeline(PipelineConfig(**SMALL, int8=False), old, overwrite=True)
+        run_pipeline(PipelineConfig(**SMALL, int8=False, tune=False), old, overwrite=True)
     assert (old / "stale.onnx").read_text() == "from another run"
     (old / ".resnet-edge-pipeline").write_text("made by an earlier run")
-    run_pipeline(PipelineConfig(**SMALL, int8=False), old, overwrite=True)
+    run_pipeline(PipelineConfig(**SMALL, int8=False, tune=False), old, overwrite=True)
     names = {p.name for p in old.iterdir()}
     assert "stale.onnx" not in names and "model.int8.onnx" not in names and "model.sim.onnx" in names
 
@@ -241,12 +243,17 @@ def test_config_file_and_cli(tmp_path: Path) -> None:
     config.write_text("iterations = 3\ncolour = 'blue'\n")
     with pytest.raises(OptionError, match="unknown option"):
         load_config(config)
-    config.write_text("iterations = 2\nwarmup = 0\nbatch_sizes = [1]\nint8 = false\nthreads = 1\n")
+    config.write_text("iterations = 2\nwarmup = 0\nbatch_sizes = [1]\nint8 = false\nthreads = 1\ntune = false\n")
     result = CliRunner().invoke(main, ["pipeline", "--config", str(config), "-o", str(tmp_path / "cli")])
     assert result.exit_code == 0, result.output
     assert (
         "[export] done" in result.output and "[benchmark] done" in result.output and "ONNX simplified" in result.output
     )
+    assert "[tune]" not in result.output and "deployment:" not in result.output  # tune = false skips the stage
+    assert not (tmp_path / "cli" / "model.tuned.onnx").exists()
+    skipped = json.loads((tmp_path / "cli" / "report.json").read_text())
+    assert skipped["deployment"] is None and skipped["stages"]["tune"] is None
+    assert skipped["config"]["tune"] is False and skipped["config_sources"]["tune"] == "config file pipeline.toml"
     again = CliRunner().invoke(main, ["pipeline", "--config", str(config), "-o", str(tmp_path / "cli")])
     assert again.exit_code == 2 and "error: " in again.output and "--overwrite" in again.output
 
@@ -306,3 +313,51 @@ def test_a_random_model_missing_the_int8_bar_is_told_the_likely_cause(
     assert str(caught.value).startswith("quantize: INT8 model misses") and "likely cause: the model has random" in str(
         caught.value
     )
+
+
+def test_the_default_run_tunes_and_reports_the_deployment(run_dir: Path) -> None:
+    """tune runs by default on model.sim.onnx; the quantize stage's INT8 model is one of its candidates, not redone."""
+    import onnx
+
+    from resnet_edge.onnx.metadata import read_record
+
+    report = json.loads((run_dir / "report.json").read_text())
+    deployment, tune = report["deployment"], report["stages"]["tune"]
+    assert deployment["file"] == "model.tuned.onnx" and deployment["provider"] == "cpu"
+    assert deployment["parity"] == "pass" and deployment["batch"] == 4 and deployment["speedup_vs_cpu_fp32"] > 0
+    assert tune["batch_sizes"] == [1, 4] and tune["threads"] == 1 and report["stage_seconds"]["tune"] > 0
+    by_name = {c["name"]: c for c in tune["candidates"]}
+    assert by_name["fp32"]["path"] == "model.sim.onnx"
+    target = report["config"]["target"]
+    reused = by_name[f"int8 {target} qdq"]  # the quantize stage's file, not quantized again
+    assert reused["path"] == ("model.tuned.onnx" if reused["name"] == deployment["candidate"] else "model.int8.onnx")
+    assert len(by_name) == len(tune["candidates"]) == (3 if target.startswith("x86") else 2)
+    assert all(c["passed"] for c in tune["candidates"] if c["name"] == deployment["candidate"])
+    chosen = next(c for c in tune["candidates"] if c["name"] == deployment["candidate"])
+    assert chosen["p50_ms"]["4"] <= 1.03 * min(c["p50_ms"]["4"] for c in tune["candidates"] if c["passed"])
+    record = json.loads((run_dir / "model.tuned.onnx.json").read_text())
+    assert record["chosen"]["name"] == deployment["candidate"]
+    assert read_record(onnx.load(run_dir / "model.tuned.onnx"), "deployment")["name"] == deployment["candidate"]
+    md, html = (run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()
+    assert f"Chosen: {deployment['candidate']} on cpu (model.tuned.onnx)" in md
+    section = md.split("## Deployment (tune)")[1].split("## ")[0]
+    assert section.count("| cpu | cpu | ") == len(tune["candidates"]) and section.count("◀") == 1
+    assert "<h2>Deployment (tune)</h2>" in html
+
+
+def test_a_failing_tune_is_a_failing_stage(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from resnet_edge.errors import CheckFailedError
+
+    def none_passed(*args: object, **kwargs: object) -> None:
+        raise CheckFailedError("no candidate passed parity against FP32: int8 on cpu: top-1 agreement 90.00%")
+
+    monkeypatch.setattr(pipeline_module, "tune_model", none_passed)  # a real miss needs a broken quantizer
+    config = PipelineConfig(**{**SMALL, "iterations": 1, "batch_sizes": (1,)}, torch_eager=False, int8=False)
+    with pytest.raises(StageError, match=r"^tune: no candidate passed parity .*\(kept in .*model.sim.onnx"):
+        run_pipeline(config, tmp_path / "out")
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"model.onnx", "model.sim.onnx", "report.json", ".resnet-edge-pipeline"} <= names
+    assert "model.tuned.onnx" not in names
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["status"] == "stopped at tune" and report["deployment"] is None
+    assert report["stages"]["benchmark"]["rows"]  # the stages before it are all in the report

@@ -316,3 +316,30 @@ def test_analyze_command(digits_sim: Path, digits_int8: Path, tmp_path: Path) ->
     a_file = tmp_path / "digits.int8.analysis.json"
     clash = runner.invoke(main, ["analyze", str(digits_sim), str(digits_int8), "-o", str(a_file)])
     assert clash.exit_code == 1 and clash.output.strip() == f"error: output folder is a file: {a_file}"
+
+
+def test_analyze_runs_on_the_named_provider_and_says_where(digits_sim: Path, digits_int8: Path, tmp_path: Path) -> None:
+    from resnet_edge.cli.main import main
+
+    runner = CliRunner()
+    args = ["analyze", str(digits_sim), str(digits_int8), "--limit", "8", "-o", str(tmp_path)]
+    result = runner.invoke(main, [*args, "--providers", "cpu"])
+    assert result.exit_code == 0, result.output
+    placement = [line for line in result.output.splitlines() if line.startswith("placement ")]
+    assert [line.split(":")[0] for line in placement] == [
+        f"placement {digits_sim.name} on cpu",
+        f"placement {digits_int8.name} on cpu",
+    ]
+    assert all(" of " in line and "nodes" in line for line in placement)
+    data = json.loads(runner.invoke(main, [*args, "--providers", "cpu", "--json"]).output)
+    assert data["provider"] == "cpu" and data["ran_on"] == "cpu"
+    int8 = data["placement"]["int8"]
+    assert int8["requested"] == "cpu" and int8["compute_elsewhere"] == {}
+    assert [s["provider"] for s in int8["shares"]] == ["cpu"] and int8["shares"][0]["nodes"] == int8["total"] > 0
+    # A provider this machine lacks: one error line with --strict-ep, nothing written.
+    missing = runner.invoke(main, [*args, "--providers", "tensorrt", "--strict-ep", "--json"])
+    assert missing.exit_code != 0
+    assert missing.output.count("\n") == 1 and missing.output.startswith("error: ")
+    assert "TensorrtExecutionProvider" in missing.output
+    two = runner.invoke(main, [*args, "--providers", "cpu,tensorrt"])
+    assert two.exit_code != 0 and two.output.strip() == "error: analyze runs on one provider, got 2: cpu,tensorrt"
