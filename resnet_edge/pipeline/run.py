@@ -8,6 +8,7 @@ verified) are published with a report that says where it stopped. Ctrl-C publish
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import tempfile
@@ -53,6 +54,7 @@ from resnet_edge.quantization.quantize import (
     quantize_onnx,
 )
 
+logger = logging.getLogger("resnet_edge")
 DEFAULT_WEIGHTS = "builtin:digits-resnet20"
 # Written into every OUTDIR the pipeline makes; --overwrite replaces only a folder that holds it.
 MARKER = ".resnet-edge-pipeline"
@@ -429,6 +431,7 @@ def _publish(staging: Path, outdir: Path) -> None:
 def _stage(name: str, result: PipelineResult, emit: Callable[[StageEvent], object]) -> Iterator[list[str]]:
     """Time a stage, report its start and end; turn a user error into a StageError naming it."""
     summary: list[str] = []
+    logger.debug("pipeline stage %s: started", name)
     emit(StageEvent(name, "start"))
     started = time.perf_counter()
     try:
@@ -444,6 +447,7 @@ def _stage(name: str, result: PipelineResult, emit: Callable[[StageEvent], objec
         raise StageError(name, exc) from None
     seconds = time.perf_counter() - started
     result.stage_seconds[name] = seconds
+    logger.debug("pipeline stage %s: done in %.2f s", name, seconds)
     emit(StageEvent(name, "done", summary[0] if summary else "", seconds))
 
 
