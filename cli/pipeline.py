@@ -114,7 +114,7 @@ def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
 @json_option
 def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
     """Export, simplify, quantize, validate and benchmark in one go, and write a report."""
-    from resnet_edge.pipeline.result import FROM_FLAG, StageEvent
+    from resnet_edge.pipeline.result import FROM_FLAG, REPORT_JSON, StageEvent
     from resnet_edge.pipeline.run import load_config, make_config, run_pipeline
 
     given = {k: v for k, v in options.items() if v is not None and v != ()}
@@ -143,7 +143,7 @@ def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
     )
     if as_json:
         return render.emit_json(
-            {"outdir": result.outdir, "artifacts": result.artifacts, "report": str(result.outdir / "report.json")}
+            {"outdir": result.outdir, "artifacts": result.artifacts, "report": str(result.outdir / REPORT_JSON)}
         )
     from resnet_edge.pipeline.report import summary_rows
 

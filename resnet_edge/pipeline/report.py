@@ -1,7 +1,11 @@
 """The pipeline's report: ``report.json`` for machines, ``report.md`` and ``report.html`` for people, and plots.
 
-Everything a person reads is derived from the one summary built here (:func:`summarize`), which is also what
-``report.json`` holds under ``summary`` and ``plots``: the tables and the plots cannot disagree with the JSON.
+Two steps. :func:`write_report` builds the report document from the run's typed result (:class:`PipelineResult`:
+each stage's dataclass, file sizes as the stages recorded them); :func:`render_markdown` and :func:`render_html`
+render that document, so a stored ``report.json`` renders again to the same pages. Everything a person reads is
+derived from the one summary built here (:func:`summarize`), which is also what ``report.json`` holds under
+``summary`` and ``plots``: the tables and the plots cannot disagree with the JSON. The report imports the result,
+never the run (``pipeline.run`` calls :func:`write_report`).
 """
 
 from __future__ import annotations
@@ -22,14 +26,17 @@ from resnet_edge.pipeline.result import (
     FROM_ARGUMENT,
     FROM_CHECKPOINT,
     FROM_DEFAULT,
+    REPORT_HTML,
+    REPORT_JSON,
+    REPORT_MARKDOWN,
     STAGES,
     PipelineResult,
 )
 
 VARIANTS = {
-    "model.onnx": "ONNX FP32",
-    "model.sim.onnx": "ONNX simplified",
-    "model.int8.onnx": "ONNX INT8",
+    FILES["export"]: "ONNX FP32",
+    FILES["simplify"]: "ONNX simplified",
+    FILES["quantize"]: "ONNX INT8",
     "pytorch": "PyTorch eager",
 }
 
@@ -171,9 +178,9 @@ def write_report(result: PipelineResult, folder: Path) -> None:
         "stages": {name: to_jsonable(getattr(result, name)) for name in STAGES},
     }
     report = _relative_paths(report, result, folder)
-    write_json_atomic(folder / "report.json", report)
-    write_text_atomic(folder / "report.md", render_markdown(report))
-    write_text_atomic(folder / "report.html", render_html(report))
+    write_json_atomic(folder / REPORT_JSON, report)
+    write_text_atomic(folder / REPORT_MARKDOWN, render_markdown(report))
+    write_text_atomic(folder / REPORT_HTML, render_html(report))
 
 
 def describe_config(result: PipelineResult) -> tuple[dict[str, object], dict[str, str]]:
@@ -383,6 +390,7 @@ def _benchmark_cells(report: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def render_markdown(report: dict) -> str:
+    """``report.md``: the Markdown for a report document (what :func:`write_report` writes as report.json)."""
     headers, rows = _table_cells(report)
     lines = ["# resnet-edge report", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -485,6 +493,7 @@ def _plot_titles(report: dict) -> list[tuple[str, str]]:
 
 
 def render_html(report: dict) -> str:
+    """``report.html``: the page for a report document (what :func:`write_report` writes as report.json)."""
     headers, rows = _table_cells(report)
     esc = html.escape
 

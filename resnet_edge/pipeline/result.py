@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 # The model file each stage writes into OUTDIR, in the order the stages run.
 FILES = {"export": "model.onnx", "simplify": "model.sim.onnx", "quantize": "model.int8.onnx"}
+# The report's files beside them (the plots' are in pipeline/plots.py).
+REPORT_JSON, REPORT_MARKDOWN, REPORT_HTML = "report.json", "report.md", "report.html"
 
 # Where a configuration value came from, as the report records it.
 FROM_DEFAULT, FROM_FLAG, FROM_ARGUMENT, FROM_CHECKPOINT, FROM_RUN = "default", "flag", "argument", "checkpoint", "run"
