@@ -6,6 +6,8 @@ non-zero exit; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import logging
+import platform
 import sys
 
 import click
@@ -42,8 +44,19 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, "--version", prog_name="resnet-edge")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Also print resnet-edge's debug messages (on stderr).")
+@click.option("-q", "--quiet", is_flag=True, help="Print errors only: no warnings.")
+def main(verbose: bool, quiet: bool) -> None:
     """Take a PyTorch ResNet to an edge-ready ONNX model: export, simplify, quantize, validate, benchmark."""
+    if verbose and quiet:
+        raise click.UsageError("-v/--verbose and -q/--quiet exclude each other")
+    render.configure_logging(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
+    logging.getLogger(render.LOGGER).debug(
+        "resnet-edge %s on Python %s: %s",
+        __version__,
+        platform.python_version(),
+        click.get_current_context().invoked_subcommand,
+    )
 
 
 def _register() -> None:

@@ -119,7 +119,8 @@ def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
 @json_option
 def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
     """Export, simplify, quantize, validate, benchmark and tune in one go, and write a report."""
-    from resnet_edge.pipeline.run import FROM_FLAG, StageEvent, load_config, make_config, run_pipeline
+    from resnet_edge.pipeline.result import FROM_FLAG, REPORT_JSON, StageEvent
+    from resnet_edge.pipeline.run import load_config, make_config, run_pipeline
 
     given = {k: v for k, v in options.items() if v is not None and v != ()}
     given = route_int8_targets(given)
@@ -147,11 +148,11 @@ def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
     )
     if as_json:
         return render.emit_json(
-            {"outdir": result.outdir, "artifacts": result.artifacts, "report": str(result.outdir / "report.json")}
+            {"outdir": result.outdir, "artifacts": result.artifacts, "report": str(result.outdir / REPORT_JSON)}
         )
-    from resnet_edge.pipeline.report import summarize
+    from resnet_edge.pipeline.report import summary_rows
 
-    rows = summarize(result)["rows"]
+    rows = summary_rows(result)
     click.echo(
         render.table(
             ["variant", "size", "top-1 agree", "accuracy", "p50 ms", "p99 ms", "img/s", fmt.SPEEDUP_COLUMN, "ran on"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import sys
@@ -75,12 +76,63 @@ def audit_lines(label: str, rows: Iterable[tuple[str, str, object]]) -> None:
         click.echo(f"{label} {model} on {provider}: {audit.describe()}")
 
 
+# The package's one logger; the CLI gives it the only handler it configures (libraries' own loggers are left alone).
+LOGGER = "resnet_edge"
+# Libraries whose own chatter (their loggers, their Python warnings) the CLI silences: it reports what matters itself.
+QUIET_LIBRARIES = ("onnxruntime", "onnxsim")
+
+
+class _TqdmHandler(logging.Handler):
+    """``level: message`` lines on stderr, through tqdm, so a line under a progress bar gets its own line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # logging's contract: a handler never raises
+            self.handleError(record)
+
+
+class _LevelFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+_handler = _TqdmHandler()
+_handler.setFormatter(_LevelFormatter())
+
+
+def configure_logging(level: int = logging.WARNING) -> None:
+    """Send the ``resnet_edge`` logger's records at ``level`` and above to stderr (one handler, this logger only).
+
+    Args:
+        level: ``logging.DEBUG`` for ``-v``, ``logging.ERROR`` for ``-q``; warnings (:class:`ResnetEdgeWarning`
+            included) print at ``logging.WARNING``, the default.
+    """
+    logger = logging.getLogger(LOGGER)
+    logger.setLevel(level)
+    if _handler not in logger.handlers:
+        logger.addHandler(_handler)
+    logger.propagate = False  # the CLI's lines only: no second copy through a handler someone gave the root logger
+    for library in QUIET_LIBRARIES:
+        logging.getLogger(library).setLevel(logging.ERROR)
+
+
 def install_warning_printer() -> None:
-    """Show resnet-edge's warnings as ``warning: ...`` lines on stderr; silence other libraries' chatter."""
-    warnings.filterwarnings("ignore")
+    """Show resnet-edge's warnings as ``warning: ...`` lines on stderr; silence onnxruntime's and onnxsim's own.
+
+    Other libraries' warnings keep Python's filters. The lines follow the ``resnet_edge`` logger's level
+    (:func:`configure_logging`, here at its default): ``-q`` hides them.
+    """
+    configure_logging()
+    for library in QUIET_LIBRARIES:
+        warnings.filterwarnings("ignore", module=rf"{library}(\.|$)")
     warnings.filterwarnings("default", category=ResnetEdgeWarning)
 
     def show(message, category, filename, lineno, file=None, line=None):
+        if not logging.getLogger(LOGGER).isEnabledFor(logging.WARNING):
+            return
         # Through tqdm, so a warning raised under a progress bar gets its own line and the bar is redrawn below.
         from tqdm import tqdm
 

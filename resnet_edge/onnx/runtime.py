@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -80,6 +81,7 @@ _LOAD_ERRORS = (
     ort_state.InvalidProtobuf,
     ort_state.NotImplemented,
 )
+logger = logging.getLogger("resnet_edge")
 _ORT_ERROR_ONLY = 3  # onnxruntime's log severity: print errors and fatal messages, not its graph-partition chatter
 CPU_ORT_NAME = "CPUExecutionProvider"
 OPENVINO_PLUGIN = "onnxruntime_ep_openvino"  # the module of PyPI's onnxruntime-ep-openvino
@@ -604,6 +606,7 @@ def open_session(
                 return open_session(model, Provider.CPU, threads=threads, spinning=spinning, classifier=classifier)
             raise InputFileError(f"onnxruntime cannot load {_describe(model)}: {first[:240]}") from None
         used = list(session.get_providers())
+        logger.debug("session on %s: requested %s, providers %s", _describe(model), provider.value, ", ".join(used))
         fell_back = used[0] != provider.ort_name
         if provider.name != "cpu" and fell_back and provider.ort_name in available_providers():
             # Listed as available, yet the session came up without it: usually a missing CUDA/cuDNN library.

@@ -1,33 +1,43 @@
 """The pipeline's report: ``report.json`` for machines, ``report.md`` and ``report.html`` for people, and plots.
 
-Everything a person reads is derived from the one summary built here (:func:`summarize`), which is also what
-``report.json`` holds under ``summary`` and ``plots``: the tables and the plots cannot disagree with the JSON.
+Two steps. :func:`write_report` builds the report document from the run's typed result (:class:`PipelineResult`:
+each stage's dataclass, file sizes as the stages recorded them); :func:`render_markdown` and :func:`render_html`
+render that document, so a stored ``report.json`` renders again to the same pages. Everything a person reads is
+derived from the one summary built here (:func:`summarize`), which is also what ``report.json`` holds under
+``summary`` and ``plots``: the tables and the plots cannot disagree with the JSON. The report imports the result,
+never the run (``pipeline.run`` calls :func:`write_report`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
-import math
 import os
 from pathlib import Path
 
 from resnet_edge import __version__
 from resnet_edge import formatting as fmt
-from resnet_edge.artifacts import atomic_output, sha256_file, write_json_atomic, write_text_atomic
+from resnet_edge.artifacts import sha256_file, write_json_atomic, write_text_atomic
 from resnet_edge.jsonable import to_jsonable
-from resnet_edge.pipeline.run import FILES, PipelineResult, describe_config
+from resnet_edge.pipeline.plots import write_plots
+from resnet_edge.pipeline.result import (
+    FIELD_KEYS,
+    FILES,
+    FROM_ARGUMENT,
+    FROM_CHECKPOINT,
+    FROM_DEFAULT,
+    REPORT_HTML,
+    REPORT_JSON,
+    REPORT_MARKDOWN,
+    STAGES,
+    PipelineResult,
+)
 
 VARIANTS = {
-    "model.onnx": "ONNX FP32",
-    "model.sim.onnx": "ONNX simplified",
-    "model.int8.onnx": "ONNX INT8",
+    FILES["export"]: "ONNX FP32",
+    FILES["simplify"]: "ONNX simplified",
+    FILES["quantize"]: "ONNX INT8",
     "pytorch": "PyTorch eager",
-}
-PLOTS = {
-    "latency": "latency.png",
-    "accuracy_latency": "accuracy_vs_latency.png",
-    "ops": "ops_before_after.png",
-    "devices": "latency_by_device.png",
 }
 
 
@@ -107,7 +117,7 @@ def _row(name: str, provider: str, result: PipelineResult, batch: int) -> dict:
     else:
         accuracy = valid_row.accuracy.top1 if valid_row and valid_row.accuracy else None
         agreement = valid_row.parity.top1_agreement if valid_row else None
-        size = (result.outdir / name).stat().st_size if (result.outdir / name).exists() else None
+        size = result.file_sizes().get(name)  # as the stage that wrote the file recorded it
         ran_on = valid_row.ran_on if valid_row else (bench_row.ran_on if bench_row else None)
     latency = bench_row.latency if bench_row else None
     return {
@@ -128,14 +138,28 @@ def _row(name: str, provider: str, result: PipelineResult, batch: int) -> dict:
     }
 
 
+def summary_rows(result: PipelineResult) -> list[dict]:
+    """The report's head table: one row per variant (PyTorch eager, then each model file) and provider.
+
+    Each row is a dict with the keys report.json's ``summary`` holds: ``variant``, ``file``, ``provider``,
+    ``ran_on``, ``size_bytes``, ``top1_agreement``, ``accuracy``, ``p50_ms``, ``p99_ms``, ``throughput``,
+    ``speedup_vs_onnx_fp32``, ``passed``, ``placement`` and ``int8_coverage``; a value not measured is None.
+    """
+    return summarize(result)["rows"]
+
+
 def write_report(result: PipelineResult, folder: Path) -> None:
-    """Write report.json, report.md, report.html and the PNG plots into ``folder`` (each atomically)."""
-    # Sizes and hashes are read from the staging folder, where the artifacts are now.
-    staged = PipelineResult(**{**result.__dict__, "outdir": folder})
-    summary = summarize(staged)
-    plots = _write_plots(summary["plots"], staged, folder)
+    """Write report.json, report.md, report.html and the PNG plots into ``folder`` (each atomically).
+
+    Args:
+        result: the run to report; its model files (``result.artifacts``) are in ``folder``, which the run later
+            publishes as ``result.outdir`` (paths in the report are made relative to that).
+    """
+    summary = summarize(result)
+    plots = write_plots(summary["plots"], folder)
+    # Hashes are read from ``folder`` (the staging folder during a run), where the artifacts are now.
     hashes = {name: sha256_file(folder / name) for name in sorted(result.artifacts) if name.endswith(".onnx")}
-    config, config_sources = describe_config(staged)
+    config, config_sources = describe_config(result)
     report = {
         "resnet_edge": __version__,
         "status": "complete" if result.completed else f"stopped at {result.failed_stage}",
@@ -152,17 +176,61 @@ def write_report(result: PipelineResult, folder: Path) -> None:
             "init_weights": result.config.seed if result.config.resolved_weights() is None else None,
         },
         "environment": to_jsonable(result.benchmark.environment) if result.benchmark else _environment(),
-        "stages": {
-            name: to_jsonable(getattr(result, name))
-            for name in ("export", "simplify", "quantize", "validate", "benchmark", "devices")
-        },
+        "stages": {name: to_jsonable(getattr(result, name)) for name in STAGES},
     }
     report["stages"]["tune"] = _tune_stage(result)
     report["deployment"] = _deployment(report["stages"]["tune"])
     report = _relative_paths(report, result, folder)
-    write_json_atomic(folder / "report.json", report)
-    write_text_atomic(folder / "report.md", render_markdown(report))
-    write_text_atomic(folder / "report.html", render_html(report))
+    write_json_atomic(folder / REPORT_JSON, report)
+    write_text_atomic(folder / REPORT_MARKDOWN, render_markdown(report))
+    write_text_atomic(folder / REPORT_HTML, render_html(report))
+
+
+def describe_config(result: PipelineResult) -> tuple[dict[str, object], dict[str, str]]:
+    """The configuration as run: every option's resolved value, and where each came from.
+
+    Returns:
+        option name -> the value used (what a default turned into: the arch and input size the checkpoint records,
+        the calibration and validation images, the thread count, the INT8 configuration the target chose), and
+        option name -> its origin: ``default``, ``flag``, ``config file NAME``, ``argument`` (library call),
+        ``checkpoint`` (recorded in the weights) or ``run`` (decided while running, e.g. detected).
+    """
+    config = result.config
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}
+    for f in dataclasses.fields(config):
+        if f.name == "origins":
+            continue
+        key = FIELD_KEYS.get(f.name, f.name)
+        value = getattr(config, f.name)
+        values[key] = list(value) if isinstance(value, tuple) else value
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        sources[key] = config.origins.get(f.name) or (FROM_DEFAULT if value == default else FROM_ARGUMENT)
+
+    def resolved(key: str, value: object, source: str) -> None:
+        if values[key] is None and value is not None:
+            values[key], sources[key] = value, source
+
+    recorded = FROM_CHECKPOINT if config.resolved_weights() is not None else FROM_DEFAULT
+    resolved("weights", config.resolved_weights() or f"random init (seed {config.seed})", FROM_DEFAULT)
+    if result.export:
+        e = result.export
+        resolved("arch", e.arch, recorded)
+        resolved("variant", e.variant, recorded)
+        resolved("num_classes", e.num_classes, recorded)
+        resolved("input_size", e.input_shape[-1], recorded)
+    if result.quantize:
+        q = result.quantize
+        resolved("calib", q.calibration_source, FROM_DEFAULT)
+        resolved("per_channel", q.config.per_channel, f"target {q.config.target.value}")
+        resolved("format", q.config.format.value, f"target {q.config.target.value}")
+        if config.target == "auto":
+            values["target"], sources["target"] = q.config.target.value, f"{sources['target']} (auto: this CPU)"
+    if result.validate:
+        resolved("data", result.validate.data, FROM_DEFAULT)
+    if result.benchmark:
+        resolved("threads", result.benchmark.threads, f"{FROM_DEFAULT} (all cores)")
+    return values, sources
 
 
 def _tune_stage(result: PipelineResult) -> dict | None:
@@ -387,6 +455,7 @@ def _benchmark_cells(report: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def render_markdown(report: dict) -> str:
+    """``report.md``: the Markdown for a report document (what :func:`write_report` writes as report.json)."""
     headers, rows = _table_cells(report)
     lines = ["# resnet-edge report", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -494,6 +563,7 @@ def _plot_titles(report: dict) -> list[tuple[str, str]]:
 
 
 def render_html(report: dict) -> str:
+    """``report.html``: the page for a report document (what :func:`write_report` writes as report.json)."""
     headers, rows = _table_cells(report)
     esc = html.escape
 
@@ -593,127 +663,3 @@ img {{ width: 100%; height: auto; }} figcaption {{ text-align: center; color: #5
 <h2>Configuration</h2>{table(["Option", "Value", "From"], [list(r) for r in _config_rows(report)], "text")}
 </body></html>
 """
-
-
-# The HTML shows each plot at most PLOT_WIDTH_IN * PLOT_DPI pixels wide (900 px, one column), so text drawn at
-# PLOT_FONT_PT stays about 15 px at 1300 px and 11 px at a 700 px window.
-PLOT_WIDTH_IN = 7.5
-PLOT_DPI = 120
-PLOT_FONT_PT = 11
-
-
-def _write_plots(plots: dict, result: PipelineResult, folder: Path) -> dict[str, str]:
-    """Draw each plot from the summary's series; returns plot key -> file name for those drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    written: dict[str, str] = {}
-    with plt.rc_context({"font.size": PLOT_FONT_PT, "axes.titlesize": PLOT_FONT_PT + 1, "legend.fontsize": 10}):
-        series = plots["latency"]["series"]
-        if series:
-            labels = list(series)
-            fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 0.55 * len(labels) + 1.6), dpi=PLOT_DPI)
-            ax.boxplot([series[k] for k in labels], orientation="horizontal", showfliers=True, widths=0.6)
-            ax.set_yticks(range(1, len(labels) + 1), labels)
-            ax.invert_yaxis()
-            values = [v for k in labels for v in series[k]]
-            _latency_axis(ax.xaxis, min(values), max(values), ax.set_xscale)
-            ax.set_xlabel("latency per call")
-            ax.set_title(
-                f"Warm latency at batch {plots['latency']['batch']} ({len(next(iter(series.values())))} rounds each)"
-            )
-            ax.grid(axis="x", alpha=0.3)
-            written["latency"] = _save(fig, folder / PLOTS["latency"])
-        points = [p for p in plots["accuracy_latency"]["points"] if p["value"] is not None]
-        if points:
-            fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 4.2), dpi=PLOT_DPI)
-            markers = "osD^vP*X"
-            for i, p in enumerate(points):  # a legend, not labels: variants often share an accuracy and overlap
-                ax.scatter(
-                    p["p50_ms"],
-                    100 * p["value"],
-                    s=70,
-                    marker=markers[i % len(markers)],
-                    label=f"{p['label']}: {fmt.ms(p['p50_ms'], unit=True)}, {fmt.percent(p['value'])}",
-                )
-            ax.legend(loc="best")
-            latencies = [p["p50_ms"] for p in points]
-            _latency_axis(ax.xaxis, min(latencies), max(latencies), ax.set_xscale)
-            ax.set_xlabel("median latency")
-            ax.set_ylabel(f"{plots['accuracy_latency']['metric']} (%)")
-            values = [100 * p["value"] for p in points]
-            low, high = min(values), max(values)
-            pad = max(0.5, (high - low) * 0.3)
-            ax.set_ylim(low - pad, min(100.5, high + pad) if high <= 100 else high + pad)
-            ax.set_title("Accuracy against latency, per variant")
-            ax.grid(alpha=0.3)
-            written["accuracy_latency"] = _save(fig, folder / PLOTS["accuracy_latency"])
-        before, after = plots["ops"]["before"], plots["ops"]["after"]
-        if before:
-            ops = sorted(set(before) | set(after), key=lambda o: -(before.get(o, 0) + after.get(o, 0)))
-            fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 0.5 * len(ops) + 1.6), dpi=PLOT_DPI)
-            y = range(len(ops))
-            ax.barh([i - 0.2 for i in y], [before.get(o, 0) for o in ops], height=0.4, label="exported")
-            ax.barh([i + 0.2 for i in y], [after.get(o, 0) for o in ops], height=0.4, label="simplified")
-            for i, op in enumerate(ops):
-                for offset, count in ((-0.2, before.get(op, 0)), (0.2, after.get(op, 0))):
-                    ax.text(count, i + offset, f" {count}", va="center", fontsize=PLOT_FONT_PT - 1)
-            ax.set_yticks(list(y), ops)
-            ax.invert_yaxis()
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlim(0, max([*before.values(), *after.values()]) * 1.12 + 1)
-            ax.set_xlabel("nodes")
-            ax.set_title("Nodes by op type before and after simplification")
-            ax.legend(loc="lower right")
-            written["ops"] = _save(fig, folder / PLOTS["ops"])
-        devices = plots["devices"]["p50_ms"]
-        if devices:
-            models = list(dict.fromkeys(m for per in devices.values() for m in per))
-            fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 0.5 * len(devices) * len(models) + 1.6), dpi=PLOT_DPI)
-            height = 0.8 / len(models)
-            for i, model in enumerate(models):
-                y = [j + i * height for j in range(len(devices))]
-                values = [per.get(model, 0.0) for per in devices.values()]
-                bars = ax.barh(y, values, height=height, label=model)
-                ax.bar_label(bars, labels=[f" {fmt.ms(v, unit=True)}" if v else "" for v in values])
-            ax.set_yticks([j + 0.4 - height / 2 for j in range(len(devices))], list(devices))
-            ax.invert_yaxis()
-            left_out = len(plots["devices"].get("emulated_left_out") or [])
-            ax.set_xlabel(
-                "median latency (ms)"
-                + (f"\n{left_out} emulated target(s) left out: timings under emulation are not ARM timings"
-                   if left_out else "")
-            )  # fmt: skip
-            ax.set_title(f"Latency by device at batch {plots['devices']['batch']}")
-            ax.legend(loc="lower right")
-            written["devices"] = _save(fig, folder / PLOTS["devices"])
-        plt.close("all")
-    return written
-
-
-def _latency_axis(axis: object, low: float, high: float, set_scale: object) -> None:
-    """A latency axis labelled ``0.5 ms``, ``1 ms``, ``2 ms``: log scale when the values span 3× or more."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
-
-    label = FuncFormatter(lambda value, _: fmt.axis_ms(value))
-    if high >= 3 * low > 0:
-        set_scale("log")
-        decades = math.log10(high / low)
-        # Fewer labelled ticks per decade as the axis spans more decades, so the labels never collide.
-        subs = (1.0, 2.0, 5.0) if decades <= 1.5 else (1.0, 3.0) if decades <= 2.5 else (1.0,)
-        axis.set_major_locator(LogLocator(base=10, subs=subs))
-        axis.set_major_formatter(label)
-        axis.set_minor_formatter(NullFormatter())
-    else:
-        axis.set_major_locator(MaxNLocator(nbins=6))
-        axis.set_major_formatter(label)
-
-
-def _save(fig: object, path: Path) -> str:
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path.name

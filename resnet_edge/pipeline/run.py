@@ -8,6 +8,7 @@ verified) are published with a report that says where it stopped. Ctrl-C publish
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import tempfile
@@ -18,15 +19,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from resnet_edge import __version__
 from resnet_edge import formatting as fmt
 from resnet_edge.artifacts import current_umask, read_user_text
-from resnet_edge.conversion.export import DEFAULT_OPSET, OPSET_RANGE, ExportOptions, ExportResult, export_onnx
-from resnet_edge.conversion.simplify import SimplifyResult, simplify_onnx
+from resnet_edge.conversion.export import DEFAULT_OPSET, OPSET_RANGE, ExportOptions, export_onnx
+from resnet_edge.conversion.simplify import simplify_onnx
 from resnet_edge.errors import (
     CheckFailedError,
     InputFileError,
@@ -39,40 +39,28 @@ from resnet_edge.evaluation.benchmark import (
     MAX_ITERATIONS,
     MAX_WARMUP,
     BenchmarkOptions,
-    BenchmarkResult,
     benchmark_models,
 )
 from resnet_edge.evaluation.tune import DEFAULT_TUNE_ITERATIONS, TuneOptions, TuneResult, tune_model
-from resnet_edge.evaluation.validate import Reference, ValidateOptions, ValidateResult, validate_models
+from resnet_edge.evaluation.validate import Reference, ValidateOptions, validate_models
 from resnet_edge.onnx.runtime import parse_providers, split_provider_list
+from resnet_edge.pipeline.result import FIELD_KEYS, FILES, FROM_FLAG, PipelineResult, StageEvent
 from resnet_edge.quantization.quantize import (
     BUNDLED_PHOTOS_NOTE,
     MIN_OPSET,
     Format,
     Method,
     QuantizeOptions,
-    QuantizeResult,
     Target,
     quantize_onnx,
 )
 
-if TYPE_CHECKING:
-    from resnet_edge.device.fleet import FleetBenchmarkResult
-
+logger = logging.getLogger("resnet_edge")
 DEFAULT_WEIGHTS = "builtin:digits-resnet20"
 # Written into every OUTDIR the pipeline makes; --overwrite replaces only a folder that holds it.
 MARKER = ".resnet-edge-pipeline"
-FILES = {
-    "export": "model.onnx",
-    "simplify": "model.sim.onnx",
-    "quantize": "model.int8.onnx",
-    "tune": "model.tuned.onnx",  # + model.tuned.onnx.json, every candidate tune tried
-}
-# Where a configuration value came from, as the report records it.
-FROM_DEFAULT, FROM_FLAG, FROM_ARGUMENT, FROM_CHECKPOINT, FROM_RUN = "default", "flag", "argument", "checkpoint", "run"
-# Option names (the CLI's, and the config file's keys) that differ from the field they set.
-_KEY_TO_FIELD = {"batch": "batch_sizes"}
-_FIELD_TO_KEY = {v: k for k, v in _KEY_TO_FIELD.items()}
+_FIELD_TO_KEY = FIELD_KEYS
+_KEY_TO_FIELD = {v: k for k, v in _FIELD_TO_KEY.items()}
 RANDOM_WEIGHTS_WARNING = (
     "{arch} has random weights (no --weights; seed {seed}): its accuracy figures are meaningless, and agreement"
     " thresholds on a random model measure noise, not the conversion"
@@ -263,36 +251,6 @@ def _is_a(value: object, expected: str) -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class StageEvent:
-    stage: str
-    status: str  # "start", "progress", "done" or "failed"
-    summary: str = ""
-    seconds: float = 0.0
-
-
-@dataclass
-class PipelineResult:
-    outdir: Path
-    config: PipelineConfig
-    export: ExportResult | None = None
-    simplify: SimplifyResult | None = None
-    quantize: QuantizeResult | None = None
-    validate: ValidateResult | None = None
-    benchmark: BenchmarkResult | None = None
-    devices: FleetBenchmarkResult | None = None  # the models benchmarked on the --target devices
-    tune: TuneResult | None = None
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    failed_stage: str | None = None
-    error: str | None = None
-    artifacts: list[str] = field(default_factory=list)
-    random_weights: Path | None = None  # the temporary checkpoint of fresh weights, when no weights were given
-
-    @property
-    def completed(self) -> bool:
-        return self.failed_stage is None
-
-
 def run_pipeline(
     config: PipelineConfig,
     outdir: Path | str,
@@ -475,6 +433,7 @@ def _publish(staging: Path, outdir: Path) -> None:
 def _stage(name: str, result: PipelineResult, emit: Callable[[StageEvent], object]) -> Iterator[list[str]]:
     """Time a stage, report its start and end; turn a user error into a StageError naming it."""
     summary: list[str] = []
+    logger.debug("pipeline stage %s: started", name)
     emit(StageEvent(name, "start"))
     started = time.perf_counter()
     try:
@@ -490,6 +449,7 @@ def _stage(name: str, result: PipelineResult, emit: Callable[[StageEvent], objec
         raise StageError(name, exc) from None
     seconds = time.perf_counter() - started
     result.stage_seconds[name] = seconds
+    logger.debug("pipeline stage %s: done in %.2f s", name, seconds)
     emit(StageEvent(name, "done", summary[0] if summary else "", seconds))
 
 
@@ -680,50 +640,3 @@ def _tune(config: PipelineConfig, out: Path, providers: Sequence[object], result
             int8_models=built,
         ),
     )
-
-
-def describe_config(result: PipelineResult) -> tuple[dict[str, object], dict[str, str]]:
-    """The configuration as run: every option's resolved value, and where each came from.
-
-    Returns:
-        option name -> the value used (what a default turned into: the arch and input size the checkpoint records,
-        the calibration and validation images, the thread count, the INT8 configuration the target chose), and
-        option name -> its origin: ``default``, ``flag``, ``config file NAME``, ``argument`` (library call),
-        ``checkpoint`` (recorded in the weights) or ``run`` (decided while running, e.g. detected).
-    """
-    config = result.config
-    values: dict[str, object] = {}
-    sources: dict[str, str] = {}
-    for f in dataclasses.fields(PipelineConfig):
-        if f.name == "origins":
-            continue
-        key = _FIELD_TO_KEY.get(f.name, f.name)
-        value = getattr(config, f.name)
-        values[key] = list(value) if isinstance(value, tuple) else value
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        sources[key] = config.origins.get(f.name) or (FROM_DEFAULT if value == default else FROM_ARGUMENT)
-
-    def resolved(key: str, value: object, source: str) -> None:
-        if values[key] is None and value is not None:
-            values[key], sources[key] = value, source
-
-    recorded = FROM_CHECKPOINT if config.resolved_weights() is not None else FROM_DEFAULT
-    resolved("weights", config.resolved_weights() or f"random init (seed {config.seed})", FROM_DEFAULT)
-    if result.export:
-        e = result.export
-        resolved("arch", e.arch, recorded)
-        resolved("variant", e.variant, recorded)
-        resolved("num_classes", e.num_classes, recorded)
-        resolved("input_size", e.input_shape[-1], recorded)
-    if result.quantize:
-        q = result.quantize
-        resolved("calib", q.calibration_source, FROM_DEFAULT)
-        resolved("per_channel", q.config.per_channel, f"target {q.config.target.value}")
-        resolved("format", q.config.format.value, f"target {q.config.target.value}")
-        if config.target == "auto":
-            values["target"], sources["target"] = q.config.target.value, f"{sources['target']} (auto: this CPU)"
-    if result.validate:
-        resolved("data", result.validate.data, FROM_DEFAULT)
-    if result.benchmark:
-        resolved("threads", result.benchmark.threads, f"{FROM_DEFAULT} (all cores)")
-    return values, sources

@@ -322,7 +322,8 @@ def test_report_has_a_device_section_and_a_latency_by_device_plot(
     """What ``pipeline --target`` adds to the report, from a real run on two targets (the rest of the pipeline
     is covered by tests/pipeline/test_pipeline.py)."""
     from resnet_edge.pipeline.report import write_report
-    from resnet_edge.pipeline.run import PipelineConfig, PipelineResult
+    from resnet_edge.pipeline.result import PipelineResult
+    from resnet_edge.pipeline.run import PipelineConfig
 
     remote = RemoteOptions(python=str(device_python), ssh_config=ssh_server.client_config)
     targets = parse_targets(["ssh://device", "ssh://wrongkey"])

@@ -134,7 +134,8 @@ def test_a_target_whose_prefix_names_qemu_is_not_ranked(
     """The prefix names QEMU only as a variable (no emulation here): the host alone knows it for emulated."""
     from resnet_edge.device.fleet import benchmark_on_targets, parse_targets
     from resnet_edge.evaluation.benchmark import BenchmarkOptions
-    from resnet_edge.pipeline.report import _device_series, _write_plots
+    from resnet_edge.pipeline.plots import write_plots
+    from resnet_edge.pipeline.report import _device_series
 
     emulated = f"exec:env QEMU_CPU=max {shlex.quote(sys.executable)}"
     options = BenchmarkOptions(data=str(digits16), iterations=3, warmup=1, threads=1, batch_sizes=(1,))
@@ -155,7 +156,7 @@ def test_a_target_whose_prefix_names_qemu_is_not_ranked(
         "ops": {"before": {}, "after": {}},
         "devices": series,
     }
-    assert _write_plots(plots, SimpleNamespace(), tmp_path) == {"devices": "latency_by_device.png"}
+    assert write_plots(plots, tmp_path) == {"devices": "latency_by_device.png"}
 
 
 # -- ARM kernels under QEMU ------------------------------------------------------------------------------------------

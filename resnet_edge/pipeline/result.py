@@ -1,0 +1,81 @@
+"""What a pipeline run gives back: its events as it goes, and the typed result the report renders.
+
+The one place the pipeline's file names live (:data:`FILES`), and where a configuration value came from
+(``FROM_*``), as the report records it. Imports no stage's code at run time: the report reads this, not the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from resnet_edge.conversion.export import ExportResult
+    from resnet_edge.conversion.simplify import SimplifyResult
+    from resnet_edge.device.fleet import FleetBenchmarkResult
+    from resnet_edge.evaluation.benchmark import BenchmarkResult
+    from resnet_edge.evaluation.tune import TuneResult
+    from resnet_edge.evaluation.validate import ValidateResult
+    from resnet_edge.pipeline.run import PipelineConfig
+    from resnet_edge.quantization.quantize import QuantizeResult
+
+# The model file each stage writes into OUTDIR, in the order the stages run.
+FILES = {
+    "export": "model.onnx",
+    "simplify": "model.sim.onnx",
+    "quantize": "model.int8.onnx",
+    "tune": "model.tuned.onnx",  # + model.tuned.onnx.json, every candidate tune tried
+}
+# The report's files beside them (the plots' are in pipeline/plots.py).
+REPORT_JSON, REPORT_MARKDOWN, REPORT_HTML = "report.json", "report.md", "report.html"
+
+# Where a configuration value came from, as the report records it.
+FROM_DEFAULT, FROM_FLAG, FROM_ARGUMENT, FROM_CHECKPOINT, FROM_RUN = "default", "flag", "argument", "checkpoint", "run"
+# Option names (the CLI's, and the config file's keys) that differ from the field of PipelineConfig they set.
+FIELD_KEYS = {"batch_sizes": "batch"}
+# The stages whose results the report records, in order.
+STAGES = ("export", "simplify", "quantize", "validate", "benchmark", "devices", "tune")
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    """What ``run_pipeline``'s ``on_event`` callback is told: a stage started, progressed, finished or failed."""
+
+    stage: str
+    status: str  # "start", "progress", "done" or "failed"
+    summary: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class PipelineResult:
+    """Every stage's typed result (None for a stage that did not run), and where the run stopped if it did."""
+
+    outdir: Path
+    config: PipelineConfig
+    export: ExportResult | None = None
+    simplify: SimplifyResult | None = None
+    quantize: QuantizeResult | None = None
+    validate: ValidateResult | None = None
+    benchmark: BenchmarkResult | None = None
+    devices: FleetBenchmarkResult | None = None  # the models benchmarked on the --target devices
+    tune: TuneResult | None = None  # the deployment chosen by measurement
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    failed_stage: str | None = None
+    error: str | None = None
+    artifacts: list[str] = field(default_factory=list)
+    random_weights: Path | None = None  # the temporary checkpoint of fresh weights, when no weights were given
+
+    @property
+    def completed(self) -> bool:
+        return self.failed_stage is None
+
+    def file_sizes(self) -> dict[str, int]:
+        """Model file name -> its size in bytes, as the stage that wrote it recorded it (stages that ran only)."""
+        sizes = {
+            FILES["export"]: self.export.file_bytes if self.export else None,
+            FILES["simplify"]: self.simplify.bytes_after if self.simplify else None,
+            FILES["quantize"]: self.quantize.bytes_after if self.quantize else None,
+        }
+        return {name: size for name, size in sizes.items() if size is not None}
