@@ -1,7 +1,7 @@
 """Choose the deployment by measurement: the fastest (provider, precision) that still gives FP32's answers.
 
 Candidates are the providers that run here (or those asked for) times their precisions: FP32; the INT8 configurations of
-the per-target table in :mod:`resnet_edge.quantization.quantize` that fit the provider (the CPU target of this machine,
+the per-target table in :mod:`resnet_edge.quantization.configs` that fit the provider (the CPU target of this machine,
 in QDQ and QOperator form, for the CPU EP and OpenVINO; ``gpu-tensorrt`` for CUDA and TensorRT); FP16 where the provider
 runs it natively (CUDA, TensorRT), converted with onnxconverter-common with float32 inputs and outputs kept; and any
 model file the caller adds. Every candidate is judged against the FP32 model on held-out images by
@@ -28,7 +28,6 @@ from pathlib import Path
 
 from resnet_edge.artifacts import (
     atomic_output,
-    load_onnx,
     refuse_overwriting_inputs,
     require_file,
     require_writable_destination,
@@ -36,6 +35,7 @@ from resnet_edge.artifacts import (
 )
 from resnet_edge.errors import CheckFailedError, OptionError, ResnetEdgeError, ResnetEdgeWarning
 from resnet_edge.onnx.graph import is_quantized
+from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import write_props
 from resnet_edge.onnx.runtime import PROVIDERS, Provider, available_providers, parse_providers
 
@@ -239,19 +239,13 @@ def _build_variants(
     model_path: Path, folder: Path, providers: Sequence[Provider], options: TuneOptions
 ) -> list[tuple[Provider, list[tuple[str, str, Path | None, str | None]]]]:
     """Per provider: (name, precision, file or None, error) of each candidate; INT8 files are built once."""
-    from resnet_edge.quantization.quantize import (
-        Format,
-        QuantConfig,
-        QuantizeOptions,
-        Target,
-        detect_target,
-        resolve_config,
-    )
+    from resnet_edge.quantization.configs import Format, Int8Recipe, Int8Target, detect_target, resolve_config
+    from resnet_edge.quantization.quantize import QuantizeOptions
 
     built: dict[str, tuple[Path | None, str | None]] = {}
     calibrations: dict[bool, object] = {}
 
-    def int8(config: QuantConfig, label: str) -> tuple[Path | None, str | None]:
+    def int8(config: Int8Recipe, label: str) -> tuple[Path | None, str | None]:
         if label in built:
             return built[label]
         from resnet_edge.quantization.quantize import calibrate_onnx, quantize_onnx
@@ -282,7 +276,7 @@ def _build_variants(
         files: list[tuple[str, str, Path | None, str | None]] = [("fp32", "fp32", model_path, None)]
         if options.int8:
             if provider.name in GPU_INT8_PROVIDERS:
-                configs = [resolve_config(Target.GPU_TENSORRT)]
+                configs = [resolve_config(Int8Target.GPU_TENSORRT)]
             else:
                 target = resolve_config(detect_target())
                 configs = [target]

@@ -67,6 +67,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from resnet_edge.errors import InputFileError, OptionError, ProviderError, ResnetEdgeWarning
+from resnet_edge.onnx.op_types import QUANTIZED_OPS
 
 if TYPE_CHECKING:  # this module runs on target devices that have numpy and onnxruntime but not onnx
     import onnx
@@ -737,7 +738,7 @@ def _remove_profile(profile_dir: str | None, session: ort.InferenceSession | Non
 
 def _looks_quantized(model: Path | str | onnx.ModelProto | bytes) -> bool:
     graph = getattr(model, "graph", None)
-    return graph is not None and any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in graph.node)
+    return graph is not None and any(n.op_type in QUANTIZED_OPS for n in graph.node)
 
 
 def _node_count(model: Path | str | onnx.ModelProto | bytes) -> int | None:

@@ -14,15 +14,8 @@ from resnet_edge.errors import InputFileError, OptionError
 from resnet_edge.onnx.graph import COMPUTE_OPS, is_quantized
 from resnet_edge.onnx.metadata import read_record
 from resnet_edge.onnx.runtime import open_session
-from resnet_edge.quantization.quantize import (
-    Format,
-    Method,
-    QuantizeOptions,
-    Target,
-    detect_target,
-    quantize_onnx,
-    resolve_config,
-)
+from resnet_edge.quantization.configs import Format, Int8Target, Method, detect_target, resolve_config
+from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
 
 FAST = QuantizeOptions(measure_speed=False)
 
@@ -124,7 +117,7 @@ def test_calibration_memory_does_not_grow_with_image_count(tiny_onnx: Path, tmp_
 
 
 def test_targets_and_overrides() -> None:
-    vnni = resolve_config(Target.X86_VNNI)
+    vnni = resolve_config(Int8Target.X86_VNNI)
     assert (vnni.format, vnni.activation_type, vnni.weight_type, vnni.per_channel, vnni.reduce_range) == (
         Format.QDQ,
         "uint8",
@@ -132,9 +125,9 @@ def test_targets_and_overrides() -> None:
         True,
         False,
     )
-    assert resolve_config(Target.X86_AVX2).reduce_range
-    assert resolve_config(Target.GPU_TENSORRT).symmetric_activations
-    overridden = resolve_config(Target.X86_VNNI, per_channel=False, format=Format.QOPERATOR)
+    assert resolve_config(Int8Target.X86_AVX2).reduce_range
+    assert resolve_config(Int8Target.GPU_TENSORRT).symmetric_activations
+    overridden = resolve_config(Int8Target.X86_VNNI, per_channel=False, format=Format.QOPERATOR)
     assert not overridden.per_channel and overridden.format is Format.QOPERATOR and "overridden" in overridden.reason
 
 
