@@ -30,7 +30,7 @@ from resnet_edge.onnx.runtime import ExecutedNode
 # (ConvInteger, MatMulInteger) and the contrib ops onnxruntime fuses them into on some platforms.
 INTEGER_KERNELS = INTEGER_COMPUTE_OPS | {"NhwcQLinearConv", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
 # What a Conv/Gemm/MatMul left in FP32 runs as on the CPU EP (plain, or fused with its activation, or NCHWc).
-FLOAT_KERNELS = frozenset({"Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul", "NhwcFusedConv"})
+FLOAT_KERNELS = frozenset(COMPUTE_OPS) | {"FusedConv", "FusedGemm", "FusedMatMul", "NhwcFusedConv"}
 QUANTIZE_OPS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear"})
 DEQUANTIZE_OPS = frozenset({"DequantizeLinear"})
 # Layout and shape ops carry no arithmetic worth naming among the FP32 ops.
