@@ -17,6 +17,7 @@ from resnet_edge.conversion.export import ExportOptions, _run_exporter, resolve_
 from resnet_edge.errors import InputFileError
 from resnet_edge.models.resnet import Stem, create_model, get_arch, list_models
 from resnet_edge.onnx.graph import module_path
+from resnet_edge.progress import Progress
 from resnet_edge.quantization.configs import Format
 from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx, resolve_exclusions
 from resnet_edge.quantization.sensitivity import (
@@ -167,7 +168,11 @@ def test_mapping_survives_simplify_preprocessing_and_quantization(
 
 def test_analysis_of_the_digits_model(digits_sim: Path, digits_int8: Path, digits_qoperator: Path) -> None:
     fp32 = onnx.load(str(digits_sim))
-    qdq = analyze_quantization(fp32, onnx.load(str(digits_int8)), FAST)
+    events: list[Progress] = []
+    qdq = analyze_quantization(fp32, onnx.load(str(digits_int8)), FAST, on_progress=events.append)
+    # One event before each model run: both whole models, then one spliced model per quantized block.
+    assert [(e.done, e.total) for e in events] == [(k, 12) for k in range(12)]
+    assert events[0].step == "FP32 and INT8 models, every block output" and events[1].step == "only stem quantized"
     assert qdq.images == 16 and qdq.data_source == "builtin:digits-test" and qdq.format == "qdq"
     assert [b.block for b in qdq.blocks] == expected_blocks("resnet20")
     assert sorted(qdq.ranking) == sorted(expected_blocks("resnet20")) and qdq.isolated_models == 11
