@@ -17,20 +17,13 @@ from resnet_edge.conversion.export import ExportOptions, export_onnx
 from resnet_edge.conversion.simplify import simplify_onnx
 from resnet_edge.environment import cpu_info
 from resnet_edge.evaluation.benchmark import BenchmarkOptions, benchmark_models
-from resnet_edge.quantization.quantize import (
-    Format,
-    QuantConfig,
-    QuantizeOptions,
-    Target,
-    detect_target,
-    quantize_onnx,
-    resolve_config,
-)
+from resnet_edge.quantization.configs import Format, Int8Recipe, Int8Target, detect_target, resolve_config
+from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
 
 
-def variants() -> dict[str, QuantConfig]:
-    def config(fmt: Format, act: str, per_channel: bool, reduce_range: bool, symmetric: bool, why: str) -> QuantConfig:
-        return QuantConfig(Target.AUTO, fmt, act, "int8", per_channel, reduce_range, symmetric, why)
+def variants() -> dict[str, Int8Recipe]:
+    def config(fmt: Format, act: str, per_channel: bool, reduce_range: bool, symmetric: bool, why: str) -> Int8Recipe:
+        return Int8Recipe(Int8Target.AUTO, fmt, act, "int8", per_channel, reduce_range, symmetric, why)
 
     return {
         "ort-defaults (QDQ S8S8 per-tensor)": config(Format.QDQ, "int8", False, False, False, "onnxruntime defaults"),
@@ -52,7 +45,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=32, help="calibration images (speed does not depend on it)")
     args = parser.parse_args()
 
-    chosen = resolve_config(Target.AUTO)
+    chosen = resolve_config(Int8Target.AUTO)
     cpu = cpu_info()
     print(f"CPU: {cpu.model}; features: {', '.join(k for k, v in cpu.features.items() if v)}")
     print(

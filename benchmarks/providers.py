@@ -123,7 +123,8 @@ def build(workdir: Path, args: argparse.Namespace) -> dict[str, Path]:
     from resnet_edge.conversion.export import ExportOptions, export_onnx
     from resnet_edge.conversion.simplify import simplify_onnx
     from resnet_edge.evaluation.tune import TuneOptions, tune_model
-    from resnet_edge.quantization.quantize import QuantizeOptions, Target, quantize_onnx, resolve_config
+    from resnet_edge.quantization.configs import Int8Target, resolve_config
+    from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
 
     workdir.mkdir(parents=True, exist_ok=True)
     files = {
@@ -138,9 +139,9 @@ def build(workdir: Path, args: argparse.Namespace) -> dict[str, Path]:
     if not files["int8"].exists():
         quantize_onnx(files["fp32"], files["int8"], QuantizeOptions(limit=args.limit, measure_speed=False))
     if not files["int8-qoperator"].exists():
-        from resnet_edge.quantization.quantize import Format
+        from resnet_edge.quantization.configs import Format
 
-        config = resolve_config(Target.AUTO, format=Format.QOPERATOR)
+        config = resolve_config(Int8Target.AUTO, format=Format.QOPERATOR)
         quantize_onnx(files["fp32"], files["int8-qoperator"], QuantizeOptions(config=config, limit=args.limit))
     if not files["tuned"].exists():
         options = TuneOptions(

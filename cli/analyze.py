@@ -19,7 +19,7 @@ from resnet_edge.cli.options import SEED, json_option, parse_provider_list, prov
     "--limit",
     type=int,
     default=64,
-    show_default=True,  # analysis.DEFAULT_IMAGES, not imported for --help
+    show_default=True,  # sensitivity.DEFAULT_IMAGES, not imported for --help
     help="Analyse at most this many images.",
 )
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for drawing --limit images.")
@@ -36,19 +36,18 @@ def analyze(fp32_model, int8_model, data, limit, seed, output_dir, providers, st
     """Error INT8 shows by residual block (whole model and one block at a time), most sensitive first."""
     from resnet_edge.artifacts import ensure_folder
     from resnet_edge.errors import OptionError
-    from resnet_edge.quantization.sensitivity import AnalysisOptions, analyze_onnx
+    from resnet_edge.quantization.sensitivity import SensitivityOptions, analyze_sensitivity
 
     chosen = parse_provider_list(providers)
     if len(chosen) != 1:
         raise OptionError(f"analyze runs on one provider, got {len(chosen)}: {providers}")
 
-    progress = None if as_json else (lambda what: click.echo(f"running {what}", err=True))
-    result = analyze_onnx(
-        fp32_model,
-        int8_model,
-        AnalysisOptions(data=data, limit=limit, seed=seed, provider=chosen[0], strict_ep=strict_ep),
-        output_dir=ensure_folder(output_dir) if output_dir else int8_model.parent,
-        progress=progress,
+    progress = None if as_json else (lambda event: click.echo(f"running {event.step}", err=True))
+    result = analyze_sensitivity(
+        (fp32_model, int8_model),
+        ensure_folder(output_dir) if output_dir else int8_model.parent,
+        SensitivityOptions(data=data, limit=limit, seed=seed, provider=chosen[0], strict_ep=strict_ep),
+        on_progress=progress,
     )
     if as_json:
         return render.emit_json(result)

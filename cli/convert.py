@@ -9,7 +9,17 @@ import click
 
 from resnet_edge import formatting as fmt
 from resnet_edge.cli import render
-from resnet_edge.cli.options import INT8_TARGETS, SEED, derived_path, json_option, parse_batch, parse_provider_list
+from resnet_edge.cli.options import (
+    INT8_FORMATS,
+    INT8_METHODS,
+    INT8_TARGETS,
+    SEED,
+    derived_path,
+    json_option,
+    parse_batch,
+    parse_provider_list,
+    progress_bars,
+)
 from resnet_edge.models.registry import Variant, list_models
 
 if TYPE_CHECKING:  # annotations only: the commands import the library lazily, so --help stays fast
@@ -176,9 +186,9 @@ def inspect(model, as_json) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file. [default: MODEL.int8.onnx]")
 @click.option("--calib", help="Calibration images: folder, .npy/.npz, or builtin:NAME. [default: built-in]")
 @click.option("--eval-data", help="Held-out images to judge INT8 on. [default: built-in test split / held-out quarter]")
-@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--method", type=click.Choice(INT8_METHODS), default="minmax", show_default=True)
 @click.option("--per-channel/--per-tensor", default=None, help="Weight granularity. [default: the target's]")
-@click.option("--format", "quant_format", type=click.Choice(["qdq", "qoperator"]), help="[default: the target's]")
+@click.option("--format", "quant_format", type=click.Choice(INT8_FORMATS), help="[default: the target's]")
 @click.option(
     "--target",
     type=click.Choice(INT8_TARGETS),
@@ -248,7 +258,8 @@ def quantize(
 
     With --max-top1-drop or --min-agreement, blocks are kept in FP32, most sensitive first, until the target holds.
     """
-    from resnet_edge.quantization.quantize import Format, Method, QuantizeOptions, Target, quantize_onnx
+    from resnet_edge.quantization.configs import Format, Int8Target, Method
+    from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
 
     options = QuantizeOptions(
         calib=calib,
@@ -256,7 +267,7 @@ def quantize(
         method=Method(method),
         per_channel=per_channel,
         format=Format(quant_format) if quant_format else None,
-        target=Target(target),
+        target=Int8Target(target),
         exclude=tuple(exclude),
         limit=limit,
         seed=seed,
@@ -268,7 +279,7 @@ def quantize(
     )
     output = output or derived_path(model, ".int8")
     if max_top1_drop is not None or min_agreement is not None:
-        from resnet_edge.quantization.mixed_precision import AccuracyTarget, SearchStep, quantize_mixed_precision
+        from resnet_edge.quantization.mixed_precision import AccuracyGoal, SearchStep, quantize_mixed_precision
 
         def show_step(step: SearchStep) -> None:
             if not as_json:
@@ -279,20 +290,22 @@ def quantize(
                     err=True,
                 )
 
-        mixed = quantize_mixed_precision(
-            model,
-            output,
-            AccuracyTarget(max_top1_drop=max_top1_drop, min_agreement=min_agreement),
-            options,
-            progress=not as_json,
-            on_step=show_step,
-        )
+        with progress_bars(not as_json) as on_progress:
+            mixed = quantize_mixed_precision(
+                model,
+                output,
+                options,
+                goal=AccuracyGoal(max_top1_drop=max_top1_drop, min_agreement=min_agreement),
+                on_progress=on_progress,
+                on_step=show_step,
+            )
         if as_json:
             return render.emit_json(mixed)
         _print_quantize(mixed.quantize)
         _print_mixed_precision(mixed, model, output, options)
         return None
-    result = quantize_onnx(model, output, options, progress=not as_json)
+    with progress_bars(not as_json) as on_progress:
+        result = quantize_onnx(model, output, options, on_progress=on_progress)
     if as_json:
         return render.emit_json(result)
     _print_quantize(result)
@@ -311,7 +324,7 @@ def _print_quantize(result: QuantizeResult) -> None:
     )
     skipped = f", {result.skipped_files} non-image files skipped" if result.skipped_files else ""
     if result.calibration_source == "builtin:photos":
-        from resnet_edge.quantization.quantize import BUNDLED_PHOTOS_NOTE
+        from resnet_edge.quantization.calibrate import BUNDLED_PHOTOS_NOTE
 
         skipped += f" ({BUNDLED_PHOTOS_NOTE})"
     click.echo(

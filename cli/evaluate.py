@@ -402,7 +402,7 @@ def doctor(as_json) -> None:
     click.echo(f"cpu: {env.cpu.model} ({env.cpu.architecture}, {env.cpu.logical_cores} logical cores): {features}")
     click.echo(f"gpu: {', '.join(env.gpus) or 'none found'}")
     if env.onnxruntime_providers:
-        from resnet_edge.quantization.quantize import detect_target, resolve_config  # needs onnxruntime
+        from resnet_edge.quantization.configs import detect_target, resolve_config
 
         config = resolve_config(detect_target())
         click.echo(f"INT8 target for this machine: {config.target.value} ({config.reason})")

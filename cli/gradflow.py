@@ -38,13 +38,15 @@ def gradflow(arch, plain, side_by_side, batch, seed, data, output_dir, as_json) 
     Each block's gradient is split into the branch term (through F) and the shortcut term (the "+ I").
     """
     from resnet_edge.artifacts import ensure_folder
-    from resnet_edge.models.gradflow import compare, gradient_flow
+    from resnet_edge.models.gradflow import compare_gradient_flow, gradient_flow
 
     if plain and side_by_side:
         raise OptionError("--plain and --compare exclude each other: --compare runs the plain network too")
     output_dir = ensure_folder(output_dir)
     if side_by_side:
-        result = compare(arch, batch=batch, seed=seed, data=data, plot=output_dir / f"gradflow_{arch}.png")
+        result = compare_gradient_flow(
+            arch, batch=batch, seed=seed, data=data, plot=output_dir / f"gradflow_{arch}.png"
+        )
     else:
         variant = "plain" if plain else "residual"
         result = gradient_flow(

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
-# resnet_edge.quantization.quantize.Target's values, spelled here so that --help need not import the quantization stack
-# (tests/cli/test_cli.py checks that the two agree).
-INT8_TARGETS = ("auto", "x86-vnni", "x86-avx2", "arm64", "gpu-tensorrt")
+from resnet_edge.progress import Progress, ProgressCallback
+from resnet_edge.quantization.configs import Format, Int8Target, Method
+
+# Taken from the enums: resnet_edge.quantization.configs imports no heavy library, so --help stays fast.
+INT8_TARGETS = tuple(target.value for target in Int8Target)
+INT8_METHODS = tuple(method.value for method in Method)
+INT8_FORMATS = tuple(fmt.value for fmt in Format)
 # Seeds reach numpy's default_rng, which takes 0 to 2**32 - 1 here (and fails with a traceback below 0).
 SEED = click.IntRange(0, 2**32 - 1)
 
@@ -102,3 +108,28 @@ def remote_options(
 def target_progress(target: str, message: str) -> None:
     """Each target's progress, one line per step, on stderr (targets run in parallel: lines name their target)."""
     click.echo(f"[{target}] {message}", err=True)
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[ProgressCallback | None]:
+    """A stage's ``on_progress`` that draws one transient bar per countable step on stderr (None when disabled)."""
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bars: dict[tuple[str, str], tqdm] = {}
+
+    def show(event: Progress) -> None:
+        if event.total is None or event.done is None:
+            return
+        bar = bars.get((event.stage, event.step))
+        if bar is None:
+            bar = bars[(event.stage, event.step)] = tqdm(total=event.total, desc=event.step, unit="img", leave=False)
+        bar.update(event.done - bar.n)
+
+    try:
+        yield show
+    finally:
+        for bar in bars.values():
+            bar.close()

@@ -8,7 +8,7 @@ import click
 
 from resnet_edge import formatting as fmt
 from resnet_edge.cli import render
-from resnet_edge.cli.options import INT8_TARGETS, json_option
+from resnet_edge.cli.options import INT8_FORMATS, INT8_METHODS, INT8_TARGETS, json_option
 from resnet_edge.models.registry import list_models
 
 
@@ -54,7 +54,7 @@ def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
 @click.option("--int8/--no-int8", default=None, help="Quantize to INT8. [default: yes]")
 @click.option(
     "--method",
-    type=click.Choice(["minmax", "entropy", "percentile"]),
+    type=click.Choice(INT8_METHODS),
     help="How calibration turns activations into ranges. [default: minmax]",
 )
 @click.option(
@@ -64,7 +64,7 @@ def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
     help="Hardware to choose the INT8 configuration for; auto reads this CPU. [default: auto]",
 )
 @click.option("--per-channel/--per-tensor", default=None, help="INT8 weight granularity. [default: the target's]")
-@click.option("--format", type=click.Choice(["qdq", "qoperator"]), help="INT8 graph format. [default: the target's]")
+@click.option("--format", type=click.Choice(INT8_FORMATS), help="INT8 graph format. [default: the target's]")
 @click.option("--limit", type=int, help="Calibration images to draw (with --seed). [default: all]")
 @click.option("--seed", type=int, help="Seed for the calibration subset and for random weights. [default: 0]")
 @click.option("--batch", help="Benchmark batch sizes, comma-separated. [default: 1,8]")

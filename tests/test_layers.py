@@ -23,7 +23,7 @@ SOURCES = {
 # are independent of each other.
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
-    ("jsonable", "formatting", "timing", "memory", "artifacts"),
+    ("jsonable", "formatting", "timing", "memory", "artifacts", "progress"),
     ("calibration",),
     ("onnx", "models"),
     ("environment",),  # reports the providers that load, from onnx.runtime
@@ -39,6 +39,7 @@ RANK = {layer: rank for rank, names in enumerate(LAYERS) for layer in names}
 RUNNER_CLOSURE = {
     "resnet_edge.device.runner",
     "resnet_edge.device.facts",
+    "resnet_edge.onnx.op_types",
     "resnet_edge.onnx.runtime",
     "resnet_edge.timing",
     "resnet_edge.errors",

@@ -33,7 +33,6 @@ from resnet_edge.artifacts import (
     read_user_text,
     refuse_overwriting_inputs,
     require_writable_destination,
-    save_onnx,
     sha256_bytes,
 )
 from resnet_edge.calibration.preprocess import PreprocessSpec
@@ -44,6 +43,7 @@ from resnet_edge.models.memory import torch_estimate
 from resnet_edge.models.registry import default_preprocessing
 from resnet_edge.models.resnet import get_arch
 from resnet_edge.onnx.graph import count_ops, opset_of
+from resnet_edge.onnx.io import save_onnx
 from resnet_edge.onnx.metadata import ModelMetadata, write_props
 from resnet_edge.onnx.parity import PARITY_IMAGES, Parity, check_fp32_parity
 from resnet_edge.onnx.runtime import open_session

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import onnx
 
-from resnet_edge.artifacts import load_onnx, refuse_overwriting_inputs, require_writable_destination, save_onnx
+from resnet_edge.artifacts import refuse_overwriting_inputs, require_writable_destination
 from resnet_edge.errors import CheckFailedError, InputFileError, OptionError
 from resnet_edge.onnx.graph import batch_norm_nodes, count_ops, is_quantized
+from resnet_edge.onnx.io import load_onnx, save_onnx
 from resnet_edge.onnx.metadata import SIMPLIFICATION_KEY, preprocessing_for, read_props, static_input_shape, write_props
 from resnet_edge.onnx.parity import PARITY_IMAGES, Parity, check_fp32_parity
 from resnet_edge.onnx.runtime import open_session

@@ -15,6 +15,7 @@ from resnet_edge.errors import InputFileError
 # The modules the runner imports (they import only the standard library, numpy and onnxruntime), by package path.
 RUNNER_MODULES = (
     "errors.py",
+    "onnx/op_types.py",
     "onnx/runtime.py",
     "timing.py",
     "device/__init__.py",

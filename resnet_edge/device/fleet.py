@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from resnet_edge.artifacts import load_onnx, sha256_file
+from resnet_edge.artifacts import sha256_file
 from resnet_edge.device.facts import EMULATION_WARNING, DeviceFacts, Thermal
 from resnet_edge.device.runner import JOB_FORMAT
 from resnet_edge.device.targets import JobFiles, RemoteOptions, Target, TargetSession, Transfer
@@ -49,6 +49,7 @@ from resnet_edge.evaluation.validate import (
     plan_validation,
     reference_inputs,
 )
+from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import preprocessing_for
 from resnet_edge.onnx.runtime import ExecutedNode, placement_from_json
 from resnet_edge.quantization.coverage import coverage_of

@@ -21,12 +21,13 @@ import numpy as np
 import onnx
 
 from resnet_edge import formatting as fmt
-from resnet_edge.artifacts import load_onnx, sha256_file
+from resnet_edge.artifacts import sha256_file
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import default_test_images, iter_batches, open_source
 from resnet_edge.environment import Environment, collect_environment
 from resnet_edge.errors import OptionError, ResnetEdgeWarning
 from resnet_edge.memory import check_fits, onnx_estimate
+from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import preprocessing_for, read_metadata, static_input_shape
 from resnet_edge.onnx.runtime import Placement, Provider, Session, open_session
 from resnet_edge.quantization.coverage import IntegerCoverage, coverage_of

@@ -1,7 +1,7 @@
 """Choose the deployment by measurement: the fastest (provider, precision) that still gives FP32's answers.
 
 Candidates are the providers that run here (or those asked for) times their precisions: FP32; the INT8 configurations of
-the per-target table in :mod:`resnet_edge.quantization.quantize` that fit the provider (the CPU target of this machine,
+the per-target table in :mod:`resnet_edge.quantization.configs` that fit the provider (the CPU target of this machine,
 in QDQ and QOperator form, for the CPU EP and OpenVINO; ``gpu-tensorrt`` for CUDA and TensorRT); FP16 where the provider
 runs it natively (CUDA, TensorRT), converted with onnxconverter-common with float32 inputs and outputs kept; and any
 model file the caller adds. Every candidate is judged against the FP32 model on held-out images by
@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Protocol
 
 from resnet_edge.artifacts import (
     atomic_output,
-    load_onnx,
     refuse_overwriting_inputs,
     require_file,
     require_writable_destination,
@@ -38,13 +37,14 @@ from resnet_edge.artifacts import (
 )
 from resnet_edge.errors import CheckFailedError, OptionError, ResnetEdgeError, ResnetEdgeWarning
 from resnet_edge.onnx.graph import is_quantized
+from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import write_props
 from resnet_edge.onnx.runtime import PROVIDERS, Provider, available_providers, parse_providers
 
 if TYPE_CHECKING:
     from resnet_edge.evaluation.benchmark import BenchmarkOptions, BenchmarkResult
     from resnet_edge.evaluation.validate import ValidateOptions, ValidateResult
-    from resnet_edge.quantization.quantize import QuantConfig, Target
+    from resnet_edge.quantization.configs import Int8Recipe, Int8Target
 
 logger = logging.getLogger("resnet_edge")
 
@@ -93,7 +93,7 @@ class TuneOptions:
     warmup: int = DEFAULT_TUNE_WARMUP
     min_agreement: float | None = None
     max_top1_drop: float | None = None
-    int8_models: tuple[tuple[QuantConfig, Path], ...] = ()
+    int8_models: tuple[tuple[Int8Recipe, Path], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -286,16 +286,16 @@ def _providers(options: TuneOptions, site: Site) -> list[Provider]:
     return [Provider(short) for short, info in PROVIDERS.items() if info.ort_name in here]
 
 
-def _cpu_target(site: Site) -> Target:
+def _cpu_target(site: Site) -> Int8Target:
     """The INT8 target of the CPU the candidates run on: this machine's, or the device's from its facts."""
-    from resnet_edge.quantization.quantize import Target, detect_target
+    from resnet_edge.quantization.configs import Int8Target, detect_target
 
     if site.architecture is None:
         return detect_target()
     if site.architecture in ("aarch64", "arm64"):
-        return Target.ARM64
+        return Int8Target.ARM64
     vnni = site.cpu_features.get("avx512_vnni") or site.cpu_features.get("avx_vnni")
-    return Target.X86_VNNI if vnni else Target.X86_AVX2
+    return Int8Target.X86_VNNI if vnni else Int8Target.X86_AVX2
 
 
 def _check_options(options: TuneOptions) -> None:
@@ -323,18 +323,19 @@ def _build_variants(
     providers: Sequence[Provider],
     options: TuneOptions,
     *,
-    cpu_target: Target | None = None,
+    cpu_target: Int8Target | None = None,
 ) -> list[tuple[Provider, list[tuple[str, str, Path | None, str | None]]]]:
     """Per provider: (name, precision, file or None, error) of each candidate; INT8 files are built once.
     ``cpu_target``: the INT8 target of the CPU they will run on (default: this machine's)."""
-    from resnet_edge.quantization.quantize import Format, QuantizeOptions, Target, detect_target, resolve_config
+    from resnet_edge.quantization.configs import Format, Int8Target, detect_target, resolve_config
+    from resnet_edge.quantization.quantize import QuantizeOptions
 
     cpu_target = cpu_target or detect_target()
 
     built: dict[str, tuple[Path | None, str | None]] = {}
     calibrations: dict[bool, object] = {}
 
-    def int8(config: QuantConfig, label: str) -> tuple[Path | None, str | None]:
+    def int8(config: Int8Recipe, label: str) -> tuple[Path | None, str | None]:
         if label in built:
             return built[label]
         ready = next((path for given, path in options.int8_models if _same_config(given, config)), None)
@@ -369,7 +370,7 @@ def _build_variants(
         files: list[tuple[str, str, Path | None, str | None]] = [("fp32", "fp32", model_path, None)]
         if options.int8:
             if provider.name in GPU_INT8_PROVIDERS:
-                configs = [resolve_config(Target.GPU_TENSORRT)]
+                configs = [resolve_config(Int8Target.GPU_TENSORRT)]
             else:
                 configs = [resolve_config(cpu_target)]
                 if provider.name == "cpu":  # QOperator against QDQ, measured on each machine anew
@@ -395,7 +396,7 @@ def _build_variants(
     return result
 
 
-def _same_config(a: QuantConfig, b: QuantConfig) -> bool:
+def _same_config(a: Int8Recipe, b: Int8Recipe) -> bool:
     """The same INT8 configuration, whatever the reason recorded for choosing it."""
 
     return dataclasses.replace(a, reason="") == dataclasses.replace(b, reason="")

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from resnet_edge.artifacts import load_onnx, sha256_file
+from resnet_edge.artifacts import sha256_file
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import ImageSource, default_test_images, iter_batches, open_source
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
 from resnet_edge.onnx.graph import is_quantized
+from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import (
     QUANTIZATION_KEY,
     ModelMetadata,
@@ -36,7 +37,7 @@ from resnet_edge.onnx.parity import (
     Accuracy,
     Parity,
     accuracy,
-    compare,
+    compare_outputs,
 )
 from resnet_edge.onnx.runtime import ExecutedNode, Placement, Provider, open_session
 from resnet_edge.quantization.coverage import IntegerCoverage, coverage_of, output_step
@@ -286,7 +287,7 @@ def judge_outputs(
     rows = []
     for (name, provider), got in outputs.items():
         quantized = is_quantized(plan.protos[name])
-        parity = compare(expected, got.logits)
+        parity = compare_outputs(expected, got.logits)
         acc = accuracy(got.logits, y) if y is not None else None
         # FP16 changes every logit a little, as INT8 does: judged on decisions too.
         reduced = quantized or _has_float16_weights(plan.protos[name])

@@ -7,7 +7,7 @@ block. A plain stack, ``y_l = F_l(x_l)``, has only that product, and its scale i
 
 :func:`gradient_flow` runs one backward pass on real images through a freshly initialised network and takes
 each block's input gradient apart with autograd into the branch term (the vector-Jacobian product of ``F_l``)
-and the shortcut term. :func:`compare` does it for the residual network and for the same weights with the
+and the shortcut term. :func:`compare_gradient_flow` does it for the residual network and for the same weights with the
 skips switched off; :func:`plot_gradient_flow` draws the result.
 """
 
@@ -156,7 +156,7 @@ def gradient_flow(
     return result
 
 
-def compare(
+def compare_gradient_flow(
     arch: str,
     *,
     batch: int = DEFAULT_BATCH,

@@ -1,28 +1,121 @@
-"""Facts read off an ONNX graph: op counts, opset, parameters, MACs, quantization, module paths of nodes."""
+"""Facts read off an ONNX graph: the one index of who makes and reads each tensor (:class:`GraphIndex`), op counts,
+opset, parameters, MACs, quantization, module paths of nodes."""
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from typing import NamedTuple
 
 import numpy as np
 import onnx
 
-QUANTIZED_OPS = frozenset(
-    {
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "QLinearConv",
-        "QLinearMatMul",
-        "QGemm",
-        "ConvInteger",
-        "MatMulInteger",
-        "QLinearAdd",
-        "QLinearGlobalAveragePool",
-    }
-)
-# The ops that carry a ResNet's weights and arithmetic: these are the ones INT8 quantization must reach.
-COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
+from resnet_edge.onnx.op_types import COMPUTE_OPS, INTEGER_COMPUTE_OPS, QUANTIZED_OPS
+
+__all__ = [
+    "COMPUTE_OPS",
+    "INTEGER_COMPUTE_OPS",
+    "QUANTIZED_OPS",
+    "GraphIndex",
+    "QuantParams",
+    "batch_norm_nodes",
+    "count_ops",
+    "graph_input",
+    "is_quantized",
+    "macs_by_node",
+    "macs_per_image",
+    "module_path",
+    "opset_of",
+    "parameter_count",
+]
+
+# For each op that produces an integer tensor: the inputs holding that tensor's scale and zero point.
+OUTPUT_QPARAMS = {
+    "QuantizeLinear": (1, 2),
+    "QLinearConv": (6, 7),
+    "QLinearAdd": (6, 7),
+    "QLinearMul": (6, 7),
+    "QLinearMatMul": (6, 7),
+    "QGemm": (7, 8),
+    "QLinearGlobalAveragePool": (3, 4),
+    "QLinearAveragePool": (3, 4),
+}
+# Ops that move integer values without changing their quantization (QOperator runs MaxPool and Flatten on uint8).
+PASS_THROUGH_OPS = frozenset({"MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity"})
+
+
+class QuantParams(NamedTuple):
+    """Where an integer tensor's quantization is defined (a tuple: ``scale, zero_point, axis = ...``).
+
+    Attributes:
+        scale: the name of the tensor holding its scale.
+        zero_point: the name of the tensor holding its zero point.
+        axis: the ``axis`` attribute of the QuantizeLinear that made it (per-channel), else empty.
+    """
+
+    scale: str
+    zero_point: str
+    axis: list[onnx.AttributeProto]
+
+
+class GraphIndex:
+    """Look-ups over one model's graph, built once: who makes each tensor, who reads it, the initializers, and the
+    quantization of integer tensors.
+
+    Attributes:
+        model: the model indexed (not copied: the index is stale once its graph changes).
+        nodes: the graph's nodes, in graph (topological) order.
+        producer_index: tensor name -> index in ``nodes`` of the node that outputs it.
+        consumer_indices: tensor name -> indices in ``nodes`` of the nodes that read it, in graph order.
+        initializers: initializer name -> tensor.
+        outputs: the graph's output names.
+    """
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.nodes: list[onnx.NodeProto] = list(model.graph.node)
+        self.producer_index: dict[str, int] = {
+            out: i for i, node in enumerate(self.nodes) for out in node.output if out
+        }
+        self.consumer_indices: dict[str, list[int]] = {}
+        for i, node in enumerate(self.nodes):
+            for name in node.input:
+                self.consumer_indices.setdefault(name, []).append(i)
+        self.initializers: dict[str, onnx.TensorProto] = {init.name: init for init in model.graph.initializer}
+        self.outputs: list[str] = [o.name for o in model.graph.output]
+
+    def producer(self, tensor: str) -> onnx.NodeProto | None:
+        """The node that outputs ``tensor``; None for a graph input, an initializer or an unknown name."""
+        index = self.producer_index.get(tensor)
+        return self.nodes[index] if index is not None else None
+
+    def consumers(self, tensor: str) -> list[onnx.NodeProto]:
+        """The nodes that read ``tensor``, in graph order."""
+        return [self.nodes[i] for i in self.consumer_indices.get(tensor, [])]
+
+    def value(self, name: str) -> np.ndarray | None:
+        """An initializer's value; None when ``name`` is not an initializer."""
+        init = self.initializers.get(name)
+        return onnx.numpy_helper.to_array(init) if init is not None else None
+
+    def qparams(self, tensor: str) -> QuantParams | None:
+        """The scale and zero point of an integer tensor (looking back through ops that only move it, such as
+        MaxPool or Flatten); None for a float tensor."""
+        node = self.producer(tensor)
+        while node is not None and node.op_type in PASS_THROUGH_OPS:
+            node = self.producer(node.input[0])
+        if node is None or node.op_type not in OUTPUT_QPARAMS:
+            return None
+        scale, zero_point = OUTPUT_QPARAMS[node.op_type]
+        if len(node.input) <= zero_point or not node.input[scale]:
+            return None
+        axis = [a for a in node.attribute if a.name == "axis"] if node.op_type == "QuantizeLinear" else []
+        return QuantParams(node.input[scale], node.input[zero_point], axis)
+
+    def dequantize_scale(self, tensor: str) -> str | None:
+        """The scale name of the DequantizeLinear that outputs ``tensor``; None when something else makes it."""
+        node = self.producer(tensor)
+        return node.input[1] if node is not None and node.op_type == "DequantizeLinear" else None
 
 
 def graph_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
@@ -102,14 +195,14 @@ def macs_by_node(model: onnx.ModelProto, *, output_shapes: dict[str, list[int]] 
         value.name: [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
         for value in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)
     }
-    weights = {init.name: list(init.dims) for init in model.graph.initializer}
-    producers = {out: node for node in model.graph.node for out in node.output}
+    index = GraphIndex(model)
+    weights = {name: list(init.dims) for name, init in index.initializers.items()}
     found: dict[str, int] = {}
     for node in model.graph.node:
-        index = _WEIGHTED_OPS.get(node.op_type)
-        if index is None or len(node.input) <= index:
+        weight_at = _WEIGHTED_OPS.get(node.op_type)
+        if weight_at is None or len(node.input) <= weight_at:
             continue
-        w_shape = _weight_shape(node.input[index], weights, producers)
+        w_shape = _weight_shape(node.input[weight_at], weights, index)
         out_shape = shapes.get(node.output[0])
         if (not out_shape or any(d is None for d in out_shape[1:])) and output_shapes:
             out_shape = output_shapes.get(node.name)
@@ -125,12 +218,12 @@ def macs_by_node(model: onnx.ModelProto, *, output_shapes: dict[str, list[int]] 
     return found
 
 
-def _weight_shape(name: str, weights: dict[str, list[int]], producers: dict[str, onnx.NodeProto]) -> list[int] | None:
+def _weight_shape(name: str, weights: dict[str, list[int]], index: GraphIndex) -> list[int] | None:
     """A weight's shape, looking through a DequantizeLinear (QDQ models), Transpose or Identity."""
     for _ in range(3):
         if name in weights:
             return weights[name]
-        node = producers.get(name)
+        node = index.producer(name)
         if node is None or node.op_type not in ("DequantizeLinear", "Transpose", "Identity"):
             return None
         name = node.input[0]
@@ -143,14 +236,13 @@ def batch_norm_nodes(model: onnx.ModelProto) -> list[tuple[str, str]]:
     A BatchNormalization folds into a Conv only when that Conv feeds nothing else; "output shared" says why one
     that follows a Conv did not fold (a pre-activation block's input also feeds the skip connection).
     """
-    producers = {out: node for node in model.graph.node for out in node.output}
-    uses: Counter[str] = Counter(name for node in model.graph.node for name in node.input)
+    index = GraphIndex(model)
     found = []
     for node in model.graph.node:
         if node.op_type == "BatchNormalization":
-            producer = producers.get(node.input[0])
+            producer = index.producer(node.input[0])
             what = producer.op_type if producer else "graph input"
-            if producer is not None and uses[node.input[0]] > 1:
+            if producer is not None and len(index.consumer_indices[node.input[0]]) > 1:
                 what += " (output shared)"
             found.append((node.name or node.output[0], what))
     return found

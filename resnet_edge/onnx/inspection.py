@@ -7,8 +7,9 @@ from pathlib import Path
 
 import onnx
 
-from resnet_edge.artifacts import load_onnx, sha256_file
+from resnet_edge.artifacts import sha256_file
 from resnet_edge.onnx.graph import batch_norm_nodes, count_ops, is_quantized, macs_per_image, opset_of, parameter_count
+from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import read_props
 
 

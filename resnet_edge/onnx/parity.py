@@ -52,7 +52,7 @@ class Parity:
         )
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
+def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> Parity:
     """Compare two (N, classes) logit arrays row by row."""
     if reference.shape != candidate.shape:
         raise ValueError(f"logit shapes differ: {reference.shape} vs {candidate.shape}")
@@ -174,7 +174,7 @@ def check_fp32_parity(
         chunks = range(0, len(batch), size)
         expected = np.concatenate([reference(batch[i : i + size]) for i in chunks])
         got = np.concatenate([candidate(batch[i : i + size]) for i in chunks])
-        parity = compare(expected, got)
+        parity = compare_outputs(expected, got)
         results[size] = parity
         if not parity.within_fp32_tolerance(float(np.abs(expected).max())):
             raise CheckFailedError(

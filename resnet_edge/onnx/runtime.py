@@ -68,6 +68,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from resnet_edge.errors import InputFileError, OptionError, ProviderError, ResnetEdgeWarning
+from resnet_edge.onnx.op_types import COMPUTE_OPS, QUANTIZED_OPS
 
 if TYPE_CHECKING:  # this module runs on target devices that have numpy and onnxruntime but not onnx
     import onnx
@@ -85,7 +86,7 @@ logger = logging.getLogger("resnet_edge")
 _ORT_ERROR_ONLY = 3  # onnxruntime's log severity: print errors and fatal messages, not its graph-partition chatter
 CPU_ORT_NAME = "CPUExecutionProvider"
 OPENVINO_PLUGIN = "onnxruntime_ep_openvino"  # the module of PyPI's onnxruntime-ep-openvino
-COMPUTE_OP_MARKERS = ("Conv", "Gemm", "MatMul")  # an op type with one of these in its name is a compute op
+COMPUTE_OP_MARKERS = COMPUTE_OPS  # an op type with one of these in its name is a compute op
 # Nodes onnxruntime inserts for layouts and copies: not the model's, so not counted in the placement.
 _INSERTED_OPS = frozenset({"ReorderInput", "ReorderOutput", "MemcpyFromHost", "MemcpyToHost"})
 DEFAULT_TRT_CACHE = Path("~/.cache/resnet-edge/tensorrt")
@@ -740,7 +741,7 @@ def _remove_profile(profile_dir: str | None, session: ort.InferenceSession | Non
 
 def _looks_quantized(model: Path | str | onnx.ModelProto | bytes) -> bool:
     graph = getattr(model, "graph", None)
-    return graph is not None and any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in graph.node)
+    return graph is not None and any(n.op_type in QUANTIZED_OPS for n in graph.node)
 
 
 def _node_count(model: Path | str | onnx.ModelProto | bytes) -> int | None:

@@ -45,15 +45,10 @@ from resnet_edge.evaluation.tune import DEFAULT_TUNE_ITERATIONS, TuneOptions, Tu
 from resnet_edge.evaluation.validate import Reference, ValidateOptions, validate_models
 from resnet_edge.onnx.runtime import parse_providers, split_provider_list
 from resnet_edge.pipeline.result import FIELD_KEYS, FILES, FROM_FLAG, PipelineResult, StageEvent
-from resnet_edge.quantization.quantize import (
-    BUNDLED_PHOTOS_NOTE,
-    MIN_OPSET,
-    Format,
-    Method,
-    QuantizeOptions,
-    Target,
-    quantize_onnx,
-)
+from resnet_edge.progress import Progress, ProgressCallback
+from resnet_edge.quantization.calibrate import BUNDLED_PHOTOS_NOTE, MIN_OPSET
+from resnet_edge.quantization.configs import Format, Int8Target, Method
+from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
 
 logger = logging.getLogger("resnet_edge")
 DEFAULT_WEIGHTS = "builtin:digits-resnet20"
@@ -117,7 +112,7 @@ class PipelineConfig:
             from resnet_edge.device.fleet import parse_targets
 
             parse_targets(list(self.targets))
-        for name, enum_type in (("method", Method), ("target", Target)):
+        for name, enum_type in (("method", Method), ("target", Int8Target)):
             value = getattr(self, name)
             if value not in {e.value for e in enum_type}:
                 raise OptionError(f"{name} {value!r} is not one of: {', '.join(e.value for e in enum_type)}")
@@ -453,6 +448,26 @@ def _stage(name: str, result: PipelineResult, emit: Callable[[StageEvent], objec
     emit(StageEvent(name, "done", summary[0] if summary else "", seconds))
 
 
+def _calibration_bar(enabled: bool) -> ProgressCallback | None:
+    """A transient progress bar on stderr for quantize's calibration, closed when the images are all read."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    bars: list[tqdm] = []
+
+    def show(event: Progress) -> None:
+        if event.done is None or event.total is None:
+            return
+        if not bars:
+            bars.append(tqdm(total=event.total, desc=event.step, unit="img", leave=False))
+        bars[0].update(event.done - bars[0].n)
+        if event.done >= event.total:
+            bars.pop().close()
+
+    return show
+
+
 def _run_stages(
     config: PipelineConfig,
     out: Path,
@@ -517,13 +532,13 @@ def _run_stages(
                         method=Method(config.method),
                         per_channel=config.per_channel,
                         format=Format(config.format) if config.format else None,
-                        target=Target(config.target),
+                        target=Int8Target(config.target),
                         limit=config.limit,
                         seed=config.seed,
                         measure_speed=False,
                         allow_accuracy_drop=config.allow_accuracy_drop,
                     ),
-                    progress=progress,
+                    on_progress=_calibration_bar(progress),
                 )
             except CheckFailedError as exc:  # quantize judges INT8 on validate's bar: say why a random model misses it
                 if result.random_weights is None:

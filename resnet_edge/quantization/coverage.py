@@ -23,25 +23,14 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from resnet_edge.onnx.graph import COMPUTE_OPS, macs_by_node, module_path
+from resnet_edge.onnx.graph import COMPUTE_OPS, INTEGER_COMPUTE_OPS, GraphIndex, macs_by_node, module_path
 from resnet_edge.onnx.runtime import ExecutedNode
 
 # Kernels that multiply integers: the fused QDQ forms (QLinearConv, QGemm), the integer-accumulate forms
 # (ConvInteger, MatMulInteger) and the contrib ops onnxruntime fuses them into on some platforms.
-INTEGER_KERNELS = frozenset(
-    {
-        "QLinearConv",
-        "NhwcQLinearConv",
-        "ConvInteger",
-        "QGemm",
-        "QLinearMatMul",
-        "MatMulInteger",
-        "MatMulIntegerToFloat",
-        "DynamicQuantizeMatMul",
-    }
-)
+INTEGER_KERNELS = INTEGER_COMPUTE_OPS | {"NhwcQLinearConv", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
 # What a Conv/Gemm/MatMul left in FP32 runs as on the CPU EP (plain, or fused with its activation, or NCHWc).
-FLOAT_KERNELS = frozenset({"Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul", "NhwcFusedConv"})
+FLOAT_KERNELS = frozenset(COMPUTE_OPS) | {"FusedConv", "FusedGemm", "FusedMatMul", "NhwcFusedConv"}
 QUANTIZE_OPS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear"})
 DEQUANTIZE_OPS = frozenset({"DequantizeLinear"})
 # Layout and shape ops carry no arithmetic worth naming among the FP32 ops.
@@ -194,9 +183,9 @@ def output_step(model: onnx.ModelProto) -> float | None:
     produced from a quantized tensor."""
     from onnx import numpy_helper
 
-    constants = {init.name: init for init in model.graph.initializer}
-    producers = {out: node for node in model.graph.node for out in node.output}
-    node = producers.get(model.graph.output[0].name)
+    index = GraphIndex(model)
+    constants = index.initializers
+    node = index.producer(model.graph.output[0].name)
     for _ in range(4):  # through Flatten/Reshape/Identity to the op that dequantizes
         if node is None:
             return None
@@ -206,7 +195,7 @@ def output_step(model: onnx.ModelProto) -> float | None:
             return float(scale.max()) if scale.size else None
         if node.op_type not in ("Flatten", "Reshape", "Identity", "Squeeze"):
             return None
-        node = producers.get(node.input[0])
+        node = index.producer(node.input[0])
     return None
 
 

@@ -2,7 +2,7 @@
 
 The rule, precisely:
 
-1. Calibrate once (:func:`resnet_edge.quantization.quantize.calibrate_onnx`); every step below reuses those ranges,
+1. Calibrate once (:func:`resnet_edge.quantization.calibrate.calibrate_onnx`); every step below reuses those ranges,
    since the ranges do not depend on which nodes stay FP32.
 2. Step 0 quantizes everything the user did not ``--exclude`` and judges it on the held-out images. Target met: stop.
 3. Otherwise rank the blocks that step 0 quantized by isolated sensitivity
@@ -33,19 +33,16 @@ from typing import TypeVar
 
 import onnx
 
-from resnet_edge.artifacts import atomic_output, load_onnx, refuse_overwriting_inputs, require_writable_destination
+from resnet_edge.artifacts import atomic_output, refuse_overwriting_inputs, require_writable_destination
 from resnet_edge.calibration.sources import open_source
 from resnet_edge.errors import CheckFailedError, OptionError
+from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import QUANTIZATION_KEY, preprocessing_for, write_props
-from resnet_edge.quantization.quantize import (
-    SPEED_ITERATIONS,
-    QuantizeOptions,
-    QuantizeResult,
-    SpeedComparison,
-    calibrate_onnx,
-    quantize_onnx,
-)
-from resnet_edge.quantization.sensitivity import DEFAULT_IMAGES, AnalysisOptions, analyze_quantization
+from resnet_edge.progress import ProgressCallback
+from resnet_edge.quantization.calibrate import calibrate_onnx
+from resnet_edge.quantization.evaluate import SPEED_ITERATIONS, SpeedComparison, median_latencies_ms
+from resnet_edge.quantization.quantize import QuantizeOptions, QuantizeResult, quantize_onnx
+from resnet_edge.quantization.sensitivity import DEFAULT_IMAGES, SensitivityOptions, analyze_quantization
 
 SPEED_WARMUP = 5
 
@@ -57,7 +54,7 @@ class TargetMissedError(CheckFailedError):
 
 
 @dataclass(frozen=True)
-class AccuracyTarget:
+class AccuracyGoal:
     """What a quantized model must keep, judged on held-out images; every target given must hold.
 
     Attributes:
@@ -152,7 +149,7 @@ class MixedPrecisionResult:
         fp32_p50_ms: the FP32 model's median latency in the same timing run as the steps.
     """
 
-    target: AccuracyTarget
+    target: AccuracyGoal
     quantize: QuantizeResult
     steps: list[SearchStep]
     ranking: list[BlockSensitivity]
@@ -206,18 +203,22 @@ def search_prefixes(
 
 
 def quantize_mixed_precision(
-    model_path: Path | str,
+    source: Path | str,
     output: Path | str,
-    target: AccuracyTarget,
     options: QuantizeOptions = QuantizeOptions(),  # noqa: B008 (frozen, as quantize_onnx's default)
     *,
-    progress: bool = False,
+    goal: AccuracyGoal,
+    on_progress: ProgressCallback | None = None,
     on_step: Callable[[SearchStep], object] | None = None,
     analysis_images: int = DEFAULT_IMAGES,
 ) -> MixedPrecisionResult:
-    """Quantize, and keep the most sensitive blocks in FP32, fewest first, until ``target`` holds.
+    """Quantize, and keep the most sensitive blocks in FP32, fewest first, until ``goal`` holds.
 
     Args:
+        source: the FP32 (simplified) model.
+        output: where the chosen INT8 model goes, with its record beside it (``output + ".json"``).
+        goal: what the quantized model must keep.
+        on_progress: as for :func:`quantize_onnx` (the one calibration).
         options: as for :func:`quantize_onnx`; ``exclude`` is kept in FP32 at every step, ``measure_speed`` turns
             the side-by-side timing of the steps on or off.
         on_step: called with each step as soon as it is judged (before timing).
@@ -232,8 +233,8 @@ def quantize_mixed_precision(
         InputFileError, CheckFailedError: see :func:`quantize_onnx`.
     """
     started = time.perf_counter()
-    target.check()
-    model_path = Path(model_path)
+    goal.check()
+    model_path = Path(source)
     output = require_writable_destination(output)
     require_writable_destination(Path(f"{output}.json"))
     refuse_overwriting_inputs(
@@ -245,7 +246,7 @@ def quantize_mixed_precision(
     ranking: list[BlockSensitivity] = []
 
     with tempfile.TemporaryDirectory(prefix="resnet-edge-mixed-") as tmp:
-        calibration = calibrate_onnx(model_path, tmp, options, progress=progress)
+        calibration = calibrate_onnx(model_path, tmp, options, on_progress=on_progress)
         by_block: dict[str, list[str]] = {}
 
         def exclusions(blocks: list[str]) -> list[str]:
@@ -260,14 +261,14 @@ def quantize_mixed_precision(
                 model_path, Path(tmp, f"step{len(blocks)}.onnx"), step_options, calibration=calibration
             )
             if on_step is not None:
-                on_step(_step(blocks, result, target, exclusions(blocks)))
+                on_step(_step(blocks, result, goal, exclusions(blocks)))
             return result
 
         def rank(first: QuantizeResult) -> list[str]:
             analysis = analyze_quantization(
                 fp32,
                 onnx.load(str(first.output)),
-                AnalysisOptions(data=first.evaluation_source, limit=analysis_images, seed=options.seed),
+                SensitivityOptions(data=first.evaluation_source, limit=analysis_images, seed=options.seed),
             )
             for name in analysis.ranking:
                 block = analysis.block(name)
@@ -277,8 +278,8 @@ def quantize_mixed_precision(
                 )
             return analysis.ranking
 
-        tried = search_prefixes(evaluate, target.met_by, rank, describe=lambda r: _describe(r, target))
-        steps = [_step(blocks, result, target, exclusions(blocks)) for blocks, result in tried]
+        tried = search_prefixes(evaluate, goal.met_by, rank, describe=lambda r: _describe(r, goal))
+        steps = [_step(blocks, result, goal, exclusions(blocks)) for blocks, result in tried]
         fp32_p50, iterations = None, None
         if options.measure_speed:
             fp32_p50, p50s, iterations = _time_side_by_side(fp32, [r for _, r in tried])
@@ -287,7 +288,7 @@ def quantize_mixed_precision(
         exclude = steps[-1].exclude
         record = dict(chosen.record)
         record["mixed_precision"] = {
-            "target": {"max_top1_drop": target.max_top1_drop, "min_agreement": target.min_agreement},
+            "target": {"max_top1_drop": goal.max_top1_drop, "min_agreement": goal.min_agreement},
             "rule": "keep the most sensitive blocks in FP32, fewest first, until the target holds",
             "ranking": [
                 {"block": r.block, "sensitivity_db": _finite(r.sensitivity_db), "exclude": r.exclude} for r in ranking
@@ -327,7 +328,7 @@ def quantize_mixed_precision(
         seconds=time.perf_counter() - started,
     )
     return MixedPrecisionResult(
-        target=target,
+        target=goal,
         quantize=final,
         steps=steps,
         ranking=ranking,
@@ -338,7 +339,7 @@ def quantize_mixed_precision(
     )
 
 
-def _step(blocks: list[str], result: QuantizeResult, target: AccuracyTarget, exclude: list[str]) -> SearchStep:
+def _step(blocks: list[str], result: QuantizeResult, target: AccuracyGoal, exclude: list[str]) -> SearchStep:
     return SearchStep(
         step=len(blocks),
         fp32_blocks=list(blocks),
@@ -352,7 +353,7 @@ def _step(blocks: list[str], result: QuantizeResult, target: AccuracyTarget, exc
     )
 
 
-def _describe(result: QuantizeResult, target: AccuracyTarget) -> str:
+def _describe(result: QuantizeResult, target: AccuracyGoal) -> str:
     text = f"top-1 agreement is {100 * result.parity.top1_agreement:.2f}%"
     if result.top1_drop_points is not None:
         text += f" and the top-1 drop {result.top1_drop_points:.2f} points"
@@ -361,8 +362,6 @@ def _describe(result: QuantizeResult, target: AccuracyTarget) -> str:
 
 def _time_side_by_side(fp32: onnx.ModelProto, results: Sequence[QuantizeResult]) -> tuple[float, list[float], int]:
     """Median latency of FP32 and of each step's model, interleaved in one run (one real image)."""
-    from resnet_edge.quantization.evaluate import median_latencies_ms
-
     image = open_source(results[0].evaluation_source).load(0, preprocessing_for(fp32)).tensor
     models = [fp32, *(onnx.load(str(r.output)) for r in results)]
     p50, _ = median_latencies_ms(models, image, warmup=SPEED_WARMUP, iterations=SPEED_ITERATIONS)

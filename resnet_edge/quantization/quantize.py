@@ -1,196 +1,57 @@
-"""Static INT8 quantization with onnxruntime, configured per target by measurement.
+"""Static INT8 quantization with onnxruntime: quantize a calibrated FP32 model, check what it reached, judge it.
 
-Defaults by measurement (ResNet-50, batch 1, 2 threads, this project's CPU: Xeon with AVX-512 VNNI and AMX,
-onnxruntime 1.32; ``benchmarks/int8_configs.py`` reproduces it): onnxruntime's own defaults (QDQ, signed int8
-activations) ran no faster than FP32, per-channel even slower, while unsigned activations with signed per-channel
-weights ran about 3x faster. So ``x86-vnni`` uses U8S8 per-channel QDQ. Without VNNI, onnxruntime's guidance adds
-``reduce_range`` (7-bit weights) against the saturation of the U8S8 AVX2 instruction. ``arm64`` is chosen by integer
-coverage on onnxruntime's aarch64 kernels (emulated timings mean nothing): signed int8 with asymmetric activations
-is the form whose Relus fuse too (see :mod:`resnet_edge.quantization.coverage`). TensorRT follows NVIDIA's guidance
-(symmetric signed int8), not measured here.
-
-Calibration streams: images are fed to onnxruntime's calibrator in chunks and the collected ranges or histograms are
-merged chunk by chunk, so memory does not grow with the number of images (onnxruntime's ``quantize_static`` keeps
-every intermediate output of every image for the histogram methods). The ranges then reach ``quantize_static``
-through its calibration cache.
+The per-target recipes are in :mod:`.configs`, the activation ranges come from :mod:`.calibrate`, and the held-out
+comparison with FP32 from :mod:`.evaluate`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import enum
-import io
 import json
-import logging
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from resnet_edge import __version__
-from resnet_edge.artifacts import (
-    atomic_output,
-    load_onnx,
-    refuse_overwriting_inputs,
-    require_writable_destination,
-    sha256_file,
-)
-from resnet_edge.calibration.preprocess import PreprocessSpec
-from resnet_edge.calibration.reader import ImageCalibrationReader
-from resnet_edge.calibration.sources import (
-    ImageSource,
-    default_calibration_data,
-    default_evaluation_data,
-    iter_batches,
-    open_source,
-)
+from resnet_edge.artifacts import atomic_output, refuse_overwriting_inputs, require_writable_destination
 from resnet_edge.environment import cpu_info
-from resnet_edge.errors import CheckFailedError, InputFileError, OptionError, ResnetEdgeWarning
-from resnet_edge.onnx.graph import COMPUTE_OPS, graph_input, is_quantized, module_path, opset_of
-from resnet_edge.onnx.metadata import (
-    QUANTIZATION_KEY,
-    preprocessing_for,
-    read_metadata,
-    read_props,
-    static_input_shape,
-    write_props,
+from resnet_edge.errors import CheckFailedError, OptionError, ResnetEdgeWarning
+from resnet_edge.onnx.graph import COMPUTE_OPS, GraphIndex
+from resnet_edge.onnx.metadata import QUANTIZATION_KEY, read_props, write_props
+from resnet_edge.onnx.parity import Accuracy, Parity, int8_shortfalls
+from resnet_edge.onnx.runtime import Provider
+from resnet_edge.progress import ProgressCallback
+from resnet_edge.quantization.calibrate import (
+    BUNDLED_PHOTOS_NOTE,
+    MIN_OPSET,
+    Calibration,
+    calibrate_onnx,
+    collect_calibration,
+    prepare_job,
+    quiet_onnxruntime,
+    resolve_exclusions,
 )
-from resnet_edge.onnx.parity import Accuracy, Parity, accuracy, compare, int8_shortfalls
-from resnet_edge.onnx.runtime import Provider, open_session
-from resnet_edge.quantization.coverage import IntegerCoverage, integer_coverage
+from resnet_edge.quantization.configs import Format, Int8Recipe, Int8Target, Method
+from resnet_edge.quantization.coverage import IntegerCoverage
+from resnet_edge.quantization.evaluate import SpeedComparison, compare_speed, evaluate_against
 
-SMALL_CALIBRATION_SET = 100  # below this many images, ranges are estimated from too few samples: warn
-BUNDLED_PHOTOS_NOTE = (
-    "the bundled sample photos: enough to run, too few and too generic to tune ranges; pass --calib with"
-    f" {SMALL_CALIBRATION_SET}+ images like your own"
-)
-CALIBRATION_CHUNK = 16  # images per calibrator pass; bounds memory (ResNet-50 keeps ~45 MB of activations/image)
-CALIBRATION_BATCH = 8
-HELD_OUT_EVERY = 4  # with one source for both, every 4th image is held out for evaluation, never calibrated on
-SPEED_ITERATIONS = 30
-# Below opset 13, onnxruntime's quantizer wrote models it could not load itself (measured with opsets 7 to 12:
-# INVALID_GRAPH at a DequantizeLinear), after the whole calibration had run; refused up front instead.
-MIN_OPSET = 13
-
-
-class Target(enum.StrEnum):
-    AUTO = "auto"
-    X86_VNNI = "x86-vnni"
-    X86_AVX2 = "x86-avx2"
-    ARM64 = "arm64"
-    GPU_TENSORRT = "gpu-tensorrt"
-
-
-class Method(enum.StrEnum):
-    MINMAX = "minmax"
-    ENTROPY = "entropy"
-    PERCENTILE = "percentile"
-
-    @property
-    def onnxruntime(self) -> object:
-        """onnxruntime's ``CalibrationMethod`` for this method."""
-        from onnxruntime.quantization import CalibrationMethod
-
-        return {
-            "minmax": CalibrationMethod.MinMax,
-            "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile,
-        }[self.value]
-
-
-class Format(enum.StrEnum):
-    QDQ = "qdq"
-    QOPERATOR = "qoperator"
-
-
-@dataclass(frozen=True)
-class QuantConfig:
-    """A resolved quantization configuration and why it was chosen."""
-
-    target: Target
-    format: Format
-    activation_type: str  # "uint8" or "int8"
-    weight_type: str
-    per_channel: bool
-    reduce_range: bool
-    symmetric_activations: bool
-    reason: str
-
-
-_TARGETS: dict[Target, QuantConfig] = {
-    Target.X86_VNNI: QuantConfig(
-        Target.X86_VNNI,
-        Format.QDQ,
-        "uint8",
-        "int8",
-        per_channel=True,
-        reduce_range=False,
-        symmetric_activations=False,
-        reason="U8S8 per-channel QDQ: ~3x faster than FP32 on AVX-512 VNNI; signed activations were no faster",
-    ),
-    Target.X86_AVX2: QuantConfig(
-        Target.X86_AVX2,
-        Format.QDQ,
-        "uint8",
-        "int8",
-        per_channel=True,
-        reduce_range=True,
-        symmetric_activations=False,
-        reason="U8S8 with 7-bit weights (reduce_range): avoids the 16-bit saturation of AVX2's u8s8 multiply-add",
-    ),
-    Target.ARM64: QuantConfig(
-        Target.ARM64,
-        Format.QDQ,
-        "int8",
-        "int8",
-        per_channel=True,
-        reduce_range=False,
-        # Asymmetric: a Relu's output range then starts at the zero point (-128), so onnxruntime drops the Relu into
-        # the preceding QLinearConv. With symmetric activations (zero point 0) 19 of resnet20's Relus stayed as
-        # DequantizeLinear -> Relu -> QuantizeLinear on aarch64 (onnxruntime 1.32 under QEMU: cortex-a72,
-        # neoverse-n1 and max alike); asymmetric ran all 22 Conv/Gemm as integer kernels with one Q/DQ pair.
-        symmetric_activations=False,
-        reason="S8S8 per-channel QDQ with asymmetric activations: every Conv/Gemm and Relu fused into integer kernels"
-        " on aarch64 (checked under emulation; not timed on ARM hardware)",
-    ),
-    Target.GPU_TENSORRT: QuantConfig(
-        Target.GPU_TENSORRT,
-        Format.QDQ,
-        "int8",
-        "int8",
-        per_channel=True,
-        reduce_range=False,
-        symmetric_activations=True,
-        reason="symmetric int8 QDQ with per-channel weights, the form TensorRT builds INT8 engines from",
-    ),
-}
-
-
-def detect_target() -> Target:
-    """The CPU target of this machine: x86 with or without VNNI, or 64-bit ARM."""
-    cpu = cpu_info()
-    if cpu.architecture in ("aarch64", "arm64"):
-        return Target.ARM64
-    return Target.X86_VNNI if cpu.has_vnni else Target.X86_AVX2
-
-
-def resolve_config(target: Target, *, per_channel: bool | None = None, format: Format | None = None) -> QuantConfig:
-    """The configuration for ``target`` (``auto``: this machine's), with explicit choices overriding it."""
-    base = _TARGETS[detect_target() if target is Target.AUTO else target]
-    changes: dict[str, object] = {}
-    if per_channel is not None and per_channel != base.per_channel:
-        changes["per_channel"] = per_channel
-    if format is not None and format != base.format:
-        changes["format"] = format
-    if not changes:
-        return base
-    overridden = ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in changes.items())
-    return QuantConfig(**(asdict(base) | changes | {"reason": f"{base.reason}; overridden: {overridden}"}))
+__all__ = [
+    "BUNDLED_PHOTOS_NOTE",
+    "MIN_OPSET",
+    "Calibration",
+    "QuantizeOptions",
+    "QuantizeResult",
+    "calibrate_onnx",
+    "check_coverage",
+    "check_integer_coverage",
+    "coverage_record",
+    "quantize_onnx",
+    "resolve_exclusions",
+]
 
 
 @dataclass(frozen=True)
@@ -222,35 +83,41 @@ class QuantizeOptions:
     method: Method = Method.MINMAX
     per_channel: bool | None = None
     format: Format | None = None
-    target: Target = Target.AUTO
+    target: Int8Target = Int8Target.AUTO
     exclude: tuple[str, ...] = ()
     limit: int | None = None
     seed: int = 0
     measure_speed: bool = True
-    config: QuantConfig | None = None
+    config: Int8Recipe | None = None
     provider: Provider = Provider.CPU
     strict_ep: bool = False
     require_int8: bool = False
     allow_accuracy_drop: bool = False
 
+    def __post_init__(self) -> None:
+        """Enum fields given as their values become the enums; a bad value or a limit below 1 is refused.
 
-@dataclass(frozen=True)
-class SpeedComparison:
-    fp32_p50_ms: float
-    int8_p50_ms: float
-    iterations: int
-    threads: int
-
-    @property
-    def speedup(self) -> float:
-        return self.fp32_p50_ms / self.int8_p50_ms
+        Raises:
+            OptionError: an unknown method, format or target, or a limit below 1.
+        """
+        for name, kind in (("method", Method), ("format", Format), ("target", Int8Target), ("provider", Provider)):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, kind):
+                try:
+                    object.__setattr__(self, name, kind(value))
+                except ValueError:
+                    choices = ", ".join(member.value for member in kind)
+                    raise OptionError(f"{name} must be one of {choices}, got {value!r}") from None
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if self.limit is not None and self.limit < 1:
+            raise OptionError(f"limit must be at least 1, got {self.limit}")
 
 
 @dataclass(frozen=True)
 class QuantizeResult:
     output: Path
     sidecar: Path
-    config: QuantConfig
+    config: Int8Recipe
     method: str
     calibration_source: str
     calibration_images: int
@@ -279,11 +146,11 @@ class QuantizeResult:
 
 
 def quantize_onnx(
-    model_path: Path | str,
+    source: Path | str,
     output: Path | str,
     options: QuantizeOptions = QuantizeOptions(),
     *,
-    progress: bool = False,
+    on_progress: ProgressCallback | None = None,
     calibration: Calibration | None = None,
 ) -> QuantizeResult:
     """Quantize an FP32 model to INT8 from calibration images, and judge it on held-out images.
@@ -291,6 +158,11 @@ def quantize_onnx(
     Writes ``output`` and a JSON sidecar ``output + ".json"`` with the calibration record, both atomically.
 
     Args:
+        source: the FP32 (simplified) model.
+        output: where the INT8 model goes; its record goes beside it, ``output + ".json"``.
+        options: how to quantize.
+        on_progress: called with ``Progress("quantize", "calibrating (METHOD)", done, total)`` as calibration
+            images are read.
         calibration: ranges already collected by :func:`calibrate_onnx` for this model and these options (only
             ``exclude``, ``per_channel``, ``format`` and ``measure_speed`` may differ); calibrates afresh when None.
 
@@ -301,18 +173,19 @@ def quantize_onnx(
             INT8 bar on the held-out images (unless ``options.allow_accuracy_drop``).
     """
     started = time.perf_counter()
+    model_path = Path(source)
     output = require_writable_destination(output)
     sidecar = require_writable_destination(Path(f"{output}.json"))
     refuse_overwriting_inputs(
         [output, sidecar], [model_path, options.calib, options.eval_data], command="quantize output"
     )
-    job = _prepare(model_path, options)
+    job = prepare_job(model_path, options)
     fp32, spec, config = job.fp32, job.spec, job.config
     calib_source, eval_source, eval_indices = job.calib_source, job.eval_source, job.eval_indices
 
     with tempfile.TemporaryDirectory(prefix="resnet-edge-quantize-") as tmp:
         if calibration is None:
-            calibration = _collect_calibration(job, Path(tmp), options, progress=progress)
+            calibration = collect_calibration(job, Path(tmp), options, on_progress=on_progress)
         elif calibration.fingerprint != job.fingerprint:
             raise ValueError("the calibration was collected for another model or other calibration options")
         prepped = onnx.load(str(calibration.prepped))
@@ -408,242 +281,13 @@ def quantize_onnx(
     )
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """Activation ranges collected once, for several quantizations of one model that differ only in what they keep
-    in FP32 (a mixed-precision search): calibration does not depend on the exclusions, so it need not be repeated.
-
-    Attributes:
-        fingerprint: the model's SHA-256 and the options that shaped the ranges (data, limit, seed, method,
-            activation symmetry); :func:`quantize_onnx` refuses a calibration whose fingerprint differs.
-        prepped: onnxruntime's pre-processed copy of the model, whose tensors the ranges name.
-        ranges: onnxruntime's calibration cache (JSON).
-        images: the calibration images used, id -> SHA-256.
-        batch: images per calibration batch.
-    """
-
-    fingerprint: tuple
-    prepped: Path
-    ranges: Path
-    images: dict[str, str]
-    batch: int
-
-
-def calibrate_onnx(
-    model_path: Path | str, folder: Path | str, options: QuantizeOptions = QuantizeOptions(), *, progress: bool = False
-) -> Calibration:
-    """Collect activation ranges for ``quantize_onnx(..., calibration=...)``; files go to ``folder``, which the
-    caller owns and keeps until the last quantization.
-
-    Raises:
-        InputFileError: unreadable or already quantized model, unusable data.
-        OptionError: bad limit, unknown node to exclude.
-    """
-    return _collect_calibration(_prepare(model_path, options), Path(folder), options, progress=progress)
-
-
-@dataclass(frozen=True)
-class _Job:
-    """What quantizing and calibrating share: the checked FP32 model, its preprocessing, the configuration, the
-    images for each role, and the fingerprint of everything the activation ranges depend on."""
-
-    fp32: onnx.ModelProto
-    spec: PreprocessSpec
-    config: QuantConfig
-    calib_source: ImageSource
-    calib_indices: list[int]
-    eval_source: ImageSource
-    eval_indices: list[int]
-    batch: int
-    fingerprint: tuple
-
-
-def _prepare(model_path: Path | str, options: QuantizeOptions) -> _Job:
-    model_path = Path(model_path)
-    fp32 = load_onnx(model_path)
-    if is_quantized(fp32):
-        raise InputFileError(f"{model_path} is already quantized; quantize the FP32 (simplified) model")
-    if opset_of(fp32) < MIN_OPSET:
-        raise InputFileError(
-            f"{model_path} is opset {opset_of(fp32)}; INT8 needs opset {MIN_OPSET} or later (onnxruntime writes"
-            f" per-channel DequantizeLinear nodes): re-export with --opset {MIN_OPSET} or later"
-        )
-    config = options.config or resolve_config(options.target, per_channel=options.per_channel, format=options.format)
-    calib_source, calib_indices, eval_source, eval_indices = _choose_images(options, read_metadata(fp32).dataset)
-    return _Job(
-        fp32=fp32,
-        spec=preprocessing_for(fp32, source=str(model_path)),
-        config=config,
-        calib_source=calib_source,
-        calib_indices=calib_indices,
-        eval_source=eval_source,
-        eval_indices=eval_indices,
-        batch=static_input_shape(fp32)[0] or CALIBRATION_BATCH,
-        fingerprint=_calibration_fingerprint(model_path, options, config),
-    )
-
-
-def _calibration_fingerprint(model_path: Path, options: QuantizeOptions, config: QuantConfig) -> tuple:
-    return (
-        sha256_file(model_path),
-        options.calib,
-        options.eval_data,
-        options.limit,
-        options.seed,
-        options.method.value,
-        config.symmetric_activations,
-    )
-
-
-def _collect_calibration(job: _Job, folder: Path, options: QuantizeOptions, *, progress: bool) -> Calibration:
-    indices = job.calib_indices
-    # The bundled photos are the default only so that an ImageNet model quantizes out of the box; their size is
-    # stated where the result is shown (BUNDLED_PHOTOS_NOTE) instead of warning about the tool's own default.
-    bundled_default = options.calib is None and job.calib_source.name == "builtin:photos"
-    if len(indices) < SMALL_CALIBRATION_SET and not bundled_default:
-        warnings.warn(
-            f"calibrating on only {len(indices)} images; {SMALL_CALIBRATION_SET} or more give steadier ranges",
-            ResnetEdgeWarning,
-            stacklevel=3,
-        )
-    prepped_path = folder / "prepped.onnx"
-    with _quiet():
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        quant_pre_process(job.fp32, str(prepped_path))
-    resolve_exclusions(onnx.load(str(prepped_path)), options.exclude)  # a bad --exclude fails before calibrating
-    seen = _calibrate(
-        prepped_path,
-        folder,
-        job.calib_source,
-        job.spec,
-        indices,
-        job.config,
-        options.method,
-        batch=job.batch,
-        progress=progress,
-    )
-    return Calibration(
-        fingerprint=job.fingerprint, prepped=prepped_path, ranges=folder / "ranges.json", images=seen, batch=job.batch
-    )
-
-
-def _choose_images(
-    options: QuantizeOptions, dataset: str | None
-) -> tuple[ImageSource, list[int], ImageSource, list[int]]:
-    calib_name = options.calib or default_calibration_data(dataset)
-    eval_name = options.eval_data or (default_evaluation_data(dataset) if not options.calib else None)
-    calib = open_source(calib_name)
-    if eval_name is None or eval_name == calib_name:
-        # One source for both: hold out every HELD_OUT_EVERY-th image for evaluation, calibrate on the rest.
-        held_out = list(range(HELD_OUT_EVERY - 1, len(calib), HELD_OUT_EVERY))
-        if not held_out or len(held_out) == len(calib):
-            raise InputFileError(f"{calib.name}: {len(calib)} images are too few to calibrate and also evaluate")
-        return calib, calib.indices(limit=options.limit, seed=options.seed, exclude=held_out), calib, held_out
-    evaluation = open_source(eval_name)
-    return calib, calib.indices(limit=options.limit, seed=options.seed), evaluation, evaluation.indices()
-
-
-def resolve_exclusions(model: onnx.ModelProto, requested: Sequence[str]) -> list[str]:
-    """Node names for ``requested`` node names or module paths (``layer1.0`` names every node of that block).
-
-    Raises:
-        OptionError: a name matches no node.
-    """
-    names = [n.name for n in model.graph.node]
-    chosen: list[str] = []
-    for item in requested:
-        matches = [n for n in names if n == item or _in_module(n, item)]
-        if not matches:
-            examples = ", ".join(n for n in names if n)[:160]
-            raise OptionError(f"--exclude {item!r} matches no node; give a node name or module path, e.g. {examples}")
-        chosen.extend(m for m in matches if m not in chosen)
-    return chosen
-
-
-def _in_module(node_name: str, module: str) -> bool:
-    path = module_path(node_name)
-    return path is not None and (path == module or path.startswith(module + "."))
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence onnxruntime.quantization's prints and root-logger warnings (we report what matters ourselves)."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
-
-
-def _calibrate(
-    prepped_path: Path,
-    tmp: Path,
-    source: ImageSource,
-    spec: PreprocessSpec,
-    indices: list[int],
-    config: QuantConfig,
-    method: Method,
-    *,
-    batch: int,
-    progress: bool,
-) -> dict[str, str]:
-    """Collect activation ranges chunk by chunk into ``tmp/ranges.json``; returns the images used (id -> sha256)."""
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
-    from tqdm import tqdm
-
-    ort_method = method.onnxruntime
-    with _quiet():
-        calibrator = create_calibrator(
-            prepped_path,
-            None,
-            augmented_model_path=str(tmp / "augmented.onnx"),
-            calibrate_method=ort_method,
-            extra_options={"symmetric": config.symmetric_activations},
-        )
-    seen: dict[str, str] = {}
-    chunk = max(batch, CALIBRATION_CHUNK - CALIBRATION_CHUNK % batch)
-    with tqdm(
-        total=len(indices), desc=f"calibrating ({method.value})", unit="img", disable=not progress, leave=False
-    ) as bar:
-        for start in range(0, len(indices), chunk):
-            for part in _uniform_batches(indices[start : start + chunk], batch):
-                reader = ImageCalibrationReader(
-                    source,
-                    spec,
-                    part,
-                    input_name=graph_input(calibrator.model).name,
-                    batch_size=batch,
-                    on_batch=bar.update,
-                )
-                with _quiet():
-                    calibrator.collect_data(reader)
-                seen.update(reader.seen)
-    with _quiet():
-        save_tensors_data(calibrator.compute_data(), tmp / "ranges.json")
-    return seen
-
-
-def _uniform_batches(indices: list[int], batch: int) -> list[list[int]]:
-    """``indices`` split so that each part feeds batches of one size: the full batches, then the short rest.
-
-    onnxruntime's histogram calibrators (entropy, percentile) stack every batch of one ``collect_data`` call into
-    one array, which fails when the last batch is shorter; the ranges still merge across calls.
-    """
-    full = len(indices) - len(indices) % batch
-    return [part for part in (indices[:full], indices[full:]) if part]
-
-
 def _quantize_static(
-    prepped: Path, output: Path, ranges: Path, config: QuantConfig, method: Method, excluded: list[str]
+    prepped: Path, output: Path, ranges: Path, config: Int8Recipe, method: Method, excluded: list[str]
 ) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    with _quiet():
+    with quiet_onnxruntime():
         quantize_static(
             model_input=str(prepped),
             model_output=str(output),
@@ -666,7 +310,7 @@ def check_coverage(prepped: onnx.ModelProto, int8: onnx.ModelProto, excluded: Se
     Raises:
         CheckFailedError: a compute node that was not excluded stayed FP32.
     """
-    producers = {out: node.op_type for node in int8.graph.node for out in node.output}
+    index = GraphIndex(int8)
     int8_nodes = {node.name: node for node in int8.graph.node}
     fp32 = []
     for node in prepped.graph.node:
@@ -674,72 +318,12 @@ def check_coverage(prepped: onnx.ModelProto, int8: onnx.ModelProto, excluded: Se
             continue
         after = int8_nodes.get(node.name)
         # Quantized, a node is gone (QOperator: QLinearConv/QGemm) or takes its weight through a DequantizeLinear.
-        if after is not None and after.op_type == node.op_type and producers.get(after.input[1]) != "DequantizeLinear":
+        if after is not None and after.op_type == node.op_type and index.dequantize_scale(after.input[1]) is None:
             fp32.append(node.name)
     unexpected = [n for n in fp32 if n not in set(excluded)]
     if unexpected:
         raise CheckFailedError(f"{len(unexpected)} compute node(s) were not quantized: {', '.join(unexpected[:3])}")
     return fp32
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    images: int
-    overlap_excluded: int
-    parity: Parity
-    fp32_accuracy: Accuracy | None
-    int8_accuracy: Accuracy | None
-    first_image: np.ndarray = field(repr=False, metadata={"json": False})
-    coverage: IntegerCoverage | None = None
-
-
-def evaluate_against(
-    fp32: onnx.ModelProto,
-    int8: onnx.ModelProto,
-    source: ImageSource,
-    indices: Sequence[int],
-    spec: PreprocessSpec,
-    *,
-    exclude_hashes: set[str],
-    provider: Provider = Provider.CPU,
-    strict_ep: bool = False,
-) -> Evaluation:
-    """INT8 (on ``provider``) against FP32 (CPU) on held-out images, dropping any image whose hash was calibrated on.
-
-    Raises:
-        InputFileError: no held-out image is left.
-        ProviderError: ``strict_ep`` and the provider is missing or took only part of the compute ops.
-    """
-    fp32_session = open_session(fp32, audit=False)  # the reference: where it runs is not in question
-    int8_session = open_session(int8, provider, strict=strict_ep)
-    batch = static_input_shape(fp32)[0] or CALIBRATION_BATCH
-    ref, cand, labels = [], [], []
-    dropped = 0
-    first_image = np.empty(0)
-    for _, samples in iter_batches(source, spec, list(indices), batch):
-        kept = [s for s in samples if s.sha256 not in exclude_hashes]
-        dropped += len(samples) - len(kept)
-        if not kept:
-            continue
-        x = np.stack([s.tensor for s in kept])
-        first_image = first_image if ref else x[0]
-        ref.append(fp32_session.logits(x))
-        cand.append(int8_session.logits(x))
-        labels.extend(s.label for s in kept)
-    if not ref:
-        raise InputFileError(f"{source.name}: no held-out image left that was not used for calibration")
-    ref_logits, cand_logits = np.concatenate(ref), np.concatenate(cand)
-    labelled = all(label is not None for label in labels)
-    y = np.asarray(labels, dtype=np.int64) if labelled else None
-    return Evaluation(
-        images=len(ref_logits),
-        overlap_excluded=dropped,
-        parity=compare(ref_logits, cand_logits),
-        fp32_accuracy=accuracy(ref_logits, y) if y is not None else None,
-        int8_accuracy=accuracy(cand_logits, y) if y is not None else None,
-        first_image=first_image,
-        coverage=integer_coverage(int8, int8_session.executed) if int8_session.executed else None,
-    )
 
 
 def check_integer_coverage(coverage: IntegerCoverage | None, *, excluded: Sequence[str], strict: bool) -> None:
@@ -776,14 +360,6 @@ def coverage_record(coverage: IntegerCoverage | None, provider: str) -> dict | N
         "dequantize_nodes": coverage.dequantize_nodes,
         "float_compute": coverage.float_compute,
     }
-
-
-def compare_speed(fp32: onnx.ModelProto, int8: onnx.ModelProto, image: np.ndarray) -> SpeedComparison:
-    """Median latency of FP32 and INT8 on one real image (CPU), timed side by side."""
-    from resnet_edge.quantization.evaluate import median_latencies_ms
-
-    (fp32_ms, int8_ms), threads = median_latencies_ms([fp32, int8], image, iterations=SPEED_ITERATIONS)
-    return SpeedComparison(fp32_p50_ms=fp32_ms, int8_p50_ms=int8_ms, iterations=SPEED_ITERATIONS, threads=threads)
 
 
 def _versions() -> dict[str, str]:

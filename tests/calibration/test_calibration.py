@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resnet_edge.calibration.calibration_reader import ImageCalibrationReader
 from resnet_edge.calibration.preprocess import ChannelOrder, PreprocessSpec, preprocess_image
-from resnet_edge.calibration.reader import ImageCalibrationReader
 from resnet_edge.calibration.sources import PHOTOS_DIR, ArraySource, FolderSource, open_source
 from resnet_edge.errors import InputFileError, OptionError
 

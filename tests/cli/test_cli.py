@@ -226,6 +226,6 @@ def test_gitignore_keeps_the_default_output_folder_out() -> None:
 def test_the_cli_int8_targets_are_quantizes() -> None:
     """cli/options.py spells the INT8 targets out (so --help imports no quantization stack): they must agree."""
     from resnet_edge.cli.options import INT8_TARGETS
-    from resnet_edge.quantization.quantize import Target
+    from resnet_edge.quantization.configs import Int8Target
 
-    assert tuple(t.value for t in Target) == INT8_TARGETS
+    assert tuple(t.value for t in Int8Target) == INT8_TARGETS

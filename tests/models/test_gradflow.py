@@ -16,7 +16,7 @@ from torch import nn
 from resnet_edge.cli.gradflow import gradflow
 from resnet_edge.conversion.simplify import SimplifyResult
 from resnet_edge.errors import CheckFailedError, OptionError
-from resnet_edge.models.gradflow import DECOMPOSITION_RTOL, compare, gradient_flow
+from resnet_edge.models.gradflow import DECOMPOSITION_RTOL, compare_gradient_flow, gradient_flow
 from resnet_edge.models.resnet import BasicBlock, PreActBasicBlock, create_model
 from tests.conftest import randomize_batchnorm
 
@@ -98,7 +98,7 @@ def test_deep_plain_network_gradient_scale_is_exponential_in_depth() -> None:
     # 1.7e4, ratio 106; at the first block the plain gradient is 101x the residual one (seeds 1, 2: 62-116,
     # 66-135; batch 8: 43-122). Under training-mode BatchNorm the plain stack's gradient explodes toward the
     # input rather than vanishing: x1.45 per block, against x1.21 with the skips.
-    result = compare("resnet56", batch=4, seed=0)
+    result = compare_gradient_flow("resnet56", batch=4, seed=0)
     res, plain = result.residual, result.plain
     assert plain.first_to_last > 10 * res.first_to_last
     assert result.first_block_ratio > 10

@@ -14,15 +14,9 @@ from resnet_edge.cli.main import main
 from resnet_edge.errors import CheckFailedError, ResnetEdgeWarning
 from resnet_edge.onnx.graph import macs_per_image
 from resnet_edge.onnx.runtime import ExecutedNode, executed_nodes_from_profile, open_session
+from resnet_edge.quantization.configs import Format, Int8Target, resolve_config
 from resnet_edge.quantization.coverage import integer_coverage
-from resnet_edge.quantization.quantize import (
-    Format,
-    QuantizeOptions,
-    Target,
-    check_integer_coverage,
-    quantize_onnx,
-    resolve_config,
-)
+from resnet_edge.quantization.quantize import QuantizeOptions, check_integer_coverage, quantize_onnx
 
 x86 = pytest.mark.skipif(
     platform.machine().lower() not in ("x86_64", "amd64"), reason="the fusions asserted are onnxruntime's x86 ones"
@@ -115,7 +109,7 @@ def test_qoperator_macs_come_from_the_profile_past_contrib_ops(digits_sim: Path,
 
 
 def test_arm64_takes_asymmetric_activations_so_relus_fuse() -> None:
-    config = resolve_config(Target.ARM64)
+    config = resolve_config(Int8Target.ARM64)
     assert config.activation_type == "int8" and not config.symmetric_activations and config.per_channel
 
 
@@ -124,7 +118,7 @@ def test_signed_symmetric_int8_is_partly_fp32_on_x86_and_quantize_says_so(digits
     """MEASURED.md's trap, made visible: on the x86 CPU EP a signed-activation model dequantizes some convolutions."""
     output = tmp_path / "signed.int8.onnx"
     with pytest.warns(ResnetEdgeWarning, match="ran as FP32 kernels"):
-        result = quantize_onnx(digits_sim, output, QuantizeOptions(target=Target.GPU_TENSORRT, measure_speed=False))
+        result = quantize_onnx(digits_sim, output, QuantizeOptions(target=Int8Target.GPU_TENSORRT, measure_speed=False))
     assert result.coverage is not None and 0 < result.coverage.fraction < 1
     assert result.record["integer_coverage"]["float_compute"] == result.coverage.float_compute
     assert result.coverage.quantize_nodes > 1

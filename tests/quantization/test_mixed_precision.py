@@ -17,7 +17,7 @@ from resnet_edge.calibration.sources import DIGITS_FILE
 from resnet_edge.cli.convert import quantize
 from resnet_edge.errors import CheckFailedError, OptionError
 from resnet_edge.onnx.metadata import QUANTIZATION_KEY, read_record
-from resnet_edge.quantization.mixed_precision import AccuracyTarget, TargetMissedError, search_prefixes
+from resnet_edge.quantization.mixed_precision import AccuracyGoal, TargetMissedError, search_prefixes
 from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
 
 RANKING = ["layer2.0", "stem", "head", "layer1.0"]
@@ -86,17 +86,17 @@ def result_like(agreement: float, drop: float | None) -> SimpleNamespace:
 
 
 def test_targets() -> None:
-    both = AccuracyTarget(max_top1_drop=0.5, min_agreement=0.99)
+    both = AccuracyGoal(max_top1_drop=0.5, min_agreement=0.99)
     assert both.met_by(result_like(0.99, 0.5))
     assert not both.met_by(result_like(0.989, 0.0)) and not both.met_by(result_like(1.0, 0.51))
-    assert AccuracyTarget(min_agreement=0.99).met_by(result_like(0.995, None))
+    assert AccuracyGoal(min_agreement=0.99).met_by(result_like(0.995, None))
     assert both.describe() == "top-1 drop <= 0.5 points and top-1 agreement >= 99%"
     with pytest.raises(OptionError, match="needs labelled held-out images"):
-        AccuracyTarget(max_top1_drop=1.0).met_by(result_like(1.0, None))
+        AccuracyGoal(max_top1_drop=1.0).met_by(result_like(1.0, None))
     for bad, message in [
-        (AccuracyTarget(), "give an accuracy target"),
-        (AccuracyTarget(min_agreement=99), "fraction above 0 and at most 1"),
-        (AccuracyTarget(max_top1_drop=-1), "percentage points, 0 to 100"),
+        (AccuracyGoal(), "give an accuracy target"),
+        (AccuracyGoal(min_agreement=99), "fraction above 0 and at most 1"),
+        (AccuracyGoal(max_top1_drop=-1), "percentage points, 0 to 100"),
     ]:
         with pytest.raises(OptionError, match=message):
             bad.check()

@@ -14,15 +14,9 @@ from resnet_edge.errors import InputFileError, OptionError
 from resnet_edge.onnx.graph import COMPUTE_OPS, is_quantized
 from resnet_edge.onnx.metadata import read_record
 from resnet_edge.onnx.runtime import open_session
-from resnet_edge.quantization.quantize import (
-    Format,
-    Method,
-    QuantizeOptions,
-    Target,
-    detect_target,
-    quantize_onnx,
-    resolve_config,
-)
+from resnet_edge.progress import Progress
+from resnet_edge.quantization.configs import Format, Int8Target, Method, detect_target, resolve_config
+from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
 
 FAST = QuantizeOptions(measure_speed=False)
 
@@ -88,10 +82,15 @@ def _calib_copy(tmp_path: Path) -> Path:
 def test_one_source_holds_out_a_quarter(tiny_onnx: Path, tmp_path: Path) -> None:
     # A random model's agreement measures noise, not the split this test is about: its INT8 bar is waived.
     options = QuantizeOptions(calib="builtin:photos", measure_speed=False, allow_accuracy_drop=True)
-    result = quantize_onnx(tiny_onnx, tmp_path / "t.onnx", options)
+    events: list[Progress] = []
+    result = quantize_onnx(tiny_onnx, tmp_path / "t.onnx", options, on_progress=events.append)
     assert result.calibration_source == result.evaluation_source == "builtin:photos"
     assert result.calibration_images + result.evaluation_images == 55 and result.evaluation_images == 13
     assert result.overlap_excluded == 0
+    # Progress counts the calibration images, up to all of them, in the stage contract's events.
+    assert events and {(e.stage, e.step) for e in events} == {("quantize", "calibrating (minmax)")}
+    assert [e.done for e in events] == sorted(e.done for e in events)
+    assert events[-1].done == events[-1].total == result.calibration_images
 
 
 @pytest.mark.parametrize("method", [Method.ENTROPY, Method.PERCENTILE])
@@ -124,7 +123,7 @@ def test_calibration_memory_does_not_grow_with_image_count(tiny_onnx: Path, tmp_
 
 
 def test_targets_and_overrides() -> None:
-    vnni = resolve_config(Target.X86_VNNI)
+    vnni = resolve_config(Int8Target.X86_VNNI)
     assert (vnni.format, vnni.activation_type, vnni.weight_type, vnni.per_channel, vnni.reduce_range) == (
         Format.QDQ,
         "uint8",
@@ -132,9 +131,9 @@ def test_targets_and_overrides() -> None:
         True,
         False,
     )
-    assert resolve_config(Target.X86_AVX2).reduce_range
-    assert resolve_config(Target.GPU_TENSORRT).symmetric_activations
-    overridden = resolve_config(Target.X86_VNNI, per_channel=False, format=Format.QOPERATOR)
+    assert resolve_config(Int8Target.X86_AVX2).reduce_range
+    assert resolve_config(Int8Target.GPU_TENSORRT).symmetric_activations
+    overridden = resolve_config(Int8Target.X86_VNNI, per_channel=False, format=Format.QOPERATOR)
     assert not overridden.per_channel and overridden.format is Format.QOPERATOR and "overridden" in overridden.reason
 
 

@@ -17,12 +17,14 @@ from resnet_edge.conversion.export import ExportOptions, _run_exporter, resolve_
 from resnet_edge.errors import InputFileError
 from resnet_edge.models.resnet import Stem, create_model, get_arch, list_models
 from resnet_edge.onnx.graph import module_path
-from resnet_edge.quantization.quantize import Format, QuantizeOptions, quantize_onnx, resolve_exclusions
+from resnet_edge.progress import Progress
+from resnet_edge.quantization.configs import Format
+from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx, resolve_exclusions
 from resnet_edge.quantization.sensitivity import (
     HEAD,
     RESIDUAL_SCALE_RATIO,
     STEM,
-    AnalysisOptions,
+    SensitivityOptions,
     analyze_quantization,
     exclusion_items,
     isolate_block,
@@ -30,7 +32,7 @@ from resnet_edge.quantization.sensitivity import (
     residual_scales,
 )
 
-FAST = AnalysisOptions(limit=16)
+FAST = SensitivityOptions(limit=16)
 
 
 def quantize_quietly(model: Path, output: Path, options: QuantizeOptions) -> Path:
@@ -166,7 +168,11 @@ def test_mapping_survives_simplify_preprocessing_and_quantization(
 
 def test_analysis_of_the_digits_model(digits_sim: Path, digits_int8: Path, digits_qoperator: Path) -> None:
     fp32 = onnx.load(str(digits_sim))
-    qdq = analyze_quantization(fp32, onnx.load(str(digits_int8)), FAST)
+    events: list[Progress] = []
+    qdq = analyze_quantization(fp32, onnx.load(str(digits_int8)), FAST, on_progress=events.append)
+    # One event before each model run: both whole models, then one spliced model per quantized block.
+    assert [(e.done, e.total) for e in events] == [(k, 12) for k in range(12)]
+    assert events[0].step == "FP32 and INT8 models, every block output" and events[1].step == "only stem quantized"
     assert qdq.images == 16 and qdq.data_source == "builtin:digits-test" and qdq.format == "qdq"
     assert [b.block for b in qdq.blocks] == expected_blocks("resnet20")
     assert sorted(qdq.ranking) == sorted(expected_blocks("resnet20")) and qdq.isolated_models == 11
@@ -216,7 +222,7 @@ def test_isolated_model_is_fp32_outside_the_block(resnet18_models: tuple[Path, P
 def test_imagenet_stem_qoperator_and_excluded_block(resnet18_models: tuple[Path, Path], tmp_path: Path) -> None:
     fp32_path, int8_path = resnet18_models
     fp32 = onnx.load(str(fp32_path))
-    result = analyze_quantization(fp32, onnx.load(str(int8_path)), AnalysisOptions(limit=8))
+    result = analyze_quantization(fp32, onnx.load(str(int8_path)), SensitivityOptions(limit=8))
     assert [b.block for b in result.blocks] == expected_blocks("resnet18")
     assert result.block(STEM).isolated == result.block(STEM).cumulative
     assert result.images == 8 and result.calibration_images_dropped > 0  # calibration photos are never analysed
@@ -224,7 +230,7 @@ def test_imagenet_stem_qoperator_and_excluded_block(resnet18_models: tuple[Path,
     partial = quantize_quietly(
         fp32_path, tmp_path / "partial.onnx", QuantizeOptions(exclude=("layer2.1",), limit=8, measure_speed=False)
     )
-    mixed = analyze_quantization(fp32, onnx.load(str(partial)), AnalysisOptions(limit=4))
+    mixed = analyze_quantization(fp32, onnx.load(str(partial)), SensitivityOptions(limit=4))
     kept = mixed.block("layer2.1")
     assert kept.quantized_compute_nodes == 0 and kept.compute_nodes == 2 and kept.isolated is None
     assert "layer2.1" not in mixed.ranking and len(mixed.ranking) == len(expected_blocks("resnet18")) - 1
@@ -248,7 +254,7 @@ def test_residual_scale_mismatch_is_flagged(digits_sim: Path, tmp_path: Path) ->
     assert scales.branch_scale * RESIDUAL_SCALE_RATIO <= scales.skip_scale  # the branch is the tiny one
     assert not residual_scales(int8, block_map, "layer1.1").flagged
     assert residual_scales(int8, block_map, STEM) is None  # no addition
-    result = analyze_quantization(onnx.load(str(shrunk)), int8, AnalysisOptions(limit=8))
+    result = analyze_quantization(onnx.load(str(shrunk)), int8, SensitivityOptions(limit=8))
     assert result.flagged_additions == ["layer1.0"]
     # the downsample path counts as the shortcut
     downsample = residual_scales(int8, block_map, "layer2.0")
@@ -272,7 +278,7 @@ def test_constants_shared_by_two_blocks(digits_sim: Path, tmp_path: Path, exclud
             )
         )
     )
-    result = analyze_quantization(model, int8, AnalysisOptions(limit=4))
+    result = analyze_quantization(model, int8, SensitivityOptions(limit=4))
     assert ("layer1.0" in result.ranking) == (not exclude) and "layer1.1" in result.ranking
     assert result.block("layer1.1").isolated.sqnr_db > 20
 

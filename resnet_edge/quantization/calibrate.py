@@ -1,0 +1,332 @@
+"""Calibration: the activation ranges of an FP32 model, collected from images with onnxruntime's calibrators.
+
+Calibration streams: images are fed to onnxruntime's calibrator in chunks and the collected ranges or histograms are
+merged chunk by chunk, so memory does not grow with the number of images (onnxruntime's ``quantize_static`` keeps
+every intermediate output of every image for the histogram methods). The ranges then reach ``quantize_static``
+through its calibration cache. Also here: what quantizing and calibrating share (the checked model, the images for
+each role, which nodes ``--exclude`` names) and the silencing of onnxruntime's own output while it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import onnx
+
+from resnet_edge.artifacts import sha256_file
+from resnet_edge.calibration.calibration_reader import ImageCalibrationReader
+from resnet_edge.calibration.preprocess import PreprocessSpec
+from resnet_edge.calibration.sources import (
+    ImageSource,
+    default_calibration_data,
+    default_evaluation_data,
+    open_source,
+)
+from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
+from resnet_edge.onnx.graph import graph_input, is_quantized, module_path, opset_of
+from resnet_edge.onnx.io import load_onnx
+from resnet_edge.onnx.metadata import preprocessing_for, read_metadata, static_input_shape
+from resnet_edge.progress import Progress, ProgressCallback
+from resnet_edge.quantization.configs import Int8Recipe, Method, resolve_config
+
+if TYPE_CHECKING:
+    from resnet_edge.quantization.quantize import QuantizeOptions
+
+SMALL_CALIBRATION_SET = 100  # below this many images, ranges are estimated from too few samples: warn
+BUNDLED_PHOTOS_NOTE = (
+    "the bundled sample photos: enough to run, too few and too generic to tune ranges; pass --calib with"
+    f" {SMALL_CALIBRATION_SET}+ images like your own"
+)
+CALIBRATION_CHUNK = 16  # images per calibrator pass; bounds memory (ResNet-50 keeps ~45 MB of activations/image)
+CALIBRATION_BATCH = 8
+HELD_OUT_EVERY = 4  # with one source for both, every 4th image is held out for evaluation, never calibrated on
+# Below opset 13, onnxruntime's quantizer wrote models it could not load itself (measured with opsets 7 to 12:
+# INVALID_GRAPH at a DequantizeLinear), after the whole calibration had run; refused up front instead.
+MIN_OPSET = 13
+# onnxruntime's quantization tools log through these loggers and through the root logger's module functions.
+ONNXRUNTIME_LOGGER = "onnxruntime"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Activation ranges collected once, for several quantizations of one model that differ only in what they keep
+    in FP32 (a mixed-precision search): calibration does not depend on the exclusions, so it need not be repeated.
+
+    Attributes:
+        fingerprint: the model's SHA-256 and the options that shaped the ranges (data, limit, seed, method,
+            activation symmetry); :func:`quantize_onnx` refuses a calibration whose fingerprint differs.
+        prepped: onnxruntime's pre-processed copy of the model, whose tensors the ranges name.
+        ranges: onnxruntime's calibration cache (JSON).
+        images: the calibration images used, id -> SHA-256.
+        batch: images per calibration batch.
+    """
+
+    fingerprint: tuple
+    prepped: Path
+    ranges: Path
+    images: dict[str, str]
+    batch: int
+
+
+def calibrate_onnx(
+    source: Path | str,
+    folder: Path | str,
+    options: QuantizeOptions,
+    *,
+    on_progress: ProgressCallback | None = None,
+) -> Calibration:
+    """Collect activation ranges for ``quantize_onnx(..., calibration=...)``; files go to ``folder``, which the
+    caller owns and keeps until the last quantization.
+
+    Args:
+        source: the FP32 model.
+        folder: where the pre-processed model and the ranges are written.
+        options: the quantization options (data, limit, seed, method and target shape the ranges).
+        on_progress: called with ``Progress("quantize", "calibrating (METHOD)", done, total)`` as images are read.
+
+    Returns:
+        The ranges, with the images they came from.
+
+    Raises:
+        InputFileError: unreadable or already quantized model, unusable data.
+        OptionError: bad limit, unknown node to exclude.
+    """
+    return collect_calibration(prepare_job(source, options), Path(folder), options, on_progress=on_progress)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What quantizing and calibrating share: the checked FP32 model, its preprocessing, the configuration, the
+    images for each role, and the fingerprint of everything the activation ranges depend on."""
+
+    fp32: onnx.ModelProto
+    spec: PreprocessSpec
+    config: Int8Recipe
+    calib_source: ImageSource
+    calib_indices: list[int]
+    eval_source: ImageSource
+    eval_indices: list[int]
+    batch: int
+    fingerprint: tuple
+
+
+def prepare_job(model_path: Path | str, options: QuantizeOptions) -> Job:
+    """The checked FP32 model, its recipe and its images, for ``options``.
+
+    Raises:
+        InputFileError: unreadable, already quantized or too old a model; unusable data.
+        OptionError: bad limit.
+    """
+    model_path = Path(model_path)
+    fp32 = load_onnx(model_path)
+    if is_quantized(fp32):
+        raise InputFileError(f"{model_path} is already quantized; quantize the FP32 (simplified) model")
+    if opset_of(fp32) < MIN_OPSET:
+        raise InputFileError(
+            f"{model_path} is opset {opset_of(fp32)}; INT8 needs opset {MIN_OPSET} or later (onnxruntime writes"
+            f" per-channel DequantizeLinear nodes): re-export with --opset {MIN_OPSET} or later"
+        )
+    config = options.config or resolve_config(options.target, per_channel=options.per_channel, format=options.format)
+    calib_source, calib_indices, eval_source, eval_indices = _choose_images(options, read_metadata(fp32).dataset)
+    return Job(
+        fp32=fp32,
+        spec=preprocessing_for(fp32, source=str(model_path)),
+        config=config,
+        calib_source=calib_source,
+        calib_indices=calib_indices,
+        eval_source=eval_source,
+        eval_indices=eval_indices,
+        batch=static_input_shape(fp32)[0] or CALIBRATION_BATCH,
+        fingerprint=_calibration_fingerprint(model_path, options, config),
+    )
+
+
+def _calibration_fingerprint(model_path: Path, options: QuantizeOptions, config: Int8Recipe) -> tuple:
+    return (
+        sha256_file(model_path),
+        options.calib,
+        options.eval_data,
+        options.limit,
+        options.seed,
+        options.method.value,
+        config.symmetric_activations,
+    )
+
+
+def collect_calibration(
+    job: Job, folder: Path, options: QuantizeOptions, *, on_progress: ProgressCallback | None = None
+) -> Calibration:
+    """Pre-process ``job``'s model into ``folder`` and collect its activation ranges there."""
+    indices = job.calib_indices
+    # The bundled photos are the default only so that an ImageNet model quantizes out of the box; their size is
+    # stated where the result is shown (BUNDLED_PHOTOS_NOTE) instead of warning about the tool's own default.
+    bundled_default = options.calib is None and job.calib_source.name == "builtin:photos"
+    if len(indices) < SMALL_CALIBRATION_SET and not bundled_default:
+        warnings.warn(
+            f"calibrating on only {len(indices)} images; {SMALL_CALIBRATION_SET} or more give steadier ranges",
+            ResnetEdgeWarning,
+            stacklevel=3,
+        )
+    prepped_path = folder / "prepped.onnx"
+    with quiet_onnxruntime():
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(job.fp32, str(prepped_path))
+    resolve_exclusions(onnx.load(str(prepped_path)), options.exclude)  # a bad --exclude fails before calibrating
+    seen = _calibrate(
+        prepped_path,
+        folder,
+        job.calib_source,
+        job.spec,
+        indices,
+        job.config,
+        options.method,
+        batch=job.batch,
+        on_progress=on_progress,
+    )
+    return Calibration(
+        fingerprint=job.fingerprint, prepped=prepped_path, ranges=folder / "ranges.json", images=seen, batch=job.batch
+    )
+
+
+def _choose_images(
+    options: QuantizeOptions, dataset: str | None
+) -> tuple[ImageSource, list[int], ImageSource, list[int]]:
+    calib_name = options.calib or default_calibration_data(dataset)
+    eval_name = options.eval_data or (default_evaluation_data(dataset) if not options.calib else None)
+    calib = open_source(calib_name)
+    if eval_name is None or eval_name == calib_name:
+        # One source for both: hold out every HELD_OUT_EVERY-th image for evaluation, calibrate on the rest.
+        held_out = list(range(HELD_OUT_EVERY - 1, len(calib), HELD_OUT_EVERY))
+        if not held_out or len(held_out) == len(calib):
+            raise InputFileError(f"{calib.name}: {len(calib)} images are too few to calibrate and also evaluate")
+        return calib, calib.indices(limit=options.limit, seed=options.seed, exclude=held_out), calib, held_out
+    evaluation = open_source(eval_name)
+    return calib, calib.indices(limit=options.limit, seed=options.seed), evaluation, evaluation.indices()
+
+
+def resolve_exclusions(model: onnx.ModelProto, requested: Sequence[str]) -> list[str]:
+    """Node names for ``requested`` node names or module paths (``layer1.0`` names every node of that block).
+
+    Raises:
+        OptionError: a name matches no node.
+    """
+    names = [n.name for n in model.graph.node]
+    chosen: list[str] = []
+    for item in requested:
+        matches = [n for n in names if n == item or _in_module(n, item)]
+        if not matches:
+            examples = ", ".join(n for n in names if n)[:160]
+            raise OptionError(f"--exclude {item!r} matches no node; give a node name or module path, e.g. {examples}")
+        chosen.extend(m for m in matches if m not in chosen)
+    return chosen
+
+
+def _in_module(node_name: str, module: str) -> bool:
+    path = module_path(node_name)
+    return path is not None and (path == module or path.startswith(module + "."))
+
+
+class _FromOnnxruntime(logging.Filter):
+    """Drops the records that onnxruntime's own source files log (below ERROR) through the root logger."""
+
+    def __init__(self, folder: str) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not record.pathname.startswith(self.folder)
+
+
+@contextlib.contextmanager
+def quiet_onnxruntime() -> Iterator[None]:
+    """Silence onnxruntime.quantization's prints and warnings while it runs (we report what matters ourselves).
+
+    Only onnxruntime's own output: its ``onnxruntime`` loggers are raised to ERROR, and the records its files log
+    through the root logger's module functions (``logging.warning(...)``) are filtered out at the root logger, whose
+    level is left alone. Both are restored on the way out.
+    """
+    import onnxruntime
+
+    ort_logger = logging.getLogger(ONNXRUNTIME_LOGGER)
+    level = ort_logger.level
+    ort_logger.setLevel(logging.ERROR)
+    from_ort = _FromOnnxruntime(str(Path(onnxruntime.__file__).parent))
+    root = logging.getLogger()
+    root.addFilter(from_ort)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.removeFilter(from_ort)
+        ort_logger.setLevel(level)
+
+
+def _calibrate(
+    prepped_path: Path,
+    tmp: Path,
+    source: ImageSource,
+    spec: PreprocessSpec,
+    indices: list[int],
+    config: Int8Recipe,
+    method: Method,
+    *,
+    batch: int,
+    on_progress: ProgressCallback | None = None,
+) -> dict[str, str]:
+    """Collect activation ranges chunk by chunk into ``tmp/ranges.json``; returns the images used (id -> sha256)."""
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    ort_method = method.onnxruntime
+    with quiet_onnxruntime():
+        calibrator = create_calibrator(
+            prepped_path,
+            None,
+            augmented_model_path=str(tmp / "augmented.onnx"),
+            calibrate_method=ort_method,
+            extra_options={"symmetric": config.symmetric_activations},
+        )
+    seen: dict[str, str] = {}
+    chunk = max(batch, CALIBRATION_CHUNK - CALIBRATION_CHUNK % batch)
+    step = f"calibrating ({method.value})"
+    done = 0
+
+    def count(images: int) -> None:
+        nonlocal done
+        done += images
+        if on_progress is not None:
+            on_progress(Progress("quantize", step, done, len(indices)))
+
+    for start in range(0, len(indices), chunk):
+        for part in _uniform_batches(indices[start : start + chunk], batch):
+            reader = ImageCalibrationReader(
+                source,
+                spec,
+                part,
+                input_name=graph_input(calibrator.model).name,
+                batch_size=batch,
+                on_batch=count,
+            )
+            with quiet_onnxruntime():
+                calibrator.collect_data(reader)
+            seen.update(reader.seen)
+    with quiet_onnxruntime():
+        save_tensors_data(calibrator.compute_data(), tmp / "ranges.json")
+    return seen
+
+
+def _uniform_batches(indices: list[int], batch: int) -> list[list[int]]:
+    """``indices`` split so that each part feeds batches of one size: the full batches, then the short rest.
+
+    onnxruntime's histogram calibrators (entropy, percentile) stack every batch of one ``collect_data`` call into
+    one array, which fails when the last batch is shorter; the ranges still merge across calls.
+    """
+    full = len(indices) - len(indices) % batch
+    return [part for part in (indices[:full], indices[full:]) if part]

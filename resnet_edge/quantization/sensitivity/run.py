@@ -1,0 +1,340 @@
+"""Where INT8 loses accuracy, block by block: the analysis run (error attribution by residual block).
+
+Two measurements per block, on held-out images, at the block's output against FP32:
+
+- **cumulative**: the INT8 model as it is; the error includes everything upstream.
+- **isolated**: only this block quantized, FP32 everywhere else (:func:`.splice.isolate_block`, no re-calibration).
+  Ranking blocks by the logit error of that model is the sensitivity measure of ZeroQ (Cai et al., 2020: quantize
+  one layer, measure the output); it is what a mixed-precision search keeps in FP32 first.
+
+Residual additions whose two inputs carry very different scales are flagged (see
+:data:`.metrics.RESIDUAL_SCALE_RATIO`).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from resnet_edge.artifacts import refuse_overwriting_inputs, sha256_file, write_json_atomic
+from resnet_edge.calibration.sources import default_test_images, open_source
+from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
+from resnet_edge.jsonable import to_jsonable
+from resnet_edge.onnx.graph import OUTPUT_QPARAMS, is_quantized
+from resnet_edge.onnx.io import load_onnx
+from resnet_edge.onnx.metadata import (
+    QUANTIZATION_KEY,
+    preprocessing_for,
+    read_metadata,
+    read_record,
+    static_input_shape,
+)
+from resnet_edge.onnx.parity import Parity, compare_outputs
+from resnet_edge.onnx.runtime import Placement, Provider, open_session
+from resnet_edge.progress import Progress, ProgressCallback
+from resnet_edge.quantization.sensitivity.blocks import (
+    HEAD,
+    _single_boundaries,
+    block_sort_key,
+    exclusion_items,
+    map_blocks,
+)
+from resnet_edge.quantization.sensitivity.chart import write_chart
+from resnet_edge.quantization.sensitivity.metrics import (
+    RESIDUAL_SCALE_RATIO,
+    BlockError,
+    _compute_nodes,
+    _ErrorAccumulator,
+    residual_scales,
+)
+from resnet_edge.quantization.sensitivity.splice import _expose_block_outputs, isolate_block
+
+STAGE = "analyze"
+DEFAULT_IMAGES = 64  # held-out images analysed by default: SQNR pools every activation value, so 64 images are plenty
+ANALYSIS_BATCH = 4  # every block's output of both models is held per batch: ~200 MB at batch 4 for ResNet-50 at 224
+
+
+@dataclass(frozen=True)
+class SensitivityOptions:
+    """What to analyse on.
+
+    Attributes:
+        data: held-out images (folder, .npy/.npz, builtin:NAME); default: the model's built-in test split, else the
+            bundled photos. Images the INT8 model was calibrated on (by the hashes in its record) are dropped.
+        limit: analyse at most this many images, drawn with ``seed``; None for all.
+        seed: seed of the draw.
+        provider: the execution provider every session runs on (validate's ``--providers`` syntax); the CPU EP
+            when None.
+        strict_ep: fail (ProviderError) instead of falling back to the CPU, or when the provider leaves compute ops
+            of the analysed graphs to another.
+    """
+
+    data: str | None = None
+    limit: int | None = DEFAULT_IMAGES
+    seed: int = 0
+    provider: Provider | None = None
+    strict_ep: bool = False
+
+
+@dataclass(frozen=True)
+class SensitivityResult:
+    """INT8 error by block, with the blocks ranked most sensitive first.
+
+    Attributes:
+        blocks: per block, in execution order.
+        ranking: quantized blocks, most sensitive first (lowest ``sensitivity_db``; ties in execution order).
+        parity: the INT8 model's logits against FP32's on the analysed images.
+        flagged_additions: blocks whose residual addition's input scales differ by RESIDUAL_SCALE_RATIO or more.
+        chart, report: the PNG and JSON written, if any.
+        provider, ran_on: the provider asked for and the one the sessions ran on.
+        placement: where each node of the two analysed graphs ran (``fp32``, ``int8``; every block output exposed,
+            so an EP may fuse less than in the deployed model).
+    """
+
+    fp32_model: Path | None
+    int8_model: Path | None
+    format: str  # "qdq" or "qoperator"
+    data_source: str
+    images: int
+    calibration_images_dropped: int
+    parity: Parity
+    blocks: list[BlockError]
+    ranking: list[str]
+    flagged_additions: list[str]
+    residual_scale_ratio: float
+    isolated_models: int
+    seconds: float
+    chart: Path | None = None
+    report: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    provider: str = "cpu"
+    ran_on: str = "cpu"
+    placement: dict[str, Placement | None] = field(default_factory=dict)
+
+    def block(self, name: str) -> BlockError:
+        return next(b for b in self.blocks if b.block == name)
+
+
+def analyze_quantization(
+    fp32: onnx.ModelProto,
+    int8: onnx.ModelProto,
+    options: SensitivityOptions = SensitivityOptions(),
+    *,
+    images: np.ndarray | None = None,
+    fp32_path: Path | None = None,
+    int8_path: Path | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> SensitivityResult:
+    """Measure, block by block, the error an INT8 model shows against its FP32 source.
+
+    Cost: one run of each model with every block output exposed, then one run per quantized block of the FP32 model
+    with that block spliced in from the INT8 model (:func:`isolate_block`); no calibration.
+
+    Args:
+        fp32, int8: the FP32 model and its INT8 quantization (QDQ or QOperator), both exported by resnet-edge.
+        options: which held-out images.
+        images: preprocessed NCHW images to use instead of ``options.data``.
+        fp32_path, int8_path: recorded in the result.
+        on_progress: called before each model is run, with ``Progress("analyze", what, done, total)``: ``what``
+            describes the model, ``done`` of ``total`` counts the models run.
+
+    Raises:
+        InputFileError: a model is not of the expected kind, the two do not match, or no held-out image is left.
+        OptionError: a bad limit.
+    """
+    started = time.perf_counter()
+    if is_quantized(fp32):
+        raise InputFileError("the first model is quantized; give the FP32 model first, then the INT8 one")
+    if not is_quantized(int8):
+        raise InputFileError("the second model is not quantized; give the FP32 model first, then the INT8 one")
+    fp32_map, int8_map = map_blocks(fp32), map_blocks(int8)
+    if fp32_map.blocks != int8_map.blocks:
+        differ = sorted(set(fp32_map.blocks) ^ set(int8_map.blocks), key=block_sort_key)
+        raise InputFileError(
+            f"the models have different blocks ({', '.join(differ[:4])}); is the INT8 model a"
+            " quantization of this FP32 model?"
+        )
+    if HEAD not in fp32_map.blocks:
+        raise InputFileError("the FP32 model has no head (pooling and fc) after its last block")
+    _single_boundaries(fp32, fp32_map, "FP32 model")  # fail early on a graph that is not a chain of blocks
+    source_name, dropped = "given images", 0
+    if images is None:
+        images, source_name, dropped = _held_out_images(fp32, int8, options)
+    fixed_batch = static_input_shape(fp32)[0]
+    batch = fixed_batch or ANALYSIS_BATCH
+    batches = [images[i : i + batch] for i in range(0, len(images), batch)]
+
+    # Cumulative: both models whole, every block output exposed; the logits are the head's output.
+    fp32_exposed, fp32_names = _expose_block_outputs(fp32, fp32_map)
+    int8_exposed, int8_names = _expose_block_outputs(int8, int8_map)
+    cumulative = {b: _ErrorAccumulator() for b in fp32_map.blocks}
+    fp32_logits, int8_logits = [], []
+    runs = 1 + sum(_compute_nodes(int8, int8_map, b)[0] > 0 for b in fp32_map.blocks)
+    if on_progress:
+        on_progress(Progress(STAGE, "FP32 and INT8 models, every block output", 0, runs))
+    asked = options.provider or Provider.CPU
+    fp32_session = open_session(fp32_exposed, asked, strict=options.strict_ep, classifier=False)
+    int8_session = open_session(int8_exposed, asked, strict=options.strict_ep, classifier=False)
+    placement = {"fp32": fp32_session.placement, "int8": int8_session.placement}
+    ran_on = int8_session.ran_on
+    provider = asked if not int8_session.fell_back else Provider.CPU  # warned once above; no warning per block
+    for x in batches:
+        refs = fp32_session.predict(x, [fp32_names[b] for b in fp32_map.blocks])
+        cands = int8_session.predict(x, [int8_names[b] for b in fp32_map.blocks])
+        for block, ref, cand in zip(fp32_map.blocks, refs, cands, strict=True):
+            cumulative[block].add(ref, cand)
+        fp32_logits.append(refs[-1])
+        int8_logits.append(cands[-1])
+    del fp32_session, int8_session
+    reference_logits = np.concatenate(fp32_logits)
+
+    # Isolated: one spliced model per quantized block, each run once over the same batches.
+    blocks: list[BlockError] = []
+    for block in fp32_map.blocks:
+        quantized, total = _compute_nodes(int8, int8_map, block)
+        isolated = isolated_logits = agreement = None
+        if quantized:
+            if on_progress:
+                on_progress(
+                    Progress(STAGE, f"only {block} quantized", 1 + sum(b.isolated is not None for b in blocks), runs)
+                )
+            model, names = isolate_block(fp32, int8, block, fp32_map=fp32_map, int8_map=int8_map)
+            session = open_session(model, provider, strict=options.strict_ep, classifier=False, audit=False)
+            at_block, at_logits = _ErrorAccumulator(), _ErrorAccumulator()
+            logits = []
+            for x, ref_logits in zip(batches, fp32_logits, strict=True):
+                ref, cand, out = session.predict(x, list(names))
+                at_block.add(ref, cand)
+                at_logits.add(ref_logits, out)
+                logits.append(out)
+            del session
+            isolated, isolated_logits = at_block.result(), at_logits.result()
+            agreement = compare_outputs(reference_logits, np.concatenate(logits)).top1_agreement
+        blocks.append(
+            BlockError(
+                block=block,
+                quantized_compute_nodes=quantized,
+                compute_nodes=total,
+                cumulative=cumulative[block].result(),
+                isolated=isolated,
+                isolated_logits=isolated_logits,
+                isolated_top1_agreement=agreement,
+                residual=residual_scales(int8, int8_map, block),
+                exclude=exclusion_items(fp32, fp32_map, block),
+            )
+        )
+    ranked = sorted(
+        (b for b in blocks if b.sensitivity_db is not None), key=lambda b: (b.sensitivity_db, block_sort_key(b.block))
+    )
+    return SensitivityResult(
+        fp32_model=fp32_path,
+        int8_model=int8_path,
+        format="qoperator"
+        if any(n.op_type in OUTPUT_QPARAMS and n.op_type != "QuantizeLinear" for n in int8.graph.node)
+        else "qdq",
+        data_source=source_name,
+        images=len(images),
+        calibration_images_dropped=dropped,
+        parity=compare_outputs(reference_logits, np.concatenate(int8_logits)),
+        blocks=blocks,
+        ranking=[b.block for b in ranked],
+        flagged_additions=[b.block for b in blocks if b.residual is not None and b.residual.flagged],
+        residual_scale_ratio=RESIDUAL_SCALE_RATIO,
+        isolated_models=sum(b.isolated is not None for b in blocks),
+        seconds=time.perf_counter() - started,
+        provider=asked.value,
+        ran_on=ran_on,
+        placement=placement,
+    )
+
+
+def _held_out_images(
+    fp32: onnx.ModelProto, int8: onnx.ModelProto, options: SensitivityOptions
+) -> tuple[np.ndarray, str, int]:
+    """Up to ``options.limit`` preprocessed images, none of which the INT8 model was calibrated on (by the hashes in
+    its record); with the source's name and the number of calibration images passed over."""
+    if options.limit is not None and options.limit < 1:
+        raise OptionError(f"limit must be at least 1, got {options.limit}")
+    spec = preprocessing_for(fp32, source="FP32 model")
+    source = open_source(options.data or default_test_images(read_metadata(fp32).dataset))
+    record = read_record(int8, QUANTIZATION_KEY) or {}
+    calibrated = {f["sha256"] for f in record.get("calibration", {}).get("files", [])}
+    # Draw in a seeded random order and stop at the limit, so a large folder is not loaded whole.
+    order = np.random.default_rng(options.seed).permutation(len(source)) if options.limit else range(len(source))
+    kept: list[tuple[int, np.ndarray]] = []
+    dropped = 0
+    for index in order:
+        sample = source.load(int(index), spec)
+        if sample.sha256 in calibrated:
+            dropped += 1
+            continue
+        kept.append((int(index), sample.tensor))
+        if options.limit is not None and len(kept) == options.limit:
+            break
+    if not kept:
+        raise InputFileError(f"{source.name}: every image was used to calibrate the INT8 model; give held-out --data")
+    return np.stack([t for _, t in sorted(kept, key=lambda item: item[0])]), source.name, dropped
+
+
+def analyze_sensitivity(
+    sources: Sequence[Path | str],
+    output_dir: Path | str | None,
+    options: SensitivityOptions = SensitivityOptions(),
+    *,
+    on_progress: ProgressCallback | None = None,
+) -> SensitivityResult:
+    """Load two model files, analyse them (:func:`analyze_quantization`) and write the chart and JSON report.
+
+    Writes ``<output_dir>/<INT8 name>.analysis.png`` and ``.analysis.json``, each atomically; nothing when
+    ``output_dir`` is None.
+
+    Args:
+        sources: the FP32 model and its INT8 quantization, in that order.
+        output_dir: an existing folder for the chart and the JSON report, or None to write nothing.
+        options: which held-out images.
+        on_progress: see :func:`analyze_quantization`.
+
+    Returns:
+        The analysis, with the files written.
+
+    Raises:
+        OptionError: ``sources`` is not two models.
+        InputFileError: unreadable models, a missing output folder, or see :func:`analyze_quantization`.
+    """
+    if len(sources) != 2:
+        raise OptionError(f"analyze takes two models, the FP32 one and its INT8 quantization; got {len(sources)}")
+    fp32_path, int8_path = (Path(p) for p in sources)
+    if output_dir is not None and not Path(output_dir).is_dir():
+        raise InputFileError(f"output folder does not exist: {output_dir}")
+    stem = int8_path.name.removesuffix(".onnx")
+    if output_dir is not None:
+        refuse_overwriting_inputs(
+            [Path(output_dir, f"{stem}.analysis.png"), Path(output_dir, f"{stem}.analysis.json")],
+            [fp32_path, int8_path, options.data],
+            command="analyze output",
+        )
+    fp32, int8 = load_onnx(fp32_path), load_onnx(int8_path)
+    analysis = analyze_quantization(
+        fp32, int8, options, fp32_path=fp32_path, int8_path=int8_path, on_progress=on_progress
+    )
+    notes = []
+    source_sha = (read_record(int8, QUANTIZATION_KEY) or {}).get("source_model_sha256")
+    if source_sha and source_sha != sha256_file(fp32_path):
+        # Said only now that the analysis found the same blocks in both.
+        notes.append(f"{int8_path.name} was quantized from another file than {fp32_path.name}; its blocks match")
+        warnings.warn(notes[-1], ResnetEdgeWarning, stacklevel=2)
+    analysis = replace(analysis, notes=notes)
+    if output_dir is None:
+        return analysis
+    analysis = replace(
+        analysis, chart=Path(output_dir, f"{stem}.analysis.png"), report=Path(output_dir, f"{stem}.analysis.json")
+    )
+    write_chart(analysis, analysis.chart)
+    write_json_atomic(analysis.report, to_jsonable(analysis))
+    return analysis
