@@ -23,7 +23,7 @@ SOURCES = {
 # are independent of each other.
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
-    ("jsonable", "formatting", "timing", "memory", "artifacts"),
+    ("jsonable", "formatting", "timing", "memory", "artifacts", "progress"),
     ("calibration",),
     ("onnx", "models"),
     ("environment",),  # reports the providers that load, from onnx.runtime

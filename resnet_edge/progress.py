@@ -1,0 +1,19 @@
+"""What a running stage reports as it goes: one type for every stage's ``on_progress`` callback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of a stage: ``done`` of ``total`` where countable (images, candidates), else just the step's name."""
+
+    stage: str
+    step: str
+    done: int | None = None
+    total: int | None = None
+
+
+ProgressCallback = Callable[[Progress], None]
