@@ -26,7 +26,7 @@ from resnet_edge import __version__
 from resnet_edge import formatting as fmt
 from resnet_edge.artifacts import current_umask, read_user_text
 from resnet_edge.conversion.export import DEFAULT_OPSET, OPSET_RANGE, ExportOptions, ExportResult, export_onnx
-from resnet_edge.conversion.simplify import SimplifyResult, simplify_onnx
+from resnet_edge.conversion.simplify import SimplifyOptions, SimplifyResult, simplify_onnx
 from resnet_edge.errors import (
     CheckFailedError,
     InputFileError,
@@ -509,16 +509,16 @@ def _run_stages(
 
     with _stage("export", result, emit) as summary:
         result.export = export_onnx(
+            weights,
+            out / FILES["export"],
             ExportOptions(
                 arch=config.arch,
-                weights=weights,
                 num_classes=config.num_classes,
                 variant=config.variant,
                 input_size=config.input_size,
                 opset=config.opset,
                 fold_bn=False,  # keep every BatchNorm: the simplify stage folds them and proves it
             ),
-            out / FILES["export"],
         )
         parity = max(p.max_abs_error for p in result.export.parity.values())
         summary.append(
@@ -529,7 +529,7 @@ def _run_stages(
 
     with _stage("simplify", result, emit) as summary:
         result.simplify = simplify_onnx(
-            out / FILES["export"], out / FILES["simplify"], allow_unfolded_bn=config.allow_unfolded_bn
+            out / FILES["export"], out / FILES["simplify"], SimplifyOptions(allow_unfolded_bn=config.allow_unfolded_bn)
         )
         s = result.simplify
         summary.append(
