@@ -227,7 +227,9 @@ def take_options(cls: type, params: dict[str, Any], **values: Any) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     given = {name: params.pop(name) for name in list(params) if name in fields}
     for name, value in given.items():
+        if name in values or not isinstance(value, str):
+            continue
         annotation = _without_none(field_type(cls, fields[name]))
-        if isinstance(value, str) and isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
             given[name] = annotation(value)  # a choice's text as its enum member
     return cls(**{**given, **values})

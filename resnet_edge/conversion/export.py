@@ -154,7 +154,7 @@ def resolve_export(source: Path | str | None, options: ExportOptions) -> tuple[L
 def export_onnx(
     source: Path | str | None,
     output: Path | str,
-    options: ExportOptions = ExportOptions(),
+    options: ExportOptions | None = None,
     *,
     on_progress: ProgressCallback | None = None,
 ) -> ExportResult:
@@ -174,6 +174,7 @@ def export_onnx(
         CheckFailedError: onnxruntime's output differs from PyTorch's beyond float32 tolerance.
         InputFileError, CheckpointError: bad checkpoint or unwritable output.
     """
+    options = options or ExportOptions()
     output = require_writable_destination(output)
     refuse_overwriting_inputs([output], [source], command="export output")
     requested = options.resolved_opset

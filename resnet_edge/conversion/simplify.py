@@ -60,7 +60,7 @@ class SimplifyResult:
 def simplify_onnx(
     source: Path | str,
     output: Path | str,
-    options: SimplifyOptions = SimplifyOptions(),
+    options: SimplifyOptions | None = None,
     *,
     on_progress: ProgressCallback | None = None,
 ) -> SimplifyResult:
@@ -77,6 +77,7 @@ def simplify_onnx(
         CheckFailedError: onnxsim failed, crashed or timed out; a BatchNormalization remains (unless allowed); the
             outputs changed; or the dynamic batch dimension was lost.
     """
+    options = options or SimplifyOptions()
     started = time.perf_counter()
     report = on_progress or (lambda progress: None)
     model_path = Path(source)

@@ -83,9 +83,12 @@ class BenchmarkResult:
     io: dict[str, str]  # per provider: what the timing includes
 
 
+STAGE = "benchmark"
+
+
 def benchmark_models(
     sources: Sequence[Path | str],
-    options: BenchmarkOptions = BenchmarkOptions(),
+    options: BenchmarkOptions | None = None,
     *,
     on_progress: ProgressCallback | None = None,
 ) -> BenchmarkResult:
@@ -101,6 +104,7 @@ def benchmark_models(
         InputFileError: a model cannot be read or loaded.
         ProviderError: ``strict_ep`` and a provider is missing or took only part of the compute ops.
     """
+    options = options or BenchmarkOptions()
     models = list(sources)
     check_options(models, options)
     rounds_done = 0

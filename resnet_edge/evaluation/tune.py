@@ -91,7 +91,7 @@ class TuneResult:
 def tune_model(
     source: Path | str,
     output: Path | str,
-    options: TuneOptions = TuneOptions(),
+    options: TuneOptions | None = None,
     *,
     on_progress: ProgressCallback | None = None,
 ) -> TuneResult:
@@ -111,6 +111,7 @@ def tune_model(
         InputFileError: an unreadable or already quantized model.
         CheckFailedError: no candidate passed parity (nothing is written).
     """
+    options = options or TuneOptions()
     started = time.perf_counter()
     model_path = require_file(source, what="model")
     report = on_progress or (lambda progress: None)

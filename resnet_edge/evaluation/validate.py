@@ -18,7 +18,7 @@ import onnx
 from resnet_edge.artifacts import load_onnx, sha256_file
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import ImageSource, default_test_images, iter_batches, open_source
-from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
+from resnet_edge.errors import CheckFailedError, InputFileError, OptionError, ResnetEdgeWarning
 from resnet_edge.evaluation.options import DEFAULT_BATCH, ValidateOptions  # noqa: F401 (re-exported)
 from resnet_edge.onnx.graph import is_quantized
 from resnet_edge.onnx.metadata import (
@@ -177,7 +177,7 @@ def held_out_batches(plan: Plan, key: str) -> Iterator[tuple[np.ndarray, list]]:
 def validate_models(
     sources: Sequence[Path | str],
     reference: Reference | None = None,
-    options: ValidateOptions = ValidateOptions(),
+    options: ValidateOptions | None = None,
     *,
     on_progress: ProgressCallback | None = None,
 ) -> ValidateResult:
@@ -195,6 +195,7 @@ def validate_models(
         CheckpointError: the reference checkpoint does not fit its arch.
         ProviderError: ``strict_ep`` and a provider is missing or took only part of the compute ops.
     """
+    options = options or ValidateOptions()
     plan = plan_validation(sources, reference, options)
     rows = []
     done = 0
@@ -452,3 +453,22 @@ class _ReferenceModel:
 def describe_failures(result: ValidateResult) -> str:
     """One line per failed row, for the CLI."""
     return "; ".join(f"{row.model} on {row.ran_on}: {', '.join(row.failures)}" for row in result.rows if not row.passed)
+
+
+class ValidationFailedError(CheckFailedError):
+    """A validation that ran and found models off their reference; ``result`` holds every row, passed or not."""
+
+    def __init__(self, result: ValidateResult, *, where: str | None = None) -> None:
+        super().__init__(f"{where + ': ' if where else ''}validation failed: {describe_failures(result)}")
+        self.result = result
+
+
+def require_passed(result: ValidateResult, *, where: str | None = None) -> ValidateResult:
+    """``result`` if every row passed.
+
+    Raises:
+        ValidationFailedError: a row failed (``where`` names the target it ran on, if any).
+    """
+    if not result.passed:
+        raise ValidationFailedError(result, where=where)
+    return result
