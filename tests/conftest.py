@@ -13,6 +13,23 @@ from resnet_edge.conversion.export import ExportOptions, export_onnx
 from resnet_edge.conversion.simplify import simplify_onnx
 from resnet_edge.models.resnet import create_model
 
+# Fixtures that export, simplify, quantize or run a model, build a venv or start a server, here and in the test
+# modules. A test that uses one (directly or through another fixture) is marked slow, so that `pytest -m "not slow"`
+# is the fast subset: unit tests on small hand-built inputs. Slow tests without such a fixture carry the mark.
+SLOW_FIXTURES = frozenset(
+    {
+        *("digits_onnx", "digits_sim", "digits_int8", "tiny_onnx", "device_python", "ssh_server"),
+        *("run_dir", "bn_file", "preact_onnx", "preact_sim", "exported", "digits_qoperator", "resnet18_models"),
+        *("digits_result", "digits_validation", "results", "dim_calibration", "arm64_rootfs"),
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

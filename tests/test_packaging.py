@@ -15,6 +15,7 @@ import resnet_edge
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 @pytest.mark.packaging
 def test_wheel_holds_exactly_one_top_level_package_with_its_data(tmp_path: Path) -> None:
     subprocess.run(
@@ -40,6 +41,7 @@ def test_wheel_holds_exactly_one_top_level_package_with_its_data(tmp_path: Path)
     assert "resnet-edge = resnet_edge.cli.entry:main" in entry_points
 
 
+@pytest.mark.slow
 def test_installed_layout_maps_the_folders_under_resnet_edge(tmp_path: Path) -> None:
     """The suite runs on the README's editable install: cli/ and calibration/ must not be top-level packages."""
     import resnet_edge.calibration

@@ -38,6 +38,7 @@ def assert_one_line_error(result, *fragments: str, code: int = 1) -> None:
         assert fragment in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_export_simplify_inspect_round_trip(tmp_path: Path) -> None:
     result = run("export", "--arch", "resnet20", "-o", tmp_path / "m.onnx")
     assert result.exit_code == 0 and "wrote" in result.output and "batch" in result.output
@@ -50,6 +51,7 @@ def test_export_simplify_inspect_round_trip(tmp_path: Path) -> None:
     )  # 1,456 BN channels: scale and shift become one conv bias
 
 
+@pytest.mark.slow
 def test_export_json(tmp_path: Path) -> None:
     result = run("export", "--arch", "resnet20", "--batch", "2", "-o", tmp_path / "m.onnx", "--json")
     data = json.loads(result.stdout)  # stdout is JSON alone; the random-weights warning goes to stderr
@@ -92,6 +94,7 @@ def test_checkpoint_for_another_arch(tmp_path: Path) -> None:
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder(tmp_path: Path) -> None:
     if os.geteuid() == 0:  # root ignores permission bits; /proc refuses new files even to root
         locked = Path("/proc")

@@ -166,6 +166,7 @@ def test_histogram_calibration_takes_a_short_final_batch(digits_sim: Path, tmp_p
     assert result.calibration_images == 13
 
 
+@pytest.mark.slow
 def test_a_crash_inside_a_stage_keeps_the_earlier_stages_and_a_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -231,6 +232,7 @@ def test_ctrl_c_during_start_up_prints_one_line(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_the_onnxsim_worker_ends_with_its_parent(tmp_path: Path) -> None:
     fifo = tmp_path / "in.onnx"

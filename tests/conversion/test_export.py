@@ -53,6 +53,7 @@ def test_dynamic_batch_runs_at_any_size(tiny_onnx: Path) -> None:
     np.testing.assert_allclose(together, one_by_one, atol=FP32_MAX_ABS_ERROR)
 
 
+@pytest.mark.slow
 def test_fixed_batch_and_opset(tmp_path: Path) -> None:
     result = export_onnx(None, tmp_path / "b4.onnx", ExportOptions(arch="resnet20", batch=4, opset=13))
     assert result.input_shape == (4, 3, 32, 32) and list(result.parity) == [4]
@@ -70,6 +71,7 @@ def test_imagenet_arch_end_to_end_at_224(tmp_path: Path) -> None:
     simplify_onnx(tmp_path / "r18.onnx", tmp_path / "r18.sim.onnx")
 
 
+@pytest.mark.slow
 def test_dynamo_exporter_is_refused_below_its_opset_or_without_onnxscript(tmp_path: Path) -> None:
     with pytest.raises(OptionError, match="dynamo exporter writes opsets 18 to 23, not 17"):
         export_onnx(None, tmp_path / "d.onnx", ExportOptions(arch="resnet20", exporter=Exporter.DYNAMO, opset=17))
@@ -104,6 +106,7 @@ def test_unwritable_destination(tmp_path: Path) -> None:
         export_onnx(None, tmp_path / "missing" / "m.onnx", ExportOptions(arch="resnet20"))
 
 
+@pytest.mark.slow
 def test_labels_and_checkpoint_metadata_travel(tmp_path: Path) -> None:
     labels = tuple(f"class {i}" for i in range(10))
     export_onnx(None, tmp_path / "l.onnx", ExportOptions(arch="resnet20", labels=labels))
@@ -112,12 +115,14 @@ def test_labels_and_checkpoint_metadata_travel(tmp_path: Path) -> None:
     assert json.loads(props["provenance"])["checkpoint"] == "random init"
 
 
+@pytest.mark.slow
 def test_input_size_keeps_a_checkpoints_own_normalisation(tmp_path: Path) -> None:
     export_onnx("builtin:digits-resnet20", tmp_path / "d48.onnx", ExportOptions(input_size=48))
     spec = read_metadata(onnx.load(str(tmp_path / "d48.onnx"))).preprocessing
     assert (spec.resize, spec.crop) == (48, 48) and spec.mean == (0.3055,) * 3  # the digits' statistics, rescaled
 
 
+@pytest.mark.slow
 def test_keep_bn_keeps_every_batchnorm_and_still_matches_pytorch(tmp_path: Path) -> None:
     """--keep-bn writes the graph as PyTorch has it (BatchNormalization nodes, eval mode); the default folds them."""
     from resnet_edge.errors import ResnetEdgeWarning
@@ -130,6 +135,7 @@ def test_keep_bn_keeps_every_batchnorm_and_still_matches_pytorch(tmp_path: Path)
     assert folded.batch_norm_nodes == 0
 
 
+@pytest.mark.slow
 def test_export_cli_keep_bn(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

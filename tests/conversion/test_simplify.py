@@ -21,6 +21,7 @@ def bn_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_with_batchnorm(tmp_path_factory.mktemp("bn") / "resnet18_bn.onnx")
 
 
+@pytest.mark.slow
 def test_folds_every_batchnorm_of_a_bn_bearing_file(bn_file: Path, tmp_path: Path) -> None:
     assert bn_count(bn_file) == 20  # constant folding off: as other tools write it (MEASURED.md)
     result = simplify_onnx(bn_file, tmp_path / "sim.onnx")
@@ -38,6 +39,7 @@ def test_metadata_is_carried_over(digits_onnx: Path, digits_sim: Path) -> None:
     assert not any(k.startswith("onnxsim.") for k in after)
 
 
+@pytest.mark.slow
 def test_unfoldable_batchnorm_is_named_unless_allowed(tmp_path: Path) -> None:
     preact = export_with_batchnorm(tmp_path / "preact.onnx", arch="resnet20", size=32, variant="preact")
     with pytest.raises(

@@ -60,6 +60,7 @@ def test_cold_start_once_per_onnx_model_and_environment_recorded(results) -> Non
     assert all(len(h) == 64 for h in results.file_sha256.values()) and results.io["cpu"] == "host memory"
 
 
+@pytest.mark.slow
 def test_fixed_batch_model_skips_other_batches_clearly(tmp_path: Path) -> None:
     export_onnx(None, tmp_path / "b2.onnx", ExportOptions(arch="resnet20", batch=2))
     result = benchmark_models([tmp_path / "b2.onnx"], BenchmarkOptions(batch_sizes=(2, 4), iterations=2, warmup=0))
@@ -136,6 +137,7 @@ def test_pytorch_is_timed_apart_from_onnxruntime(
         benchmark_models([digits_sim, digits_sim], BenchmarkOptions(iterations=1))
 
 
+@pytest.mark.slow
 def test_nothing_timed_is_an_error(tmp_path: Path) -> None:
     export_onnx(None, tmp_path / "b4.onnx", ExportOptions(arch="resnet20", batch=4))
     with pytest.raises(OptionError, match=r"nothing was timed: the models take fixed batch sizes \[4\], not \[1\]"):

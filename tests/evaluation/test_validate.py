@@ -123,6 +123,7 @@ def test_nan_outputs_are_reported_never_agreement(digits_onnx: Path, tmp_path: P
     assert "397 outputs contain NaN or Inf" in row.failures[0]
 
 
+@pytest.mark.slow
 def test_foreign_model_without_metadata_gets_imagenet_preprocessing_with_a_warning(tmp_path: Path) -> None:
     model = create_model("resnet20").eval()
     path = tmp_path / "foreign.onnx"

@@ -80,6 +80,7 @@ def test_preact_stage_of_identity_blocks_unrolls_to_x0_plus_sum_of_branches() ->
         assert float(sum(branches).abs().max()) > 1  # far from the identity: the sum is doing the work
 
 
+@pytest.mark.slow
 def test_measured_terms_add_up_and_the_identity_term_is_the_upstream_gradient() -> None:
     result = gradient_flow(None, None, GradFlowOptions("resnet20", variant="preact", batch=4))
     assert result.decomposition_error <= DECOMPOSITION_RTOL
@@ -91,6 +92,7 @@ def test_measured_terms_add_up_and_the_identity_term_is_the_upstream_gradient() 
         assert block.grad_norm <= block.branch_term_norm + block.shortcut_term_norm * (1 + 1e-5)
 
 
+@pytest.mark.slow
 def test_deep_plain_network_gradient_scale_is_exponential_in_depth() -> None:
     # Measured (resnet56, BatchNorm in training mode, batch 4, seed 0): residual first/last block 157, plain
     # 1.7e4, ratio 106; at the first block the plain gradient is 101x the residual one (seeds 1, 2: 62-116,
@@ -125,6 +127,7 @@ def test_options_are_checked() -> None:
         GradFlowOptions("resnet20", variant="skipless")
 
 
+@pytest.mark.slow
 def test_cli_compare_writes_the_plot_and_prints_the_table(tmp_path: Path) -> None:
     args = ["--arch", "resnet20", "--compare", "--batch", "4", "-o", str(tmp_path)]
     result = CliRunner().invoke(gradflow, args)
@@ -152,6 +155,7 @@ def test_cli_compare_writes_the_plot_and_prints_the_table(tmp_path: Path) -> Non
     assert f"wrote {plot}" in result.output
 
 
+@pytest.mark.slow
 def test_cli_json_parses(tmp_path: Path) -> None:
     args = ["--arch", "resnet20", "--plain", "--batch", "4", "-o", str(tmp_path), "--json"]
     result = CliRunner().invoke(gradflow, args)
@@ -197,6 +201,7 @@ def preact_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_preact_export_folds_bn2_and_keeps_bn1(preact_onnx: Path) -> None:
     nodes = onnx.load(str(preact_onnx)).graph.node
     assert [n.name for n in nodes if n.op_type == "BatchNormalization"] == PREACT_KEPT
@@ -210,6 +215,7 @@ def preact_sim(preact_onnx: Path) -> SimplifyResult:
     return simplify_onnx(preact_onnx, preact_onnx.with_name("preact.sim.onnx"), allow_unfolded_bn=True)
 
 
+@pytest.mark.slow
 def test_preact_simplify_refuses_unfolded_bn_unless_allowed(
     preact_onnx: Path, preact_sim: SimplifyResult, tmp_path: Path
 ) -> None:
@@ -227,6 +233,7 @@ def test_preact_simplify_refuses_unfolded_bn_unless_allowed(
     assert max(p.max_abs_error for p in preact_sim.parity.values()) < 1e-3
 
 
+@pytest.mark.slow
 def test_preact_quantizes_with_bn_in_fp32(preact_sim: SimplifyResult, tmp_path: Path) -> None:
     from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
 

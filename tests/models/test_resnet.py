@@ -117,6 +117,7 @@ def test_options_num_classes_in_chans_zero_init() -> None:
         create_model("resnet18", num_classes=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
 def test_state_dict_keys_and_shapes_match_torchvision(arch: str) -> None:
     golden = json.loads(GOLDEN.read_text())["models"][arch]["state_dict"]

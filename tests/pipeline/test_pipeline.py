@@ -39,6 +39,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return outdir
 
 
+@pytest.mark.slow
 def test_all_artifacts_and_nothing_else(run_dir: Path) -> None:
     assert {p.name for p in run_dir.iterdir()} == EXPECTED
     assert not list(run_dir.parent.glob(".out.*"))  # no staging folder left behind
@@ -184,6 +185,7 @@ def test_a_config_file_list_may_be_written_as_on_the_command_line(tmp_path: Path
         make_config({"batch": "1,x"})
 
 
+@pytest.mark.slow
 def test_refuses_an_existing_outdir_unless_overwrite(run_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(OptionError, match="exists and is not empty; pass --overwrite"):
         run_pipeline(PipelineConfig(**SMALL), run_dir)
@@ -199,6 +201,7 @@ def test_refuses_an_existing_outdir_unless_overwrite(run_dir: Path, tmp_path: Pa
     assert "stale.onnx" not in names and "model.int8.onnx" not in names and "model.sim.onnx" in names
 
 
+@pytest.mark.slow
 def test_a_failing_stage_is_named_and_earlier_artifacts_stay(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -219,6 +222,7 @@ def test_a_failing_stage_is_named_and_earlier_artifacts_stay(tmp_path: Path) -> 
     _assert_paths_are_relative_and_exist(report, tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_ctrl_c_publishes_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
@@ -229,6 +233,7 @@ def test_ctrl_c_publishes_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_config_file_and_cli(tmp_path: Path) -> None:
     config = tmp_path / "pipeline.toml"
     config.write_text("[pipeline]\niterations = 3\nwarmup = 0\nbatch_sizes = [1]\nint8 = false\nthreads = 1\n")
@@ -270,6 +275,7 @@ def test_the_current_folder_is_never_an_outdir(tmp_path: Path, monkeypatch: pyte
         run_pipeline(PipelineConfig(**SMALL), ".")
 
 
+@pytest.mark.slow
 def test_random_weights_are_said_out_loud(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def stop(*args: object, **kwargs: object) -> None:
         raise InputFileError("stopped here on purpose")
@@ -284,6 +290,7 @@ def test_random_weights_are_said_out_loud(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert report["config"]["weights"] == "random init (seed 3)"
 
 
+@pytest.mark.slow
 def test_a_random_model_missing_the_int8_bar_is_told_the_likely_cause(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -190,6 +190,7 @@ def test_bad_calibration_data_leaves_nothing(tiny_onnx: Path, tmp_path: Path, ki
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_fixed_batch_model_quantizes_and_times(tmp_path: Path) -> None:
     from resnet_edge.conversion.export import ExportOptions, export_onnx
 

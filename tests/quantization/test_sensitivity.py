@@ -82,6 +82,7 @@ def test_module_path_is_the_full_dotted_path(name: str, path: str | None) -> Non
     ("arch", "variant"),
     [(arch, "residual") for arch in list_models()] + [("resnet20", "preact"), ("resnet20", "plain")],
 )
+@pytest.mark.slow
 def test_every_node_maps_to_its_block(exported: dict, arch: str, variant: str) -> None:
     model = exported[(arch, variant)]
     block_map = map_blocks(model)
@@ -192,6 +193,7 @@ def test_analysis_of_the_digits_model(digits_sim: Path, digits_int8: Path, digit
         assert a.residual == b.residual or a.residual.ratio == pytest.approx(b.residual.ratio)
 
 
+@pytest.mark.slow
 def test_isolated_model_is_fp32_outside_the_block(resnet18_models: tuple[Path, Path]) -> None:
     fp32, int8 = (onnx.load(str(p)) for p in resnet18_models)
     from resnet_edge.onnx.runtime import open_session
@@ -210,6 +212,7 @@ def test_isolated_model_is_fp32_outside_the_block(resnet18_models: tuple[Path, P
     assert stem_ref in {o.name for o in model_ref.graph.output}
 
 
+@pytest.mark.slow
 def test_imagenet_stem_qoperator_and_excluded_block(resnet18_models: tuple[Path, Path], tmp_path: Path) -> None:
     fp32_path, int8_path = resnet18_models
     fp32 = onnx.load(str(fp32_path))
