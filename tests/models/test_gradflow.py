@@ -210,9 +210,9 @@ def test_preact_export_folds_bn2_and_keeps_bn1(preact_onnx: Path) -> None:
 
 @pytest.fixture(scope="module")
 def preact_sim(preact_onnx: Path) -> SimplifyResult:
-    from resnet_edge.conversion.simplify import simplify_onnx
+    from resnet_edge.conversion.simplify import SimplifyOptions, simplify_onnx
 
-    return simplify_onnx(preact_onnx, preact_onnx.with_name("preact.sim.onnx"), allow_unfolded_bn=True)
+    return simplify_onnx(preact_onnx, preact_onnx.with_name("preact.sim.onnx"), SimplifyOptions(allow_unfolded_bn=True))
 
 
 @pytest.mark.slow
