@@ -54,7 +54,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp, "fp32.onnx")
-        export_onnx(ExportOptions(arch=args.arch, input_size=args.size), fp32)
+        export_onnx(None, fp32, ExportOptions(arch=args.arch, input_size=args.size))
         simplify_onnx(fp32, Path(tmp, "fp32.sim.onnx"))
         files = {"FP32 (simplified)": Path(tmp, "fp32.sim.onnx")}
         for index, (name, config) in enumerate(variants().items()):

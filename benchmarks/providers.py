@@ -134,7 +134,7 @@ def build(workdir: Path, args: argparse.Namespace) -> dict[str, Path]:
         "tuned": workdir / "resnet50.tuned.onnx",
     }
     if not files["fp32"].exists():
-        export_onnx(ExportOptions(arch="resnet50", input_size=args.size), workdir / "resnet50.onnx")
+        export_onnx(None, workdir / "resnet50.onnx", ExportOptions(arch="resnet50", input_size=args.size))
         simplify_onnx(workdir / "resnet50.onnx", files["fp32"])
     if not files["int8"].exists():
         quantize_onnx(files["fp32"], files["int8"], QuantizeOptions(limit=args.limit, measure_speed=False))

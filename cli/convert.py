@@ -16,11 +16,14 @@ from resnet_edge.cli.options import (
     SEED,
     derived_path,
     json_option,
+    options_from,
     parse_batch,
     parse_provider_list,
     progress_bars,
+    take_options,
 )
-from resnet_edge.models.registry import Variant, list_models
+from resnet_edge.conversion.options import ExportOptions, SimplifyOptions
+from resnet_edge.models.registry import list_models
 
 if TYPE_CHECKING:  # annotations only: the commands import the library lazily, so --help stays fast
     from resnet_edge.quantization.mixed_precision import MixedPrecisionResult
@@ -28,79 +31,42 @@ if TYPE_CHECKING:  # annotations only: the commands import the library lazily, s
 
 
 @click.command()
-@click.option("--arch", type=click.Choice(list_models()), help="Architecture; optional when --weights records it.")
 @click.option(
     "--weights", type=click.Path(path_type=Path), help="Checkpoint (.pt, .pth, .safetensors); random init if omitted."
 )
-@click.option("--num-classes", type=int, help="Classes; default: the checkpoint's, else 1000 / 10.")
-@click.option("--in-chans", type=int, help="Input channels; default: the checkpoint's, else 3.")
-@click.option(
-    "--variant", type=click.Choice([v.value for v in Variant]), help="[default: the checkpoint's, else residual]"
-)
-@click.option("--input-size", type=int, help="Input side in pixels; default: the checkpoint's, else 224 / 32.")
-@click.option(
-    "--opset",
-    type=int,
-    default=None,
-    help="ONNX opset (refused if the exporter cannot write it). [default: the exporter's: 17 torchscript, 18 dynamo]",
-)
-@click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
-@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
-@click.option(
-    "--fold-bn/--keep-bn",
-    default=True,
-    show_default=True,
-    help="Fold each BatchNorm into its Conv at export (a file ready to deploy as it is), or keep every"
-    " BatchNormalization node (the graph as PyTorch has it, for 'simplify' to fold and prove; the pipeline"
-    " exports this way). Both are checked against PyTorch in eval mode.",
+@options_from(
+    ExportOptions,
+    overrides={
+        "arch": {"type": click.Choice(list_models())},  # registered names, not an enum
+        "batch": {"type": str, "default": "dynamic"},  # 'dynamic' or a number: parse_batch reads it
+    },
 )
 @click.option(
     "--labels", "labels_file", type=click.Path(path_type=Path), help="Text file with one class name per line."
 )
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file. [default: model.onnx]")
 @json_option
-def export(
-    arch,
-    weights,
-    num_classes,
-    in_chans,
-    variant,
-    input_size,
-    opset,
-    batch,
-    exporter,
-    fold_bn,
-    labels_file,
-    output,
-    as_json,
-) -> None:
+def export(weights, labels_file, output, as_json, **fields) -> None:
     """Export a ResNet to ONNX, verified against PyTorch at batch 1 and another batch size."""
     from resnet_edge.artifacts import refuse_overwriting_inputs
-    from resnet_edge.conversion.export import Exporter, ExportOptions, export_onnx, read_labels_file
+    from resnet_edge.conversion.export import export_onnx, read_labels_file
 
     output = output or Path("model.onnx")
     refuse_overwriting_inputs([output], [weights, labels_file], command="export output")
-    options = ExportOptions(
-        arch=arch,
-        weights=weights,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        variant=variant,
-        input_size=input_size,
-        opset=opset,
-        batch=parse_batch(batch),
-        exporter=Exporter(exporter),
+    options = take_options(
+        ExportOptions,
+        fields,
+        batch=parse_batch(fields["batch"]),
         labels=read_labels_file(labels_file) if labels_file else None,
-        fold_bn=fold_bn,
     )
-    result = export_onnx(options, output)
+    result = export_onnx(weights, output, options)
     if as_json:
         return render.emit_json(result)
     click.echo(
         f"wrote {result.output} ({render.size(result.file_bytes)}): {result.arch} ({result.variant}),"
         f" {result.num_classes} classes, input {list(result.input_shape)}, opset {result.opset},"
         f" {result.exporter} exporter, BatchNormalization nodes {result.batch_norm_nodes}"
-        f" ({'folded into Conv' if fold_bn else 'kept'})"
+        f" ({'folded into Conv' if options.fold_bn else 'kept'})"
     )
     click.echo(
         render.table(
@@ -116,18 +82,13 @@ def export(
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file. [default: MODEL.sim.onnx]")
-@click.option(
-    "--allow-unfolded-bn", is_flag=True, help="Keep BatchNorms with no conv to fold into (pre-activation nets)."
-)
-@click.option("--timeout", "timeout_s", type=float, default=300.0, show_default=True, help="Seconds onnxsim may run.")
+@options_from(SimplifyOptions)
 @json_option
-def simplify(model, output, allow_unfolded_bn, timeout_s, as_json) -> None:
+def simplify(model, output, as_json, **fields) -> None:
     """Simplify with onnxsim; verify every BatchNormalization is folded and outputs are unchanged."""
     from resnet_edge.conversion.simplify import simplify_onnx
 
-    result = simplify_onnx(
-        model, output or derived_path(model, ".sim"), allow_unfolded_bn=allow_unfolded_bn, timeout_s=timeout_s
-    )
+    result = simplify_onnx(model, output or derived_path(model, ".sim"), take_options(SimplifyOptions, fields))
     if as_json:
         return render.emit_json(result)
     click.echo(

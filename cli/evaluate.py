@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -11,13 +10,16 @@ from resnet_edge import formatting as fmt
 from resnet_edge.cli import render
 from resnet_edge.cli.options import (
     json_option,
+    options_from,
     parse_batches,
     parse_provider_list,
     providers_option,
     remote_options,
+    take_options,
     target_options,
     target_progress,
 )
+from resnet_edge.evaluation.options import BenchmarkOptions, ValidateOptions
 from resnet_edge.models.registry import list_models
 
 
@@ -25,53 +27,28 @@ from resnet_edge.models.registry import list_models
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--reference", help="FP32 .onnx, or a checkpoint (with --arch). [default: the built-in checkpoint]")
 @click.option("--arch", type=click.Choice(list_models()), help="Arch of a reference checkpoint. [default: recorded]")
-@click.option("--data", help="Images: folder (class sub-folders = labels), .npy/.npz, builtin:NAME.")
-@click.option("--labels", "labels_file", type=click.Path(path_type=Path), help="CSV of relative/path,label.")
-@providers_option
-@click.option(
-    "--strict-ep",
-    is_flag=True,
-    help="Fail if a provider is missing, or leaves compute ops to another (partial placement), instead of"
-    " falling back to cpu.",
-)
-@click.option("--min-agreement", type=float, help="Top-1 agreement required (fraction). [default: 1 FP32, 0.99 INT8]")
-@click.option("--max-top1-drop", type=float, help="Accuracy points a model may lose. [default: 0 FP32, 1 INT8]")
-@click.option("--batch", type=int, default=8, show_default=True)
+@options_from(ValidateOptions, overrides={"providers": providers_option})
 @target_options
 @json_option
 def validate(
     models,
     reference,
     arch,
-    data,
-    labels_file,
-    providers,
-    strict_ep,
-    min_agreement,
-    max_top1_drop,
-    batch,
     targets,
     remote_python,
     connect_timeout,
     ssh_config,
     as_json,
+    **fields,
 ) -> None:
     """Compare ONNX models with their PyTorch (or FP32 ONNX) reference on each provider; fail on a miss.
 
     With --target, the models run on the devices; the inputs are preprocessed and the outputs judged here.
     """
-    from resnet_edge.evaluation.validate import Reference, ValidateOptions, describe_failures, validate_models
+    from resnet_edge.evaluation.validate import Reference, require_passed, validate_models
 
     ref = Reference.parse(reference, arch=arch) if reference else None
-    options = ValidateOptions(
-        data=data,
-        labels_file=labels_file,
-        providers=parse_provider_list(providers),
-        strict_ep=strict_ep,
-        min_agreement=min_agreement,
-        max_top1_drop=max_top1_drop,
-        batch=batch,
-    )
+    options = take_options(ValidateOptions, fields, providers=parse_provider_list(fields["providers"]))
     remote = remote_options(targets, remote_python, connect_timeout, ssh_config)
     if targets:
         return _validate_on_targets(models, ref, options, targets, remote, as_json)
@@ -91,14 +68,13 @@ def validate(
         click.echo(_validate_table([(None, r) for r in result.rows]))
         render.audit_lines("placement", [(r.model, r.provider, r.placement) for r in result.rows])
         render.audit_lines("int8 coverage", [(r.model, r.provider, r.coverage) for r in result.rows])
-    if not result.passed:
-        click.echo(f"error: validation failed: {describe_failures(result)}", err=True)
-        sys.exit(1)
+    require_passed(result)
 
 
 def _validate_on_targets(models, ref, options, targets, remote, as_json) -> None:
     from resnet_edge.device.fleet import parse_targets, validate_on_targets
-    from resnet_edge.evaluation.validate import describe_failures
+    from resnet_edge.errors import ResnetEdgeError
+    from resnet_edge.evaluation.validate import ValidationFailedError
 
     fleet = validate_on_targets(
         list(models), parse_targets(targets), ref, options, remote, on_progress=None if as_json else target_progress
@@ -123,14 +99,17 @@ def _validate_on_targets(models, ref, options, targets, remote, as_json) -> None
                 "int8 coverage",
                 [(f"{name}: {r.model}", r.provider, r.coverage) for name, result in done.items() for r in result.rows],
             )
-    for run in fleet.targets:
-        if not run.ok:
-            click.echo(f"error: {run.error}", err=True)
-    for name, result in done.items():
-        if not result.passed:
-            click.echo(f"error: {name}: validation failed: {describe_failures(result)}", err=True)
-    if not fleet.passed:
-        sys.exit(1)
+    errors: list[ResnetEdgeError] = [ResnetEdgeError(run.error) for run in fleet.targets if not run.ok]
+    errors += [ValidationFailedError(result, where=name) for name, result in done.items() if not result.passed]
+    _raise_last(errors)
+
+
+def _raise_last(errors: list) -> None:
+    """Every error but the last as its own ``error:`` line (targets fail apart); the last is raised (the exit)."""
+    for error in errors[:-1]:
+        click.echo(f"error: {error}", err=True)
+    if errors:
+        raise errors[-1]
 
 
 def _device_lines(runs) -> None:
@@ -194,40 +173,25 @@ def _validate_table(rows) -> str:
 
 @click.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--torch", "torch_reference", help="Also time PyTorch eager: an arch name or a checkpoint.")
-@providers_option
-@click.option(
-    "--strict-ep",
-    is_flag=True,
-    help="Fail if a provider is missing, or leaves compute ops to another (partial placement), instead of"
-    " falling back to cpu.",
+@options_from(
+    BenchmarkOptions,
+    overrides={
+        "providers": providers_option,
+        "batch_sizes": {"type": str, "default": "1"},  # comma-separated: parse_batches reads it
+    },
 )
-@click.option("--batch", "batch_sizes", default="1", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--threads", type=int, help="Intra-op threads. [default: all cores]")
-@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed rounds first.")
-@click.option("--iterations", type=int, help="Timed rounds. [default: 100]")
-@click.option("--duration", type=float, help="Seconds to time each batch size, instead of --iterations.")
-@click.option("--data", help="Images to time on. [default: built-in]")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Also write the JSON result here.")
 @target_options
 @json_option
 def benchmark(
     models,
-    torch_reference,
-    providers,
-    strict_ep,
-    batch_sizes,
-    threads,
-    warmup,
-    iterations,
-    duration,
-    data,
     output,
     targets,
     remote_python,
     connect_timeout,
     ssh_config,
     as_json,
+    **fields,
 ) -> None:
     """Time models side by side (round-robin): cold start, p50/p90/p99, throughput, ratios to the first.
 
@@ -235,22 +199,18 @@ def benchmark(
     (target, model, provider, batch).
     """
     from resnet_edge.artifacts import refuse_overwriting_inputs, require_writable_destination, write_json_atomic
-    from resnet_edge.evaluation.benchmark import BenchmarkOptions
     from resnet_edge.jsonable import to_jsonable
 
     if output is not None:
         require_writable_destination(output)
-        refuse_overwriting_inputs([output], [*models, data, torch_reference], command="benchmark output")
-    options = BenchmarkOptions(
-        providers=parse_provider_list(providers),
-        batch_sizes=parse_batches(batch_sizes),
-        threads=threads,
-        warmup=warmup,
-        iterations=iterations,
-        duration_s=duration,
-        torch_reference=torch_reference,
-        strict_ep=strict_ep,
-        data=data,
+        refuse_overwriting_inputs(
+            [output], [*models, fields["data"], fields["torch_reference"]], command="benchmark output"
+        )
+    options = take_options(
+        BenchmarkOptions,
+        fields,
+        providers=parse_provider_list(fields["providers"]),
+        batch_sizes=parse_batches(fields["batch_sizes"]),
     )
     remote = remote_options(targets, remote_python, connect_timeout, ssh_config)
     if targets:
@@ -274,18 +234,16 @@ def benchmark(
                 rows = [r for r in fleet.rows if r.batch == fleet.rows[0].batch]
                 render.audit_lines("placement", [(f"{r.target}: {r.model}", r.provider, r.placement) for r in rows])
                 render.audit_lines("int8 coverage", [(f"{r.target}: {r.model}", r.provider, r.coverage) for r in rows])
-        for run in fleet.targets:
-            if not run.ok:
-                click.echo(f"error: {run.error}", err=True)
-        if fleet.failed:
-            sys.exit(1)
+        from resnet_edge.errors import ResnetEdgeError
+
+        _raise_last([ResnetEdgeError(run.error) for run in fleet.targets if not run.ok])
         return
     from tqdm import tqdm
 
     from resnet_edge.evaluation.benchmark import benchmark_models
 
     with tqdm(total=options.total_rounds, desc="timing", unit="round", leave=False, disable=as_json, delay=0.5) as bar:
-        result = benchmark_models(list(models), options, progress=bar.update)
+        result = benchmark_models(list(models), options, on_progress=lambda p: bar.update(p.done - bar.n))
     if output is not None:
         write_json_atomic(output, to_jsonable(result))
     if as_json:
@@ -390,7 +348,7 @@ def doctor(as_json) -> None:
     env = collect_environment()
     if as_json:
         render.emit_json(env)
-        sys.exit(1 if env.problems else 0)
+        return _require_no_problems(env.problems)
     click.echo(f"python {env.python} on {env.platform}")
     for name, ver in env.packages.items():
         click.echo(f"  {name:24} {ver or 'not installed'}")
@@ -408,5 +366,12 @@ def doctor(as_json) -> None:
         click.echo(f"INT8 target for this machine: {config.target.value} ({config.reason})")
     for problem in env.problems:
         click.echo(f"problem: {problem}", err=True)
-    if env.problems:  # a check that found something wrong does not exit 0
-        sys.exit(1)
+    _require_no_problems(env.problems)
+
+
+def _require_no_problems(problems: list[str]) -> None:
+    """Raises: CheckFailedError: the environment has problems (a check that found something wrong does not exit 0)."""
+    from resnet_edge.errors import CheckFailedError
+
+    if problems:
+        raise CheckFailedError(f"{fmt.count(len(problems), 'installation problem')} found (resnet-edge doctor)")

@@ -8,17 +8,19 @@ from pathlib import Path
 import click
 
 from resnet_edge.cli import render
-from resnet_edge.cli.options import SEED, json_option
+from resnet_edge.cli.options import SEED, json_option, options_from, take_options
 from resnet_edge.errors import OptionError
-from resnet_edge.models.registry import list_models
+from resnet_edge.models.options import GradFlowOptions
+from resnet_edge.models.registry import Variant, list_models
 
 
 @click.command()
-@click.option("--arch", type=click.Choice(list_models()), required=True, help="Architecture, fresh weights.")
+@options_from(
+    GradFlowOptions,
+    overrides={"arch": {"type": click.Choice(list_models())}, "seed": {"type": SEED}},  # registered names; 0..2**32-1
+)
 @click.option("--plain", is_flag=True, help="Switch the skip connections off.")
 @click.option("--compare", "side_by_side", is_flag=True, help="Residual and plain side by side.")
-@click.option("--batch", type=int, default=16, show_default=True, help="Images in the one backward pass.")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds weights and image choice.")
 @click.option(
     "--data",
     help="Images: folder, .npy/.npz, or builtin:NAME. [default: digits for resnet20..110,"
@@ -32,7 +34,7 @@ from resnet_edge.models.registry import list_models
     help="Folder for the plot, gradflow_ARCH[_VARIANT].png. [default: .]",
 )
 @json_option
-def gradflow(arch, plain, side_by_side, batch, seed, data, output_dir, as_json) -> None:
+def gradflow(plain, side_by_side, data, output_dir, as_json, **fields) -> None:
     """Measure dL/dx at every block's input in one backward pass at initialisation, and plot it.
 
     Each block's gradient is split into the branch term (through F) and the shortcut term (the "+ I").
@@ -42,16 +44,13 @@ def gradflow(arch, plain, side_by_side, batch, seed, data, output_dir, as_json) 
 
     if plain and side_by_side:
         raise OptionError("--plain and --compare exclude each other: --compare runs the plain network too")
+    options = take_options(GradFlowOptions, fields, variant=Variant.PLAIN if plain else Variant.RESIDUAL)
+    arch = options.arch
     output_dir = ensure_folder(output_dir)
     if side_by_side:
-        result = compare_gradient_flow(
-            arch, batch=batch, seed=seed, data=data, plot=output_dir / f"gradflow_{arch}.png"
-        )
+        result = compare_gradient_flow(data, output_dir / f"gradflow_{arch}.png", options)
     else:
-        variant = "plain" if plain else "residual"
-        result = gradient_flow(
-            arch, variant=variant, batch=batch, seed=seed, data=data, plot=output_dir / f"gradflow_{arch}_{variant}.png"
-        )
+        result = gradient_flow(data, output_dir / f"gradflow_{arch}_{options.variant.value}.png", options)
     if as_json:
         return render.emit_json(result)
     first = result.residual if side_by_side else result

@@ -1,10 +1,23 @@
-"""Options and parsers shared by several commands."""
+"""Options and parsers shared by several commands, and the flags made from the stages' options classes.
+
+:func:`options_from` turns an options dataclass (``ExportOptions``, ``BenchmarkOptions``, ...) into click options,
+one per field: the flag is the field's name (``strict_ep`` -> ``--strict-ep``) or its metadata's ``flag``, the help
+its metadata's ``help``, the type and default the field's own, and an enum's choices its values. So an option is
+declared once, in the library, and the CLI cannot drift from it. The classes live in modules that import no heavy
+library (``conversion.options``, ``evaluation.options``, ``models.options``), so ``--help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+import enum
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -15,6 +28,8 @@ from resnet_edge.quantization.configs import Format, Int8Target, Method
 INT8_TARGETS = tuple(target.value for target in Int8Target)
 INT8_METHODS = tuple(method.value for method in Method)
 INT8_FORMATS = tuple(fmt.value for fmt in Format)
+
+F = TypeVar("F", bound=Callable[..., Any])
 # Seeds reach numpy's default_rng, which takes 0 to 2**32 - 1 here (and fails with a traceback below 0).
 SEED = click.IntRange(0, 2**32 - 1)
 
@@ -133,3 +148,118 @@ def progress_bars(enabled: bool) -> Iterator[ProgressCallback | None]:
     finally:
         for bar in bars.values():
             bar.close()
+
+
+# --- flags made from the options classes --------------------------------------------------------------------------
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    """The flag a field is given: its metadata's ``flag``, else ``--`` and its name with dashes."""
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def field_type(cls: type, field: dataclasses.Field) -> Any:
+    """The field's type, its annotation evaluated in its class's module (``X | None`` stays a union)."""
+    if not isinstance(field.type, str):
+        return field.type
+    return eval(field.type, vars(sys.modules[cls.__module__]))
+
+
+def _without_none(annotation: Any) -> Any:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else annotation
+    return annotation
+
+
+def _click_type(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return click.Choice([e.value for e in annotation])
+    if annotation is Path:
+        return click.Path(path_type=Path)
+    if annotation in (int, float, str):
+        return annotation
+    raise TypeError(f"no flag type for {annotation!r}: give the field an override")
+
+
+def option_for(cls: type, field: dataclasses.Field, **changes: Any) -> Callable[[F], F]:
+    """The click option of one field of an options dataclass; ``changes`` replace what the field says (a parser's
+    ``type``, a ``default`` in the flag's own text)."""
+    flag, help_text = flag_name(field), field.metadata.get("help")
+    default = field.default
+    required = default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+    annotation = _without_none(field_type(cls, field)) if "type" not in changes else changes["type"]
+    if annotation is bool:
+        if "/" in flag:
+            return click.option(flag, field.name, default=default, show_default=True, help=help_text)
+        if default is True:  # --no-int8: the flag turns the field off
+            return click.option(flag, field.name, flag_value=False, default=True, help=help_text)
+        return click.option(flag, field.name, is_flag=True, help=help_text)
+    multiple = typing.get_origin(annotation) is tuple
+    click_type = (
+        changes["type"]
+        if "type" in changes
+        else _click_type(typing.get_args(annotation)[0] if multiple else annotation)
+    )
+    kwargs: dict[str, Any] = {"type": click_type, "help": help_text}
+    if "metavar" in field.metadata:
+        kwargs["metavar"] = field.metadata["metavar"]
+    if multiple:
+        kwargs["multiple"] = True
+    elif required:
+        kwargs["required"] = True
+    elif default is not None:
+        kwargs.update(default=default.value if isinstance(default, enum.Enum) else default, show_default=True)
+    kwargs.update(changes)
+    if kwargs.get("default") is not None and not multiple:
+        kwargs.setdefault("show_default", True)
+    return click.option(flag, field.name, **kwargs)
+
+
+def options_from(cls: type, *, overrides: Mapping[str, Callable[[F], F] | None] | None = None) -> Callable[[F], F]:
+    """A decorator adding one click option per field of ``cls``, in the fields' order.
+
+    Fields whose metadata says ``cli: False`` get none. ``overrides`` maps a field's name to the option to use
+    instead (a parser's text, such as ``--providers``), or to None for a field the command sets otherwise.
+
+    Raises:
+        TypeError: a field whose type has no flag (a tuple of providers, say) and no override.
+    """
+    overrides = dict(overrides or {})
+    decorators = []
+    for field in dataclasses.fields(cls):
+        if field.name in overrides:
+            override = overrides.pop(field.name)
+            if isinstance(override, dict):
+                decorators.append(option_for(cls, field, **override))
+            elif override is not None:
+                decorators.append(override)
+            continue
+        if field.metadata.get("cli", True):
+            decorators.append(option_for(cls, field))
+    if overrides:
+        raise TypeError(f"{cls.__name__} has no field(s) {', '.join(overrides)}")
+
+    def decorate(function: F) -> F:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return decorate
+
+
+def take_options(cls: type, params: dict[str, Any], **values: Any) -> Any:
+    """``cls`` made from the command's parameters that are its fields (removed from ``params``), ``values`` on top.
+
+    Raises:
+        OptionError: from the options class's own checks.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    given = {name: params.pop(name) for name in list(params) if name in fields}
+    for name, value in given.items():
+        if name in values or not isinstance(value, str):
+            continue
+        annotation = _without_none(field_type(cls, fields[name]))
+        if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+            given[name] = annotation(value)  # a choice's text as its enum member
+    return cls(**{**given, **values})

@@ -9,7 +9,7 @@ import click
 from resnet_edge import formatting as fmt
 from resnet_edge.cli import render
 from resnet_edge.cli.options import INT8_FORMATS, INT8_METHODS, INT8_TARGETS, json_option
-from resnet_edge.models.registry import list_models
+from resnet_edge.models.registry import Variant, list_models
 
 
 def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
@@ -34,7 +34,7 @@ def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
 )
 @click.option(
     "--variant",
-    type=click.Choice(["residual", "plain", "preact"]),
+    type=click.Choice([v.value for v in Variant]),
     help="Block design: residual, plain (skips off) or preact. [default: the checkpoint's, else residual]",
 )
 @click.option("--num-classes", type=int, help="Output classes. [default: the checkpoint's, else 1000 / 10]")
@@ -119,8 +119,9 @@ def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
 @json_option
 def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
     """Export, simplify, quantize, validate, benchmark and tune in one go, and write a report."""
-    from resnet_edge.pipeline.result import FROM_FLAG, REPORT_JSON, StageEvent
-    from resnet_edge.pipeline.run import load_config, make_config, run_pipeline
+    from resnet_edge.pipeline.config import FROM_FLAG, load_config, make_config
+    from resnet_edge.pipeline.result import REPORT_JSON, StageEvent
+    from resnet_edge.pipeline.run import run_pipeline
 
     given = {k: v for k, v in options.items() if v is not None and v != ()}
     given = route_int8_targets(given)

@@ -10,79 +10,44 @@ from resnet_edge.cli import render
 from resnet_edge.cli.options import (
     derived_path,
     json_option,
+    options_from,
     parse_provider_list,
     remote_options,
+    take_options,
     target_options,
     target_progress,
 )
+from resnet_edge.evaluation.options import TuneOptions
 
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="The chosen model. [default: MODEL.tuned.onnx]")
-@click.option(
-    "--providers",
-    help="Comma-separated providers to try (cpu, cuda, tensorrt, openvino, ep:NAME[k=v]). [default: all that run here]",
+@options_from(
+    TuneOptions,
+    overrides={
+        "providers": click.option(
+            "--providers",
+            help="Comma-separated providers to try (cpu, cuda, tensorrt, openvino, ep:NAME[k=v])."
+            " [default: all that run here]",
+        )
+    },
 )
-@click.option("--batch", type=int, default=1, show_default=True, help="The deployment's batch (batch 1 is timed too).")
-@click.option("--threads", type=int, help="Intra-op threads. [default: all cores]")
-@click.option("--data", help="Held-out images for parity. [default: built-in test split, else the photos]")
-@click.option("--calib", help="Calibration images for the INT8 candidates. [default: as quantize]")
-@click.option("--limit", type=int, help="Calibrate on this many images.")
-@click.option("--no-int8", is_flag=True, help="Do not try INT8.")
-@click.option("--no-fp16", is_flag=True, help="Do not try FP16 (tried only on cuda and tensorrt).")
-@click.option("--candidate", "candidates", multiple=True, type=click.Path(path_type=Path), help="Also try this file.")
-@click.option("--iterations", type=int, default=30, show_default=True, help="Timed rounds per provider and batch.")
-@click.option("--min-agreement", type=float, help="Top-1 agreement required (fraction). [default: validate's]")
-@click.option("--max-top1-drop", type=float, help="Accuracy points a candidate may lose. [default: validate's]")
 @target_options
 @json_option
-def tune(
-    model,
-    output,
-    providers,
-    batch,
-    threads,
-    data,
-    calib,
-    limit,
-    no_int8,
-    no_fp16,
-    candidates,
-    iterations,
-    min_agreement,
-    max_top1_drop,
-    targets,
-    remote_python,
-    connect_timeout,
-    ssh_config,
-    as_json,
-) -> None:
+def tune(model, output, targets, remote_python, connect_timeout, ssh_config, as_json, **fields) -> None:
     """Try providers x precisions, keep the fastest candidate that passes parity against FP32, write it.
 
     With --target, the candidates are built here for the device's CPU and providers, judged and timed there.
     """
     from resnet_edge.errors import OptionError
-    from resnet_edge.evaluation.tune import TuneOptions, tune_model
+    from resnet_edge.evaluation.tune import tune_model
 
     if len(targets) > 1:
         raise OptionError(f"tune measures on one device at a time, got {len(targets)} --target")
     remote = remote_options(targets, remote_python, connect_timeout, ssh_config)
-
-    options = TuneOptions(
-        providers=parse_provider_list(providers) if providers else None,
-        batch=batch,
-        threads=threads,
-        data=data,
-        calib=calib,
-        limit=limit,
-        int8=not no_int8,
-        fp16=not no_fp16,
-        candidates=tuple(candidates),
-        iterations=iterations,
-        min_agreement=min_agreement,
-        max_top1_drop=max_top1_drop,
-    )
+    providers = fields["providers"]
+    options = take_options(TuneOptions, fields, providers=parse_provider_list(providers) if providers else None)
     output = output or derived_path(model, ".tuned")
     if targets:
         from resnet_edge.device.fleet import tune_on_target

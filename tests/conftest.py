@@ -40,7 +40,7 @@ def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def digits_onnx(session_dir: Path) -> Path:
     """The built-in trained digits model, exported."""
     path = session_dir / "digits.onnx"
-    export_onnx(ExportOptions(weights="builtin:digits-resnet20"), path)
+    export_onnx("builtin:digits-resnet20", path)
     return path
 
 
@@ -68,7 +68,7 @@ def tiny_onnx(session_dir: Path) -> Path:
     same model whichever test asks first (quantize judges it on the INT8 bar, where a random model sits near)."""
     path = session_dir / "tiny.onnx"
     torch.manual_seed(0)
-    export_onnx(ExportOptions(arch="resnet20"), path)
+    export_onnx(None, path, ExportOptions(arch="resnet20"))
     return path
 
 

@@ -17,7 +17,6 @@ resnet20). Either file is checked against PyTorch in eval mode before it is writ
 
 from __future__ import annotations
 
-import enum
 import io
 import json
 import warnings
@@ -36,6 +35,13 @@ from resnet_edge.artifacts import (
     sha256_bytes,
 )
 from resnet_edge.calibration.preprocess import PreprocessSpec
+from resnet_edge.conversion.options import (  # noqa: F401 (re-exported: the names callers know from here)
+    DEFAULT_OPSET,
+    DEFAULT_OPSETS,
+    OPSET_RANGE,
+    Exporter,
+    ExportOptions,
+)
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
 from resnet_edge.memory import check_fits
 from resnet_edge.models.checkpoints import LoadedModel, build_model, read_checkpoint_metadata
@@ -47,57 +53,11 @@ from resnet_edge.onnx.io import save_onnx
 from resnet_edge.onnx.metadata import ModelMetadata, write_props
 from resnet_edge.onnx.parity import PARITY_IMAGES, Parity, check_fp32_parity
 from resnet_edge.onnx.runtime import open_session
+from resnet_edge.progress import Progress, ProgressCallback
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-DEFAULT_OPSET = 17  # supported by every runtime our users deploy to (onnxruntime, TensorRT 8.6+, OpenVINO)
-# The opset each exporter writes when the user names none: the dynamo exporter cannot write DEFAULT_OPSET.
-DEFAULT_OPSETS = {"torchscript": DEFAULT_OPSET, "dynamo": 18}
-# What each exporter can write; outside these ranges we refuse rather than let the exporter change the opset.
-OPSET_RANGE = {"torchscript": (11, 20), "dynamo": (18, 23)}
-
-
-class Exporter(enum.StrEnum):
-    TORCHSCRIPT = "torchscript"
-    DYNAMO = "dynamo"
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """What to export and how. Unset fields come from the checkpoint's own metadata, else the arch's defaults.
-
-    Attributes:
-        arch: a registered architecture; may be omitted when ``weights`` records it.
-        weights: a checkpoint (.pt, .pth, .safetensors); fresh random weights when None.
-        num_classes, in_chans: default to the checkpoint's, else the arch's.
-        variant: residual, plain or preact; the checkpoint's, else residual.
-        input_size: side of the square input; the checkpoint's, else 224 (ImageNet stem) or 32 (small stem).
-        opset: ONNX opset; refused if the exporter cannot write exactly this one. None: the exporter's default
-            (17 for TorchScript, 18 for dynamo, see ``DEFAULT_OPSETS``).
-        batch: a fixed batch size, or None for a dynamic batch dimension.
-        exporter: torchscript or dynamo.
-        preprocessing: overrides the preprocessing recorded in the file.
-        labels: class names, one per class.
-        fold_bn: fold BatchNormalization into the preceding Conv at export (True), or keep every BN node (False).
-    """
-
-    arch: str | None = None
-    weights: Path | str | None = None
-    num_classes: int | None = None
-    in_chans: int | None = None
-    variant: str | None = None
-    input_size: int | None = None
-    opset: int | None = None
-    batch: int | None = None
-    exporter: Exporter = Exporter.TORCHSCRIPT
-    preprocessing: PreprocessSpec | None = None
-    labels: tuple[str, ...] | None = None
-    fold_bn: bool = True
-
-    @property
-    def resolved_opset(self) -> int:
-        """The opset to write: the one asked for, else the exporter's default."""
-        return self.opset if self.opset is not None else DEFAULT_OPSETS[Exporter(self.exporter).value]
+STAGE = "export"
 
 
 @dataclass(frozen=True)
@@ -120,21 +80,18 @@ class ExportResult:
         return self.op_counts.get("BatchNormalization", 0)
 
 
-def resolve_export(options: ExportOptions) -> tuple[LoadedModel, ModelMetadata]:
-    """The model with its weights, and the metadata the exported file will carry.
+def resolve_export(source: Path | str | None, options: ExportOptions) -> tuple[LoadedModel, ModelMetadata]:
+    """The model with its weights (``source``, a checkpoint; None for random weights), and the metadata the exported
+    file will carry.
 
     Raises:
         OptionError: no arch given or recorded, input size below the arch's minimum, labels of the wrong count.
         InputFileError, CheckpointError: see :func:`resnet_edge.models.checkpoints.build_model`.
     """
-    recorded = read_checkpoint_metadata(options.weights) if options.weights is not None else {}
+    recorded = read_checkpoint_metadata(source) if source is not None else {}
     arch = options.arch or recorded.get("arch")
     if arch is None:
-        raise OptionError(
-            "no arch given; pass --arch"
-            if options.weights is None
-            else f"{options.weights} records no arch; pass --arch"
-        )
+        raise OptionError("no arch given; pass --arch" if source is None else f"{source} records no arch; pass --arch")
     spec = get_arch(arch)
     if options.input_size is not None and options.input_size < spec.min_input_size:
         raise OptionError(f"{arch} needs inputs of at least {spec.min_input_size} pixels, got {options.input_size}")
@@ -156,7 +113,7 @@ def resolve_export(options: ExportOptions) -> tuple[LoadedModel, ModelMetadata]:
         )
     loaded = build_model(
         arch,
-        weights=options.weights,
+        weights=source,
         num_classes=options.num_classes,
         in_chans=options.in_chans,
         variant=options.variant or recorded.get("variant", "residual"),
@@ -194,8 +151,20 @@ def resolve_export(options: ExportOptions) -> tuple[LoadedModel, ModelMetadata]:
     return loaded, metadata
 
 
-def export_onnx(options: ExportOptions, output: Path | str) -> ExportResult:
+def export_onnx(
+    source: Path | str | None,
+    output: Path | str,
+    options: ExportOptions | None = None,
+    *,
+    on_progress: ProgressCallback | None = None,
+) -> ExportResult:
     """Export a registered ResNet to ``output``, verified against PyTorch before it is written.
+
+    Args:
+        source: the checkpoint (.pt, .pth, .safetensors, or builtin:NAME); None for fresh random weights.
+        output: the ONNX file to write.
+        options: how to export; unset fields come from the checkpoint.
+        on_progress: told of each step (``build``, ``export``, ``check``) as it starts.
 
     Returns:
         What was written, with parity at batch 1 and at a second batch size (dynamic batch) or the fixed batch.
@@ -205,16 +174,15 @@ def export_onnx(options: ExportOptions, output: Path | str) -> ExportResult:
         CheckFailedError: onnxruntime's output differs from PyTorch's beyond float32 tolerance.
         InputFileError, CheckpointError: bad checkpoint or unwritable output.
     """
+    options = options or ExportOptions()
     output = require_writable_destination(output)
-    refuse_overwriting_inputs([output], [options.weights], command="export output")
-    if options.batch is not None and options.batch < 1:
-        raise OptionError(f"batch must be 'dynamic' or at least 1, got {options.batch}")
-    low, high = OPSET_RANGE[options.exporter.value]
+    refuse_overwriting_inputs([output], [source], command="export output")
     requested = options.resolved_opset
-    if not low <= requested <= high:
-        raise OptionError(f"the {options.exporter.value} exporter writes opsets {low} to {high}, not {requested}")
-    loaded, metadata = resolve_export(options)
-    if options.weights is None:
+    exporter = Exporter(options.exporter)
+    report = on_progress or (lambda progress: None)
+    report(Progress(STAGE, "build"))
+    loaded, metadata = resolve_export(source, options)
+    if source is None:
         warnings.warn(
             f"{loaded.arch} has random weights (no --weights): outputs are checked against PyTorch, but any"
             " accuracy figure from this file is meaningless, and agreement thresholds on a random model measure"
@@ -222,13 +190,14 @@ def export_onnx(options: ExportOptions, output: Path | str) -> ExportResult:
             ResnetEdgeWarning,
             stacklevel=2,
         )
+    report(Progress(STAGE, "export"))
     model_proto = _run_exporter(loaded.model, metadata.preprocessing, options)
 
     opset = opset_of(model_proto)
     if opset != requested:
-        raise OptionError(f"the {options.exporter.value} exporter wrote opset {opset}, not the requested {requested}")
+        raise OptionError(f"the {exporter.value} exporter wrote opset {opset}, not the requested {requested}")
     metadata.provenance = {
-        "exporter": options.exporter.value,
+        "exporter": exporter.value,
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "opset": str(opset),
@@ -238,6 +207,7 @@ def export_onnx(options: ExportOptions, output: Path | str) -> ExportResult:
     model_proto.producer_name = "resnet-edge"
     model_proto.producer_version = __version__
 
+    report(Progress(STAGE, "check"))
     parity = check_against_torch(loaded.model, model_proto, metadata.preprocessing, batch=options.batch)
     file_bytes = save_onnx(model_proto, output)
     data = model_proto.SerializeToString()
@@ -248,7 +218,7 @@ def export_onnx(options: ExportOptions, output: Path | str) -> ExportResult:
         num_classes=loaded.num_classes,
         input_shape=("batch" if options.batch is None else options.batch, *metadata.preprocessing.input_shape),
         opset=opset,
-        exporter=options.exporter.value,
+        exporter=exporter.value,
         file_bytes=file_bytes,
         sha256=sha256_bytes(data),
         parity=parity,

@@ -20,16 +20,20 @@ from pathlib import Path
 import onnx
 
 from resnet_edge.artifacts import refuse_overwriting_inputs, require_writable_destination
-from resnet_edge.errors import CheckFailedError, InputFileError, OptionError
+from resnet_edge.conversion.options import (  # noqa: F401 (re-exported: the names callers know from here)
+    DEFAULT_TIMEOUT_S,
+    MAX_TIMEOUT_S,
+    SimplifyOptions,
+)
+from resnet_edge.errors import CheckFailedError, InputFileError
 from resnet_edge.onnx.graph import batch_norm_nodes, count_ops, is_quantized
 from resnet_edge.onnx.io import load_onnx, save_onnx
 from resnet_edge.onnx.metadata import SIMPLIFICATION_KEY, preprocessing_for, read_props, static_input_shape, write_props
 from resnet_edge.onnx.parity import PARITY_IMAGES, Parity, check_fp32_parity
 from resnet_edge.onnx.runtime import open_session
+from resnet_edge.progress import Progress, ProgressCallback
 
-DEFAULT_TIMEOUT_S = 300.0  # resnet152 simplifies in under a minute on 2 cores; five times that means a hang
-# An upper bound, so that a typo (1e308, inf) cannot leave a hung onnxsim running for ever; 12x the default.
-MAX_TIMEOUT_S = 3600.0
+STAGE = "simplify"
 _NAMES_SHOWN = 3
 
 
@@ -55,28 +59,29 @@ class SimplifyResult:
 
 
 def simplify_onnx(
-    model_path: Path | str,
+    source: Path | str,
     output: Path | str,
+    options: SimplifyOptions | None = None,
     *,
-    allow_unfolded_bn: bool = False,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
+    on_progress: ProgressCallback | None = None,
 ) -> SimplifyResult:
-    """Simplify ``model_path`` into ``output`` with every BatchNormalization folded, verified.
+    """Simplify ``source`` into ``output`` with every BatchNormalization folded, verified.
 
     Args:
-        allow_unfolded_bn: keep a BatchNormalization that has no convolution to fold into (a pre-activation
-            network's, which follows an addition) instead of failing; it is reported either way.
-        timeout_s: how long onnxsim may run.
+        source: an FP32 ONNX model.
+        output: the simplified model to write.
+        options: see :class:`SimplifyOptions` (unfolded BatchNorms allowed or not, onnxsim's time limit).
+        on_progress: told of each step (``onnxsim``, ``check``) as it starts.
 
     Raises:
         InputFileError: the input is not a readable ONNX model, is already quantized, or output is unwritable.
         CheckFailedError: onnxsim failed, crashed or timed out; a BatchNormalization remains (unless allowed); the
             outputs changed; or the dynamic batch dimension was lost.
     """
-    if not 0 < timeout_s <= MAX_TIMEOUT_S:  # also refuses NaN and inf
-        raise OptionError(f"the onnxsim timeout must be more than 0 and at most {MAX_TIMEOUT_S:g} s, got {timeout_s}")
+    options = options or SimplifyOptions()
     started = time.perf_counter()
-    model_path = Path(model_path)
+    report = on_progress or (lambda progress: None)
+    model_path = Path(source)
     output = require_writable_destination(output)
     refuse_overwriting_inputs([output], [model_path], command="simplify output")
     model = load_onnx(model_path)
@@ -84,9 +89,10 @@ def simplify_onnx(
         raise InputFileError(f"{model_path} is already quantized; simplify the FP32 model, then quantize")
     import onnxsim
 
-    simplified = _run_onnxsim(model, timeout_s)
+    report(Progress(STAGE, "onnxsim"))
+    simplified = _run_onnxsim(model, options.timeout_s)
     remaining = batch_norm_nodes(simplified)
-    if remaining and not allow_unfolded_bn:
+    if remaining and not options.allow_unfolded_bn:
         shown = ", ".join(f"{name} (fed by {producer})" for name, producer in remaining[:_NAMES_SHOWN])
         more = f" and {len(remaining) - _NAMES_SHOWN} more" if len(remaining) > _NAMES_SHOWN else ""
         raise CheckFailedError(
@@ -96,6 +102,7 @@ def simplify_onnx(
     if static_input_shape(model)[0] is None and static_input_shape(simplified)[0] is not None:
         raise CheckFailedError("onnxsim fixed the dynamic batch dimension")
 
+    report(Progress(STAGE, "check"))
     parity = check_same_function(model, simplified, source=str(model_path))
     # onnxsim writes its own onnxsim.* keys, some listing every removed node; keep its counts in our record only.
     onnxsim_props = {k: v for k, v in read_props(simplified).items() if k.startswith("onnxsim.")}

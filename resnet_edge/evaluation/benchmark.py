@@ -26,10 +26,17 @@ from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import default_test_images, iter_batches, open_source
 from resnet_edge.environment import Environment, collect_environment
 from resnet_edge.errors import OptionError, ResnetEdgeWarning
+from resnet_edge.evaluation.options import (  # noqa: F401 (re-exported: the names callers know from here)
+    MAX_DURATION_S,
+    MAX_ITERATIONS,
+    MAX_WARMUP,
+    BenchmarkOptions,
+)
 from resnet_edge.memory import check_fits, onnx_estimate
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import preprocessing_for, read_metadata, static_input_shape
-from resnet_edge.onnx.runtime import Placement, Provider, Session, open_session
+from resnet_edge.onnx.runtime import Placement, Session, open_session
+from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.coverage import IntegerCoverage, coverage_of
 from resnet_edge.timing import (  # noqa: F401 (re-exported: the timing names callers know from here)
     DEFAULT_ITERATIONS,
@@ -47,57 +54,6 @@ from resnet_edge.timing import (  # noqa: F401 (re-exported: the timing names ca
     time_interleaved,
     time_sessions,
 )
-
-# Upper bounds, so that a typo (--duration 1e308, --iterations 10**12) cannot run for ever: one hour per provider
-# and batch size is far beyond what a stable median needs.
-MAX_DURATION_S = 3600.0
-MAX_ITERATIONS = 1_000_000
-MAX_WARMUP = 100_000
-
-
-@dataclass(frozen=True)
-class BenchmarkOptions:
-    """How to benchmark.
-
-    Attributes:
-        providers: each model is timed on each provider.
-        batch_sizes: each model is timed at each batch size, all in one session per model and provider.
-        threads: intra-op threads for onnxruntime and PyTorch; all logical cores when None (recorded either way).
-        warmup: untimed rounds before timing.
-        iterations: timed rounds (DEFAULT_ITERATIONS when neither this nor ``duration_s`` is given).
-        duration_s: time each provider and batch for this long instead of a fixed count.
-        torch_reference: also time PyTorch eager: an arch name (fresh weights) or a checkpoint.
-        strict_ep: a missing provider, or one that leaves compute ops to another, is an error instead of a CPU
-            fallback.
-        data: images to time on (default: the model's built-in test split, else the bundled photos).
-    """
-
-    providers: tuple[Provider, ...] = (Provider.CPU,)
-    batch_sizes: tuple[int, ...] = (1,)
-    threads: int | None = None
-    warmup: int = DEFAULT_WARMUP
-    iterations: int | None = None
-    duration_s: float | None = None
-    torch_reference: str | None = None
-    strict_ep: bool = False
-    data: str | None = None
-
-    @property
-    def rounds(self) -> int | None:
-        """Timed rounds per provider and batch size; None when timing for ``duration_s`` instead."""
-        if self.iterations is None and self.duration_s is None:
-            return DEFAULT_ITERATIONS
-        return self.iterations
-
-    @property
-    def total_rounds(self) -> int | None:
-        """Timed rounds in the whole run, PyTorch eager's phase included (a progress bar's total)."""
-        if self.rounds is None:
-            return None
-        phases = len(self.providers) * len(self.batch_sizes)
-        if self.torch_reference and Provider.CPU in self.providers:
-            phases += len(self.batch_sizes)
-        return self.rounds * phases
 
 
 @dataclass(frozen=True)
@@ -128,25 +84,38 @@ class BenchmarkResult:
     io: dict[str, str]  # per provider: what the timing includes
 
 
+STAGE = "benchmark"
+
+
 def benchmark_models(
-    models: Sequence[Path | str],
-    options: BenchmarkOptions = BenchmarkOptions(),
+    sources: Sequence[Path | str],
+    options: BenchmarkOptions | None = None,
     *,
-    progress: Callable[[int], object] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> BenchmarkResult:
-    """Time ``models`` (and optionally PyTorch eager) side by side on each provider and batch size.
+    """Time ``sources`` (and optionally PyTorch eager) side by side on each provider and batch size.
 
     Args:
-        models: ONNX files; ratios are taken against the first.
-        progress: called with the number of timed rounds done (a progress bar's update), PyTorch's included:
-            ``options.total_rounds`` calls in all.
+        sources: ONNX files; ratios are taken against the first.
+        on_progress: told after each timed round, PyTorch's included: ``Progress("benchmark", "timing", done,
+            options.total_rounds)`` (``total`` None when timing for a duration).
 
     Raises:
         OptionError: no models, a bad batch size, iteration count, duration or thread count.
         InputFileError: a model cannot be read or loaded.
         ProviderError: ``strict_ep`` and a provider is missing or took only part of the compute ops.
     """
+    options = options or BenchmarkOptions()
+    models = list(sources)
     check_options(models, options)
+    rounds_done = 0
+
+    def count_round() -> None:
+        nonlocal rounds_done
+        rounds_done += 1
+        if on_progress is not None:
+            on_progress(Progress(STAGE, "timing", rounds_done, options.total_rounds))
+
     threads = options.threads or default_threads()
     protos = {str(m): load_onnx(m) for m in models}
     specs = {name: preprocessing_for(proto, source=name) for name, proto in protos.items()}
@@ -186,7 +155,7 @@ def benchmark_models(
             "warmup": options.warmup,
             "iterations": options.rounds,
             "duration_s": options.duration_s,
-            "on_round": (lambda: progress(1)) if progress else None,
+            "on_round": count_round if on_progress else None,
         }
         for batch, timed in time_sessions(sessions, images, options.batch_sizes, **timing, timer=time_interleaved):
             if torch_runner is not None and provider.name == "cpu":
@@ -223,22 +192,11 @@ def benchmark_models(
 
 
 def check_options(models: Sequence[Path | str], options: BenchmarkOptions) -> None:
+    """Refuse what the options cannot tell alone (they check their own values): no models, or one given twice."""
     if not models:
         raise OptionError("give at least one model to benchmark")
     if len({str(m) for m in models}) != len(models):
         raise OptionError("a model is given twice; to time one file against itself, copy it")
-    if not options.batch_sizes or any(b < 1 for b in options.batch_sizes):
-        raise OptionError(f"batch sizes must be at least 1, got {list(options.batch_sizes)}")
-    if options.iterations is not None and options.duration_s is not None:
-        raise OptionError("give an iteration count or a duration, not both")
-    if options.iterations is not None and not 1 <= options.iterations <= MAX_ITERATIONS:
-        raise OptionError(f"iterations must be from 1 to {MAX_ITERATIONS:,}, got {options.iterations}")
-    if options.duration_s is not None and not 0 < options.duration_s <= MAX_DURATION_S:  # refuses NaN and inf too
-        raise OptionError(f"duration must be more than 0 and at most {MAX_DURATION_S:g} s, got {options.duration_s}")
-    if not 0 <= options.warmup <= MAX_WARMUP:
-        raise OptionError(f"warmup must be from 0 to {MAX_WARMUP:,}, got {options.warmup}")
-    if options.threads is not None and options.threads < 1:
-        raise OptionError(f"threads must be at least 1, got {options.threads}")
 
 
 def _images(spec: PreprocessSpec, batch: int, data: str, pools: dict[tuple[str, str], np.ndarray]) -> np.ndarray:

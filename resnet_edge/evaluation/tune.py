@@ -36,10 +36,16 @@ from resnet_edge.artifacts import (
     sha256_file,
 )
 from resnet_edge.errors import CheckFailedError, OptionError, ResnetEdgeError, ResnetEdgeWarning
+from resnet_edge.evaluation.options import (  # noqa: F401 (re-exported: the names callers know from here)
+    DEFAULT_TUNE_ITERATIONS,
+    DEFAULT_TUNE_WARMUP,
+    TuneOptions,
+)
 from resnet_edge.onnx.graph import is_quantized
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import write_props
 from resnet_edge.onnx.runtime import PROVIDERS, Provider, available_providers, parse_providers
+from resnet_edge.progress import Progress, ProgressCallback
 
 if TYPE_CHECKING:
     from resnet_edge.evaluation.benchmark import BenchmarkOptions, BenchmarkResult
@@ -48,52 +54,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("resnet_edge")
 
+STAGE = "tune"
 TUNE_KEY = "deployment"  # metadata key of the chosen model: provider, precision and the numbers behind the choice
 FP16_PROVIDERS = ("cuda", "tensorrt")  # providers with native FP16 kernels; elsewhere FP16 only adds casts
 GPU_INT8_PROVIDERS = ("cuda", "tensorrt")
-DEFAULT_TUNE_ITERATIONS = 30
-DEFAULT_TUNE_WARMUP = 5
 # Candidates within this fraction of the fastest one's p50 are a tie on this noisy machine; the tie goes to the one
 # whose Conv/Gemm MACs run most in integer kernels (int8_coverage), which stays fast where timing cannot be trusted.
 SPEED_TIE = 0.03
-
-
-@dataclass(frozen=True)
-class TuneOptions:
-    """What to try and how.
-
-    Attributes:
-        providers: providers to try; default: every provider of the table that runs here.
-        batch: the batch size the deployment will use; candidates are timed at batch 1 and at this one, and chosen
-            at this one.
-        threads: intra-op threads (all cores when None).
-        data: held-out images for parity (default: the model's built-in test split, else the bundled photos).
-        calib: calibration images for the INT8 candidates (default: quantize's default).
-        limit: calibrate on this many images.
-        int8: try INT8 candidates. fp16: try FP16 where the provider runs it natively.
-        candidates: more model files to try (on every provider), judged and timed like the others.
-        iterations, warmup: timed and untimed rounds per provider and batch size.
-        min_agreement, max_top1_drop: validate's thresholds, when not its defaults (99% top-1 agreement and one
-            point of accuracy for INT8 and FP16; exact for FP32).
-        int8_models: INT8 files already built from this model, with their configurations (the pipeline's
-            ``model.int8.onnx``): one whose configuration a candidate needs stands in for it (no quantization), any
-            other is tried as one more INT8 candidate.
-    """
-
-    providers: tuple[Provider, ...] | None = None
-    batch: int = 1
-    threads: int | None = None
-    data: str | None = None
-    calib: str | None = None
-    limit: int | None = None
-    int8: bool = True
-    fp16: bool = True
-    candidates: tuple[Path, ...] = ()
-    iterations: int = DEFAULT_TUNE_ITERATIONS
-    warmup: int = DEFAULT_TUNE_WARMUP
-    min_agreement: float | None = None
-    max_top1_drop: float | None = None
-    int8_models: tuple[tuple[Int8Recipe, Path], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -158,12 +125,13 @@ class TuneResult:
 
 
 def tune_model(
-    model_path: Path | str,
+    source: Path | str,
     output: Path | str,
-    options: TuneOptions = TuneOptions(),
+    options: TuneOptions | None = None,
     *,
     site: Site = HERE,
     measure: Measure | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> TuneResult:
     """Try every candidate, keep the fastest one that passes parity, write it and a record of all.
 
@@ -172,19 +140,24 @@ def tune_model(
 
     Writes ``output`` (the chosen model, with a ``deployment`` record in its metadata) and ``output + ".json"``.
 
+    Args:
+        source: the FP32 (simplified) model.
+        output: where the chosen model goes.
+        options: what to try and how.
+        on_progress: told as the candidates are built (``build``), then before each provider's candidates are
+            judged and timed (``judge and time PROVIDER``, ``done`` of ``total`` providers).
+
     Raises:
         OptionError: a bad batch or iteration count, no provider to try.
         InputFileError: an unreadable or already quantized model.
         CheckFailedError: no candidate passed parity (nothing is written).
     """
+    options = options or TuneOptions()
     started = time.perf_counter()
-    model_path = require_file(model_path, what="model")
+    model_path = require_file(source, what="model")
+    report = on_progress or (lambda progress: None)
     output = require_writable_destination(output)
     record_path = require_writable_destination(Path(f"{output}.json"))
-    if options.batch < 1:
-        raise OptionError(f"batch must be at least 1, got {options.batch}")
-    if options.iterations < 1 or options.warmup < 0:
-        raise OptionError(f"iterations must be at least 1 and warmup 0 or more, got {options.iterations}")
     _check_options(options)
     refuse_overwriting_inputs(
         [output, record_path],
@@ -204,11 +177,13 @@ def tune_model(
     batches = sorted({1, options.batch})
 
     with tempfile.TemporaryDirectory(prefix="resnet-edge-tune-") as tmp:
+        report(Progress(STAGE, "build"))
         variants = _build_variants(model_path, Path(tmp), providers, options, cpu_target=_cpu_target(site))
         measure = measure or _measure_here
-        candidates = [
-            _judge_and_time(provider, files, model_path, batches, options, measure) for provider, files in variants
-        ]
+        candidates = []
+        for done, (provider, files) in enumerate(variants):
+            report(Progress(STAGE, f"judge and time {provider.value}", done, len(variants)))
+            candidates.append(_judge_and_time(provider, files, model_path, batches, options, measure))
         flat = [c for group in candidates for c in group]
         baseline = next((c for c in flat if c.provider == "cpu" and c.precision == "fp32" and c.p50_ms), None)
         if baseline is not None:
@@ -302,14 +277,6 @@ def _check_options(options: TuneOptions) -> None:
     """Refuse bad numbers and unreadable data now, before minutes of calibration and timing."""
     from resnet_edge.calibration.sources import open_source
 
-    if options.threads is not None and options.threads < 1:
-        raise OptionError(f"threads must be at least 1, got {options.threads}")
-    if options.limit is not None and options.limit < 1:
-        raise OptionError(f"limit must be at least 1, got {options.limit}")
-    if options.min_agreement is not None and not 0 <= options.min_agreement <= 1:
-        raise OptionError(f"min agreement is a fraction from 0 to 1, got {options.min_agreement}")
-    if options.max_top1_drop is not None and not 0 <= options.max_top1_drop <= 100:
-        raise OptionError(f"max top-1 drop is in percentage points, 0 to 100, got {options.max_top1_drop}")
     for source in (options.data, options.calib):
         if source is not None:
             open_source(source)

@@ -18,7 +18,8 @@ import onnx
 from resnet_edge.artifacts import sha256_file
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import ImageSource, default_test_images, iter_batches, open_source
-from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
+from resnet_edge.errors import CheckFailedError, InputFileError, OptionError, ResnetEdgeWarning
+from resnet_edge.evaluation.options import DEFAULT_BATCH, ValidateOptions  # noqa: F401 (re-exported)
 from resnet_edge.onnx.graph import is_quantized
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import (
@@ -40,9 +41,10 @@ from resnet_edge.onnx.parity import (
     compare_outputs,
 )
 from resnet_edge.onnx.runtime import ExecutedNode, Placement, Provider, open_session
+from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.coverage import IntegerCoverage, coverage_of, output_step
 
-DEFAULT_BATCH = 8
+STAGE = "validate"
 # Below this many images a top-1 agreement moves in steps of more than 2%: say so rather than judge quietly.
 FEW_VALIDATION_IMAGES = 50
 
@@ -63,29 +65,6 @@ class Reference:
                 raise OptionError("--arch applies to a checkpoint reference, not to an ONNX one")
             return cls(onnx=Path(text))
         return cls(checkpoint=text, arch=arch)
-
-
-@dataclass(frozen=True)
-class ValidateOptions:
-    """
-    Attributes:
-        data: images (folder, .npy/.npz, builtin:NAME); default: the models' built-in test split, else the photos.
-        labels_file: labels for a folder without class sub-folders.
-        providers: each model runs on each.
-        strict_ep: a missing provider, or one that leaves compute ops to another (partial placement), fails instead
-            of falling back to the CPU (the row says where it ran, node by node).
-        min_agreement: top-1 agreement required of every model (default: exact for FP32, 99% for INT8).
-        max_top1_drop: labelled top-1 accuracy a model may lose, in points (default: 0 for FP32, 1 for INT8).
-        batch: inference batch size.
-    """
-
-    data: str | None = None
-    labels_file: Path | None = None
-    providers: tuple[Provider, ...] = (Provider.CPU,)
-    strict_ep: bool = False
-    min_agreement: float | None = None
-    max_top1_drop: float | None = None
-    batch: int = DEFAULT_BATCH
 
 
 @dataclass(frozen=True)
@@ -157,12 +136,6 @@ def plan_validation(models: Sequence[Path | str], reference: Reference | None, o
     """
     if not models:
         raise OptionError("give at least one model to validate")
-    if options.batch < 1:
-        raise OptionError(f"batch must be at least 1, got {options.batch}")
-    if options.min_agreement is not None and not 0 <= options.min_agreement <= 1:
-        raise OptionError(f"min agreement is a fraction from 0 to 1, got {options.min_agreement}")
-    if options.max_top1_drop is not None and not 0 <= options.max_top1_drop <= 100:
-        raise OptionError(f"max top-1 drop is in percentage points, 0 to 100, got {options.max_top1_drop}")
     protos = {str(m): load_onnx(m) for m in models}
     first_meta = read_metadata(next(iter(protos.values())))
     reference = reference or _builtin_reference(protos)
@@ -203,12 +176,19 @@ def held_out_batches(plan: Plan, key: str) -> Iterator[tuple[np.ndarray, list]]:
 
 
 def validate_models(
-    models: Sequence[Path | str], reference: Reference | None = None, options: ValidateOptions = ValidateOptions()
+    sources: Sequence[Path | str],
+    reference: Reference | None = None,
+    options: ValidateOptions | None = None,
+    *,
+    on_progress: ProgressCallback | None = None,
 ) -> ValidateResult:
     """Compare each model on each provider with the reference over the same images.
 
     Args:
+        sources: the ONNX models to judge.
         reference: None finds the built-in checkpoint a model was exported from (by its recorded SHA-256).
+        options: data, providers and thresholds.
+        on_progress: told after each batch of images: ``Progress("validate", "images", done)``.
 
     Raises:
         OptionError: no models, no reference to be found, bad batch or thresholds.
@@ -216,8 +196,10 @@ def validate_models(
         CheckpointError: the reference checkpoint does not fit its arch.
         ProviderError: ``strict_ep`` and a provider is missing or took only part of the compute ops.
     """
-    plan = plan_validation(models, reference, options)
+    options = options or ValidateOptions()
+    plan = plan_validation(sources, reference, options)
     rows = []
+    done = 0
     labelled = True
     for key, names in plan.groups.items():
         sessions = {
@@ -233,6 +215,9 @@ def validate_models(
             for (name, provider), session in sessions.items():
                 got_parts[(name, provider)].append(session.logits(images))
             labels.extend(s.label for s in samples)
+            done += len(samples)
+            if on_progress is not None:
+                on_progress(Progress(STAGE, "images", done))
         y = np.asarray(labels, np.int64) if all(label is not None for label in labels) else None
         labelled = labelled and y is not None
         outputs = {
@@ -469,3 +454,22 @@ class _ReferenceModel:
 def describe_failures(result: ValidateResult) -> str:
     """One line per failed row, for the CLI."""
     return "; ".join(f"{row.model} on {row.ran_on}: {', '.join(row.failures)}" for row in result.rows if not row.passed)
+
+
+class ValidationFailedError(CheckFailedError):
+    """A validation that ran and found models off their reference; ``result`` holds every row, passed or not."""
+
+    def __init__(self, result: ValidateResult, *, where: str | None = None) -> None:
+        super().__init__(f"{where + ': ' if where else ''}validation failed: {describe_failures(result)}")
+        self.result = result
+
+
+def require_passed(result: ValidateResult, *, where: str | None = None) -> ValidateResult:
+    """``result`` if every row passed.
+
+    Raises:
+        ValidationFailedError: a row failed (``where`` names the target it ran on, if any).
+    """
+    if not result.passed:
+        raise ValidationFailedError(result, where=where)
+    return result

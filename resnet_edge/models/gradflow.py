@@ -26,12 +26,14 @@ from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import iter_batches, open_source
 from resnet_edge.errors import OptionError
 from resnet_edge.models.checkpoints import read_checkpoint_metadata
+from resnet_edge.models.options import DEFAULT_BATCH, GradFlowOptions  # noqa: F401 (re-exported)
 from resnet_edge.models.registry import default_preprocessing
 from resnet_edge.models.resnet import ResNet, Stem, Variant, create_model, get_arch
+from resnet_edge.progress import Progress, ProgressCallback
 
 DIGITS_DATA = "builtin:digits-train"
 PHOTOS_DATA = "builtin:photos"
-DEFAULT_BATCH = 16
+STAGE = "gradflow"
 # Branch term + shortcut term must give back autograd's dL/dx_l. Where they are added in another order than
 # autograd adds them, float32 rounding (1e-7 relative per operation, some hundred deep) is all that differs.
 DECOMPOSITION_RTOL = 1e-4
@@ -106,37 +108,36 @@ class GradFlowComparison:
 
 
 def gradient_flow(
-    arch: str,
+    source: str | Path | None,
+    output: Path | str | None,
+    options: GradFlowOptions,
     *,
-    variant: Variant | str = Variant.RESIDUAL,
-    batch: int = DEFAULT_BATCH,
-    seed: int = 0,
-    data: str | Path | None = None,
-    plot: Path | str | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> GradFlowResult:
     """Measure ``dL/dx_l`` at every block of a freshly initialised network, and its branch and shortcut terms.
 
     Args:
-        arch: a registered architecture.
-        variant: ``residual``, ``plain`` or ``preact``.
-        batch: images in the one batch; at least 2, as BatchNorm normalises with the batch's statistics.
-        seed: seeds the weights and the choice of images.
-        data: a folder, ``.npy``/``.npz`` or ``builtin:NAME``. Default: the built-in digits for the 32x32
+        source: the images, a folder, ``.npy``/``.npz`` or ``builtin:NAME``. None: the built-in digits for the 32x32
             archs (resnet20 to resnet110), the built-in photos for the ImageNet-stem ones.
-        plot: where to write a PNG of the gradient norms; none if omitted.
+        output: where to write a PNG of the gradient norms; none if None.
+        options: the arch, variant, batch and seed (:class:`GradFlowOptions`).
+        on_progress: told of each step (``data``, ``measure``, ``plot``) as it starts.
 
     Returns:
         Per-block norms in execution order.
 
     Raises:
-        OptionError: unknown arch or variant; batch below 2 or above the number of images; a bad label.
-        InputFileError: unreadable data, or ``plot`` cannot be written.
+        OptionError: unknown arch; batch above the number of images; a bad label.
+        InputFileError: unreadable data, or ``output`` cannot be written.
     """
-    variant = _variant(variant)
-    if plot is not None:
-        plot = require_writable_destination(plot)  # before the work, not after it
-        refuse_overwriting_inputs([plot], [data], command="gradflow plot")
-    images, labels, label_source, data_name = _load_batch(arch, batch=batch, seed=seed, data=data)
+    report = on_progress or (lambda progress: None)
+    arch, variant, batch, seed = options.arch, Variant(options.variant), options.batch, options.seed
+    if output is not None:
+        output = require_writable_destination(output)  # before the work, not after it
+        refuse_overwriting_inputs([output], [source], command="gradflow plot")
+    report(Progress(STAGE, "data"))
+    images, labels, label_source, data_name = _load_batch(arch, batch=batch, seed=seed, data=source)
+    report(Progress(STAGE, "measure"))
     blocks, loss, error = _measure(_fresh_model(arch, variant, seed), images, labels)
     if not error <= DECOMPOSITION_RTOL:  # a bug in the measurement, not in the user's input: a traceback
         raise RuntimeError(f"branch + shortcut terms differ from dL/dx by {error:.2g} (relative) in {arch}")
@@ -151,37 +152,30 @@ def gradient_flow(
         blocks=blocks,
         decomposition_error=error,
     )
-    if plot is not None:
-        result = replace(result, plot=plot_gradient_flow([result], plot))
+    if output is not None:
+        report(Progress(STAGE, "plot"))
+        result = replace(result, plot=plot_gradient_flow([result], output))
     return result
 
 
 def compare_gradient_flow(
-    arch: str,
+    source: str | Path | None,
+    output: Path | str | None,
+    options: GradFlowOptions,
     *,
-    batch: int = DEFAULT_BATCH,
-    seed: int = 0,
-    data: str | Path | None = None,
-    plot: Path | str | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> GradFlowComparison:
     """:func:`gradient_flow` for the residual network and for the same weights with the skips switched off.
 
-    Args, Raises: as :func:`gradient_flow`; ``plot`` draws both networks in one figure.
+    Args, Raises: as :func:`gradient_flow` (``options.variant`` is not read: both are run); ``output`` draws both
+    networks in one figure.
     """
-    if plot is not None:
-        plot = require_writable_destination(plot)
-        refuse_overwriting_inputs([plot], [data], command="gradflow plot")
-    residual = gradient_flow(arch, variant=Variant.RESIDUAL, batch=batch, seed=seed, data=data)
-    plain = gradient_flow(arch, variant=Variant.PLAIN, batch=batch, seed=seed, data=data)
-    return GradFlowComparison(residual, plain, plot_gradient_flow([residual, plain], plot) if plot else None)
-
-
-def _variant(variant: Variant | str) -> Variant:
-    try:
-        return Variant(variant)
-    except ValueError:
-        choices = ", ".join(v.value for v in Variant)
-        raise OptionError(f"unknown variant {variant!r}; choose one of: {choices}") from None
+    if output is not None:
+        output = require_writable_destination(output)
+        refuse_overwriting_inputs([output], [source], command="gradflow plot")
+    residual = gradient_flow(source, None, replace(options, variant=Variant.RESIDUAL), on_progress=on_progress)
+    plain = gradient_flow(source, None, replace(options, variant=Variant.PLAIN), on_progress=on_progress)
+    return GradFlowComparison(residual, plain, plot_gradient_flow([residual, plain], output) if output else None)
 
 
 def _fresh_model(arch: str, variant: Variant, seed: int) -> ResNet:
@@ -207,8 +201,6 @@ def _fresh_model(arch: str, variant: Variant, seed: int) -> ResNet:
 def _load_batch(arch: str, *, batch: int, seed: int, data: str | Path | None) -> tuple[Tensor, Tensor, str, str]:
     """One batch of real images with labels, and where the images and the labels came from."""
     spec = get_arch(arch)
-    if batch < 2:
-        raise OptionError(f"batch must be at least 2 (BatchNorm uses the batch's statistics), got {batch}")
     data = str(data) if data is not None else (DIGITS_DATA if spec.stem is Stem.SMALL else PHOTOS_DATA)
     source = open_source(data)
     if batch > len(source):

@@ -19,13 +19,10 @@ from resnet_edge import __version__
 from resnet_edge import formatting as fmt
 from resnet_edge.artifacts import sha256_file, write_json_atomic, write_text_atomic
 from resnet_edge.jsonable import to_jsonable
+from resnet_edge.pipeline.config import FROM_ARGUMENT, FROM_CHECKPOINT, FROM_DEFAULT, option_key
 from resnet_edge.pipeline.plots import write_plots
 from resnet_edge.pipeline.result import (
-    FIELD_KEYS,
     FILES,
-    FROM_ARGUMENT,
-    FROM_CHECKPOINT,
-    FROM_DEFAULT,
     REPORT_HTML,
     REPORT_JSON,
     REPORT_MARKDOWN,
@@ -201,7 +198,7 @@ def describe_config(result: PipelineResult) -> tuple[dict[str, object], dict[str
     for f in dataclasses.fields(config):
         if f.name == "origins":
             continue
-        key = FIELD_KEYS.get(f.name, f.name)
+        key = option_key(f.name)
         value = getattr(config, f.name)
         values[key] = list(value) if isinstance(value, tuple) else value
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default

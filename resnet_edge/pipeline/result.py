@@ -1,7 +1,7 @@
 """What a pipeline run gives back: its events as it goes, and the typed result the report renders.
 
-The one place the pipeline's file names live (:data:`FILES`), and where a configuration value came from
-(``FROM_*``), as the report records it. Imports no stage's code at run time: the report reads this, not the run.
+The one place the pipeline's file names live (:data:`FILES`); where a configuration value came from is
+:mod:`resnet_edge.pipeline.config`'s. Imports no stage's code at run time: the report reads this, not the run.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from resnet_edge.evaluation.benchmark import BenchmarkResult
     from resnet_edge.evaluation.tune import TuneResult
     from resnet_edge.evaluation.validate import ValidateResult
-    from resnet_edge.pipeline.run import PipelineConfig
+    from resnet_edge.pipeline.config import PipelineConfig
     from resnet_edge.quantization.quantize import QuantizeResult
 
 # The model file each stage writes into OUTDIR, in the order the stages run.
@@ -30,10 +30,6 @@ FILES = {
 # The report's files beside them (the plots' are in pipeline/plots.py).
 REPORT_JSON, REPORT_MARKDOWN, REPORT_HTML = "report.json", "report.md", "report.html"
 
-# Where a configuration value came from, as the report records it.
-FROM_DEFAULT, FROM_FLAG, FROM_ARGUMENT, FROM_CHECKPOINT, FROM_RUN = "default", "flag", "argument", "checkpoint", "run"
-# Option names (the CLI's, and the config file's keys) that differ from the field of PipelineConfig they set.
-FIELD_KEYS = {"batch_sizes": "batch"}
 # The stages whose results the report records, in order.
 STAGES = ("export", "simplify", "quantize", "validate", "benchmark", "devices", "tune")
 

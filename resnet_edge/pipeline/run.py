@@ -13,19 +13,17 @@ import os
 import shutil
 import tempfile
 import time
-import tomllib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from resnet_edge import __version__
 from resnet_edge import formatting as fmt
-from resnet_edge.artifacts import current_umask, read_user_text
-from resnet_edge.conversion.export import DEFAULT_OPSET, OPSET_RANGE, ExportOptions, export_onnx
+from resnet_edge.artifacts import current_umask
+from resnet_edge.conversion.export import export_onnx
 from resnet_edge.conversion.simplify import simplify_onnx
 from resnet_edge.errors import (
     CheckFailedError,
@@ -36,26 +34,32 @@ from resnet_edge.errors import (
     StageError,
 )
 from resnet_edge.evaluation.benchmark import (
-    MAX_ITERATIONS,
-    MAX_WARMUP,
-    BenchmarkOptions,
     benchmark_models,
 )
 from resnet_edge.evaluation.tune import DEFAULT_TUNE_ITERATIONS, TuneOptions, TuneResult, tune_model
-from resnet_edge.evaluation.validate import Reference, ValidateOptions, validate_models
-from resnet_edge.onnx.runtime import parse_providers, split_provider_list
-from resnet_edge.pipeline.result import FIELD_KEYS, FILES, FROM_FLAG, PipelineResult, StageEvent
+from resnet_edge.evaluation.validate import Reference, validate_models
+from resnet_edge.pipeline.config import (  # noqa: F401 (re-exported: the names callers know from here)
+    DEFAULT_WEIGHTS,
+    FROM_ARGUMENT,
+    FROM_CHECKPOINT,
+    FROM_DEFAULT,
+    FROM_FLAG,
+    FROM_RUN,
+    PipelineConfig,
+    load_config,
+    make_config,
+    option_key,
+    option_keys,
+)
+from resnet_edge.pipeline.result import FILES, PipelineResult, StageEvent
 from resnet_edge.progress import Progress, ProgressCallback
-from resnet_edge.quantization.calibrate import BUNDLED_PHOTOS_NOTE, MIN_OPSET
+from resnet_edge.quantization.calibrate import BUNDLED_PHOTOS_NOTE
 from resnet_edge.quantization.configs import Format, Int8Target, Method
 from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
 
 logger = logging.getLogger("resnet_edge")
-DEFAULT_WEIGHTS = "builtin:digits-resnet20"
 # Written into every OUTDIR the pipeline makes; --overwrite replaces only a folder that holds it.
 MARKER = ".resnet-edge-pipeline"
-_FIELD_TO_KEY = FIELD_KEYS
-_KEY_TO_FIELD = {v: k for k, v in _FIELD_TO_KEY.items()}
 RANDOM_WEIGHTS_WARNING = (
     "{arch} has random weights (no --weights; seed {seed}): its accuracy figures are meaningless, and agreement"
     " thresholds on a random model measure noise, not the conversion"
@@ -64,186 +68,6 @@ RANDOM_WEIGHTS_HINT = (
     "likely cause: the model has random weights, whose near-tied logits flip under INT8 rounding;"
     " pass --weights with a trained checkpoint"
 )
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """Every option of a pipeline run; the report records it resolved, so the run can be repeated.
-
-    With neither ``arch`` nor ``weights``, the built-in trained digits model is used. With ``arch`` alone, the
-    weights are fresh, drawn with ``seed``. Each field is a CLI option and a config file key of the same name
-    (``batch_sizes`` is ``--batch`` / ``batch``); ``origins`` records where each given value came from.
-    """
-
-    arch: str | None = None
-    weights: str | None = None
-    variant: str | None = None
-    num_classes: int | None = None
-    input_size: int | None = None
-    opset: int = DEFAULT_OPSET
-    calib: str | None = None
-    data: str | None = None
-    providers: tuple[str, ...] = ("cpu",)
-    strict_ep: bool = False
-    int8: bool = True
-    method: str = "minmax"
-    target: str = "auto"
-    per_channel: bool | None = None
-    format: str | None = None
-    limit: int | None = None
-    seed: int = 0
-    allow_unfolded_bn: bool = False
-    allow_accuracy_drop: bool = False
-    batch_sizes: tuple[int, ...] = (1, 8)
-    iterations: int = 50
-    warmup: int = 5
-    threads: int | None = None
-    torch_eager: bool = True
-    tune: bool = True  # choose the deployment by measurement (resnet_edge.evaluation.tune) on model.sim.onnx
-    targets: tuple[str, ...] = ()  # devices to benchmark the models on too (ssh://[user@]host[:port] or local)
-    remote_python: str | None = None  # python3 on the device when None
-    ssh_config: str | None = None
-    origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        # Checked here, before any stage runs: a bad benchmark option must not surface after minutes of work.
-        parse_providers(list(self.providers))
-        if self.targets:
-            from resnet_edge.device.fleet import parse_targets
-
-            parse_targets(list(self.targets))
-        for name, enum_type in (("method", Method), ("target", Int8Target)):
-            value = getattr(self, name)
-            if value not in {e.value for e in enum_type}:
-                raise OptionError(f"{name} {value!r} is not one of: {', '.join(e.value for e in enum_type)}")
-        if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise OptionError(f"batch sizes must be at least 1, got {list(self.batch_sizes)}")
-        for name, low in (
-            ("iterations", 1),
-            ("warmup", 0),
-            ("threads", 1),
-            ("limit", 1),
-            ("num_classes", 1),
-            ("input_size", 1),
-            ("seed", 0),
-        ):
-            value = getattr(self, name)
-            if value is not None and value < low:
-                raise OptionError(f"{name} must be at least {low}, got {value}")
-        low, high = OPSET_RANGE["torchscript"]  # the pipeline exports with the TorchScript exporter
-        if not low <= self.opset <= high:
-            raise OptionError(f"opset must be from {low} to {high} (what the exporter writes), got {self.opset}")
-        if not self.targets and (self.remote_python is not None or self.ssh_config is not None):
-            raise OptionError("remote_python and ssh_config apply to --target devices, and no target was given")
-        if self.int8 and self.opset < MIN_OPSET:
-            raise OptionError(f"INT8 needs opset {MIN_OPSET} or later, got opset {self.opset}; or pass --no-int8")
-        for name, high in (("iterations", MAX_ITERATIONS), ("warmup", MAX_WARMUP)):
-            if getattr(self, name) > high:
-                raise OptionError(f"{name} must be at most {high:,}, got {getattr(self, name)}")
-
-    def resolved_weights(self) -> str | None:
-        return self.weights if self.weights or self.arch else DEFAULT_WEIGHTS
-
-
-def load_config(path: Path | str, **overrides: object) -> PipelineConfig:
-    """A config from a TOML file (keys at the top level or under ``[pipeline]``), then ``overrides`` on top.
-
-    Raises:
-        InputFileError: the file is missing or not valid TOML.
-        OptionError: an unknown key or a value of the wrong type.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputFileError(f"config file not found: {path}")
-    text = read_user_text(path, what="config file")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise InputFileError(f"{path}: not valid TOML ({exc})") from None
-    data = data.get("pipeline", data)
-    if not isinstance(data, dict):
-        raise OptionError(f"{path}: [pipeline] must be a table of options, got {type(data).__name__} {data!r}")
-    given = {k: v for k, v in overrides.items() if v is not None}
-    from_file = {k: v for k, v in data.items() if _field_of(k) not in {_field_of(g) for g in given}}
-    origins = {_field_of(k): f"config file {path.name}" for k in from_file} | {_field_of(k): FROM_FLAG for k in given}
-    return make_config({**from_file, **given}, source=str(path), origins=origins)
-
-
-def option_keys() -> list[str]:
-    """Every option's name as a config file key (``batch``, ``strict_ep``, ...)."""
-    return [_FIELD_TO_KEY.get(f.name, f.name) for f in dataclasses.fields(PipelineConfig) if f.name != "origins"]
-
-
-def _field_of(key: str) -> str:
-    key = key.replace("-", "_")  # TOML keys may be spelled like the flags: allow-unfolded-bn
-    return _KEY_TO_FIELD.get(key, key)
-
-
-def make_config(
-    values: dict[str, object], *, source: str = "options", origins: dict[str, str] | None = None
-) -> PipelineConfig:
-    """A config from plain values (a TOML table, CLI options), checked against the fields.
-
-    Keys are the options' names (``batch``, ``strict_ep`` or ``strict-ep``); a list may also be given as a
-    comma-separated string, as on the command line (``batch = "1,4"``).
-
-    Args:
-        origins: field -> where its value came from; by default every given value is ``source``'s.
-
-    Raises:
-        OptionError: an unknown key or a value of the wrong type.
-    """
-    fields = {f.name for f in dataclasses.fields(PipelineConfig)} - {"origins"}
-    unknown = sorted(k for k in values if _field_of(k) not in fields)
-    if unknown:
-        raise OptionError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(option_keys())}")
-    clean: dict[str, object] = {}
-    for given_key, value in values.items():
-        key = _field_of(given_key)
-        if key in _TUPLE_FIELDS:
-            if isinstance(value, str):  # a provider's [options] may hold commas
-                value = (
-                    tuple(split_provider_list(value))
-                    if key == "providers"
-                    else tuple(v.strip() for v in value.split(","))
-                )
-            elif isinstance(value, (list, tuple)):
-                value = tuple(value)
-            if key == "batch_sizes" and isinstance(value, tuple):
-                value = tuple(int(v) if isinstance(v, str) and v.isdigit() else v for v in value)
-        expected = _FIELD_TYPES[key]
-        if not _is_a(value, expected):
-            raise OptionError(f"{source}: {given_key} must be {expected}, got {value!r}")
-        clean[key] = value
-    return PipelineConfig(**clean, origins=origins if origins is not None else dict.fromkeys(clean, source))
-
-
-# What each field accepts, read from its annotation, for checking a TOML file's values.
-_TUPLE_FIELDS = {"providers", "batch_sizes", "targets"}
-_FIELD_TYPES = {
-    f.name: f.type.replace("tuple[str, ...]", "list of strings").replace("tuple[int, ...]", "list of integers")
-    for f in dataclasses.fields(PipelineConfig)
-    if f.name != "origins"
-}
-
-
-def _is_a(value: object, expected: str) -> bool:
-    """Whether ``value`` fits a field annotated ``expected`` (``int``, ``str | None``, a list of ...)."""
-    options = [t.strip() for t in expected.split("|")]
-    if value is None:
-        return "None" in options
-    for option in options:
-        if option == "list of strings" and isinstance(value, tuple) and all(isinstance(v, str) for v in value):
-            return True
-        if option == "list of integers" and isinstance(value, tuple):
-            return all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        if option == "bool" and isinstance(value, bool):
-            return True
-        if option == "int" and isinstance(value, int) and not isinstance(value, bool):
-            return True
-        if option == "str" and isinstance(value, str):
-            return True
-    return False
 
 
 def run_pipeline(
@@ -476,7 +300,6 @@ def _run_stages(
     emit: Callable[[StageEvent], object],
     progress: bool,
 ) -> None:
-    providers = tuple(parse_providers(list(config.providers)))
     weights = config.resolved_weights()
     if weights is None:
         # Fresh weights, drawn with the recorded seed and kept for the validation reference.
@@ -492,16 +315,9 @@ def _run_stages(
 
     with _stage("export", result, emit) as summary:
         result.export = export_onnx(
-            ExportOptions(
-                arch=config.arch,
-                weights=weights,
-                num_classes=config.num_classes,
-                variant=config.variant,
-                input_size=config.input_size,
-                opset=config.opset,
-                fold_bn=False,  # keep every BatchNorm: the simplify stage folds them and proves it
-            ),
+            weights,
             out / FILES["export"],
+            config.export_options(),  # keeps every BatchNorm: the simplify stage folds them and proves it
         )
         parity = max(p.max_abs_error for p in result.export.parity.values())
         summary.append(
@@ -511,9 +327,7 @@ def _run_stages(
         )
 
     with _stage("simplify", result, emit) as summary:
-        result.simplify = simplify_onnx(
-            out / FILES["export"], out / FILES["simplify"], allow_unfolded_bn=config.allow_unfolded_bn
-        )
+        result.simplify = simplify_onnx(out / FILES["export"], out / FILES["simplify"], config.simplify_options())
         s = result.simplify
         summary.append(
             f"{FILES['simplify']}: BatchNormalization {s.batch_norm_before} -> {len(s.batch_norm_remaining)},"
@@ -558,7 +372,7 @@ def _run_stages(
         result.validate = validate_models(
             models,
             Reference(checkpoint=weights, arch=result.export.arch),
-            ValidateOptions(data=config.data, providers=providers, strict_ep=config.strict_ep),
+            config.validate_options(),
         )
         v = result.validate
         worst = min(r.parity.top1_agreement for r in v.rows)
@@ -577,18 +391,9 @@ def _run_stages(
     with _stage("benchmark", result, emit) as summary:
         from tqdm import tqdm
 
-        options = BenchmarkOptions(
-            providers=providers,
-            batch_sizes=config.batch_sizes,
-            threads=config.threads,
-            warmup=config.warmup,
-            iterations=config.iterations,
-            torch_reference=weights if config.torch_eager else None,
-            strict_ep=config.strict_ep,
-            data=config.data,
-        )
+        options = config.benchmark_options(torch_reference=weights)
         with tqdm(total=options.total_rounds, desc="timing", unit="round", leave=False, disable=not progress) as bar:
-            result.benchmark = benchmark_models(models, options, progress=bar.update)
+            result.benchmark = benchmark_models(models, options, on_progress=lambda p: bar.update(p.done - bar.n))
         fastest = min((r for r in result.benchmark.rows if r.latency), key=lambda r: r.latency.p50_ms)
         summary.append(
             f"{len(result.benchmark.rows)} rows; fastest {fastest.model} p50"
@@ -618,7 +423,7 @@ def _run_stages(
 
     if config.tune:
         with _stage("tune", result, emit) as summary:
-            result.tune = _tune(config, out, providers, result)
+            result.tune = _tune(config, out, result)
             chosen, batch = result.tune.chosen, max(result.tune.batch_sizes)
             speedup = chosen.speedup_vs_cpu_fp32.get(batch)
             summary.append(
@@ -629,15 +434,15 @@ def _run_stages(
             )
 
 
-def _tune(config: PipelineConfig, out: Path, providers: Sequence[object], result: PipelineResult) -> TuneResult:
+def _tune(config: PipelineConfig, out: Path, result: PipelineResult) -> TuneResult:
     """tune on model.sim.onnx with the run's providers (those that run here), threads, largest batch, data and
     calibration images; the quantize stage's INT8 model stands in for its configuration's candidate (no second
     quantization of it). Timed rounds are the run's, at most tune's default (30): the stage adds seconds, not
     minutes, to a default run."""
-    from resnet_edge.onnx.runtime import Provider, available_providers
+    from resnet_edge.onnx.runtime import Provider, available_providers, parse_providers
 
     here = available_providers()
-    usable = tuple(p for p in providers if p.ort_name in here) or (Provider.CPU,)
+    usable = tuple(p for p in parse_providers(list(config.providers)) if p.ort_name in here) or (Provider.CPU,)
     built = ((result.quantize.config, result.quantize.output),) if result.quantize else ()
     return tune_model(
         out / FILES["simplify"],

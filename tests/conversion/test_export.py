@@ -22,7 +22,7 @@ from resnet_edge.onnx.runtime import open_session
 @pytest.mark.parametrize("arch", list_models())
 def test_every_arch_exports_and_simplifies(tmp_path: Path, arch: str) -> None:
     size = 64 if get_arch(arch).stem.value == "imagenet" else 32
-    result = export_onnx(ExportOptions(arch=arch, input_size=size), tmp_path / "m.onnx")
+    result = export_onnx(None, tmp_path / "m.onnx", ExportOptions(arch=arch, input_size=size))
     assert sorted(result.parity) == [1, 8]  # batch 1 and a second batch size, both compared with PyTorch
     assert all(p.top1_agreement == 1.0 for p in result.parity.values())
     assert result.batch_norm_nodes == 0
@@ -55,7 +55,7 @@ def test_dynamic_batch_runs_at_any_size(tiny_onnx: Path) -> None:
 
 @pytest.mark.slow
 def test_fixed_batch_and_opset(tmp_path: Path) -> None:
-    result = export_onnx(ExportOptions(arch="resnet20", batch=4, opset=13), tmp_path / "b4.onnx")
+    result = export_onnx(None, tmp_path / "b4.onnx", ExportOptions(arch="resnet20", batch=4, opset=13))
     assert result.input_shape == (4, 3, 32, 32) and list(result.parity) == [4]
     model = onnx.load(str(tmp_path / "b4.onnx"))
     assert static_input_shape(model) == (4, 3, 32, 32) and result.opset == 13 == model.opset_import[0].version
@@ -63,7 +63,7 @@ def test_fixed_batch_and_opset(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_imagenet_arch_end_to_end_at_224(tmp_path: Path) -> None:
-    result = export_onnx(ExportOptions(arch="resnet18"), tmp_path / "r18.onnx")
+    result = export_onnx(None, tmp_path / "r18.onnx", ExportOptions(arch="resnet18"))
     assert result.input_shape == ("batch", 3, 224, 224) and result.num_classes == 1000
     assert max(p.max_abs_error for p in result.parity.values()) < 1e-3
     meta = read_metadata(onnx.load(str(tmp_path / "r18.onnx")))
@@ -74,10 +74,10 @@ def test_imagenet_arch_end_to_end_at_224(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_dynamo_exporter_is_refused_below_its_opset_or_without_onnxscript(tmp_path: Path) -> None:
     with pytest.raises(OptionError, match="dynamo exporter writes opsets 18 to 23, not 17"):
-        export_onnx(ExportOptions(arch="resnet20", exporter=Exporter.DYNAMO, opset=17), tmp_path / "d.onnx")
+        export_onnx(None, tmp_path / "d.onnx", ExportOptions(arch="resnet20", exporter=Exporter.DYNAMO, opset=17))
     pytest.importorskip("onnxscript")
     # No opset named: the exporter's own default, not the TorchScript exporter's 17.
-    result = export_onnx(ExportOptions(arch="resnet20", exporter=Exporter.DYNAMO), tmp_path / "d.onnx")
+    result = export_onnx(None, tmp_path / "d.onnx", ExportOptions(arch="resnet20", exporter=Exporter.DYNAMO))
     assert result.opset == 18 and result.exporter == "dynamo"
     # Nodes are renamed by module scope, as the TorchScript exporter names them, so blocks can be found.
     names = {n.name for n in onnx.load(str(tmp_path / "d.onnx")).graph.node}
@@ -85,31 +85,31 @@ def test_dynamo_exporter_is_refused_below_its_opset_or_without_onnxscript(tmp_pa
 
 
 @pytest.mark.parametrize(
-    ("options", "error", "match"),
+    ("source", "options", "error", "match"),
     [
-        (ExportOptions(arch="resnet20", opset=21), OptionError, "writes opsets 11 to 20, not 21"),
-        (ExportOptions(arch="resnet20", input_size=4), OptionError, "at least 8 pixels"),
-        (ExportOptions(arch="resnet20", batch=0), OptionError, "batch"),
-        (ExportOptions(), OptionError, "no arch given"),
-        (ExportOptions(arch="resnet32", weights="builtin:digits-resnet20"), CheckpointError, "does not fit resnet32"),
-        (ExportOptions(arch="resnet20", labels=("a", "b")), OptionError, "2 labels given for 10 classes"),
+        (None, {"arch": "resnet20", "opset": 21}, OptionError, "writes opsets 11 to 20, not 21"),
+        (None, {"arch": "resnet20", "input_size": 4}, OptionError, "at least 8 pixels"),
+        (None, {"arch": "resnet20", "batch": 0}, OptionError, "batch"),
+        (None, {}, OptionError, "no arch given"),
+        ("builtin:digits-resnet20", {"arch": "resnet32"}, CheckpointError, "does not fit resnet32"),
+        (None, {"arch": "resnet20", "labels": ("a", "b")}, OptionError, "2 labels given for 10 classes"),
     ],
 )
-def test_bad_options_leave_no_file(tmp_path: Path, options: ExportOptions, error: type, match: str) -> None:
+def test_bad_options_leave_no_file(tmp_path: Path, source: str | None, options: dict, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
-        export_onnx(options, tmp_path / "out.onnx")
+        export_onnx(source, tmp_path / "out.onnx", ExportOptions(**options))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_unwritable_destination(tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match="output folder does not exist"):
-        export_onnx(ExportOptions(arch="resnet20"), tmp_path / "missing" / "m.onnx")
+        export_onnx(None, tmp_path / "missing" / "m.onnx", ExportOptions(arch="resnet20"))
 
 
 @pytest.mark.slow
 def test_labels_and_checkpoint_metadata_travel(tmp_path: Path) -> None:
     labels = tuple(f"class {i}" for i in range(10))
-    export_onnx(ExportOptions(arch="resnet20", labels=labels), tmp_path / "l.onnx")
+    export_onnx(None, tmp_path / "l.onnx", ExportOptions(arch="resnet20", labels=labels))
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "l.onnx")).metadata_props}
     assert json.loads(props["labels"]) == list(labels)
     assert json.loads(props["provenance"])["checkpoint"] == "random init"
@@ -117,7 +117,7 @@ def test_labels_and_checkpoint_metadata_travel(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_input_size_keeps_a_checkpoints_own_normalisation(tmp_path: Path) -> None:
-    export_onnx(ExportOptions(weights="builtin:digits-resnet20", input_size=48), tmp_path / "d48.onnx")
+    export_onnx("builtin:digits-resnet20", tmp_path / "d48.onnx", ExportOptions(input_size=48))
     spec = read_metadata(onnx.load(str(tmp_path / "d48.onnx"))).preprocessing
     assert (spec.resize, spec.crop) == (48, 48) and spec.mean == (0.3055,) * 3  # the digits' statistics, rescaled
 
@@ -128,10 +128,10 @@ def test_keep_bn_keeps_every_batchnorm_and_still_matches_pytorch(tmp_path: Path)
     from resnet_edge.errors import ResnetEdgeWarning
 
     with pytest.warns(ResnetEdgeWarning, match="resnet20 has random weights .* measure noise"):
-        kept = export_onnx(ExportOptions(arch="resnet20", fold_bn=False), tmp_path / "kept.onnx")
+        kept = export_onnx(None, tmp_path / "kept.onnx", ExportOptions(arch="resnet20", fold_bn=False))
     assert kept.batch_norm_nodes == 21  # stem, 18 in the blocks, 2 in the downsampling shortcuts
     assert all(p.max_abs_error <= FP32_MAX_ABS_ERROR for p in kept.parity.values())
-    folded = export_onnx(ExportOptions(weights="builtin:digits-resnet20"), tmp_path / "folded.onnx")
+    folded = export_onnx("builtin:digits-resnet20", tmp_path / "folded.onnx")
     assert folded.batch_norm_nodes == 0
 
 

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from resnet_edge.conversion import simplify as simplify_module
-from resnet_edge.conversion.simplify import simplify_onnx
+from resnet_edge.conversion.simplify import SimplifyOptions, simplify_onnx
 from resnet_edge.errors import CheckFailedError, InputFileError
 from resnet_edge.onnx.metadata import read_props
 from resnet_edge.onnx.parity import FP32_MAX_ABS_ERROR
@@ -47,7 +47,7 @@ def test_unfoldable_batchnorm_is_named_unless_allowed(tmp_path: Path) -> None:
     ):
         simplify_onnx(preact, tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
-    result = simplify_onnx(preact, tmp_path / "out.onnx", allow_unfolded_bn=True)
+    result = simplify_onnx(preact, tmp_path / "out.onnx", SimplifyOptions(allow_unfolded_bn=True))
     # Each block's bn1 follows an addition (or the stem conv, whose output also feeds the skip): nothing to fold into.
     producers = {producer for _, producer in result.batch_norm_remaining}
     assert "Conv (output shared)" in producers and producers <= {"Add", "Add (output shared)", "Conv (output shared)"}
@@ -68,7 +68,7 @@ def test_onnxsim_hang_is_contained(monkeypatch: pytest.MonkeyPatch, tiny_onnx: P
         simplify_module, "_worker_command", lambda src, dst: [sys.executable, "-c", "import time; time.sleep(60)"]
     )
     with pytest.raises(CheckFailedError, match="did not finish within 0.5 s"):
-        simplify_onnx(tiny_onnx, tmp_path / "out.onnx", timeout_s=0.5)
+        simplify_onnx(tiny_onnx, tmp_path / "out.onnx", SimplifyOptions(timeout_s=0.5))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -111,4 +111,4 @@ def test_timeout_must_be_positive(tiny_onnx: Path, tmp_path: Path) -> None:
     from resnet_edge.errors import OptionError
 
     with pytest.raises(OptionError, match="timeout must be more than 0 and at most"):
-        simplify_onnx(tiny_onnx, tmp_path / "out.onnx", timeout_s=0)
+        simplify_onnx(tiny_onnx, tmp_path / "out.onnx", SimplifyOptions(timeout_s=0))

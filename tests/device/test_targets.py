@@ -345,7 +345,7 @@ def test_report_has_a_device_section_and_a_latency_by_device_plot(
 
 
 def test_pipeline_checks_its_targets_before_any_stage() -> None:
-    from resnet_edge.pipeline.run import make_config
+    from resnet_edge.pipeline.config import make_config
 
     assert make_config({"targets": "ssh://pi,local"}).targets == ("ssh://pi", "local")  # TOML list or CLI text
     with pytest.raises(OptionError, match="target 'jetson': use ssh://"):

@@ -9,6 +9,7 @@ import pytest
 from resnet_edge.conversion.export import ExportOptions, export_onnx
 from resnet_edge.errors import OptionError
 from resnet_edge.evaluation.benchmark import BenchmarkOptions, benchmark_models, latency_stats, time_interleaved
+from resnet_edge.progress import Progress
 
 QUICK = BenchmarkOptions(batch_sizes=(1, 3), iterations=6, warmup=1, threads=1)
 
@@ -61,7 +62,7 @@ def test_cold_start_once_per_onnx_model_and_environment_recorded(results) -> Non
 
 @pytest.mark.slow
 def test_fixed_batch_model_skips_other_batches_clearly(tmp_path: Path) -> None:
-    export_onnx(ExportOptions(arch="resnet20", batch=2), tmp_path / "b2.onnx")
+    export_onnx(None, tmp_path / "b2.onnx", ExportOptions(arch="resnet20", batch=2))
     result = benchmark_models([tmp_path / "b2.onnx"], BenchmarkOptions(batch_sizes=(2, 4), iterations=2, warmup=0))
     timed, skipped = result.rows
     assert timed.batch == 2 and timed.latency is not None
@@ -71,16 +72,27 @@ def test_fixed_batch_model_skips_other_batches_clearly(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "match"),
     [
-        (BenchmarkOptions(batch_sizes=(0,)), "batch sizes must be at least 1"),
-        (BenchmarkOptions(batch_sizes=(-2,)), "batch sizes must be at least 1"),
-        (BenchmarkOptions(iterations=0), "iterations must be from 1 to"),
-        (BenchmarkOptions(iterations=5, duration_s=1.0), "iteration count or a duration, not both"),
-        (BenchmarkOptions(threads=0), "threads must be at least 1"),
+        ({"batch_sizes": (0,)}, "batch sizes must be at least 1"),
+        ({"batch_sizes": (-2,)}, "batch sizes must be at least 1"),
+        ({"iterations": 0}, "iterations must be from 1 to"),
+        ({"iterations": 5, "duration_s": 1.0}, "iteration count or a duration, not both"),
+        ({"threads": 0}, "threads must be at least 1"),
+        ({"duration_s": float("nan")}, "duration must be more than 0"),
+        ({"warmup": -1}, "warmup must be from 0"),
     ],
 )
-def test_bad_options(tiny_onnx: Path, options: BenchmarkOptions, match: str) -> None:
+def test_options_refuse_bad_values_when_made(options: dict, match: str) -> None:
+    """Each options class checks itself, before any stage runs (the CLI, the pipeline and the library alike)."""
     with pytest.raises(OptionError, match=match):
-        benchmark_models([tiny_onnx], options)
+        BenchmarkOptions(**options)
+
+
+def test_timing_defaults_agree_with_the_light_options_module() -> None:
+    """evaluation.options spells timing's defaults (timing imports numpy, which the CLI must not load at start-up)."""
+    from resnet_edge import timing
+    from resnet_edge.evaluation import options
+
+    assert (options.DEFAULT_WARMUP, options.DEFAULT_ITERATIONS) == (timing.DEFAULT_WARMUP, timing.DEFAULT_ITERATIONS)
 
 
 def test_duration_mode_and_shuffled_order() -> None:
@@ -116,17 +128,17 @@ def test_pytorch_is_timed_apart_from_onnxruntime(
     copy = tmp_path / "copy.onnx"
     copy.write_bytes(digits_sim.read_bytes())
     options = BenchmarkOptions(iterations=2, warmup=0, threads=1, torch_reference="builtin:digits-resnet20")
-    done: list[int] = []
-    result = benchmark_models([digits_sim, copy], options, progress=done.append)
+    done: list[Progress] = []
+    result = benchmark_models([digits_sim, copy], options, on_progress=done.append)
     assert groups == [2, 1] and [r.model for r in result.rows] == ["digits.sim.onnx", "copy.onnx", "pytorch"]
     # One progress bar covers every timed phase, PyTorch's included.
-    assert sum(done) == options.total_rounds == 2 * 2
+    assert [p.done for p in done] == [1, 2, 3, 4] and {p.total for p in done} == {options.total_rounds} == {2 * 2}
     with pytest.raises(OptionError, match="given twice"):
         benchmark_models([digits_sim, digits_sim], BenchmarkOptions(iterations=1))
 
 
 @pytest.mark.slow
 def test_nothing_timed_is_an_error(tmp_path: Path) -> None:
-    export_onnx(ExportOptions(arch="resnet20", batch=4), tmp_path / "b4.onnx")
+    export_onnx(None, tmp_path / "b4.onnx", ExportOptions(arch="resnet20", batch=4))
     with pytest.raises(OptionError, match=r"nothing was timed: the models take fixed batch sizes \[4\], not \[1\]"):
         benchmark_models([tmp_path / "b4.onnx"], BenchmarkOptions(iterations=2))

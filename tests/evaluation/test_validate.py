@@ -142,7 +142,7 @@ def test_foreign_model_without_metadata_gets_imagenet_preprocessing_with_a_warni
 def test_reference_with_another_class_count(digits_onnx: Path, tmp_path: Path) -> None:
     from resnet_edge.conversion.export import ExportOptions, export_onnx
 
-    export_onnx(ExportOptions(arch="resnet20", num_classes=7), tmp_path / "seven.onnx")
+    export_onnx(None, tmp_path / "seven.onnx", ExportOptions(arch="resnet20", num_classes=7))
     with pytest.raises(InputFileError, match="digits.onnx has 10 classes but the reference .* has 7"):
         validate_models([digits_onnx], Reference.parse(str(tmp_path / "seven.onnx")))
 

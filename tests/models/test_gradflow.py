@@ -16,7 +16,7 @@ from torch import nn
 from resnet_edge.cli.gradflow import gradflow
 from resnet_edge.conversion.simplify import SimplifyResult
 from resnet_edge.errors import CheckFailedError, OptionError
-from resnet_edge.models.gradflow import DECOMPOSITION_RTOL, compare_gradient_flow, gradient_flow
+from resnet_edge.models.gradflow import DECOMPOSITION_RTOL, GradFlowOptions, compare_gradient_flow, gradient_flow
 from resnet_edge.models.resnet import BasicBlock, PreActBasicBlock, create_model
 from tests.conftest import randomize_batchnorm
 
@@ -82,7 +82,7 @@ def test_preact_stage_of_identity_blocks_unrolls_to_x0_plus_sum_of_branches() ->
 
 @pytest.mark.slow
 def test_measured_terms_add_up_and_the_identity_term_is_the_upstream_gradient() -> None:
-    result = gradient_flow("resnet20", variant="preact", batch=4)
+    result = gradient_flow(None, None, GradFlowOptions("resnet20", variant="preact", batch=4))
     assert result.decomposition_error <= DECOMPOSITION_RTOL
     assert [b.shortcut for b in result.blocks] == ["identity"] * 3 + (["projection"] + ["identity"] * 2) * 2
     # In a preact block y_l = x_{l+1} and nothing follows the sum, so the identity term is dL/dx_{l+1} itself.
@@ -98,7 +98,7 @@ def test_deep_plain_network_gradient_scale_is_exponential_in_depth() -> None:
     # 1.7e4, ratio 106; at the first block the plain gradient is 101x the residual one (seeds 1, 2: 62-116,
     # 66-135; batch 8: 43-122). Under training-mode BatchNorm the plain stack's gradient explodes toward the
     # input rather than vanishing: x1.45 per block, against x1.21 with the skips.
-    result = compare_gradient_flow("resnet56", batch=4, seed=0)
+    result = compare_gradient_flow(None, None, GradFlowOptions("resnet56", batch=4, seed=0))
     res, plain = result.residual, result.plain
     assert plain.first_to_last > 10 * res.first_to_last
     assert result.first_block_ratio > 10
@@ -120,11 +120,11 @@ def test_plain_network_has_the_residual_weights() -> None:
 
 def test_options_are_checked() -> None:
     with pytest.raises(OptionError, match=r"batch must be at least 2 \(.*\), got 1"):
-        gradient_flow("resnet20", batch=1)
+        GradFlowOptions("resnet20", batch=1)
     with pytest.raises(OptionError, match="batch 56 is more than the 55 images in builtin:photos"):
-        gradient_flow("resnet18", batch=56)
+        gradient_flow(None, None, GradFlowOptions("resnet18", batch=56))
     with pytest.raises(OptionError, match="unknown variant 'skipless'"):
-        gradient_flow("resnet20", variant="skipless")
+        GradFlowOptions("resnet20", variant="skipless")
 
 
 @pytest.mark.slow
@@ -196,7 +196,7 @@ def preact_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from resnet_edge.conversion.export import ExportOptions, export_onnx
 
     path = tmp_path_factory.mktemp("preact") / "preact.onnx"
-    result = export_onnx(ExportOptions(arch="resnet20", variant="preact"), path)
+    result = export_onnx(None, path, ExportOptions(arch="resnet20", variant="preact"))
     assert result.variant == "preact"
     return path
 
@@ -210,9 +210,9 @@ def test_preact_export_folds_bn2_and_keeps_bn1(preact_onnx: Path) -> None:
 
 @pytest.fixture(scope="module")
 def preact_sim(preact_onnx: Path) -> SimplifyResult:
-    from resnet_edge.conversion.simplify import simplify_onnx
+    from resnet_edge.conversion.simplify import SimplifyOptions, simplify_onnx
 
-    return simplify_onnx(preact_onnx, preact_onnx.with_name("preact.sim.onnx"), allow_unfolded_bn=True)
+    return simplify_onnx(preact_onnx, preact_onnx.with_name("preact.sim.onnx"), SimplifyOptions(allow_unfolded_bn=True))
 
 
 @pytest.mark.slow

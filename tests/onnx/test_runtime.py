@@ -300,7 +300,7 @@ def test_quantize_checks_on_one_provider(digits_sim: Path) -> None:
 
 
 def test_pipeline_providers_keep_commas_inside_options() -> None:
-    from resnet_edge.pipeline.run import make_config
+    from resnet_edge.pipeline.config import make_config
 
     config = make_config({"providers": 'cpu,openvino[load_config={"CPU": {"A": "1", "B": "2"}}]'})
     assert config.providers == ("cpu", 'openvino[load_config={"CPU": {"A": "1", "B": "2"}}]')

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from resnet_edge.cli.main import main
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning, StageError
 from resnet_edge.pipeline import run as pipeline_module
-from resnet_edge.pipeline.run import PipelineConfig, load_config, option_keys, run_pipeline
+from resnet_edge.pipeline.config import PipelineConfig, load_config, option_keys
+from resnet_edge.pipeline.run import run_pipeline
 
 SMALL = dict(iterations=5, warmup=1, batch_sizes=(1, 4), threads=1)
 EXPECTED = {
@@ -173,7 +174,7 @@ def test_every_option_is_a_config_key_with_help() -> None:
 
 
 def test_a_config_file_list_may_be_written_as_on_the_command_line(tmp_path: Path) -> None:
-    from resnet_edge.pipeline.run import make_config
+    from resnet_edge.pipeline.config import make_config
 
     config = tmp_path / "p.toml"
     config.write_text('batch = "1,4"\nstrict-ep = true\ntorch_eager = false\n')
@@ -269,7 +270,7 @@ def test_config_file_and_cli(tmp_path: Path) -> None:
     ],
 )
 def test_config_values_are_checked_before_any_stage(values: dict, match: str) -> None:
-    from resnet_edge.pipeline.run import make_config
+    from resnet_edge.pipeline.config import make_config
 
     with pytest.raises(OptionError, match=match):
         make_config(values)

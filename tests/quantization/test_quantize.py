@@ -193,6 +193,6 @@ def test_bad_calibration_data_leaves_nothing(tiny_onnx: Path, tmp_path: Path, ki
 def test_fixed_batch_model_quantizes_and_times(tmp_path: Path) -> None:
     from resnet_edge.conversion.export import ExportOptions, export_onnx
 
-    export_onnx(ExportOptions(weights="builtin:digits-resnet20", batch=4), tmp_path / "b4.onnx")
+    export_onnx("builtin:digits-resnet20", tmp_path / "b4.onnx", ExportOptions(batch=4))
     result = quantize_onnx(tmp_path / "b4.onnx", tmp_path / "b4.int8.onnx", QuantizeOptions(limit=40))
     assert result.evaluation_images == 397 and result.parity.top1_agreement >= 0.99 and result.speed is not None

@@ -59,7 +59,7 @@ def exported() -> dict[tuple[str, str], onnx.ModelProto]:
     for arch, variant in wanted:
         size = 64 if get_arch(arch).stem is Stem.IMAGENET else 32
         options = ExportOptions(arch=arch, variant=variant, input_size=size, num_classes=10)
-        loaded, metadata = resolve_export(options)
+        loaded, metadata = resolve_export(None, options)
         models[(arch, variant)] = _run_exporter(loaded.model, metadata.preprocessing, options)
     return models
 
@@ -126,7 +126,7 @@ def resnet18_models(session_dir: Path) -> tuple[Path, Path]:
     from resnet_edge.conversion.export import export_onnx
 
     fp32 = session_dir / "r18.onnx"
-    export_onnx(ExportOptions(arch="resnet18", input_size=64, num_classes=10), fp32)
+    export_onnx(None, fp32, ExportOptions(arch="resnet18", input_size=64, num_classes=10))
     int8 = quantize_quietly(
         fp32, session_dir / "r18.qop.onnx", QuantizeOptions(format=Format.QOPERATOR, limit=8, measure_speed=False)
     )
