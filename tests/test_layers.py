@@ -22,7 +22,7 @@ SOURCES = {
 # Bottom to top. A module may import from its own layer's package and from the layers below; layers that share a rank
 # are independent of each other.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors",),
+    ("errors", "_exports"),
     ("jsonable", "formatting", "timing", "memory", "artifacts", "progress"),
     ("calibration",),
     ("onnx", "models"),

@@ -11,7 +11,7 @@ The public names below are re-exported lazily: importing this package imports ne
 
 from __future__ import annotations
 
-import importlib
+from resnet_edge._exports import lazy_exports
 
 # Public name -> the submodule that defines it.
 _EXPORTS = {
@@ -34,14 +34,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> object:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

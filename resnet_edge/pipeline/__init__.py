@@ -10,35 +10,17 @@ Public names, imported on first use (PEP 562) so that ``import resnet_edge.pipel
 
 from __future__ import annotations
 
-import importlib
+from resnet_edge._exports import lazy_exports
 
-# Public name -> the module (in this package) that defines it. PipelineConfig is looked for in ``config`` first.
+# Public name -> the submodule that defines it.
 _EXPORTS = {
-    "run_pipeline": ("run",),
-    "PipelineConfig": ("config", "run"),
-    "PipelineResult": ("result",),
-    "StageEvent": ("result",),
-    "write_report": ("report",),
+    "run_pipeline": "run",
+    "PipelineConfig": "config",
+    "load_config": "config",
+    "PipelineResult": "result",
+    "StageEvent": "result",
+    "write_report": "report",
 }
+
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> object:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    for module in _EXPORTS[name]:
-        try:
-            found = importlib.import_module(f"{__name__}.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{module}":
-                raise
-            continue
-        if hasattr(found, name):
-            value = getattr(found, name)
-            globals()[name] = value
-            return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
