@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from resnet_edge.errors import InputFileError
+from resnet_edge.pipeline.result import REPORT_JSON
 
 T = TypeVar("T")
 _NUMBER = (int, float)
@@ -123,7 +124,7 @@ _HINT = "not a report.json this version of resnet-edge writes; run the pipeline 
 class ReportFormatError(InputFileError):
     """A report.json lacks a key the report's pages need, or holds it with the wrong type; ``detail`` names it."""
 
-    def __init__(self, detail: str, *, source: str = "report.json") -> None:
+    def __init__(self, detail: str, *, source: str = REPORT_JSON) -> None:
         super().__init__(f"malformed {source}: {detail} ({_HINT})")
         self.detail = detail
 

@@ -57,3 +57,11 @@ def test_the_pipelines_own_defaults_are_declared_once() -> None:
     assert config.benchmark_options(torch_reference=None) == PIPELINE_BENCHMARK
     assert config.export_options() == PIPELINE_EXPORT and not PIPELINE_EXPORT.fold_bn
     assert make_config({"iterations": 9}).benchmark_options(torch_reference="w.pt").iterations == 9
+
+
+@pytest.mark.parametrize("text", ["tune = false\n", "[tune]\ntune = false\n"])
+def test_tune_is_a_stage_table_and_a_flat_switch(tmp_path: Path, text: str) -> None:
+    """``tune`` names both a stage and its on/off option: a flat boolean is the option, a table the stage's."""
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    assert load_config(path).tune is False
