@@ -153,6 +153,7 @@ def test_html_has_the_same_rows_and_sections(report: ReportDocument, stored: dic
         (lambda r: r.update(stages=[]), "stages: expected an object, found []"),
         (lambda r: r["config_sources"].pop("seed"), "config_sources.seed: missing"),
     ],
+    ids=["before-tune", "missing-key", "wrong-type", "not-a-batch-size", "not-an-object", "no-source"],
 )
 def test_a_malformed_report_gives_one_clear_error(stored: dict, change, named: str) -> None:
     change(stored)
