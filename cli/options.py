@@ -142,6 +142,8 @@ def progress_bars(enabled: bool) -> Iterator[ProgressCallback | None]:
         if bar is None:
             bar = bars[(event.stage, event.step)] = tqdm(total=event.total, desc=event.step, unit="img", leave=False)
         bar.update(event.done - bar.n)
+        if event.done >= event.total:  # closed now, so that a line printed next starts on a line of its own
+            bars.pop((event.stage, event.step)).close()
 
     try:
         yield show

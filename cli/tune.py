@@ -82,11 +82,12 @@ def tune(model, output, targets, remote_python, connect_timeout, ssh_config, as_
             ],
         )
     )
-    if result.device is not None:
+    if result.device is not None:  # the device's facts, as its runner reported them
         d = result.device
         click.echo(
-            f"measured on {result.target}: {d.hostname}, {d.cpu_model} ({d.architecture}, {d.usable_cores} cores),"
-            f" onnxruntime {d.onnxruntime}{', EMULATED: timings are not the device' if d.emulated else ''}"
+            f"measured on {result.target}: {d.get('hostname')}, {d.get('cpu_model')} ({d.get('architecture')},"
+            f" {d.get('usable_cores')} cores), onnxruntime {d.get('onnxruntime')}"
+            f"{', EMULATED: timings are not the device' if d.get('emulated') else ''}"
         )
     for c in result.candidates:
         if c.error or c.failures:

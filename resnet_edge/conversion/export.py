@@ -281,7 +281,7 @@ def _run_exporter(model: torch.nn.Module, spec: PreprocessSpec, options: ExportO
 def name_nodes_by_module(model: onnx.ModelProto) -> None:
     """Rename dynamo-exported nodes the way the TorchScript exporter names them: ``/layer1/layer1.0/conv1/Conv``.
 
-    Later stages map nodes to residual blocks by these names (see ``onnx_graph.module_path``); the dynamo exporter
+    Later stages map nodes to residual blocks by these names (see ``onnx.graph.module_path``); the dynamo exporter
     names nodes ``node_Conv_12`` but records each node's module path in its ``namespace`` metadata.
     """
     taken: set[str] = set()

@@ -70,7 +70,7 @@ class BenchmarkRow:
     speedup: float | None = None  # the first model's p50 / this row's p50
     skipped: str | None = None
     placement: Placement | None = None  # where each node ran (runtime module docstring)
-    coverage: IntegerCoverage | None = None  # INT8 models: which Conv/Gemm ran as integer kernels (int8_coverage)
+    coverage: IntegerCoverage | None = None  # INT8: which Conv/Gemm ran as integer kernels (quantization.coverage)
     target: str | None = None  # the device it ran on (``--target``); None: this machine, in this process
 
 

@@ -59,7 +59,8 @@ TUNE_KEY = "deployment"  # metadata key of the chosen model: provider, precision
 FP16_PROVIDERS = ("cuda", "tensorrt")  # providers with native FP16 kernels; elsewhere FP16 only adds casts
 GPU_INT8_PROVIDERS = ("cuda", "tensorrt")
 # Candidates within this fraction of the fastest one's p50 are a tie on this noisy machine; the tie goes to the one
-# whose Conv/Gemm MACs run most in integer kernels (int8_coverage), which stays fast where timing cannot be trusted.
+# whose Conv/Gemm MACs run most in integer kernels (quantization.coverage), which stays fast where timing cannot be
+# trusted.
 SPEED_TIE = 0.03
 
 

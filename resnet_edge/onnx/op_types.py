@@ -24,3 +24,6 @@ QUANTIZED_OPS = frozenset(
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
 # The quantized forms of the compute ops, as the quantizer writes them into a graph (QOperator, integer-accumulate).
 INTEGER_COMPUTE_OPS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger"})
+# The ops that mark a graph whose activations are INT8 (QDQ or QOperator): TensorRT then runs in its INT8 mode. Not
+# every quantized op: a graph with only DequantizeLinear has INT8 weights and float activations.
+INT8_ACTIVATION_OPS = frozenset({"QuantizeLinear", "QLinearConv"})

@@ -68,7 +68,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from resnet_edge.errors import InputFileError, OptionError, ProviderError, ResnetEdgeWarning
-from resnet_edge.onnx.op_types import COMPUTE_OPS, QUANTIZED_OPS
+from resnet_edge.onnx.op_types import COMPUTE_OPS, INT8_ACTIVATION_OPS
 
 if TYPE_CHECKING:  # this module runs on target devices that have numpy and onnxruntime but not onnx
     import onnx
@@ -741,7 +741,7 @@ def _remove_profile(profile_dir: str | None, session: ort.InferenceSession | Non
 
 def _looks_quantized(model: Path | str | onnx.ModelProto | bytes) -> bool:
     graph = getattr(model, "graph", None)
-    return graph is not None and any(n.op_type in QUANTIZED_OPS for n in graph.node)
+    return graph is not None and any(n.op_type in INT8_ACTIVATION_OPS for n in graph.node)
 
 
 def _node_count(model: Path | str | onnx.ModelProto | bytes) -> int | None:

@@ -81,6 +81,12 @@ class SensitivityOptions:
     provider: Provider | None = None
     strict_ep: bool = False
 
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise OptionError(f"limit must be at least 1, got {self.limit}")
+        if self.seed < 0:
+            raise OptionError(f"seed must be 0 or more, got {self.seed}")
+
 
 @dataclass(frozen=True)
 class SensitivityResult:
@@ -259,8 +265,6 @@ def _held_out_images(
 ) -> tuple[np.ndarray, str, int]:
     """Up to ``options.limit`` preprocessed images, none of which the INT8 model was calibrated on (by the hashes in
     its record); with the source's name and the number of calibration images passed over."""
-    if options.limit is not None and options.limit < 1:
-        raise OptionError(f"limit must be at least 1, got {options.limit}")
     spec = preprocessing_for(fp32, source="FP32 model")
     source = open_source(options.data or default_test_images(read_metadata(fp32).dataset))
     record = read_record(int8, QUANTIZATION_KEY) or {}
