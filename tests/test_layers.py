@@ -175,3 +175,55 @@ def test_a_planted_upward_import_is_caught(tmp_path: Path) -> None:
     found = imports_of("resnet_edge.onnx.graph", fake, modules)
     assert "resnet_edge.pipeline.run" in found
     assert RANK[layer_of("resnet_edge.pipeline.run")] > RANK[layer_of("resnet_edge.onnx.graph")]
+
+
+# Third-party libraries each layer may not import, anywhere in its modules (DESIGN.md's "no torch", "no onnx").
+FORBIDDEN_LIBRARIES = {
+    "foundation": (
+        {"errors", "_exports", "jsonable", "formatting", "timing", "memory", "artifacts", "progress"},
+        {"torch", "onnx", "onnxsim"},
+    ),
+    "onnx": ({"onnx"}, {"torch", "torchvision"}),
+    "models": ({"models"}, {"onnx", "onnxruntime", "onnxsim"}),
+}
+# Modules the CLI reads at start-up: not even numpy at module level.
+LIGHT_MODULES = (
+    "resnet_edge.quantization.configs",
+    "resnet_edge.conversion.options",
+    "resnet_edge.evaluation.options",
+    "resnet_edge.models.options",
+    "resnet_edge.models.registry",
+)
+HEAVY = {"torch", "onnx", "onnxruntime", "onnxsim", "numpy"}
+
+
+def _libraries(path: Path, *, module_level_only: bool = False) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped = _type_checking_lines(tree)
+    nodes = tree.body if module_level_only else list(ast.walk(tree))
+    found = set()
+    for node in nodes:
+        if getattr(node, "lineno", None) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN_LIBRARIES))
+def test_layers_keep_off_the_libraries_they_must_not_need(layer: str) -> None:
+    layers, forbidden = FORBIDDEN_LIBRARIES[layer]
+    offenders = {
+        name: sorted(_libraries(path) & forbidden)
+        for name, path in project_modules().items()
+        if layer_of(name) in layers and _libraries(path) & forbidden
+    }
+    assert not offenders, f"{layer} imports {offenders}"
+
+
+def test_the_modules_the_cli_reads_at_start_up_import_no_heavy_library() -> None:
+    modules = project_modules()
+    heavy = {name: sorted(_libraries(modules[name], module_level_only=True) & HEAVY) for name in LIGHT_MODULES}
+    assert not any(heavy.values()), heavy

@@ -32,8 +32,9 @@ from resnet_edge.evaluation.options import (  # noqa: F401 (re-exported: the nam
     MAX_WARMUP,
     BenchmarkOptions,
 )
-from resnet_edge.memory import check_fits, onnx_estimate
+from resnet_edge.memory import check_fits
 from resnet_edge.onnx.io import load_onnx
+from resnet_edge.onnx.memory import onnx_estimate
 from resnet_edge.onnx.metadata import preprocessing_for, read_metadata, static_input_shape
 from resnet_edge.onnx.runtime import Placement, Session, open_session
 from resnet_edge.progress import Progress, ProgressCallback
