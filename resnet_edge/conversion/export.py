@@ -191,7 +191,7 @@ def export_onnx(
             stacklevel=2,
         )
     report(Progress(STAGE, "export"))
-    model_proto = _run_exporter(loaded.model, metadata.preprocessing, options)
+    model_proto = run_exporter(loaded.model, metadata.preprocessing, options)
 
     opset = opset_of(model_proto)
     if opset != requested:
@@ -227,7 +227,7 @@ def export_onnx(
     )
 
 
-def _run_exporter(model: torch.nn.Module, spec: PreprocessSpec, options: ExportOptions) -> onnx.ModelProto:
+def run_exporter(model: torch.nn.Module, spec: PreprocessSpec, options: ExportOptions) -> onnx.ModelProto:
     example = torch.zeros(options.batch or 1, *spec.input_shape)
     model.eval()
     if options.exporter is Exporter.TORCHSCRIPT:

@@ -129,7 +129,7 @@ def simplify_onnx(
     )
 
 
-def _worker_command(source: Path, destination: Path) -> list[str]:
+def worker_command(source: Path, destination: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -146,7 +146,7 @@ def _run_onnxsim(model: onnx.ModelProto, timeout_s: float) -> onnx.ModelProto:
         source.write_bytes(model.SerializeToString())
         try:
             done = subprocess.run(
-                _worker_command(source, destination), capture_output=True, text=True, timeout=timeout_s
+                worker_command(source, destination), capture_output=True, text=True, timeout=timeout_s
             )
         except subprocess.TimeoutExpired:
             raise CheckFailedError(f"onnxsim did not finish within {timeout_s:g} s") from None

@@ -195,7 +195,7 @@ def tune_model(
                 "no candidate passed parity against FP32: "
                 + "; ".join(f"{c.name} on {c.provider}: {', '.join(c.failures) or c.error}" for c in flat)
             )
-        chosen = _choose(passing, options.batch)
+        chosen = choose_candidate(passing, options.batch)
         record = {
             "model": str(model_path),
             "model_sha256": sha256_file(model_path),
@@ -450,7 +450,7 @@ def _measure_here(
     return validate_models(paths, Reference(onnx=reference), thresholds), benchmark_models(paths, timing)
 
 
-def _choose(passing: Sequence[Candidate], batch: int) -> Candidate:
+def choose_candidate(passing: Sequence[Candidate], batch: int) -> Candidate:
     """The fastest passing candidate; among those within SPEED_TIE of it, the one with the most integer MACs."""
     fastest = min(c.p50_ms[batch] for c in passing)
     tied = [c for c in passing if c.p50_ms[batch] <= fastest * (1 + SPEED_TIE)]

@@ -138,7 +138,7 @@ def gradient_flow(
     report(Progress(STAGE, "data"))
     images, labels, label_source, data_name = _load_batch(arch, batch=batch, seed=seed, data=source)
     report(Progress(STAGE, "measure"))
-    blocks, loss, error = _measure(_fresh_model(arch, variant, seed), images, labels)
+    blocks, loss, error = _measure(fresh_model(arch, variant, seed), images, labels)
     if not error <= DECOMPOSITION_RTOL:  # a bug in the measurement, not in the user's input: a traceback
         raise RuntimeError(f"branch + shortcut terms differ from dL/dx by {error:.2g} (relative) in {arch}")
     result = GradFlowResult(
@@ -178,7 +178,7 @@ def compare_gradient_flow(
     return GradFlowComparison(residual, plain, plot_gradient_flow([residual, plain], output) if output else None)
 
 
-def _fresh_model(arch: str, variant: Variant, seed: int) -> ResNet:
+def fresh_model(arch: str, variant: Variant, seed: int) -> ResNet:
     with torch.random.fork_rng(devices=[]):  # seeding must not disturb the caller's random state
         torch.manual_seed(seed)
         model = create_model(arch, variant=Variant.RESIDUAL if variant is Variant.PLAIN else variant)

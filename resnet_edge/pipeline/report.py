@@ -81,12 +81,12 @@ def summarize(result: PipelineResult) -> dict:
             "before": result.simplify.ops_before if result.simplify else {},
             "after": result.simplify.ops_after if result.simplify else {},
         },
-        "devices": _device_series(result, first_batch),
+        "devices": device_series(result, first_batch),
     }
     return {"rows": rows, "plots": plots}
 
 
-def _device_series(result: PipelineResult, batch: int) -> dict:
+def device_series(result: PipelineResult, batch: int) -> dict:
     """p50 per (target, model) at the first batch size, for the latency-by-device plot (``--target`` runs).
     Emulated targets are left out (their timings are not the emulated CPU's) and listed as such."""
     devices = getattr(result, "devices", None)
@@ -322,7 +322,7 @@ _FORMATS = {
 }
 
 
-def _fmt(value: object, kind: str) -> str:
+def format_cell(value: object, kind: str) -> str:
     if value is None:
         return fmt.MISSING
     return _FORMATS[kind](value) if kind in _FORMATS else str(value)
@@ -330,15 +330,15 @@ def _fmt(value: object, kind: str) -> str:
 
 _COLUMNS: list[tuple[str, Callable[[VariantRow], str]]] = [
     ("Variant", lambda r: r.variant),
-    ("File", lambda r: _fmt(r.file, "")),
-    ("Size", lambda r: _fmt(r.size_bytes, "size")),
-    ("Top-1 agreement", lambda r: _fmt(r.top1_agreement, "pct")),
-    ("Accuracy", lambda r: _fmt(r.accuracy, "pct")),
-    ("p50 ms", lambda r: _fmt(r.p50_ms, "ms")),
-    ("p99 ms", lambda r: _fmt(r.p99_ms, "ms")),
-    ("img/s", lambda r: _fmt(r.throughput, "ips")),
-    (fmt.SPEEDUP_COLUMN, lambda r: _fmt(r.speedup_vs_onnx_fp32, "x")),
-    ("Ran on", lambda r: _fmt(r.ran_on, "")),
+    ("File", lambda r: format_cell(r.file, "")),
+    ("Size", lambda r: format_cell(r.size_bytes, "size")),
+    ("Top-1 agreement", lambda r: format_cell(r.top1_agreement, "pct")),
+    ("Accuracy", lambda r: format_cell(r.accuracy, "pct")),
+    ("p50 ms", lambda r: format_cell(r.p50_ms, "ms")),
+    ("p99 ms", lambda r: format_cell(r.p99_ms, "ms")),
+    ("img/s", lambda r: format_cell(r.throughput, "ips")),
+    (fmt.SPEEDUP_COLUMN, lambda r: format_cell(r.speedup_vs_onnx_fp32, "x")),
+    ("Ran on", lambda r: format_cell(r.ran_on, "")),
 ]
 
 
@@ -402,7 +402,7 @@ def _facts(report: ReportDocument) -> list[tuple[str, str]]:
 
 
 def _latency(row: TimedRow, value: Callable[[Latency], float | None], kind: str) -> str:
-    return _fmt(value(row.latency) if row.latency else None, kind)
+    return format_cell(value(row.latency) if row.latency else None, kind)
 
 
 # The columns of a timed row (here or on a device) as the report shows it: title and the cell of a row.
@@ -410,15 +410,15 @@ _ROW_COLUMNS: dict[str, tuple[str, Callable[[TimedRow], str]]] = {
     "target": ("Target", lambda r: r.target or ""),
     "model": ("Model", lambda r: VARIANTS.get(r.model, r.model)),
     "provider": ("Provider", lambda r: r.provider),
-    "ran_on": ("Ran on", lambda r: _fmt(r.ran_on, "")),
+    "ran_on": ("Ran on", lambda r: format_cell(r.ran_on, "")),
     "batch": ("Batch", lambda r: str(r.batch)),
-    "cold": ("Cold start ms", lambda r: _fmt(r.cold_start_ms, "ms")),
+    "cold": ("Cold start ms", lambda r: format_cell(r.cold_start_ms, "ms")),
     "p50": ("p50 ms", lambda r: _latency(r, lambda lat: lat.p50_ms, "ms")),
     "p90": ("p90 ms", lambda r: _latency(r, lambda lat: lat.p90_ms, "ms")),
     "p99": ("p99 ms", lambda r: _latency(r, lambda lat: lat.p99_ms, "ms")),
     "ips": ("img/s", lambda r: _latency(r, lambda lat: lat.throughput, "ips")),
     "cv": ("CV", lambda r: _latency(r, lambda lat: lat.cv, "cv")),
-    "speedup": (fmt.SPEEDUP_COLUMN, lambda r: _fmt(r.speedup, "x") if r.latency else r.skipped or "–"),
+    "speedup": (fmt.SPEEDUP_COLUMN, lambda r: format_cell(r.speedup, "x") if r.latency else r.skipped or "–"),
 }
 
 

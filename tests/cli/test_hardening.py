@@ -242,8 +242,8 @@ def test_the_onnxsim_worker_ends_with_its_parent(tmp_path: Path) -> None:
             sys.executable,
             "-c",
             "import os, subprocess, sys, time\n"
-            f"from resnet_edge.conversion.simplify import _worker_command\n"
-            f"child = subprocess.Popen(_worker_command({str(fifo)!r}, {str(tmp_path / 'out.onnx')!r}))\n"
+            f"from resnet_edge.conversion.simplify import worker_command\n"
+            f"child = subprocess.Popen(worker_command({str(fifo)!r}, {str(tmp_path / 'out.onnx')!r}))\n"
             "print(child.pid, flush=True)\n"
             "time.sleep(600)\n",
         ],

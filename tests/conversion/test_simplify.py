@@ -57,7 +57,7 @@ def test_unfoldable_batchnorm_is_named_unless_allowed(tmp_path: Path) -> None:
 
 def test_onnxsim_crash_is_contained(monkeypatch: pytest.MonkeyPatch, tiny_onnx: Path, tmp_path: Path) -> None:
     crash = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
-    monkeypatch.setattr(simplify_module, "_worker_command", lambda src, dst: crash)
+    monkeypatch.setattr(simplify_module, "worker_command", lambda src, dst: crash)
     with pytest.raises(CheckFailedError, match=r"onnxsim crashed \(signal 11\)"):
         simplify_onnx(tiny_onnx, tmp_path / "out.onnx")
     assert list(tmp_path.iterdir()) == []
@@ -65,7 +65,7 @@ def test_onnxsim_crash_is_contained(monkeypatch: pytest.MonkeyPatch, tiny_onnx: 
 
 def test_onnxsim_hang_is_contained(monkeypatch: pytest.MonkeyPatch, tiny_onnx: Path, tmp_path: Path) -> None:
     monkeypatch.setattr(
-        simplify_module, "_worker_command", lambda src, dst: [sys.executable, "-c", "import time; time.sleep(60)"]
+        simplify_module, "worker_command", lambda src, dst: [sys.executable, "-c", "import time; time.sleep(60)"]
     )
     with pytest.raises(CheckFailedError, match="did not finish within 0.5 s"):
         simplify_onnx(tiny_onnx, tmp_path / "out.onnx", SimplifyOptions(timeout_s=0.5))
@@ -75,7 +75,7 @@ def test_onnxsim_hang_is_contained(monkeypatch: pytest.MonkeyPatch, tiny_onnx: P
 def test_onnxsim_failure_is_one_line(monkeypatch: pytest.MonkeyPatch, tiny_onnx: Path, tmp_path: Path) -> None:
     monkeypatch.setattr(
         simplify_module,
-        "_worker_command",
+        "worker_command",
         lambda src, dst: [
             sys.executable,
             "-c",

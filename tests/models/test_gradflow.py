@@ -109,11 +109,11 @@ def test_deep_plain_network_gradient_scale_is_exponential_in_depth() -> None:
 
 
 def test_plain_network_has_the_residual_weights() -> None:
-    from resnet_edge.models.gradflow import _fresh_model
+    from resnet_edge.models.gradflow import fresh_model
     from resnet_edge.models.resnet import Variant
 
-    residual = _fresh_model("resnet20", Variant.RESIDUAL, seed=3).state_dict()
-    plain = _fresh_model("resnet20", Variant.PLAIN, seed=3).state_dict()
+    residual = fresh_model("resnet20", Variant.RESIDUAL, seed=3).state_dict()
+    plain = fresh_model("resnet20", Variant.PLAIN, seed=3).state_dict()
     assert set(residual) - set(plain) == {k for k in residual if ".downsample." in k}
     assert all(torch.equal(plain[k], residual[k]) for k in plain)
 

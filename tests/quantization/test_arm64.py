@@ -135,7 +135,7 @@ def test_a_target_whose_prefix_names_qemu_is_not_ranked(
     from resnet_edge.device.fleet import benchmark_on_targets, parse_targets
     from resnet_edge.evaluation.benchmark import BenchmarkOptions
     from resnet_edge.pipeline.plots import write_plots
-    from resnet_edge.pipeline.report import _device_series
+    from resnet_edge.pipeline.report import device_series
 
     emulated = f"exec:env QEMU_CPU=max {shlex.quote(sys.executable)}"
     options = BenchmarkOptions(data=str(digits16), iterations=3, warmup=1, threads=1, batch_sizes=(1,))
@@ -147,7 +147,7 @@ def test_a_target_whose_prefix_names_qemu_is_not_ranked(
     assert ratios[("local", digits_int8.name)] is not None
     assert ratios[(emulated, digits_int8.name)] is None and ratios[(emulated, digits_sim.name)] is None
     assert all(r.latency is not None for r in fleet.rows)  # measured and shown, never ranked
-    series = _device_series(SimpleNamespace(devices=fleet), 1)
+    series = device_series(SimpleNamespace(devices=fleet), 1)
     assert list(series["p50_ms"]) == ["local"] and series["emulated_left_out"] == [emulated]
     assert leftovers(private_tmp) == []
     plots = {

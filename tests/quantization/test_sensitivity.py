@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from resnet_edge.cli.analyze import analyze
-from resnet_edge.conversion.export import ExportOptions, _run_exporter, resolve_export
+from resnet_edge.conversion.export import ExportOptions, resolve_export, run_exporter
 from resnet_edge.errors import InputFileError
 from resnet_edge.models.resnet import Stem, create_model, get_arch, list_models
 from resnet_edge.onnx.graph import module_path
@@ -60,7 +60,7 @@ def exported() -> dict[tuple[str, str], onnx.ModelProto]:
         size = 64 if get_arch(arch).stem is Stem.IMAGENET else 32
         options = ExportOptions(arch=arch, variant=variant, input_size=size, num_classes=10)
         loaded, metadata = resolve_export(None, options)
-        models[(arch, variant)] = _run_exporter(loaded.model, metadata.preprocessing, options)
+        models[(arch, variant)] = run_exporter(loaded.model, metadata.preprocessing, options)
     return models
 
 
