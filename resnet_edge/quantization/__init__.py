@@ -3,8 +3,9 @@
 Built on the ONNX layer and the image sources; knows nothing of export, evaluation or the pipeline.
 
 - :mod:`.configs`: the per-target table (:class:`Int8Target`, :class:`Int8Recipe`); imports no heavy library.
+- :mod:`.options`: the stage's options (:class:`QuantizeOptions`, :class:`AccuracyGoal`); imports no heavy library.
 - :mod:`.calibrate`: activation ranges from images (:func:`calibrate_onnx`).
-- :mod:`.quantize`: the stage (:func:`quantize_onnx`), its options and checks.
+- :mod:`.quantize`: the stage (:func:`quantize_onnx`) and its checks.
 - :mod:`.evaluate`: INT8 against FP32 on held-out images, and their speed side by side.
 - :mod:`.coverage`: which compute ran as integer kernels.
 - :mod:`.mixed_precision`: keep the most sensitive blocks in FP32 until an accuracy goal holds.
@@ -27,13 +28,13 @@ _EXPORTS = {
     "resolve_config": "configs",
     "Calibration": "calibrate",
     "calibrate_onnx": "calibrate",
-    "QuantizeOptions": "quantize",
+    "QuantizeOptions": "options",
     "QuantizeResult": "quantize",
     "quantize_onnx": "quantize",
     "Evaluation": "evaluate",
     "SpeedComparison": "evaluate",
     "IntegerCoverage": "coverage",
-    "AccuracyGoal": "mixed_precision",
+    "AccuracyGoal": "options",
     "MixedPrecisionResult": "mixed_precision",
     "quantize_mixed_precision": "mixed_precision",
     "SensitivityOptions": "sensitivity",
