@@ -1,10 +1,13 @@
 """A pipeline run's options: the stages' own options, with the pipeline's defaults declared once, and TOML files.
 
-Every option of a run is a CLI flag, a config file key and a field of :class:`PipelineConfig` of the same name
-(``batch_sizes`` is ``--batch`` / ``batch``); the report's "configuration as run" lists them by that name with where
-each value came from. Each field sets one stage's option (``STAGE_KEYS``), and the stage's options are made from
-the pipeline's defaults for that stage (``PIPELINE_EXPORT``, ``PIPELINE_BENCHMARK``, ...) with the run's values on
-top, so each stage checks them as it checks its own.
+A :class:`PipelineConfig` is made of the stages' options (``config.export``, ``config.quantize``,
+``config.benchmark``, ...: the pipeline's defaults for each, ``PIPELINE_*``, with the run's values on top, so each
+stage checks them as it checks its own) and the run's own options (``weights``, ``seed``, ``targets``, ...). Every
+option also has one flat name, which is its CLI flag, its config file key and its key in the report's "configuration
+as run" (``batch_sizes`` is ``--batch`` / ``batch``). :data:`OPTIONS` is the one table that maps each flat name to
+where the option is kept (``iterations`` -> ``benchmark.iterations``; ``providers`` -> ``validate.providers`` and
+``benchmark.providers``); ``config.iterations`` reads it, ``PipelineConfig(iterations=9)`` sets it, and
+:meth:`PipelineConfig.options` lists them all.
 
 A config file gives the options at its top level (flat keys, as before), under ``[pipeline]``, or in tables named
 after the stages that use them (``[export]``, ``[quantize]``, ``[benchmark]``, ...)::
