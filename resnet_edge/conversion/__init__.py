@@ -7,15 +7,11 @@ from __future__ import annotations
 
 from resnet_edge._exports import lazy_exports
 
-# Public name -> the submodule that defines it.
+# Public names, by the submodule that defines them.
 _EXPORTS = {
-    "ExportOptions": "options",
-    "SimplifyOptions": "options",
-    "Exporter": "options",
-    "ExportResult": "export",
-    "export_onnx": "export",
-    "SimplifyResult": "simplify",
-    "simplify_onnx": "simplify",
+    **dict.fromkeys(("ExportOptions", "SimplifyOptions", "Exporter"), "options"),
+    **dict.fromkeys(("ExportResult", "export_onnx"), "export"),
+    **dict.fromkeys(("SimplifyResult", "simplify_onnx"), "simplify"),
 }
 
 __all__ = sorted(_EXPORTS)

@@ -7,17 +7,12 @@ from __future__ import annotations
 
 from resnet_edge._exports import lazy_exports
 
-# Public name -> the submodule that defines it.
+# Public names, by the submodule that defines them.
 _EXPORTS = {
-    "ValidateOptions": "options",
-    "BenchmarkOptions": "options",
-    "TuneOptions": "options",
-    "ValidateResult": "validate",
-    "validate_models": "validate",
-    "BenchmarkResult": "benchmark",
-    "benchmark_models": "benchmark",
-    "TuneResult": "tune",
-    "tune_model": "tune",
+    **dict.fromkeys(("ValidateOptions", "BenchmarkOptions", "TuneOptions"), "options"),
+    **dict.fromkeys(("ValidateResult", "validate_models"), "validate"),
+    **dict.fromkeys(("BenchmarkResult", "benchmark_models"), "benchmark"),
+    **dict.fromkeys(("TuneResult", "tune_model"), "tune"),
 }
 
 __all__ = sorted(_EXPORTS)

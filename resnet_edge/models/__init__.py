@@ -8,20 +8,13 @@ from __future__ import annotations
 
 from resnet_edge._exports import lazy_exports
 
-# Public name -> the submodule that defines it.
+# Public names, by the submodule that defines them.
 _EXPORTS = {
-    "ResNet": "resnet",
-    "create_model": "resnet",
-    "ArchSpec": "registry",
-    "Variant": "registry",
-    "get_arch": "registry",
-    "list_models": "registry",
-    "default_preprocessing": "registry",
-    "LoadedModel": "checkpoints",
-    "build_model": "checkpoints",
-    "GradFlowOptions": "options",
-    "gradient_flow": "gradflow",
-    "compare_gradient_flow": "gradflow",
+    **dict.fromkeys(("ResNet", "create_model"), "resnet"),
+    **dict.fromkeys(("ArchSpec", "Variant", "get_arch", "list_models", "default_preprocessing"), "registry"),
+    **dict.fromkeys(("LoadedModel", "build_model"), "checkpoints"),
+    **dict.fromkeys(("GradFlowOptions",), "options"),
+    **dict.fromkeys(("gradient_flow", "compare_gradient_flow"), "gradflow"),
 }
 
 __all__ = sorted(_EXPORTS)

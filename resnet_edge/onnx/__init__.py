@@ -13,24 +13,15 @@ from __future__ import annotations
 
 from resnet_edge._exports import lazy_exports
 
-# Public name -> the submodule that defines it.
+# Public names, by the submodule that defines them.
 _EXPORTS = {
-    "COMPUTE_OPS": "op_types",
-    "INTEGER_COMPUTE_OPS": "op_types",
-    "QUANTIZED_OPS": "op_types",
-    "GraphIndex": "graph",
-    "QuantParams": "graph",
-    "is_quantized": "graph",
-    "module_path": "graph",
-    "load_onnx": "io",
-    "save_onnx": "io",
-    "read_metadata": "metadata",
-    "Parity": "parity",
-    "Accuracy": "parity",
-    "compare_outputs": "parity",
-    "Provider": "runtime",
-    "open_session": "runtime",
-    "inspect_onnx": "inspection",
+    **dict.fromkeys(("COMPUTE_OPS", "INTEGER_COMPUTE_OPS", "QUANTIZED_OPS"), "op_types"),
+    **dict.fromkeys(("GraphIndex", "QuantParams", "is_quantized", "module_path"), "graph"),
+    **dict.fromkeys(("load_onnx", "save_onnx"), "io"),
+    **dict.fromkeys(("read_metadata",), "metadata"),
+    **dict.fromkeys(("Parity", "Accuracy", "compare_outputs"), "parity"),
+    **dict.fromkeys(("Provider", "open_session"), "runtime"),
+    **dict.fromkeys(("inspect_onnx",), "inspection"),
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 from resnet_edge._exports import lazy_exports
 
-# Public name -> the submodule that defines it.
+# Public names, by the submodule that defines them.
 _EXPORTS = {
-    "run_pipeline": "run",
-    "PipelineConfig": "config",
-    "load_config": "config",
-    "PipelineResult": "result",
-    "StageEvent": "result",
-    "write_report": "report",
+    **dict.fromkeys(("run_pipeline",), "run"),
+    **dict.fromkeys(("PipelineConfig", "load_config"), "config"),
+    **dict.fromkeys(("PipelineResult", "StageEvent"), "result"),
+    **dict.fromkeys(("write_report",), "report"),
 }
 
 __all__ = sorted(_EXPORTS)

@@ -331,10 +331,10 @@ def load_config(path: Path | str, **overrides: object) -> PipelineConfig:
 
 def _flatten_stage_tables(data: dict[str, object], *, source: str) -> dict[str, object]:
     """A file's options as flat keys: each ``[stage]`` table's keys checked against that stage's, then merged."""
-    flat = {k: v for k, v in data.items() if k not in STAGE_KEYS}
-    for stage, table in data.items():
-        if stage not in STAGE_KEYS:
-            continue
+    # "tune" names a stage and an option (tune = false): a stage's name with a value that is not a table is the option.
+    tables = {k: v for k, v in data.items() if k in STAGE_KEYS and (isinstance(v, dict) or k not in _option_fields())}
+    flat = {k: v for k, v in data.items() if k not in tables}
+    for stage, table in tables.items():
         if not isinstance(table, dict):
             raise OptionError(f"{source}: [{stage}] must be a table of options, got {type(table).__name__} {table!r}")
         for key, value in table.items():
@@ -345,6 +345,10 @@ def _flatten_stage_tables(data: dict[str, object], *, source: str) -> dict[str, 
                 raise OptionError(f"{source}: {key} is given twice")
             flat[key] = value
     return flat
+
+
+def _option_fields() -> set[str]:
+    return set(OPTIONS)
 
 
 def option_keys() -> list[str]:

@@ -18,28 +18,16 @@ from __future__ import annotations
 
 from resnet_edge._exports import lazy_exports
 
-# Public name -> the submodule that defines it.
+# Public names, by the submodule that defines them.
 _EXPORTS = {
-    "Format": "configs",
-    "Int8Recipe": "configs",
-    "Int8Target": "configs",
-    "Method": "configs",
-    "detect_target": "configs",
-    "resolve_config": "configs",
-    "Calibration": "calibrate",
-    "calibrate_onnx": "calibrate",
-    "QuantizeOptions": "options",
-    "QuantizeResult": "quantize",
-    "quantize_onnx": "quantize",
-    "Evaluation": "evaluate",
-    "SpeedComparison": "evaluate",
-    "IntegerCoverage": "coverage",
-    "AccuracyGoal": "options",
-    "MixedPrecisionResult": "mixed_precision",
-    "quantize_mixed_precision": "mixed_precision",
-    "SensitivityOptions": "sensitivity",
-    "SensitivityResult": "sensitivity",
-    "analyze_sensitivity": "sensitivity",
+    **dict.fromkeys(("Format", "Int8Recipe", "Int8Target", "Method", "detect_target", "resolve_config"), "configs"),
+    **dict.fromkeys(("Calibration", "calibrate_onnx"), "calibrate"),
+    **dict.fromkeys(("QuantizeOptions", "AccuracyGoal"), "options"),
+    **dict.fromkeys(("QuantizeResult", "quantize_onnx"), "quantize"),
+    **dict.fromkeys(("Evaluation", "SpeedComparison"), "evaluate"),
+    **dict.fromkeys(("IntegerCoverage",), "coverage"),
+    **dict.fromkeys(("MixedPrecisionResult", "quantize_mixed_precision"), "mixed_precision"),
+    **dict.fromkeys(("SensitivityOptions", "SensitivityResult", "analyze_sensitivity"), "sensitivity"),
 }
 
 __all__ = sorted(_EXPORTS)

@@ -243,56 +243,6 @@ def test_fp16_variant_keeps_float32_io_and_passes_on_decisions(digits_sim: Path,
     assert row.passed and row.parity.top1_agreement >= 0.99 and row.parity.max_abs_error > 0
 
 
-def broken_fast_candidate(like: Path, path: Path) -> Path:
-    """A model that fits the digits model's input and output and carries its metadata, runs far faster, and is
-    wrong: global pooling and a random linear layer. ``tune`` must never choose it."""
-    reference = onnx.load(str(like))
-    rng = np.random.default_rng(0)
-    graph = helper.make_graph(
-        [
-            helper.make_node("GlobalAveragePool", ["input"], ["p"]),
-            helper.make_node("Flatten", ["p"], ["f"]),
-            helper.make_node("Gemm", ["f", "w"], ["logits"], transB=1),
-        ],
-        "broken",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
-        [numpy_helper.from_array(rng.standard_normal((10, 3)).astype(np.float32), "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    model.metadata_props.extend(reference.metadata_props)
-    onnx.save(model, str(path))
-    return path
-
-
-@pytest.mark.slow
-def test_tune_picks_the_fastest_passing_candidate_never_a_broken_one(digits_sim: Path, tmp_path: Path) -> None:
-    broken = broken_fast_candidate(digits_sim, tmp_path / "broken.onnx")
-    out = tmp_path / "digits.tuned.onnx"
-    result = run(
-        "tune", digits_sim, "-o", out, "--providers", "cpu", "--batch", "4", "--iterations", "8",
-        "--candidate", broken, "--json",
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
-    by_name = {c["name"]: c for c in data["candidates"]}
-    assert {"fp32", "int8 x86-vnni qdq", "file broken.onnx"} <= set(by_name) or "int8 x86-avx2 qdq" in by_name
-    bad = by_name["file broken.onnx"]
-    assert not bad["passed"] and bad["failures"]
-    chosen = data["chosen"]
-    assert chosen["passed"] and chosen["name"] != "file broken.onnx"
-    # The broken file really was the fastest: only the parity check kept it out.
-    assert bad["p50_ms"]["4"] < chosen["p50_ms"]["4"]
-    passing = [c for c in data["candidates"] if c["passed"]]
-    assert chosen["p50_ms"]["4"] == min(c["p50_ms"]["4"] for c in passing)
-    record = json.loads(Path(f"{out}.json").read_text())
-    assert record["chosen"]["name"] == chosen["name"] and len(record["candidates"]) == len(data["candidates"])
-    deployed = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
-    assert json.loads(deployed["deployment"])["provider"] == "cpu"
-    checked = run("validate", out, "--reference", digits_sim)
-    assert checked.exit_code == 0, checked.output
-
-
 def test_quantize_checks_on_one_provider(digits_sim: Path) -> None:
     assert_one_line_error(
         run("quantize", digits_sim, "--providers", "cpu,openvino"), "quantize checks INT8 on one provider, got 2"

@@ -92,3 +92,11 @@ def test_the_config_holds_the_stage_options_and_one_table_maps_the_flat_names() 
         PipelineConfig(iteration=3)
     with pytest.raises(OptionError, match="iterations must be at least 1"):
         PipelineConfig(iterations=0)
+
+
+@pytest.mark.parametrize("text", ["tune = false\n", "[tune]\ntune = false\n"])
+def test_tune_is_a_stage_table_and_a_flat_switch(tmp_path: Path, text: str) -> None:
+    """``tune`` names both a stage and its on/off option: a flat boolean is the option, a table the stage's."""
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    assert load_config(path).tune is False

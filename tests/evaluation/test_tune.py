@@ -1,0 +1,100 @@
+"""tune: the fastest candidate that passes parity, never a broken one; the site the candidates are built for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from resnet_edge.cli.main import main
+from resnet_edge.errors import OptionError, ResnetEdgeWarning
+from resnet_edge.evaluation.options import TuneOptions
+from resnet_edge.evaluation.tune import Site, tune_model
+from resnet_edge.onnx.runtime import Provider
+
+
+def run(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def broken_fast_candidate(like: Path, path: Path) -> Path:
+    """A model that fits the digits model's input and output and carries its metadata, runs far faster, and is
+    wrong: global pooling and a random linear layer. ``tune`` must never choose it."""
+    reference = onnx.load(str(like))
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["input"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["f"]),
+            helper.make_node("Gemm", ["f", "w"], ["logits"], transB=1),
+        ],
+        "broken",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(rng.standard_normal((10, 3)).astype(np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    model.metadata_props.extend(reference.metadata_props)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_tune_picks_the_fastest_passing_candidate_never_a_broken_one(digits_sim: Path, tmp_path: Path) -> None:
+    broken = broken_fast_candidate(digits_sim, tmp_path / "broken.onnx")
+    out = tmp_path / "digits.tuned.onnx"
+    result = run(
+        "tune", digits_sim, "-o", out, "--providers", "cpu", "--batch", "4", "--iterations", "8",
+        "--candidate", broken, "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    by_name = {c["name"]: c for c in data["candidates"]}
+    assert {"fp32", "int8 x86-vnni qdq", "file broken.onnx"} <= set(by_name) or "int8 x86-avx2 qdq" in by_name
+    bad = by_name["file broken.onnx"]
+    assert not bad["passed"] and bad["failures"]
+    chosen = data["chosen"]
+    assert chosen["passed"] and chosen["name"] != "file broken.onnx"
+    # The broken file really was the fastest: only the parity check kept it out.
+    assert bad["p50_ms"]["4"] < chosen["p50_ms"]["4"]
+    passing = [c for c in data["candidates"] if c["passed"]]
+    assert chosen["p50_ms"]["4"] == min(c["p50_ms"]["4"] for c in passing)
+    record = json.loads(Path(f"{out}.json").read_text())
+    assert record["chosen"]["name"] == chosen["name"] and len(record["candidates"]) == len(data["candidates"])
+    deployed = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(deployed["deployment"])["provider"] == "cpu"
+    checked = run("validate", out, "--reference", digits_sim)
+    assert checked.exit_code == 0, checked.output
+
+
+@pytest.mark.slow
+def test_a_devices_site_decides_the_int8_recipe_and_the_record(digits_sim: Path, tmp_path: Path) -> None:
+    """What tune_on_target hands tune: the candidates are built for the device's CPU (an emulated aarch64 box here,
+    measured locally), the choice carries the device's name and facts, and emulation is said out loud."""
+    site = Site(
+        target="arm-box",
+        providers=("CPUExecutionProvider",),
+        architecture="aarch64",
+        emulated=True,
+        facts={"architecture": "aarch64"},
+    )
+    options = TuneOptions(providers=(Provider.CPU,), iterations=2, warmup=0, fp16=False)
+    with pytest.warns(ResnetEdgeWarning, match="arm-box runs under emulation"):
+        result = tune_model(digits_sim, tmp_path / "t.onnx", options, site=site)
+    assert any(c.name.startswith("int8 arm64") for c in result.candidates)
+    assert not any("x86" in c.name for c in result.candidates)
+    assert (result.target, result.device) == ("arm-box", {"architecture": "aarch64"})
+    record = json.loads(Path(f"{result.output}.json").read_text())
+    assert record["target"] == "arm-box" and record["device"] == {"architecture": "aarch64"}
+
+
+def test_a_provider_the_site_lacks_is_refused_before_any_work(digits_sim: Path, tmp_path: Path) -> None:
+    site = Site(target="arm-box", providers=("CPUExecutionProvider",), architecture="aarch64")
+    with pytest.raises(OptionError, match=r"cannot tune on cuda: not available on arm-box \(it has CPUExecution"):
+        tune_model(digits_sim, tmp_path / "t.onnx", TuneOptions(providers=(Provider.CUDA,)), site=site)
+    assert not (tmp_path / "t.onnx").exists()
