@@ -10,6 +10,7 @@ from resnet_edge import formatting as fmt
 from resnet_edge.cli import render
 from resnet_edge.cli.options import INT8_FORMATS, INT8_METHODS, INT8_TARGETS, json_option
 from resnet_edge.models.registry import Variant, list_models
+from resnet_edge.pipeline.result import FILES
 
 
 def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
@@ -79,7 +80,7 @@ def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
 @click.option(
     "--tune/--no-tune",
     default=None,
-    help="Choose the deployment by measurement (as resnet-edge tune) and write model.tuned.onnx. [default: yes]",
+    help=f"Choose the deployment by measurement (as resnet-edge tune) and write {FILES['tune']}. [default: yes]",
 )
 @click.option(
     "--allow-unfolded-bn", is_flag=True, default=None, help="Keep BatchNorms with no conv to fold into (preact)."
@@ -159,15 +160,15 @@ def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
             ["variant", "size", "top-1 agree", "accuracy", "p50 ms", "p99 ms", "img/s", fmt.SPEEDUP_COLUMN, "ran on"],
             [
                 [
-                    r["variant"],
-                    fmt.size(r["size_bytes"]),
-                    fmt.percent(r["top1_agreement"]),
-                    fmt.percent(r["accuracy"]),
-                    fmt.ms(r["p50_ms"]),
-                    fmt.ms(r["p99_ms"]),
-                    fmt.throughput(r["throughput"]),
-                    fmt.ratio(r["speedup_vs_onnx_fp32"]),
-                    r["ran_on"],
+                    r.variant,
+                    fmt.size(r.size_bytes),
+                    fmt.percent(r.top1_agreement),
+                    fmt.percent(r.accuracy),
+                    fmt.ms(r.p50_ms),
+                    fmt.ms(r.p99_ms),
+                    fmt.throughput(r.throughput),
+                    fmt.ratio(r.speedup_vs_onnx_fp32),
+                    r.ran_on,
                 ]
                 for r in rows
             ],

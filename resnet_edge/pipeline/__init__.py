@@ -6,6 +6,7 @@ Public names, imported on first use (PEP 562) so that ``import resnet_edge.pipel
 - :class:`PipelineConfig`: every option of a run (the stages' options, and the run's own);
 - :class:`PipelineResult` (``pipeline.result``): each stage's typed result, what the report renders;
 - :func:`write_report` (``pipeline.report``): report.json, report.md, report.html and the plots for a result.
+- :class:`ReportDocument` (``pipeline.document``): a report.json read back and checked, what the pages render.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ _EXPORTS = {
     **dict.fromkeys(("PipelineConfig", "load_config"), "config"),
     **dict.fromkeys(("PipelineResult", "StageEvent"), "result"),
     **dict.fromkeys(("write_report",), "report"),
+    **dict.fromkeys(("ReportDocument",), "document"),
 }
 
 __all__ = sorted(_EXPORTS)

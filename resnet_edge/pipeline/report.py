@@ -1,17 +1,19 @@
 """The pipeline's report: ``report.json`` for machines, ``report.md`` and ``report.html`` for people, and plots.
 
-Two steps. :func:`write_report` builds the report document from the run's typed result (:class:`PipelineResult`:
-each stage's dataclass, file sizes as the stages recorded them); :func:`render_markdown` and :func:`render_html`
-render that document, so a stored ``report.json`` renders again to the same pages. Everything a person reads is
+Two steps. :func:`write_report` builds report.json from the run's typed result (:class:`PipelineResult`: each
+stage's dataclass, file sizes as the stages recorded them), then reads it back as a typed
+:class:`~resnet_edge.pipeline.document.ReportDocument` and renders that with :func:`render_markdown` and
+:func:`render_html`, so a stored ``report.json`` renders again to the same pages. Everything a person reads is
 derived from the one summary built here (:func:`summarize`), which is also what ``report.json`` holds under
-``summary`` and ``plots``: the tables and the plots cannot disagree with the JSON. The report imports the result,
-never the run (``pipeline.run`` calls :func:`write_report`).
+``summary`` and ``plots``: the tables and the plots cannot disagree with the JSON. The report imports the result and
+the document, never the run (``pipeline.run`` calls :func:`write_report`).
 """
 
 from __future__ import annotations
 
 import html
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from resnet_edge import __version__
@@ -19,6 +21,7 @@ from resnet_edge import formatting as fmt
 from resnet_edge.artifacts import sha256_file, write_json_atomic, write_text_atomic
 from resnet_edge.jsonable import to_jsonable
 from resnet_edge.pipeline.config import FROM_ARGUMENT, FROM_CHECKPOINT, FROM_DEFAULT, option_key
+from resnet_edge.pipeline.document import Latency, ReportDocument, TimedRow, VariantRow
 from resnet_edge.pipeline.plots import write_plots
 from resnet_edge.pipeline.result import (
     FILES,
@@ -38,7 +41,8 @@ VARIANTS = {
 
 
 def summarize(result: PipelineResult) -> dict:
-    """The head table (one row per variant and provider, at the first batch size) and the series each plot shows."""
+    """The head table (``rows``: one :class:`VariantRow` per variant and provider, at the first batch size) and the
+    series each plot shows (``plots``, as report.json holds them)."""
     rows = []
     bench = result.benchmark
     valid = result.validate
@@ -64,12 +68,12 @@ def summarize(result: PipelineResult) -> dict:
             "metric": "top-1 accuracy" if valid and valid.labelled else "top-1 agreement with the reference",
             "points": [
                 {
-                    "label": f"{r['variant']} ({r['ran_on']})",
-                    "p50_ms": r["p50_ms"],
-                    "value": r["accuracy"] if valid and valid.labelled else r["top1_agreement"],
+                    "label": f"{r.variant} ({r.ran_on})",
+                    "p50_ms": r.p50_ms,
+                    "value": r.accuracy if valid and valid.labelled else r.top1_agreement,
                 }
                 for r in rows
-                if r["p50_ms"] is not None
+                if r.p50_ms is not None
             ],
         },
         "ops": {
@@ -93,7 +97,7 @@ def _device_series(result: PipelineResult, batch: int) -> dict:
     return {"batch": batch, "p50_ms": series, "emulated_left_out": emulated}
 
 
-def _row(name: str, provider: str, result: PipelineResult, batch: int) -> dict:
+def _row(name: str, provider: str, result: PipelineResult, batch: int) -> VariantRow:
     bench_row = next(
         (
             r
@@ -116,30 +120,29 @@ def _row(name: str, provider: str, result: PipelineResult, batch: int) -> dict:
         size = result.file_sizes().get(name)  # as the stage that wrote the file recorded it
         ran_on = valid_row.ran_on if valid_row else (bench_row.ran_on if bench_row else None)
     latency = bench_row.latency if bench_row else None
-    return {
-        "variant": VARIANTS[name],
-        "file": None if name == "pytorch" else name,
-        "provider": provider,
-        "ran_on": ran_on,
-        "size_bytes": size,
-        "top1_agreement": agreement,
-        "accuracy": accuracy,
-        "p50_ms": latency.p50_ms if latency else None,
-        "p99_ms": latency.p99_ms if latency else None,
-        "throughput": latency.throughput if latency else None,
-        "speedup_vs_onnx_fp32": bench_row.speedup if bench_row else None,
-        "passed": valid_row.passed if valid_row else None,
-        "placement": valid_row.placement.describe() if valid_row and valid_row.placement else None,
-        "int8_coverage": valid_row.coverage.describe() if valid_row and valid_row.coverage else None,
-    }
+    return VariantRow(
+        variant=VARIANTS[name],
+        file=None if name == "pytorch" else name,
+        provider=provider,
+        ran_on=ran_on,
+        size_bytes=size,
+        top1_agreement=agreement,
+        accuracy=accuracy,
+        p50_ms=latency.p50_ms if latency else None,
+        p99_ms=latency.p99_ms if latency else None,
+        throughput=latency.throughput if latency else None,
+        speedup_vs_onnx_fp32=bench_row.speedup if bench_row else None,
+        passed=valid_row.passed if valid_row else None,
+        placement=valid_row.placement.describe() if valid_row and valid_row.placement else None,
+        int8_coverage=valid_row.coverage.describe() if valid_row and valid_row.coverage else None,
+    )
 
 
-def summary_rows(result: PipelineResult) -> list[dict]:
+def summary_rows(result: PipelineResult) -> list[VariantRow]:
     """The report's head table: one row per variant (PyTorch eager, then each model file) and provider.
 
-    Each row is a dict with the keys report.json's ``summary`` holds: ``variant``, ``file``, ``provider``,
-    ``ran_on``, ``size_bytes``, ``top1_agreement``, ``accuracy``, ``p50_ms``, ``p99_ms``, ``throughput``,
-    ``speedup_vs_onnx_fp32``, ``passed``, ``placement`` and ``int8_coverage``; a value not measured is None.
+    Each :class:`VariantRow` is what report.json's ``summary`` holds (:meth:`VariantRow.to_json`); a value not
+    measured is None.
     """
     return summarize(result)["rows"]
 
@@ -147,20 +150,24 @@ def summary_rows(result: PipelineResult) -> list[dict]:
 def write_report(result: PipelineResult, folder: Path) -> None:
     """Write report.json, report.md, report.html and the PNG plots into ``folder`` (each atomically).
 
+    The pages are rendered from report.json as written (read back as a :class:`ReportDocument`), exactly as a
+    stored report.json renders.
+
     Args:
         result: the run to report; its model files (``result.artifacts``) are in ``folder``, which the run later
             publishes as ``result.outdir`` (paths in the report are made relative to that).
     """
     summary = summarize(result)
     plots = write_plots(summary["plots"], folder)
-    # Hashes are read from ``folder`` (the staging folder during a run), where the artifacts are now.
-    hashes = {name: sha256_file(folder / name) for name in sorted(result.artifacts) if name.endswith(".onnx")}
+    # Hashes are read from ``folder`` (the staging folder during a run), where the model files are now.
+    models = set(FILES.values())
+    hashes = {name: sha256_file(folder / name) for name in sorted(result.artifacts) if name in models}
     config, config_sources = describe_config(result)
     report = {
         "resnet_edge": __version__,
         "status": "complete" if result.completed else f"stopped at {result.failed_stage}",
         "error": result.error,
-        "summary": summary["rows"],
+        "summary": [row.to_json() for row in summary["rows"]],
         "plots": {**summary["plots"], "files": plots},
         "config": config,
         "config_sources": config_sources,
@@ -174,12 +181,13 @@ def write_report(result: PipelineResult, folder: Path) -> None:
         "environment": to_jsonable(result.benchmark.environment) if result.benchmark else _environment(),
         "stages": {name: to_jsonable(getattr(result, name)) for name in STAGES},
     }
-    report["stages"]["tune"] = _tune_stage(result)
-    report["deployment"] = _deployment(report["stages"]["tune"])
+    report["stages"]["tune"] = _tune_stage(result, folder)
+    report["deployment"] = _deployment(result, folder)
     report = _relative_paths(report, result, folder)
     write_json_atomic(folder / REPORT_JSON, report)
-    write_text_atomic(folder / REPORT_MARKDOWN, render_markdown(report))
-    write_text_atomic(folder / REPORT_HTML, render_html(report))
+    document = ReportDocument.read(folder / REPORT_JSON)
+    write_text_atomic(folder / REPORT_MARKDOWN, render_markdown(document))
+    write_text_atomic(folder / REPORT_HTML, render_html(document))
 
 
 def describe_config(result: PipelineResult) -> tuple[dict[str, object], dict[str, str]]:
@@ -226,66 +234,42 @@ def describe_config(result: PipelineResult) -> tuple[dict[str, object], dict[str
     return values, sources
 
 
-def _tune_stage(result: PipelineResult) -> dict | None:
-    """The tune stage as JSON; a candidate's file only where the run kept it (tune builds the others in a temporary
-    folder and keeps only the chosen one)."""
+def _tune_stage(result: PipelineResult, folder: Path) -> dict | None:
+    """The tune stage as JSON; a candidate's file only where the run kept it (tune builds the other candidates in a
+    temporary folder and keeps only the chosen one)."""
     if result.tune is None:
         return None
     data = to_jsonable(result.tune)
-    for candidate in [data["chosen"], *data["candidates"]]:
-        if candidate["path"] and not Path(candidate["path"]).exists():
-            candidate["path"] = None
+    tried = [result.tune.chosen, *result.tune.candidates]
+    for candidate, written in zip(tried, [data["chosen"], *data["candidates"]], strict=True):
+        written["path"] = _kept(candidate.path, result, folder)
     return data
 
 
-def _deployment(tune: dict | None) -> dict | None:
+def _kept(path: str | None, result: PipelineResult, folder: Path) -> str | None:
+    """``path`` where it names one of the run's artifacts in ``folder``, else None (a file already deleted)."""
+    return path if path and Path(path).parent == folder and Path(path).name in result.artifacts else None
+
+
+def _deployment(result: PipelineResult, folder: Path) -> dict | None:
     """What tune chose, in a few fields: the file, where to run it, how much faster, how close to FP32."""
-    if tune is None:
+    if result.tune is None:
         return None
-    chosen, batch = tune["chosen"], str(max(tune["batch_sizes"]))
-    return {
-        "file": chosen["path"],
-        "candidate": chosen["name"],
-        "provider": chosen["provider"],
-        "precision": chosen["precision"],
-        "batch": int(batch),
-        "p50_ms": chosen["p50_ms"].get(batch),
-        "speedup_vs_cpu_fp32": chosen["speedup_vs_cpu_fp32"].get(batch),
-        "top1_agreement": chosen["top1_agreement"],
-        "max_abs_error": chosen["max_abs_error"],
-        "parity": "pass" if chosen["passed"] else "fail",
-        "record": tune["record"],
+    chosen, batch = result.tune.chosen, max(result.tune.batch_sizes)
+    deployment = {
+        "file": _kept(chosen.path, result, folder),
+        "candidate": chosen.name,
+        "provider": chosen.provider,
+        "precision": chosen.precision,
+        "batch": batch,
+        "p50_ms": chosen.p50_ms.get(batch),
+        "speedup_vs_cpu_fp32": chosen.speedup_vs_cpu_fp32.get(batch),
+        "top1_agreement": chosen.top1_agreement,
+        "max_abs_error": chosen.max_abs_error,
+        "parity": "pass" if chosen.passed else "fail",
+        "record": result.tune.record,
     }
-
-
-def _tune_cells(report: dict) -> tuple[str | None, list[str], list[list[str]]]:
-    """The chosen deployment in one sentence, and the table of every candidate tune tried (none without tune)."""
-    tune, chosen = report["stages"].get("tune"), report.get("deployment")
-    if not tune or not chosen:
-        return None, [], []
-    batches = [str(b) for b in tune["batch_sizes"]]
-    sentence = (
-        f"{chosen['candidate']} on {chosen['provider']} ({chosen['file']}): {fmt.ratio(chosen['speedup_vs_cpu_fp32'])}"
-        f" CPU FP32 at batch {chosen['batch']}, top-1 agreement with FP32 {fmt.percent(chosen['top1_agreement'])},"
-        f" parity {chosen['parity']}; run it with --providers {chosen['provider']} (every candidate:"
-        f" {chosen['record']})"
-    )
-    headers = ["Candidate", "Provider", "Ran on", "Top-1 agreement", "Parity"]
-    headers += [f"p50 ms b{b}" for b in batches] + [f"× CPU FP32 b{b}" for b in batches] + ["Chosen"]
-    rows = [
-        [
-            c["name"],
-            c["provider"],
-            c["ran_on"] or fmt.MISSING,
-            fmt.percent(c["top1_agreement"]),
-            "pass" if c["passed"] else ("error" if c["error"] else "FAIL"),
-            *(fmt.ms(c["p50_ms"].get(b)) for b in batches),
-            *(fmt.ratio(c["speedup_vs_cpu_fp32"].get(b)) for b in batches),
-            "◀" if (c["name"], c["provider"]) == (chosen["candidate"], chosen["provider"]) else "",
-        ]
-        for c in tune["candidates"]
-    ]
-    return sentence, headers, rows
+    return to_jsonable(deployment)
 
 
 def _relative_paths(report: dict, result: PipelineResult, folder: Path) -> dict:
@@ -340,128 +324,132 @@ def _fmt(value: object, kind: str) -> str:
     return _FORMATS[kind](value) if kind in _FORMATS else str(value)
 
 
-_COLUMNS = [
-    ("variant", "Variant", ""),
-    ("file", "File", ""),
-    ("size_bytes", "Size", "size"),
-    ("top1_agreement", "Top-1 agreement", "pct"),
-    ("accuracy", "Accuracy", "pct"),
-    ("p50_ms", "p50 ms", "ms"),
-    ("p99_ms", "p99 ms", "ms"),
-    ("throughput", "img/s", "ips"),
-    ("speedup_vs_onnx_fp32", fmt.SPEEDUP_COLUMN, "x"),
-    ("ran_on", "Ran on", ""),
+_COLUMNS: list[tuple[str, Callable[[VariantRow], str]]] = [
+    ("Variant", lambda r: r.variant),
+    ("File", lambda r: _fmt(r.file, "")),
+    ("Size", lambda r: _fmt(r.size_bytes, "size")),
+    ("Top-1 agreement", lambda r: _fmt(r.top1_agreement, "pct")),
+    ("Accuracy", lambda r: _fmt(r.accuracy, "pct")),
+    ("p50 ms", lambda r: _fmt(r.p50_ms, "ms")),
+    ("p99 ms", lambda r: _fmt(r.p99_ms, "ms")),
+    ("img/s", lambda r: _fmt(r.throughput, "ips")),
+    (fmt.SPEEDUP_COLUMN, lambda r: _fmt(r.speedup_vs_onnx_fp32, "x")),
+    ("Ran on", lambda r: _fmt(r.ran_on, "")),
 ]
 
 
-def _table_cells(report: dict) -> tuple[list[str], list[list[str]]]:
-    headers = [title for _, title, _ in _COLUMNS]
-    rows = [[_fmt(row[key], kind) for key, _, kind in _COLUMNS] for row in report["summary"]]
+def _table_cells(report: ReportDocument) -> tuple[list[str], list[list[str]]]:
+    headers = [title for title, _ in _COLUMNS]
+    rows = [[cell(row) for _, cell in _COLUMNS] for row in report.rows]
     return headers, rows
 
 
-def _facts(report: dict) -> list[tuple[str, str]]:
-    env = report["environment"]
-    cpu = env["cpu"]
-    config = report["config"]
-    stages = report["stages"]
+def _facts(report: ReportDocument) -> list[tuple[str, str]]:
+    env, config, stages = report.environment, report.config, report.stages
+    export = stages.export
     facts = [
-        ("Status", report["status"] + (f": {report['error']}" if report["error"] else "")),
+        ("Status", report.status + (f": {report.error}" if report.error else "")),
         (
             "Model",
-            f"{stages['export']['arch'] if stages['export'] else config['arch']}"
-            f" ({stages['export']['variant'] if stages['export'] else config['variant'] or 'residual'}),"
-            f" weights {config['weights']}",
+            f"{export.arch if export else config.arch}"
+            f" ({export.variant if export else config.variant or 'residual'}),"
+            f" weights {config.weights}",
         ),
         (
             "CPU",
-            f"{cpu['model']}, {cpu['logical_cores']} cores; " + ", ".join(k for k, v in cpu["features"].items() if v),
+            f"{env.cpu_model}, {env.logical_cores} cores; " + ", ".join(k for k, v in env.cpu_features.items() if v),
         ),
-        ("Versions", ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)),
-        ("Providers available", ", ".join(env["onnxruntime_providers"])),
+        ("Versions", ", ".join(f"{k} {v}" for k, v in env.packages.items() if v)),
+        ("Providers available", ", ".join(env.onnxruntime_providers)),
     ]
-    if stages["quantize"]:
-        q = stages["quantize"]
+    if stages.quantize:
+        q = stages.quantize
         facts.append(
             (
                 "INT8",
-                f"{q['config']['target']} {q['config']['format']}, activations"
-                f" {q['config']['activation_type']}, weights"
-                f" {'per-channel' if q['config']['per_channel'] else 'per-tensor'};"
-                f" {q['method']} calibration on {q['calibration_images']} images from"
-                f" {q['calibration_source']}",
+                f"{q.target} {q.format}, activations {q.activation_type}, weights"
+                f" {'per-channel' if q.per_channel else 'per-tensor'};"
+                f" {q.method} calibration on {q.calibration_images} images from {q.calibration_source}",
             )
         )
-    if stages["validate"]:
-        v = stages["validate"]
-        left_out = v.get("calibration_excluded") or 0
+    if stages.validate:
+        v = stages.validate
+        left_out = v.calibration_excluded
         facts.append(
             (
                 "Validation",
-                f"{v['images']} images from {v['data']}"
+                f"{v.images} images from {v.data}"
                 + (f" ({left_out} calibration images left out)" if left_out else "")
-                + f" against {v['reference']}",
+                + f" against {v.reference}",
             )
         )
-    if stages["benchmark"]:
-        b = stages["benchmark"]
+    if stages.benchmark:
+        b = stages.benchmark
         facts.append(
             (
                 "Timing",
-                f"{b['options']['iterations']} round-robin rounds after {b['options']['warmup']}"
-                f" warm-up, {fmt.count(b['threads'], 'thread')},"
-                f" batch sizes {', '.join(map(str, b['options']['batch_sizes']))}"
-                f" (the table above: batch {report['plots']['latency']['batch']})",
+                f"{b.iterations} round-robin rounds after {b.warmup}"
+                f" warm-up, {fmt.count(b.threads, 'thread')},"
+                f" batch sizes {', '.join(map(str, b.batch_sizes))}"
+                f" (the table above: batch {report.plots.batch})",
             )
         )
     return facts
 
 
-# The columns of a benchmark row as the report shows it: title and how to read it from a row (a dict of report.json).
-_ROW_COLUMNS = {
-    "target": ("Target", lambda r, lat: r.get("target") or ""),
-    "model": ("Model", lambda r, lat: VARIANTS.get(r["model"], r["model"])),
-    "provider": ("Provider", lambda r, lat: r["provider"]),
-    "ran_on": ("Ran on", lambda r, lat: r["ran_on"]),
-    "batch": ("Batch", lambda r, lat: str(r["batch"])),
-    "cold": ("Cold start ms", lambda r, lat: _fmt(r["cold_start_ms"], "ms")),
-    "p50": ("p50 ms", lambda r, lat: _fmt(lat.get("p50_ms"), "ms")),
-    "p90": ("p90 ms", lambda r, lat: _fmt(lat.get("p90_ms"), "ms")),
-    "p99": ("p99 ms", lambda r, lat: _fmt(lat.get("p99_ms"), "ms")),
-    "ips": ("img/s", lambda r, lat: _fmt(lat.get("throughput"), "ips")),
-    "cv": ("CV", lambda r, lat: _fmt(lat.get("cv"), "cv")),
-    "speedup": (fmt.SPEEDUP_COLUMN, lambda r, lat: _fmt(r["speedup"], "x") if r["latency"] else r["skipped"] or "–"),
+def _latency(row: TimedRow, value: Callable[[Latency], float | None], kind: str) -> str:
+    return _fmt(value(row.latency) if row.latency else None, kind)
+
+
+# The columns of a timed row (here or on a device) as the report shows it: title and the cell of a row.
+_ROW_COLUMNS: dict[str, tuple[str, Callable[[TimedRow], str]]] = {
+    "target": ("Target", lambda r: r.target or ""),
+    "model": ("Model", lambda r: VARIANTS.get(r.model, r.model)),
+    "provider": ("Provider", lambda r: r.provider),
+    "ran_on": ("Ran on", lambda r: _fmt(r.ran_on, "")),
+    "batch": ("Batch", lambda r: str(r.batch)),
+    "cold": ("Cold start ms", lambda r: _fmt(r.cold_start_ms, "ms")),
+    "p50": ("p50 ms", lambda r: _latency(r, lambda lat: lat.p50_ms, "ms")),
+    "p90": ("p90 ms", lambda r: _latency(r, lambda lat: lat.p90_ms, "ms")),
+    "p99": ("p99 ms", lambda r: _latency(r, lambda lat: lat.p99_ms, "ms")),
+    "ips": ("img/s", lambda r: _latency(r, lambda lat: lat.throughput, "ips")),
+    "cv": ("CV", lambda r: _latency(r, lambda lat: lat.cv, "cv")),
+    "speedup": (fmt.SPEEDUP_COLUMN, lambda r: _fmt(r.speedup, "x") if r.latency else r.skipped or "–"),
 }
 
 
-def _row_cells(rows: list[dict], columns: list[str]) -> tuple[list[str], list[list[str]]]:
-    """Headers and cells of benchmark rows (here or from devices) for the named columns of _ROW_COLUMNS."""
+def _row_cells(rows: tuple[TimedRow, ...], columns: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of timed rows (here or from devices) for the named columns of _ROW_COLUMNS."""
     headers = [_ROW_COLUMNS[c][0] for c in columns]
-    return headers, [[_ROW_COLUMNS[c][1](r, r["latency"] or {}) for c in columns] for r in rows]
+    return headers, [[_ROW_COLUMNS[c][1](r) for c in columns] for r in rows]
 
 
-def _benchmark_cells(report: dict) -> tuple[list[str], list[list[str]]]:
+def _benchmark_cells(report: ReportDocument) -> tuple[list[str], list[list[str]]]:
     """Every benchmark row: all batch sizes and providers, cold start and the percentiles."""
-    bench = report["stages"]["benchmark"]
+    bench = report.stages.benchmark
     columns = ["model", "provider", "ran_on", "batch", "cold", "p50", "p90", "p99", "ips", "cv", "speedup"]
-    return _row_cells(bench["rows"] if bench else [], columns)
+    return _row_cells(bench.rows if bench else (), columns)
 
 
-def render_markdown(report: dict) -> str:
-    """``report.md``: the Markdown for a report document (what :func:`write_report` writes as report.json)."""
+def _audits(report: ReportDocument) -> list[tuple[str, list[tuple[VariantRow, str]]]]:
+    """Where each node ran and which convolutions ran as INT8 kernels: (section title, [(row, text)]), non-empty."""
+    sections = [
+        ("Where each node ran", [(r, r.placement) for r in report.rows if r.placement]),
+        ("INT8 kernels", [(r, r.int8_coverage) for r in report.rows if r.int8_coverage]),
+    ]
+    return [(title, items) for title, items in sections if items]
+
+
+def render_markdown(report: ReportDocument) -> str:
+    """``report.md``: the Markdown for a report document (report.json, read by :meth:`ReportDocument.from_json`)."""
     headers, rows = _table_cells(report)
     lines = ["# resnet-edge report", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     note = _speedup_note(report)
     lines += ["", *([note, ""] if note else []), *(f"- **{k}:** {v}" for k, v in _facts(report)), ""]
-    placements = [r for r in report["summary"] if r.get("placement")]
-    if placements:  # where each node ran, per variant and provider (runtime's placement audit)
-        lines += ["## Where each node ran", ""]
-        lines += [f"- {r['variant']} on {r['provider']}: {r['placement']}" for r in placements] + [""]
-    coverages = [r for r in report["summary"] if r.get("int8_coverage")]
-    if coverages:  # which convolutions really ran as integer kernels (int8_coverage)
-        lines += ["## INT8 kernels", ""]
-        lines += [f"- {r['variant']} on {r['provider']}: {r['int8_coverage']}" for r in coverages] + [""]
+    for title, items in _audits(report):
+        lines += [f"## {title}", ""]
+        lines += [f"- {r.variant} on {r.provider}: {text}" for r, text in items] + [""]
     for title, file in _plot_titles(report):
         lines += [f"![{title}]({file})", ""]
     bench_headers, bench_rows = _benchmark_cells(report)
@@ -473,8 +461,8 @@ def render_markdown(report: dict) -> str:
         lines += ["## Devices", "", *(f"- **{k}:** {v}" for k, v in device_facts), ""]
         lines += ["| " + " | ".join(device_headers) + " |", "|" + "---|" * len(device_headers)]
         lines += ["| " + " | ".join(r) + " |" for r in device_rows] + [""]
-        if "devices" in report["plots"]["files"]:
-            lines += [f"![Latency by device]({report['plots']['files']['devices']})", ""]
+        if report.plots.devices:
+            lines += [f"![Latency by device]({report.plots.devices})", ""]
     tune_sentence, tune_headers, tune_rows = _tune_cells(report)
     if tune_sentence:
         lines += ["## Deployment (tune)", "", f"Chosen: {tune_sentence}", ""]
@@ -483,7 +471,7 @@ def render_markdown(report: dict) -> str:
     lines += [
         "## Files",
         "",
-        *(f"- `{name}` sha256 `{digest}`" for name, digest in report["file_sha256"].items()),
+        *(f"- `{f.name}` sha256 `{f.sha256}`" for f in report.files),
         "",
         "## Configuration",
         "",
@@ -495,7 +483,7 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _config_rows(report: dict) -> list[tuple[str, str, str]]:
+def _config_rows(report: ReportDocument) -> list[tuple[str, str, str]]:
     """Option, resolved value as text, and where it came from."""
 
     def text(value: object) -> str:
@@ -507,56 +495,86 @@ def _config_rows(report: dict) -> list[tuple[str, str, str]]:
             return ", ".join(map(str, value))
         return str(value)
 
-    sources = report.get("config_sources", {})
-    rows = [(key, text(value), sources.get(key, "")) for key, value in report["config"].items()]
+    rows = [(e.key, text(e.value), e.source) for e in report.config.entries]
     return [(k, "all" if k == "limit" and v == fmt.MISSING else v, src) for k, v, src in rows]
 
 
-def _speedup_note(report: dict) -> str | None:
+def _speedup_note(report: ReportDocument) -> str | None:
     """What the Speed-up column means, when the table has one to show."""
-    if any(row["speedup_vs_onnx_fp32"] is not None for row in report["summary"]):
+    if any(row.speedup_vs_onnx_fp32 is not None for row in report.rows):
         return f"{fmt.SPEEDUP_COLUMN}: {fmt.SPEEDUP_MEANING}."
     return None
 
 
-def _device_cells(report: dict) -> tuple[list[str], list[list[str]], list[tuple[str, str]]]:
+def _device_cells(report: ReportDocument) -> tuple[list[str], list[list[str]], list[tuple[str, str]]]:
     """The per-device section (``pipeline --target``): each target's facts, and every row it timed."""
-    devices = report["stages"].get("devices")
+    devices = report.stages.devices
     if not devices:
         return [], [], []
     facts = []
-    for t in devices["targets"]:
-        if not t["ok"]:
-            facts.append((t["target"], f"failed: {t['error']}"))
+    for t in devices.targets:
+        if not t.ok or t.device is None:
+            facts.append((t.target, f"failed: {t.error}"))
             continue
-        d = t["device"]
-        features = ", ".join(k for k, v in d["features"].items() if v) or "no INT8 features of note"
-        board = f"{d['board']}; " if d["board"] else ""
+        d = t.device
+        features = ", ".join(k for k, v in d.features.items() if v) or "no INT8 features of note"
+        board = f"{d.board}; " if d.board else ""
         facts.append(
             (
-                t["target"],
-                f"{board}{d['cpu_model']}, {d['usable_cores']} cores ({features}); {d['os']}; onnxruntime"
-                f" {d['onnxruntime']} ({', '.join(d['onnxruntime_providers'])}); {t['threads']} threads"
-                + "".join(f"; warning: {w}" for w in t["warnings"]),
+                t.target,
+                f"{board}{d.cpu_model}, {d.usable_cores} cores ({features}); {d.os}; onnxruntime"
+                f" {d.onnxruntime} ({', '.join(d.onnxruntime_providers)}); {t.threads} threads"
+                + "".join(f"; warning: {w}" for w in t.warnings),
             )
         )
     columns = ["target", "model", "provider", "ran_on", "batch", "cold", "p50", "p99", "ips", "speedup"]
-    headers, rows = _row_cells(devices["rows"], columns)
+    headers, rows = _row_cells(devices.rows, columns)
     return headers, rows, facts
 
 
-def _plot_titles(report: dict) -> list[tuple[str, str]]:
-    files = report["plots"]["files"]
-    titles = {
-        "latency": "Latency distribution",
-        "accuracy_latency": "Accuracy against latency",
-        "ops": "Nodes by op type before and after simplification",
-    }
-    return [(titles[key], files[key]) for key in titles if key in files]
+def _tune_cells(report: ReportDocument) -> tuple[str | None, list[str], list[list[str]]]:
+    """The chosen deployment in one sentence, and the table of every candidate tune tried (none without tune)."""
+    tune, chosen = report.stages.tune, report.deployment
+    if not tune or not chosen:
+        return None, [], []
+    batches = tune.batch_sizes
+    sentence = (
+        f"{chosen.candidate} on {chosen.provider} ({chosen.file}): {fmt.ratio(chosen.speedup_vs_cpu_fp32)}"
+        f" CPU FP32 at batch {chosen.batch}, top-1 agreement with FP32 {fmt.percent(chosen.top1_agreement)},"
+        f" parity {chosen.parity}; run it with --providers {chosen.provider} (every candidate:"
+        f" {chosen.record})"
+    )
+    headers = ["Candidate", "Provider", "Ran on", "Top-1 agreement", "Parity"]
+    headers += [f"p50 ms b{b}" for b in batches] + [f"× CPU FP32 b{b}" for b in batches] + ["Chosen"]
+    rows = [
+        [
+            c.name,
+            c.provider,
+            c.ran_on or fmt.MISSING,
+            fmt.percent(c.top1_agreement),
+            "pass" if c.passed else ("error" if c.error else "FAIL"),
+            *(fmt.ms(c.p50_ms.get(b)) for b in batches),
+            *(fmt.ratio(c.speedup_vs_cpu_fp32.get(b)) for b in batches),
+            "◀" if (c.name, c.provider) == (chosen.candidate, chosen.provider) else "",
+        ]
+        for c in tune.candidates
+    ]
+    return sentence, headers, rows
 
 
-def render_html(report: dict) -> str:
-    """``report.html``: the page for a report document (what :func:`write_report` writes as report.json)."""
+def _plot_titles(report: ReportDocument) -> list[tuple[str, str]]:
+    """The plots shown together under the head table: (title, file), those drawn."""
+    plots = report.plots
+    titles = [
+        ("Latency distribution", plots.latency),
+        ("Accuracy against latency", plots.accuracy_latency),
+        ("Nodes by op type before and after simplification", plots.ops),
+    ]
+    return [(title, file) for title, file in titles if file]
+
+
+def render_html(report: ReportDocument) -> str:
+    """``report.html``: the page for a report document (report.json, read by :meth:`ReportDocument.from_json`)."""
     headers, rows = _table_cells(report)
     esc = html.escape
 
@@ -578,13 +596,13 @@ def render_html(report: dict) -> str:
         f'<figure><img src="{esc(f)}" alt="{esc(t)}"><figcaption>{esc(t)}</figcaption></figure>'
         for t, f in _plot_titles(report)
     )
-    hashes = table(["File", "SHA-256"], [[n, d] for n, d in report["file_sha256"].items()], "text hashes")
+    hashes = table(["File", "SHA-256"], [[f.name, f.sha256] for f in report.files], "text hashes")
     bench_headers, bench_rows = _benchmark_cells(report)
     note = _speedup_note(report)
     device_headers, device_rows, device_facts = _device_cells(report)
     devices = ""
     if device_headers:
-        plot = report["plots"]["files"].get("devices")
+        plot = report.plots.devices
         devices = (
             "<h2>Devices</h2><dl>"
             + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in device_facts)
@@ -594,10 +612,9 @@ def render_html(report: dict) -> str:
                "</figure>" if plot else "")
         )  # fmt: skip
     audit = "".join(
-        f"<h2>{title}</h2><ul>" + "".join(f"<li>{esc(r['variant'])} on {esc(r['provider'])}: {esc(r[key])}</li>"
-        for r in items) + "</ul>"
-        for title, key in (("Where each node ran", "placement"), ("INT8 kernels", "int8_coverage"))
-        if (items := [r for r in report["summary"] if r.get(key)])
+        f"<h2>{title}</h2><ul>" + "".join(f"<li>{esc(r.variant)} on {esc(r.provider)}: {esc(text)}</li>"
+        for r, text in items) + "</ul>"
+        for title, items in _audits(report)
     )  # fmt: skip
     tune_sentence, tune_headers, tune_rows = _tune_cells(report)
     deployment = (
@@ -605,7 +622,7 @@ def render_html(report: dict) -> str:
         if tune_sentence
         else ""
     )
-    status_class = "ok" if report["status"] == "complete" else "bad"
+    status_class = "ok" if report.completed else "bad"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>resnet-edge report</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -642,8 +659,8 @@ img {{ width: 100%; height: auto; }} figcaption {{ text-align: center; color: #5
 </style></head>
 <body>
 <h1>resnet-edge report</h1>
-<p><span class="status {status_class}">{esc(report["status"])}</span>
- &nbsp;resnet-edge {esc(report["resnet_edge"])}</p>
+<p><span class="status {status_class}">{esc(report.status)}</span>
+ &nbsp;resnet-edge {esc(report.version)}</p>
 {table(headers, rows, "stack")}
 {f'<p class="note">{esc(note)}</p>' if note else ""}
 <dl>{facts}</dl>

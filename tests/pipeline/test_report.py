@@ -1,25 +1,35 @@
 """The report's renderers, fast: report.md and report.html from a stored report.json (no pipeline run).
 
-``data/report.json`` is the report of a real run of the default pipeline (``resnet-edge pipeline``), with only what
-no renderer reads cut short (the calibration file list, the raw latency samples); ``data/report.md`` is the
-Markdown that run wrote beside it.
+``data/report.json`` is the report of a real run of the default pipeline with one device (``resnet-edge pipeline
+--target local``: every stage, tune and the device section), with only what no renderer reads cut short (the
+calibration file list, the raw latency samples); ``data/report.md`` and ``data/report.html`` are the pages that run
+wrote beside it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from resnet_edge.errors import InputFileError
+from resnet_edge.pipeline.document import ReportDocument, ReportFormatError, VariantRow
 from resnet_edge.pipeline.report import render_html, render_markdown
 
 DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture
-def report() -> dict:
+def stored() -> dict:
+    """report.json as JSON data, to change before it is read."""
     return json.loads((DATA / "report.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def report(stored: dict) -> ReportDocument:
+    return ReportDocument.from_json(stored)
 
 
 def _table(markdown: str, header: str) -> list[list[str]]:
@@ -34,11 +44,26 @@ def _table(markdown: str, header: str) -> list[list[str]]:
     return rows
 
 
-def test_markdown_is_what_the_run_wrote(report: dict) -> None:
+def test_markdown_is_what_the_run_wrote(report: ReportDocument) -> None:
     assert render_markdown(report) == (DATA / "report.md").read_text(encoding="utf-8")
 
 
-def test_markdown_head_table_has_a_row_per_variant(report: dict) -> None:
+def test_html_is_what_the_run_wrote(report: ReportDocument) -> None:
+    assert render_html(report) == (DATA / "report.html").read_text(encoding="utf-8")
+
+
+def test_the_document_is_typed_and_its_rows_write_back_the_same_json(stored: dict) -> None:
+    document = ReportDocument.read(DATA / "report.json")
+    assert all(isinstance(row, VariantRow) for row in document.rows)
+    assert [row.to_json() for row in document.rows] == stored["summary"]  # same keys, same order, same values
+    assert document.stages.quantize.target == "x86-vnni" and document.stages.tune.batch_sizes == (1, 8)
+    assert document.deployment.file == "model.tuned.onnx" and document.deployment.batch == 8
+    assert document.stages.tune.candidates[0].name == "fp32"
+    assert set(document.stages.tune.candidates[0].p50_ms) == {1, 8}  # keyed by batch size, as numbers
+    assert [t.target for t in document.stages.devices.targets] == ["local"]
+
+
+def test_markdown_head_table_has_a_row_per_variant(report: ReportDocument) -> None:
     rows = _table(render_markdown(report), "| Variant |")
     assert [r[0] for r in rows] == ["PyTorch eager", "ONNX FP32", "ONNX simplified", "ONNX INT8"]
     int8 = rows[3]
@@ -47,41 +72,101 @@ def test_markdown_head_table_has_a_row_per_variant(report: dict) -> None:
     assert rows[0][1] == "–" and rows[0][2] == "–"  # PyTorch eager has no file
 
 
-def test_markdown_sections_and_facts(report: dict) -> None:
+def test_markdown_sections_and_facts(report: ReportDocument, stored: dict) -> None:
     markdown = render_markdown(report)
     for section in ("## Where each node ran", "## INT8 kernels", "## Benchmark", "## Files", "## Configuration"):
         assert section in markdown
-    assert "## Devices" not in markdown  # no --target in this run
     assert "- **Model:** resnet20 (residual), weights builtin:digits-resnet20" in markdown
     assert "- **INT8:** x86-vnni qdq, activations uint8, weights per-channel; minmax calibration on 200" in markdown
     assert "- **Timing:** 50 round-robin rounds after 5 warm-up" in markdown
     bench = _table(markdown, "| Model | Provider |")
-    assert len(bench) == len(report["stages"]["benchmark"]["rows"]) == 8
+    assert len(bench) == len(stored["stages"]["benchmark"]["rows"]) == 8
     assert {(r[0], r[3]) for r in bench} >= {("ONNX INT8", "1"), ("PyTorch eager", "8")}
     config = {r[0]: r[1:] for r in _table(markdown, "| Option |")}
     assert config["`batch`"] == ["1, 8", "default"] and config["`limit`"] == ["all", "default"]
     assert config["`target`"][0] == "x86-vnni"
-    for name, digest in report["file_sha256"].items():
+    for name, digest in stored["file_sha256"].items():
         assert f"- `{name}` sha256 `{digest}`" in markdown
 
 
-def test_a_stopped_run_says_where_and_leaves_out_what_did_not_run(report: dict) -> None:
-    report = {**report, "status": "stopped at validate", "error": "1 row missed the bar"}
-    report["stages"] = {**report["stages"], "validate": None, "benchmark": None}
+def test_markdown_device_section(report: ReportDocument) -> None:
+    markdown = render_markdown(report)
+    assert "## Devices" in markdown and "![Latency by device](latency_by_device.png)" in markdown
+    assert "- **local:** AMD EPYC, 2 cores (avx2, avx512f, avx512_vnni);" in markdown
+    rows = _table(markdown, "| Target | Model |")
+    assert len(rows) == 6 and rows[2][:5] == ["local", "ONNX INT8", "cpu", "cpu", "1"]
+
+
+def test_a_failed_target_is_named_with_its_error(stored: dict) -> None:
+    target = stored["stages"]["devices"]["targets"][0]
+    target.update(ok=False, device=None, error="local: authentication failed")
+    assert "- **local:** failed: local: authentication failed" in render_markdown(ReportDocument.from_json(stored))
+
+
+def test_markdown_tune_section(report: ReportDocument) -> None:
+    markdown = render_markdown(report)
+    assert "Chosen: int8 x86-vnni qoperator on cpu (model.tuned.onnx): 2.32× CPU FP32 at batch 8" in markdown
+    rows = _table(markdown, "| Candidate |")
+    assert [r[0] for r in rows] == ["fp32", "int8 x86-vnni qdq", "int8 x86-vnni qoperator"]
+    assert [r[-1] for r in rows] == ["", "", "◀"] and rows[0][-3:-1] == ["1.00×", "1.00×"]
+
+
+def test_without_tune_or_devices_their_sections_are_left_out(stored: dict) -> None:
+    stored["stages"].update(tune=None, devices=None)
+    stored["deployment"] = None
+    del stored["plots"]["files"]["devices"]
+    markdown = render_markdown(ReportDocument.from_json(stored))
+    assert "## Deployment (tune)" not in markdown and "## Devices" not in markdown
+    assert "latency_by_device.png" not in markdown and "## Benchmark" in markdown
+
+
+def test_a_stopped_run_says_where_and_leaves_out_what_did_not_run(stored: dict) -> None:
+    stored.update(status="stopped at validate", error="1 row missed the bar")
+    stored["stages"].update(validate=None, benchmark=None)
+    report = ReportDocument.from_json(stored)
     markdown = render_markdown(report)
     assert "- **Status:** stopped at validate: 1 row missed the bar" in markdown
     assert "**Validation:**" not in markdown and "**Timing:**" not in markdown and "## Benchmark" not in markdown
     assert '<span class="status bad">stopped at validate</span>' in render_html(report)
 
 
-def test_html_has_the_same_rows_and_sections(report: dict) -> None:
+def test_html_has_the_same_rows_and_sections(report: ReportDocument, stored: dict) -> None:
     page = render_html(report)
     assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
     assert '<span class="status ok">complete</span>' in page
-    assert page.count('<td data-label="Variant">') == len(report["summary"]) == 4
+    assert page.count('<td data-label="Variant">') == len(stored["summary"]) == 4
     assert '<td data-label="Size">344.8 KiB</td>' in page
-    for heading in ("Plots", "Benchmark", "Where each node ran", "INT8 kernels", "Files", "Configuration"):
+    headings = ("Plots", "Benchmark", "Devices", "Deployment (tune)", "Where each node ran", "INT8 kernels", "Files")
+    for heading in (*headings, "Configuration"):
         assert f"<h2>{heading}</h2>" in page
-    for file in report["plots"]["files"].values():
+    for file in stored["plots"]["files"].values():
         assert f'<img src="{file}"' in page
-    assert "<h2>Devices</h2>" not in page
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda r: r["stages"].pop("tune"), "stages.tune: missing"),  # written before the tune stage existed
+        (lambda r: r["stages"]["quantize"]["config"].pop("target"), "stages.quantize.config.target: missing"),
+        (lambda r: r["summary"][3].update(size_bytes="344.8 KiB"), "summary[3].size_bytes: expected an integer"),
+        (lambda r: r["stages"]["tune"]["candidates"][0]["p50_ms"].update(b8=1.0), "candidates[0].p50_ms: expected"),
+        (lambda r: r.update(stages=[]), "stages: expected an object, found []"),
+        (lambda r: r["config_sources"].pop("seed"), "config_sources.seed: missing"),
+    ],
+    ids=["before-tune", "missing-key", "wrong-type", "not-a-batch-size", "not-an-object", "no-source"],
+)
+def test_a_malformed_report_gives_one_clear_error(stored: dict, change, named: str) -> None:
+    change(stored)
+    with pytest.raises(ReportFormatError, match="malformed report.json: .*not a report.json this version") as caught:
+        ReportDocument.from_json(stored)
+    assert named in str(caught.value) and isinstance(caught.value, InputFileError)
+
+
+def test_a_stored_file_that_is_not_a_report_names_the_file(tmp_path: Path) -> None:
+    old = tmp_path / "report.json"
+    old.write_text(json.dumps({"resnet_edge": "0.0.9", "status": "complete"}), encoding="utf-8")
+    with pytest.raises(ReportFormatError, match=f"malformed {re.escape(str(old))}: error: missing"):
+        ReportDocument.read(old)
+    old.write_text("{not json", encoding="utf-8")
+    with pytest.raises(InputFileError, match="cannot read it as JSON"):
+        ReportDocument.read(old)
