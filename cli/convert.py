@@ -10,11 +10,9 @@ import click
 from resnet_edge import formatting as fmt
 from resnet_edge.cli import render
 from resnet_edge.cli.options import (
-    INT8_FORMATS,
-    INT8_METHODS,
-    INT8_TARGETS,
     SEED,
     derived_path,
+    field_option,
     json_option,
     options_from,
     parse_batch,
@@ -24,10 +22,11 @@ from resnet_edge.cli.options import (
 )
 from resnet_edge.conversion.options import ExportOptions, SimplifyOptions
 from resnet_edge.models.registry import list_models
+from resnet_edge.quantization.options import AccuracyGoal, QuantizeOptions
 
 if TYPE_CHECKING:  # annotations only: the commands import the library lazily, so --help stays fast
     from resnet_edge.quantization.mixed_precision import MixedPrecisionResult
-    from resnet_edge.quantization.quantize import QuantizeOptions, QuantizeResult
+    from resnet_edge.quantization.quantize import QuantizeResult
 
 
 @click.command()
@@ -145,102 +144,36 @@ def inspect(model, as_json) -> None:
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file. [default: MODEL.int8.onnx]")
-@click.option("--calib", help="Calibration images: folder, .npy/.npz, or builtin:NAME. [default: built-in]")
-@click.option("--eval-data", help="Held-out images to judge INT8 on. [default: built-in test split / held-out quarter]")
-@click.option("--method", type=click.Choice(INT8_METHODS), default="minmax", show_default=True)
-@click.option("--per-channel/--per-tensor", default=None, help="Weight granularity. [default: the target's]")
-@click.option("--format", "quant_format", type=click.Choice(INT8_FORMATS), help="[default: the target's]")
-@click.option(
-    "--target",
-    type=click.Choice(INT8_TARGETS),
-    default="auto",
-    show_default=True,
-    help="Hardware to choose the configuration for; auto detects this CPU.",
+@options_from(
+    QuantizeOptions,
+    overrides={
+        "seed": {"type": SEED},
+        "provider": click.option(
+            "--providers",
+            "provider",
+            default="cpu",
+            show_default=True,
+            help="The provider INT8 is checked on (one): cpu, cuda, tensorrt, openvino, ep:NAME, with [key=value]"
+            " options.",
+        ),
+        "allow_accuracy_drop": None,  # after the accuracy goal's flags, below
+    },
 )
-@click.option("--exclude", multiple=True, help="Node name or module path (layer1.0, fc) to keep in FP32; repeatable.")
-@click.option("--limit", type=int, help="Calibrate on this many images, drawn with --seed.")
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--no-speed", is_flag=True, help="Skip the FP32 vs INT8 timing.")
-@click.option(
-    "--providers",
-    default="cpu",
-    show_default=True,
-    help="The provider INT8 is checked on (one): cpu, cuda, tensorrt, openvino, ep:NAME, with [key=value] options.",
-)
-@click.option("--strict-ep", is_flag=True, help="Fail if that provider is missing or takes only part of the model.")
-@click.option(
-    "--require-int8",
-    is_flag=True,
-    help="Fail if a Conv/Gemm (not excluded) runs as an FP32 kernel on that provider. [default: warn]",
-)
-@click.option(
-    "--max-top1-drop",
-    type=float,
-    metavar="POINTS",
-    help="Accuracy target (labelled data): keep the most sensitive blocks in FP32 until INT8 loses at most"
-    " this many top-1 points.",
-)
-@click.option(
-    "--min-agreement",
-    type=float,
-    metavar="FRACTION",
-    help="Accuracy target: keep the most sensitive blocks in FP32 until INT8 agrees with FP32's top-1 on at"
-    " least this fraction of held-out images (e.g. 0.99).",
-)
-@click.option(
-    "--allow-accuracy-drop",
-    is_flag=True,
-    help="Write the INT8 model even if, on held-out images, it misses validate's INT8 bar (99% top-1 agreement,"
-    " 1 point of accuracy); otherwise that fails.",
-)
+@options_from(AccuracyGoal)
+@field_option(QuantizeOptions, "allow_accuracy_drop")
 @json_option
-def quantize(
-    model,
-    output,
-    calib,
-    eval_data,
-    method,
-    per_channel,
-    quant_format,
-    target,
-    exclude,
-    limit,
-    seed,
-    no_speed,
-    providers,
-    strict_ep,
-    require_int8,
-    max_top1_drop,
-    min_agreement,
-    allow_accuracy_drop,
-    as_json,
-) -> None:
+def quantize(model, output, as_json, **fields) -> None:
     """Quantize to INT8 from calibration images; report agreement with FP32 on held-out images.
 
     With --max-top1-drop or --min-agreement, blocks are kept in FP32, most sensitive first, until the target holds.
     """
-    from resnet_edge.quantization.configs import Format, Int8Target, Method
-    from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
+    from resnet_edge.quantization.quantize import quantize_onnx
 
-    options = QuantizeOptions(
-        calib=calib,
-        eval_data=eval_data,
-        method=Method(method),
-        per_channel=per_channel,
-        format=Format(quant_format) if quant_format else None,
-        target=Int8Target(target),
-        exclude=tuple(exclude),
-        limit=limit,
-        seed=seed,
-        measure_speed=not no_speed,
-        provider=_one_provider(providers),
-        strict_ep=strict_ep,
-        require_int8=require_int8,
-        allow_accuracy_drop=allow_accuracy_drop,
-    )
+    options = take_options(QuantizeOptions, fields, provider=_one_provider(fields["provider"]))
+    goal = take_options(AccuracyGoal, fields)
     output = output or derived_path(model, ".int8")
-    if max_top1_drop is not None or min_agreement is not None:
-        from resnet_edge.quantization.mixed_precision import AccuracyGoal, SearchStep, quantize_mixed_precision
+    if goal.given:
+        from resnet_edge.quantization.mixed_precision import SearchStep, quantize_mixed_precision
 
         def show_step(step: SearchStep) -> None:
             if not as_json:
@@ -256,7 +189,7 @@ def quantize(
                 model,
                 output,
                 options,
-                goal=AccuracyGoal(max_top1_drop=max_top1_drop, min_agreement=min_agreement),
+                goal=goal,
                 on_progress=on_progress,
                 on_step=show_step,
             )

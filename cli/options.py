@@ -4,7 +4,8 @@
 one per field: the flag is the field's name (``strict_ep`` -> ``--strict-ep``) or its metadata's ``flag``, the help
 its metadata's ``help``, the type and default the field's own, and an enum's choices its values. So an option is
 declared once, in the library, and the CLI cannot drift from it. The classes live in modules that import no heavy
-library (``conversion.options``, ``evaluation.options``, ``models.options``), so ``--help`` stays fast.
+library (``conversion.options``, ``evaluation.options``, ``quantization.options``, ``models.options``), so
+``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -216,6 +217,18 @@ def option_for(cls: type, field: dataclasses.Field, **changes: Any) -> Callable[
     if kwargs.get("default") is not None and not multiple:
         kwargs.setdefault("show_default", True)
     return click.option(flag, field.name, **kwargs)
+
+
+def field_option(cls: type, name: str, **changes: Any) -> Callable[[F], F]:
+    """The click option of the field ``name`` of ``cls`` alone (to place it among other options).
+
+    Raises:
+        TypeError: ``cls`` has no such field.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if name not in fields:
+        raise TypeError(f"{cls.__name__} has no field {name}")
+    return option_for(cls, fields[name], **changes)
 
 
 def options_from(cls: type, *, overrides: Mapping[str, Callable[[F], F] | None] | None = None) -> Callable[[F], F]:

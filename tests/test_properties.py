@@ -21,7 +21,7 @@ from resnet_edge.cli.options import parse_batches
 from resnet_edge.conversion.export import read_labels_file
 from resnet_edge.errors import ResnetEdgeError
 from resnet_edge.onnx.runtime import parse_providers
-from resnet_edge.pipeline.config import PipelineConfig, load_config, make_config
+from resnet_edge.pipeline.config import PipelineConfig, load_config, make_config, option_keys
 
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 SPEC = PreprocessSpec.small(16)
@@ -55,7 +55,7 @@ TOML_VALUES = st.one_of(
     st.lists(st.text(max_size=6), max_size=3),
     st.floats(allow_nan=True),
 )
-KEYS = st.sampled_from([*PipelineConfig.__dataclass_fields__, "pipeline", "unknown_key"])
+KEYS = st.sampled_from([*option_keys(), "pipeline", "unknown_key"])
 
 
 @FEW

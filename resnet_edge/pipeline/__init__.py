@@ -3,7 +3,7 @@
 Public names, imported on first use (PEP 562) so that ``import resnet_edge.pipeline`` stays cheap:
 
 - :func:`run_pipeline` (``pipeline.run``): every stage into OUTDIR, with the report;
-- :class:`PipelineConfig`: every option of a run;
+- :class:`PipelineConfig`: every option of a run (the stages' options, and the run's own);
 - :class:`PipelineResult` (``pipeline.result``): each stage's typed result, what the report renders;
 - :func:`write_report` (``pipeline.report``): report.json, report.md, report.html and the plots for a result.
 - :class:`ReportDocument` (``pipeline.document``): a report.json read back and checked, what the pages render.

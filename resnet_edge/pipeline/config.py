@@ -1,10 +1,13 @@
 """A pipeline run's options: the stages' own options, with the pipeline's defaults declared once, and TOML files.
 
-Every option of a run is a CLI flag, a config file key and a field of :class:`PipelineConfig` of the same name
-(``batch_sizes`` is ``--batch`` / ``batch``); the report's "configuration as run" lists them by that name with where
-each value came from. Each field sets one stage's option (``STAGE_KEYS``), and the stage's options are made from
-the pipeline's defaults for that stage (``PIPELINE_EXPORT``, ``PIPELINE_BENCHMARK``, ...) with the run's values on
-top, so each stage checks them as it checks its own.
+A :class:`PipelineConfig` is made of the stages' options (``config.export``, ``config.quantize``,
+``config.benchmark``, ...: the pipeline's defaults for each, ``PIPELINE_*``, with the run's values on top, so each
+stage checks them as it checks its own) and the run's own options (``weights``, ``seed``, ``targets``, ...). Every
+option also has one flat name, which is its CLI flag, its config file key and its key in the report's "configuration
+as run" (``batch_sizes`` is ``--batch`` / ``batch``). :data:`OPTIONS` is the one table that maps each flat name to
+where the option is kept (``iterations`` -> ``benchmark.iterations``; ``providers`` -> ``validate.providers`` and
+``benchmark.providers``); ``config.iterations`` reads it, ``PipelineConfig(iterations=9)`` sets it, and
+:meth:`PipelineConfig.options` lists them all.
 
 A config file gives the options at its top level (flat keys, as before), under ``[pipeline]``, or in tables named
 after the stages that use them (``[export]``, ``[quantize]``, ``[benchmark]``, ...)::
@@ -18,6 +21,7 @@ after the stages that use them (``[export]``, ``[quantize]``, ``[benchmark]``, .
 from __future__ import annotations
 
 import dataclasses
+import enum
 import tomllib
 import types
 import typing
@@ -29,157 +33,272 @@ from resnet_edge.conversion.options import DEFAULT_OPSET, OPSET_RANGE, ExportOpt
 from resnet_edge.errors import InputFileError, OptionError
 from resnet_edge.evaluation.options import MAX_ITERATIONS, MAX_WARMUP, BenchmarkOptions, ValidateOptions
 from resnet_edge.onnx.runtime import Provider, parse_providers, split_provider_list
-from resnet_edge.quantization.calibrate import MIN_OPSET
 from resnet_edge.quantization.configs import Int8Target, Method
+from resnet_edge.quantization.options import MIN_OPSET, QuantizeOptions
 
 DEFAULT_WEIGHTS = "builtin:digits-resnet20"
 # Where a configuration value came from, as the report records it.
 FROM_DEFAULT, FROM_FLAG, FROM_ARGUMENT, FROM_CHECKPOINT, FROM_RUN = "default", "flag", "argument", "checkpoint", "run"
 
 # The pipeline's defaults where they differ from the stages' own, declared once: it exports with every BatchNorm
-# kept (the simplify stage folds them and proves it) at the default opset, and times fewer rounds at two batch
-# sizes (a run's benchmark is one look among several stages, not a measurement campaign).
+# kept (the simplify stage folds them and proves it) at the default opset, quantizes without timing (the benchmark
+# stage times every model), and times fewer rounds at two batch sizes (a run's benchmark is one look among several
+# stages, not a measurement campaign).
 PIPELINE_EXPORT = ExportOptions(opset=DEFAULT_OPSET, fold_bn=False)
 PIPELINE_SIMPLIFY = SimplifyOptions()
+PIPELINE_QUANTIZE = QuantizeOptions(measure_speed=False)
+PIPELINE_VALIDATE = ValidateOptions(providers=(Provider.CPU,))
 PIPELINE_BENCHMARK = BenchmarkOptions(providers=(Provider.CPU,), batch_sizes=(1, 8), iterations=50, warmup=5)
+# The stages whose options a config holds, each under the stage's name, and their defaults.
+STAGES: dict[str, object] = {
+    "export": PIPELINE_EXPORT,
+    "simplify": PIPELINE_SIMPLIFY,
+    "quantize": PIPELINE_QUANTIZE,
+    "validate": PIPELINE_VALIDATE,
+    "benchmark": PIPELINE_BENCHMARK,
+}
 
-# The stage each option belongs to: the table a config file may give it in. ``providers`` serves validate and
-# benchmark; the run's own options (weights, seed, targets) sit with the stage that uses them first.
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a run, by its flat name: the CLI flag, the config file key, the report's "configuration as run".
+
+    Attributes:
+        type: the type of its value as a user gives it (a TOML file is checked against it).
+        tables: the ``[stage]`` tables of a config file it may be given in.
+        fields: where it is kept: ``stage.field`` in that stage's options, or a field of the run's own; the first is
+            where it is read from, and a value given is set in every one.
+    """
+
+    type: object
+    tables: tuple[str, ...]
+    fields: tuple[str, ...]
+
+
+def _option(type_: object, table: str | tuple[str, ...], *fields: str) -> Option:
+    return Option(type_, (table,) if isinstance(table, str) else table, fields)
+
+
+# The one table of a run's options, in the order the report lists them: each flat name and where it is kept. The
+# run's own options (weights, seed, int8, torch_eager, tune, the targets) sit with the stage that uses them first.
+OPTIONS: dict[str, Option] = {
+    "arch": _option(str | None, "export", "export.arch"),
+    "weights": _option(str | None, "export", "weights"),
+    "variant": _option(str | None, "export", "export.variant"),
+    "num_classes": _option(int | None, "export", "export.num_classes"),
+    "input_size": _option(int | None, "export", "export.input_size"),
+    "opset": _option(int, "export", "export.opset"),
+    "calib": _option(str | None, "quantize", "quantize.calib"),
+    "data": _option(str | None, "validate", "validate.data", "benchmark.data"),
+    "providers": _option(tuple[str, ...], ("validate", "benchmark"), "validate.providers", "benchmark.providers"),
+    "strict_ep": _option(bool, ("validate", "benchmark"), "validate.strict_ep", "benchmark.strict_ep"),
+    "int8": _option(bool, "quantize", "int8"),
+    "method": _option(str, "quantize", "quantize.method"),
+    "target": _option(str, "quantize", "quantize.target"),
+    "per_channel": _option(bool | None, "quantize", "quantize.per_channel"),
+    "format": _option(str | None, "quantize", "quantize.format"),
+    "limit": _option(int | None, "quantize", "quantize.limit"),
+    "seed": _option(int, ("export", "quantize"), "seed", "quantize.seed"),
+    "allow_unfolded_bn": _option(bool, "simplify", "simplify.allow_unfolded_bn"),
+    "allow_accuracy_drop": _option(bool, "quantize", "quantize.allow_accuracy_drop"),
+    "batch_sizes": _option(tuple[int, ...], "benchmark", "benchmark.batch_sizes"),
+    "iterations": _option(int, "benchmark", "benchmark.iterations"),  # the pipeline never times for a duration
+    "warmup": _option(int, "benchmark", "benchmark.warmup"),
+    "threads": _option(int | None, "benchmark", "benchmark.threads"),
+    "torch_eager": _option(bool, "benchmark", "torch_eager"),
+    "tune": _option(bool, "tune", "tune"),  # choose the deployment by measurement (evaluation.tune)
+    "targets": _option(tuple[str, ...], "benchmark", "targets"),  # devices to benchmark on too: ssh://..., local
+    "remote_python": _option(str | None, "benchmark", "remote_python"),  # python3 on the device when None
+    "ssh_config": _option(str | None, "benchmark", "ssh_config"),
+}
+# The run's own options (kept in the config itself, not in a stage's options) and their defaults.
+RUN_DEFAULTS: dict[str, object] = {
+    "weights": None,
+    "seed": 0,
+    "int8": True,
+    "torch_eager": True,
+    "tune": True,
+    "targets": (),
+    "remote_python": None,
+    "ssh_config": None,
+}
+# The [stage] tables of a config file and the options each may hold (from OPTIONS).
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
-    "export": ("arch", "weights", "variant", "num_classes", "input_size", "opset", "seed"),
-    "simplify": ("allow_unfolded_bn",),
-    "quantize": ("int8", "calib", "method", "target", "per_channel", "format", "limit", "seed", "allow_accuracy_drop"),
-    "validate": ("data", "providers", "strict_ep"),
-    "benchmark": (
-        "providers",
-        "strict_ep",
-        "batch_sizes",
-        "iterations",
-        "warmup",
-        "threads",
-        "torch_eager",
-        "targets",
-        "remote_python",
-        "ssh_config",
-    ),
-    "tune": ("tune",),
+    stage: tuple(name for name, option in OPTIONS.items() if stage in option.tables)
+    for stage in dict.fromkeys(t for option in OPTIONS.values() for t in option.tables)
 }
 # Option names (the CLI's, and the config file's keys) that differ from the field they set.
 _KEY_TO_FIELD = {"batch": "batch_sizes"}
 _FIELD_TO_KEY = {v: k for k, v in _KEY_TO_FIELD.items()}
 
 
-@dataclass(frozen=True)
+def _plain(value: object) -> object:
+    """A stage option's value as a user writes it: an enum or a provider as its text, a tuple item by item."""
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    return value.value if isinstance(value, (enum.Enum, Provider)) else value
+
+
+def _for_stage(stage_field: str, value: object) -> object:
+    """A user's value as a stage's options take it (providers parsed; enums are made by the options classes)."""
+    if stage_field.endswith(".providers"):
+        return tuple(parse_providers(list(value)))
+    return value
+
+
+@dataclass(frozen=True, init=False)
 class PipelineConfig:
-    """Every option of a pipeline run; the report records it resolved, so the run can be repeated.
+    """Every option of a pipeline run, as the stages' own options plus the run's; the report records it resolved.
+
+    A config is made of the stages' options (``export``, ``simplify``, ``quantize``, ``validate``, ``benchmark``;
+    the ``PIPELINE_*`` defaults) and the run's own options (``weights``, ``seed``, ``int8``, ``torch_eager``,
+    ``tune``, ``targets``, ``remote_python``, ``ssh_config``). Each option is also read and given by its flat name
+    (``config.iterations``, ``PipelineConfig(iterations=9)``): :data:`OPTIONS` says where each is kept.
 
     With neither ``arch`` nor ``weights``, the built-in trained digits model is used. With ``arch`` alone, the
-    weights are fresh, drawn with ``seed``. ``origins`` records where each given value came from. The defaults are
-    the stages' (``PIPELINE_*`` where the pipeline's differ); :meth:`export_options` and the like give each stage
-    its options.
+    weights are fresh, drawn with ``seed``. ``origins`` records where each given value came from, by flat name.
+
+    Raises:
+        OptionError: an unknown option, or a bad value (checked here, before any stage runs, so that a bad
+            benchmark option does not surface after minutes of work).
     """
 
-    arch: str | None = PIPELINE_EXPORT.arch
-    weights: str | None = None
-    variant: str | None = None
-    num_classes: int | None = PIPELINE_EXPORT.num_classes
-    input_size: int | None = PIPELINE_EXPORT.input_size
-    opset: int = PIPELINE_EXPORT.resolved_opset
-    calib: str | None = None
-    data: str | None = None
-    providers: tuple[str, ...] = tuple(p.value for p in PIPELINE_BENCHMARK.providers)
-    strict_ep: bool = PIPELINE_BENCHMARK.strict_ep
-    int8: bool = True
-    method: str = Method.MINMAX.value
-    target: str = Int8Target.AUTO.value
-    per_channel: bool | None = None
-    format: str | None = None
-    limit: int | None = None
-    seed: int = 0
-    allow_unfolded_bn: bool = PIPELINE_SIMPLIFY.allow_unfolded_bn
-    allow_accuracy_drop: bool = False
-    batch_sizes: tuple[int, ...] = PIPELINE_BENCHMARK.batch_sizes
-    iterations: int = PIPELINE_BENCHMARK.rounds  # set: the pipeline never times for a duration
-    warmup: int = PIPELINE_BENCHMARK.warmup
-    threads: int | None = PIPELINE_BENCHMARK.threads
-    torch_eager: bool = True
-    tune: bool = True  # choose the deployment by measurement (resnet_edge.evaluation.tune) on model.sim.onnx
-    targets: tuple[str, ...] = ()  # devices to benchmark the models on too (ssh://[user@]host[:port] or local)
-    remote_python: str | None = None  # python3 on the device when None
-    ssh_config: str | None = None
-    origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    export: ExportOptions
+    simplify: SimplifyOptions
+    quantize: QuantizeOptions
+    validate: ValidateOptions
+    benchmark: BenchmarkOptions
+    weights: str | None
+    seed: int
+    int8: bool
+    torch_eager: bool
+    tune: bool
+    targets: tuple[str, ...]
+    remote_python: str | None
+    ssh_config: str | None
+    origins: dict[str, str] = field(compare=False, repr=False)
 
-    def __post_init__(self) -> None:
-        # Checked here, before any stage runs: a bad benchmark option must not surface after minutes of work.
-        parse_providers(list(self.providers))
-        if self.targets:
-            from resnet_edge.device.fleet import parse_targets
+    def __init__(
+        self,
+        *,
+        export: ExportOptions | None = None,
+        simplify: SimplifyOptions | None = None,
+        quantize: QuantizeOptions | None = None,
+        validate: ValidateOptions | None = None,
+        benchmark: BenchmarkOptions | None = None,
+        origins: dict[str, str] | None = None,
+        **options: object,
+    ) -> None:
+        """A config from stage options (default: ``PIPELINE_*``) and, on top, options by flat name.
 
-            parse_targets(list(self.targets))
-        for name, enum_type in (("method", Method), ("target", Int8Target)):
-            value = getattr(self, name)
-            if value not in {e.value for e in enum_type}:
-                raise OptionError(f"{name} {value!r} is not one of: {', '.join(e.value for e in enum_type)}")
-        if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise OptionError(f"batch sizes must be at least 1, got {list(self.batch_sizes)}")
-        for name, low in (
-            ("iterations", 1),
-            ("warmup", 0),
-            ("threads", 1),
-            ("limit", 1),
-            ("num_classes", 1),
-            ("input_size", 1),
-            ("seed", 0),
-        ):
-            value = getattr(self, name)
-            if value is not None and value < low:
-                raise OptionError(f"{name} must be at least {low}, got {value}")
-        low, high = OPSET_RANGE["torchscript"]  # the pipeline exports with the TorchScript exporter
-        if not low <= self.opset <= high:
-            raise OptionError(f"opset must be from {low} to {high} (what the exporter writes), got {self.opset}")
-        if not self.targets and (self.remote_python is not None or self.ssh_config is not None):
-            raise OptionError("remote_python and ssh_config apply to --target devices, and no target was given")
-        if self.int8 and self.opset < MIN_OPSET:
-            raise OptionError(f"INT8 needs opset {MIN_OPSET} or later, got opset {self.opset}; or pass --no-int8")
-        for name, high in (("iterations", MAX_ITERATIONS), ("warmup", MAX_WARMUP)):
-            if getattr(self, name) > high:
-                raise OptionError(f"{name} must be at most {high:,}, got {getattr(self, name)}")
+        Raises:
+            OptionError: a name that is no option, or a bad value.
+        """
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise TypeError(f"PipelineConfig has no option(s) {', '.join(unknown)}")
+        given = {"export": export, "simplify": simplify, "quantize": quantize, "validate": validate}
+        stages = {name: given.get(name) or default for name, default in STAGES.items()} | {
+            "benchmark": benchmark or PIPELINE_BENCHMARK
+        }
+        run = {name: options.get(name, RUN_DEFAULTS[name]) for name in RUN_DEFAULTS}
+        flat = {name: options[name] if name in options else _read(stages, run, name) for name in OPTIONS}
+        _check(flat)
+        changes: dict[str, dict[str, object]] = {name: {} for name in stages}
+        for name, value in options.items():
+            for place in OPTIONS[name].fields:
+                stage, dot, stage_field = place.partition(".")
+                if dot:
+                    changes[stage][stage_field] = _for_stage(place, value)
+        for name, stage_options in stages.items():
+            if changes[name]:
+                stage_options = dataclasses.replace(stage_options, **changes[name])  # the stage checks its own
+            object.__setattr__(self, name, stage_options)
+        for name, value in run.items():
+            object.__setattr__(self, name, tuple(value) if isinstance(value, list) else value)
+        object.__setattr__(self, "origins", dict(origins or {}))
+
+    def options(self) -> dict[str, object]:
+        """Every option by its flat name, in :data:`OPTIONS`' order, as a user writes it (enums as their text)."""
+        return {name: _read(vars(self), vars(self), name) for name in OPTIONS}
 
     def resolved_weights(self) -> str | None:
         return self.weights if self.weights or self.arch else DEFAULT_WEIGHTS
 
     def export_options(self) -> ExportOptions:
-        """The export stage's options: the pipeline's export defaults with this run's values."""
-        return dataclasses.replace(
-            PIPELINE_EXPORT,
-            arch=self.arch,
-            num_classes=self.num_classes,
-            variant=self.variant,
-            input_size=self.input_size,
-            opset=self.opset,
-        )
+        """The export stage's options (``export``)."""
+        return self.export
 
     def simplify_options(self) -> SimplifyOptions:
-        return dataclasses.replace(PIPELINE_SIMPLIFY, allow_unfolded_bn=self.allow_unfolded_bn)
+        return self.simplify
 
     def validate_options(self) -> ValidateOptions:
-        return ValidateOptions(
-            data=self.data, providers=tuple(parse_providers(list(self.providers))), strict_ep=self.strict_ep
-        )
+        return self.validate
 
     def benchmark_options(self, *, torch_reference: str | None) -> BenchmarkOptions:
         """The benchmark stage's options; ``torch_reference`` is the checkpoint PyTorch eager is timed with, if any."""
-        return dataclasses.replace(
-            PIPELINE_BENCHMARK,
-            providers=tuple(parse_providers(list(self.providers))),
-            batch_sizes=self.batch_sizes,
-            threads=self.threads,
-            warmup=self.warmup,
-            iterations=self.iterations,
-            torch_reference=torch_reference if self.torch_eager else None,
-            strict_ep=self.strict_ep,
-            data=self.data,
-        )
+        return dataclasses.replace(self.benchmark, torch_reference=torch_reference if self.torch_eager else None)
+
+
+def _flat_property(name: str) -> property:
+    def get(config: PipelineConfig) -> object:
+        return _read(vars(config), vars(config), name)
+
+    where = OPTIONS[name].fields[0]
+    return property(get, doc=f"Option {_FIELD_TO_KEY.get(name, name)}, kept in ``{where}``, as a user writes it.")
+
+
+# Each option of a stage is read by its flat name too (``config.iterations`` is ``config.benchmark.iterations``).
+for _name in OPTIONS:
+    if _name not in RUN_DEFAULTS:
+        setattr(PipelineConfig, _name, _flat_property(_name))
+
+
+def _read(stages: dict[str, object], run: dict[str, object], name: str) -> object:
+    """Option ``name``'s value from where :data:`OPTIONS` keeps it first, as a user writes it."""
+    stage, dot, stage_field = OPTIONS[name].fields[0].partition(".")
+    return _plain(getattr(stages[stage], stage_field)) if dot else run[stage]
+
+
+def _check(flat: dict[str, object]) -> None:
+    """The checks that span stages or come before any stage's own, on the options by flat name.
+
+    Raises:
+        OptionError: a bad provider, target, method, INT8 target, batch size, count, opset or remote option.
+    """
+    parse_providers(list(flat["providers"]))
+    if flat["targets"]:
+        from resnet_edge.device.fleet import parse_targets
+
+        parse_targets(list(flat["targets"]))
+    for name, enum_type in (("method", Method), ("target", Int8Target)):
+        value = flat[name]
+        if value not in {e.value for e in enum_type}:
+            raise OptionError(f"{name} {value!r} is not one of: {', '.join(e.value for e in enum_type)}")
+    if not flat["batch_sizes"] or min(flat["batch_sizes"]) < 1:
+        raise OptionError(f"batch sizes must be at least 1, got {list(flat['batch_sizes'])}")
+    for name, low in (
+        ("iterations", 1),
+        ("warmup", 0),
+        ("threads", 1),
+        ("limit", 1),
+        ("num_classes", 1),
+        ("input_size", 1),
+        ("seed", 0),
+    ):
+        value = flat[name]
+        if value is not None and value < low:
+            raise OptionError(f"{name} must be at least {low}, got {value}")
+    low, high = OPSET_RANGE["torchscript"]  # the pipeline exports with the TorchScript exporter
+    if not low <= flat["opset"] <= high:
+        raise OptionError(f"opset must be from {low} to {high} (what the exporter writes), got {flat['opset']}")
+    if not flat["targets"] and (flat["remote_python"] is not None or flat["ssh_config"] is not None):
+        raise OptionError("remote_python and ssh_config apply to --target devices, and no target was given")
+    if flat["int8"] and flat["opset"] < MIN_OPSET:
+        raise OptionError(f"INT8 needs opset {MIN_OPSET} or later, got opset {flat['opset']}; or pass --no-int8")
+    for name, high in (("iterations", MAX_ITERATIONS), ("warmup", MAX_WARMUP)):
+        if flat[name] > high:
+            raise OptionError(f"{name} must be at most {high:,}, got {flat[name]}")
 
 
 def load_config(path: Path | str, **overrides: object) -> PipelineConfig:
@@ -229,12 +348,12 @@ def _flatten_stage_tables(data: dict[str, object], *, source: str) -> dict[str, 
 
 
 def _option_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(PipelineConfig)} - {"origins"}
+    return set(OPTIONS)
 
 
 def option_keys() -> list[str]:
     """Every option's name as a config file key (``batch``, ``strict_ep``, ...)."""
-    return [_FIELD_TO_KEY.get(f.name, f.name) for f in dataclasses.fields(PipelineConfig) if f.name != "origins"]
+    return [_FIELD_TO_KEY.get(name, name) for name in OPTIONS]
 
 
 def option_key(field_name: str) -> str:
@@ -290,8 +409,7 @@ def make_config(
 
 
 def _field_types() -> dict[str, object]:
-    hints = typing.get_type_hints(PipelineConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(PipelineConfig) if f.name != "origins"}
+    return {name: option.type for name, option in OPTIONS.items()}
 
 
 def _members(expected: object) -> tuple[object, ...]:

@@ -11,7 +11,6 @@ the document, never the run (``pipeline.run`` calls :func:`write_report`).
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import os
 from collections.abc import Callable
@@ -203,14 +202,11 @@ def describe_config(result: PipelineResult) -> tuple[dict[str, object], dict[str
     config = result.config
     values: dict[str, object] = {}
     sources: dict[str, str] = {}
-    for f in dataclasses.fields(config):
-        if f.name == "origins":
-            continue
-        key = option_key(f.name)
-        value = getattr(config, f.name)
+    defaults = type(config)().options()
+    for name, value in config.options().items():
+        key = option_key(name)
         values[key] = list(value) if isinstance(value, tuple) else value
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        sources[key] = config.origins.get(f.name) or (FROM_DEFAULT if value == default else FROM_ARGUMENT)
+        sources[key] = config.origins.get(name) or (FROM_DEFAULT if value == defaults[name] else FROM_ARGUMENT)
 
     def resolved(key: str, value: object, source: str) -> None:
         if values[key] is None and value is not None:

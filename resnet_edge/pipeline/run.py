@@ -54,8 +54,7 @@ from resnet_edge.pipeline.config import (  # noqa: F401 (re-exported: the names 
 from resnet_edge.pipeline.result import FILES, PipelineResult, StageEvent
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.calibrate import BUNDLED_PHOTOS_NOTE
-from resnet_edge.quantization.configs import Format, Int8Target, Method
-from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
+from resnet_edge.quantization.quantize import quantize_onnx
 
 logger = logging.getLogger("resnet_edge")
 # Written into every OUTDIR the pipeline makes; --overwrite replaces only a folder that holds it.
@@ -317,7 +316,7 @@ def _run_stages(
         result.export = export_onnx(
             weights,
             out / FILES["export"],
-            config.export_options(),  # keeps every BatchNorm: the simplify stage folds them and proves it
+            config.export,  # keeps every BatchNorm: the simplify stage folds them and proves it
         )
         parity = max(p.max_abs_error for p in result.export.parity.values())
         summary.append(
@@ -327,7 +326,7 @@ def _run_stages(
         )
 
     with _stage("simplify", result, emit) as summary:
-        result.simplify = simplify_onnx(out / FILES["export"], out / FILES["simplify"], config.simplify_options())
+        result.simplify = simplify_onnx(out / FILES["export"], out / FILES["simplify"], config.simplify)
         s = result.simplify
         summary.append(
             f"{FILES['simplify']}: BatchNormalization {s.batch_norm_before} -> {len(s.batch_norm_remaining)},"
@@ -341,17 +340,7 @@ def _run_stages(
                 result.quantize = quantize_onnx(
                     out / FILES["simplify"],
                     out / FILES["quantize"],
-                    QuantizeOptions(
-                        calib=config.calib,
-                        method=Method(config.method),
-                        per_channel=config.per_channel,
-                        format=Format(config.format) if config.format else None,
-                        target=Int8Target(config.target),
-                        limit=config.limit,
-                        seed=config.seed,
-                        measure_speed=False,
-                        allow_accuracy_drop=config.allow_accuracy_drop,
-                    ),
+                    config.quantize,
                     on_progress=_calibration_bar(progress),
                 )
             except CheckFailedError as exc:  # quantize judges INT8 on validate's bar: say why a random model misses it
@@ -372,7 +361,7 @@ def _run_stages(
         result.validate = validate_models(
             models,
             Reference(checkpoint=weights, arch=result.export.arch),
-            config.validate_options(),
+            config.validate,
         )
         v = result.validate
         worst = min(r.parity.top1_agreement for r in v.rows)

@@ -3,8 +3,9 @@
 Built on the ONNX layer and the image sources; knows nothing of export, evaluation or the pipeline.
 
 - :mod:`.configs`: the per-target table (:class:`Int8Target`, :class:`Int8Recipe`); imports no heavy library.
+- :mod:`.options`: the stage's options (:class:`QuantizeOptions`, :class:`AccuracyGoal`); imports no heavy library.
 - :mod:`.calibrate`: activation ranges from images (:func:`calibrate_onnx`).
-- :mod:`.quantize`: the stage (:func:`quantize_onnx`), its options and checks.
+- :mod:`.quantize`: the stage (:func:`quantize_onnx`) and its checks.
 - :mod:`.evaluate`: INT8 against FP32 on held-out images, and their speed side by side.
 - :mod:`.coverage`: which compute ran as integer kernels.
 - :mod:`.mixed_precision`: keep the most sensitive blocks in FP32 until an accuracy goal holds.
@@ -21,10 +22,11 @@ from resnet_edge._exports import lazy_exports
 _EXPORTS = {
     **dict.fromkeys(("Format", "Int8Recipe", "Int8Target", "Method", "detect_target", "resolve_config"), "configs"),
     **dict.fromkeys(("Calibration", "calibrate_onnx"), "calibrate"),
-    **dict.fromkeys(("QuantizeOptions", "QuantizeResult", "quantize_onnx"), "quantize"),
+    **dict.fromkeys(("QuantizeOptions", "AccuracyGoal"), "options"),
+    **dict.fromkeys(("QuantizeResult", "quantize_onnx"), "quantize"),
     **dict.fromkeys(("Evaluation", "SpeedComparison"), "evaluate"),
     **dict.fromkeys(("IntegerCoverage",), "coverage"),
-    **dict.fromkeys(("AccuracyGoal", "MixedPrecisionResult", "quantize_mixed_precision"), "mixed_precision"),
+    **dict.fromkeys(("MixedPrecisionResult", "quantize_mixed_precision"), "mixed_precision"),
     **dict.fromkeys(("SensitivityOptions", "SensitivityResult", "analyze_sensitivity"), "sensitivity"),
 }
 

@@ -35,9 +35,10 @@ from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import preprocessing_for, read_metadata, static_input_shape
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.configs import Int8Recipe, Method, resolve_config
+from resnet_edge.quantization.options import MIN_OPSET
 
 if TYPE_CHECKING:
-    from resnet_edge.quantization.quantize import QuantizeOptions
+    from resnet_edge.quantization.options import QuantizeOptions
 
 SMALL_CALIBRATION_SET = 100  # below this many images, ranges are estimated from too few samples: warn
 BUNDLED_PHOTOS_NOTE = (
@@ -47,9 +48,6 @@ BUNDLED_PHOTOS_NOTE = (
 CALIBRATION_CHUNK = 16  # images per calibrator pass; bounds memory (ResNet-50 keeps ~45 MB of activations/image)
 CALIBRATION_BATCH = 8
 HELD_OUT_EVERY = 4  # with one source for both, every 4th image is held out for evaluation, never calibrated on
-# Below opset 13, onnxruntime's quantizer wrote models it could not load itself (measured with opsets 7 to 12:
-# INVALID_GRAPH at a DequantizeLinear), after the whole calibration had run; refused up front instead.
-MIN_OPSET = 13
 # onnxruntime's quantization tools log through these loggers and through the root logger's module functions.
 ONNXRUNTIME_LOGGER = "onnxruntime"
 

@@ -35,12 +35,13 @@ import onnx
 
 from resnet_edge.artifacts import atomic_output, refuse_overwriting_inputs, require_writable_destination
 from resnet_edge.calibration.sources import open_source
-from resnet_edge.errors import CheckFailedError, OptionError
+from resnet_edge.errors import CheckFailedError
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import QUANTIZATION_KEY, preprocessing_for, write_props
 from resnet_edge.progress import ProgressCallback
 from resnet_edge.quantization.calibrate import calibrate_onnx
 from resnet_edge.quantization.evaluate import SPEED_ITERATIONS, SpeedComparison, median_latencies_ms
+from resnet_edge.quantization.options import AccuracyGoal
 from resnet_edge.quantization.quantize import QuantizeOptions, QuantizeResult, quantize_onnx
 from resnet_edge.quantization.sensitivity import DEFAULT_IMAGES, SensitivityOptions, analyze_quantization
 
@@ -51,57 +52,6 @@ T = TypeVar("T")
 
 class TargetMissedError(CheckFailedError):
     """No mixed-precision model with at least one INT8 block met the accuracy target."""
-
-
-@dataclass(frozen=True)
-class AccuracyGoal:
-    """What a quantized model must keep, judged on held-out images; every target given must hold.
-
-    Attributes:
-        max_top1_drop: labelled top-1 accuracy lost, FP32 minus INT8, in percentage points (needs labelled images).
-        min_agreement: fraction of images on which INT8's top-1 class equals FP32's.
-    """
-
-    max_top1_drop: float | None = None
-    min_agreement: float | None = None
-
-    def check(self) -> None:
-        """Raises OptionError for a target that is missing or out of range."""
-        if self.max_top1_drop is None and self.min_agreement is None:
-            raise OptionError("give an accuracy target: --max-top1-drop POINTS or --min-agreement FRACTION")
-        if self.max_top1_drop is not None and not 0 <= self.max_top1_drop <= 100:
-            raise OptionError(f"--max-top1-drop is in percentage points, 0 to 100; got {self.max_top1_drop}")
-        if self.min_agreement is not None and not 0 < self.min_agreement <= 1:
-            raise OptionError(
-                f"--min-agreement is a fraction above 0 and at most 1, such as 0.99; got {self.min_agreement}"
-            )
-
-    def met_by(self, result: QuantizeResult) -> bool:
-        """Whether ``result`` meets every given target.
-
-        Raises:
-            OptionError: a top-1 drop target on images without labels.
-        """
-        met = True
-        if self.max_top1_drop is not None:
-            drop = result.top1_drop_points
-            if drop is None:
-                raise OptionError(
-                    f"--max-top1-drop needs labelled held-out images and {result.evaluation_source} has"
-                    " none; pass labelled --eval-data, or use --min-agreement"
-                )
-            met = drop <= self.max_top1_drop
-        if self.min_agreement is not None:
-            met = met and result.parity.top1_agreement >= self.min_agreement
-        return met
-
-    def describe(self) -> str:
-        parts = []
-        if self.max_top1_drop is not None:
-            parts.append(f"top-1 drop <= {self.max_top1_drop:g} points")
-        if self.min_agreement is not None:
-            parts.append(f"top-1 agreement >= {100 * self.min_agreement:g}%")
-        return " and ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -205,7 +155,7 @@ def search_prefixes(
 def quantize_mixed_precision(
     source: Path | str,
     output: Path | str,
-    options: QuantizeOptions = QuantizeOptions(),  # noqa: B008 (frozen, as quantize_onnx's default)
+    options: QuantizeOptions | None = None,
     *,
     goal: AccuracyGoal,
     on_progress: ProgressCallback | None = None,
@@ -237,6 +187,7 @@ def quantize_mixed_precision(
     model_path = Path(source)
     output = require_writable_destination(output)
     require_writable_destination(Path(f"{output}.json"))
+    options = options or QuantizeOptions()
     refuse_overwriting_inputs(
         [output, Path(f"{output}.json")],
         [model_path, options.calib, options.eval_data],

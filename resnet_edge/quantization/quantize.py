@@ -1,7 +1,7 @@
 """Static INT8 quantization with onnxruntime: quantize a calibrated FP32 model, check what it reached, judge it.
 
-The per-target recipes are in :mod:`.configs`, the activation ranges come from :mod:`.calibrate`, and the held-out
-comparison with FP32 from :mod:`.evaluate`.
+The options are in :mod:`.options` (re-exported here), the per-target recipes in :mod:`.configs`, the activation
+ranges come from :mod:`.calibrate`, and the held-out comparison with FP32 from :mod:`.evaluate`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import onnx
 from resnet_edge import __version__
 from resnet_edge.artifacts import atomic_output, refuse_overwriting_inputs, require_writable_destination
 from resnet_edge.environment import cpu_info
-from resnet_edge.errors import CheckFailedError, OptionError, ResnetEdgeWarning
+from resnet_edge.errors import CheckFailedError, ResnetEdgeWarning
 from resnet_edge.onnx.graph import COMPUTE_OPS, GraphIndex
 from resnet_edge.onnx.metadata import QUANTIZATION_KEY, read_props, write_props
 from resnet_edge.onnx.parity import Accuracy, Parity, int8_shortfalls
-from resnet_edge.onnx.runtime import Provider
 from resnet_edge.progress import ProgressCallback
 from resnet_edge.quantization.calibrate import (
     BUNDLED_PHOTOS_NOTE,
@@ -35,9 +34,10 @@ from resnet_edge.quantization.calibrate import (
     quiet_onnxruntime,
     resolve_exclusions,
 )
-from resnet_edge.quantization.configs import Format, Int8Recipe, Int8Target, Method
+from resnet_edge.quantization.configs import Format, Int8Recipe, Method
 from resnet_edge.quantization.coverage import IntegerCoverage
 from resnet_edge.quantization.evaluate import SpeedComparison, compare_speed, evaluate_against
+from resnet_edge.quantization.options import QuantizeOptions
 
 __all__ = [
     "BUNDLED_PHOTOS_NOTE",
@@ -52,65 +52,6 @@ __all__ = [
     "quantize_onnx",
     "resolve_exclusions",
 ]
-
-
-@dataclass(frozen=True)
-class QuantizeOptions:
-    """How to quantize.
-
-    Attributes:
-        calib: calibration images (folder, .npy/.npz, builtin:NAME); default: the model's built-in calibration
-            split, else the bundled photos.
-        eval_data: held-out images to judge INT8 against FP32; default: the model's built-in test split, else the
-            calibration source's held-out quarter. Images also used for calibration are always dropped (by hash).
-        method: minmax, entropy or percentile calibration.
-        per_channel, format: override the target's choice when set.
-        target: auto (this machine), x86-vnni, x86-avx2, arm64 or gpu-tensorrt.
-        exclude: node names or module paths (``layer1.0``, ``fc``) to keep in FP32.
-        limit: calibrate on this many images, drawn with ``seed``.
-        measure_speed: time FP32 against INT8 (batch 1, CPU) after quantizing.
-        config: a fully explicit configuration, overriding target, per_channel and format (for benchmarks).
-        provider: the execution provider the INT8 model is checked on against FP32 (FP32 runs on the CPU);
-            ``strict_ep``: fail when it is missing or takes only part of the compute ops.
-        require_int8: fail (rather than warn) when a Conv/Gemm that was not excluded runs as an FP32 kernel on that
-            provider (integer coverage below 100%); ``strict_ep`` implies it.
-        allow_accuracy_drop: write the INT8 model even when, on the held-out images, it misses validate's INT8
-            bar (top-1 agreement with FP32, labelled top-1 drop); otherwise that fails, and nothing is written.
-    """
-
-    calib: str | None = None
-    eval_data: str | None = None
-    method: Method = Method.MINMAX
-    per_channel: bool | None = None
-    format: Format | None = None
-    target: Int8Target = Int8Target.AUTO
-    exclude: tuple[str, ...] = ()
-    limit: int | None = None
-    seed: int = 0
-    measure_speed: bool = True
-    config: Int8Recipe | None = None
-    provider: Provider = Provider.CPU
-    strict_ep: bool = False
-    require_int8: bool = False
-    allow_accuracy_drop: bool = False
-
-    def __post_init__(self) -> None:
-        """Enum fields given as their values become the enums; a bad value or a limit below 1 is refused.
-
-        Raises:
-            OptionError: an unknown method, format or target, or a limit below 1.
-        """
-        for name, kind in (("method", Method), ("format", Format), ("target", Int8Target), ("provider", Provider)):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, kind):
-                try:
-                    object.__setattr__(self, name, kind(value))
-                except ValueError:
-                    choices = ", ".join(member.value for member in kind)
-                    raise OptionError(f"{name} must be one of {choices}, got {value!r}") from None
-        object.__setattr__(self, "exclude", tuple(self.exclude))
-        if self.limit is not None and self.limit < 1:
-            raise OptionError(f"limit must be at least 1, got {self.limit}")
 
 
 @dataclass(frozen=True)
@@ -148,7 +89,7 @@ class QuantizeResult:
 def quantize_onnx(
     source: Path | str,
     output: Path | str,
-    options: QuantizeOptions = QuantizeOptions(),
+    options: QuantizeOptions | None = None,
     *,
     on_progress: ProgressCallback | None = None,
     calibration: Calibration | None = None,
@@ -160,7 +101,7 @@ def quantize_onnx(
     Args:
         source: the FP32 (simplified) model.
         output: where the INT8 model goes; its record goes beside it, ``output + ".json"``.
-        options: how to quantize.
+        options: how to quantize (default: :class:`QuantizeOptions`'s defaults).
         on_progress: called with ``Progress("quantize", "calibrating (METHOD)", done, total)`` as calibration
             images are read.
         calibration: ranges already collected by :func:`calibrate_onnx` for this model and these options (only
@@ -173,6 +114,7 @@ def quantize_onnx(
             INT8 bar on the held-out images (unless ``options.allow_accuracy_drop``).
     """
     started = time.perf_counter()
+    options = options or QuantizeOptions()
     model_path = Path(source)
     output = require_writable_destination(output)
     sidecar = require_writable_destination(Path(f"{output}.json"))

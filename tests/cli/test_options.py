@@ -17,6 +17,8 @@ from resnet_edge.errors import OptionError
 from resnet_edge.evaluation.options import BenchmarkOptions, TuneOptions, ValidateOptions
 from resnet_edge.models.options import GradFlowOptions
 from resnet_edge.models.registry import Variant
+from resnet_edge.quantization.configs import Format, Int8Target, Method
+from resnet_edge.quantization.options import AccuracyGoal, QuantizeOptions
 
 COMMANDS = {
     "export": ExportOptions,
@@ -25,6 +27,7 @@ COMMANDS = {
     "benchmark": BenchmarkOptions,
     "tune": TuneOptions,
     "gradflow": GradFlowOptions,
+    "quantize": QuantizeOptions,
 }
 
 
@@ -45,6 +48,21 @@ def test_choices_are_the_enums_values() -> None:
     assert list(export["--exporter"].type.choices) == [e.value for e in Exporter]
     assert list(export["--variant"].type.choices) == [v.value for v in Variant]
     assert export["--exporter"].default == ExportOptions().exporter.value
+
+
+def test_the_int8_choices_are_the_enums_values() -> None:
+    quantize, pipeline = _options(main.commands["quantize"]), _options(main.commands["pipeline"])
+    for flags, target in ((quantize, "--target"), (pipeline, "--int8-target")):
+        assert list(flags[target].type.choices) == [t.value for t in Int8Target]
+        assert list(flags["--method"].type.choices) == [m.value for m in Method]
+        assert list(flags["--format"].type.choices) == [f.value for f in Format]
+    assert quantize["--target"].default == QuantizeOptions().target.value
+    assert quantize["--method"].default == QuantizeOptions().method.value
+    # the accuracy goal's flags are its fields', and sit before --allow-accuracy-drop as they always did
+    names = [p.name for p in main.commands["quantize"].params]
+    goal = [f.name for f in dataclasses.fields(AccuracyGoal)]
+    assert names[names.index("require_int8") + 1 : names.index("allow_accuracy_drop")] == goal
+    assert quantize["--min-agreement"].metavar == "FRACTION"
 
 
 def test_defaults_and_help_come_from_the_fields() -> None:
@@ -104,6 +122,8 @@ def test_generator_on_a_dataclass_of_its_own() -> None:
         (lambda: BenchmarkOptions(duration_s=math.inf), "duration must be more than 0"),
         (lambda: GradFlowOptions("resnet20", batch=1), "batch must be at least 2"),
         (lambda: GradFlowOptions("resnet20", variant="skipless"), "unknown variant 'skipless'"),
+        (lambda: QuantizeOptions(limit=0), "limit must be at least 1"),
+        (lambda: QuantizeOptions(method="kl"), "method must be one of minmax, entropy, percentile"),
     ],
 )
 def test_each_options_class_checks_itself(make, match: str) -> None:
@@ -116,7 +136,8 @@ def test_the_cli_imports_the_options_modules_without_heavy_libraries() -> None:
     import sys
 
     code = (
-        "import sys, resnet_edge.conversion.options, resnet_edge.evaluation.options, resnet_edge.models.options;"
+        "import sys, resnet_edge.conversion.options, resnet_edge.evaluation.options, resnet_edge.models.options,"
+        " resnet_edge.quantization.options;"
         "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules))"
     )
     assert (

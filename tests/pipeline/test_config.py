@@ -7,13 +7,19 @@ from pathlib import Path
 import pytest
 
 from resnet_edge.errors import OptionError
+from resnet_edge.onnx.runtime import Provider
 from resnet_edge.pipeline.config import (
+    OPTIONS,
     PIPELINE_BENCHMARK,
     PIPELINE_EXPORT,
+    STAGE_KEYS,
     PipelineConfig,
     load_config,
     make_config,
+    option_keys,
 )
+from resnet_edge.quantization.configs import Method
+from resnet_edge.quantization.options import QuantizeOptions
 
 
 def test_stage_tables_load_as_the_same_flat_keys(tmp_path: Path) -> None:
@@ -57,6 +63,35 @@ def test_the_pipelines_own_defaults_are_declared_once() -> None:
     assert config.benchmark_options(torch_reference=None) == PIPELINE_BENCHMARK
     assert config.export_options() == PIPELINE_EXPORT and not PIPELINE_EXPORT.fold_bn
     assert make_config({"iterations": 9}).benchmark_options(torch_reference="w.pt").iterations == 9
+
+
+def test_the_config_holds_the_stage_options_and_one_table_maps_the_flat_names() -> None:
+    config = make_config(
+        {"iterations": 9, "method": "entropy", "providers": "cpu", "seed": 4, "data": "builtin:photos"}
+    )
+    # the stage options are the storage; a flat name reads them, as the user wrote it
+    assert config.benchmark.iterations == config.iterations == 9
+    assert config.quantize.method is Method.ENTROPY and config.method == "entropy" and type(config.method) is str
+    assert config.validate.providers == config.benchmark.providers == (Provider.CPU,) and config.providers == ("cpu",)
+    assert config.quantize.seed == config.seed == 4 and config.quantize.measure_speed is False
+    assert config.validate.data == config.benchmark.data == "builtin:photos"
+    assert list(config.options()) == list(OPTIONS) and option_keys() == [
+        k if k != "batch_sizes" else "batch" for k in OPTIONS
+    ]
+    # every place the table names is a field of that stage's options or of the config itself
+    for option in OPTIONS.values():
+        for place in option.fields:
+            stage, dot, name = place.partition(".")
+            owner = getattr(PipelineConfig(), stage) if dot else PipelineConfig()
+            assert hasattr(owner, name if dot else stage), place
+    assert set(STAGE_KEYS) == {"export", "simplify", "quantize", "validate", "benchmark", "tune"}
+    # stage options given whole, with flat names on top; the stage checks what it is given
+    given = PipelineConfig(quantize=QuantizeOptions(limit=7, method=Method.PERCENTILE), method="entropy")
+    assert (given.limit, given.method, given.quantize.measure_speed) == (7, "entropy", True)
+    with pytest.raises(TypeError, match="no option"):
+        PipelineConfig(iteration=3)
+    with pytest.raises(OptionError, match="iterations must be at least 1"):
+        PipelineConfig(iterations=0)
 
 
 @pytest.mark.parametrize("text", ["tune = false\n", "[tune]\ntune = false\n"])

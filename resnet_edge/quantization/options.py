@@ -1,0 +1,191 @@
+"""The quantize stage's options, declared once: the library's dataclasses, which the CLI's flags are made from.
+
+This module imports neither numpy, onnx nor onnxruntime (the execution provider's type is read only when an options
+object is made), so that the CLI builds the quantize command's flags from these classes at start-up. Each field's
+``metadata`` carries its flag's help text (``help``), and, where it differs from the field's name, the flag
+(``flag``); ``cli: False`` marks a field with no flag. :class:`QuantizeOptions` checks its own values in
+``__post_init__``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from resnet_edge.errors import OptionError
+from resnet_edge.quantization.configs import Format, Int8Recipe, Int8Target, Method
+
+if TYPE_CHECKING:
+    from resnet_edge.onnx.runtime import Provider
+    from resnet_edge.quantization.quantize import QuantizeResult
+
+__all__ = ["MIN_OPSET", "AccuracyGoal", "QuantizeOptions"]
+
+# Below opset 13, onnxruntime's quantizer wrote models it could not load itself (measured with opsets 7 to 12:
+# INVALID_GRAPH at a DequantizeLinear), after the whole calibration had run; refused up front instead.
+MIN_OPSET = 13
+
+
+def _cpu() -> Provider:
+    from resnet_edge.onnx.runtime import Provider  # imports onnxruntime: only when options are made
+
+    return Provider.CPU
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """How to quantize.
+
+    Attributes:
+        calib: calibration images (folder, .npy/.npz, builtin:NAME); default: the model's built-in calibration
+            split, else the bundled photos.
+        eval_data: held-out images to judge INT8 against FP32; default: the model's built-in test split, else the
+            calibration source's held-out quarter. Images also used for calibration are always dropped (by hash).
+        method: minmax, entropy or percentile calibration.
+        per_channel, format: override the target's choice when set.
+        target: auto (this machine), x86-vnni, x86-avx2, arm64 or gpu-tensorrt.
+        exclude: node names or module paths (``layer1.0``, ``fc``) to keep in FP32.
+        limit: calibrate on this many images, drawn with ``seed``.
+        measure_speed: time FP32 against INT8 (batch 1, CPU) after quantizing.
+        config: a fully explicit configuration, overriding target, per_channel and format (for benchmarks).
+        provider: the execution provider the INT8 model is checked on against FP32 (FP32 runs on the CPU);
+            ``strict_ep``: fail when it is missing or takes only part of the compute ops.
+        require_int8: fail (rather than warn) when a Conv/Gemm that was not excluded runs as an FP32 kernel on that
+            provider (integer coverage below 100%); ``strict_ep`` implies it.
+        allow_accuracy_drop: write the INT8 model even when, on the held-out images, it misses validate's INT8
+            bar (top-1 agreement, labelled top-1 drop); otherwise that fails, and nothing is written.
+
+    Raises:
+        OptionError: an unknown method, format, target or provider, or a limit below 1.
+    """
+
+    calib: str | None = field(
+        default=None, metadata={"help": "Calibration images: folder, .npy/.npz, or builtin:NAME. [default: built-in]"}
+    )
+    eval_data: str | None = field(
+        default=None,
+        metadata={"help": "Held-out images to judge INT8 on. [default: built-in test split / held-out quarter]"},
+    )
+    method: Method = Method.MINMAX
+    per_channel: bool | None = field(
+        default=None,
+        metadata={"flag": "--per-channel/--per-tensor", "help": "Weight granularity. [default: the target's]"},
+    )
+    format: Format | None = field(default=None, metadata={"help": "[default: the target's]"})
+    target: Int8Target = field(
+        default=Int8Target.AUTO, metadata={"help": "Hardware to choose the configuration for; auto detects this CPU."}
+    )
+    exclude: tuple[str, ...] = field(
+        default=(), metadata={"help": "Node name or module path (layer1.0, fc) to keep in FP32; repeatable."}
+    )
+    limit: int | None = field(default=None, metadata={"help": "Calibrate on this many images, drawn with --seed."})
+    seed: int = 0
+    measure_speed: bool = field(default=True, metadata={"flag": "--no-speed", "help": "Skip the FP32 vs INT8 timing."})
+    config: Int8Recipe | None = field(default=None, metadata={"cli": False})
+    provider: Provider = field(default_factory=_cpu, metadata={"flag": "--providers"})  # one provider
+    strict_ep: bool = field(
+        default=False, metadata={"help": "Fail if that provider is missing or takes only part of the model."}
+    )
+    require_int8: bool = field(
+        default=False,
+        metadata={
+            "help": "Fail if a Conv/Gemm (not excluded) runs as an FP32 kernel on that provider. [default: warn]"
+        },
+    )
+    allow_accuracy_drop: bool = field(
+        default=False,
+        metadata={
+            "help": "Write the INT8 model even if, on held-out images, it misses validate's INT8 bar (99% top-1"
+            " agreement, 1 point of accuracy); otherwise that fails."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        """Enum fields given as their values become the enums; a bad value or a limit below 1 is refused.
+
+        Raises:
+            OptionError: an unknown method, format or target, or a limit below 1.
+        """
+        from resnet_edge.onnx.runtime import Provider  # imports onnxruntime: only when options are made
+
+        for name, kind in (("method", Method), ("format", Format), ("target", Int8Target), ("provider", Provider)):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, kind):
+                try:
+                    object.__setattr__(self, name, kind(value))
+                except ValueError:
+                    choices = ", ".join(member.value for member in kind)
+                    raise OptionError(f"{name} must be one of {choices}, got {value!r}") from None
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if self.limit is not None and self.limit < 1:
+            raise OptionError(f"limit must be at least 1, got {self.limit}")
+
+
+@dataclass(frozen=True)
+class AccuracyGoal:
+    """What a quantized model must keep, judged on held-out images; every target given must hold.
+
+    Attributes:
+        max_top1_drop: labelled top-1 accuracy lost, FP32 minus INT8, in percentage points (needs labelled images).
+        min_agreement: fraction of images on which INT8's top-1 class equals FP32's.
+    """
+
+    max_top1_drop: float | None = field(
+        default=None,
+        metadata={
+            "metavar": "POINTS",
+            "help": "Accuracy target (labelled data): keep the most sensitive blocks in FP32 until INT8 loses at"
+            " most this many top-1 points.",
+        },
+    )
+    min_agreement: float | None = field(
+        default=None,
+        metadata={
+            "metavar": "FRACTION",
+            "help": "Accuracy target: keep the most sensitive blocks in FP32 until INT8 agrees with FP32's top-1 on"
+            " at least this fraction of held-out images (e.g. 0.99).",
+        },
+    )
+
+    @property
+    def given(self) -> bool:
+        """Whether any target is set (the quantize command then searches for the blocks to keep in FP32)."""
+        return self.max_top1_drop is not None or self.min_agreement is not None
+
+    def check(self) -> None:
+        """Raises OptionError for a target that is missing or out of range."""
+        if not self.given:
+            raise OptionError("give an accuracy target: --max-top1-drop POINTS or --min-agreement FRACTION")
+        if self.max_top1_drop is not None and not 0 <= self.max_top1_drop <= 100:
+            raise OptionError(f"--max-top1-drop is in percentage points, 0 to 100; got {self.max_top1_drop}")
+        if self.min_agreement is not None and not 0 < self.min_agreement <= 1:
+            raise OptionError(
+                f"--min-agreement is a fraction above 0 and at most 1, such as 0.99; got {self.min_agreement}"
+            )
+
+    def met_by(self, result: QuantizeResult) -> bool:
+        """Whether ``result`` meets every given target.
+
+        Raises:
+            OptionError: a top-1 drop target on images without labels.
+        """
+        met = True
+        if self.max_top1_drop is not None:
+            drop = result.top1_drop_points
+            if drop is None:
+                raise OptionError(
+                    f"--max-top1-drop needs labelled held-out images and {result.evaluation_source} has"
+                    " none; pass labelled --eval-data, or use --min-agreement"
+                )
+            met = drop <= self.max_top1_drop
+        if self.min_agreement is not None:
+            met = met and result.parity.top1_agreement >= self.min_agreement
+        return met
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_top1_drop is not None:
+            parts.append(f"top-1 drop <= {self.max_top1_drop:g} points")
+        if self.min_agreement is not None:
+            parts.append(f"top-1 agreement >= {100 * self.min_agreement:g}%")
+        return " and ".join(parts)
