@@ -319,10 +319,13 @@ def load_config(path: Path | str, **overrides: object) -> PipelineConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputFileError(f"{path}: not valid TOML ({exc})") from None
-    data = data.get("pipeline", data)
-    if not isinstance(data, dict):
-        raise OptionError(f"{path}: [pipeline] must be a table of options, got {type(data).__name__} {data!r}")
-    data = _flatten_stage_tables(data, source=str(path))
+    pipeline = data.pop("pipeline", {})
+    if not isinstance(pipeline, dict):
+        raise OptionError(f"{path}: [pipeline] must be a table of options, got {type(pipeline).__name__} {pipeline!r}")
+    twice = sorted(set(pipeline) & set(data))
+    if twice:
+        raise OptionError(f"{path}: {', '.join(twice)} given both in [pipeline] and outside it")
+    data = _flatten_stage_tables({**pipeline, **data}, source=str(path))
     given = {k: v for k, v in overrides.items() if v is not None}
     from_file = {k: v for k, v in data.items() if _field_of(k) not in {_field_of(g) for g in given}}
     origins = {_field_of(k): f"config file {path.name}" for k in from_file} | {_field_of(k): FROM_FLAG for k in given}

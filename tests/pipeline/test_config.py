@@ -100,3 +100,14 @@ def test_tune_is_a_stage_table_and_a_flat_switch(tmp_path: Path, text: str) -> N
     path = tmp_path / "c.toml"
     path.write_text(text)
     assert load_config(path).tune is False
+
+
+def test_a_pipeline_table_beside_stage_tables_keeps_both(tmp_path: Path) -> None:
+    """[pipeline] once held every option; beside it, the stage tables are read too, never dropped."""
+    path = tmp_path / "c.toml"
+    path.write_text('[pipeline]\narch = "resnet20"\n[benchmark]\niterations = 4\n')
+    config = load_config(path)
+    assert (config.arch, config.iterations) == ("resnet20", 4)
+    path.write_text("[pipeline]\niterations = 3\n[benchmark]\niterations = 4\n")
+    with pytest.raises(OptionError, match="iterations is given twice"):
+        load_config(path)
