@@ -141,7 +141,9 @@ def progress_bars(enabled: bool) -> Iterator[ProgressCallback | None]:
             return
         bar = bars.get((event.stage, event.step))
         if bar is None:
-            bar = bars[(event.stage, event.step)] = tqdm(total=event.total, desc=event.step, unit="img", leave=False)
+            bar = bars[(event.stage, event.step)] = tqdm(
+                total=event.total, desc=event.step, unit=event.unit, leave=False
+            )
         bar.update(event.done - bar.n)
         if event.done >= event.total:  # closed now, so that a line printed next starts on a line of its own
             bars.pop((event.stage, event.step)).close()

@@ -8,7 +8,7 @@ import click
 
 from resnet_edge import formatting as fmt
 from resnet_edge.cli import render
-from resnet_edge.cli.options import INT8_FORMATS, INT8_METHODS, INT8_TARGETS, json_option
+from resnet_edge.cli.options import INT8_FORMATS, INT8_METHODS, INT8_TARGETS, json_option, progress_bars
 from resnet_edge.models.registry import Variant, list_models
 from resnet_edge.pipeline.result import FILES
 
@@ -140,14 +140,15 @@ def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
         else:
             click.echo(f"[{event.stage}] failed after {fmt.seconds(event.seconds)}", err=True)
 
-    result = run_pipeline(
-        config,
-        outdir,
-        overwrite=overwrite,
-        inputs=[config_file] if config_file else [],
-        on_event=show,
-        progress=not as_json,
-    )
+    with progress_bars(not as_json) as bars:
+        result = run_pipeline(
+            config,
+            outdir,
+            overwrite=overwrite,
+            inputs=[config_file] if config_file else [],
+            on_event=show,
+            on_progress=bars,
+        )
     if as_json:
         return render.emit_json(
             {"outdir": result.outdir, "artifacts": result.artifacts, "report": str(result.outdir / REPORT_JSON)}

@@ -14,6 +14,7 @@ class Progress:
     step: str
     done: int | None = None
     total: int | None = None
+    unit: str = "it"  # what is counted: "img", "round"
 
 
 ProgressCallback = Callable[[Progress], None]

@@ -115,7 +115,7 @@ def benchmark_models(
         nonlocal rounds_done
         rounds_done += 1
         if on_progress is not None:
-            on_progress(Progress(STAGE, "timing", rounds_done, options.total_rounds))
+            on_progress(Progress(STAGE, "timing", rounds_done, options.total_rounds, unit="round"))
 
     threads = options.threads or default_threads()
     protos = {str(m): load_onnx(m) for m in models}

@@ -217,7 +217,7 @@ def validate_models(
             labels.extend(s.label for s in samples)
             done += len(samples)
             if on_progress is not None:
-                on_progress(Progress(STAGE, "images", done))
+                on_progress(Progress(STAGE, "images", done, unit="img"))
         y = np.asarray(labels, np.int64) if all(label is not None for label in labels) else None
         labelled = labelled and y is not None
         outputs = {

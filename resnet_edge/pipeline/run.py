@@ -52,7 +52,7 @@ from resnet_edge.pipeline.config import (  # noqa: F401 (re-exported: the names 
     option_keys,
 )
 from resnet_edge.pipeline.result import FILES, PipelineResult, StageEvent
-from resnet_edge.progress import Progress, ProgressCallback
+from resnet_edge.progress import ProgressCallback
 from resnet_edge.quantization.calibrate import BUNDLED_PHOTOS_NOTE
 from resnet_edge.quantization.quantize import quantize_onnx
 
@@ -76,13 +76,15 @@ def run_pipeline(
     overwrite: bool = False,
     inputs: Sequence[Path | str] = (),
     on_event: Callable[[StageEvent], object] | None = None,
-    progress: bool = False,
+    on_progress: ProgressCallback | None = None,
 ) -> PipelineResult:
     """Run every stage into ``outdir`` and write the report (JSON, Markdown, HTML, plots).
 
     Args:
         overwrite: replace ``outdir`` if an earlier pipeline run made it (it holds the :data:`MARKER` file).
         inputs: files the caller read the configuration from (a TOML file), protected like the run's own inputs.
+        on_event: told as each stage starts, progresses, ends or fails.
+        on_progress: the stages' countable progress (calibration images, timed rounds), for a caller to draw.
 
     Raises:
         OptionError: see :func:`check_outdir`.
@@ -104,7 +106,7 @@ def run_pipeline(
         with tempfile.TemporaryDirectory(prefix="resnet-edge-weights-") as scratch:
             crash: Exception | None = None
             try:
-                _run_stages(config, staging, Path(scratch), result, emit, progress)
+                _run_stages(config, staging, Path(scratch), result, emit, on_progress)
             except StageError as exc:
                 result.failed_stage, result.error = exc.stage, str(exc.cause)
             except Exception as exc:  # a bug in a stage: keep what the stages before it made, then re-raise it
@@ -271,33 +273,13 @@ def _stage(name: str, result: PipelineResult, emit: Callable[[StageEvent], objec
     emit(StageEvent(name, "done", summary[0] if summary else "", seconds))
 
 
-def _calibration_bar(enabled: bool) -> ProgressCallback | None:
-    """A transient progress bar on stderr for quantize's calibration, closed when the images are all read."""
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    bars: list[tqdm] = []
-
-    def show(event: Progress) -> None:
-        if event.done is None or event.total is None:
-            return
-        if not bars:
-            bars.append(tqdm(total=event.total, desc=event.step, unit="img", leave=False))
-        bars[0].update(event.done - bars[0].n)
-        if event.done >= event.total:
-            bars.pop().close()
-
-    return show
-
-
 def _run_stages(
     config: PipelineConfig,
     out: Path,
     scratch: Path,
     result: PipelineResult,
     emit: Callable[[StageEvent], object],
-    progress: bool,
+    on_progress: ProgressCallback | None,
 ) -> None:
     weights = config.resolved_weights()
     if weights is None:
@@ -341,7 +323,7 @@ def _run_stages(
                     out / FILES["simplify"],
                     out / FILES["quantize"],
                     config.quantize,
-                    on_progress=_calibration_bar(progress),
+                    on_progress=on_progress,
                 )
             except CheckFailedError as exc:  # quantize judges INT8 on validate's bar: say why a random model misses it
                 if result.random_weights is None:
@@ -378,11 +360,8 @@ def _run_stages(
             raise CheckFailedError(describe_failures(v) + hint)
 
     with _stage("benchmark", result, emit) as summary:
-        from tqdm import tqdm
-
         options = config.benchmark_options(torch_reference=weights)
-        with tqdm(total=options.total_rounds, desc="timing", unit="round", leave=False, disable=not progress) as bar:
-            result.benchmark = benchmark_models(models, options, on_progress=lambda p: bar.update(p.done - bar.n))
+        result.benchmark = benchmark_models(models, options, on_progress=on_progress)
         fastest = min((r for r in result.benchmark.rows if r.latency), key=lambda r: r.latency.p50_ms)
         summary.append(
             f"{len(result.benchmark.rows)} rows; fastest {fastest.model} p50"

@@ -300,7 +300,7 @@ def _calibrate(
         nonlocal done
         done += images
         if on_progress is not None:
-            on_progress(Progress("quantize", step, done, len(indices)))
+            on_progress(Progress("quantize", step, done, len(indices), unit="img"))
 
     for start in range(0, len(indices), chunk):
         for part in _uniform_batches(indices[start : start + chunk], batch):
