@@ -8,6 +8,7 @@ import click
 
 from resnet_edge.cli import render
 from resnet_edge.cli.options import (
+    SEED,
     derived_path,
     json_option,
     options_from,
@@ -30,7 +31,8 @@ from resnet_edge.evaluation.options import TuneOptions
             "--providers",
             help="Comma-separated providers to try (cpu, cuda, tensorrt, openvino, ep:NAME[k=v])."
             " [default: all that run here]",
-        )
+        ),
+        "seed": {"type": SEED},
     },
 )
 @target_options

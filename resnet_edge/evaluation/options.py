@@ -172,7 +172,7 @@ class TuneOptions:
         threads: intra-op threads (all cores when None).
         data: held-out images for parity (default: the model's built-in test split, else the bundled photos).
         calib: calibration images for the INT8 candidates (default: quantize's default).
-        limit: calibrate on this many images.
+        limit: calibrate on this many images, drawn with ``seed``.
         int8: try INT8 candidates. fp16: try FP16 where the provider runs it natively.
         candidates: more model files to try (on every provider), judged and timed like the others.
         iterations, warmup: timed and untimed rounds per provider and batch size.
@@ -195,7 +195,8 @@ class TuneOptions:
     calib: str | None = field(
         default=None, metadata={"help": "Calibration images for the INT8 candidates. [default: as quantize]"}
     )
-    limit: int | None = field(default=None, metadata={"help": "Calibrate on this many images."})
+    limit: int | None = field(default=None, metadata={"help": "Calibrate on this many images, drawn with --seed."})
+    seed: int = field(default=0, metadata={"help": "Seed for drawing --limit calibration images."})
     int8: bool = field(default=True, metadata={"flag": "--no-int8", "help": "Do not try INT8."})
     fp16: bool = field(
         default=True, metadata={"flag": "--no-fp16", "help": "Do not try FP16 (tried only on cuda and tensorrt)."}
@@ -218,4 +219,5 @@ class TuneOptions:
             raise OptionError(f"iterations must be at least 1 and warmup 0 or more, got {self.iterations}")
         _check_at_least("threads", self.threads, 1)
         _check_at_least("limit", self.limit, 1)
+        _check_at_least("seed", self.seed, 0)
         _check_thresholds(self.min_agreement, self.max_top1_drop)

@@ -313,7 +313,9 @@ def _build_variants(
         from resnet_edge.quantization.quantize import calibrate_onnx, quantize_onnx
 
         path = folder / f"int8-{label.replace(' ', '-')}.onnx"
-        quantize = QuantizeOptions(calib=options.calib, eval_data=options.data, limit=options.limit, config=config)
+        quantize = QuantizeOptions(
+            calib=options.calib, eval_data=options.data, limit=options.limit, seed=options.seed, config=config
+        )
         try:
             if config.symmetric_activations not in calibrations:
                 where = folder / f"calibration-{'symmetric' if config.symmetric_activations else 'asymmetric'}"

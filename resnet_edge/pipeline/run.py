@@ -422,6 +422,7 @@ def _tune(config: PipelineConfig, out: Path, result: PipelineResult) -> TuneResu
             data=config.data,
             calib=config.calib,
             limit=config.limit,
+            seed=config.seed,
             int8=config.int8,
             iterations=min(config.iterations, DEFAULT_TUNE_ITERATIONS),
             warmup=config.warmup,
