@@ -56,26 +56,18 @@ def run_phase(args: argparse.Namespace) -> dict:
             return request.infer({0: x})
 
         where = f"openvino {ov.__version__} CPU"
-    elif args.phase == "ort-raw":  # CPU EP experiments: session options the library does not expose
+    elif args.phase == "ort-raw":  # CPU EP experiments: graph optimisation levels and session config entries
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        levels = {
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }
-        options.graph_optimization_level = levels[args.opt_level]
-        for entry in args.config:
-            key, _, value = entry.partition("=")
-            options.add_session_config_entry(key, value)
-        session = ort.InferenceSession(args.model, options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
+        from resnet_edge.onnx.runtime import Provider, open_session
+
+        config = dict(entry.partition("=")[::2] for entry in args.config)
+        session = open_session(
+            args.model, Provider.CPU, threads=args.threads, optimization=args.opt_level, session_config=config
+        )
 
         def call() -> object:
-            return session.run(None, {name: x})
+            return session.run(x)
 
         where = f"onnxruntime {ort.__version__} CPU, level {args.opt_level} {' '.join(args.config)}".strip()
     else:  # through resnet-edge's one way to open a session

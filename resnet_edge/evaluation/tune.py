@@ -46,6 +46,7 @@ from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import write_props
 from resnet_edge.onnx.runtime import PROVIDERS, Provider, available_providers, parse_providers
 from resnet_edge.progress import Progress, ProgressCallback
+from resnet_edge.timing import GPU_PROVIDERS
 
 if TYPE_CHECKING:
     from resnet_edge.evaluation.benchmark import BenchmarkOptions, BenchmarkResult
@@ -56,8 +57,8 @@ logger = logging.getLogger("resnet_edge")
 
 STAGE = "tune"
 TUNE_KEY = "deployment"  # metadata key of the chosen model: provider, precision and the numbers behind the choice
-FP16_PROVIDERS = ("cuda", "tensorrt")  # providers with native FP16 kernels; elsewhere FP16 only adds casts
-GPU_INT8_PROVIDERS = ("cuda", "tensorrt")
+FP16_PROVIDERS = GPU_PROVIDERS  # providers with native FP16 kernels; elsewhere FP16 only adds casts
+GPU_INT8_PROVIDERS = GPU_PROVIDERS  # they take the gpu-tensorrt INT8 recipe
 # Candidates within this fraction of the fastest one's p50 are a tie on this noisy machine; the tie goes to the one
 # whose Conv/Gemm MACs run most in integer kernels (quantization.coverage), which stays fast where timing cannot be
 # trusted.

@@ -58,7 +58,7 @@ import shutil
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -86,7 +86,6 @@ logger = logging.getLogger("resnet_edge")
 _ORT_ERROR_ONLY = 3  # onnxruntime's log severity: print errors and fatal messages, not its graph-partition chatter
 CPU_ORT_NAME = "CPUExecutionProvider"
 OPENVINO_PLUGIN = "onnxruntime_ep_openvino"  # the module of PyPI's onnxruntime-ep-openvino
-COMPUTE_OP_MARKERS = COMPUTE_OPS  # an op type with one of these in its name is a compute op
 # Nodes onnxruntime inserts for layouts and copies: not the model's, so not counted in the placement.
 _INSERTED_OPS = frozenset({"ReorderInput", "ReorderOutput", "MemcpyFromHost", "MemcpyToHost"})
 DEFAULT_TRT_CACHE = Path("~/.cache/resnet-edge/tensorrt")
@@ -342,7 +341,7 @@ def provider_statuses() -> list[ProviderStatus]:
 
 
 def is_compute_op(op_type: str) -> bool:
-    return any(marker in op_type for marker in COMPUTE_OP_MARKERS)
+    return any(marker in op_type for marker in COMPUTE_OPS)  # QLinearConv, ConvInteger, FusedConv, ...
 
 
 @dataclass(frozen=True)
@@ -557,6 +556,8 @@ def open_session(
     spinning: bool = False,
     classifier: bool = True,
     audit: bool = True,
+    optimization: str = "all",
+    session_config: Mapping[str, str] | None = None,
 ) -> Session:
     """Open ``model`` on ``provider`` and audit where it really runs.
 
@@ -573,6 +574,9 @@ def open_session(
             analysis graphs that expose intermediate tensors first.
         audit: profile one inference on zeros to record where each node ran (:class:`Placement`), and warn (or with
             ``strict`` raise) when the requested provider left compute ops to another.
+        optimization: onnxruntime's graph optimisation level, ``basic``, ``extended`` or ``all`` (the default:
+            measured fastest, see benchmarks/providers.py).
+        session_config: more session config entries (``session.qdqisint8allowed`` and the like), set last.
 
     Raises:
         ProviderError: ``strict`` and the provider is not available, failed to initialise, or took only part of
@@ -582,6 +586,14 @@ def open_session(
     """
     options = ort.SessionOptions()
     options.log_severity_level = _ORT_ERROR_ONLY
+    levels = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    if optimization not in levels:
+        raise OptionError(f"optimization must be one of {', '.join(levels)}, got {optimization!r}")
+    options.graph_optimization_level = levels[optimization]
     if threads is not None:
         if threads < 1:
             raise OptionError(f"threads must be at least 1, got {threads}")
@@ -590,6 +602,8 @@ def open_session(
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    for key, value in (session_config or {}).items():
+        options.add_session_config_entry(key, value)
     chain = _provider_chain(provider, options, threads=threads, quantized=_looks_quantized(model), strict=strict)
     # The audit's profile goes to a private folder that is removed whatever happens below, Ctrl-C included.
     profile_dir = tempfile.mkdtemp(prefix="resnet-edge-profile-") if audit else None
@@ -604,7 +618,15 @@ def open_session(
             first = str(exc).strip().splitlines()[0]
             if provider.name != "cpu" and ("provider" in first.lower() or provider.ort_name in first):
                 _fallback(provider, f"{provider.ort_name} failed: {first[:240]}", strict)
-                return open_session(model, Provider.CPU, threads=threads, spinning=spinning, classifier=classifier)
+                return open_session(
+                    model,
+                    Provider.CPU,
+                    threads=threads,
+                    spinning=spinning,
+                    classifier=classifier,
+                    optimization=optimization,
+                    session_config=session_config,
+                )
             raise InputFileError(f"onnxruntime cannot load {_describe(model)}: {first[:240]}") from None
         used = list(session.get_providers())
         logger.debug("session on %s: requested %s, providers %s", _describe(model), provider.value, ", ".join(used))

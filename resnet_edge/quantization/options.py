@@ -10,14 +10,14 @@ object is made), so that the CLI builds the quantize command's flags from these 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from resnet_edge.errors import OptionError
 from resnet_edge.quantization.configs import Format, Int8Recipe, Int8Target, Method
 
 if TYPE_CHECKING:
+    from resnet_edge.onnx.parity import Parity
     from resnet_edge.onnx.runtime import Provider
-    from resnet_edge.quantization.quantize import QuantizeResult
 
 __all__ = ["MIN_OPSET", "AccuracyGoal", "QuantizeOptions"]
 
@@ -121,6 +121,17 @@ class QuantizeOptions:
             raise OptionError(f"limit must be at least 1, got {self.limit}")
 
 
+class Judged(Protocol):
+    """What :meth:`AccuracyGoal.met_by` reads of a quantize result (the INT8 model against FP32, measured)."""
+
+    @property
+    def top1_drop_points(self) -> float | None: ...
+    @property
+    def evaluation_source(self) -> str: ...
+    @property
+    def parity(self) -> Parity: ...
+
+
 @dataclass(frozen=True)
 class AccuracyGoal:
     """What a quantized model must keep, judged on held-out images; every target given must hold.
@@ -163,7 +174,7 @@ class AccuracyGoal:
                 f"--min-agreement is a fraction above 0 and at most 1, such as 0.99; got {self.min_agreement}"
             )
 
-    def met_by(self, result: QuantizeResult) -> bool:
+    def met_by(self, result: Judged) -> bool:
         """Whether ``result`` meets every given target.
 
         Raises:

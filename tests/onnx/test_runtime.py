@@ -256,3 +256,21 @@ def test_pipeline_providers_keep_commas_inside_options() -> None:
     assert config.providers == ("cpu", 'openvino[load_config={"CPU": {"A": "1", "B": "2"}}]')
     with pytest.raises(OptionError, match="unknown execution provider 'tpu'"):
         make_config({"providers": "cpu,tpu"})
+
+
+def test_optimization_level_and_session_config_reach_the_session() -> None:
+    """The CPU EP experiments (benchmarks/providers.py) open their sessions here too, with these two settings."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    session = open_session(
+        model, classifier=False, audit=False, optimization="basic", session_config={"session.qdqisint8allowed": "1"}
+    )
+    assert session.session.get_session_options().graph_optimization_level.name == "ORT_ENABLE_BASIC"
+    assert session.session.get_session_options().get_session_config_entry("session.qdqisint8allowed") == "1"
+    with pytest.raises(OptionError, match="optimization must be one of basic, extended, all, got 'max'"):
+        open_session(model, classifier=False, audit=False, optimization="max")

@@ -1,7 +1,8 @@
 """Where INT8 loses accuracy, block by block: the INT8 sensitivity analysis.
 
 :mod:`.blocks` maps nodes to residual blocks, :mod:`.splice` builds the FP32 model with one block quantized,
-:mod:`.metrics` measures the error and the residual scales, :mod:`.chart` draws it, and :mod:`.run` runs it all:
+:mod:`.metrics` measures the error and the residual scales, :mod:`.result` holds what was found, :mod:`.chart`
+draws it, and :mod:`.run` runs it all:
 :func:`analyze_sensitivity` on two model files, :func:`analyze_quantization` on two loaded models.
 """
 
@@ -23,10 +24,10 @@ from resnet_edge.quantization.sensitivity.metrics import (
     TensorError,
     residual_scales,
 )
+from resnet_edge.quantization.sensitivity.result import SensitivityResult
 from resnet_edge.quantization.sensitivity.run import (
     DEFAULT_IMAGES,
     SensitivityOptions,
-    SensitivityResult,
     analyze_quantization,
     analyze_sensitivity,
 )

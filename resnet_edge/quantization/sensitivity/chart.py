@@ -11,7 +11,7 @@ import numpy as np
 from resnet_edge.artifacts import atomic_output
 
 if TYPE_CHECKING:
-    from resnet_edge.quantization.sensitivity.run import SensitivityResult
+    from resnet_edge.quantization.sensitivity.result import SensitivityResult
 
 
 def write_chart(analysis: SensitivityResult, path: Path | str) -> Path:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,8 @@ from resnet_edge.onnx.metadata import (
     read_record,
     static_input_shape,
 )
-from resnet_edge.onnx.parity import Parity, compare_outputs
-from resnet_edge.onnx.runtime import Placement, Provider, open_session
+from resnet_edge.onnx.parity import compare_outputs
+from resnet_edge.onnx.runtime import Provider, open_session
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.sensitivity.blocks import (
     HEAD,
@@ -53,6 +53,7 @@ from resnet_edge.quantization.sensitivity.metrics import (
     _ErrorAccumulator,
     residual_scales,
 )
+from resnet_edge.quantization.sensitivity.result import SensitivityResult
 from resnet_edge.quantization.sensitivity.splice import _expose_block_outputs, isolate_block
 
 STAGE = "analyze"
@@ -86,45 +87,6 @@ class SensitivityOptions:
             raise OptionError(f"limit must be at least 1, got {self.limit}")
         if self.seed < 0:
             raise OptionError(f"seed must be 0 or more, got {self.seed}")
-
-
-@dataclass(frozen=True)
-class SensitivityResult:
-    """INT8 error by block, with the blocks ranked most sensitive first.
-
-    Attributes:
-        blocks: per block, in execution order.
-        ranking: quantized blocks, most sensitive first (lowest ``sensitivity_db``; ties in execution order).
-        parity: the INT8 model's logits against FP32's on the analysed images.
-        flagged_additions: blocks whose residual addition's input scales differ by RESIDUAL_SCALE_RATIO or more.
-        chart, report: the PNG and JSON written, if any.
-        provider, ran_on: the provider asked for and the one the sessions ran on.
-        placement: where each node of the two analysed graphs ran (``fp32``, ``int8``; every block output exposed,
-            so an EP may fuse less than in the deployed model).
-    """
-
-    fp32_model: Path | None
-    int8_model: Path | None
-    format: str  # "qdq" or "qoperator"
-    data_source: str
-    images: int
-    calibration_images_dropped: int
-    parity: Parity
-    blocks: list[BlockError]
-    ranking: list[str]
-    flagged_additions: list[str]
-    residual_scale_ratio: float
-    isolated_models: int
-    seconds: float
-    chart: Path | None = None
-    report: Path | None = None
-    notes: list[str] = field(default_factory=list)
-    provider: str = "cpu"
-    ran_on: str = "cpu"
-    placement: dict[str, Placement | None] = field(default_factory=dict)
-
-    def block(self, name: str) -> BlockError:
-        return next(b for b in self.blocks if b.block == name)
 
 
 def analyze_quantization(

@@ -1,0 +1,49 @@
+"""What the sensitivity analysis finds, apart from how it runs: the run builds it, the chart and the CLI read it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from resnet_edge.onnx.parity import Parity
+from resnet_edge.onnx.runtime import Placement
+from resnet_edge.quantization.sensitivity.metrics import BlockError
+
+
+@dataclass(frozen=True)
+class SensitivityResult:
+    """INT8 error by block, with the blocks ranked most sensitive first.
+
+    Attributes:
+        blocks: per block, in execution order.
+        ranking: quantized blocks, most sensitive first (lowest ``sensitivity_db``; ties in execution order).
+        parity: the INT8 model's logits against FP32's on the analysed images.
+        flagged_additions: blocks whose residual addition's input scales differ by RESIDUAL_SCALE_RATIO or more.
+        chart, report: the PNG and JSON written, if any.
+        provider, ran_on: the provider asked for and the one the sessions ran on.
+        placement: where each node of the two analysed graphs ran (``fp32``, ``int8``; every block output exposed,
+            so an EP may fuse less than in the deployed model).
+    """
+
+    fp32_model: Path | None
+    int8_model: Path | None
+    format: str  # "qdq" or "qoperator"
+    data_source: str
+    images: int
+    calibration_images_dropped: int
+    parity: Parity
+    blocks: list[BlockError]
+    ranking: list[str]
+    flagged_additions: list[str]
+    residual_scale_ratio: float
+    isolated_models: int
+    seconds: float
+    chart: Path | None = None
+    report: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    provider: str = "cpu"
+    ran_on: str = "cpu"
+    placement: dict[str, Placement | None] = field(default_factory=dict)
+
+    def block(self, name: str) -> BlockError:
+        return next(b for b in self.blocks if b.block == name)
