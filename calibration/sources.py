@@ -7,6 +7,8 @@ calibration record lists and which proves that calibration and evaluation images
 
 from __future__ import annotations
 
+import functools
+import gzip
 import hashlib
 import io
 import os
@@ -30,6 +32,11 @@ BUILTIN_PREFIX = "builtin:"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 PHOTOS_DIR = _PACKAGE_DIR / "photos"
 DIGITS_FILE = _PACKAGE_DIR / "digits" / "digits.npz"
+# Fashion-MNIST (Xiao et al. 2017, MIT licence) as Debian's `dataset-fashion-mnist` package installs it: not shipped
+# with resnet-edge (30 MB), read in place when present. Class names are folder-friendly forms of the data set's own.
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
+_FASHION_MNIST_FILES = {"train": "train", "test": "t10k"}
 
 
 @dataclass(frozen=True)
@@ -204,6 +211,7 @@ class ArraySource(ImageSource):
     """
 
     def __init__(self, path: Path | str, *, name: str | None = None, rows: Sequence[int] | None = None) -> None:
+        self._class_names: list[str] | None = None
         path = Path(path)
         if not path.is_file():
             raise InputFileError(f"array file not found: {path}")
@@ -236,8 +244,23 @@ class ArraySource(ImageSource):
         self._labels = labels
         self.labelled = labels is not None
 
+    @classmethod
+    def from_arrays(
+        cls, images: np.ndarray, labels: np.ndarray | None, *, name: str, class_names: Sequence[str] | None = None
+    ) -> ArraySource:
+        """A source over arrays already in memory (a data set read from another format)."""
+        source = cls.__new__(cls)
+        _check_images(images, Path(name))
+        source.name, source.images, source.rows = name, images, list(range(len(images)))
+        source._labels, source.labelled = labels, labels is not None
+        source._class_names = list(class_names) if class_names else None
+        return source
+
     def __len__(self) -> int:
         return len(self.rows)
+
+    def label_names(self) -> list[str] | None:
+        return self._class_names
 
     def load(self, index: int, spec: PreprocessSpec) -> Sample:
         row = self.rows[index]
@@ -304,7 +327,47 @@ def _check_images(images: np.ndarray, path: Path) -> None:
 
 
 def builtin_names() -> list[str]:
-    return [f"{BUILTIN_PREFIX}{name}" for name in ("photos", "digits-train", "digits-calib", "digits-test")]
+    names = ("photos", "digits-train", "digits-calib", "digits-test", "fashion-mnist-train", "fashion-mnist-test")
+    return [f"{BUILTIN_PREFIX}{name}" for name in names]
+
+
+def fashion_mnist(split: str) -> ArraySource:
+    """Fashion-MNIST's ``train`` (60,000) or ``test`` (10,000) split: 28x28 grey uint8 images and their labels.
+
+    Raises:
+        InputFileError: the data set is not installed (with the command that installs it).
+    """
+    images, labels = _read_fashion_mnist(_FASHION_MNIST_FILES[split])
+    return ArraySource.from_arrays(
+        images, labels, name=f"{BUILTIN_PREFIX}fashion-mnist-{split}", class_names=FASHION_MNIST_CLASSES
+    )
+
+
+@functools.cache
+def _read_fashion_mnist(prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    return _read_idx(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz", 3), _read_idx(
+        FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz", 1
+    ).astype(np.int64)
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file (the MNIST format: a 4-byte magic 0x0000 0x08 NDIM, NDIM big-endian sizes, uint8 data)."""
+    if not path.is_file():
+        raise InputFileError(
+            f"Fashion-MNIST is not installed ({path} is missing): sudo apt-get install dataset-fashion-mnist"
+        )
+    try:
+        with gzip.open(path) as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:
+        raise InputFileError(f"cannot read {path}: {exc}") from None
+    header = 4 + 4 * ndim
+    if len(data) < header or data[:4] != bytes((0, 0, 8, ndim)):
+        raise InputFileError(f"{path} is not an IDX file of {ndim} dimensions")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if len(data) != header + int(np.prod(shape)):
+        raise InputFileError(f"{path}: {len(data) - header} bytes of data for shape {shape}")
+    return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
 
 
 def open_source(
@@ -326,6 +389,8 @@ def open_source(
             source.name = text
             source.skipped = 0  # MANIFEST.json and README.md sit beside the photos: not worth a user's attention
             return source
+        if name.removeprefix("fashion-mnist-") in _FASHION_MNIST_FILES and name.startswith("fashion-mnist-"):
+            return fashion_mnist(name.removeprefix("fashion-mnist-"))
         if name.startswith("digits-"):
             split = name[len("digits-") :]
             with np.load(DIGITS_FILE) as archive:

@@ -11,7 +11,14 @@ from PIL import Image
 
 from resnet_edge.calibration.calibration_reader import ImageCalibrationReader
 from resnet_edge.calibration.preprocess import ChannelOrder, PreprocessSpec, preprocess_image
-from resnet_edge.calibration.sources import PHOTOS_DIR, ArraySource, FolderSource, open_source
+from resnet_edge.calibration.sources import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
+    PHOTOS_DIR,
+    ArraySource,
+    FolderSource,
+    open_source,
+)
 from resnet_edge.errors import InputFileError, OptionError
 
 SPEC = PreprocessSpec.imagenet(32)
@@ -202,3 +209,28 @@ def test_corrupt_npz_and_bad_labels(tmp_path: Path) -> None:
 def test_a_labels_file_needs_a_folder(tmp_path: Path) -> None:
     with pytest.raises(OptionError, match="labels file applies to a folder"):
         open_source("builtin:photos", labels_file=tmp_path / "labels.csv")
+
+
+@pytest.mark.skipif(
+    not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(), reason="Debian's dataset-fashion-mnist missing"
+)
+def test_fashion_mnist_reads_from_debians_package_with_its_class_names():
+    source = open_source("builtin:fashion-mnist-test")
+    assert len(source) == 10_000 and source.labelled
+    assert source.label_names() == list(FASHION_MNIST_CLASSES)
+    sample = source.load(0, PreprocessSpec.small(28, channels=1))
+    assert sample.tensor.shape == (1, 28, 28) and sample.label == 9  # the test split opens with an ankle boot
+
+
+def test_an_idx_file_that_is_not_one_is_refused(tmp_path):
+    import gzip
+
+    from resnet_edge.calibration.sources import _read_idx
+
+    path = tmp_path / "x-images-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b"\x00\x00\x08\x03" + (2).to_bytes(4, "big") * 3 + b"\x00" * 7)
+    with pytest.raises(InputFileError, match="7 bytes of data for shape"):
+        _read_idx(path, 3)
+    with pytest.raises(InputFileError, match="apt-get install dataset-fashion-mnist"):
+        _read_idx(tmp_path / "missing.gz", 3)
