@@ -49,6 +49,8 @@ from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.timing import GPU_PROVIDERS
 
 if TYPE_CHECKING:
+    import onnx
+
     from resnet_edge.evaluation.benchmark import BenchmarkOptions, BenchmarkResult
     from resnet_edge.evaluation.validate import ValidateOptions, ValidateResult
     from resnet_edge.quantization.configs import Int8Recipe, Int8Target
@@ -107,6 +109,7 @@ class Candidate:
     passed: bool = False
     failures: list[str] = field(default_factory=list)
     top1_agreement: float | None = None
+    accuracy: float | None = None  # labelled top-1 accuracy on the held-out images (None when unlabelled)
     max_abs_error: float | None = None
     p50_ms: dict[int, float] = field(default_factory=dict)  # batch -> median latency
     speedup_vs_cpu_fp32: dict[int, float] = field(default_factory=dict)  # batch -> FP32-on-CPU p50 / this p50
@@ -160,15 +163,22 @@ def tune_model(
     report = on_progress or (lambda progress: None)
     output = require_writable_destination(output)
     record_path = require_writable_destination(Path(f"{output}.json"))
-    _check_options(options)
     refuse_overwriting_inputs(
         [output, record_path],
-        [model_path, options.data, options.calib, *options.candidates, *(path for _, path in options.int8_models)],
+        [
+            model_path,
+            options.data,
+            options.calib,
+            options.label_map,
+            *options.candidates,
+            *(path for _, path in options.int8_models),
+        ],
         command="tune output",
     )
     fp32 = load_onnx(model_path)
     if is_quantized(fp32):
         raise OptionError(f"{model_path} is quantized; tune starts from the FP32 (simplified) model")
+    _check_options(options, fp32)
     if site.emulated:
         warnings.warn(
             f"{site.target} runs under emulation: parity is real, but the choice rests on emulated timings",
@@ -275,13 +285,15 @@ def _cpu_target(site: Site) -> Int8Target:
     return Int8Target.X86_VNNI if vnni else Int8Target.X86_AVX2
 
 
-def _check_options(options: TuneOptions) -> None:
-    """Refuse bad numbers and unreadable data now, before minutes of calibration and timing."""
+def _check_options(options: TuneOptions, fp32: onnx.ModelProto) -> None:
+    """Refuse unreadable data, and labels that do not fit the model, now, before minutes of calibration and timing."""
     from resnet_edge.calibration.sources import open_source
+    from resnet_edge.onnx.metadata import model_classes
 
-    for source in (options.data, options.calib):
-        if source is not None:
-            open_source(source)
+    if options.data is not None:
+        open_source(options.data, classes=model_classes(fp32, label_map=options.label_map))
+    if options.calib is not None:
+        open_source(options.calib, classes=None)
     for candidate in options.candidates:
         require_file(candidate, what="candidate model")
 
@@ -315,7 +327,12 @@ def _build_variants(
 
         path = folder / f"int8-{label.replace(' ', '-')}.onnx"
         quantize = QuantizeOptions(
-            calib=options.calib, eval_data=options.data, limit=options.limit, seed=options.seed, config=config
+            calib=options.calib,
+            eval_data=options.data,
+            label_map=options.label_map,
+            limit=options.limit,
+            seed=options.seed,
+            config=config,
         )
         try:
             if config.symmetric_activations not in calibrations:
@@ -400,6 +417,7 @@ def _judge_and_time(
     paths = list(dict.fromkeys(str(path) for _, _, path in runnable))
     thresholds = ValidateOptions(
         data=options.data,
+        label_map=options.label_map,
         providers=(provider,),
         min_agreement=options.min_agreement,
         max_top1_drop=options.max_top1_drop,
@@ -437,6 +455,7 @@ def _judge_and_time(
                 passed=row.passed and not row.fell_back,
                 failures=row.failures + ([f"ran on {row.ran_on}, not {provider.value}"] if row.fell_back else []),
                 top1_agreement=row.parity.top1_agreement,
+                accuracy=row.accuracy.top1 if row.accuracy else None,
                 max_abs_error=row.parity.max_abs_error,
                 p50_ms=p50.get(str(path), {}),
             )

@@ -89,7 +89,9 @@ OPTIONS: dict[str, Option] = {
     "input_size": _option(int | None, "export", "export.input_size"),
     "opset": _option(int, "export", "export.opset"),
     "calib": _option(str | None, "quantize", "quantize.calib"),
-    "data": _option(str | None, "validate", "validate.data", "benchmark.data"),
+    # The held-out images judge INT8 in the quantize stage too: with --data, all of --calib is calibrated on.
+    "data": _option(str | None, "validate", "validate.data", "benchmark.data", "quantize.eval_data"),
+    "label_map": _option(str | None, ("validate", "quantize"), "validate.label_map", "quantize.label_map"),
     "providers": _option(tuple[str, ...], ("validate", "benchmark"), "validate.providers", "benchmark.providers"),
     "strict_ep": _option(bool, ("validate", "benchmark"), "validate.strict_ep", "benchmark.strict_ep"),
     "int8": _option(bool, "quantize", "int8"),
@@ -136,6 +138,8 @@ def _plain(value: object) -> object:
     """A stage option's value as a user writes it: an enum or a provider as its text, a tuple item by item."""
     if isinstance(value, tuple):
         return tuple(_plain(v) for v in value)
+    if isinstance(value, Path):
+        return str(value)
     return value.value if isinstance(value, (enum.Enum, Provider)) else value
 
 
@@ -143,6 +147,8 @@ def _for_stage(stage_field: str, value: object) -> object:
     """A user's value as a stage's options take it (providers parsed; enums are made by the options classes)."""
     if stage_field.endswith(".providers"):
         return tuple(parse_providers(list(value)))
+    if stage_field.endswith(".label_map") and value is not None:
+        return Path(value)
     return value
 
 

@@ -92,7 +92,11 @@ def run_pipeline(
         StageError: a stage failed; the message names it, and ``outdir`` holds the stages before it and a report.
     """
     check_inputs(config)
-    outdir = check_outdir(outdir, overwrite=overwrite, inputs=[config.weights, config.calib, config.data, *inputs])
+    outdir = check_outdir(
+        outdir,
+        overwrite=overwrite,
+        inputs=[config.weights, config.calib, config.data, config.validate.label_map, *inputs],
+    )
     _check_sources(config)
     parent = outdir.parent
     try:
@@ -158,11 +162,15 @@ def check_inputs(config: PipelineConfig) -> None:
                 )
         else:
             require_file(config.weights, what="weights")
+    if config.label_map is not None:
+        from resnet_edge.calibration.labels import read_label_map
+
+        read_label_map(config.label_map)
     for key in ("calib", "data"):
         name = getattr(config, key)
         if name is not None:
             try:
-                open_source(name)
+                open_source(name, classes=None)  # found and readable; labels are checked against the model later
             except ResnetEdgeError as exc:
                 raise type(exc)(f"{key}: {exc}") from None
 
@@ -421,6 +429,7 @@ def _tune(config: PipelineConfig, out: Path, result: PipelineResult) -> TuneResu
             threads=config.threads,
             data=config.data,
             calib=config.calib,
+            label_map=config.validate.label_map,
             limit=config.limit,
             seed=config.seed,
             int8=config.int8,

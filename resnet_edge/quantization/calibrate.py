@@ -32,7 +32,7 @@ from resnet_edge.calibration.sources import (
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
 from resnet_edge.onnx.graph import graph_input, is_quantized, module_path, opset_of
 from resnet_edge.onnx.io import load_onnx
-from resnet_edge.onnx.metadata import preprocessing_for, read_metadata, static_input_shape
+from resnet_edge.onnx.metadata import model_classes, preprocessing_for, read_metadata, static_input_shape
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.configs import Int8Recipe, Method, resolve_config
 from resnet_edge.quantization.options import MIN_OPSET
@@ -132,7 +132,7 @@ def prepare_job(model_path: Path | str, options: QuantizeOptions) -> Job:
             f" per-channel DequantizeLinear nodes): re-export with --opset {MIN_OPSET} or later"
         )
     config = options.config or resolve_config(options.target, per_channel=options.per_channel, format=options.format)
-    calib_source, calib_indices, eval_source, eval_indices = _choose_images(options, read_metadata(fp32).dataset)
+    calib_source, calib_indices, eval_source, eval_indices = _choose_images(options, fp32)
     return Job(
         fp32=fp32,
         spec=preprocessing_for(fp32, source=str(model_path)),
@@ -195,18 +195,23 @@ def collect_calibration(
 
 
 def _choose_images(
-    options: QuantizeOptions, dataset: str | None
+    options: QuantizeOptions, fp32: onnx.ModelProto
 ) -> tuple[ImageSource, list[int], ImageSource, list[int]]:
+    """The calibration images and the held-out images, the latter labelled in the model's classes (issue 21: read
+    without them, class folders were numbered alphabetically and quantize printed another model's accuracy)."""
+    dataset = read_metadata(fp32).dataset
+    classes = model_classes(fp32, label_map=options.label_map)
     calib_name = options.calib or default_calibration_data(dataset)
     eval_name = options.eval_data or (default_evaluation_data(dataset) if not options.calib else None)
-    calib = open_source(calib_name)
-    if eval_name is None or eval_name == calib_name:
+    one_source = eval_name is None or eval_name == calib_name
+    calib = open_source(calib_name, classes=classes if one_source else None)
+    if one_source:
         # One source for both: hold out every HELD_OUT_EVERY-th image for evaluation, calibrate on the rest.
         held_out = list(range(HELD_OUT_EVERY - 1, len(calib), HELD_OUT_EVERY))
         if not held_out or len(held_out) == len(calib):
             raise InputFileError(f"{calib.name}: {len(calib)} images are too few to calibrate and also evaluate")
         return calib, calib.indices(limit=options.limit, seed=options.seed, exclude=held_out), calib, held_out
-    evaluation = open_source(eval_name)
+    evaluation = open_source(eval_name, classes=classes)
     return calib, calib.indices(limit=options.limit, seed=options.seed), evaluation, evaluation.indices()
 
 
