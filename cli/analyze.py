@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from resnet_edge.evaluation.options import ValidateOptions
 @json_option
 def analyze(fp32_model, int8_model, data, label_map, limit, seed, output_dir, providers, strict_ep, as_json) -> None:
     """Error INT8 shows by residual block (whole model and one block at a time), most sensitive first."""
-    from resnet_edge.artifacts import ensure_folder
+    from resnet_edge.artifacts import output_folder
     from resnet_edge.errors import OptionError
     from resnet_edge.quantization.sensitivity import SensitivityOptions, analyze_sensitivity
 
@@ -45,14 +46,17 @@ def analyze(fp32_model, int8_model, data, label_map, limit, seed, output_dir, pr
         raise OptionError(f"analyze runs on one provider, got {len(chosen)}: {providers}")
 
     progress = None if as_json else (lambda event: click.echo(f"running {event.step}", err=True))
-    result = analyze_sensitivity(
-        (fp32_model, int8_model),
-        ensure_folder(output_dir) if output_dir else int8_model.parent,
-        SensitivityOptions(
-            data=data, label_map=label_map, limit=limit, seed=seed, provider=chosen[0], strict_ep=strict_ep
-        ),
-        on_progress=progress,
-    )
+    # A folder it makes for -o goes again if the run fails; the INT8 model's own folder is never made.
+    place = output_folder(output_dir) if output_dir else contextlib.nullcontext(int8_model.parent)
+    with place as folder:
+        result = analyze_sensitivity(
+            (fp32_model, int8_model),
+            folder,
+            SensitivityOptions(
+                data=data, label_map=label_map, limit=limit, seed=seed, provider=chosen[0], strict_ep=strict_ep
+            ),
+            on_progress=progress,
+        )
     if as_json:
         return render.emit_json(result)
     skipped = result.calibration_images_dropped

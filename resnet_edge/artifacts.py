@@ -112,8 +112,10 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-def ensure_folder(path: Path | str) -> Path:
-    """``path`` as an existing folder, created with its parents if need be (for ``-o DIR`` options).
+@contextlib.contextmanager
+def output_folder(path: Path | str) -> Iterator[Path]:
+    """``path`` as an existing folder for the block (``-o DIR`` options), created with its parents if need be; the
+    folders it created are removed again, if still empty, when the block fails or is interrupted.
 
     Raises:
         InputFileError: it is a file, or cannot be created.
@@ -121,11 +123,18 @@ def ensure_folder(path: Path | str) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputFileError(f"output folder is a file: {path}")
+    created = [p for p in (path, *path.parents) if not os.path.lexists(p)]  # deepest first
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputFileError(f"cannot create output folder {path}: {exc.strerror}") from None
-    return path
+    try:
+        yield path
+    except BaseException:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: whatever the block did write stays
+        raise
 
 
 @contextlib.contextmanager
@@ -149,6 +158,40 @@ def atomic_output(path: Path | str) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+_AT_FDCWD = -100  # <fcntl.h>: paths relative to the current folder
+_RENAME_NOREPLACE = 1  # <linux/fs.h>
+
+
+def rename_noreplace(source: Path | str, destination: Path | str) -> None:
+    """Rename ``source`` to ``destination`` only if nothing is there, atomically where the system can say so.
+
+    Linux's ``renameat2(RENAME_NOREPLACE)`` checks and renames in one step; ``os.rename`` would silently replace an
+    empty folder or a file that appeared meanwhile. Where the call or the flag is missing (another system, a file
+    system without it), the check comes just before the rename.
+
+    Raises:
+        FileExistsError: something is at ``destination``.
+        OSError: the rename failed otherwise.
+    """
+    import ctypes
+    import errno
+
+    src, dst = os.fsencode(source), os.fsencode(destination)
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, src, _AT_FDCWD, dst, _RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code == errno.EEXIST:
+            raise FileExistsError(code, os.strerror(code), os.fsdecode(dst))
+        if code not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(code, os.strerror(code), os.fsdecode(dst))
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(dst))
+    os.rename(src, dst)
 
 
 def current_umask() -> int:
