@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from resnet_edge.errors import InputFileError
+from resnet_edge.formatting import size
 
 # What a damaged array file raises while it is read: truncated zip members, bad deflate data, a CRC mismatch.
 READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, ValueError)
@@ -211,13 +212,6 @@ def _check_declared(path: Path, shape: tuple[int, ...], dtype: np.dtype, availab
     declared = math.prod(shape) * dtype.itemsize
     if declared > max(available, 0):
         raise InputFileError(
-            f"{what}: its header declares {'x'.join(map(str, shape)) or 'a scalar'} {dtype} ({_bytes(declared)}), but"
-            f" the file holds only {_bytes(max(available, 0))} of data"
+            f"{what}: its header declares {'x'.join(map(str, shape)) or 'a scalar'} {dtype} ({size(declared)}), but"
+            f" the file holds only {size(max(available, 0))} of data"
         )
-
-
-def _bytes(n: int) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} bytes"

@@ -6,16 +6,20 @@ non-zero exit; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import platform
 import sys
+from pathlib import Path
 
 import click
 
 from resnet_edge import __version__
+from resnet_edge.artifacts import WRITE_FAILURES, write_failure
 from resnet_edge.cli import render
 from resnet_edge.cli.interrupts import INTERRUPTED_LINE, interrupt_exit_code
-from resnet_edge.errors import ResnetEdgeError
+from resnet_edge.errors import OutputWriteError, ResnetEdgeError
 
 
 class _Group(click.Group):
@@ -24,10 +28,19 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> object:
         render.install_warning_printer()
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            _flush_stdout()  # a full disk behind `> file` fails here, not in Python's exit-time flush
+            return result
         except ResnetEdgeError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except OSError as exc:
+            if exc.errno not in WRITE_FAILURES:
+                raise
+            # A write outside the atomic outputs (which say which file themselves): a temporary file, or stdout.
+            failure = _stdout_failure(exc) if _from_echo(exc) else write_failure(exc.filename, exc)
+            click.echo(f"error: {failure}", err=True)
+            ctx.exit(1)
         except ModuleNotFoundError as exc:
             if exc.name != "onnxruntime":
                 raise
@@ -57,6 +70,38 @@ def main(verbose: bool, quiet: bool) -> None:
         platform.python_version(),
         click.get_current_context().invoked_subcommand,
     )
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        if exc.errno not in WRITE_FAILURES:
+            raise
+        raise _stdout_failure(exc) from None
+
+
+def _from_echo(exc: OSError) -> bool:
+    """Whether ``exc`` came from printing (``click.echo``: the commands print to stdout only through it)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "echo" and Path(code.co_filename).parent.name == "click":
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _stdout_failure(exc: OSError) -> OutputWriteError:
+    """The error for standard output that cannot be written (``> /dev/full``, a full disk); what is still buffered
+    goes to /dev/null, so that Python's flush at exit does not fail a second time with a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):  # not a real file (a test's capture): nothing to pacify
+        pass
+    return OutputWriteError(f"cannot write to standard output: {exc.strerror or exc}; the output was lost")
 
 
 def _register() -> None:

@@ -8,14 +8,21 @@ failed, interrupted or rejected run never leaves a half-written file. ONNX files
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from resnet_edge.errors import InputFileError
+from resnet_edge.errors import InputFileError, OutputWriteError
+
+# What a write fails with when the file system, not the program, says no: a full disk or quota, a file over the size
+# limit, a read-only or failing file system. Each is one error line naming the file and the free space (issue 21).
+WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
 
 
 def require_file(path: Path | str, *, what: str = "file") -> Path:
@@ -147,17 +154,56 @@ def atomic_output(path: Path | str) -> Iterator[Path]:
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:  # permission bits can say yes where the file system says no (read-only, /proc)
+        if exc.errno in WRITE_FAILURES:
+            raise write_failure(path, exc) from None
         raise InputFileError(f"output folder is not writable: {path.parent} ({exc.strerror})") from None
     os.close(fd)
     tmp = Path(tmp_name)
+    token = _WRITING.set((*_WRITING.get(), path))
     try:
         yield tmp
         # mkstemp creates 0600; give the artifact the permissions any other new file would get.
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
+    except OSError as exc:  # the block only writes: whatever failed, failed writing the outputs open now
+        tmp.unlink(missing_ok=True)
+        writing = _WRITING.get()
+        raise write_failure(path if len(writing) == 1 else writing, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        _WRITING.reset(token)
+
+
+# The outputs being written at this moment, outermost first: a block that writes two files (a model and its record)
+# fails on one of them, and only the names of both are certain.
+_WRITING: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("writing", default=())
+
+
+def write_failure(path: Path | str | tuple[Path, ...] | None, exc: OSError) -> OutputWriteError:
+    """The one error line for a write that failed: the file(s), the system's reason, and the free space there.
+    ``path`` None: a write whose file is not known (a library's), named by the temporary folder."""
+    if path is None:
+        where = Path(tempfile.gettempdir())
+        named = f"a file (temporary folder {where})"
+    elif isinstance(path, tuple):
+        where, named = path[0], " or ".join(map(str, path))
+    else:
+        where, named = Path(path), str(path)
+    return OutputWriteError(f"cannot write {named}: {exc.strerror or exc} ({free_space(where)}); nothing was kept")
+
+
+def free_space(path: Path | str) -> str:
+    """``N MiB free there`` (or KiB) on the file system that holds ``path`` (its nearest existing folder)."""
+    path = Path(path).absolute()
+    for folder in (path, *path.parents):
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            continue
+        return f"{free / 2**20:,.1f} MiB free there" if free >= 2**20 else f"{free // 1024} KiB free there"
+    return "free space unknown"
 
 
 _AT_FDCWD = -100  # <fcntl.h>: paths relative to the current folder

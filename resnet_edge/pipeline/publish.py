@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resnet_edge import __version__
-from resnet_edge.artifacts import rename_noreplace, sha256_file
+from resnet_edge.artifacts import rename_noreplace, sha256_file, write_text_atomic
 from resnet_edge.errors import InputFileError, OptionError
 
 # Written into every OUTDIR the pipeline makes: the manifest of its files; --overwrite replaces only such a folder.
@@ -162,7 +162,7 @@ def write_manifest(staging: Path) -> None:
         "note": "`--overwrite` may remove the files listed here, while each still has its hash; nothing else",
         "files": files,
     }
-    (staging / MARKER).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(staging / MARKER, json.dumps(document, indent=2) + "\n")
 
 
 def publish(staging: Path, outdir: Outdir) -> None:
@@ -243,8 +243,9 @@ def outdir_lock(outdir: Path) -> Iterator[Path]:
             break
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        with suppress(OSError):  # the pid is for the message of a run refused; a full disk must not stop the lock
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         yield lock
     finally:
         with suppress(OSError):

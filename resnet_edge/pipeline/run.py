@@ -29,6 +29,7 @@ from resnet_edge.errors import (
     CheckFailedError,
     InputFileError,
     OptionError,
+    OutputWriteError,
     ResnetEdgeError,
     ResnetEdgeWarning,
     StageError,
@@ -130,6 +131,8 @@ def _run_locked(
             try:
                 _run_stages(config, staging, Path(scratch), result, emit, on_progress)
             except StageError as exc:
+                if isinstance(exc.cause, OutputWriteError):  # a full disk: nothing more can be written, keep nothing
+                    raise OutputWriteError(f"{exc.stage}: {exc.cause}".replace(str(staging), str(outdir))) from None
                 result.failed_stage, result.error = exc.stage, str(exc.cause)
             except Exception as exc:  # a bug in a stage: keep what the stages before it made, then re-raise it
                 if result.failed_stage is None:
@@ -138,9 +141,12 @@ def _run_locked(
         from resnet_edge.pipeline.report import write_report
 
         result.artifacts = sorted(p.name for p in staging.iterdir())
-        write_report(result, staging)
-        result.artifacts = sorted(p.name for p in staging.iterdir())
-        write_manifest(staging)
+        try:
+            write_report(result, staging)
+            result.artifacts = sorted(p.name for p in staging.iterdir())
+            write_manifest(staging)
+        except OutputWriteError as exc:  # named by where it was going: OUTDIR, not the staging folder
+            raise OutputWriteError(str(exc).replace(str(staging), str(outdir))) from None
         publish(staging, found)
     except BaseException:
         discard(staging)
