@@ -90,7 +90,7 @@ def map_classes(names: Sequence[str], classes: ModelClasses, *, what: str) -> Cl
                 f"{what}: {_listing(missing)} not in --label-map {classes.label_map} (it maps {_listing(list(given))})"
             )
         index = {n: class_index(given[n], classes, what=f"--label-map {classes.label_map}") for n in names}
-        return ClassMapping(index, f"--label-map {classes.label_map}")
+        return ClassMapping(index, label_map_rule(classes.label_map))
     if classes.labels is not None:
         unknown = [n for n in names if n not in classes.labels]
         if unknown:
@@ -119,6 +119,11 @@ def map_classes(names: Sequence[str], classes: ModelClasses, *, what: str) -> Cl
         stacklevel=3,
     )
     return ClassMapping(index, rule)
+
+
+def label_map_rule(path: Path) -> str:
+    """How a result names the rule of labels mapped by the user's file."""
+    return f"--label-map {path}"
 
 
 def class_index(text: str, classes: ModelClasses, *, what: str) -> int:

@@ -28,7 +28,9 @@ from resnet_edge.calibration.labels import (
     ModelClasses,
     check_class_indices,
     class_index,
+    label_map_rule,
     map_classes,
+    read_label_map,
     remap_named_classes,
 )
 from resnet_edge.calibration.preprocess import PreprocessSpec, preprocess_image, preprocess_uint8
@@ -284,10 +286,6 @@ class ArraySource(ImageSource):
             if data_classes:
                 self._remap, mapping = remap_named_classes(list(data_classes), classes, what=f"classes of {name}")
                 self.label_rule = mapping.rule
-            elif classes.label_map is not None:
-                raise OptionError(
-                    f"--label-map maps class names, and {name} labels its images by class index; drop --label-map"
-                )
             else:
                 self.label_rule = "the data's class indices"
             for chunk in _label_chunks(labels):
@@ -450,9 +448,22 @@ def open_source(
 
     Raises:
         InputFileError: missing, empty or unreadable data; labels that do not fit the model's classes.
-        OptionError: an unknown built-in name, a labels file for data that is not a folder, a bad label map.
+        OptionError: an unknown built-in name, a labels file for data that is not a folder, a label map that is
+            malformed or that the data gives nothing to map (no class names).
     """
-    text = str(spec)
+    label_map = classes.label_map if classes is not None else None
+    if label_map is not None:
+        read_label_map(label_map)  # a missing or malformed map is refused, whatever the data
+    source = _open(str(spec), classes, labels_file)
+    if label_map is not None and source.label_rule != label_map_rule(label_map):
+        raise OptionError(
+            f"--label-map {label_map}: {source.name} has no class names to map (class sub-folders, or a data set's"
+            f" named classes){f'; its labels come from {source.label_rule}' if source.label_rule else ''}"
+        )
+    return source
+
+
+def _open(text: str, classes: ModelClasses | None, labels_file: Path | str | None) -> ImageSource:
     if labels_file is not None and not Path(text).is_dir():
         raise OptionError(f"a labels file applies to a folder of images, not to {text} (its labels are its own)")
     if text.startswith(BUILTIN_PREFIX):

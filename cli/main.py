@@ -6,6 +6,7 @@ non-zero exit; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -25,16 +26,31 @@ from resnet_edge.errors import OutputWriteError, ResnetEdgeError
 class _Group(click.Group):
     """Turns user errors into one line and a non-zero exit, and Ctrl-C into a clean exit."""
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:  # the group's own options (resnet-edge --bogus)
+            _show_usage_error(exc)
+            sys.exit(exc.exit_code)
+
     def invoke(self, ctx: click.Context) -> object:
         render.install_warning_printer()
         try:
             result = super().invoke(ctx)
             _flush_stdout()  # a full disk behind `> file` fails here, not in Python's exit-time flush
             return result
+        except click.UsageError as exc:  # a command's options, an unknown command: one line and the hint, exit 2
+            _show_usage_error(exc)
+            ctx.exit(exc.exit_code)
         except ResnetEdgeError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:  # any path option: the first stat of it fails
+                name = str(exc.filename or "")
+                shown = name if len(name) <= 80 else f"{name[:40]}...{name[-20:]}"
+                click.echo(f"error: path too long for the file system ({len(name):,} characters): {shown}", err=True)
+                ctx.exit(2)
             if exc.errno not in WRITE_FAILURES:
                 raise
             # A write outside the atomic outputs (which say which file themselves): a temporary file, or stdout.
@@ -70,6 +86,13 @@ def main(verbose: bool, quiet: bool) -> None:
         platform.python_version(),
         click.get_current_context().invoked_subcommand,
     )
+
+
+def _show_usage_error(exc: click.UsageError) -> None:
+    """``error: MESSAGE`` and the hint, instead of click's usage block (usage line, hint, blank line, ``Error:``)."""
+    click.echo(f"error: {exc.format_message()}", err=True)
+    if exc.ctx is not None:
+        click.echo(f"Try '{exc.ctx.command_path} {exc.ctx.help_option_names[0]}' for help.", err=True)
 
 
 def _flush_stdout() -> None:

@@ -275,8 +275,12 @@ def _check(flat: dict[str, object]) -> None:
     parse_providers(list(flat["providers"]))
     if flat["targets"]:
         from resnet_edge.device.fleet import parse_targets
+        from resnet_edge.device.targets import check_ssh_options
 
-        parse_targets(list(flat["targets"]))
+        check_ssh_options(
+            parse_targets(list(flat["targets"])),
+            {"remote_python": flat["remote_python"], "ssh_config": flat["ssh_config"]},
+        )
     for name, enum_type in (("method", Method), ("target", Int8Target)):
         value = flat[name]
         if value not in {e.value for e in enum_type}:
@@ -325,6 +329,8 @@ def load_config(path: Path | str, **overrides: object) -> PipelineConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputFileError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:  # tomllib recurses once per nested array or table: 5,000 brackets deep is not a config
+        raise InputFileError(f"{path}: nested too deeply to be a configuration") from None
     pipeline = data.pop("pipeline", {})
     if not isinstance(pipeline, dict):
         raise OptionError(f"{path}: [pipeline] must be a table of options, got {type(pipeline).__name__} {pipeline!r}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
 
 from resnet_edge.artifacts import sha256_file
@@ -131,6 +132,7 @@ def prepare_job(model_path: Path | str, options: QuantizeOptions) -> Job:
             f"{model_path} is opset {opset_of(fp32)}; INT8 needs opset {MIN_OPSET} or later (onnxruntime writes"
             f" per-channel DequantizeLinear nodes): re-export with --opset {MIN_OPSET} or later"
         )
+    _check_weights_and_batch(fp32, model_path)
     config = options.config or resolve_config(options.target, per_channel=options.per_channel, format=options.format)
     calib_source, calib_indices, eval_source, eval_indices = _choose_images(options, fp32)
     return Job(
@@ -143,6 +145,29 @@ def prepare_job(model_path: Path | str, options: QuantizeOptions) -> Job:
         eval_indices=eval_indices,
         batch=static_input_shape(fp32)[0] or CALIBRATION_BATCH,
         fingerprint=_calibration_fingerprint(model_path, options, config),
+    )
+
+
+def _check_weights_and_batch(fp32: onnx.ModelProto, model_path: Path) -> None:
+    """Refuse, before calibrating, weights that are not finite (onnxruntime's quantizer fails on them with
+    ``AssertionError: scale issue``) and a fixed batch too large for this machine's memory (as benchmark does).
+
+    Raises:
+        InputFileError: a NaN or infinite weight, naming the tensor.
+        OptionError: the model's fixed batch needs more memory than is available.
+    """
+    from onnx import numpy_helper
+
+    from resnet_edge.memory import check_fits
+    from resnet_edge.onnx.memory import onnx_estimate
+
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+    for init in fp32.graph.initializer:
+        if init.data_type in floats and not np.isfinite(numpy_helper.to_array(init)).all():
+            raise InputFileError(f"{model_path}: weight {init.name} holds NaN or Inf values; no scale can be chosen")
+    batch = static_input_shape(fp32)[0] or CALIBRATION_BATCH
+    check_fits(
+        f"{model_path.name} at its batch {batch}", onnx_estimate(fp32), batch, hint="export it with a smaller --batch"
     )
 
 

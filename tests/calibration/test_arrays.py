@@ -41,7 +41,9 @@ LIE = (40_000_000, 28, 28)  # 31 GB of images declared, a few kB present
 
 def test_a_npy_declaring_more_than_it_holds_is_refused_from_its_header(tmp_path: Path) -> None:
     (tmp_path / "lie.npy").write_bytes(_npy_bytes(np.zeros((4, 28, 28), np.uint8), declared=LIE))
-    with pytest.raises(InputFileError, match=r"declares 40000000x28x28 uint8 \(29.21 GiB\), but the file holds only 3.1 KiB"):
+    with pytest.raises(
+        InputFileError, match=r"declares 40000000x28x28 uint8 \(29.21 GiB\), but the file holds only 3.1 KiB"
+    ):
         ArraySource(tmp_path / "lie.npy")
 
 
