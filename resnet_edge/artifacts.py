@@ -256,6 +256,16 @@ def write_json_atomic(path: Path | str, data: object) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def path_for_record(path: Path | str, record_folder: Path | str) -> str:
+    """``path`` as a record written in ``record_folder`` names it: relative to that folder when the file is inside it
+    (so that the record stays true when the folder is published from a staging folder, or moved), else absolute."""
+    path, folder = Path(path).absolute(), Path(record_folder).absolute()
+    try:
+        return path.relative_to(folder).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def sha256_file(path: Path | str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

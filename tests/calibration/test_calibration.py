@@ -249,3 +249,38 @@ def test_an_idx_file_that_is_not_one_is_refused(tmp_path):
         _read_idx(path, 3)
     with pytest.raises(InputFileError, match="apt-get install dataset-fashion-mnist"):
         _read_idx(tmp_path / "missing.gz", 3)
+
+
+def test_a_label_map_says_which_class_each_folder_is(tmp_path: Path) -> None:
+    for name in ("kitty", "puppy"):
+        write_image(tmp_path / "data" / name / "x.png")
+    (tmp_path / "map.txt").write_text("# folder,class\nkitty,cat\npuppy,1\n")
+    classes = ModelClasses(labels=("bird", "dog", "cat"), num_classes=3, label_map=tmp_path / "map.txt")
+    source = open_source(tmp_path / "data", classes=classes)
+    assert [source.load(i, SPEC).label for i in range(2)] == [2, 1] and source.label_rule.startswith("--label-map")
+    (tmp_path / "map.txt").write_text("kitty,cat\n")
+    with pytest.raises(InputFileError, match=r"'puppy' not in --label-map .* \(it maps 'kitty'\)"):
+        open_source(tmp_path / "data", classes=classes)
+    (tmp_path / "map.txt").write_text("kitty,lion\npuppy,dog\n")
+    with pytest.raises(InputFileError, match=r"class 'lion' is neither a model label nor a class index"):
+        open_source(tmp_path / "data", classes=classes)
+    digits = ModelClasses(labels=tuple("0123456789"), num_classes=10, label_map=tmp_path / "map.txt")
+    with pytest.raises(OptionError, match="has no class names to map"):  # the digits are labelled by index
+        open_source("builtin:digits-test", classes=digits)
+
+
+def test_a_data_sets_named_classes_follow_a_model_labelled_in_another_order() -> None:
+    images, labels = np.zeros((3, 8, 8), np.uint8), np.array([0, 1, 2])
+    model = ModelClasses(labels=("c", "a", "b"), num_classes=3)
+    source = ArraySource.from_arrays(images, labels, name="set", class_names=("a", "b", "c"), classes=model)
+    assert [source.load(i, SPEC).label for i in range(3)] == [1, 2, 0]  # by name, never by position
+    with pytest.raises(InputFileError, match=r"'d' are not among the model's labels \('c', 'a', 'b'\)"):
+        ArraySource.from_arrays(images, labels, name="set", class_names=("a", "b", "d"), classes=model)
+
+
+def test_sorted_numbering_needs_every_class(tmp_path: Path) -> None:
+    """Without labels, sorted folder names match the model only if no class is missing; else refused."""
+    for name in ("ant", "bee"):
+        write_image(tmp_path / name / "x.png")
+    with pytest.raises(InputFileError, match="2 classes .* for a model of 3 classes that carries no labels"):
+        FolderSource(tmp_path, classes=ModelClasses(num_classes=3))

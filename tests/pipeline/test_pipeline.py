@@ -128,6 +128,14 @@ def test_report_paths_are_relative_to_the_report_and_exist(run_dir: Path) -> Non
     report = json.loads((run_dir / "report.json").read_text())
     _assert_paths_are_relative_and_exist(report, run_dir)
     assert report["stages"]["validate"]["rows"][0]["path"] == "model.onnx"
+    # Issue 21: no record beside the report, and no model's metadata, points into the staging folder it was built in.
+    for written in run_dir.iterdir():
+        assert b".partial" not in written.read_bytes(), written.name
+    assert json.loads((run_dir / "model.tuned.onnx.json").read_text())["model"] == "model.sim.onnx"
+    # The manifest lists every file the run wrote, with its hash: what a later --overwrite may remove, and no more.
+    manifest = json.loads((run_dir / ".resnet-edge-pipeline").read_text())["files"]
+    assert set(manifest) == {p.name for p in run_dir.iterdir()} - {".resnet-edge-pipeline"}
+    assert manifest["model.onnx"] == report["file_sha256"]["model.onnx"]
 
 
 def test_report_records_resolved_configuration_and_where_it_came_from(run_dir: Path) -> None:
