@@ -202,6 +202,7 @@ def _check_sources(config: PipelineConfig) -> None:
     weights = config.resolved_weights()
     if weights is not None:
         resolve_weights(weights)  # what check_inputs found, resolved (builtin:NAME to its file)
+        _check_labels(config, weights)
     # The benchmark's largest batch, estimated now from the architecture: it must not fail after the other stages.
     from resnet_edge.memory import check_fits
     from resnet_edge.models.checkpoints import read_checkpoint_metadata
@@ -224,6 +225,31 @@ def _check_sources(config: PipelineConfig) -> None:
             max(config.batch_sizes),
             hint="use a smaller --batch",
         )
+
+
+def _check_labels(config: PipelineConfig, weights: str) -> None:
+    """Refuse, now, held-out images whose labels the checkpoint's own ``labels`` cannot map: the validate (or quantize)
+    stage would refuse them after minutes of export and calibration.
+
+    Raises:
+        InputFileError: as :func:`resnet_edge.calibration.labels.map_classes`.
+    """
+    import json
+
+    from resnet_edge.calibration.labels import ModelClasses
+    from resnet_edge.calibration.sources import open_source
+    from resnet_edge.models.checkpoints import read_checkpoint_metadata
+
+    recorded = read_checkpoint_metadata(weights).get("labels")
+    held_out = config.data or config.calib  # without --data, quantize holds out a quarter of --calib
+    if recorded is None or held_out is None:
+        return  # labels known only once exported: the stages map them
+    labels = tuple(json.loads(recorded))
+    classes = ModelClasses(labels=labels, num_classes=len(labels), label_map=config.validate.label_map)
+    try:
+        open_source(held_out, classes=classes)
+    except ResnetEdgeError as exc:
+        raise type(exc)(f"{'data' if config.data else 'calib'}: {exc}") from None
 
 
 @contextmanager

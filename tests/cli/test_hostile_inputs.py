@@ -142,7 +142,7 @@ EXTRA = [
     # Issue 21. One data path, one label map: class folders the model's labels do not name are refused, naming both.
     *(
         Case(command, "data", "class-folders-not-labels", "'cat', 'dog' are not among the model's labels ('0', '1'")
-        for command in ("validate", "quantize", "analyze", "tune")
+        for command in ("validate", "quantize", "analyze", "tune", "pipeline")
     ),
     Case("validate", "label_map", "unknown-class", "class 'zero' is neither a model label nor a class index"),
     Case("validate", "label_map", "nothing-to-map", "has no class names to map"),
