@@ -103,16 +103,26 @@ class PreprocessSpec:
 
     @classmethod
     def from_json(cls, text: str) -> PreprocessSpec:
-        data = json.loads(text)
-        return cls(
-            resize=int(data["resize"]),
-            crop=int(data["crop"]),
-            mean=tuple(float(v) for v in data["mean"]),
-            std=tuple(float(v) for v in data["std"]),
-            channel_order=ChannelOrder(data.get("channel_order", "RGB")),
-            interpolation=data.get("interpolation", "bilinear"),
-            layout=data.get("layout", "NCHW"),
-        )
+        """A spec from its JSON record (a model's or a checkpoint's metadata).
+
+        Raises:
+            OptionError: not JSON, a key missing, a value that is not a number (or a list of numbers) where one is
+                needed, or values the spec refuses.
+        """
+        try:
+            data = json.loads(text)
+            return cls(
+                resize=int(data["resize"]),
+                crop=int(data["crop"]),
+                mean=tuple(float(v) for v in data["mean"]),
+                std=tuple(float(v) for v in data["std"]),
+                channel_order=ChannelOrder(data.get("channel_order", "RGB")),
+                interpolation=data.get("interpolation", "bilinear"),
+                layout=data.get("layout", "NCHW"),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # json.JSONDecodeError is a ValueError
+            detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:120]
+            raise OptionError(f"preprocessing record is malformed ({detail})") from None
 
     @classmethod
     def imagenet(cls, crop: int = 224, *, channels: int = 3) -> PreprocessSpec:

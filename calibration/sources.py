@@ -23,6 +23,16 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from resnet_edge.artifacts import read_user_text
+from resnet_edge.calibration.arrays import READ_ERRORS, ArrayRows, open_npy, open_npz
+from resnet_edge.calibration.labels import (
+    ModelClasses,
+    check_class_indices,
+    class_index,
+    label_map_rule,
+    map_classes,
+    read_label_map,
+    remap_named_classes,
+)
 from resnet_edge.calibration.preprocess import PreprocessSpec, preprocess_image, preprocess_uint8
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
 
@@ -55,6 +65,7 @@ class ImageSource:
     name: str
     labelled: bool = False
     skipped: int = 0  # files passed over because they are not images
+    label_rule: str | None = None  # how labels became the model's classes (calibration.labels), when labelled
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -68,7 +79,8 @@ class ImageSource:
 
     def indices(self, *, limit: int | None = None, seed: int = 0, exclude: Sequence[int] = ()) -> list[int]:
         """A deterministic subset: all indices, or ``limit`` of them drawn with ``seed``, in source order."""
-        pool = [i for i in range(len(self)) if i not in set(exclude)]
+        excluded = set(exclude)
+        pool = [i for i in range(len(self)) if i not in excluded]
         if limit is not None:
             if limit < 1:
                 raise OptionError(f"limit must be at least 1, got {limit}")
@@ -81,12 +93,18 @@ class ImageSource:
 class FolderSource(ImageSource):
     """Images found recursively under a folder, in sorted path order.
 
-    Labels, where there are any, come from one sub-folder per class or from a ``labels.csv``/``labels.txt`` file
-    (``relative/path,label`` per line, label a class index or a class name) in the folder or given explicitly.
+    Labels, for a model (``classes``), come from one sub-folder per class or from a ``labels.csv``/``labels.txt`` file
+    (``relative/path,label`` per line, label a class index or a class name) in the folder or given explicitly; the
+    model's class of each is decided by :func:`resnet_edge.calibration.labels.map_classes`. Without ``classes`` the
+    images are not labelled.
     """
 
     def __init__(
-        self, root: Path | str, *, labels_file: Path | str | None = None, class_names: Sequence[str] | None = None
+        self,
+        root: Path | str,
+        *,
+        classes: ModelClasses | None = None,
+        labels_file: Path | str | None = None,
     ) -> None:
         root = Path(root)
         if not root.exists():
@@ -124,25 +142,27 @@ class FolderSource(ImageSource):
         self.files = files
         self.skipped = skipped
         self._class_names: list[str] | None = None
-        self._labels = self._read_labels(labels_file, class_names)
+        if labels_file is not None and classes is None:
+            classes = ModelClasses()  # an explicit labels file asks for labels
+        self._labels = self._read_labels(labels_file, classes) if classes is not None else None
         self.labelled = self._labels is not None
 
-    def _read_labels(self, labels_file: Path | str | None, class_names: Sequence[str] | None) -> list[int] | None:
+    def _read_labels(self, labels_file: Path | str | None, classes: ModelClasses) -> list[int] | None:
         if labels_file is None:
             labels_file = next((self.root / n for n in LABEL_FILE_NAMES if (self.root / n).is_file()), None)
         if labels_file is not None:
-            return self._labels_from_file(Path(labels_file), class_names)
+            return self._labels_from_file(Path(labels_file), classes)
         parents = [f.relative_to(self.root).parts for f in self.files]
         if any(len(parts) < 2 for parts in parents):
             return None
-        folders = sorted({parts[0] for parts in parents})
-        index = _class_index(folders, class_names)
-        self._class_names = [""] * (max(index.values()) + 1)
-        for folder, i in index.items():
+        mapping = map_classes([parts[0] for parts in parents], classes, what=f"class folders of {self.root}")
+        self.label_rule = mapping.rule
+        self._class_names = [""] * (max(mapping.index.values()) + 1)
+        for folder, i in mapping.index.items():
             self._class_names[i] = folder
-        return [index[parts[0]] for parts in parents]
+        return [mapping.index[parts[0]] for parts in parents]
 
-    def _labels_from_file(self, path: Path, class_names: Sequence[str] | None) -> list[int]:
+    def _labels_from_file(self, path: Path, classes: ModelClasses) -> list[int]:
         if not path.exists():
             raise InputFileError(f"labels file not found: {path}")
         by_file: dict[str, str] = {}
@@ -153,19 +173,13 @@ class FolderSource(ImageSource):
             if not sep or not name.strip():
                 raise InputFileError(f"{path}:{number}: expected 'relative/path,label', got {line!r}")
             by_file[name.strip()] = label.strip()
-        lookup = {n: i for i, n in enumerate(class_names)} if class_names else {}
         labels = []
         for file in self.files:
             rel = file.relative_to(self.root).as_posix()
             if rel not in by_file:
                 raise InputFileError(f"{path}: no label for {rel}")
-            raw = by_file[rel]
-            if raw in lookup:
-                labels.append(lookup[raw])
-            elif raw.isdigit():
-                labels.append(int(raw))
-            else:
-                raise InputFileError(f"{path}: label {raw!r} of {rel} is neither a class index nor a class name")
+            labels.append(class_index(by_file[rel], classes, what=f"{path}: label of {rel}"))
+        self.label_rule = f"labels file {path}"
         return labels
 
     def __len__(self) -> int:
@@ -186,75 +200,103 @@ class FolderSource(ImageSource):
                 tensor = preprocess_image(image, spec)
         except Image.DecompressionBombError as exc:  # Pillow's guard against a tiny file of billions of pixels
             raise InputFileError(f"refusing image {path}: {exc}") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except UnidentifiedImageError:  # Pillow's message names the in-memory buffer (<_io.BytesIO ...>), not the file
+            raise InputFileError(f"cannot decode image {path}: not an image format Pillow reads") from None
+        except (OSError, SyntaxError, ValueError) as exc:
             raise InputFileError(f"cannot decode image {path}: {exc}") from None
         label = self._labels[index] if self._labels is not None else None
         return Sample(path.relative_to(self.root).as_posix(), hashlib.sha256(data).hexdigest(), tensor, label)
 
 
-def _class_index(folders: list[str], class_names: Sequence[str] | None) -> dict[str, int]:
-    """Each sub-folder's class index: by the model's class names, else by integer names (``0``, ``07``), else
-    alphabetically (torchvision's ImageFolder)."""
-    if class_names and set(folders) <= set(class_names):
-        return {f: list(class_names).index(f) for f in folders}
-    if all(f.isdigit() for f in folders):
-        return {f: int(f) for f in folders}
-    return {f: i for i, f in enumerate(folders)}
-
-
 class ArraySource(ImageSource):
-    """Images in a ``.npy`` or ``.npz`` file.
+    """Images in a ``.npy`` or ``.npz`` file, read row by row (:mod:`resnet_edge.calibration.arrays`).
 
     uint8 arrays are raw images, NHWC or NHW, and go through the preprocessing; float arrays are already
     preprocessed NCHW tensors and must have the model's input shape. An ``.npz`` holds the images under ``images``
-    (or ``x``, or its only array) and optionally labels under ``labels`` (or ``y``).
+    (or ``x``, or its only array) and optionally labels under ``labels`` (or ``y``): class indices, labelled only for
+    a model (``classes``), which they must fit.
     """
 
-    def __init__(self, path: Path | str, *, name: str | None = None, rows: Sequence[int] | None = None) -> None:
-        self._class_names: list[str] | None = None
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        name: str | None = None,
+        rows: Sequence[int] | None = None,
+        classes: ModelClasses | None = None,
+    ) -> None:
         path = Path(path)
         if not path.is_file():
             raise InputFileError(f"array file not found: {path}")
         if path.stat().st_size == 0:
             raise InputFileError(f"array file is empty: {path}")
-        self.name = name or str(path)
         try:
             if path.suffix == ".npz":
-                with np.load(path, allow_pickle=False) as archive:
-                    keys = list(archive.keys())
-                    image_key = _pick_key(keys, ("images", "x"), path)
-                    images = archive[image_key]
-                    label_key = next((k for k in ("labels", "y") if k in keys), None)
-                    labels = archive[label_key] if label_key else None
+                arrays = open_npz(path)
+                keys = list(arrays)
+                images = arrays[_pick_key(keys, ("images", "x"), path)]
+                label_key = next((k for k in ("labels", "y") if k in keys), None)
+                labels = arrays[label_key] if label_key else None
             elif path.suffix == ".npy":
-                images = np.load(path, mmap_mode="r", allow_pickle=False)  # memory-mapped: rows load on demand
-                labels = None
+                images, labels = open_npy(path), None
             else:
                 raise InputFileError(f"{path}: arrays must be .npy or .npz")
         except _NUMPY_READ_ERRORS as exc:
             first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             raise InputFileError(f"{path}: not a readable NumPy file ({first})") from None
-        _check_images(images, path)
-        if labels is not None and (labels.ndim != 1 or len(labels) != len(images)):
-            raise InputFileError(f"{path}: labels must be one per image, got shape {labels.shape} for {len(images)}")
-        if labels is not None and (not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any()):
-            raise InputFileError(f"{path}: labels must be non-negative class indices, got {labels.dtype} values")
-        self.images = images
-        self.rows = list(rows) if rows is not None else list(range(len(images)))
-        self._labels = labels
-        self.labelled = labels is not None
+        self._setup(images, labels, name=name or str(path), rows=rows, data_classes=None, classes=classes)
 
     @classmethod
     def from_arrays(
-        cls, images: np.ndarray, labels: np.ndarray | None, *, name: str, class_names: Sequence[str] | None = None
+        cls,
+        images: np.ndarray,
+        labels: np.ndarray | None,
+        *,
+        name: str,
+        class_names: Sequence[str] | None = None,
+        classes: ModelClasses | None = None,
     ) -> ArraySource:
-        """A source over arrays already in memory (a data set read from another format)."""
+        """A source over arrays already in memory (a data set read from another format); ``class_names`` are the
+        data's own names of its label indices, mapped to the model's classes when it carries labels."""
         source = cls.__new__(cls)
-        _check_images(images, Path(name))
-        source.name, source.images, source.rows = name, images, list(range(len(images)))
-        source._labels, source.labelled = labels, labels is not None
-        source._class_names = list(class_names) if class_names else None
+        source._setup(images, labels, name=name, rows=None, data_classes=class_names, classes=classes)
         return source
+
+    def _setup(
+        self,
+        images: np.ndarray | ArrayRows,
+        labels: np.ndarray | ArrayRows | None,
+        *,
+        name: str,
+        rows: Sequence[int] | None,
+        data_classes: Sequence[str] | None,
+        classes: ModelClasses | None,
+    ) -> None:
+        _check_images(images, Path(name))
+        if labels is not None and (labels.ndim != 1 or len(labels) != len(images)):
+            raise InputFileError(f"{name}: labels must be one per image, got shape {labels.shape} for {len(images)}")
+        if labels is not None and not np.issubdtype(labels.dtype, np.integer):
+            raise InputFileError(f"{name}: labels must be non-negative class indices, got {labels.dtype} values")
+        self.name, self.images = name, images
+        self.rows = list(rows) if rows is not None else list(range(len(images)))
+        self._class_names = list(data_classes) if data_classes else None
+        self._labels, self._remap = None, None
+        if labels is not None and classes is not None:
+            what = f"labels of {name}"
+            if data_classes:
+                self._remap, mapping = remap_named_classes(list(data_classes), classes, what=f"classes of {name}")
+                self.label_rule = mapping.rule
+            else:
+                self.label_rule = "the data's class indices"
+            for chunk in _label_chunks(labels):
+                if self._remap is not None:
+                    unknown = sorted(set(chunk.tolist()) - set(self._remap))
+                    if unknown:
+                        raise InputFileError(f"{what}: class {unknown[0]} has no name among {len(self._remap)}")
+                else:
+                    check_class_indices(sorted(set(chunk.tolist())), classes, what=what)
+            self._labels = labels
+        self.labelled = self._labels is not None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -274,11 +316,26 @@ class ArraySource(ImageSource):
                     f"{self.name}: float arrays must be preprocessed NCHW of shape (N, {expected}),"
                     f" got (N, {', '.join(map(str, raw.shape))})"
                 )
+            # Each image is checked as it is read: a NaN in calibration data silently poisons every range.
             if not np.isfinite(raw).all():
                 raise InputFileError(f"{self.name}: image {row} contains NaN or Inf")
             tensor = raw.astype(np.float32)
-        label = int(self._labels[row]) if self._labels is not None else None
+        label = None
+        if self._labels is not None:
+            label = int(self._labels[row])
+            label = self._remap[label] if self._remap is not None else label
         return Sample(f"{Path(self.name).name}[{row}]", hashlib.sha256(raw.tobytes()).hexdigest(), tensor, label)
+
+
+LABEL_SCAN_ROWS = 1 << 16  # labels are checked this many at a time, so a huge label array is never held whole
+
+
+def _label_chunks(labels: np.ndarray | ArrayRows) -> Iterator[np.ndarray]:
+    if isinstance(labels, ArrayRows):
+        yield from labels.chunks(LABEL_SCAN_ROWS)
+    else:
+        for start in range(0, len(labels), LABEL_SCAN_ROWS):
+            yield np.asarray(labels[start : start + LABEL_SCAN_ROWS])
 
 
 # What numpy raises on a damaged or hostile .npy/.npz: its header is parsed with Python's tokenizer and
@@ -294,6 +351,7 @@ _NUMPY_READ_ERRORS = (
     KeyError,
     OverflowError,
     MemoryError,
+    *READ_ERRORS,
 )
 
 
@@ -306,7 +364,7 @@ def _pick_key(keys: list[str], preferred: tuple[str, ...], path: Path) -> str:
     raise InputFileError(f"{path}: no 'images' array among {', '.join(keys) or 'no arrays'}")
 
 
-def _check_images(images: np.ndarray, path: Path) -> None:
+def _check_images(images: np.ndarray | ArrayRows, path: Path) -> None:
     if images.ndim == 0 or len(images) == 0:
         raise InputFileError(f"{path}: holds no images")
     if images.ndim >= 3 and 0 in images.shape[1:]:
@@ -319,9 +377,6 @@ def _check_images(images: np.ndarray, path: Path) -> None:
     elif np.issubdtype(images.dtype, np.floating):
         if images.ndim != 4:
             raise InputFileError(f"{path}: float images must be preprocessed NCHW, got shape {images.shape}")
-        # Checked whole, once: a NaN in calibration data silently poisons every range computed from it.
-        if not np.isfinite(images).all():
-            raise InputFileError(f"{path}: contains NaN or Inf values")
     else:
         raise InputFileError(f"{path}: images must be uint8 or float, got {images.dtype}")
 
@@ -331,15 +386,20 @@ def builtin_names() -> list[str]:
     return [f"{BUILTIN_PREFIX}{name}" for name in names]
 
 
-def fashion_mnist(split: str) -> ArraySource:
-    """Fashion-MNIST's ``train`` (60,000) or ``test`` (10,000) split: 28x28 grey uint8 images and their labels.
+def fashion_mnist(split: str, *, classes: ModelClasses | None = None) -> ArraySource:
+    """Fashion-MNIST's ``train`` (60,000) or ``test`` (10,000) split: 28x28 grey uint8 images and their labels,
+    mapped by class name to ``classes`` (the model's).
 
     Raises:
         InputFileError: the data set is not installed (with the command that installs it).
     """
     images, labels = _read_fashion_mnist(_FASHION_MNIST_FILES[split])
     return ArraySource.from_arrays(
-        images, labels, name=f"{BUILTIN_PREFIX}fashion-mnist-{split}", class_names=FASHION_MNIST_CLASSES
+        images,
+        labels,
+        name=f"{BUILTIN_PREFIX}fashion-mnist-{split}",
+        class_names=FASHION_MNIST_CLASSES,
+        classes=classes,
     )
 
 
@@ -371,37 +431,61 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
 
 
 def open_source(
-    spec: str | Path, *, labels_file: Path | str | None = None, class_names: Sequence[str] | None = None
+    spec: str | Path, *, classes: ModelClasses | None, labels_file: Path | str | None = None
 ) -> ImageSource:
-    """A source from what a user typed: a folder, a ``.npy``/``.npz`` file, or ``builtin:NAME``.
+    """Images for a model, with their labels in the model's classes: the one way every stage reads image data.
+
+    ``spec`` is what a user typed: a folder, a ``.npy``/``.npz`` file, or ``builtin:NAME``. Labels (class folders,
+    a labels file, an array's labels) are mapped to the model's classes by
+    :func:`resnet_edge.calibration.labels.map_classes` (the model's labels, ``--label-map``, or a noted
+    convention), so that one folder gives one figure in every command.
+
+    Args:
+        spec: the data.
+        classes: the model's classes (:func:`resnet_edge.onnx.metadata.model_classes`), or None where labels are
+            not used (timing, calibration images): the images then come unlabelled.
+        labels_file: a ``relative/path,label`` file for a folder without class sub-folders.
 
     Raises:
-        InputFileError: missing, empty or unreadable.
-        OptionError: an unknown built-in name.
+        InputFileError: missing, empty or unreadable data; labels that do not fit the model's classes.
+        OptionError: an unknown built-in name, a labels file for data that is not a folder, a label map that is
+            malformed or that the data gives nothing to map (no class names).
     """
-    text = str(spec)
+    label_map = classes.label_map if classes is not None else None
+    if label_map is not None:
+        read_label_map(label_map)  # a missing or malformed map is refused, whatever the data
+    source = _open(str(spec), classes, labels_file)
+    if label_map is not None and source.label_rule != label_map_rule(label_map):
+        raise OptionError(
+            f"--label-map {label_map}: {source.name} has no class names to map (class sub-folders, or a data set's"
+            f" named classes){f'; its labels come from {source.label_rule}' if source.label_rule else ''}"
+        )
+    return source
+
+
+def _open(text: str, classes: ModelClasses | None, labels_file: Path | str | None) -> ImageSource:
     if labels_file is not None and not Path(text).is_dir():
         raise OptionError(f"a labels file applies to a folder of images, not to {text} (its labels are its own)")
     if text.startswith(BUILTIN_PREFIX):
         name = text[len(BUILTIN_PREFIX) :]
         if name == "photos":
-            source: ImageSource = FolderSource(PHOTOS_DIR)
+            source: ImageSource = FolderSource(PHOTOS_DIR)  # unlabelled: photographs of no model's classes
             source.name = text
             source.skipped = 0  # MANIFEST.json and README.md sit beside the photos: not worth a user's attention
             return source
         if name.removeprefix("fashion-mnist-") in _FASHION_MNIST_FILES and name.startswith("fashion-mnist-"):
-            return fashion_mnist(name.removeprefix("fashion-mnist-"))
+            return fashion_mnist(name.removeprefix("fashion-mnist-"), classes=classes)
         if name.startswith("digits-"):
             split = name[len("digits-") :]
             with np.load(DIGITS_FILE) as archive:
                 if f"{split}_rows" in archive:
-                    return ArraySource(DIGITS_FILE, name=text, rows=archive[f"{split}_rows"].tolist())
+                    return ArraySource(DIGITS_FILE, name=text, rows=archive[f"{split}_rows"].tolist(), classes=classes)
         raise OptionError(f"unknown built-in data set {text!r}; choose one of: {', '.join(builtin_names())}")
     path = Path(text)
     if path.is_dir():
-        return FolderSource(path, labels_file=labels_file, class_names=class_names)
+        return FolderSource(path, classes=classes, labels_file=labels_file)
     if path.suffix in (".npy", ".npz"):
-        return ArraySource(path)
+        return ArraySource(path, classes=classes)
     if not path.exists():
         raise InputFileError(f"data not found: {path}")
     raise InputFileError(f"{path}: data must be a folder of images, a .npy/.npz file, or builtin:NAME")

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from pathlib import Path
 
 import click
 
 from resnet_edge.cli import render
-from resnet_edge.cli.options import SEED, json_option, parse_provider_list, providers_option
+from resnet_edge.cli.options import SEED, field_option, json_option, parse_provider_list, providers_option
+from resnet_edge.evaluation.options import ValidateOptions
 
 
 @click.command()
 @click.argument("fp32_model", type=click.Path(path_type=Path))
 @click.argument("int8_model", type=click.Path(path_type=Path))
 @click.option("--data", help="Held-out images: folder, .npy/.npz, or builtin:NAME. [default: test split / photos]")
+@field_option(ValidateOptions, "label_map")  # declared once (calibration.labels); SensitivityOptions is not light
 @click.option(
     "--limit",
     type=int,
@@ -32,9 +35,9 @@ from resnet_edge.cli.options import SEED, json_option, parse_provider_list, prov
 @providers_option
 @click.option("--strict-ep", is_flag=True, help="Fail instead of falling back to cpu, or on partial placement.")
 @json_option
-def analyze(fp32_model, int8_model, data, limit, seed, output_dir, providers, strict_ep, as_json) -> None:
+def analyze(fp32_model, int8_model, data, label_map, limit, seed, output_dir, providers, strict_ep, as_json) -> None:
     """Error INT8 shows by residual block (whole model and one block at a time), most sensitive first."""
-    from resnet_edge.artifacts import ensure_folder
+    from resnet_edge.artifacts import output_folder
     from resnet_edge.errors import OptionError
     from resnet_edge.quantization.sensitivity import SensitivityOptions, analyze_sensitivity
 
@@ -43,12 +46,17 @@ def analyze(fp32_model, int8_model, data, limit, seed, output_dir, providers, st
         raise OptionError(f"analyze runs on one provider, got {len(chosen)}: {providers}")
 
     progress = None if as_json else (lambda event: click.echo(f"running {event.step}", err=True))
-    result = analyze_sensitivity(
-        (fp32_model, int8_model),
-        ensure_folder(output_dir) if output_dir else int8_model.parent,
-        SensitivityOptions(data=data, limit=limit, seed=seed, provider=chosen[0], strict_ep=strict_ep),
-        on_progress=progress,
-    )
+    # A folder it makes for -o goes again if the run fails; the INT8 model's own folder is never made.
+    place = output_folder(output_dir) if output_dir else contextlib.nullcontext(int8_model.parent)
+    with place as folder:
+        result = analyze_sensitivity(
+            (fp32_model, int8_model),
+            folder,
+            SensitivityOptions(
+                data=data, label_map=label_map, limit=limit, seed=seed, provider=chosen[0], strict_ep=strict_ep
+            ),
+            on_progress=progress,
+        )
     if as_json:
         return render.emit_json(result)
     skipped = result.calibration_images_dropped
@@ -57,6 +65,12 @@ def analyze(fp32_model, int8_model, data, limit, seed, output_dir, providers, st
         f"{f' ({skipped} calibration images skipped)' if skipped else ''};"
         f" {result.format} model, top-1 agreement with FP32 {render.percent(result.parity.top1_agreement)},"
         f" logit cosine {result.parity.cosine:.5f}"
+        + (
+            f"; top-1 accuracy FP32 -> INT8 {render.percent(result.fp32_accuracy.top1)} ->"
+            f" {render.percent(result.int8_accuracy.top1)}"
+            if result.fp32_accuracy and result.int8_accuracy
+            else ""
+        )
     )
     names = {"fp32": fp32_model.name, "int8": int8_model.name}
     render.audit_lines("placement", [(names[role], result.provider, p) for role, p in result.placement.items()])

@@ -295,17 +295,22 @@ def _print_mixed_precision(mixed: MixedPrecisionResult, model: Path, output: Pat
             f"FP32 p50 {fmt.ms(mixed.fp32_p50_ms, unit=True)}, timed side by side with every step (batch 1,"
             f" {mixed.timing_iterations} rounds)"
         )
-    click.echo("reproduce: " + _quantize_command(model, output, options, mixed.exclude))
+    needs_drop = bool(mixed.quantize.shortfalls)
+    click.echo("reproduce: " + _quantize_command(model, output, options, mixed.exclude, allow_drop=needs_drop))
 
 
-def _quantize_command(model: Path, output: Path, options: QuantizeOptions, exclude: list[str]) -> str:
-    """A ``resnet-edge quantize`` command line that rebuilds the chosen model with plain --exclude."""
+def _quantize_command(
+    model: Path, output: Path, options: QuantizeOptions, exclude: list[str], *, allow_drop: bool
+) -> str:
+    """A ``resnet-edge quantize`` command line that rebuilds the chosen model with plain --exclude; with
+    ``--allow-accuracy-drop`` only where the model misses quantize's default bar (the search's target accepted it)."""
     import shlex
 
     args = ["resnet-edge", "quantize", str(model), "-o", str(output)]
     for flag, value in (
         ("--calib", options.calib),
         ("--eval-data", options.eval_data),
+        ("--label-map", options.label_map),
         ("--limit", options.limit),
         ("--format", options.format and options.format.value),
     ):
@@ -321,7 +326,8 @@ def _quantize_command(model: Path, output: Path, options: QuantizeOptions, exclu
         args += ["--seed", str(options.seed)]
     for item in exclude:
         args += ["--exclude", item]
-    args.append("--allow-accuracy-drop")  # the search's target, not quantize's default bar, accepted this model
+    if allow_drop:
+        args.append("--allow-accuracy-drop")
     return shlex.join(args)
 
 

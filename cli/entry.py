@@ -2,19 +2,19 @@
 
 Importing a command's libraries takes seconds (torch), and a Ctrl-C in that window must print the usual line, not a
 ``KeyboardInterrupt`` traceback. SIGTERM (``kill``, a CI runner's timeout, ``docker stop``) is turned into the same
-clean unwinding as Ctrl-C (:mod:`resnet_edge.cli.interrupts`).
+clean unwinding as Ctrl-C, and so is SIGHUP (:mod:`resnet_edge.cli.interrupts`).
 """
 
 from __future__ import annotations
 
 import sys
 
-from resnet_edge.cli.interrupts import INTERRUPTED_LINE, install_sigterm_handler, interrupt_exit_code
+from resnet_edge.cli.interrupts import INTERRUPTED_LINE, install_signal_handlers, interrupt_exit_code
 
 
 def main() -> int:
     """Run the ``resnet-edge`` command line; its exit status."""
-    install_sigterm_handler()
+    install_signal_handlers()
     try:
         from resnet_edge.cli.main import main as application
 

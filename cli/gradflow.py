@@ -39,18 +39,18 @@ def gradflow(plain, side_by_side, data, output_dir, as_json, **fields) -> None:
 
     Each block's gradient is split into the branch term (through F) and the shortcut term (the "+ I").
     """
-    from resnet_edge.artifacts import ensure_folder
+    from resnet_edge.artifacts import output_folder
     from resnet_edge.models.gradflow import compare_gradient_flow, gradient_flow
 
     if plain and side_by_side:
         raise OptionError("--plain and --compare exclude each other: --compare runs the plain network too")
     options = take_options(GradFlowOptions, fields, variant=Variant.PLAIN if plain else Variant.RESIDUAL)
     arch = options.arch
-    output_dir = ensure_folder(output_dir)
-    if side_by_side:
-        result = compare_gradient_flow(data, output_dir / f"gradflow_{arch}.png", options)
-    else:
-        result = gradient_flow(data, output_dir / f"gradflow_{arch}_{options.variant.value}.png", options)
+    with output_folder(output_dir) as folder:  # a folder it made goes again if the run fails
+        if side_by_side:
+            result = compare_gradient_flow(data, folder / f"gradflow_{arch}.png", options)
+        else:
+            result = gradient_flow(data, folder / f"gradflow_{arch}_{options.variant.value}.png", options)
     if as_json:
         return render.emit_json(result)
     first = result.residual if side_by_side else result

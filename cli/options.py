@@ -106,13 +106,16 @@ def remote_options(
     targets: tuple[str, ...], remote_python: str | None, connect_timeout: float | None, ssh_config: Path | None
 ) -> object:
     """How to reach the targets, checked before any work; refused without ``--target`` (it would do nothing)."""
-    from resnet_edge.device.targets import RemoteOptions
+    from resnet_edge.device.targets import RemoteOptions, Target, check_ssh_options
     from resnet_edge.errors import OptionError
 
     given = {"--remote-python": remote_python, "--connect-timeout": connect_timeout, "--ssh-config": ssh_config}
     if not targets and any(v is not None for v in given.values()):
         named = ", ".join(k for k, v in given.items() if v is not None)
         raise OptionError(f"{named} apply to --target devices, and no --target was given")
+    check_ssh_options(
+        [Target.parse(t) for t in targets], {"--remote-python": remote_python, "--ssh-config": ssh_config}
+    )
     defaults = RemoteOptions()
     return RemoteOptions(
         python=remote_python or defaults.python,

@@ -8,7 +8,15 @@ import click
 
 from resnet_edge import formatting as fmt
 from resnet_edge.cli import render
-from resnet_edge.cli.options import INT8_FORMATS, INT8_METHODS, INT8_TARGETS, json_option, progress_bars
+from resnet_edge.cli.options import (
+    INT8_FORMATS,
+    INT8_METHODS,
+    INT8_TARGETS,
+    field_option,
+    json_option,
+    progress_bars,
+)
+from resnet_edge.evaluation.options import ValidateOptions
 from resnet_edge.models.registry import Variant, list_models
 from resnet_edge.pipeline.result import FILES
 
@@ -47,6 +55,7 @@ def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
     help="Validation images; any image also used for calibration is left out. [default: the model's built-in"
     " test split / photos]",
 )
+@field_option(ValidateOptions, "label_map", type=click.Path())  # declared once (calibration.labels); text, as in TOML
 @click.option(
     "--providers",
     help="Comma-separated: cpu, cuda, tensorrt, openvino, ep:NAME; options as name[k=v;k=v]. [default: cpu]",

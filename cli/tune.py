@@ -76,7 +76,7 @@ def tune(model, output, targets, remote_python, connect_timeout, ssh_config, as_
                     c.max_abs_error,
                     render.percent(c.integer_fraction) if c.integer_fraction is not None else "-",
                     "pass" if c.passed else ("FAIL" if not c.error else "error"),
-                    *(c.p50_ms.get(b) for b in batches),
+                    *(_p50(c, b) for b in batches),
                     *(f"{c.speedup_vs_cpu_fp32[b]:.2f}x" if b in c.speedup_vs_cpu_fp32 else "-" for b in batches),
                     "<==" if (c.name, c.provider) == (result.chosen.name, result.chosen.provider) else "",
                 ]
@@ -94,7 +94,16 @@ def tune(model, output, targets, remote_python, connect_timeout, ssh_config, as_
     for c in result.candidates:
         if c.error or c.failures:
             click.echo(f"{c.name} on {c.provider}: {c.error or ', '.join(c.failures)}")
+    click.echo(f"why: {result.reason}")
     click.echo(
         f"chosen: {result.chosen.name} on {result.chosen.provider} -> {result.output}"
         f" (record: {result.record}; run it with --providers {result.chosen.provider})"
     )
+
+
+def _p50(candidate, batch: int) -> str:
+    """The median with its 95% interval, so that a gap can be read against the noise."""
+    if batch not in candidate.p50_ms:
+        return "-"
+    interval = candidate.p50_interval_ms.get(batch)
+    return f"{candidate.p50_ms[batch]:.3g}" + (f" ({interval[0]:.3g}-{interval[1]:.3g})" if interval else "")

@@ -8,14 +8,21 @@ failed, interrupted or rejected run never leaves a half-written file. ONNX files
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from resnet_edge.errors import InputFileError
+from resnet_edge.errors import InputFileError, OutputWriteError
+
+# What a write fails with when the file system, not the program, says no: a full disk or quota, a file over the size
+# limit, a read-only or failing file system. Each is one error line naming the file and the free space (issue 21).
+WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
 
 
 def require_file(path: Path | str, *, what: str = "file") -> Path:
@@ -112,8 +119,10 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-def ensure_folder(path: Path | str) -> Path:
-    """``path`` as an existing folder, created with its parents if need be (for ``-o DIR`` options).
+@contextlib.contextmanager
+def output_folder(path: Path | str) -> Iterator[Path]:
+    """``path`` as an existing folder for the block (``-o DIR`` options), created with its parents if need be; the
+    folders it created are removed again, if still empty, when the block fails or is interrupted.
 
     Raises:
         InputFileError: it is a file, or cannot be created.
@@ -121,11 +130,18 @@ def ensure_folder(path: Path | str) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputFileError(f"output folder is a file: {path}")
+    created = [p for p in (path, *path.parents) if not os.path.lexists(p)]  # deepest first
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputFileError(f"cannot create output folder {path}: {exc.strerror}") from None
-    return path
+    try:
+        yield path
+    except BaseException:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: whatever the block did write stays
+        raise
 
 
 @contextlib.contextmanager
@@ -138,17 +154,90 @@ def atomic_output(path: Path | str) -> Iterator[Path]:
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:  # permission bits can say yes where the file system says no (read-only, /proc)
+        if exc.errno in WRITE_FAILURES:
+            raise write_failure(path, exc) from None
         raise InputFileError(f"output folder is not writable: {path.parent} ({exc.strerror})") from None
     os.close(fd)
     tmp = Path(tmp_name)
+    token = _WRITING.set((*_WRITING.get(), path))
     try:
         yield tmp
         # mkstemp creates 0600; give the artifact the permissions any other new file would get.
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
+    except OSError as exc:  # the block only writes: whatever failed, failed writing the outputs open now
+        tmp.unlink(missing_ok=True)
+        writing = _WRITING.get()
+        raise write_failure(path if len(writing) == 1 else writing, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        _WRITING.reset(token)
+
+
+# The outputs being written at this moment, outermost first: a block that writes two files (a model and its record)
+# fails on one of them, and only the names of both are certain.
+_WRITING: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("writing", default=())
+
+
+def write_failure(path: Path | str | tuple[Path, ...] | None, exc: OSError) -> OutputWriteError:
+    """The one error line for a write that failed: the file(s), the system's reason, and the free space there.
+    ``path`` None: a write whose file is not known (a library's), named by the temporary folder."""
+    if path is None:
+        where = Path(tempfile.gettempdir())
+        named = f"a file (temporary folder {where})"
+    elif isinstance(path, tuple):
+        where, named = path[0], " or ".join(map(str, path))
+    else:
+        where, named = Path(path), str(path)
+    return OutputWriteError(f"cannot write {named}: {exc.strerror or exc} ({free_space(where)}); nothing was kept")
+
+
+def free_space(path: Path | str) -> str:
+    """``N MiB free there`` (or KiB) on the file system that holds ``path`` (its nearest existing folder)."""
+    path = Path(path).absolute()
+    for folder in (path, *path.parents):
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            continue
+        return f"{free / 2**20:,.1f} MiB free there" if free >= 2**20 else f"{free // 1024} KiB free there"
+    return "free space unknown"
+
+
+_AT_FDCWD = -100  # <fcntl.h>: paths relative to the current folder
+_RENAME_NOREPLACE = 1  # <linux/fs.h>
+
+
+def rename_noreplace(source: Path | str, destination: Path | str) -> None:
+    """Rename ``source`` to ``destination`` only if nothing is there, atomically where the system can say so.
+
+    Linux's ``renameat2(RENAME_NOREPLACE)`` checks and renames in one step; ``os.rename`` would silently replace an
+    empty folder or a file that appeared meanwhile. Where the call or the flag is missing (another system, a file
+    system without it), the check comes just before the rename.
+
+    Raises:
+        FileExistsError: something is at ``destination``.
+        OSError: the rename failed otherwise.
+    """
+    import ctypes
+    import errno
+
+    src, dst = os.fsencode(source), os.fsencode(destination)
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, src, _AT_FDCWD, dst, _RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code == errno.EEXIST:
+            raise FileExistsError(code, os.strerror(code), os.fsdecode(dst))
+        if code not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(code, os.strerror(code), os.fsdecode(dst))
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(dst))
+    os.rename(src, dst)
 
 
 def current_umask() -> int:
@@ -165,6 +254,16 @@ def write_text_atomic(path: Path | str, text: str) -> Path:
 
 def write_json_atomic(path: Path | str, data: object) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def path_for_record(path: Path | str, record_folder: Path | str) -> str:
+    """``path`` as a record written in ``record_folder`` names it: relative to that folder when the file is inside it
+    (so that the record stays true when the folder is published from a staging folder, or moved), else absolute."""
+    path, folder = Path(path).absolute(), Path(record_folder).absolute()
+    try:
+        return path.relative_to(folder).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def sha256_file(path: Path | str) -> str:

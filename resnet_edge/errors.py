@@ -18,6 +18,11 @@ class InputFileError(ResnetEdgeError):
     """A file or folder given by the user is missing, empty, truncated, of the wrong kind or unwritable."""
 
 
+class OutputWriteError(InputFileError):
+    """An output could not be written (a full disk, a quota, a read-only or failing file system); the message names
+    the file and the free space, and nothing half-written was kept."""
+
+
 class OptionError(ResnetEdgeError):
     """An option or a combination of options is not allowed."""
 

@@ -12,6 +12,7 @@ device runner bundles it, so on-device and local numbers come from the same code
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -58,6 +59,25 @@ class LatencyStats:
         """Read back what :func:`resnet_edge.jsonable.to_jsonable` (or the runner) wrote; derived keys ignored."""
         names = ("iterations", "mean_ms", "std_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "throughput")
         return cls(**{n: data[n] for n in names}, samples_ms=[float(v) for v in data.get("samples_ms", [])])
+
+
+MEDIAN_INTERVAL_Z = 1.96  # a 95% confidence interval of the median
+MEDIAN_INTERVAL_MIN_SAMPLES = 6  # below this the order statistics give no useful interval
+
+
+def median_interval(samples: Sequence[float]) -> tuple[float, float] | None:
+    """A distribution-free 95% confidence interval of the median of ``samples``: the order statistics at ranks
+    ``floor((n - 1.96 sqrt(n)) / 2)`` and ``ceil((n + 1.96 sqrt(n)) / 2)`` (the binomial's normal approximation;
+    Conover, *Practical Nonparametric Statistics*, 3rd ed., 3.2). Timings are skewed and shared machines add
+    outliers, so no normal model of the latencies is assumed. None under MEDIAN_INTERVAL_MIN_SAMPLES samples."""
+    n = len(samples)
+    if n < MEDIAN_INTERVAL_MIN_SAMPLES:
+        return None
+    ordered = sorted(samples)
+    spread = MEDIAN_INTERVAL_Z * math.sqrt(n)
+    low = max(1, math.floor((n - spread) / 2))  # 1-based ranks, as Conover writes them
+    high = min(n, math.ceil((n + spread) / 2))
+    return float(ordered[low - 1]), float(ordered[high - 1])
 
 
 def latency_stats(seconds: Sequence[float], batch: int) -> LatencyStats:

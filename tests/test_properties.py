@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
+import warnings
 from pathlib import Path
 
 import click
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from resnet_edge.calibration.labels import ModelClasses, map_classes
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import ArraySource, FolderSource
 from resnet_edge.cli.options import parse_batches
@@ -98,7 +100,7 @@ def test_folder_labels_csv_of_any_text_reads_or_refuses(text: str) -> None:
         Image.new("RGB", (4, 4)).save(Path(folder, "a.png"))
         Path(folder, "labels.csv").write_text(text, encoding="utf-8", errors="surrogatepass")
         try:
-            source = FolderSource(folder)
+            source = FolderSource(folder, classes=ModelClasses())
         except (ResnetEdgeError, UnicodeEncodeError):
             return
         assert source.labelled
@@ -158,3 +160,72 @@ def test_every_pillow_mode_decodes_to_the_input_shape(mode: str) -> None:
 
     tensor = preprocess_image(Image.new(mode, (20, 12)), SPEC)
     assert tensor.shape == SPEC.input_shape and np.isfinite(tensor).all()
+
+
+# --- the label mapping (issue 21): any folder names x any model labels: refused, or mapped, never silently permuted ---
+
+# Names from a small pool, so that folder names and model labels often overlap, differ by case, or are integers.
+CLASS_NAMES = st.sampled_from(["cat", "dog", "Cat", "bird", "0", "1", "7", "10", "02", "tshirt", "bag", "boot"])
+
+
+def _expected_index(names: list[str], classes: ModelClasses, label_map: dict[str, str] | None) -> dict[str, int]:
+    """The one rule, restated independently: what each name must map to when the mapping is accepted."""
+    if label_map is not None:
+        labels = list(classes.labels or ())
+        return {n: labels.index(label_map[n]) if label_map[n] in labels else int(label_map[n]) for n in names}
+    if classes.labels is not None:
+        return {n: list(classes.labels).index(n) for n in names}
+    if all(n.isdigit() for n in names):
+        return {n: int(n) for n in names}
+    return {n: i for i, n in enumerate(sorted(set(names)))}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(CLASS_NAMES, min_size=1, max_size=6),
+    st.one_of(st.none(), st.lists(CLASS_NAMES, min_size=1, max_size=8)),
+    st.one_of(st.none(), st.integers(1, 12)),
+    st.one_of(st.none(), st.dictionaries(CLASS_NAMES, st.one_of(CLASS_NAMES, st.integers(0, 14).map(str)))),
+)
+def test_class_names_are_mapped_by_the_one_rule_or_refused(
+    names: list[str], labels: list[str] | None, num_classes: int | None, label_map: dict[str, str] | None
+) -> None:
+    if labels is not None:
+        num_classes = len(labels)  # a model's labels name each of its classes
+    with tempfile.TemporaryDirectory() as folder:
+        map_file = None
+        if label_map is not None:
+            map_file = Path(folder, "map.txt")
+            map_file.write_text("".join(f"{k},{v}\n" for k, v in label_map.items()))
+        classes = ModelClasses(labels=tuple(labels) if labels else None, num_classes=num_classes, label_map=map_file)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                mapping = map_classes(names, classes, what="data")
+        except ResnetEdgeError:
+            return
+    expected = _expected_index(sorted(set(names)), classes, label_map)
+    assert mapping.index == expected
+    if labels is not None and label_map is None:
+        assert all(labels[i] == n for n, i in mapping.index.items())  # a folder is the class its name is
+    assert all(0 <= i < (num_classes or 10**9) for i in mapping.index.values())
+    if labels is None and label_map is None and not all(n.isdigit() for n in names):
+        assert len(set(names)) == num_classes or num_classes is None  # sorted numbering only with every class
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(CLASS_NAMES, min_size=1, max_size=4, unique=True), st.permutations(["cat", "dog", "bird", "0", "7"]))
+def test_class_folders_are_labelled_by_name_or_refused(folders: list[str], labels: list[str]) -> None:
+    """Through the real folder reader: every image's label is the model class its folder names."""
+    with tempfile.TemporaryDirectory() as root:
+        for name in folders:
+            Path(root, name).mkdir()
+            Image.new("RGB", (4, 4)).save(Path(root, name, "x.png"))
+        try:
+            source = FolderSource(root, classes=ModelClasses(labels=tuple(labels), num_classes=len(labels)))
+        except ResnetEdgeError as exc:
+            assert str(exc).count("\n") == 0 and any(f not in labels for f in folders)
+            return
+        assert all(f in labels for f in folders)
+        for i, file in enumerate(source.files):
+            assert labels[source.load(i, SPEC).label] == file.parent.name

@@ -45,7 +45,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -153,8 +153,10 @@ class Target:
         user, _, hostport = rest.rpartition("@")
         host, port = hostport, None
         if hostport.startswith("["):  # [IPv6]:port
-            host, _, tail = hostport[1:].partition("]")
-            port = tail[1:] if tail.startswith(":") else None
+            host, closed, tail = hostport[1:].partition("]")
+            if not closed or (tail and not tail.startswith(":")):
+                raise OptionError(f"target {text!r}: an IPv6 address goes in brackets, ssh://[::1]:22")
+            port = tail[1:] if tail else None
         elif hostport.count(":") == 1:
             host, port = hostport.split(":")
         if not host or host.startswith("-") or any(c.isspace() or c in "/@" for c in host):
@@ -187,6 +189,21 @@ class Target:
 
     def __str__(self) -> str:
         return self.name
+
+
+def check_ssh_options(targets: Sequence[Target], given: Mapping[str, object]) -> None:
+    """Refuse options that only ssh uses (``--remote-python``, ``--ssh-config``, by flag -> value) when no target is
+    reached over ssh: they would do nothing, and the run would look as if they applied (the ``local`` target runs
+    this machine's Python, an ``exec:`` target its own prefix).
+
+    Raises:
+        OptionError: such an option is given without an ``ssh://`` target.
+    """
+    named = [flag for flag, value in given.items() if value is not None]
+    if named and not any(t.kind is TargetKind.SSH for t in targets):
+        kinds = ", ".join(t.name for t in targets) or "no --target"
+        verb = "apply" if len(named) > 1 else "applies"
+        raise OptionError(f"{', '.join(named)} {verb} only to ssh:// targets, and there are none ({kinds})")
 
 
 @dataclass(frozen=True)

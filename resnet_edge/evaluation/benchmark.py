@@ -209,7 +209,7 @@ def image_pool(spec: PreprocessSpec, data: str, pools: dict[tuple[str, str], np.
     """The real preprocessed images a model is timed on, loaded once per (preprocessing, data) into ``pools``."""
     key = (spec.to_json(), data)
     if key not in pools:
-        source = open_source(data)
+        source = open_source(data, classes=None)  # timing only: labels are not read
         pools[key] = np.concatenate([b for b, _ in iter_batches(source, spec, source.indices()[:POOL_IMAGES], 16)])
     return pools[key]
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from resnet_edge.calibration.labels import LABEL_MAP
 from resnet_edge.errors import OptionError
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class ValidateOptions:
     Attributes:
         data: images (folder, .npy/.npz, builtin:NAME); default: the models' built-in test split, else the photos.
         labels_file: labels for a folder without class sub-folders.
+        label_map: which model class each data class is (``calibration.labels``); default: the model's labels.
         providers: each model runs on each.
         strict_ep: a missing provider, or one that leaves compute ops to another (partial placement), fails instead
             of falling back to the CPU (the row says where it ran, node by node).
@@ -76,6 +78,7 @@ class ValidateOptions:
         default=None, metadata={"help": "Images: folder (class sub-folders = labels), .npy/.npz, builtin:NAME."}
     )
     labels_file: Path | None = field(default=None, metadata={"flag": "--labels", "help": "CSV of relative/path,label."})
+    label_map: Path | None = field(default=None, metadata=LABEL_MAP)
     providers: tuple[Provider, ...] = field(default_factory=_cpu_only)
     strict_ep: bool = field(default=False, metadata={"help": _STRICT_EP_HELP})
     min_agreement: float | None = field(
@@ -172,6 +175,7 @@ class TuneOptions:
         threads: intra-op threads (all cores when None).
         data: held-out images for parity (default: the model's built-in test split, else the bundled photos).
         calib: calibration images for the INT8 candidates (default: quantize's default).
+        label_map: which model class each class of ``data`` is (``calibration.labels``); default: the model's labels.
         limit: calibrate on this many images, drawn with ``seed``.
         int8: try INT8 candidates. fp16: try FP16 where the provider runs it natively.
         candidates: more model files to try (on every provider), judged and timed like the others.
@@ -195,6 +199,7 @@ class TuneOptions:
     calib: str | None = field(
         default=None, metadata={"help": "Calibration images for the INT8 candidates. [default: as quantize]"}
     )
+    label_map: Path | None = field(default=None, metadata=LABEL_MAP)
     limit: int | None = field(default=None, metadata={"help": "Calibrate on this many images, drawn with --seed."})
     seed: int = field(default=0, metadata={"help": "Seed for drawing --limit calibration images."})
     int8: bool = field(default=True, metadata={"flag": "--no-int8", "help": "Do not try INT8."})

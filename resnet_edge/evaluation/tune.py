@@ -8,7 +8,8 @@ model file the caller adds. Every candidate is judged against the FP32 model on 
 :func:`resnet_edge.evaluation.validate.validate_models` with the validate thresholds (FP16 is judged like INT8, on
 decisions), and timed side by side with the others of its provider in one run
 (:func:`resnet_edge.evaluation.benchmark.benchmark_models`) at batch 1 and the user's batch. The fastest candidate that
-passed at the user's batch (a near-tie going to the one with more integer-kernel MACs, :data:`SPEED_TIE`) is written,
+passed at the user's batch is written (:func:`rank_candidates`: a gap within the timing's noise is a tie, which goes to
+the candidate validated already, then to the one with more integer-kernel MACs),
 with a JSON record of every candidate; a candidate that failed parity is never chosen, however fast (Olive's search over
 passes and providers is the anchor; this one searches a small, fixed space, so it runs in minutes).
 
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from resnet_edge.artifacts import (
     atomic_output,
+    path_for_record,
     refuse_overwriting_inputs,
     require_file,
     require_writable_destination,
@@ -46,9 +48,11 @@ from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import write_props
 from resnet_edge.onnx.runtime import PROVIDERS, Provider, available_providers, parse_providers
 from resnet_edge.progress import Progress, ProgressCallback
-from resnet_edge.timing import GPU_PROVIDERS
+from resnet_edge.timing import GPU_PROVIDERS, NOISY_CV, median_interval
 
 if TYPE_CHECKING:
+    import onnx
+
     from resnet_edge.evaluation.benchmark import BenchmarkOptions, BenchmarkResult
     from resnet_edge.evaluation.validate import ValidateOptions, ValidateResult
     from resnet_edge.quantization.configs import Int8Recipe, Int8Target
@@ -107,8 +111,12 @@ class Candidate:
     passed: bool = False
     failures: list[str] = field(default_factory=list)
     top1_agreement: float | None = None
+    accuracy: float | None = None  # labelled top-1 accuracy on the held-out images (None when unlabelled)
     max_abs_error: float | None = None
     p50_ms: dict[int, float] = field(default_factory=dict)  # batch -> median latency
+    p50_interval_ms: dict[int, tuple[float, float]] = field(default_factory=dict)  # batch -> its 95% interval
+    cv: dict[int, float] = field(default_factory=dict)  # batch -> coefficient of variation of the timed calls
+    validated: bool = False  # an INT8 file the caller built and validated already (the pipeline's model.int8.onnx)
     speedup_vs_cpu_fp32: dict[int, float] = field(default_factory=dict)  # batch -> FP32-on-CPU p50 / this p50
     error: str | None = None  # why it could not be built or run
 
@@ -124,6 +132,7 @@ class TuneResult:
     seconds: float
     target: str | None = None  # the device it was measured on (None: here)
     device: dict | None = None  # that device's facts
+    reason: str = ""  # why the chosen candidate, with the timing intervals behind it
 
 
 def tune_model(
@@ -160,15 +169,22 @@ def tune_model(
     report = on_progress or (lambda progress: None)
     output = require_writable_destination(output)
     record_path = require_writable_destination(Path(f"{output}.json"))
-    _check_options(options)
     refuse_overwriting_inputs(
         [output, record_path],
-        [model_path, options.data, options.calib, *options.candidates, *(path for _, path in options.int8_models)],
+        [
+            model_path,
+            options.data,
+            options.calib,
+            options.label_map,
+            *options.candidates,
+            *(path for _, path in options.int8_models),
+        ],
         command="tune output",
     )
     fp32 = load_onnx(model_path)
     if is_quantized(fp32):
         raise OptionError(f"{model_path} is quantized; tune starts from the FP32 (simplified) model")
+    _check_options(options, fp32)
     if site.emulated:
         warnings.warn(
             f"{site.target} runs under emulation: parity is real, but the choice rests on emulated timings",
@@ -190,24 +206,26 @@ def tune_model(
         baseline = next((c for c in flat if c.provider == "cpu" and c.precision == "fp32" and c.p50_ms), None)
         if baseline is not None:
             flat = [_with_speedup(c, baseline) for c in flat]
+            _warn_noisy_baseline(baseline)
         passing = [c for c in flat if c.passed and options.batch in c.p50_ms]
         if not passing:
             raise CheckFailedError(
                 "no candidate passed parity against FP32: "
                 + "; ".join(f"{c.name} on {c.provider}: {', '.join(c.failures) or c.error}" for c in flat)
             )
-        chosen = choose_candidate(passing, options.batch)
+        chosen, reason = rank_candidates(passing, options.batch)
         record = {
-            "model": str(model_path),
+            "model": path_for_record(model_path, record_path.parent),
             "model_sha256": sha256_file(model_path),
             "chosen": {"name": chosen.name, "provider": chosen.provider, "precision": chosen.precision},
+            "reason": reason,
             "batch_sizes": batches,
             "threads": options.threads,
             "iterations": options.iterations,
             "thresholds": {"min_agreement": options.min_agreement, "max_top1_drop": options.max_top1_drop},
             "target": site.target,
             "device": site.facts,
-            "candidates": [_as_record(c) for c in flat],
+            "candidates": [_as_record(c, record_path.parent) for c in flat],
         }
         measured_on = {"target": site.target} if site.target else {}
         chosen_model = load_onnx(chosen.path)
@@ -226,6 +244,7 @@ def tune_model(
         seconds=time.perf_counter() - started,
         target=site.target,
         device=site.facts,
+        reason=reason,
     )
 
 
@@ -275,13 +294,15 @@ def _cpu_target(site: Site) -> Int8Target:
     return Int8Target.X86_VNNI if vnni else Int8Target.X86_AVX2
 
 
-def _check_options(options: TuneOptions) -> None:
-    """Refuse bad numbers and unreadable data now, before minutes of calibration and timing."""
+def _check_options(options: TuneOptions, fp32: onnx.ModelProto) -> None:
+    """Refuse unreadable data, and labels that do not fit the model, now, before minutes of calibration and timing."""
     from resnet_edge.calibration.sources import open_source
+    from resnet_edge.onnx.metadata import model_classes
 
-    for source in (options.data, options.calib):
-        if source is not None:
-            open_source(source)
+    if options.data is not None:
+        open_source(options.data, classes=model_classes(fp32, label_map=options.label_map))
+    if options.calib is not None:
+        open_source(options.calib, classes=None)
     for candidate in options.candidates:
         require_file(candidate, what="candidate model")
 
@@ -315,7 +336,12 @@ def _build_variants(
 
         path = folder / f"int8-{label.replace(' ', '-')}.onnx"
         quantize = QuantizeOptions(
-            calib=options.calib, eval_data=options.data, limit=options.limit, seed=options.seed, config=config
+            calib=options.calib,
+            eval_data=options.data,
+            label_map=options.label_map,
+            limit=options.limit,
+            seed=options.seed,
+            config=config,
         )
         try:
             if config.symmetric_activations not in calibrations:
@@ -400,6 +426,7 @@ def _judge_and_time(
     paths = list(dict.fromkeys(str(path) for _, _, path in runnable))
     thresholds = ValidateOptions(
         data=options.data,
+        label_map=options.label_map,
         providers=(provider,),
         min_agreement=options.min_agreement,
         max_top1_drop=options.max_top1_drop,
@@ -415,9 +442,16 @@ def _judge_and_time(
     validation, timing = measure(paths, reference, thresholds, timing_options)
     rows = {row.path: row for row in validation.rows}
     p50: dict[str, dict[int, float]] = {}
+    intervals: dict[str, dict[int, tuple[float, float]]] = {}
+    cvs: dict[str, dict[int, float]] = {}
     for row in timing.rows:
         if row.latency is not None and row.path is not None:
             p50.setdefault(row.path, {})[row.batch] = row.latency.p50_ms
+            cvs.setdefault(row.path, {})[row.batch] = row.latency.cv
+            interval = median_interval(row.latency.samples_ms)
+            if interval is not None:
+                intervals.setdefault(row.path, {})[row.batch] = interval
+    validated = {str(path) for _, path in options.int8_models}
     candidates: list[Candidate] = []
     for name, precision, path, error in files:
         if path is None:
@@ -437,8 +471,12 @@ def _judge_and_time(
                 passed=row.passed and not row.fell_back,
                 failures=row.failures + ([f"ran on {row.ran_on}, not {provider.value}"] if row.fell_back else []),
                 top1_agreement=row.parity.top1_agreement,
+                accuracy=row.accuracy.top1 if row.accuracy else None,
                 max_abs_error=row.parity.max_abs_error,
                 p50_ms=p50.get(str(path), {}),
+                p50_interval_ms=intervals.get(str(path), {}),
+                cv=cvs.get(str(path), {}),
+                validated=str(path) in validated,
             )
         )
     return candidates
@@ -454,10 +492,68 @@ def _measure_here(
 
 
 def choose_candidate(passing: Sequence[Candidate], batch: int) -> Candidate:
-    """The fastest passing candidate; among those within SPEED_TIE of it, the one with the most integer MACs."""
-    fastest = min(c.p50_ms[batch] for c in passing)
-    tied = [c for c in passing if c.p50_ms[batch] <= fastest * (1 + SPEED_TIE)]
-    return max(tied, key=lambda c: (c.integer_fraction if c.integer_fraction is not None else 1.0, -c.p50_ms[batch]))
+    """The candidate :func:`rank_candidates` chooses."""
+    return rank_candidates(passing, batch)[0]
+
+
+def rank_candidates(passing: Sequence[Candidate], batch: int) -> tuple[Candidate, str]:
+    """The candidate to deploy, and why.
+
+    The fastest passing candidate at ``batch`` wins only where the timing can tell: any candidate within SPEED_TIE
+    of it, or whose 95% interval of the median overlaps the fastest's, is tied with it (issue 21: QOperator was chosen
+    over the validated QDQ model on a 0.3% gap measured with 91% variation). Among the tied, the candidate already
+    validated (``validated``) stays; else the one whose Conv/Gemm MACs run most in integer kernels (which stays fast
+    where timing cannot be trusted), then the higher top-1 agreement, then the lower median.
+    """
+    fastest = min(passing, key=lambda c: c.p50_ms[batch])
+
+    def tied(c: Candidate) -> bool:
+        if c.p50_ms[batch] <= fastest.p50_ms[batch] * (1 + SPEED_TIE):
+            return True
+        mine, best = c.p50_interval_ms.get(batch), fastest.p50_interval_ms.get(batch)
+        return mine is not None and best is not None and mine[0] <= best[1]
+
+    ties = [c for c in passing if tied(c)]
+    validated = next((c for c in ties if c.validated), None)
+    chosen = validated or max(
+        ties,
+        key=lambda c: (
+            c.integer_fraction if c.integer_fraction is not None else 1.0,
+            c.top1_agreement if c.top1_agreement is not None else 0.0,
+            -c.p50_ms[batch],
+        ),
+    )
+    timing = f"p50 {_with_interval(chosen, batch)} at batch {batch}"
+    if chosen is fastest:
+        others = [c for c in ties if c is not chosen]
+        tie_note = f"; tied with {', '.join(_named(c, batch) for c in others)}" if others else ""
+        return chosen, f"the fastest that passed: {timing}{tie_note}"
+    why = "it was validated already" if chosen is validated else "it runs more in integer kernels or agrees more"
+    return chosen, (
+        f"{timing}; {_named(fastest, batch)} was faster by"
+        f" {100 * (1 - fastest.p50_ms[batch] / chosen.p50_ms[batch]):.1f}%, within the measured noise, and {why}"
+    )
+
+
+def _with_interval(c: Candidate, batch: int) -> str:
+    interval = c.p50_interval_ms.get(batch)
+    return f"{c.p50_ms[batch]:.3g} ms" + (f" (95% {interval[0]:.3g}-{interval[1]:.3g})" if interval else "")
+
+
+def _named(c: Candidate, batch: int) -> str:
+    return f"{c.name} on {c.provider} ({_with_interval(c, batch)})"
+
+
+def _warn_noisy_baseline(baseline: Candidate) -> None:
+    """Every speed-up divides by the CPU FP32 timing: say so when it was noisy, as benchmark says of any row."""
+    for batch, cv in sorted(baseline.cv.items()):
+        if cv > NOISY_CV:
+            warnings.warn(
+                f"the speed-ups at batch {batch} divide by {baseline.name} on cpu, whose timing varied by {cv:.1%}"
+                " (CV): the machine was busy, treat them with care",
+                ResnetEdgeWarning,
+                stacklevel=3,
+            )
 
 
 def _with_speedup(candidate: Candidate, baseline: Candidate) -> Candidate:
@@ -469,9 +565,14 @@ def _with_path(candidate: Candidate, path: str) -> Candidate:
     return Candidate(**{**candidate.__dict__, "path": path})
 
 
-def _as_record(candidate: Candidate) -> dict:
+def _as_record(candidate: Candidate, folder: Path) -> dict:
     record = dict(candidate.__dict__)
     record["p50_ms"] = {str(k): v for k, v in candidate.p50_ms.items()}
     record["speedup_vs_cpu_fp32"] = {str(k): v for k, v in candidate.speedup_vs_cpu_fp32.items()}
-    record["path"] = Path(candidate.path).name if candidate.precision != "file" else candidate.path
+    record["p50_interval_ms"] = {str(k): list(v) for k, v in candidate.p50_interval_ms.items()}
+    record["cv"] = {str(k): v for k, v in candidate.cv.items()}
+    # Built candidates lived in a temporary folder: their name says which; a file given is named where it is.
+    record["path"] = (
+        Path(candidate.path).name if candidate.precision != "file" else path_for_record(candidate.path, folder)
+    )
     return record

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from resnet_edge.artifacts import sha256_file
+from resnet_edge.calibration.labels import ModelClasses
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import ImageSource, default_test_images, iter_batches, open_source
 from resnet_edge.errors import CheckFailedError, InputFileError, OptionError, ResnetEdgeWarning
@@ -25,6 +26,7 @@ from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import (
     QUANTIZATION_KEY,
     ModelMetadata,
+    model_classes,
     preprocessing_for,
     read_metadata,
     read_record,
@@ -140,7 +142,7 @@ def plan_validation(models: Sequence[Path | str], reference: Reference | None, o
     first_meta = read_metadata(next(iter(protos.values())))
     reference = reference or _builtin_reference(protos)
     data_name = options.data or default_test_images(first_meta.dataset)
-    source = open_source(data_name, labels_file=options.labels_file, class_names=first_meta.labels)
+    source = open_source(data_name, classes=_shared_classes(protos, options), labels_file=options.labels_file)
     reference_model = _ReferenceModel(reference, first_meta)
     groups: dict[str, list[str]] = {}
     specs: dict[str, PreprocessSpec] = {}
@@ -152,6 +154,24 @@ def plan_validation(models: Sequence[Path | str], reference: Reference | None, o
         groups.setdefault(spec.to_json(), []).append(name)
     calibrated_on = calibration_hashes(protos.values())
     return Plan(protos, reference_model, source, source.indices(), specs, groups, options, calibrated_on)
+
+
+def _shared_classes(protos: dict[str, onnx.ModelProto], options: ValidateOptions) -> ModelClasses:
+    """The classes the data's labels are mapped to: those of the models that carry labels, which must agree (one
+    image has one label for all the models judged on it).
+
+    Raises:
+        InputFileError: two models label their classes differently.
+    """
+    every = {name: model_classes(proto, label_map=options.label_map) for name, proto in protos.items()}
+    labelled = {name: c for name, c in every.items() if c.labels is not None}
+    first = next(iter(labelled.values()), next(iter(every.values())))
+    for name, classes in labelled.items():
+        if classes.labels != first.labels:
+            raise InputFileError(
+                f"{name} and {next(iter(labelled))} label their classes differently; validate them separately"
+            )
+    return first
 
 
 def held_out_batches(plan: Plan, key: str) -> Iterator[tuple[np.ndarray, list]]:

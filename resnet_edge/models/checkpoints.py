@@ -86,6 +86,9 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
         except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputFileError(f"{path}: not a readable PyTorch checkpoint ({first[:160]})") from None
+        except (IndexError, KeyError, TypeError, AttributeError, UnicodeDecodeError, MemoryError) as exc:
+            # torch.load's legacy reader on a file that is no checkpoint at all (/etc/shadow: IndexError).
+            raise InputFileError(f"{path}: not a PyTorch checkpoint ({type(exc).__name__} reading it)") from None
     return _unwrap(raw, path)
 
 
@@ -251,6 +254,32 @@ def read_checkpoint_metadata(path: Path | str) -> dict[str, str]:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
+            metadata = dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputFileError(f"{path}: not a readable safetensors file ({exc})") from None
+    _check_recorded(metadata, path)
+    return metadata
+
+
+def _check_recorded(metadata: dict[str, str], path: Path) -> None:
+    """Refuse, naming the checkpoint, a preprocessing or labels record that later stages could not read.
+
+    Raises:
+        InputFileError: malformed JSON, or values of the wrong kind.
+    """
+    import json
+
+    from resnet_edge.calibration.preprocess import PreprocessSpec
+
+    if "preprocessing" in metadata:
+        try:
+            PreprocessSpec.from_json(metadata["preprocessing"])
+        except OptionError as exc:
+            raise InputFileError(f"{path}: its metadata's {exc}") from None
+    if "labels" in metadata:
+        try:
+            labels = json.loads(metadata["labels"])
+        except ValueError:
+            labels = None
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise InputFileError(f"{path}: its metadata's labels are not a JSON list of class names")

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from resnet_edge.artifacts import atomic_output, refuse_overwriting_inputs, require_writable_destination
+from resnet_edge.calibration.labels import ModelClasses
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import iter_batches, open_source
 from resnet_edge.errors import OptionError
@@ -136,7 +137,9 @@ def gradient_flow(
         output = require_writable_destination(output)  # before the work, not after it
         refuse_overwriting_inputs([output], [source], command="gradflow plot")
     report(Progress(STAGE, "data"))
-    images, labels, label_source, data_name = _load_batch(arch, batch=batch, seed=seed, data=source)
+    images, labels, label_source, data_name = _load_batch(
+        arch, batch=batch, seed=seed, data=source, label_map=options.label_map
+    )
     report(Progress(STAGE, "measure"))
     blocks, loss, error = _measure(fresh_model(arch, variant, seed), images, labels)
     if not error <= DECOMPOSITION_RTOL:  # a bug in the measurement, not in the user's input: a traceback
@@ -198,21 +201,20 @@ def fresh_model(arch: str, variant: Variant, seed: int) -> ResNet:
     return model.train()
 
 
-def _load_batch(arch: str, *, batch: int, seed: int, data: str | Path | None) -> tuple[Tensor, Tensor, str, str]:
-    """One batch of real images with labels, and where the images and the labels came from."""
+def _load_batch(
+    arch: str, *, batch: int, seed: int, data: str | Path | None, label_map: Path | None = None
+) -> tuple[Tensor, Tensor, str, str]:
+    """One batch of real images with labels (in the fresh model's classes), and where images and labels came from."""
     spec = get_arch(arch)
     data = str(data) if data is not None else (DIGITS_DATA if spec.stem is Stem.SMALL else PHOTOS_DATA)
-    source = open_source(data)
+    num_classes = spec.default_num_classes
+    source = open_source(data, classes=ModelClasses(num_classes=num_classes, label_map=label_map))
     if batch > len(source):
         raise OptionError(f"batch {batch} is more than the {len(source)} images in {data}")
     indices = source.indices(limit=batch, seed=seed)
     images, samples = next(iter_batches(source, _preprocessing(arch, data), indices, batch))
-    num_classes = spec.default_num_classes
     if source.labelled:
         labels = [s.label for s in samples]
-        bad = next((label for label in labels if not 0 <= label < num_classes), None)
-        if bad is not None:
-            raise OptionError(f"label {bad} in {data} is outside the {num_classes} classes of {arch}")
         label_source = f"labels of {source.name}"
     else:
         # The built-in photos carry no ImageNet labels. At initialisation the logits are unrelated to any

@@ -8,7 +8,9 @@ checked in ``__post_init__``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from resnet_edge.calibration.labels import LABEL_MAP
 from resnet_edge.errors import OptionError
 from resnet_edge.models.registry import Variant
 
@@ -26,6 +28,7 @@ class GradFlowOptions:
         variant: ``residual``, ``plain`` or ``preact`` (a string is read as the enum's value).
         batch: images in the one batch; at least 2, as BatchNorm normalises with the batch's statistics.
         seed: seeds the weights and the choice of images.
+        label_map: which class of the fresh model each class of the data is (``calibration.labels``).
 
     Raises:
         OptionError: an unknown variant, a batch below 2, or a seed outside 0 to 2**32 - 1.
@@ -35,6 +38,7 @@ class GradFlowOptions:
     variant: Variant = field(default=Variant.RESIDUAL, metadata={"cli": False})
     batch: int = field(default=DEFAULT_BATCH, metadata={"help": "Images in the one backward pass."})
     seed: int = field(default=0, metadata={"help": "Seeds weights and image choice."})
+    label_map: Path | None = field(default=None, metadata=LABEL_MAP)
 
     def __post_init__(self) -> None:
         try:

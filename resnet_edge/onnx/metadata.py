@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import onnx
 
+from resnet_edge.calibration.labels import ModelClasses
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
 from resnet_edge.onnx.graph import graph_input
@@ -69,12 +71,37 @@ class ModelMetadata:
             num_classes=as_int("num_classes"),
             in_chans=as_int("in_chans"),
             preprocessing=PreprocessSpec.from_json(props["preprocessing"]) if "preprocessing" in props else None,
-            labels=json.loads(props["labels"]) if "labels" in props else None,
+            labels=_labels(json.loads(props["labels"])) if "labels" in props else None,
             dataset=props.get("dataset"),
             checkpoint_sha256=props.get("checkpoint_sha256"),
             batch=props.get("batch"),
             provenance=json.loads(props.get("provenance", "{}")),
         )
+
+
+def _labels(value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(label, str) for label in value):
+        raise ValueError(f"labels must be a list of class names, got {str(value)[:80]}")
+    return value
+
+
+def model_classes(model: onnx.ModelProto, *, label_map: Path | str | None = None) -> ModelClasses:
+    """What ``model`` says about its classes (its labels, its class count: the metadata's, else its output's width),
+    with the user's ``--label-map``: what :func:`resnet_edge.calibration.sources.open_source` maps labels to.
+
+    Raises:
+        InputFileError: malformed metadata.
+    """
+    meta = read_metadata(model)
+    num_classes = meta.num_classes
+    if num_classes is None:
+        dims = model.graph.output[0].type.tensor_type.shape.dim if model.graph.output else []
+        num_classes = dims[-1].dim_value if dims and dims[-1].HasField("dim_value") else None
+    return ModelClasses(
+        labels=tuple(meta.labels) if meta.labels is not None else None,
+        num_classes=num_classes,
+        label_map=Path(label_map) if label_map is not None else None,
+    )
 
 
 def read_props(model: onnx.ModelProto) -> dict[str, str]:

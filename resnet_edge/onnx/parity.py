@@ -165,7 +165,7 @@ def check_fp32_parity(
     """
     from resnet_edge.calibration.sources import iter_batches, open_source
 
-    photos = open_source("builtin:photos")
+    photos = open_source("builtin:photos", classes=None)
     images, _ = next(iter_batches(photos, spec, photos.indices()[:PARITY_IMAGES], PARITY_IMAGES))
     results: dict[int, Parity] = {}
     for size in batch_sizes:

@@ -211,6 +211,12 @@ def parse_provider(text: str) -> Provider:
         raise OptionError(
             f"unknown execution provider {head!r}; choose from: {', '.join(PROVIDERS)}, or ep:<onnxruntime name>"
         )
+    if options and name == "cpu":
+        # onnxruntime's CPU provider takes no provider options and ignores any it is given (get_provider_options()
+        # answers {}): accepted, the rows would be labelled as if they applied (issue 21).
+        raise OptionError(
+            f"provider {raw!r}: the CPU provider takes no options ({', '.join(options)}); threads are --threads"
+        )
     if not options and name in _PLAIN:
         return _PLAIN[name]  # the same object as Provider.CPU ..., so that code comparing with ``is`` keeps working
     return Provider(name, tuple(sorted(options.items())))
@@ -629,6 +635,7 @@ def open_session(
                 )
             raise InputFileError(f"onnxruntime cannot load {_describe(model)}: {first[:240]}") from None
         used = list(session.get_providers())
+        _check_options_taken(session, provider, chain)
         logger.debug("session on %s: requested %s, providers %s", _describe(model), provider.value, ", ".join(used))
         fell_back = used[0] != provider.ort_name
         if provider.name != "cpu" and fell_back and provider.ort_name in available_providers():
@@ -665,6 +672,28 @@ def open_session(
         placement=placement,
         executed=executed,
     )
+
+
+def _check_options_taken(session: ort.InferenceSession, provider: Provider, chain: list[Any] | None) -> None:
+    """Refuse provider options onnxruntime does not know: it ignores them, and the rows would be labelled as if they
+    applied. The provider's effective options (``get_provider_options()``) list every key it takes.
+
+    Raises:
+        OptionError: a key the provider does not take, naming the ones it does.
+    """
+    given: dict[str, str] = {}
+    for entry in chain or []:  # the options as passed (a few short keys translated), for this provider
+        if isinstance(entry, tuple) and entry[0] == provider.ort_name:
+            given = dict(entry[1])
+    taken = session.get_provider_options().get(provider.ort_name)
+    if not given or taken is None:  # nothing asked, or the provider is not in the session (a plugin, a fallback)
+        return
+    unknown = sorted(set(given) - set(taken))
+    if unknown:
+        raise OptionError(
+            f"provider {provider.value}: onnxruntime's {provider.ort_name} takes no option {', '.join(unknown)}"
+            f" (it takes: {', '.join(sorted(taken))})"
+        )
 
 
 def _provider_chain(

@@ -89,7 +89,9 @@ OPTIONS: dict[str, Option] = {
     "input_size": _option(int | None, "export", "export.input_size"),
     "opset": _option(int, "export", "export.opset"),
     "calib": _option(str | None, "quantize", "quantize.calib"),
-    "data": _option(str | None, "validate", "validate.data", "benchmark.data"),
+    # The held-out images judge INT8 in the quantize stage too: with --data, all of --calib is calibrated on.
+    "data": _option(str | None, "validate", "validate.data", "benchmark.data", "quantize.eval_data"),
+    "label_map": _option(str | None, ("validate", "quantize"), "validate.label_map", "quantize.label_map"),
     "providers": _option(tuple[str, ...], ("validate", "benchmark"), "validate.providers", "benchmark.providers"),
     "strict_ep": _option(bool, ("validate", "benchmark"), "validate.strict_ep", "benchmark.strict_ep"),
     "int8": _option(bool, "quantize", "int8"),
@@ -136,6 +138,8 @@ def _plain(value: object) -> object:
     """A stage option's value as a user writes it: an enum or a provider as its text, a tuple item by item."""
     if isinstance(value, tuple):
         return tuple(_plain(v) for v in value)
+    if isinstance(value, Path):
+        return str(value)
     return value.value if isinstance(value, (enum.Enum, Provider)) else value
 
 
@@ -143,6 +147,8 @@ def _for_stage(stage_field: str, value: object) -> object:
     """A user's value as a stage's options take it (providers parsed; enums are made by the options classes)."""
     if stage_field.endswith(".providers"):
         return tuple(parse_providers(list(value)))
+    if stage_field.endswith(".label_map") and value is not None:
+        return Path(value)
     return value
 
 
@@ -269,8 +275,12 @@ def _check(flat: dict[str, object]) -> None:
     parse_providers(list(flat["providers"]))
     if flat["targets"]:
         from resnet_edge.device.fleet import parse_targets
+        from resnet_edge.device.targets import check_ssh_options
 
-        parse_targets(list(flat["targets"]))
+        check_ssh_options(
+            parse_targets(list(flat["targets"])),
+            {"remote_python": flat["remote_python"], "ssh_config": flat["ssh_config"]},
+        )
     for name, enum_type in (("method", Method), ("target", Int8Target)):
         value = flat[name]
         if value not in {e.value for e in enum_type}:
@@ -319,6 +329,8 @@ def load_config(path: Path | str, **overrides: object) -> PipelineConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputFileError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:  # tomllib recurses once per nested array or table: 5,000 brackets deep is not a config
+        raise InputFileError(f"{path}: nested too deeply to be a configuration") from None
     pipeline = data.pop("pipeline", {})
     if not isinstance(pipeline, dict):
         raise OptionError(f"{path}: [pipeline] must be a table of options, got {type(pipeline).__name__} {pipeline!r}")

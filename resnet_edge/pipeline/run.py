@@ -1,8 +1,10 @@
 """The whole flow in one call: export -> simplify -> quantize -> validate -> benchmark -> tune -> report.
 
-Everything is built in a staging folder beside OUTDIR and moved into place at the end, so OUTDIR never mixes the
-artifacts of two runs. A stage that fails stops the run: the artifacts of the stages before it (each complete and
-verified) are published with a report that says where it stopped. Ctrl-C publishes nothing.
+Everything is built in a staging folder beside OUTDIR and moved into place at the end (:mod:`.publish`: a lock per
+OUTDIR, a manifest of the run's files, a re-check at publish time), so OUTDIR never mixes the artifacts of two runs
+and nothing that appeared there meanwhile is touched. A stage that fails stops the run: the artifacts of the stages
+before it (each complete and verified) are published with a report that says where it stopped. Ctrl-C, SIGTERM and
+SIGHUP publish nothing.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import tempfile
 import time
 import warnings
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from resnet_edge import __version__
 from resnet_edge import formatting as fmt
 from resnet_edge.artifacts import current_umask
 from resnet_edge.conversion.export import export_onnx
@@ -29,6 +29,7 @@ from resnet_edge.errors import (
     CheckFailedError,
     InputFileError,
     OptionError,
+    OutputWriteError,
     ResnetEdgeError,
     ResnetEdgeWarning,
     StageError,
@@ -51,14 +52,21 @@ from resnet_edge.pipeline.config import (  # noqa: F401 (re-exported: the names 
     option_key,
     option_keys,
 )
+from resnet_edge.pipeline.publish import (  # noqa: F401 (MARKER, check_outdir: re-exported)
+    MARKER,
+    Outdir,
+    check_outdir,
+    discard,
+    outdir_lock,
+    publish,
+    write_manifest,
+)
 from resnet_edge.pipeline.result import FILES, PipelineResult, StageEvent
 from resnet_edge.progress import ProgressCallback
 from resnet_edge.quantization.calibrate import BUNDLED_PHOTOS_NOTE
 from resnet_edge.quantization.quantize import quantize_onnx
 
 logger = logging.getLogger("resnet_edge")
-# Written into every OUTDIR the pipeline makes; --overwrite replaces only a folder that holds it.
-MARKER = ".resnet-edge-pipeline"
 RANDOM_WEIGHTS_WARNING = (
     "{arch} has random weights (no --weights; seed {seed}): its accuracy figures are meaningless, and agreement"
     " thresholds on a random model measure noise, not the conversion"
@@ -81,19 +89,34 @@ def run_pipeline(
     """Run every stage into ``outdir`` and write the report (JSON, Markdown, HTML, plots).
 
     Args:
-        overwrite: replace ``outdir`` if an earlier pipeline run made it (it holds the :data:`MARKER` file).
+        overwrite: replace ``outdir`` if an earlier pipeline run made it: its files, as listed with their hashes in
+            its :data:`MARKER` manifest, and nothing else.
         inputs: files the caller read the configuration from (a TOML file), protected like the run's own inputs.
         on_event: told as each stage starts, progresses, ends or fails.
         on_progress: the stages' countable progress (calibration images, timed rounds), for a caller to draw.
 
     Raises:
-        OptionError: see :func:`check_outdir`.
-        InputFileError: the output's parent folder is missing or cannot be written.
+        OptionError: see :func:`check_outdir`; another run is writing ``outdir``.
+        InputFileError: the output's parent folder is missing or cannot be written; something appeared at
+            ``outdir`` during the run (:class:`.publish.PublishError`: it is left as it is, this run's output dropped).
         StageError: a stage failed; the message names it, and ``outdir`` holds the stages before it and a report.
     """
     check_inputs(config)
-    outdir = check_outdir(outdir, overwrite=overwrite, inputs=[config.weights, config.calib, config.data, *inputs])
+    run_inputs = [config.weights, config.calib, config.data, config.validate.label_map, *inputs]
+    found = check_outdir(outdir, overwrite=overwrite, inputs=run_inputs)
     _check_sources(config)
+    with outdir_lock(found.path):
+        found = check_outdir(found.path, overwrite=overwrite, inputs=run_inputs)  # as it is now that the lock is ours
+        return _run_locked(config, found, on_event, on_progress)
+
+
+def _run_locked(
+    config: PipelineConfig,
+    found: Outdir,
+    on_event: Callable[[StageEvent], object] | None,
+    on_progress: ProgressCallback | None,
+) -> PipelineResult:
+    outdir = found.path
     parent = outdir.parent
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", suffix=".partial", dir=parent))
@@ -108,6 +131,8 @@ def run_pipeline(
             try:
                 _run_stages(config, staging, Path(scratch), result, emit, on_progress)
             except StageError as exc:
+                if isinstance(exc.cause, OutputWriteError):  # a full disk: nothing more can be written, keep nothing
+                    raise OutputWriteError(f"{exc.stage}: {exc.cause}".replace(str(staging), str(outdir))) from None
                 result.failed_stage, result.error = exc.stage, str(exc.cause)
             except Exception as exc:  # a bug in a stage: keep what the stages before it made, then re-raise it
                 if result.failed_stage is None:
@@ -116,16 +141,15 @@ def run_pipeline(
         from resnet_edge.pipeline.report import write_report
 
         result.artifacts = sorted(p.name for p in staging.iterdir())
-        write_report(result, staging)
-        result.artifacts = sorted(p.name for p in staging.iterdir())
-        (staging / MARKER).write_text(
-            f"made by resnet-edge {__version__} pipeline; `--overwrite` may replace this folder while this file is"
-            " here\n",
-            encoding="utf-8",
-        )
-        _publish(staging, outdir)
+        try:
+            write_report(result, staging)
+            result.artifacts = sorted(p.name for p in staging.iterdir())
+            write_manifest(staging)
+        except OutputWriteError as exc:  # named by where it was going: OUTDIR, not the staging folder
+            raise OutputWriteError(str(exc).replace(str(staging), str(outdir))) from None
+        publish(staging, found)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard(staging)
         raise
     if crash is not None:
         raise crash
@@ -158,53 +182,17 @@ def check_inputs(config: PipelineConfig) -> None:
                 )
         else:
             require_file(config.weights, what="weights")
+    if config.label_map is not None:
+        from resnet_edge.calibration.labels import read_label_map
+
+        read_label_map(config.label_map)
     for key in ("calib", "data"):
         name = getattr(config, key)
         if name is not None:
             try:
-                open_source(name)
+                open_source(name, classes=None)  # found and readable; labels are checked against the model later
             except ResnetEdgeError as exc:
                 raise type(exc)(f"{key}: {exc}") from None
-
-
-def check_outdir(outdir: Path | str, *, overwrite: bool, inputs: Sequence[Path | str | None] = ()) -> Path:
-    """``outdir`` resolved, once it is safe to fill (or, with ``overwrite``, to replace whole).
-
-    A folder is only ever replaced if an earlier pipeline run made it (it holds :data:`MARKER`), holds none of this
-    run's inputs, and is not the home folder, the current folder or one of its parents.
-
-    Raises:
-        OptionError: any of the above does not hold, or ``outdir`` is not empty and ``overwrite`` is off.
-        InputFileError: ``outdir`` is a file, or its parent is missing or not writable.
-    """
-    outdir = Path(outdir).expanduser().resolve()
-    cwd = Path.cwd().resolve()
-    if outdir == cwd or outdir in cwd.parents:
-        raise OptionError(f"{outdir} holds the current folder; the pipeline replaces OUTDIR whole, choose a new one")
-    if outdir == Path.home().resolve():
-        raise OptionError(f"{outdir} is the home folder; the pipeline replaces OUTDIR whole, choose a new one")
-    for item in inputs:
-        if item is None or str(item).startswith("builtin:"):
-            continue
-        path = Path(item).expanduser().resolve()
-        if path == outdir or outdir in path.parents:
-            raise OptionError(f"{outdir} holds {item}, an input of this run; choose another output folder")
-    if outdir.exists() and not outdir.is_dir():
-        raise InputFileError(f"output path is a file, not a folder: {outdir}")
-    if outdir.is_dir() and any(outdir.iterdir()):
-        if not overwrite:
-            raise OptionError(f"{outdir} exists and is not empty; pass --overwrite to replace it")
-        if not (outdir / MARKER).is_file():
-            raise OptionError(
-                f"{outdir} is not empty and was not made by resnet-edge pipeline (no {MARKER} in it); refusing to"
-                " replace it even with --overwrite: choose a new folder or empty this one yourself"
-            )
-    parent = outdir.parent
-    if not parent.is_dir():
-        raise InputFileError(f"output folder's parent does not exist: {parent}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputFileError(f"output folder's parent is not writable: {parent}")
-    return outdir
 
 
 def _check_sources(config: PipelineConfig) -> None:
@@ -214,6 +202,7 @@ def _check_sources(config: PipelineConfig) -> None:
     weights = config.resolved_weights()
     if weights is not None:
         resolve_weights(weights)  # what check_inputs found, resolved (builtin:NAME to its file)
+        _check_labels(config, weights)
     # The benchmark's largest batch, estimated now from the architecture: it must not fail after the other stages.
     from resnet_edge.memory import check_fits
     from resnet_edge.models.checkpoints import read_checkpoint_metadata
@@ -238,15 +227,29 @@ def _check_sources(config: PipelineConfig) -> None:
         )
 
 
-def _publish(staging: Path, outdir: Path) -> None:
-    """Replace ``outdir`` with ``staging`` as close to atomically as a folder allows."""
-    if outdir.exists():
-        old = outdir.with_name(f".{outdir.name}.old-{time.time_ns()}")
-        outdir.rename(old)
-        staging.rename(outdir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(outdir)
+def _check_labels(config: PipelineConfig, weights: str) -> None:
+    """Refuse, now, held-out images whose labels the checkpoint's own ``labels`` cannot map: the validate (or quantize)
+    stage would refuse them after minutes of export and calibration.
+
+    Raises:
+        InputFileError: as :func:`resnet_edge.calibration.labels.map_classes`.
+    """
+    import json
+
+    from resnet_edge.calibration.labels import ModelClasses
+    from resnet_edge.calibration.sources import open_source
+    from resnet_edge.models.checkpoints import read_checkpoint_metadata
+
+    recorded = read_checkpoint_metadata(weights).get("labels")
+    held_out = config.data or config.calib  # without --data, quantize holds out a quarter of --calib
+    if recorded is None or held_out is None:
+        return  # labels known only once exported: the stages map them
+    labels = tuple(json.loads(recorded))
+    classes = ModelClasses(labels=labels, num_classes=len(labels), label_map=config.validate.label_map)
+    try:
+        open_source(held_out, classes=classes)
+    except ResnetEdgeError as exc:
+        raise type(exc)(f"{'data' if config.data else 'calib'}: {exc}") from None
 
 
 @contextmanager
@@ -421,6 +424,7 @@ def _tune(config: PipelineConfig, out: Path, result: PipelineResult) -> TuneResu
             threads=config.threads,
             data=config.data,
             calib=config.calib,
+            label_map=config.validate.label_map,
             limit=config.limit,
             seed=config.seed,
             int8=config.int8,

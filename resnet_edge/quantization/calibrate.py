@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
 
 from resnet_edge.artifacts import sha256_file
@@ -32,7 +33,7 @@ from resnet_edge.calibration.sources import (
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
 from resnet_edge.onnx.graph import graph_input, is_quantized, module_path, opset_of
 from resnet_edge.onnx.io import load_onnx
-from resnet_edge.onnx.metadata import preprocessing_for, read_metadata, static_input_shape
+from resnet_edge.onnx.metadata import model_classes, preprocessing_for, read_metadata, static_input_shape
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.configs import Int8Recipe, Method, resolve_config
 from resnet_edge.quantization.options import MIN_OPSET
@@ -131,8 +132,9 @@ def prepare_job(model_path: Path | str, options: QuantizeOptions) -> Job:
             f"{model_path} is opset {opset_of(fp32)}; INT8 needs opset {MIN_OPSET} or later (onnxruntime writes"
             f" per-channel DequantizeLinear nodes): re-export with --opset {MIN_OPSET} or later"
         )
+    _check_weights_and_batch(fp32, model_path)
     config = options.config or resolve_config(options.target, per_channel=options.per_channel, format=options.format)
-    calib_source, calib_indices, eval_source, eval_indices = _choose_images(options, read_metadata(fp32).dataset)
+    calib_source, calib_indices, eval_source, eval_indices = _choose_images(options, fp32)
     return Job(
         fp32=fp32,
         spec=preprocessing_for(fp32, source=str(model_path)),
@@ -143,6 +145,29 @@ def prepare_job(model_path: Path | str, options: QuantizeOptions) -> Job:
         eval_indices=eval_indices,
         batch=static_input_shape(fp32)[0] or CALIBRATION_BATCH,
         fingerprint=_calibration_fingerprint(model_path, options, config),
+    )
+
+
+def _check_weights_and_batch(fp32: onnx.ModelProto, model_path: Path) -> None:
+    """Refuse, before calibrating, weights that are not finite (onnxruntime's quantizer fails on them with
+    ``AssertionError: scale issue``) and a fixed batch too large for this machine's memory (as benchmark does).
+
+    Raises:
+        InputFileError: a NaN or infinite weight, naming the tensor.
+        OptionError: the model's fixed batch needs more memory than is available.
+    """
+    from onnx import numpy_helper
+
+    from resnet_edge.memory import check_fits
+    from resnet_edge.onnx.memory import onnx_estimate
+
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+    for init in fp32.graph.initializer:
+        if init.data_type in floats and not np.isfinite(numpy_helper.to_array(init)).all():
+            raise InputFileError(f"{model_path}: weight {init.name} holds NaN or Inf values; no scale can be chosen")
+    batch = static_input_shape(fp32)[0] or CALIBRATION_BATCH
+    check_fits(
+        f"{model_path.name} at its batch {batch}", onnx_estimate(fp32), batch, hint="export it with a smaller --batch"
     )
 
 
@@ -195,18 +220,23 @@ def collect_calibration(
 
 
 def _choose_images(
-    options: QuantizeOptions, dataset: str | None
+    options: QuantizeOptions, fp32: onnx.ModelProto
 ) -> tuple[ImageSource, list[int], ImageSource, list[int]]:
+    """The calibration images and the held-out images, the latter labelled in the model's classes (issue 21: read
+    without them, class folders were numbered alphabetically and quantize printed another model's accuracy)."""
+    dataset = read_metadata(fp32).dataset
+    classes = model_classes(fp32, label_map=options.label_map)
     calib_name = options.calib or default_calibration_data(dataset)
     eval_name = options.eval_data or (default_evaluation_data(dataset) if not options.calib else None)
-    calib = open_source(calib_name)
-    if eval_name is None or eval_name == calib_name:
+    one_source = eval_name is None or eval_name == calib_name
+    calib = open_source(calib_name, classes=classes if one_source else None)
+    if one_source:
         # One source for both: hold out every HELD_OUT_EVERY-th image for evaluation, calibrate on the rest.
         held_out = list(range(HELD_OUT_EVERY - 1, len(calib), HELD_OUT_EVERY))
         if not held_out or len(held_out) == len(calib):
             raise InputFileError(f"{calib.name}: {len(calib)} images are too few to calibrate and also evaluate")
         return calib, calib.indices(limit=options.limit, seed=options.seed, exclude=held_out), calib, held_out
-    evaluation = open_source(eval_name)
+    evaluation = open_source(eval_name, classes=classes)
     return calib, calib.indices(limit=options.limit, seed=options.seed), evaluation, evaluation.indices()
 
 

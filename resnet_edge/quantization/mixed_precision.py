@@ -219,7 +219,9 @@ def quantize_mixed_precision(
             analysis = analyze_quantization(
                 fp32,
                 onnx.load(str(first.output)),
-                SensitivityOptions(data=first.evaluation_source, limit=analysis_images, seed=options.seed),
+                SensitivityOptions(
+                    data=first.evaluation_source, label_map=options.label_map, limit=analysis_images, seed=options.seed
+                ),
             )
             for name in analysis.ranking:
                 block = analysis.block(name)
@@ -313,7 +315,7 @@ def _describe(result: QuantizeResult, target: AccuracyGoal) -> str:
 
 def _time_side_by_side(fp32: onnx.ModelProto, results: Sequence[QuantizeResult]) -> tuple[float, list[float], int]:
     """Median latency of FP32 and of each step's model, interleaved in one run (one real image)."""
-    image = open_source(results[0].evaluation_source).load(0, preprocessing_for(fp32)).tensor
+    image = open_source(results[0].evaluation_source, classes=None).load(0, preprocessing_for(fp32)).tensor
     models = [fp32, *(onnx.load(str(r.output)) for r in results)]
     p50, _ = median_latencies_ms(models, image, warmup=SPEED_WARMUP, iterations=SPEED_ITERATIONS)
     return p50[0], p50[1:], SPEED_ITERATIONS

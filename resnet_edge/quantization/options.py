@@ -10,8 +10,10 @@ object is made), so that the CLI builds the quantize command's flags from these 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from resnet_edge.calibration.labels import LABEL_MAP
 from resnet_edge.errors import OptionError
 from resnet_edge.quantization.configs import Format, Int8Recipe, Int8Target, Method
 
@@ -41,6 +43,8 @@ class QuantizeOptions:
             split, else the bundled photos.
         eval_data: held-out images to judge INT8 against FP32; default: the model's built-in test split, else the
             calibration source's held-out quarter. Images also used for calibration are always dropped (by hash).
+        label_map: which model class each class of the held-out images is (``calibration.labels``); default: the
+            model's labels.
         method: minmax, entropy or percentile calibration.
         per_channel, format: override the target's choice when set.
         target: auto (this machine), x86-vnni, x86-avx2, arm64 or gpu-tensorrt.
@@ -66,6 +70,7 @@ class QuantizeOptions:
         default=None,
         metadata={"help": "Held-out images to judge INT8 on. [default: built-in test split / held-out quarter]"},
     )
+    label_map: Path | None = field(default=None, metadata=LABEL_MAP)
     method: Method = Method.MINMAX
     per_channel: bool | None = field(
         default=None,

@@ -79,6 +79,11 @@ class QuantizeResult:
     coverage: IntegerCoverage | None = None  # integer kernels on the provider checked; None when not observable
 
     @property
+    def shortfalls(self) -> list[str]:
+        """How the INT8 model misses validate's INT8 bar on the held-out images; empty when it meets it."""
+        return int8_shortfalls(self.parity, self.fp32_accuracy, self.int8_accuracy)
+
+    @property
     def top1_drop_points(self) -> float | None:
         """Labelled top-1 accuracy lost, in percentage points (negative: INT8 did better)."""
         if self.fp32_accuracy is None or self.int8_accuracy is None:

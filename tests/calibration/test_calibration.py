@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resnet_edge.calibration.arrays import ArrayRows
 from resnet_edge.calibration.calibration_reader import ImageCalibrationReader
+from resnet_edge.calibration.labels import ModelClasses
 from resnet_edge.calibration.preprocess import ChannelOrder, PreprocessSpec, preprocess_image
 from resnet_edge.calibration.sources import (
     FASHION_MNIST_CLASSES,
@@ -19,7 +21,7 @@ from resnet_edge.calibration.sources import (
     FolderSource,
     open_source,
 )
-from resnet_edge.errors import InputFileError, OptionError
+from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
 
 SPEC = PreprocessSpec.imagenet(32)
 
@@ -36,7 +38,7 @@ def test_bundled_photos_are_real_licensed_and_listed() -> None:
     files = sorted(p.name for p in PHOTOS_DIR.iterdir() if p.suffix in (".jpg", ".png"))
     assert len(files) >= 40 and files == sorted(entry["file"] for entry in manifest["images"])
     assert {entry["licence"] for entry in manifest["images"]} <= {"public domain", "CC0-1.0"}
-    source = open_source("builtin:photos")
+    source = open_source("builtin:photos", classes=None)
     assert len(source) == len(files) and source.name == "builtin:photos"
 
 
@@ -69,7 +71,8 @@ def test_folder_is_recursive_sorted_skips_non_images_and_reads_class_folders(tmp
     for name in ("b/2.png", "a/1.jpg", "a/sub/3.bmp", "b/0.webp"):
         write_image(tmp_path / name)
     (tmp_path / "a" / "notes.txt").write_text("not an image")
-    source = FolderSource(tmp_path)
+    with pytest.warns(ResnetEdgeWarning, match="sorted names"):
+        source = FolderSource(tmp_path, classes=ModelClasses(num_classes=2))
     assert [f.relative_to(tmp_path).as_posix() for f in source.files] == [
         "a/1.jpg",
         "a/sub/3.bmp",
@@ -83,7 +86,7 @@ def test_folder_is_recursive_sorted_skips_non_images_and_reads_class_folders(tmp
 def test_class_folders_follow_the_model_labels(tmp_path: Path) -> None:
     write_image(tmp_path / "cat" / "x.png")
     write_image(tmp_path / "dog" / "y.png")
-    source = FolderSource(tmp_path, class_names=["dog", "bird", "cat"])
+    source = FolderSource(tmp_path, classes=ModelClasses(labels=("dog", "bird", "cat")))
     assert [source.load(i, SPEC).label for i in range(2)] == [2, 0]
 
 
@@ -91,11 +94,11 @@ def test_labels_file(tmp_path: Path) -> None:
     write_image(tmp_path / "x.png")
     write_image(tmp_path / "y.png")
     (tmp_path / "labels.csv").write_text("x.png,3\ny.png,cat\n")
-    source = FolderSource(tmp_path, class_names=["a", "b", "cat", "d"])
+    source = FolderSource(tmp_path, classes=ModelClasses(labels=("a", "b", "cat", "d")))
     assert [source.load(i, SPEC).label for i in range(2)] == [3, 2]
     (tmp_path / "labels.csv").write_text("x.png,3\n")
     with pytest.raises(InputFileError, match="no label for y.png"):
-        FolderSource(tmp_path)
+        FolderSource(tmp_path, classes=ModelClasses())
 
 
 def test_empty_and_imageless_folders(tmp_path: Path) -> None:
@@ -105,7 +108,7 @@ def test_empty_and_imageless_folders(tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match=r"no images .* \(1 other files skipped\)"):
         FolderSource(tmp_path)
     with pytest.raises(InputFileError, match="not found"):
-        open_source(tmp_path / "missing")
+        open_source(tmp_path / "missing", classes=None)
 
 
 def test_truncated_and_undecodable_images_name_the_file(tmp_path: Path) -> None:
@@ -122,12 +125,12 @@ def test_truncated_and_undecodable_images_name_the_file(tmp_path: Path) -> None:
 def test_uint8_nhwc_and_float_nchw_arrays(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "raw.npz", images=rng.integers(0, 255, (6, 40, 40, 3), dtype=np.uint8), labels=np.arange(6))
-    raw = ArraySource(tmp_path / "raw.npz")
+    raw = ArraySource(tmp_path / "raw.npz", classes=ModelClasses(num_classes=10))
     sample = raw.load(2, SPEC)
     assert sample.tensor.shape == (3, 32, 32) and sample.label == 2 and raw.labelled
     np.save(tmp_path / "pre.npy", rng.standard_normal((4, 3, 32, 32)).astype(np.float32))
     pre = ArraySource(tmp_path / "pre.npy")
-    assert isinstance(pre.images, np.memmap)  # streamed from disk, not loaded whole
+    assert isinstance(pre.images, ArrayRows) and not isinstance(pre.images, np.ndarray)  # read row by row
     np.testing.assert_array_equal(pre.load(1, SPEC).tensor, np.load(tmp_path / "pre.npy")[1])
 
 
@@ -147,7 +150,6 @@ def test_arrays_of_the_wrong_shape_or_channels(tmp_path: Path, array: np.ndarray
 @pytest.mark.parametrize(
     ("array", "match"),
     [
-        (np.full((2, 3, 32, 32), np.nan, np.float32), "NaN or Inf"),
         (np.zeros((2, 32, 32, 5), np.uint8), "1, 3 or 4 channels"),
         (np.zeros((0, 3, 32, 32), np.float32), "holds no images"),
         (np.zeros((2, 3), np.int32), "must be uint8 or float"),
@@ -159,8 +161,19 @@ def test_bad_arrays_fail_when_opened(tmp_path: Path, array: np.ndarray, match: s
         ArraySource(tmp_path / "bad.npy")
 
 
+def test_a_nan_image_is_refused_when_read(tmp_path: Path) -> None:
+    """Each image is checked as it is read (the file is never read whole), so NaN cannot reach a range."""
+    array = np.zeros((3, 3, 32, 32), np.float32)
+    array[1, 0, 5, 5] = np.nan
+    np.save(tmp_path / "nan.npy", array)
+    source = ArraySource(tmp_path / "nan.npy")
+    source.load(0, SPEC)
+    with pytest.raises(InputFileError, match=r"image 1 contains NaN or Inf"):
+        source.load(1, SPEC)
+
+
 def test_limit_draws_a_seeded_deterministic_subset() -> None:
-    source = open_source("builtin:digits-calib")
+    source = open_source("builtin:digits-calib", classes=None)
     a = source.indices(limit=20, seed=1)
     assert a == source.indices(limit=20, seed=1) and a != source.indices(limit=20, seed=2)
     assert len(a) == 20 and a == sorted(a)
@@ -168,15 +181,15 @@ def test_limit_draws_a_seeded_deterministic_subset() -> None:
 
 
 def test_builtin_digits_splits_are_disjoint() -> None:
-    rows = {name: set(open_source(f"builtin:digits-{name}").rows) for name in ("train", "calib", "test")}
+    rows = {name: set(open_source(f"builtin:digits-{name}", classes=None).rows) for name in ("train", "calib", "test")}
     assert [len(r) for r in rows.values()] == [1200, 200, 397]
     assert not (rows["train"] & rows["calib"] or rows["train"] & rows["test"] or rows["calib"] & rows["test"])
     with pytest.raises(OptionError, match="unknown built-in data set"):
-        open_source("builtin:digits-nope")
+        open_source("builtin:digits-nope", classes=None)
 
 
 def test_reader_streams_batches_and_rewinds() -> None:
-    source = open_source("builtin:photos")
+    source = open_source("builtin:photos", classes=None)
     seen_batches: list[int] = []
     reader = ImageCalibrationReader(
         source, SPEC, list(range(10)), input_name="input", batch_size=4, on_batch=seen_batches.append
@@ -193,7 +206,9 @@ def test_reader_streams_batches_and_rewinds() -> None:
 def test_numeric_class_folders_keep_their_numbers(tmp_path: Path) -> None:
     write_image(tmp_path / "00" / "a.png")
     write_image(tmp_path / "07" / "b.png")
-    assert [FolderSource(tmp_path).load(i, SPEC).label for i in range(2)] == [0, 7]
+    with pytest.warns(ResnetEdgeWarning, match="integer names"):
+        source = FolderSource(tmp_path, classes=ModelClasses(num_classes=10))
+    assert [source.load(i, SPEC).label for i in range(2)] == [0, 7]
 
 
 def test_corrupt_npz_and_bad_labels(tmp_path: Path) -> None:
@@ -208,14 +223,14 @@ def test_corrupt_npz_and_bad_labels(tmp_path: Path) -> None:
 
 def test_a_labels_file_needs_a_folder(tmp_path: Path) -> None:
     with pytest.raises(OptionError, match="labels file applies to a folder"):
-        open_source("builtin:photos", labels_file=tmp_path / "labels.csv")
+        open_source("builtin:photos", classes=None, labels_file=tmp_path / "labels.csv")
 
 
 @pytest.mark.skipif(
     not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(), reason="Debian's dataset-fashion-mnist missing"
 )
 def test_fashion_mnist_reads_from_debians_package_with_its_class_names():
-    source = open_source("builtin:fashion-mnist-test")
+    source = open_source("builtin:fashion-mnist-test", classes=ModelClasses(labels=FASHION_MNIST_CLASSES))
     assert len(source) == 10_000 and source.labelled
     assert source.label_names() == list(FASHION_MNIST_CLASSES)
     sample = source.load(0, PreprocessSpec.small(28, channels=1))
@@ -234,3 +249,38 @@ def test_an_idx_file_that_is_not_one_is_refused(tmp_path):
         _read_idx(path, 3)
     with pytest.raises(InputFileError, match="apt-get install dataset-fashion-mnist"):
         _read_idx(tmp_path / "missing.gz", 3)
+
+
+def test_a_label_map_says_which_class_each_folder_is(tmp_path: Path) -> None:
+    for name in ("kitty", "puppy"):
+        write_image(tmp_path / "data" / name / "x.png")
+    (tmp_path / "map.txt").write_text("# folder,class\nkitty,cat\npuppy,1\n")
+    classes = ModelClasses(labels=("bird", "dog", "cat"), num_classes=3, label_map=tmp_path / "map.txt")
+    source = open_source(tmp_path / "data", classes=classes)
+    assert [source.load(i, SPEC).label for i in range(2)] == [2, 1] and source.label_rule.startswith("--label-map")
+    (tmp_path / "map.txt").write_text("kitty,cat\n")
+    with pytest.raises(InputFileError, match=r"'puppy' not in --label-map .* \(it maps 'kitty'\)"):
+        open_source(tmp_path / "data", classes=classes)
+    (tmp_path / "map.txt").write_text("kitty,lion\npuppy,dog\n")
+    with pytest.raises(InputFileError, match=r"class 'lion' is neither a model label nor a class index"):
+        open_source(tmp_path / "data", classes=classes)
+    digits = ModelClasses(labels=tuple("0123456789"), num_classes=10, label_map=tmp_path / "map.txt")
+    with pytest.raises(OptionError, match="has no class names to map"):  # the digits are labelled by index
+        open_source("builtin:digits-test", classes=digits)
+
+
+def test_a_data_sets_named_classes_follow_a_model_labelled_in_another_order() -> None:
+    images, labels = np.zeros((3, 8, 8), np.uint8), np.array([0, 1, 2])
+    model = ModelClasses(labels=("c", "a", "b"), num_classes=3)
+    source = ArraySource.from_arrays(images, labels, name="set", class_names=("a", "b", "c"), classes=model)
+    assert [source.load(i, SPEC).label for i in range(3)] == [1, 2, 0]  # by name, never by position
+    with pytest.raises(InputFileError, match=r"'d' are not among the model's labels \('c', 'a', 'b'\)"):
+        ArraySource.from_arrays(images, labels, name="set", class_names=("a", "b", "d"), classes=model)
+
+
+def test_sorted_numbering_needs_every_class(tmp_path: Path) -> None:
+    """Without labels, sorted folder names match the model only if no class is missing; else refused."""
+    for name in ("ant", "bee"):
+        write_image(tmp_path / name / "x.png")
+    with pytest.raises(InputFileError, match="2 classes .* for a model of 3 classes that carries no labels"):
+        FolderSource(tmp_path, classes=ModelClasses(num_classes=3))

@@ -229,3 +229,14 @@ def test_the_cli_int8_targets_are_quantizes() -> None:
     from resnet_edge.quantization.configs import Int8Target
 
     assert tuple(t.value for t in Int8Target) == INT8_TARGETS
+
+
+def test_the_reproduce_line_allows_an_accuracy_drop_only_when_needed() -> None:
+    from resnet_edge.cli.convert import _quantize_command
+    from resnet_edge.quantization.options import QuantizeOptions
+
+    options = QuantizeOptions(calib="c/", label_map=Path("m.txt"))
+    met = _quantize_command(Path("m.onnx"), Path("q.onnx"), options, ["fc"], allow_drop=False)
+    assert met == "resnet-edge quantize m.onnx -o q.onnx --calib c/ --label-map m.txt --exclude fc"
+    missed = _quantize_command(Path("m.onnx"), Path("q.onnx"), options, ["fc"], allow_drop=True)
+    assert missed.endswith("--exclude fc --allow-accuracy-drop")

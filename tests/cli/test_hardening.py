@@ -266,3 +266,87 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+# --- issue 21: SIGHUP, one run per output folder, a folder made for -o --------------------------------------------
+
+PIPELINE_FAST = ["--no-int8", "--no-tune", "--no-torch-eager", "--iterations", "2", "--batch", "1"]
+
+
+def test_a_hangup_that_nohup_ignores_stays_ignored() -> None:
+    from resnet_edge.cli import interrupts
+
+    saved = {s: signal.getsignal(s) for s in interrupts.UNWINDING_SIGNALS}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup starts a program
+        interrupts.install_signal_handlers()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        interrupts.install_signal_handlers()
+        assert signal.getsignal(signal.SIGHUP) is interrupts._raise_terminated
+        assert interrupts.interrupt_exit_code(interrupts.Terminated(signal.SIGHUP)) == 129
+        assert interrupts.interrupt_exit_code(interrupts.Terminated(signal.SIGTERM)) == 143
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
+@pytest.mark.slow
+def test_a_second_pipeline_into_one_folder_refuses_and_a_hangup_unwinds(tmp_path: Path) -> None:
+    """Two real runs into one -o: the second refuses at its start (the lock). A folder a user makes at -o meanwhile,
+    and a closed terminal (SIGHUP) in the middle of simplify: the first run unwinds as for Ctrl-C, leaving no staging
+    folder, no onnxsim temporary folder and no lock, and the user's folder as it is. (A run that reaches publishing
+    with something new at -o: test_what_appears_at_the_pipeline_output_mid_run_is_never_touched.)
+    """
+    from click.testing import CliRunner
+
+    from resnet_edge.cli.main import main
+
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    tmp.mkdir()
+    first = subprocess.Popen(
+        [*_script(), "pipeline", "-o", str(out), *PIPELINE_FAST],
+        env={**os.environ, "TMPDIR": str(tmp)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lock = tmp_path / ".out.resnet-edge-lock"
+    deadline = time.monotonic() + 120
+    while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = CliRunner().invoke(main, ["pipeline", "-o", str(out), *PIPELINE_FAST])
+    assert second.exit_code == 2 and "Traceback" not in second.output
+    assert [line for line in second.output.splitlines() if line.startswith("error:")] == [
+        f"error: another resnet-edge pipeline is writing {out} (pid {first.pid}, lock {lock}); wait for it or choose"
+        " another -o"
+    ]
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    while not list(tmp.glob("resnet-edge-onnxsim-*")) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # the simplify stage's temporary folder: its onnxsim worker is running
+    first.send_signal(signal.SIGHUP)
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 129, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tmp"]  # no .out.*.partial, no lock file
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "the user's"
+    assert not [p.name for p in tmp.iterdir() if not _runtime_cache(p)]  # no resnet-edge-onnxsim-*
+
+
+def test_an_interrupted_analyze_removes_the_folder_it_made(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from resnet_edge.cli.main import main
+    from resnet_edge.quantization import sensitivity
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sensitivity, "analyze_sensitivity", interrupted)
+    args = ["analyze", "fp32.onnx", "int8.onnx", "-o"]
+    result = CliRunner().invoke(main, [*args, str(tmp_path / "new" / "deeper")])
+    assert result.exit_code == 130 and list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    CliRunner().invoke(main, [*args, str(tmp_path / "mine")])
+    assert (tmp_path / "mine").is_dir()  # a folder that was there stays

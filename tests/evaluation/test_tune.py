@@ -98,3 +98,60 @@ def test_a_provider_the_site_lacks_is_refused_before_any_work(digits_sim: Path, 
     with pytest.raises(OptionError, match=r"cannot tune on cuda: not available on arm-box \(it has CPUExecution"):
         tune_model(digits_sim, tmp_path / "t.onnx", TuneOptions(providers=(Provider.CUDA,)), site=site)
     assert not (tmp_path / "t.onnx").exists()
+
+
+# --- issue 21: a gap within the measured noise is a tie, and a tie keeps the validated candidate ------------------
+
+
+def _candidate(name: str, p50: float, interval: tuple[float, float] | None, **extra) -> object:
+    from resnet_edge.evaluation.tune import Candidate
+
+    return Candidate(
+        name,
+        "cpu",
+        "int8",
+        f"{name}.onnx",
+        passed=True,
+        p50_ms={8: p50},
+        p50_interval_ms={8: interval} if interval else {},
+        **extra,
+    )
+
+
+def test_a_gap_within_the_noise_keeps_the_validated_candidate() -> None:
+    from resnet_edge.evaluation.tune import rank_candidates
+
+    # The issue's case: QOperator 0.3% faster than the validated QDQ model, on timings that varied wildly.
+    qdq = _candidate("int8 x86-vnni qdq", 1.003, (0.55, 1.90), validated=True, top1_agreement=1.0, integer_fraction=1.0)
+    qop = _candidate("int8 x86-vnni qoperator", 1.000, (0.50, 1.95), top1_agreement=0.995, integer_fraction=1.0)
+    chosen, reason = rank_candidates([qop, qdq], 8)
+    assert chosen is qdq
+    assert "int8 x86-vnni qoperator on cpu (1 ms (95% 0.5-1.95)) was faster by 0.3%" in reason
+    assert "within the measured noise" in reason and "validated already" in reason
+
+
+def test_a_win_beyond_the_noise_is_taken() -> None:
+    from resnet_edge.evaluation.tune import rank_candidates
+
+    qdq = _candidate("int8 qdq", 1.00, (0.97, 1.03), validated=True)
+    qop = _candidate("int8 qoperator", 0.80, (0.78, 0.82))
+    chosen, reason = rank_candidates([qdq, qop], 8)
+    assert chosen is qop and reason == "the fastest that passed: p50 0.8 ms (95% 0.78-0.82) at batch 8"
+
+
+def test_median_interval_is_the_order_statistics_around_the_median() -> None:
+    from resnet_edge.timing import median_interval
+
+    assert median_interval([1.0, 2.0, 3.0]) is None  # too few to say
+    samples = [float(v) for v in range(1, 31)]  # 30 rounds: ranks floor(9.63) = 9 and ceil(20.37) = 21
+    assert median_interval(samples[::-1]) == (9.0, 21.0)
+
+
+def test_a_noisy_fp32_baseline_is_said_of_the_speed_ups() -> None:
+    from resnet_edge.evaluation.tune import Candidate, _warn_noisy_baseline
+
+    baseline = Candidate("fp32", "cpu", "fp32", "m.onnx", p50_ms={1: 1.0, 8: 5.0}, cv={1: 0.05, 8: 0.91})
+    with pytest.warns(
+        ResnetEdgeWarning, match=r"speed-ups at batch 8 divide by fp32 on cpu, whose timing varied by 91"
+    ):
+        _warn_noisy_baseline(baseline)

@@ -111,3 +111,15 @@ def test_a_pipeline_table_beside_stage_tables_keeps_both(tmp_path: Path) -> None
     path.write_text("[pipeline]\niterations = 3\n[benchmark]\niterations = 4\n")
     with pytest.raises(OptionError, match="iterations is given twice"):
         load_config(path)
+
+
+def test_held_out_data_judges_the_quantize_stage_too() -> None:
+    """pipeline --calib C --data D: quantize judges INT8 on D, so all of C is calibrated on (issue 21: a quarter of C
+    was held back even with D given)."""
+    from resnet_edge.pipeline.config import make_config
+
+    config = make_config({"calib": "C", "data": "D", "label_map": "map.txt"})
+    assert config.quantize.calib == "C" and config.quantize.eval_data == "D" and config.validate.data == "D"
+    assert config.quantize.label_map == config.validate.label_map == Path("map.txt")
+    assert config.options()["label_map"] == "map.txt"
+    assert make_config({}).quantize.eval_data is None  # no --data: the held-out quarter, as before

@@ -13,6 +13,7 @@ from resnet_edge.cli.main import main
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning, StageError
 from resnet_edge.pipeline import run as pipeline_module
 from resnet_edge.pipeline.config import PipelineConfig, load_config, option_keys
+from resnet_edge.pipeline.publish import write_manifest
 from resnet_edge.pipeline.run import run_pipeline
 
 SMALL = dict(iterations=5, warmup=1, batch_sizes=(1, 4), threads=1)
@@ -127,6 +128,14 @@ def test_report_paths_are_relative_to_the_report_and_exist(run_dir: Path) -> Non
     report = json.loads((run_dir / "report.json").read_text())
     _assert_paths_are_relative_and_exist(report, run_dir)
     assert report["stages"]["validate"]["rows"][0]["path"] == "model.onnx"
+    # Issue 21: no record beside the report, and no model's metadata, points into the staging folder it was built in.
+    for written in run_dir.iterdir():
+        assert b".partial" not in written.read_bytes(), written.name
+    assert json.loads((run_dir / "model.tuned.onnx.json").read_text())["model"] == "model.sim.onnx"
+    # The manifest lists every file the run wrote, with its hash: what a later --overwrite may remove, and no more.
+    manifest = json.loads((run_dir / ".resnet-edge-pipeline").read_text())["files"]
+    assert set(manifest) == {p.name for p in run_dir.iterdir()} - {".resnet-edge-pipeline"}
+    assert manifest["model.onnx"] == report["file_sha256"]["model.onnx"]
 
 
 def test_report_records_resolved_configuration_and_where_it_came_from(run_dir: Path) -> None:
@@ -197,7 +206,15 @@ def test_refuses_an_existing_outdir_unless_overwrite(run_dir: Path, tmp_path: Pa
     with pytest.raises(OptionError, match="not made by resnet-edge pipeline"):
         run_pipeline(PipelineConfig(**SMALL, int8=False, tune=False), old, overwrite=True)
     assert (old / "stale.onnx").read_text() == "from another run"
-    (old / ".resnet-edge-pipeline").write_text("made by an earlier run")
+    (old / ".resnet-edge-pipeline").write_text("made by an earlier run")  # an older release's marker: no file list
+    with pytest.raises(OptionError, match="no file list in its"):
+        run_pipeline(PipelineConfig(**SMALL, int8=False, tune=False), old, overwrite=True)
+    (old / "model.int8.onnx").write_text("an earlier run's INT8 model")
+    write_manifest(old)  # as an earlier run leaves it: stale.onnx and model.int8.onnx listed with their hashes
+    (old / "notes.txt").write_text("the user's")
+    with pytest.raises(OptionError, match="holds notes.txt, not written by the earlier run"):
+        run_pipeline(PipelineConfig(**SMALL, int8=False, tune=False), old, overwrite=True)
+    (old / "notes.txt").unlink()
     run_pipeline(PipelineConfig(**SMALL, int8=False, tune=False), old, overwrite=True)
     names = {p.name for p in old.iterdir()}
     assert "stale.onnx" not in names and "model.int8.onnx" not in names and "model.sim.onnx" in names

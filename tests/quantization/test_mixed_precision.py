@@ -140,6 +140,8 @@ def test_search_wins_back_agreement_and_is_reproducible(
     assert any(line.startswith("step  FP32 blocks") for line in lines)
     command = next(line.removeprefix("reproduce: ") for line in lines if line.startswith("reproduce: "))
     assert shlex.split(command)[:3] == ["resnet-edge", "quantize", str(digits_sim)]
+    # The model meets quantize's default bar (the rebuild below passes it): no --allow-accuracy-drop (issue 21).
+    assert "--allow-accuracy-drop" not in shlex.split(command)
     excluded = [v for k, v in zip(shlex.split(command), shlex.split(command)[1:], strict=False) if k == "--exclude"]
     assert excluded == search["exclude"] == ["conv1", "relu"]
     # Plain --exclude rebuilds the same model, calibrating afresh.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resnet_edge.onnx.parity import Parity
+from resnet_edge.onnx.parity import Accuracy, Parity
 from resnet_edge.onnx.runtime import Placement
 from resnet_edge.quantization.sensitivity.metrics import BlockError
 
@@ -18,6 +18,7 @@ class SensitivityResult:
         blocks: per block, in execution order.
         ranking: quantized blocks, most sensitive first (lowest ``sensitivity_db``; ties in execution order).
         parity: the INT8 model's logits against FP32's on the analysed images.
+        fp32_accuracy, int8_accuracy: labelled top-1 accuracy of each on those images (None when unlabelled).
         flagged_additions: blocks whose residual addition's input scales differ by RESIDUAL_SCALE_RATIO or more.
         chart, report: the PNG and JSON written, if any.
         provider, ran_on: the provider asked for and the one the sessions ran on.
@@ -44,6 +45,8 @@ class SensitivityResult:
     provider: str = "cpu"
     ran_on: str = "cpu"
     placement: dict[str, Placement | None] = field(default_factory=dict)
+    fp32_accuracy: Accuracy | None = None
+    int8_accuracy: Accuracy | None = None
 
     def block(self, name: str) -> BlockError:
         return next(b for b in self.blocks if b.block == name)

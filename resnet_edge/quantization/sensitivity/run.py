@@ -16,13 +16,14 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from resnet_edge.artifacts import refuse_overwriting_inputs, sha256_file, write_json_atomic
+from resnet_edge.calibration.labels import LABEL_MAP
 from resnet_edge.calibration.sources import default_test_images, open_source
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
 from resnet_edge.jsonable import to_jsonable
@@ -30,12 +31,13 @@ from resnet_edge.onnx.graph import OUTPUT_QPARAMS, is_quantized
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import (
     QUANTIZATION_KEY,
+    model_classes,
     preprocessing_for,
     read_metadata,
     read_record,
     static_input_shape,
 )
-from resnet_edge.onnx.parity import compare_outputs
+from resnet_edge.onnx.parity import accuracy, compare_outputs
 from resnet_edge.onnx.runtime import Provider, open_session
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.sensitivity.blocks import (
@@ -68,6 +70,7 @@ class SensitivityOptions:
     Attributes:
         data: held-out images (folder, .npy/.npz, builtin:NAME); default: the model's built-in test split, else the
             bundled photos. Images the INT8 model was calibrated on (by the hashes in its record) are dropped.
+        label_map: which model class each class of ``data`` is (``calibration.labels``); default: the model's labels.
         limit: analyse at most this many images, drawn with ``seed``; None for all.
         seed: seed of the draw.
         provider: the execution provider every session runs on (validate's ``--providers`` syntax); the CPU EP
@@ -77,6 +80,7 @@ class SensitivityOptions:
     """
 
     data: str | None = None
+    label_map: Path | None = field(default=None, metadata=LABEL_MAP)
     limit: int | None = DEFAULT_IMAGES
     seed: int = 0
     provider: Provider | None = None
@@ -131,9 +135,9 @@ def analyze_quantization(
     if HEAD not in fp32_map.blocks:
         raise InputFileError("the FP32 model has no head (pooling and fc) after its last block")
     _single_boundaries(fp32, fp32_map, "FP32 model")  # fail early on a graph that is not a chain of blocks
-    source_name, dropped = "given images", 0
+    source_name, dropped, labels = "given images", 0, None
     if images is None:
-        images, source_name, dropped = _held_out_images(fp32, int8, options)
+        images, labels, source_name, dropped = _held_out_images(fp32, int8, options)
     fixed_batch = static_input_shape(fp32)[0]
     batch = fixed_batch or ANALYSIS_BATCH
     batches = [images[i : i + batch] for i in range(0, len(images), batch)]
@@ -210,6 +214,8 @@ def analyze_quantization(
         images=len(images),
         calibration_images_dropped=dropped,
         parity=compare_outputs(reference_logits, np.concatenate(int8_logits)),
+        fp32_accuracy=accuracy(reference_logits, labels) if labels is not None else None,
+        int8_accuracy=accuracy(np.concatenate(int8_logits), labels) if labels is not None else None,
         blocks=blocks,
         ranking=[b.block for b in ranked],
         flagged_additions=[b.block for b in blocks if b.residual is not None and b.residual.flagged],
@@ -224,28 +230,37 @@ def analyze_quantization(
 
 def _held_out_images(
     fp32: onnx.ModelProto, int8: onnx.ModelProto, options: SensitivityOptions
-) -> tuple[np.ndarray, str, int]:
+) -> tuple[np.ndarray, np.ndarray | None, str, int]:
     """Up to ``options.limit`` preprocessed images, none of which the INT8 model was calibrated on (by the hashes in
-    its record); with the source's name and the number of calibration images passed over."""
+    its record), with their labels in the model's classes (or None); the source's name and the number of calibration
+    images passed over."""
     spec = preprocessing_for(fp32, source="FP32 model")
-    source = open_source(options.data or default_test_images(read_metadata(fp32).dataset))
+    source = open_source(
+        options.data or default_test_images(read_metadata(fp32).dataset),
+        classes=model_classes(fp32, label_map=options.label_map),
+    )
     record = read_record(int8, QUANTIZATION_KEY) or {}
     calibrated = {f["sha256"] for f in record.get("calibration", {}).get("files", [])}
-    # Draw in a seeded random order and stop at the limit, so a large folder is not loaded whole.
+    # Draw in a seeded random order and stop at the limit, so a large folder is not loaded whole. Each draw of the
+    # images still needed is read in index order, so that a compressed .npz streams forward (calibration.arrays).
     order = np.random.default_rng(options.seed).permutation(len(source)) if options.limit else range(len(source))
-    kept: list[tuple[int, np.ndarray]] = []
-    dropped = 0
-    for index in order:
-        sample = source.load(int(index), spec)
-        if sample.sha256 in calibrated:
-            dropped += 1
-            continue
-        kept.append((int(index), sample.tensor))
-        if options.limit is not None and len(kept) == options.limit:
-            break
+    wanted = options.limit or len(source)
+    kept: list[tuple[int, np.ndarray, int | None]] = []
+    dropped = position = 0
+    while len(kept) < wanted and position < len(source):
+        draw = sorted(int(i) for i in order[position : position + wanted - len(kept)])
+        position += len(draw)
+        for index in draw:
+            sample = source.load(index, spec)
+            if sample.sha256 in calibrated:
+                dropped += 1
+            else:
+                kept.append((index, sample.tensor, sample.label))
     if not kept:
         raise InputFileError(f"{source.name}: every image was used to calibrate the INT8 model; give held-out --data")
-    return np.stack([t for _, t in sorted(kept, key=lambda item: item[0])]), source.name, dropped
+    kept.sort(key=lambda item: item[0])
+    labels = np.asarray([k[2] for k in kept], np.int64) if source.labelled else None
+    return np.stack([k[1] for k in kept]), labels, source.name, dropped
 
 
 def analyze_sensitivity(
