@@ -149,7 +149,7 @@ def quantize_onnx(
     fp32_kept = check_coverage(prepped, int8, excluded)
     quantized_nodes = sum(n.op_type in COMPUTE_OPS for n in prepped.graph.node) - len(fp32_kept)
     evaluation = evaluate_against(
-        fp32,
+        job.source,
         int8,
         eval_source,
         eval_indices,
