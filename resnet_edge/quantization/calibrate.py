@@ -205,16 +205,20 @@ def pre_process(model: Path, output: Path, *, exclude: Sequence[str] = ()) -> No
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with quiet_onnxruntime():
-        quant_pre_process(model, str(output), skip_symbolic_shape=True)
-    prepped = onnx.load(str(output))
-    untyped = _untyped_tensors(prepped)
-    resolve_exclusions(prepped, exclude)
-    del prepped
+    try:
+        with quiet_onnxruntime():
+            quant_pre_process(model, str(output), skip_symbolic_shape=True)
+        prepped: onnx.ModelProto | None = onnx.load(str(output))
+        untyped = _untyped_tensors(prepped)
+    except Exception as exc:  # ONNX's shape inference gave up where the symbolic one may not: the full run decides
+        prepped, untyped = None, [f"({type(exc).__name__}: {str(exc)[:120]})"]
     if untyped:
         logger.debug("%d tensors untyped without symbolic shape inference (%s): running it", len(untyped), untyped[0])
+        prepped = None
         with quiet_onnxruntime():
             quant_pre_process(model, str(output))
+        prepped = onnx.load(str(output))
+    resolve_exclusions(prepped, exclude)
 
 
 def _untyped_tensors(model: onnx.ModelProto) -> list[str]:

@@ -236,6 +236,26 @@ def test_pre_process_matches_onnxruntimes_and_needs_no_symbolic_inference_for_a_
     assert _untyped_tensors(bare) == ["c1", "r1", "c2", "s", "r2", "p", "f"]
 
 
+def test_pre_process_runs_symbolic_shape_inference_where_onnx_leaves_a_tensor_untyped(
+    model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime.quantization.shape_inference as shape_inference
+
+    from resnet_edge.quantization import calibrate
+
+    calls = []
+    real = shape_inference.quant_pre_process
+
+    def spy(*args: object, **kwargs: object) -> None:
+        calls.append(kwargs)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", spy)
+    monkeypatch.setattr(calibrate, "_untyped_tensors", lambda prepped: ["c1"])
+    pre_process(model, tmp_path / "p.onnx")
+    assert calls == [{"skip_symbolic_shape": True}, {}] and onnx.load(str(tmp_path / "p.onnx")).graph.node
+
+
 def test_prefetch_keeps_order_and_raises_where_the_failure_was() -> None:
     assert list(prefetched(range(50), depth=3)) == list(range(50))
 
