@@ -11,8 +11,9 @@ the process and its children). Runners:
 3. ``nncf``: ``nncf.quantize(onnx_model, nncf.Dataset(paths, transform), subset_size=N)`` with its defaults
    (statistics, then fast bias correction), images decoded in the transform; ``pip install '.[bench]'``.
 
-All three decode and preprocess the same calibration images with resnet-edge's preprocessing (the model's own), so
-the comparison is of what each does with them. The runs go round-robin, ``--repeats`` times (default 2: A B C A B C),
+All three decode and preprocess the same calibration images through resnet-edge's image source and preprocessing
+(the model's own; the onnxruntime runner through resnet-edge's ``ImageCalibrationReader``), so the comparison is of
+what each does with them. The runs go round-robin, ``--repeats`` times (default 2: A B C A B C),
 and the load average is recorded with each.
 
 The model is ResNet-50 with random weights (no download here); ``--short`` uses resnet20 at 32 px and 24 images, for
@@ -42,30 +43,23 @@ RUNNERS = ("resnet-edge", "onnxruntime", "nncf")
 # --- what each run does, in its own process ------------------------------------------------------------------------
 
 
-def run_onnxruntime(model: Path, images: list[Path], output: Path, work: Path) -> None:
+def run_onnxruntime(model: Path, source: object, indices: list[int], output: Path, work: Path) -> None:
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from resnet_edge.calibration.calibration_reader import ImageCalibrationReader
     from resnet_edge.onnx.metadata import preprocessing_for
 
-    spec = preprocessing_for(onnx.load(str(model), load_external_data=False))
-    input_name = onnx.load(str(model), load_external_data=False).graph.input[0].name
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.paths = iter(images)
-
-        def get_next(self) -> dict | None:
-            path = next(self.paths, None)
-            return None if path is None else {input_name: load_image(path, spec)[None]}
-
+    header = onnx.load(str(model), load_external_data=False)
+    spec, input_name = preprocessing_for(header), header.graph.input[0].name
+    del header
     prepped = work / "prepped.onnx"
     quant_pre_process(str(model), str(prepped))
     quantize_static(
         str(prepped),
         str(output),
-        Reader(),
+        ImageCalibrationReader(source, spec, indices, input_name=input_name, batch_size=1),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QUInt8,
@@ -73,38 +67,30 @@ def run_onnxruntime(model: Path, images: list[Path], output: Path, work: Path) -
     )
 
 
-def run_nncf(model: Path, images: list[Path], output: Path) -> None:
+def run_nncf(model: Path, source: object, indices: list[int], output: Path) -> None:
     import nncf
     import onnx
 
     from resnet_edge.onnx.metadata import preprocessing_for
 
     proto = onnx.load(str(model))
-    spec = preprocessing_for(proto)
-    input_name = proto.graph.input[0].name
-    dataset = nncf.Dataset(images, lambda path: {input_name: load_image(path, spec)[None]})
-    quantized = nncf.quantize(proto, dataset, subset_size=len(images))
+    spec, input_name = preprocessing_for(proto), proto.graph.input[0].name
+    dataset = nncf.Dataset(indices, lambda index: {input_name: source.load(index, spec).tensor[None]})
+    quantized = nncf.quantize(proto, dataset, subset_size=len(indices))
     onnx.save(quantized, str(output))
 
 
-def load_image(path: Path, spec: object):
-    from PIL import Image
-
-    from resnet_edge.calibration.preprocess import preprocess_image
-
-    with Image.open(path) as image:
-        return preprocess_image(image, spec)
-
-
 def run_phase(args: argparse.Namespace) -> None:
-    folder = Path(args.images_dir)
-    files = sorted(folder.glob("*.jpg"))
-    calibration = [f for i, f in enumerate(files) if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
+    from resnet_edge.calibration.sources import FolderSource
+
+    source = FolderSource(args.images_dir)
+    # The images resnet-edge calibrates on when it holds every 4th out: the same for every runner.
+    indices = [i for i in range(len(source)) if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
     output, work = Path(args.output), Path(args.output).parent
     if args.phase == "onnxruntime":
-        run_onnxruntime(Path(args.model), calibration, output, work)
+        run_onnxruntime(Path(args.model), source, indices, output, work)
     elif args.phase == "nncf":
-        run_nncf(Path(args.model), calibration, output)
+        run_nncf(Path(args.model), source, indices, output)
     else:
         raise SystemExit(f"unknown phase {args.phase}")
 
