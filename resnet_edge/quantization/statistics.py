@@ -247,8 +247,8 @@ class Histogram:
 
     counts: np.ndarray  # int64
     edges: np.ndarray  # the tensor's dtype
-    first: float  # the range the bins cover
-    last: float
+    first: np.ndarray  # the range the bins cover: 0-d, the tensor's dtype (np.histogram computes edges in it)
+    last: np.ndarray
     absolute: bool  # a histogram of |x| (symmetric percentile) rather than of x
 
     def add(self, values: np.ndarray) -> None:
