@@ -231,6 +231,13 @@ def _print_quantize(result: QuantizeResult) -> None:
         ["logit cosine (mean)", fmt.cosine(p.cosine)],
         ["max abs logit error", fmt.error(p.max_abs_error)],
     ]
+    if result.judged_by == "logit error":
+        click.echo(
+            "judged by logit error, not top-1 agreement: the weights are random (their agreement measures noise)"
+        )
+        rows += [["logit cosine (worst image)", fmt.cosine(p.min_cosine)]]
+        if result.max_error_steps is not None:
+            rows += [["max logit error, output steps", f"{result.max_error_steps:.1f}"]]
     if result.fp32_accuracy and result.int8_accuracy:
         rows += [
             [

@@ -50,7 +50,7 @@ from resnet_edge.models.registry import default_preprocessing
 from resnet_edge.models.resnet import get_arch
 from resnet_edge.onnx.graph import count_ops, opset_of
 from resnet_edge.onnx.io import save_onnx
-from resnet_edge.onnx.metadata import ModelMetadata, write_props
+from resnet_edge.onnx.metadata import RANDOM_INIT, ModelMetadata, write_props
 from resnet_edge.onnx.parity import PARITY_IMAGES, Parity, check_fp32_parity
 from resnet_edge.onnx.runtime import open_session
 from resnet_edge.progress import Progress, ProgressCallback
@@ -151,6 +151,11 @@ def resolve_export(source: Path | str | None, options: ExportOptions) -> tuple[L
     return loaded, metadata
 
 
+def _random_init(source: Path | str | None) -> bool:
+    """No checkpoint, or one whose metadata says its weights were drawn at random (the pipeline's fresh weights)."""
+    return source is None or read_checkpoint_metadata(source).get("weights") == RANDOM_INIT
+
+
 def export_onnx(
     source: Path | str | None,
     output: Path | str,
@@ -201,7 +206,7 @@ def export_onnx(
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "opset": str(opset),
-        "checkpoint": loaded.checkpoint.name if loaded.checkpoint else "random init",
+        "checkpoint": RANDOM_INIT if _random_init(source) else loaded.checkpoint.name,
     }
     write_props(model_proto, metadata.to_props())
     model_proto.producer_name = "resnet-edge"

@@ -22,6 +22,8 @@ PRODUCER = "resnet-edge"
 # Keys holding JSON; everything else is a plain string.
 SIMPLIFICATION_KEY = "simplification"
 QUANTIZATION_KEY = "quantization"
+# The provenance's checkpoint of a model whose weights were drawn at random (no checkpoint given, or one that says so).
+RANDOM_INIT = "random init"
 
 
 @dataclass
@@ -41,6 +43,11 @@ class ModelMetadata:
     checkpoint_sha256: str | None = None
     batch: str | None = None  # "dynamic" or the fixed batch size
     provenance: dict[str, str] = field(default_factory=dict)  # exporter, versions, opset, source hashes
+
+    @property
+    def random_weights(self) -> bool:
+        """The weights are known to be random: agreement on decisions then measures noise (issue 24)."""
+        return self.provenance.get("checkpoint") == RANDOM_INIT
 
     def to_props(self) -> dict[str, str]:
         props: dict[str, str] = {"producer": PRODUCER}

@@ -5,6 +5,7 @@ Built on the ONNX layer and the image sources; knows nothing of export, evaluati
 - :mod:`.configs`: the per-target table (:class:`Int8Target`, :class:`Int8Recipe`); imports no heavy library.
 - :mod:`.options`: the stage's options (:class:`QuantizeOptions`, :class:`AccuracyGoal`); imports no heavy library.
 - :mod:`.calibrate`: activation ranges from images (:func:`calibrate_onnx`).
+- :mod:`.statistics`: those ranges reduced on the fly, as onnxruntime's calibrators compute them.
 - :mod:`.quantize`: the stage (:func:`quantize_onnx`) and its checks.
 - :mod:`.evaluate`: INT8 against FP32 on held-out images, and their speed side by side.
 - :mod:`.coverage`: which compute ran as integer kernels.

@@ -1,10 +1,10 @@
-"""Calibration: the activation ranges of an FP32 model, collected from images with onnxruntime's calibrators.
+"""Calibration: the activation ranges of an FP32 model, collected from images as onnxruntime's calibrators would.
 
-Calibration streams: images are fed to onnxruntime's calibrator in chunks and the collected ranges or histograms are
-merged chunk by chunk, so memory does not grow with the number of images (onnxruntime's ``quantize_static`` keeps
-every intermediate output of every image for the histogram methods). The ranges then reach ``quantize_static``
-through its calibration cache. Also here: what quantizing and calibrating share (the checked model, the images for
-each role, which nodes ``--exclude`` names) and the silencing of onnxruntime's own output while it runs.
+Calibration streams: images are decoded in a background thread while the model runs, and their statistics are
+reduced on the fly (:mod:`.statistics`), so memory does not grow with the number of images and holds no activation
+beyond the batch that is running. The ranges then reach ``quantize_static`` through its calibration cache. Also
+here: what quantizing and calibrating share (the checked model, the images for each role, which nodes ``--exclude``
+names) and the silencing of onnxruntime's own output while it runs.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,16 +22,17 @@ import numpy as np
 import onnx
 
 from resnet_edge.artifacts import sha256_file
-from resnet_edge.calibration.calibration_reader import ImageCalibrationReader
+from resnet_edge.calibration.prefetch import prefetched
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import (
     ImageSource,
     default_calibration_data,
     default_evaluation_data,
+    iter_batches,
     open_source,
 )
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
-from resnet_edge.onnx.graph import graph_input, is_quantized, module_path, opset_of
+from resnet_edge.onnx.graph import is_quantized, module_path, opset_of
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import model_classes, preprocessing_for, read_metadata, static_input_shape
 from resnet_edge.progress import Progress, ProgressCallback
@@ -46,9 +47,9 @@ BUNDLED_PHOTOS_NOTE = (
     "the bundled sample photos: enough to run, too few and too generic to tune ranges; pass --calib with"
     f" {SMALL_CALIBRATION_SET}+ images like your own"
 )
-CALIBRATION_CHUNK = 16  # images per calibrator pass; bounds memory (ResNet-50 keeps ~45 MB of activations/image)
-CALIBRATION_BATCH = 8
+CALIBRATION_BATCH = 8  # images per run of the statistics pass (ResNet-50: ~400 MB for the session at 8)
 HELD_OUT_EVERY = 4  # with one source for both, every 4th image is held out for evaluation, never calibrated on
+logger = logging.getLogger("resnet_edge")
 # onnxruntime's quantization tools log through these loggers and through the root logger's module functions.
 ONNXRUNTIME_LOGGER = "onnxruntime"
 
@@ -105,6 +106,7 @@ class Job:
     """What quantizing and calibrating share: the checked FP32 model, its preprocessing, the configuration, the
     images for each role, and the fingerprint of everything the activation ranges depend on."""
 
+    source: Path  # the file ``fp32`` was read from
     fp32: onnx.ModelProto
     spec: PreprocessSpec
     config: Int8Recipe
@@ -136,6 +138,7 @@ def prepare_job(model_path: Path | str, options: QuantizeOptions) -> Job:
     config = options.config or resolve_config(options.target, per_channel=options.per_channel, format=options.format)
     calib_source, calib_indices, eval_source, eval_indices = _choose_images(options, fp32)
     return Job(
+        source=model_path,
         fp32=fp32,
         spec=preprocessing_for(fp32, source=str(model_path)),
         config=config,
@@ -198,11 +201,7 @@ def collect_calibration(
             stacklevel=3,
         )
     prepped_path = folder / "prepped.onnx"
-    with quiet_onnxruntime():
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        quant_pre_process(job.fp32, str(prepped_path))
-    resolve_exclusions(onnx.load(str(prepped_path)), options.exclude)  # a bad --exclude fails before calibrating
+    pre_process(job.source, prepped_path, exclude=options.exclude)
     seen = _calibrate(
         prepped_path,
         folder,
@@ -217,6 +216,43 @@ def collect_calibration(
     return Calibration(
         fingerprint=job.fingerprint, prepped=prepped_path, ranges=folder / "ranges.json", images=seen, batch=job.batch
     )
+
+
+def pre_process(model: Path, output: Path, *, exclude: Sequence[str] = ()) -> None:
+    """onnxruntime's ``quant_pre_process`` of the model file ``model`` into ``output``, without its symbolic shape
+    inference where ONNX's own shape inference types every tensor (a CNN's always): that step copies the model several
+    times in Python (ResNet-50: 817 MB peak for the whole pre-process, 481 MB without it) and adds nothing then. A path,
+    not a ModelProto: without symbolic shape inference, ``quant_pre_process`` moves a ModelProto's weights out of it.
+
+    Raises:
+        OptionError: a name in ``exclude`` matches no node (checked here, before calibrating).
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        with quiet_onnxruntime():
+            quant_pre_process(model, str(output), skip_symbolic_shape=True)
+        prepped: onnx.ModelProto | None = onnx.load(str(output))
+        untyped = _untyped_tensors(prepped)
+    except Exception as exc:  # ONNX's shape inference gave up where the symbolic one may not: the full run decides
+        prepped, untyped = None, [f"({type(exc).__name__}: {str(exc)[:120]})"]
+    if untyped:
+        logger.debug("%d tensors untyped without symbolic shape inference (%s): running it", len(untyped), untyped[0])
+        prepped = None
+        with quiet_onnxruntime():
+            quant_pre_process(model, str(output))
+        prepped = onnx.load(str(output))
+    resolve_exclusions(prepped, exclude)
+
+
+def _untyped_tensors(model: onnx.ModelProto) -> list[str]:
+    """Node outputs whose element type the model does not state (neither a value_info nor a graph output)."""
+    typed = {
+        vi.name
+        for vi in (*model.graph.value_info, *model.graph.output)
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type
+    }
+    return [name for node in model.graph.node for name in node.output if name and name not in typed]
 
 
 def _choose_images(
@@ -309,52 +345,42 @@ def _calibrate(
     batch: int,
     on_progress: ProgressCallback | None = None,
 ) -> dict[str, str]:
-    """Collect activation ranges chunk by chunk into ``tmp/ranges.json``; returns the images used (id -> sha256)."""
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    """Collect activation ranges into ``tmp/ranges.json`` (:mod:`.statistics`: reduced on the fly, equal to
+    onnxruntime's calibrators'); returns the images used (id -> sha256)."""
+    from onnxruntime.quantization.calibrate import save_tensors_data
 
-    ort_method = method.onnxruntime
-    with quiet_onnxruntime():
-        calibrator = create_calibrator(
-            prepped_path,
-            None,
-            augmented_model_path=str(tmp / "augmented.onnx"),
-            calibrate_method=ort_method,
-            extra_options={"symmetric": config.symmetric_activations},
-        )
+    from resnet_edge.quantization import statistics
+
     seen: dict[str, str] = {}
-    chunk = max(batch, CALIBRATION_CHUNK - CALIBRATION_CHUNK % batch)
+    symmetric = config.symmetric_activations
+    histogram = method is not Method.MINMAX
     step = f"calibrating ({method.value})"
-    done = 0
 
-    def count(images: int) -> None:
-        nonlocal done
-        done += images
-        if on_progress is not None:
-            on_progress(Progress("quantize", step, done, len(indices), unit="img"))
+    def feed(name: str) -> Callable[[int], Iterator[np.ndarray]]:
+        def batches(size: int) -> Iterator[np.ndarray]:
+            done = 0
+            for images, samples in prefetched(iter_batches(source, spec, indices, size)):
+                for sample in samples:
+                    seen.setdefault(sample.id, sample.sha256)
+                done += len(samples)
+                if on_progress is not None:
+                    on_progress(Progress("quantize", name, done, len(indices), unit="img"))
+                yield images
 
-    for start in range(0, len(indices), chunk):
-        for part in _uniform_batches(indices[start : start + chunk], batch):
-            reader = ImageCalibrationReader(
-                source,
-                spec,
-                part,
-                input_name=graph_input(calibrator.model).name,
-                batch_size=batch,
-                on_batch=count,
-            )
-            with quiet_onnxruntime():
-                calibrator.collect_data(reader)
-            seen.update(reader.seen)
-    with quiet_onnxruntime():
-        save_tensors_data(calibrator.compute_data(), tmp / "ranges.json")
+        return batches
+
+    absolute = method is Method.PERCENTILE and symmetric  # onnxruntime bins |x| for symmetric percentile
+    extremes = statistics.collect_extremes(
+        prepped_path, tmp, feed(f"{step}: ranges" if histogram else step), batch=batch, magnitude=absolute
+    )
+    if histogram:
+        bins = statistics.ENTROPY_BINS if method is Method.ENTROPY else statistics.PERCENTILE_BINS
+        histograms = {
+            name: statistics.histogram_bins(extremes, name, bins, absolute=absolute) for name in extremes.lowest
+        }
+        statistics.collect_histograms(prepped_path, tmp, feed(f"{step}: histograms"), histograms)
+        ranges = statistics.histogram_ranges(extremes, histograms, method, symmetric=symmetric)
+    else:
+        ranges = statistics.minmax_ranges(extremes, symmetric=symmetric)
+    save_tensors_data(ranges, tmp / "ranges.json")
     return seen
-
-
-def _uniform_batches(indices: list[int], batch: int) -> list[list[int]]:
-    """``indices`` split so that each part feeds batches of one size: the full batches, then the short rest.
-
-    onnxruntime's histogram calibrators (entropy, percentile) stack every batch of one ``collect_data`` call into
-    one array, which fails when the last batch is shorter; the ranges still merge across calls.
-    """
-    full = len(indices) - len(indices) % batch
-    return [part for part in (indices[:full], indices[full:]) if part]

@@ -21,8 +21,8 @@ from resnet_edge.artifacts import atomic_output, refuse_overwriting_inputs, requ
 from resnet_edge.environment import cpu_info
 from resnet_edge.errors import CheckFailedError, ResnetEdgeWarning
 from resnet_edge.onnx.graph import COMPUTE_OPS, GraphIndex
-from resnet_edge.onnx.metadata import QUANTIZATION_KEY, read_props, write_props
-from resnet_edge.onnx.parity import Accuracy, Parity, int8_shortfalls
+from resnet_edge.onnx.metadata import QUANTIZATION_KEY, read_metadata, read_props, write_props
+from resnet_edge.onnx.parity import Accuracy, Parity, int8_shortfalls, logit_error_shortfalls
 from resnet_edge.progress import ProgressCallback
 from resnet_edge.quantization.calibrate import (
     BUNDLED_PHOTOS_NOTE,
@@ -77,6 +77,15 @@ class QuantizeResult:
     seconds: float
     record: dict = field(repr=False)
     coverage: IntegerCoverage | None = None  # integer kernels on the provider checked; None when not observable
+    # How INT8 was judged against FP32: "top-1 agreement" (validate's bar), or "logit error" for a model whose
+    # weights are known to be random (its agreement measures noise; onnx.parity.logit_error_shortfalls).
+    judged_by: str = "top-1 agreement"
+    output_step: float | None = None  # the INT8 output's quantization step; None when the output is not quantized
+
+    @property
+    def max_error_steps(self) -> float | None:
+        """The largest logit error in output quantization steps."""
+        return self.parity.max_abs_error / self.output_step if self.output_step else None
 
     @property
     def shortfalls(self) -> list[str]:
@@ -145,7 +154,7 @@ def quantize_onnx(
     fp32_kept = check_coverage(prepped, int8, excluded)
     quantized_nodes = sum(n.op_type in COMPUTE_OPS for n in prepped.graph.node) - len(fp32_kept)
     evaluation = evaluate_against(
-        fp32,
+        job.source,
         int8,
         eval_source,
         eval_indices,
@@ -156,10 +165,16 @@ def quantize_onnx(
     )
     coverage = evaluation.coverage
     check_integer_coverage(coverage, excluded=fp32_kept, strict=options.require_int8 or options.strict_ep)
-    misses = int8_shortfalls(evaluation.parity, evaluation.fp32_accuracy, evaluation.int8_accuracy)
+    output_step = _output_step(int8)
+    if read_metadata(fp32).random_weights:
+        judged_by, bar = "logit error", "the logit-error bar for random weights"
+        misses = logit_error_shortfalls(evaluation.parity, output_step)
+    else:
+        judged_by, bar = "top-1 agreement", "validate's bar"
+        misses = int8_shortfalls(evaluation.parity, evaluation.fp32_accuracy, evaluation.int8_accuracy)
     if misses and not options.allow_accuracy_drop:
         raise CheckFailedError(
-            f"INT8 model misses validate's bar on {evaluation.images} held-out images of {eval_source.name}:"
+            f"INT8 model misses {bar} on {evaluation.images} held-out images of {eval_source.name}:"
             f" {'; '.join(misses)}; nothing was written (pass --allow-accuracy-drop to keep it, or keep blocks in"
             " FP32 with --max-top1-drop / --min-agreement)"
         )
@@ -189,6 +204,7 @@ def quantize_onnx(
             "images": evaluation.images,
             "overlap_excluded": evaluation.overlap_excluded,
         },
+        "judged_by": judged_by,
         "excluded_nodes": sorted(excluded),
         "fp32_nodes": fp32_kept,
         "integer_coverage": coverage_record(coverage, options.provider.value),
@@ -225,6 +241,8 @@ def quantize_onnx(
         seconds=time.perf_counter() - started,
         record=record,
         coverage=coverage,
+        judged_by=judged_by,
+        output_step=output_step,
     )
 
 
@@ -249,6 +267,14 @@ def _quantize_static(
             calibrate_method=method.onnxruntime,
             extra_options={"ActivationSymmetric": config.symmetric_activations, "WeightSymmetric": True},
         )
+
+
+def _output_step(int8: onnx.ModelProto) -> float | None:
+    """The quantization step of the model's output (the scale of the DequantizeLinear that makes it), if any."""
+    index = GraphIndex(int8)
+    scale = index.dequantize_scale(int8.graph.output[0].name)
+    value = index.value(scale) if scale else None
+    return float(value) if value is not None and value.size == 1 else None
 
 
 def check_coverage(prepped: onnx.ModelProto, int8: onnx.ModelProto, excluded: Sequence[str]) -> list[str]:

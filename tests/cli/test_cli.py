@@ -143,6 +143,13 @@ def test_cuda_request_without_cuda(digits_onnx: Path) -> None:
     )
 
 
+def test_quantize_says_it_judges_random_weights_by_logit_error(tiny_onnx: Path, tmp_path: Path) -> None:
+    result = run("quantize", tiny_onnx, "-o", tmp_path / "r.onnx", "--calib", "builtin:photos", "--no-speed")
+    assert result.exit_code == 0, result.output
+    assert "judged by logit error, not top-1 agreement: the weights are random" in result.output
+    assert "max logit error, output steps" in result.output and "logit cosine (worst image)" in result.output
+
+
 def test_quantize_and_benchmark_commands(digits_sim: Path, tmp_path: Path) -> None:
     out = tmp_path / "q.onnx"
     result = run("quantize", digits_sim, "-o", out, "--limit", "50", "--no-speed")

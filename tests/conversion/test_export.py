@@ -41,6 +41,7 @@ def test_digits_export_matches_pytorch_and_describes_itself(digits_onnx: Path) -
     assert meta.preprocessing.crop == 32 and meta.preprocessing.layout == "NCHW"
     assert len(meta.checkpoint_sha256) == 64 and meta.batch == "dynamic"
     assert meta.provenance["exporter"] == "torchscript" and meta.provenance["opset"] == "17"
+    assert not meta.random_weights  # a trained checkpoint
     assert model.opset_import[0].version == 17
 
 
@@ -113,6 +114,19 @@ def test_labels_and_checkpoint_metadata_travel(tmp_path: Path) -> None:
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "l.onnx")).metadata_props}
     assert json.loads(props["labels"]) == list(labels)
     assert json.loads(props["provenance"])["checkpoint"] == "random init"
+    assert read_metadata(onnx.load(str(tmp_path / "l.onnx"))).random_weights
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_says_its_weights_are_random_exports_as_random(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from resnet_edge.models.resnet import create_model
+    from resnet_edge.onnx.metadata import RANDOM_INIT
+
+    save_file(create_model("resnet20").state_dict(), tmp_path / "fresh.safetensors", metadata={"weights": RANDOM_INIT})
+    export_onnx(tmp_path / "fresh.safetensors", tmp_path / "f.onnx", ExportOptions(arch="resnet20"))
+    assert read_metadata(onnx.load(str(tmp_path / "f.onnx"))).random_weights
 
 
 @pytest.mark.slow

@@ -48,3 +48,26 @@ def test_nan_rows_never_agree() -> None:
 def test_shapes_must_match() -> None:
     with pytest.raises(ValueError, match="logit shapes differ"):
         compare_outputs(logits(4), logits(5))
+
+
+def test_random_weights_are_judged_by_logit_error_not_decisions() -> None:
+    from resnet_edge.onnx.parity import RANDOM_WEIGHTS_MAX_STEPS, logit_error_shortfalls
+
+    ref = logits(rows=20)
+    step = 0.05
+    close = ref + np.random.default_rng(1).uniform(-2 * step, 2 * step, ref.shape).astype(np.float32)
+    parity = compare_outputs(ref, close)
+    assert logit_error_shortfalls(parity, step) == [] and logit_error_shortfalls(parity, None) == []
+    # Near-tied random logits flip under rounding: agreement falls, yet the logit error stays a few steps.
+    tied = ref.copy()
+    tied[:, 1] = tied.max(axis=1) + 0.01  # class 1 leads by a hair in every row
+    flipped = tied.copy()
+    flipped[:, 1] -= 0.02
+    parity = compare_outputs(tied, flipped)
+    assert parity.top1_agreement < 0.5 and logit_error_shortfalls(parity, step) == []
+    # Ranges far off: the error is many steps and the cosine collapses.
+    broken = compare_outputs(ref, ref * 0.1 + np.random.default_rng(2).normal(0, 1, ref.shape))
+    misses = logit_error_shortfalls(broken, step)
+    assert len(misses) == 2 and "worst logit cosine" in misses[0] and "output steps" in misses[1]
+    assert logit_error_shortfalls(compare_outputs(ref, ref + (RANDOM_WEIGHTS_MAX_STEPS + 1) * step), step)
+    assert logit_error_shortfalls(compare_outputs(ref, np.full_like(ref, np.nan)), step)

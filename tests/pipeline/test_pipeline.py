@@ -301,7 +301,15 @@ def test_the_current_folder_is_never_an_outdir(tmp_path: Path, monkeypatch: pyte
 
 @pytest.mark.slow
 def test_random_weights_are_said_out_loud(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    def stop(*args: object, **kwargs: object) -> None:
+    from resnet_edge.models.checkpoints import read_checkpoint_metadata
+    from resnet_edge.onnx.metadata import RANDOM_INIT
+
+    exported = []
+
+    def stop(source: str, *args: object, **kwargs: object) -> None:
+        # The fresh weights say so in their file: the exported model records random init, and quantize judges it
+        # by logit error instead of noise-level agreement.
+        exported.append(read_checkpoint_metadata(source).get("weights"))
         raise InputFileError("stopped here on purpose")
 
     monkeypatch.setattr(pipeline_module, "export_onnx", stop)
@@ -311,7 +319,7 @@ def test_random_weights_are_said_out_loud(monkeypatch: pytest.MonkeyPatch, tmp_p
     ):
         run_pipeline(PipelineConfig(**SMALL, arch="resnet20", seed=3), tmp_path / "out")
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["config"]["weights"] == "random init (seed 3)"
+    assert report["config"]["weights"] == "random init (seed 3)" and exported == [RANDOM_INIT]
 
 
 @pytest.mark.slow
