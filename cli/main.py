@@ -60,7 +60,7 @@ def main(verbose: bool, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from resnet_edge.cli import analyze, convert, evaluate, gradflow, pipeline, tune
+    from resnet_edge.cli import analyze, convert, evaluate, gradflow, pipeline, train, tune
 
     for command in (
         convert.export,
@@ -75,6 +75,7 @@ def _register() -> None:
         gradflow.gradflow,
         analyze.analyze,
         tune.tune,
+        train.train,
     ):
         main.add_command(command)
 
