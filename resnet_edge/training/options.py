@@ -77,6 +77,7 @@ class TrainOptions:
         val_fraction: the share of each class held out of the training data instead; None: 0.1 when ``val`` is
             not given. 0 trains on everything and reports no validation accuracy.
         limit: train on this many images of the source, drawn with ``seed`` (before the held-out split).
+        val_limit: judge on this many of the ``val`` images, drawn with ``seed``.
         epochs, batch: passes over the training images, and images per step.
         lr: the peak learning rate; None: 0.1 from scratch, 0.01 when fine-tuning.
         momentum, weight_decay: SGD's (Nesterov momentum; the one-cycle schedule cycles momentum around it).
@@ -130,6 +131,9 @@ class TrainOptions:
         },
     )
     limit: int | None = field(default=None, metadata={"help": "Train on this many images, drawn with --seed."})
+    val_limit: int | None = field(
+        default=None, metadata={"help": "Judge on this many of the --val images, drawn with --seed."}
+    )
     epochs: int = field(default=20, metadata={"help": "Passes over the training images."})
     batch: int = field(default=128, metadata={"help": "Images per step."})
     lr: float | None = field(
@@ -162,6 +166,10 @@ class TrainOptions:
             _check_int("input size", self.input_size, 1, None)
         if self.limit is not None:
             _check_int("limit", self.limit, 1, None)
+        if self.val_limit is not None:
+            _check_int("val limit", self.val_limit, 1, None)
+            if self.val is None:
+                raise OptionError("--val-limit draws from the --val images, and no --val was given")
         if self.threads is not None:
             _check_int("threads", self.threads, 1, MAX_THREADS)
         if self.lr is not None:

@@ -195,11 +195,11 @@ def train_model(
     options = options or TrainOptions()
     started = time.perf_counter()
     report = on_progress or (lambda event: None)
-    output = _check_output(output)
     metrics_file, resume_file = metrics_path(output), resume_path(output)
     refuse_overwriting_inputs(
         [output, metrics_file, resume_file], [source, options.val, options.weights], command="train output"
     )
+    output = _check_output(output)
     if options.resume and not resume_file.is_file():
         raise InputFileError(f"nothing to resume: {resume_file} not found (it is removed when a run completes)")
     if not options.resume and resume_file.exists():
@@ -357,9 +357,15 @@ def _load_data(
     parts: list[tuple[str, list[str], torch.Tensor]] = []
     if options.val is not None:
         val_source = open_labelled(options.val, class_names=class_names if train.class_names else None)
-        val = decode(val_source, spec, val_source.indices(), threads=threads, what="val", on_progress=on_progress)
+        val_indices = val_source.indices(limit=options.val_limit, seed=options.seed)
+        val = decode(val_source, spec, val_indices, threads=threads, what="val", on_progress=on_progress)
         check_val_classes(val, class_names)
-        val_tensors, val_data = val.tensors, val.name
+        val_tensors = val.tensors
+        val_data = (
+            val.name
+            if options.val_limit is None
+            else f"{len(val_indices):,} images of {val.name} (seed {options.seed})"
+        )
         parts = [("train", train.sha256, train.tensors.labels), ("val", val.sha256, val.tensors.labels)]
     else:
         fraction = options.resolved_val_fraction

@@ -221,13 +221,14 @@ def test_bad_folders_are_one_line(tmp_path: Path) -> None:
 def test_labels_mismatching_a_fine_tuned_checkpoint_are_one_line(trained, tmp_path: Path) -> None:
     other = _write_folder(tmp_path / "other", classes=("ant", "bee", "cow"))
     args = ["train", "--data", str(other), "--weights", str(trained.output), "-o", str(tmp_path / "m.safetensors")]
-    _refused(args, "the data's classes (ant, bee, cow) are not the ones model.safetensors was trained on (cat, dog, fox)")
+    _refused(args, "the data's classes (ant, bee, cow) are not the ones model.safetensors", "on (cat, dog, fox)")
     assert CliRunner().invoke(main, [*args, "--new-head", "--epochs", "1"]).exit_code == 0
 
 
 def test_held_out_folder_with_a_foreign_class_is_one_line(folder: Path, tmp_path: Path) -> None:
     val = _write_folder(tmp_path / "val", classes=("cat", "eel"), per_class=2)
-    args = ["train", "--data", str(folder), "--arch", "resnet20", "--val", str(val), "-o", str(tmp_path / "m.safetensors")]
+    output = tmp_path / "m.safetensors"
+    args = ["train", "--data", str(folder), "--arch", "resnet20", "--val", str(val), "-o", str(output)]
     _refused(args, "class(es) eel are not among the training classes (cat, dog, fox)")
 
 
@@ -291,8 +292,10 @@ def test_export_and_pipeline_take_the_checkpoint_alone(trained, folder: Path, tm
         warnings.simplefilter("ignore")
         result = CliRunner().invoke(
             main,
-            ["pipeline", "--weights", str(trained.output), "--data", str(folder), "-o", str(tmp_path / "run")]
-            + ["--no-int8", "--no-tune", "--no-torch-eager", "--iterations", "2"],
+            [
+                *("pipeline", "--weights", str(trained.output), "--data", str(folder), "-o", str(tmp_path / "run")),
+                *("--no-int8", "--no-tune", "--no-torch-eager", "--iterations", "2"),
+            ],
         )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "run" / "report.json").read_text())
