@@ -85,7 +85,8 @@ def train(data, output, as_json, **fields) -> None:
         f"wrote {result.output}: {result.arch} ({result.variant}) {origin}; {len(result.labels)} classes,"
         f" {result.train_images:,} training images{held}"
     )
-    click.echo(f"metrics of every epoch: {result.metrics}; {result.seconds:.1f} s with {result.threads} threads")
+    threads = f"{result.threads} thread{'s' if result.threads > 1 else ''}"
+    click.echo(f"metrics of every epoch: {result.metrics}; {result.seconds:.1f} s with {threads}")
 
 
 def _line(text: str) -> None:

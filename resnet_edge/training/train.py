@@ -374,7 +374,7 @@ def _load_data(
             train_tensors = train.tensors.subset(kept)
             held_out = train.tensors.subset(held)
             val_tensors = LabelledTensors(centre_crop(held_out.images, spec.crop), held_out.labels)
-        val_data = f"{fraction:g} of each class of {train.name} held out (seed {options.seed})" if held else "none"
+        val_data = f"{fraction:g} of each class of {train.name}, drawn with seed {options.seed}" if held else "none"
         parts = [
             ("train", [train.sha256[i] for i in kept], train.tensors.labels[kept]),
             ("val", [train.sha256[i] for i in held], train.tensors.labels[held]),
