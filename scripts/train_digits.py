@@ -72,8 +72,10 @@ def main() -> None:
     os.chdir(ROOT)
     if (ROOT / TRAIN[-1]).resolve() != BUILTIN_DIGITS_WEIGHTS:
         sys.exit(f"resnet_edge is not imported from {ROOT}: pip install -e . there first")
+    from resnet_edge.cli.interrupts import install_sigterm_handler
     from resnet_edge.cli.main import main as resnet_edge
 
+    install_sigterm_handler()  # kill keeps the last complete epoch, as with the installed resnet-edge
     resnet_edge(TRAIN, prog_name="resnet-edge")  # exits with the command's status
 
 

@@ -80,8 +80,8 @@ def open_labelled(spec: str, *, class_names: Sequence[str] | None = None) -> Ima
             f"{source.name} has no labels: put each class's images in a sub-folder named after the class"
             " (or give a labels.csv, or an .npz with 'labels')"
         )
-    if isinstance(source, FolderSource):
-        # A class folder without images would silently become a class the model never hears of.
+    if isinstance(source, FolderSource) and source.label_names():
+        # Labelled by sub-folders: one without images would silently be a class the model never hears of.
         classes = set(source.label_names() or ())
         empty = sorted(
             d.name for d in source.root.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in classes
