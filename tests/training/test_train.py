@@ -299,4 +299,24 @@ def test_export_and_pipeline_take_the_checkpoint_alone(trained, folder: Path, tm
         )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert report is not None
+    assert report["config_sources"]["arch"] == "checkpoint"
+    rows = {row["variant"]: row for row in report["summary"]}
+    assert rows["ONNX FP32"]["accuracy"] == pytest.approx(_plain_pytorch_accuracy(trained.output, folder), abs=1e-9)
+
+
+def _plain_pytorch_accuracy(checkpoint: Path, folder: Path) -> float:
+    """The checkpoint's accuracy on the folder, computed apart from resnet-edge's readers: PIL, numpy, the model."""
+    from resnet_edge.models.checkpoints import build_model
+
+    meta = _metadata(checkpoint)
+    spec, labels = json.loads(meta["preprocessing"]), json.loads(meta["labels"])
+    model = build_model("resnet20", weights=checkpoint).model
+    correct = total = 0
+    for path in sorted(folder.glob("*/*.png")):
+        image = Image.open(path).convert("RGB").resize((spec["crop"],) * 2, Image.Resampling.BILINEAR)
+        pixels = (np.asarray(image, np.float32) / 255 - np.float32(spec["mean"])) / np.float32(spec["std"])
+        with torch.no_grad():
+            logits = model(torch.from_numpy(pixels.transpose(2, 0, 1).copy())[None])
+        correct += int(logits.argmax()) == labels.index(path.parent.name)
+        total += 1
+    return correct / total
