@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
-def test_the_short_mode_trains_the_four_networks_and_draws_them(tmp_path: Path) -> None:
+def test_the_short_mode_trains_the_four_networks_and_draws_them(tmp_path: Path, monkeypatch) -> None:
     spec = importlib.util.spec_from_file_location("degradation", ROOT / "benchmarks" / "degradation.py")
     degradation = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "degradation", degradation)  # dataclasses look their module up there
     spec.loader.exec_module(degradation)
     lines: list[str] = []
     data = degradation.run(degradation.SHORT, tmp_path, log=lines.append)

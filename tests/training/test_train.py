@@ -28,7 +28,8 @@ CLASSES = ("cat", "dog", "fox")
 PER_CLASS = 8
 SIDE = 24  # not the model's 32: the folder goes through the resize of the one preprocessing
 # Two epochs of a resnet20 on 21 images: enough for every code path (schedule, resume, metrics), a fraction of a second.
-QUICK = {"arch": "resnet20", "epochs": 2, "batch": 8}
+# One thread: on a shared 2-core machine two spinning OpenMP threads beside another job run 30-70x slower.
+QUICK = {"arch": "resnet20", "epochs": 2, "batch": 8, "threads": 1}
 
 
 def _write_folder(root: Path, classes: tuple[str, ...] = CLASSES, per_class: int = PER_CLASS, seed: int = 0) -> Path:
@@ -123,7 +124,8 @@ def test_an_interrupted_run_resumes_to_the_same_weights(trained, folder: Path, t
 
 def test_cli_trains_and_records_its_command(folder: Path, tmp_path: Path) -> None:
     output = tmp_path / "cli.safetensors"
-    args = ["train", "--data", str(folder), "--arch", "resnet20", "--epochs", "1", "--batch", "8", "-o", str(output)]
+    args = ["train", "--data", str(folder), "--arch", "resnet20", "--epochs", "1", "--batch", "8", "--threads", "1"]
+    args += ["-o", str(output)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert f"wrote {output}: resnet20 (residual) from scratch; 3 classes, 21 training images" in result.output
@@ -145,7 +147,8 @@ def test_ctrl_c_in_the_cli_names_the_epoch_kept(folder: Path, tmp_path: Path, mo
 
     monkeypatch.setattr("resnet_edge.training.train.fit", fit_interrupted_after_one_epoch)
     result = CliRunner().invoke(
-        main, ["train", "--data", str(folder), "--arch", "resnet20", "--epochs", "3", "-o", str(output)]
+        main,
+        ["train", "--data", str(folder), "--arch", "resnet20", "--epochs", "3", "--threads", "1", "-o", str(output)],
     )
     assert result.exit_code == 130
     assert f"interrupted: {output} holds epoch 1 of 3; continue with the same command and --resume" in result.output
@@ -163,7 +166,9 @@ def torchvision_resnet18(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_fine_tunes_a_torchvision_resnet18_to_three_classes(folder: Path, torchvision_resnet18: Path, tmp_path: Path):
     original = torch.load(torchvision_resnet18, weights_only=True)
-    options = TrainOptions(arch="resnet18", weights=torchvision_resnet18, freeze=2, input_size=32, epochs=1, batch=8)
+    options = TrainOptions(
+        arch="resnet18", weights=torchvision_resnet18, freeze=2, input_size=32, epochs=1, batch=8, threads=1
+    )
     result = train_model(folder, tmp_path / "ft.safetensors", options)
     assert result.arch == "resnet18" and result.new_head and result.frozen == ["stem", "layer1"]
     tuned = load_file(str(result.output))
@@ -179,7 +184,8 @@ def test_fine_tunes_a_torchvision_resnet18_to_three_classes(folder: Path, torchv
 
 
 def test_fine_tuning_its_own_checkpoint_keeps_its_classes(trained, folder: Path, tmp_path: Path) -> None:
-    result = train_model(folder, tmp_path / "again.safetensors", TrainOptions(weights=trained.output, epochs=1))
+    options = TrainOptions(weights=trained.output, epochs=1, threads=1)
+    result = train_model(folder, tmp_path / "again.safetensors", options)
     assert not result.new_head and result.labels == list(CLASSES) and result.arch == "resnet20"
 
 
@@ -195,7 +201,18 @@ def _refused(args: list[str], *fragments: str) -> None:
 def test_bad_folders_are_one_line(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    train = ["train", "--arch", "resnet20", "--epochs", "1", "-o", str(out / "m.safetensors"), "--data"]
+    train = [
+        "train",
+        "--arch",
+        "resnet20",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "-o",
+        str(out / "m.safetensors"),
+        "--data",
+    ]
 
     one = _write_folder(tmp_path / "one", classes=("cat",))
     _refused([*train, str(one)], "has one class (cat)", "at least two")
@@ -222,7 +239,7 @@ def test_labels_mismatching_a_fine_tuned_checkpoint_are_one_line(trained, tmp_pa
     other = _write_folder(tmp_path / "other", classes=("ant", "bee", "cow"))
     args = ["train", "--data", str(other), "--weights", str(trained.output), "-o", str(tmp_path / "m.safetensors")]
     _refused(args, "the data's classes (ant, bee, cow) are not the ones model.safetensors", "on (cat, dog, fox)")
-    assert CliRunner().invoke(main, [*args, "--new-head", "--epochs", "1"]).exit_code == 0
+    assert CliRunner().invoke(main, [*args, "--new-head", "--epochs", "1", "--threads", "1"]).exit_code == 0
 
 
 def test_held_out_folder_with_a_foreign_class_is_one_line(folder: Path, tmp_path: Path) -> None:
@@ -279,7 +296,18 @@ def test_the_held_out_split_keeps_every_class() -> None:
     assert stratified_split(labels, 0.2, seed=0) == (kept, held)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """PyTorch on one thread for the test (export's parity check included): beside another job on 2 cores, two
+    spinning OpenMP threads run a small model 30-70x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
 def test_export_and_pipeline_take_the_checkpoint_alone(trained, folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.onnx"
     result = CliRunner().invoke(main, ["export", "--weights", str(trained.output), "-o", str(out)])
@@ -311,12 +339,12 @@ def _plain_pytorch_accuracy(checkpoint: Path, folder: Path) -> float:
     meta = _metadata(checkpoint)
     spec, labels = json.loads(meta["preprocessing"]), json.loads(meta["labels"])
     model = build_model("resnet20", weights=checkpoint).model
-    correct = total = 0
-    for path in sorted(folder.glob("*/*.png")):
+    paths = sorted(folder.glob("*/*.png"))
+    batch = []
+    for path in paths:
         image = Image.open(path).convert("RGB").resize((spec["crop"],) * 2, Image.Resampling.BILINEAR)
         pixels = (np.asarray(image, np.float32) / 255 - np.float32(spec["mean"])) / np.float32(spec["std"])
-        with torch.no_grad():
-            logits = model(torch.from_numpy(pixels.transpose(2, 0, 1).copy())[None])
-        correct += int(logits.argmax()) == labels.index(path.parent.name)
-        total += 1
-    return correct / total
+        batch.append(pixels.transpose(2, 0, 1))
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(np.stack(batch))).argmax(1).tolist()
+    return sum(p == labels.index(path.parent.name) for p, path in zip(predicted, paths, strict=True)) / len(paths)
