@@ -504,6 +504,15 @@ def iter_batches(
 
 # Built-in data sets a model can be trained on, with the splits later stages default to.
 _BUILTIN_SPLITS = {"sklearn-digits": {"calibration": "builtin:digits-calib", "evaluation": "builtin:digits-test"}}
+# The data set each built-in source is a split of, by name prefix.
+_BUILTIN_DATASETS = {f"{BUILTIN_PREFIX}digits-": "sklearn-digits", f"{BUILTIN_PREFIX}fashion-mnist-": "fashion-mnist"}
+
+
+def dataset_name(source: str) -> str:
+    """The data set a source belongs to, as a checkpoint trained on it records it (``dataset``): the built-in
+    splits' own (``builtin:digits-train`` -> ``sklearn-digits``, whose calibration and held-out splits later stages
+    then default to), else the source as given."""
+    return next((name for prefix, name in _BUILTIN_DATASETS.items() if source.startswith(prefix)), source)
 
 
 def default_calibration_data(dataset: str | None) -> str:

@@ -128,7 +128,7 @@ def _stdout_failure(exc: OSError) -> OutputWriteError:
 
 
 def _register() -> None:
-    from resnet_edge.cli import analyze, convert, evaluate, gradflow, pipeline, tune
+    from resnet_edge.cli import analyze, convert, evaluate, gradflow, pipeline, train, tune
 
     for command in (
         convert.export,
@@ -143,6 +143,7 @@ def _register() -> None:
         gradflow.gradflow,
         analyze.analyze,
         tune.tune,
+        train.train,
     ):
         main.add_command(command)
 

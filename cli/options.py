@@ -147,6 +147,8 @@ def progress_bars(enabled: bool) -> Iterator[ProgressCallback | None]:
             bar = bars[(event.stage, event.step)] = tqdm(
                 total=event.total, desc=event.step, unit=event.unit, leave=False
             )
+        if event.detail is not None:
+            bar.set_postfix_str(event.detail, refresh=False)
         bar.update(event.done - bar.n)
         if event.done >= event.total:  # closed now, so that a line printed next starts on a line of its own
             bars.pop((event.stage, event.step)).close()
@@ -156,6 +158,30 @@ def progress_bars(enabled: bool) -> Iterator[ProgressCallback | None]:
     finally:
         for bar in bars.values():
             bar.close()
+
+
+def command_line() -> str:
+    """The running command as a user would type it again: ``resnet-edge``, the command, and each parameter given on
+    the command line (not those left at their defaults), for a record such as a checkpoint's ``command``."""
+    import shlex
+
+    ctx = click.get_current_context()
+    words = ["resnet-edge", ctx.info_name or ""]
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name or "") is not click.core.ParameterSource.COMMANDLINE:
+            continue
+        value = ctx.params.get(param.name or "")
+        if isinstance(param, click.Argument):
+            words.extend(str(v) for v in (value if isinstance(value, tuple) else (value,)))
+            continue
+        if isinstance(param, click.Option) and param.is_flag:
+            # --fold-bn/--keep-bn: the second spelling is the one that gives False
+            words.append(max(param.secondary_opts if param.secondary_opts and not value else param.opts, key=len))
+            continue
+        flag = max(param.opts, key=len)
+        for item in value if isinstance(value, tuple) else (value,):
+            words.extend([flag, item.value if isinstance(item, enum.Enum) else str(item)])
+    return shlex.join(words)
 
 
 # --- flags made from the options classes --------------------------------------------------------------------------

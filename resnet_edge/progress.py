@@ -15,6 +15,7 @@ class Progress:
     done: int | None = None
     total: int | None = None
     unit: str = "it"  # what is counted: "img", "round"
+    detail: str | None = None  # a running figure to show beside the count ("loss 0.41, accuracy 87.5%")
 
 
 ProgressCallback = Callable[[Progress], None]

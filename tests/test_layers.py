@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("onnx", "models"),
     ("environment",),  # reports the providers that load, from onnx.runtime
     ("quantization",),
+    ("training",),  # reads the INT8 recipes (quantization/configs.py) for quantization-aware training
     ("conversion",),
     ("evaluation",),
     ("device",),
@@ -193,6 +194,7 @@ FORBIDDEN_LIBRARIES = {
     ),
     "onnx": ({"onnx"}, {"torch", "torchvision"}),
     "models": ({"models"}, {"onnx", "onnxruntime", "onnxsim"}),
+    "training": ({"training"}, {"onnx", "onnxruntime", "onnxsim"}),
 }
 # Modules the CLI reads at start-up: not even numpy at module level.
 LIGHT_MODULES = (
@@ -201,6 +203,7 @@ LIGHT_MODULES = (
     "resnet_edge.evaluation.options",
     "resnet_edge.models.options",
     "resnet_edge.models.registry",
+    "resnet_edge.training.options",
 )
 HEAVY = {"torch", "onnx", "onnxruntime", "onnxsim", "numpy"}
 

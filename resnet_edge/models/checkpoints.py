@@ -56,6 +56,15 @@ def resolve_weights(weights: Path | str) -> Path:
     return require_file(text, what="checkpoint")
 
 
+def write_safetensors(path: Path | str, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors checkpoint through plain file I/O, so that a full disk is an ``OSError`` as in every other
+    write (which :func:`resnet_edge.artifacts.atomic_output` turns into one line); safetensors' own writer raises
+    its own error type."""
+    from safetensors.torch import save
+
+    Path(path).write_bytes(save(state, metadata=metadata))
+
+
 def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file, unwrapped and with wrapper prefixes removed.
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from copy import deepcopy
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -113,15 +114,19 @@ def gradient_flow(
     output: Path | str | None,
     options: GradFlowOptions,
     *,
+    model: ResNet | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> GradFlowResult:
-    """Measure ``dL/dx_l`` at every block of a freshly initialised network, and its branch and shortcut terms.
+    """Measure ``dL/dx_l`` at every block of a freshly initialised network (or of ``model``), and its branch and
+    shortcut terms.
 
     Args:
         source: the images, a folder, ``.npy``/``.npz`` or ``builtin:NAME``. None: the built-in digits for the 32x32
             archs (resnet20 to resnet110), the built-in photos for the ImageNet-stem ones.
         output: where to write a PNG of the gradient norms; none if None.
         options: the arch, variant, batch and seed (:class:`GradFlowOptions`).
+        model: measure this network, with its weights as they are (a trained one, say), instead of a fresh one;
+            it must be ``options.arch`` and ``options.variant``. It is not changed: a copy is measured.
         on_progress: told of each step (``data``, ``measure``, ``plot``) as it starts.
 
     Returns:
@@ -141,7 +146,8 @@ def gradient_flow(
         arch, batch=batch, seed=seed, data=source, label_map=options.label_map
     )
     report(Progress(STAGE, "measure"))
-    blocks, loss, error = _measure(fresh_model(arch, variant, seed), images, labels)
+    measured = fresh_model(arch, variant, seed) if model is None else _measurable(model, arch, variant)
+    blocks, loss, error = _measure(measured, images, labels)
     if not error <= DECOMPOSITION_RTOL:  # a bug in the measurement, not in the user's input: a traceback
         raise RuntimeError(f"branch + shortcut terms differ from dL/dx by {error:.2g} (relative) in {arch}")
     result = GradFlowResult(
@@ -199,6 +205,22 @@ def fresh_model(arch: str, variant: Variant, seed: int) -> ResNet:
     # identity, and this would measure a network without normalisation, which nobody trains. The running
     # statistics this pass updates belong to a model that is thrown away.
     return model.train()
+
+
+def _measurable(model: ResNet, arch: str, variant: Variant) -> ResNet:
+    """A copy of ``model`` set up as :func:`fresh_model` sets up a fresh one (training mode, no in-place ReLU).
+
+    Raises:
+        OptionError: the model is not ``arch`` in ``variant``.
+    """
+    blocks = sum(get_arch(arch).layers)
+    if Variant(model.variant) is not variant or len(model.blocks()) != blocks or model.stem is not get_arch(arch).stem:
+        raise OptionError(f"the model given is not {arch} ({variant.value}): {len(model.blocks())} blocks")
+    copy = deepcopy(model)
+    for module in copy.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    return copy.train()  # BatchNorm on the batch's statistics, as a training step sees it
 
 
 def _load_batch(

@@ -291,8 +291,7 @@ def _run_stages(
 
         message = RANDOM_WEIGHTS_WARNING.format(arch=config.arch, seed=config.seed)
         warnings.warn(message, ResnetEdgeWarning, stacklevel=2)
-        from safetensors.torch import save_file
-
+        from resnet_edge.models.checkpoints import write_safetensors
         from resnet_edge.onnx.metadata import RANDOM_INIT
 
         result.random_weights = weights_file = scratch / f"{config.arch}-seed{config.seed}.safetensors"
@@ -300,7 +299,7 @@ def _run_stages(
         weights = str(weights_file)
         fresh = create_model(config.arch, num_classes=config.num_classes, variant=config.variant or "residual")
         # Said in the file, so that the exported model records random weights and quantize judges it accordingly.
-        save_file(fresh.state_dict(), weights, metadata={"weights": RANDOM_INIT})
+        write_safetensors(weights, fresh.state_dict(), {"weights": RANDOM_INIT})
 
     with _stage("export", result, emit) as summary:
         result.export = export_onnx(

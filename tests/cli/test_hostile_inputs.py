@@ -36,8 +36,8 @@ from resnet_edge.models.checkpoints import BUILTIN_DIGITS_WEIGHTS
 
 COMMANDS: dict[str, click.Command] = dict(main.commands)
 
-# A valid command line per command; {model} {int8} {ckpt} {images} {labels} {config} are files under inputs/,
-# {out} the (empty) output folder. A bad value replaces one option's value, or is added.
+# A valid command line per command; {model} {int8} {ckpt} {images} {train_classes} {labels} {config} are under
+# inputs/, {out} the (empty) output folder. A bad value replaces one option's value, or is added.
 BASE: dict[str, list[str]] = {
     "export": ["export", "--weights", "{ckpt}", "-o", "{out}/m.onnx"],
     "simplify": ["simplify", "{model}", "-o", "{out}/m.sim.onnx"],
@@ -51,6 +51,17 @@ BASE: dict[str, list[str]] = {
     "gradflow": ["gradflow", "--arch", "resnet20", "--batch", "2", "-o", "{out}"],
     "tune": ["tune", "{model}", "-o", "{out}/t.onnx", "--iterations", "2", "--data", "{images}", "--calib", "{images}"],
     "runner": ["runner", "-o", "{out}/runner.pyz"],
+    "train": [
+        "train",
+        "--data",
+        "{train_classes}",
+        "--weights",
+        "{ckpt}",
+        "--epochs",
+        "1",
+        "-o",
+        "{out}/m.safetensors",
+    ],
 }
 # Parameters that write: an output file, or an output folder.
 OUTPUT_FILES = {"output"}
@@ -186,6 +197,11 @@ def pristine(tmp_path_factory: pytest.TempPathFactory, digits_sim: Path, digits_
     rng = np.random.default_rng(0)
     for i in range(8):
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    for name in ("ant", "bee"):  # a training folder: one sub-folder per class
+        (folder / "train_classes" / name).mkdir(parents=True)
+        for i in range(4):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / "train_classes" / name / f"{i}.png")
     (folder / "labels.txt").write_text("\n".join(str(i) for i in range(10)) + "\n")
     (folder / "config.toml").write_text("iterations = 2\n")
     return folder
@@ -209,6 +225,7 @@ def world(pristine: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> di
         "int8": inputs / "int8.onnx",
         "ckpt": inputs / "ckpt.safetensors",
         "images": inputs / "images",
+        "train_classes": inputs / "train_classes",
         "labels": inputs / "labels.txt",
         "config": inputs / "config.toml",
     }
@@ -253,7 +270,7 @@ def _spoilt_path(kind: str, param: str, w: dict[str, Path]) -> str:
 
 
 def _spoilt_output(kind: str, command: str, w: dict[str, Path]) -> str:
-    victim = w["ckpt"] if command == "export" else w["model"]
+    victim = w["ckpt"] if command in ("export", "train") else w["model"]
     if kind == "is-input":
         return str(victim)
     if kind == "symlink-to-input":
@@ -669,6 +686,7 @@ FULL_DISK = {
     "gradflow": [],
     "tune": ["--no-int8"],
     "pipeline": [],
+    "train": [],
 }
 
 

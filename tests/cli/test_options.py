@@ -19,6 +19,7 @@ from resnet_edge.models.options import GradFlowOptions
 from resnet_edge.models.registry import Variant
 from resnet_edge.quantization.configs import Format, Int8Target, Method
 from resnet_edge.quantization.options import AccuracyGoal, QuantizeOptions
+from resnet_edge.training.options import TrainOptions
 
 COMMANDS = {
     "export": ExportOptions,
@@ -28,6 +29,7 @@ COMMANDS = {
     "tune": TuneOptions,
     "gradflow": GradFlowOptions,
     "quantize": QuantizeOptions,
+    "train": TrainOptions,
 }
 
 
@@ -137,7 +139,7 @@ def test_the_cli_imports_the_options_modules_without_heavy_libraries() -> None:
 
     code = (
         "import sys, resnet_edge.conversion.options, resnet_edge.evaluation.options, resnet_edge.models.options,"
-        " resnet_edge.quantization.options;"
+        " resnet_edge.quantization.options, resnet_edge.training.options;"
         "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules))"
     )
     assert (

@@ -118,6 +118,24 @@ def test_plain_network_has_the_residual_weights() -> None:
     assert all(torch.equal(plain[k], residual[k]) for k in plain)
 
 
+def test_a_given_model_is_measured_as_it_is_and_left_alone() -> None:
+    from resnet_edge.models.gradflow import fresh_model
+    from resnet_edge.models.resnet import Variant
+
+    options = GradFlowOptions("resnet20", batch=4, seed=5)
+    fresh = gradient_flow(None, None, options)
+    model = fresh_model("resnet20", Variant.RESIDUAL, seed=5).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    given = gradient_flow(None, None, options, model=model)
+    assert [b.grad_norm for b in given.blocks] == pytest.approx([b.grad_norm for b in fresh.blocks], rel=1e-6)
+    assert not model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        model.layer3[2].conv2.weight.mul_(3)  # another network: another gradient
+    assert gradient_flow(None, None, options, model=model).blocks[0].grad_norm != given.blocks[0].grad_norm
+    with pytest.raises(OptionError, match=r"the model given is not resnet32 \(residual\): 9 blocks"):
+        gradient_flow(None, None, GradFlowOptions("resnet32", batch=4), model=model)
+
+
 def test_options_are_checked() -> None:
     with pytest.raises(OptionError, match=r"batch must be at least 2 \(.*\), got 1"):
         GradFlowOptions("resnet20", batch=1)
