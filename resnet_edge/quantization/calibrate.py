@@ -34,7 +34,8 @@ from resnet_edge.onnx.graph import graph_input, is_quantized, module_path, opset
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import preprocessing_for, read_metadata, static_input_shape
 from resnet_edge.progress import Progress, ProgressCallback
-from resnet_edge.quantization.configs import Int8Recipe, Method, resolve_config
+from resnet_edge.quantization.configs import Int8Recipe, Method
+from resnet_edge.quantization.equalize import Equalization, equalize_model
 from resnet_edge.quantization.options import MIN_OPSET
 
 if TYPE_CHECKING:
@@ -102,7 +103,13 @@ def calibrate_onnx(
 @dataclass(frozen=True)
 class Job:
     """What quantizing and calibrating share: the checked FP32 model, its preprocessing, the configuration, the
-    images for each role, and the fingerprint of everything the activation ranges depend on."""
+    images for each role, and the fingerprint of everything the activation ranges depend on.
+
+    Attributes:
+        fp32: the FP32 model that is calibrated and quantized: the user's, or its equalized copy.
+        reference: the user's FP32 model, which the quantized one is judged against.
+        equalization: what cross-layer equalization did (None when it did not run).
+    """
 
     fp32: onnx.ModelProto
     spec: PreprocessSpec
@@ -113,6 +120,13 @@ class Job:
     eval_indices: list[int]
     batch: int
     fingerprint: tuple
+    reference: onnx.ModelProto | None = None
+    equalization: Equalization | None = None
+
+    @property
+    def source_model(self) -> onnx.ModelProto:
+        """The user's FP32 model."""
+        return self.reference if self.reference is not None else self.fp32
 
 
 def prepare_job(model_path: Path | str, options: QuantizeOptions) -> Job:
@@ -131,10 +145,14 @@ def prepare_job(model_path: Path | str, options: QuantizeOptions) -> Job:
             f"{model_path} is opset {opset_of(fp32)}; INT8 needs opset {MIN_OPSET} or later (onnxruntime writes"
             f" per-channel DequantizeLinear nodes): re-export with --opset {MIN_OPSET} or later"
         )
-    config = options.config or resolve_config(options.target, per_channel=options.per_channel, format=options.format)
+    config = options.recipe()
     calib_source, calib_indices, eval_source, eval_indices = _choose_images(options, read_metadata(fp32).dataset)
+    # Equalization rewrites the FP32 model before anything is calibrated on it (its activation ranges change).
+    equalization = equalize_model(fp32) if config.equalize else None
     return Job(
-        fp32=fp32,
+        fp32=equalization.model if equalization is not None else fp32,
+        reference=fp32,
+        equalization=equalization,
         spec=preprocessing_for(fp32, source=str(model_path)),
         config=config,
         calib_source=calib_source,
@@ -155,6 +173,7 @@ def _calibration_fingerprint(model_path: Path, options: QuantizeOptions, config:
         options.seed,
         options.method.value,
         config.symmetric_activations,
+        config.equalize,
     )
 
 

@@ -13,17 +13,21 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from resnet_edge.errors import OptionError
-from resnet_edge.quantization.configs import Format, Int8Recipe, Int8Target, Method
+from resnet_edge.quantization.configs import Format, Int8Recipe, Int8Target, Method, resolve_config
 
 if TYPE_CHECKING:
     from resnet_edge.onnx.parity import Parity
     from resnet_edge.onnx.runtime import Provider
 
-__all__ = ["MIN_OPSET", "AccuracyGoal", "QuantizeOptions"]
+__all__ = ["ADAROUND_ITERATIONS", "MIN_OPSET", "AccuracyGoal", "QuantizeOptions"]
 
 # Below opset 13, onnxruntime's quantizer wrote models it could not load itself (measured with opsets 7 to 12:
 # INVALID_GRAPH at a DequantizeLinear), after the whole calibration had run; refused up front instead.
 MIN_OPSET = 13
+# AdaRound's optimisation steps per layer. The paper and AIMET use 10,000 on a GPU; on 2 CPU cores 2,000 steps
+# of a batch of 256 samples reached the same layer loss within a few percent on the resnet20s measured in
+# benchmarks/accuracy_recovery.py, at a fifth of the time (see README, "Accuracy recovery").
+ADAROUND_ITERATIONS = 2000
 
 
 def _cpu() -> Provider:
@@ -54,9 +58,21 @@ class QuantizeOptions:
             provider (integer coverage below 100%); ``strict_ep`` implies it.
         allow_accuracy_drop: write the INT8 model even when, on the held-out images, it misses validate's INT8
             bar (top-1 agreement, labelled top-1 drop); otherwise that fails, and nothing is written.
+        weight_bits: 8, or 4 (int4 weights in QDQ at opset 21, activations stay 8-bit).
+        weight_block: with 4-bit weights, one scale per block of this many input channels instead of per channel.
+        power_of_two: every scale a power of two (fixed-point NPUs and DSPs).
+        equalize, bias_correction: cross-layer equalization before calibrating and bias correction after
+            quantizing; None: the target's default.
+        adaround: learn each weight's rounding (AdaRound) instead of rounding to nearest.
+        adaround_iterations: AdaRound's optimisation steps per layer (fewer when the time budget runs short).
+        adaround_seconds: AdaRound's time budget for all layers together; None for no budget.
+        judge_steps: judge the model after each accuracy-recovery step on the held-out images, for the record's
+            before/after (with ``equalize`` that calibrates the model a second time, unequalized).
 
     Raises:
-        OptionError: an unknown method, format, target or provider, or a limit below 1.
+        OptionError: an unknown method, format, target or provider, a limit below 1, weight bits other than 4
+            or 8, a weight block without 4-bit weights, a QDQ rewrite asked of a QOperator model, or
+            ``require_int8`` with 4-bit weights.
     """
 
     calib: str | None = field(
@@ -100,11 +116,61 @@ class QuantizeOptions:
         },
     )
 
+    weight_bits: int = field(
+        default=8,
+        metadata={
+            "help": "Weight bits: 8, or 4 (int4 QDQ weights at opset 21, 8-bit activations; on the CPU EP the"
+            " weights are dequantized and the convolutions run FP32: the gain is size and NPU support)."
+        },
+    )
+    weight_block: int | None = field(
+        default=None,
+        metadata={
+            "help": "With --weight-bits 4: one scale per block of this many input channels. [default: per channel]"
+        },
+    )
+    power_of_two: bool = field(
+        default=False,
+        metadata={"flag": "--power-of-two-scales", "help": "Make every scale a power of two (fixed-point NPUs)."},
+    )
+    equalize: bool | None = field(
+        default=None,
+        metadata={
+            "flag": "--equalize/--no-equalize",
+            "help": "Cross-layer equalization inside residual branches before calibrating. [default: the target's]",
+        },
+    )
+    bias_correction: bool | None = field(
+        default=None,
+        metadata={
+            "flag": "--bias-correction/--no-bias-correction",
+            "help": "Correct each layer's mean output shift from the calibration images. [default: the target's]",
+        },
+    )
+    adaround: bool = field(
+        default=False, metadata={"help": "Learn each weight's rounding up or down (AdaRound) from calibration data."}
+    )
+    adaround_iterations: int = field(
+        default=ADAROUND_ITERATIONS, metadata={"help": "AdaRound's optimisation steps per layer."}
+    )
+    adaround_seconds: float | None = field(
+        default=None,
+        metadata={"metavar": "SECONDS", "help": "AdaRound's time budget for all layers. [default: none]"},
+    )
+    judge_steps: bool = field(
+        default=True,
+        metadata={
+            "flag": "--no-judge-steps",
+            "help": "Skip judging each recovery step on the held-out images (the record's before/after; with"
+            " --equalize that is a second, unequalized calibration).",
+        },
+    )
+
     def __post_init__(self) -> None:
-        """Enum fields given as their values become the enums; a bad value or a limit below 1 is refused.
+        """Enum fields given as their values become the enums; bad values and combinations are refused.
 
         Raises:
-            OptionError: an unknown method, format or target, or a limit below 1.
+            OptionError: see the class.
         """
         from resnet_edge.onnx.runtime import Provider  # imports onnxruntime: only when options are made
 
@@ -119,6 +185,56 @@ class QuantizeOptions:
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.limit is not None and self.limit < 1:
             raise OptionError(f"limit must be at least 1, got {self.limit}")
+        if self.weight_bits not in (4, 8):
+            raise OptionError(f"weight bits must be 4 or 8, got {self.weight_bits}")
+        if self.weight_block is not None and (self.weight_bits != 4 or self.weight_block < 2):
+            raise OptionError(
+                f"--weight-block takes a block of 2 or more input channels, with --weight-bits 4; got"
+                f" {self.weight_block} with {self.weight_bits}-bit weights"
+            )
+        if self.adaround_iterations < 1:
+            raise OptionError(f"AdaRound iterations must be at least 1, got {self.adaround_iterations}")
+        if self.adaround_seconds is not None and not self.adaround_seconds > 0:
+            raise OptionError(f"AdaRound's time budget must be more than 0 seconds, got {self.adaround_seconds}")
+        rewrites = [
+            flag
+            for flag, asked in (
+                ("--weight-bits 4", self.weight_bits == 4),
+                ("--power-of-two-scales", self.power_of_two),
+                ("--bias-correction", self.bias_correction),
+                ("--adaround", self.adaround),
+            )
+            if asked
+        ]
+        if rewrites and self.format is Format.QOPERATOR:
+            raise OptionError(f"{', '.join(rewrites)} rewrite the QDQ graph; use --format qdq")
+        if self.target is Int8Target.NPU_INT8 and self.exclude:
+            raise OptionError(
+                "npu-int8 runs every Conv/Gemm/Add in integer; it cannot keep blocks in FP32 (--exclude, or the"
+                " accuracy targets that keep blocks in FP32)"
+            )
+        if self.weight_bits == 4 and self.require_int8:
+            raise OptionError(
+                "--require-int8 cannot hold with 4-bit weights: the CPU EP dequantizes int4 weights and runs the"
+                " convolutions in FP32"
+            )
+
+    def recipe(self) -> Int8Recipe:
+        """The configuration these options resolve to: ``config`` when given, else the target's with every
+        explicit choice applied."""
+        if self.config is not None:
+            return self.config
+        return resolve_config(
+            self.target,
+            per_channel=self.per_channel,
+            format=self.format,
+            weight_bits=self.weight_bits if self.weight_bits != 8 else None,
+            weight_block=self.weight_block,
+            power_of_two=self.power_of_two or None,
+            equalize=self.equalize,
+            bias_correction=self.bias_correction,
+            adaround=self.adaround or None,
+        )
 
 
 class Judged(Protocol):

@@ -53,7 +53,7 @@ from resnet_edge.quantization.sensitivity.metrics import (
     _ErrorAccumulator,
     residual_scales,
 )
-from resnet_edge.quantization.sensitivity.result import SensitivityResult
+from resnet_edge.quantization.sensitivity.result import SensitivityResult, block_changes
 from resnet_edge.quantization.sensitivity.splice import _expose_block_outputs, isolate_block
 
 STAGE = "analyze"
@@ -223,14 +223,16 @@ def analyze_quantization(
 
 
 def _held_out_images(
-    fp32: onnx.ModelProto, int8: onnx.ModelProto, options: SensitivityOptions
+    fp32: onnx.ModelProto, int8: onnx.ModelProto, options: SensitivityOptions, *, also: onnx.ModelProto | None = None
 ) -> tuple[np.ndarray, str, int]:
-    """Up to ``options.limit`` preprocessed images, none of which the INT8 model was calibrated on (by the hashes in
-    its record); with the source's name and the number of calibration images passed over."""
+    """Up to ``options.limit`` preprocessed images, none of which the INT8 model (nor ``also``) was calibrated on (by
+    the hashes in its record); with the source's name and the number of calibration images passed over."""
     spec = preprocessing_for(fp32, source="FP32 model")
     source = open_source(options.data or default_test_images(read_metadata(fp32).dataset))
-    record = read_record(int8, QUANTIZATION_KEY) or {}
-    calibrated = {f["sha256"] for f in record.get("calibration", {}).get("files", [])}
+    calibrated = set()
+    for model in (m for m in (int8, also) if m is not None):
+        record = read_record(model, QUANTIZATION_KEY) or {}
+        calibrated |= {f["sha256"] for f in record.get("calibration", {}).get("files", [])}
     # Draw in a seeded random order and stop at the limit, so a large folder is not loaded whole.
     order = np.random.default_rng(options.seed).permutation(len(source)) if options.limit else range(len(source))
     kept: list[tuple[int, np.ndarray]] = []
@@ -253,6 +255,7 @@ def analyze_sensitivity(
     output_dir: Path | str | None,
     options: SensitivityOptions = SensitivityOptions(),
     *,
+    before: Path | str | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> SensitivityResult:
     """Load two model files, analyse them (:func:`analyze_quantization`) and write the chart and JSON report.
@@ -264,6 +267,8 @@ def analyze_sensitivity(
         sources: the FP32 model and its INT8 quantization, in that order.
         output_dir: an existing folder for the chart and the JSON report, or None to write nothing.
         options: which held-out images.
+        before: another INT8 quantization of the same FP32 model (say, without ``--equalize`` or ``--adaround``):
+            analysed on the same images, each block's error in both is in ``changes``.
         on_progress: see :func:`analyze_quantization`.
 
     Returns:
@@ -286,9 +291,12 @@ def analyze_sensitivity(
             command="analyze output",
         )
     fp32, int8 = load_onnx(fp32_path), load_onnx(int8_path)
-    analysis = analyze_quantization(
-        fp32, int8, options, fp32_path=fp32_path, int8_path=int8_path, on_progress=on_progress
-    )
+    if before is None:
+        analysis = analyze_quantization(
+            fp32, int8, options, fp32_path=fp32_path, int8_path=int8_path, on_progress=on_progress
+        )
+    else:
+        analysis = _before_and_after(fp32, fp32_path, int8, int8_path, Path(before), options, on_progress)
     notes = []
     source_sha = (read_record(int8, QUANTIZATION_KEY) or {}).get("source_model_sha256")
     if source_sha and source_sha != sha256_file(fp32_path):
@@ -304,3 +312,31 @@ def analyze_sensitivity(
     write_chart(analysis, analysis.chart)
     write_json_atomic(analysis.report, to_jsonable(analysis))
     return analysis
+
+
+def _before_and_after(
+    fp32: onnx.ModelProto,
+    fp32_path: Path,
+    int8: onnx.ModelProto,
+    int8_path: Path,
+    before_path: Path,
+    options: SensitivityOptions,
+    on_progress: ProgressCallback | None,
+) -> SensitivityResult:
+    """Both INT8 models analysed on the same held-out images (none either was calibrated on), and each block's
+    error in both."""
+    earlier = load_onnx(before_path)
+    images, source_name, dropped = _held_out_images(fp32, int8, options, also=earlier)
+    old = analyze_quantization(fp32, earlier, options, images=images, int8_path=before_path, on_progress=on_progress)
+    new = analyze_quantization(
+        fp32, int8, options, images=images, fp32_path=fp32_path, int8_path=int8_path, on_progress=on_progress
+    )
+    return replace(
+        new,
+        data_source=source_name,
+        calibration_images_dropped=dropped,
+        before_model=before_path,
+        before_parity=old.parity,
+        changes=block_changes(old, new),
+        seconds=old.seconds + new.seconds,
+    )
