@@ -54,6 +54,10 @@ ADAROUND_MEMORY = 512 * 2**20  # bytes for the rows of all layers together (ResN
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (the paper's values)
 PROBE_STEPS = 5  # steps timed before a layer's share of the time budget sets its step count
 MIN_STEPS = 20  # a layer whose budget allows fewer steps still gets these (the budget is then overrun, and said)
+# Below this many weights a step is a few hundred microseconds of small kernels that a second thread does not speed
+# up (measured: the same CPU time per step with 1 and 2 threads on a 64x576 layer, and 2.4x the wall time with 2 on a
+# busy machine); larger layers keep torch's threads.
+SMALL_LAYER = 2**17
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,29 @@ def adaround_layer(
     """
     import torch
 
+    threads = torch.get_num_threads()
+    if weight.size < SMALL_LAYER:
+        torch.set_num_threads(1)
+    try:
+        return _adaround(weight, scale, grid, inputs, targets, bias, relu, parameters, seconds, name)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _adaround(
+    weight: np.ndarray,
+    scale: np.ndarray,
+    grid: WeightGrid,
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    bias: np.ndarray | None,
+    relu: bool,
+    parameters: AdaRoundParameters,
+    seconds: float | None,
+    name: str,
+) -> tuple[np.ndarray, LayerRounding]:
+    import torch
+
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(parameters.seed)
     out = weight.shape[0]
@@ -186,7 +213,7 @@ def adaround_layer(
     rest = (w / full_scale - floor).clamp(1e-4, 1 - 1e-4)
     # h(V) starts at the fractional part, so the relaxed weights start at W itself (AIMET's initialisation).
     v = torch.nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))
-    optimizer = torch.optim.Adam([v], lr=parameters.learning_rate)
+    optimizer = torch.optim.Adam([v], lr=parameters.learning_rate, fused=True)  # ~25% faster per step on CPU
 
     def soft(values: torch.Tensor) -> torch.Tensor:
         return torch.clamp(torch.sigmoid(values) * (ZETA - GAMMA) + GAMMA, 0, 1)
@@ -195,7 +222,7 @@ def adaround_layer(
         return full_scale * torch.clamp(floor + rounding, grid.qmin, grid.qmax)
 
     def loss_of(quantized: torch.Tensor, rows: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
-        output = rows @ quantized.T + b
+        output = torch.addmm(b, rows, quantized.T)
         if relu:
             output = torch.relu(output)
         return (output - wanted).square().sum(dim=1).mean()

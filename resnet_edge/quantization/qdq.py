@@ -200,7 +200,9 @@ def write_weights(
     dq = layer.weight_dq
     q_name, s_name, z_name = dq.input[0], dq.input[1], dq.input[2] if len(dq.input) > 2 else f"{dq.input[0]}_zero"
     _replace(qdq, numpy_helper.from_array(stored.astype(np.int8).astype(dtype), q_name))
-    _replace(qdq, numpy_helper.from_array(np.ascontiguousarray(stored_scale, dtype=np.float32), s_name))
+    # np.asarray, not np.ascontiguousarray: that makes a scalar (per-tensor) scale of shape (1,), and onnxruntime then
+    # no longer fuses a Gemm into QGemm.
+    _replace(qdq, numpy_helper.from_array(np.array(stored_scale, dtype=np.float32), s_name))
     _replace(qdq, numpy_helper.from_array(np.zeros(stored_scale.shape, np.int8).astype(dtype), z_name))
     while len(dq.input) < 3:
         dq.input.append("")

@@ -403,3 +403,94 @@ def test_npu_target_recipe_and_overrides() -> None:
 def test_bad_recovery_options_are_refused(options: dict, message: str) -> None:
     with pytest.raises(OptionError, match=message.replace("(", r"\(")):
         QuantizeOptions(**options)
+
+
+def test_cli_refuses_bad_recovery_options_in_one_line(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from resnet_edge.cli.main import main
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not read: the options are checked first")
+    result = CliRunner().invoke(main, ["quantize", str(model), "--weight-bits", "3"])
+    assert result.exit_code != 0 and result.output.strip() == "error: weight bits must be 4 or 8, got 3"
+    result = CliRunner().invoke(main, ["quantize", str(model), "--format", "qoperator", "--bias-correction"])
+    assert result.output.strip() == "error: --bias-correction rewrite the QDQ graph; use --format qdq"
+    assert not list(tmp_path.glob("*.int8.onnx*"))
+
+
+# --- end to end on the trained digits model (slow) -----------------------------------------------------------------
+
+
+def _scales_are_powers_of_two(model: onnx.ModelProto) -> bool:
+    index = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    scales = [index[n.input[1]] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    floats = [s for s in scales if s.dtype == np.float32]
+    # Bias scales are products of two powers of two, hence powers of two too.
+    return bool(floats) and all(np.all(np.log2(s) == np.round(np.log2(s))) for s in floats)
+
+
+def test_npu_target_on_digits_is_strict_integer_with_each_step_judged(digits_sim, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from resnet_edge.cli.main import main
+    from resnet_edge.quantization.quantize import quantize_onnx
+
+    plain = quantize_onnx(
+        digits_sim,
+        tmp_path / "plain.onnx",
+        QuantizeOptions(target="npu-int8", equalize=False, bias_correction=False, measure_speed=False),
+    )
+    assert plain.recovery == [] and plain.record["accuracy_recovery"]["steps"] == []
+    result = quantize_onnx(
+        digits_sim, tmp_path / "npu.onnx", QuantizeOptions(target="npu-int8", power_of_two=True, measure_speed=False)
+    )
+    steps = result.record["accuracy_recovery"]["steps"]
+    assert [s["step"] for s in steps] == ["equalize", "bias_correction"]
+    assert all(s["before"] and s["after"] and s["before"]["images"] == 397 for s in steps)
+    assert steps[0]["details"]["pairs"] == 9  # one conv1 -> conv2 pair in each of the nine basic blocks
+    assert steps[1]["before"] == steps[0]["after"]  # the steps chain
+    assert steps[-1]["after"]["top1_agreement"] == result.parity.top1_agreement
+    assert result.parity.top1_agreement >= 0.99
+    assert result.coverage.complete and result.record["strict_integer"]
+    model = onnx.load(str(result.output))
+    assert strict_integer_violations(model) == [] and _scales_are_powers_of_two(model)
+    weight_scales = [
+        numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == n.input[1]))
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0].endswith("_quantized") and "bias" not in n.input[0]
+    ]
+    assert weight_scales and all(s.size == 1 for s in weight_scales)  # per-tensor weights
+
+    # analyze shows each block before and after the steps, on the same images.
+    args = ["analyze", str(digits_sim), str(result.output), "--before", str(plain.output), "--limit", "8"]
+    shown = CliRunner().invoke(main, [*args, "-o", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
+    assert "gain dB" in shown.output and "before (plain.onnx) -> after (npu.onnx)" in shown.output
+    as_json = CliRunner().invoke(main, [*args, "-o", str(tmp_path), "--json"])
+    found = __import__("json").loads(as_json.output)
+    assert [c["block"] for c in found["changes"]][:2] == ["stem", "layer1.0"] and len(found["changes"]) == 11
+
+
+def test_int4_adaround_on_digits_writes_small_opset_21_qdq(digits_sim, tmp_path) -> None:
+    from resnet_edge.progress import Progress
+    from resnet_edge.quantization.quantize import quantize_onnx
+
+    events: list[Progress] = []
+    options = QuantizeOptions(
+        weight_bits=4, adaround=True, adaround_iterations=30, measure_speed=False, allow_accuracy_drop=True
+    )
+    result = quantize_onnx(digits_sim, tmp_path / "w4.onnx", options, on_progress=events.append)
+    model = onnx.load(str(result.output))
+    assert next(o.version for o in model.opset_import if o.domain == "") == INT4_OPSET
+    int4 = [i for i in model.graph.initializer if i.data_type == TensorProto.INT4]
+    assert len(int4) == 2 * 22  # the weights and zero points of the 21 convolutions and the fc
+    assert result.bytes_after < 0.25 * result.bytes_before  # FP32 weights are 8x the int4 ones, plus scales
+    layer_events = [e for e in events if e.step == "AdaRound"]
+    assert [e.done for e in layer_events] == list(range(1, 23)) and layer_events[-1].unit == "layer"
+    adaround = result.record["accuracy_recovery"]["steps"][0]
+    assert adaround["step"] == "adaround" and len(adaround["details"]["layers"]) == 22
+    for layer in adaround["details"]["layers"]:  # the kept rounding is never worse than nearest on its loss
+        kept = layer["adaround_loss"] if layer["kept"] == "adaround" else layer["nearest_loss"]
+        assert kept <= layer["nearest_loss"]
+    assert result.coverage.integer_macs == 0  # said plainly: the CPU EP runs int4 convolutions in FP32
