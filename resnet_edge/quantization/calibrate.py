@@ -27,6 +27,7 @@ from resnet_edge.calibration.sources import (
     ImageSource,
     default_calibration_data,
     default_evaluation_data,
+    iter_batches,
     open_source,
 )
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
@@ -35,7 +36,13 @@ from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import preprocessing_for, read_metadata, static_input_shape
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.configs import Int8Recipe, Method
-from resnet_edge.quantization.equalize import Equalization, equalize_model
+from resnet_edge.quantization.equalize import (
+    Equalization,
+    absorb_biases,
+    absorbable_pairs,
+    equalize_model,
+    pre_activation_ranges,
+)
 from resnet_edge.quantization.options import MIN_OPSET
 
 if TYPE_CHECKING:
@@ -147,13 +154,20 @@ def prepare_job(model_path: Path | str, options: QuantizeOptions) -> Job:
         )
     config = options.recipe()
     calib_source, calib_indices, eval_source, eval_indices = _choose_images(options, read_metadata(fp32).dataset)
+    spec = preprocessing_for(fp32, source=str(model_path))
     # Equalization rewrites the FP32 model before anything is calibrated on it (its activation ranges change).
-    equalization = equalize_model(fp32) if config.equalize else None
+    equalization = None
+    if config.equalize:
+        equalization = equalize_model(fp32)
+        if exact := absorbable_pairs(equalization):
+            batch = static_input_shape(fp32)[0] or CALIBRATION_BATCH
+            images = (x for x, _ in iter_batches(calib_source, spec, calib_indices, batch))
+            equalization = absorb_biases(equalization, pre_activation_ranges(equalization.model, exact, images))
     return Job(
         fp32=equalization.model if equalization is not None else fp32,
         reference=fp32,
         equalization=equalization,
-        spec=preprocessing_for(fp32, source=str(model_path)),
+        spec=spec,
         config=config,
         calib_source=calib_source,
         calib_indices=calib_indices,

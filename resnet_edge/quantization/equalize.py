@@ -19,16 +19,18 @@ Bias absorption (section 4.1.2) moves a constant ``c_i`` out of a channel that i
 layer's bias drops by ``c_i`` and the second's rises by ``W2 c``. It is exact only when the second convolution has
 no zero padding (a padded border would see ``-c_i`` instead of 0), so it runs only there: a bottleneck's
 conv2 -> conv3, never in a basic block. ``c_i`` comes from the calibration images (the smallest pre-activation of the
-channel seen), not from BatchNorm statistics, which an exported, folded model no longer has.
+channel seen), not from BatchNorm statistics, which an exported, folded model no longer has; and a pair is absorbed
+only where that narrows the per-tensor range of the second layer's input, the one thing it can gain.
 
-The functions here take and return ONNX models and need no data except :func:`absorb_biases`.
+The functions here take and return ONNX models; only :func:`pre_activation_ranges` reads data.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -36,7 +38,16 @@ from onnx import numpy_helper
 
 from resnet_edge.onnx.graph import GraphIndex
 
-__all__ = ["EQUALIZE_SWEEPS", "Equalization", "EqualizedPair", "absorb_biases", "equalization_pairs", "equalize_model"]
+__all__ = [
+    "EQUALIZE_SWEEPS",
+    "Equalization",
+    "EqualizedPair",
+    "absorb_biases",
+    "absorbable_pairs",
+    "equalization_pairs",
+    "equalize_model",
+    "pre_activation_ranges",
+]
 
 EQUALIZE_SWEEPS = 20  # chains of three (bottlenecks) are re-equalized until the scales settle; 2-4 sweeps in practice
 SETTLED = 1e-4  # a sweep whose scales are all within this of 1 changes nothing worth another sweep
@@ -202,40 +213,82 @@ def equalizing_scales(w1: np.ndarray, w2: np.ndarray) -> np.ndarray:
     return scale.astype(np.float32)
 
 
-def absorb_biases(equalization: Equalization, minima: dict[str, np.ndarray], *, min_shift: float = 0.0) -> Equalization:
-    """Move each always-positive channel's constant part from the first layer of a pair into the second's bias.
+def absorbable_pairs(equalization: Equalization) -> list[EqualizedPair]:
+    """The pairs whose second convolution has no zero padding: where bias absorption is exact."""
+    nodes = {node.name: node for node in equalization.model.graph.node}
+    index = GraphIndex(equalization.model)
+    return [
+        pair
+        for pair in equalization.pairs
+        if not any(_pads(nodes[pair.second]))
+        and len(nodes[pair.first].input) > 2
+        and nodes[pair.first].input[2] in index.initializers
+    ]
 
-    Exact where applied: only pairs whose second Conv has no zero padding are touched, and only channels whose
-    pre-activation never went below ``c_i`` on the data ``minima`` came from (so the ReLU does the same thing).
+
+def pre_activation_ranges(
+    model: onnx.ModelProto, pairs: list[EqualizedPair], batches: Iterable[np.ndarray]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each pair's first Conv output (before the ReLU), per channel: its smallest and largest value over ``batches``.
+
+    One onnxruntime pass over the images with those tensors made graph outputs; memory holds one batch.
+    """
+    from resnet_edge.onnx.runtime import open_session
+
+    nodes = {node.name: node for node in model.graph.node}
+    tensors = {pair.first: nodes[pair.first].output[0] for pair in pairs}
+    exposed = copy.deepcopy(model)
+    exposed.graph.output.extend(
+        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in tensors.values()
+    )
+    session = open_session(exposed, classifier=False, audit=False)
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for images in batches:
+        for (first, _), values in zip(tensors.items(), session.predict(images, list(tensors.values())), strict=True):
+            low, high = values.min(axis=(0, 2, 3)), values.max(axis=(0, 2, 3))
+            if first in found:
+                low, high = np.minimum(found[first][0], low), np.maximum(found[first][1], high)
+            found[first] = (low, high)
+    return found
+
+
+def absorb_biases(equalization: Equalization, ranges: dict[str, tuple[np.ndarray, np.ndarray]]) -> Equalization:
+    """Move each always-positive channel's constant part from the first layer of a pair into the second's bias,
+    where that narrows the second layer's input range (the per-tensor activation grid).
+
+    Exact where applied: only pairs whose second Conv has no zero padding (:func:`absorbable_pairs`) are touched,
+    and only channels whose pre-activation never went below ``c_i`` on the data ``ranges`` came from, so the ReLU
+    does the same thing. A pair is left alone when absorbing would not lower the largest value of the ReLU's output
+    over all channels: a per-tensor grid would not get finer, and nothing is gained.
 
     Args:
         equalization: from :func:`equalize_model`.
-        minima: first Conv's node name -> the smallest value of each output channel before the ReLU, over the
-            calibration images (pairs without an entry are left alone).
-        min_shift: channels whose minimum is at most this are left alone.
+        ranges: first Conv's node name -> the smallest and largest value of each output channel before the ReLU,
+            over the calibration images (:func:`pre_activation_ranges`); pairs without an entry are left alone.
 
     Returns:
-        The same model with the biases moved (a copy), and the count of channels absorbed per pair.
+        The model with the biases moved (a copy), and the count of channels absorbed per pair.
     """
     model = copy.deepcopy(equalization.model)
     index = GraphIndex(model)
     nodes = {node.name: node for node in model.graph.node}
-    inits = {init.name: init for init in model.graph.initializer}
+    exact = {pair.first for pair in absorbable_pairs(equalization)}
     pairs = []
     for pair in equalization.pairs:
         first, second = nodes[pair.first], nodes[pair.second]
         absorbed = 0
-        if pair.first in minima and not any(_pads(second)) and len(first.input) > 2 and first.input[2]:
-            shift = np.where(minima[pair.first] > min_shift, minima[pair.first], 0.0).astype(np.float32)
-            absorbed = int(np.count_nonzero(shift))
-            if absorbed:
-                b1 = numpy_helper.to_array(inits[first.input[2]]).astype(np.float32)
-                w2 = numpy_helper.to_array(inits[second.input[1]]).astype(np.float32)
-                moved = np.einsum("oihw,i->o", w2, shift)
-                inits[first.input[2]].CopyFrom(numpy_helper.from_array(b1 - shift, first.input[2]))
-                _set_bias(model, index, second, moved.astype(np.float32))
-        pairs.append(EqualizedPair(**{**pair.__dict__, "absorbed": absorbed}))
-    return Equalization(model=model, pairs=pairs, sweeps=equalization.sweeps, seconds=equalization.seconds)
+        if pair.first in exact and pair.first in ranges:
+            low, high = ranges[pair.first]
+            shift = np.where(low > 0, low, 0.0).astype(np.float32)
+            if np.max(np.maximum(high, 0) - shift) < np.max(np.maximum(high, 0)):
+                absorbed = int(np.count_nonzero(shift))
+                b1 = index.value(first.input[2]).astype(np.float32)
+                w2 = index.value(second.input[1]).astype(np.float32)
+                moved = np.einsum("oihw,i->o", w2, shift).astype(np.float32)
+                index.initializers[first.input[2]].CopyFrom(numpy_helper.from_array(b1 - shift, first.input[2]))
+                _set_bias(model, index, second, moved)
+        pairs.append(replace(pair, absorbed=absorbed))
+    return replace(equalization, model=model, pairs=pairs)
 
 
 def _set_bias(model: onnx.ModelProto, index: GraphIndex, conv: onnx.NodeProto, added: np.ndarray) -> None:

@@ -14,7 +14,13 @@ from resnet_edge.onnx.runtime import open_session
 from resnet_edge.quantization.adaround import AdaRoundParameters, adaround_layer
 from resnet_edge.quantization.bias_correction import MeanInputs, correct_biases
 from resnet_edge.quantization.configs import Format, Int8Target, resolve_config
-from resnet_edge.quantization.equalize import absorb_biases, equalization_pairs, equalize_model
+from resnet_edge.quantization.equalize import (
+    absorb_biases,
+    absorbable_pairs,
+    equalization_pairs,
+    equalize_model,
+    pre_activation_ranges,
+)
 from resnet_edge.quantization.layer_data import mean_patch, output_positions, patches
 from resnet_edge.quantization.npu import strict_integer_violations
 from resnet_edge.quantization.options import QuantizeOptions
@@ -170,15 +176,19 @@ def test_bias_absorption_is_exact_where_applied() -> None:
             init.CopyFrom(numpy_helper.from_array(np.full(8, 50.0, np.float32), init.name))
     x = rng.normal(size=(6, 4, 6, 6)).astype(np.float32)
     equalized = equalize_model(model)
-    names = [p.first for p in equalized.pairs]
-    pre = run(equalized.model, x, ["c1", "c2"])
-    minima = {name: values.min(axis=(0, 2, 3)) for name, values in zip(names, pre, strict=True)}
-    absorbed = absorb_biases(equalized, minima)
+    exact = absorbable_pairs(equalized)
+    assert [p.first for p in exact] == ["/layer1/layer1.0/conv2/Conv"]  # conv3 is 1x1, conv2 is padded
+    ranges = pre_activation_ranges(equalized.model, equalized.pairs, [x[:3], x[3:]])
+    np.testing.assert_allclose(
+        ranges["/layer1/layer1.0/conv2/Conv"][0], run(equalized.model, x, ["c2"])[0].min(axis=(0, 2, 3))
+    )
+    absorbed = absorb_biases(equalized, ranges)
     counts = {p.first: p.absorbed for p in absorbed.pairs}
-    assert counts["/layer1/layer1.0/conv1/Conv"] == 0  # conv2 is padded: absorbing there would not be exact
-    assert counts["/layer1/layer1.0/conv2/Conv"] > 0  # conv3 is 1x1 without padding
+    assert counts == {"/layer1/layer1.0/conv1/Conv": 0, "/layer1/layer1.0/conv2/Conv": 8}  # every channel above 0
     before, after = run(model, x)[0], run(absorbed.model, x)[0]
     np.testing.assert_allclose(after, before, rtol=FLOAT_RTOL, atol=FLOAT_RTOL * np.abs(before).max())
+    # conv3's input (the ReLU's output) now starts at 0 in every channel: its per-tensor range shrank.
+    assert run(absorbed.model, x, ["r2"])[0].max() < run(equalized.model, x, ["r2"])[0].max()
 
 
 # --- layer inputs -------------------------------------------------------------------------------------------
