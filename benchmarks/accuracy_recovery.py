@@ -196,6 +196,7 @@ def accuracy_table(model: Model, folder: Path, configs: list[tuple[str, dict]]) 
                 "top1": result.int8_accuracy.top1 if result.int8_accuracy else None,
                 "drop_points": result.top1_drop_points,
                 "agreement": result.parity.top1_agreement,
+                "kl": result.parity.kl_divergence,
                 "images": result.evaluation_images,
                 "bytes": result.bytes_after,
                 "fp32_bytes": result.bytes_before,
@@ -211,9 +212,11 @@ def accuracy_table(model: Model, folder: Path, configs: list[tuple[str, dict]]) 
 
 def print_row(row: dict) -> None:
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    kl = lambda v: "-" if v is None else f"{v:.2e}"  # noqa: E731
     print(
         f"{row['model']:8} {row['config']:50} top-1 {pct(row['top1'])} (FP32 {pct(row['fp32_top1'])}, drop"
-        f" {row['drop_points']:+.2f} pts), agreement {pct(row['agreement'])}, {row['bytes'] / 1024:.0f} KiB,"
+        f" {row['drop_points']:+.2f} pts), agreement {pct(row['agreement'])}, KL {kl(row['kl'])},"
+        f" {row['bytes'] / 1024:.0f} KiB,"
         f" {row['seconds']:.0f} s",
         flush=True,
     )
@@ -221,7 +224,8 @@ def print_row(row: dict) -> None:
         before, after = step["before"] or {}, step["after"] or {}
         print(
             f"{'':10}{step['step']:16} top-1 {pct(before.get('top1'))} -> {pct(after.get('top1'))}, agreement"
-            f" {pct(before.get('top1_agreement'))} -> {pct(after.get('top1_agreement'))}, {step['seconds']:.1f} s",
+            f" {pct(before.get('top1_agreement'))} -> {pct(after.get('top1_agreement'))}, KL"
+            f" {kl(before.get('kl'))} -> {kl(after.get('kl'))}, {step['seconds']:.1f} s",
             flush=True,
         )
 

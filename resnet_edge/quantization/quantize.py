@@ -272,7 +272,7 @@ def _recover(
                 provider=options.provider,
             )
             top1 = found.int8_accuracy.top1 if found.int8_accuracy is not None else None
-            return Judgement(found.parity.top1_agreement, top1, found.images)
+            return Judgement(found.parity.top1_agreement, top1, found.images, found.parity.kl_divergence)
 
         def unequalized() -> tuple[onnx.ModelProto, onnx.ModelProto]:
             folder = tmp / "unequalized"

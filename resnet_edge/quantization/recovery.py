@@ -54,11 +54,20 @@ REFERENCES = {
 
 @dataclass(frozen=True)
 class Judgement:
-    """A quantized model against FP32 on the held-out images."""
+    """A quantized model against FP32 on the held-out images.
+
+    Attributes:
+        top1_agreement: fraction of images whose top-1 class is FP32's.
+        top1: labelled top-1 accuracy; None without labels.
+        images: images judged.
+        kl_divergence: mean KL(FP32 || quantized) of the softmax outputs, nats: it still moves where top-1 does
+            not (an easy model whose every answer survives).
+    """
 
     top1_agreement: float
-    top1: float | None  # labelled accuracy, None without labels
+    top1: float | None
     images: int
+    kl_divergence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +112,9 @@ class Recovery:
         """What the calibration record keeps of it."""
 
         def judged(j: Judgement | None) -> dict | None:
-            return None if j is None else {"top1_agreement": j.top1_agreement, "top1": j.top1, "images": j.images}
+            if j is None:
+                return None
+            return {"top1_agreement": j.top1_agreement, "top1": j.top1, "images": j.images, "kl": j.kl_divergence}
 
         return {
             "steps": [

@@ -4,6 +4,9 @@ power-of-two writing, the strict-integer check, and the options. Fast: no model 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -452,33 +455,36 @@ def test_npu_target_on_digits_is_strict_integer_with_each_step_judged(digits_sim
         QuantizeOptions(target="npu-int8", equalize=False, bias_correction=False, measure_speed=False),
     )
     assert plain.recovery == [] and plain.record["accuracy_recovery"]["steps"] == []
-    result = quantize_onnx(
-        digits_sim, tmp_path / "npu.onnx", QuantizeOptions(target="npu-int8", power_of_two=True, measure_speed=False)
+    npu = tmp_path / "npu.onnx"
+    shown = CliRunner().invoke(
+        main,
+        ["quantize", str(digits_sim), "-o", str(npu), "--target", "npu-int8", "--power-of-two-scales", "--no-speed"],
     )
-    steps = result.record["accuracy_recovery"]["steps"]
+    assert shown.exit_code == 0, shown.output
+    assert "accuracy recovery (judged on the held-out images):" in shown.output
+    assert "equalize" in shown.output and "bias_correction" in shown.output
+    record = json.loads(Path(f"{npu}.json").read_text())
+    steps = record["accuracy_recovery"]["steps"]
     assert [s["step"] for s in steps] == ["equalize", "bias_correction"]
     assert all(s["before"] and s["after"] and s["before"]["images"] == 397 for s in steps)
     assert steps[0]["details"]["pairs"] == 9  # one conv1 -> conv2 pair in each of the nine basic blocks
     assert steps[1]["before"] == steps[0]["after"]  # the steps chain
-    assert steps[-1]["after"]["top1_agreement"] == result.parity.top1_agreement
-    assert result.parity.top1_agreement >= 0.99
-    assert result.coverage.complete and result.record["strict_integer"]
-    model = onnx.load(str(result.output))
+    assert steps[-1]["after"]["top1_agreement"] >= 0.99
+    assert record["integer_coverage"]["fraction"] == 1.0 and record["strict_integer"] and record["power_of_two"]
+    model = onnx.load(str(npu))
     assert strict_integer_violations(model) == [] and _scales_are_powers_of_two(model)
-    weight_scales = [
-        numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == n.input[1]))
-        for n in model.graph.node
-        if n.op_type == "DequantizeLinear" and n.input[0].endswith("_quantized") and "bias" not in n.input[0]
-    ]
-    assert weight_scales and all(s.size == 1 for s in weight_scales)  # per-tensor weights
+    producers = {n.output[0]: n for n in model.graph.node}
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    weight_scales = [inits[producers[n.input[1]].input[1]] for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert len(weight_scales) == 22 and all(s.size == 1 for s in weight_scales)  # per-tensor weights
 
     # analyze shows each block before and after the steps, on the same images.
-    args = ["analyze", str(digits_sim), str(result.output), "--before", str(plain.output), "--limit", "8"]
+    args = ["analyze", str(digits_sim), str(npu), "--before", str(plain.output), "--limit", "8"]
     shown = CliRunner().invoke(main, [*args, "-o", str(tmp_path)])
     assert shown.exit_code == 0, shown.output
     assert "gain dB" in shown.output and "before (plain.onnx) -> after (npu.onnx)" in shown.output
     as_json = CliRunner().invoke(main, [*args, "-o", str(tmp_path), "--json"])
-    found = __import__("json").loads(as_json.output)
+    found = json.loads(as_json.output)
     assert [c["block"] for c in found["changes"]][:2] == ["stem", "layer1.0"] and len(found["changes"]) == 11
 
 
