@@ -166,7 +166,7 @@ FULL_CONFIGS: list[tuple[str, dict]] = [
 ]
 SHORT_CONFIGS: list[tuple[str, dict]] = [
     ("npu-int8 + equalize + bias correction (default)", {"target": "npu-int8"}),
-    ("W4 per-channel + AdaRound", {"weight_bits": 4, "adaround": True, "adaround_iterations": 200}),
+    ("W4 per-channel + AdaRound, 30 steps", {"weight_bits": 4, "adaround": True, "adaround_iterations": 30}),
 ]
 
 
@@ -303,6 +303,18 @@ def resnet50_table(folder: Path) -> list[dict]:
     return [resnet50_row(simplified, calib, name, extra) for name, extra in RESNET50_CONFIGS]
 
 
+SWEEP_ITERATIONS = (250, 500, 1000, 2000, 4000)
+
+
+def iteration_sweep(model: Model, folder: Path) -> list[dict]:
+    """W4 + AdaRound at several step counts: the evidence for ADAROUND_ITERATIONS."""
+    configs = [
+        (f"W4 per-channel + AdaRound, {n} steps", {"weight_bits": 4, "adaround": True, "adaround_iterations": n})
+        for n in SWEEP_ITERATIONS
+    ]
+    return accuracy_table(model, folder, configs)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--short", action="store_true", help="digits only, two configurations (the slow test)")
@@ -310,17 +322,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-resnet50", action="store_true", help="skip the ResNet-50 time and memory table")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "resnet-edge" / "benchmarks")
     parser.add_argument("--json", type=Path, help="also write every row to this file")
+    parser.add_argument("--sweep", action="store_true", help="only AdaRound's step counts, on --models")
     args = parser.parse_args(argv)
     load = os.getloadavg()
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)", flush=True)
     found: dict = {"load_at_start": load}
     with tempfile.TemporaryDirectory(prefix="accuracy-recovery-") as tmp:
         folder = Path(tmp)
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        builders = {"digits": lambda: digits_model(folder), "fashion": lambda: fashion_model(folder, args.cache)}
         if args.short:
             found["accuracy"] = accuracy_table(digits_model(folder), folder, SHORT_CONFIGS)
+        elif args.sweep:
+            found["sweep"] = [row for m in models for row in iteration_sweep(builders[m](), folder)]
         else:
-            models = [m.strip() for m in args.models.split(",") if m.strip()]
-            builders = {"digits": lambda: digits_model(folder), "fashion": lambda: fashion_model(folder, args.cache)}
             found["accuracy"] = [row for m in models for row in accuracy_table(builders[m](), folder, FULL_CONFIGS)]
             if not args.no_resnet50:
                 found["resnet50"] = resnet50_table(folder)

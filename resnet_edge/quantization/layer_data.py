@@ -118,16 +118,16 @@ def mean_patch(layer: QuantizedLayer, x: np.ndarray) -> tuple[np.ndarray, int]:
     """The sum over every image and output position of the layer's input patch (see :func:`patches`), and the
     number of positions summed: the mean patch is their ratio. Exact, padding included, without forming patches."""
     if layer.op_type == "Gemm":
-        return x.reshape(len(x), -1).astype(np.float64).sum(axis=0), len(x)
+        return x.reshape(len(x), -1).sum(axis=0, dtype=np.float64), len(x)
     (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.strides, layer.dilations
     top, left, bottom, right = layer.pads
     height, width = output_positions(layer, x.shape[2], x.shape[3])
-    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     total = np.empty((x.shape[1], kh, kw))
     for i in range(kh):
         for j in range(kw):
             window = padded[
                 :, :, i * dh : i * dh + sh * (height - 1) + 1 : sh, j * dw : j * dw + sw * (width - 1) + 1 : sw
             ]
-            total[:, i, j] = window.sum(axis=(0, 2, 3))
+            total[:, i, j] = window.sum(axis=(0, 2, 3), dtype=np.float64)
     return total.reshape(-1), len(x) * height * width

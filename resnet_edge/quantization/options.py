@@ -98,24 +98,6 @@ class QuantizeOptions:
     seed: int = 0
     measure_speed: bool = field(default=True, metadata={"flag": "--no-speed", "help": "Skip the FP32 vs INT8 timing."})
     config: Int8Recipe | None = field(default=None, metadata={"cli": False})
-    provider: Provider = field(default_factory=_cpu, metadata={"flag": "--providers"})  # one provider
-    strict_ep: bool = field(
-        default=False, metadata={"help": "Fail if that provider is missing or takes only part of the model."}
-    )
-    require_int8: bool = field(
-        default=False,
-        metadata={
-            "help": "Fail if a Conv/Gemm (not excluded) runs as an FP32 kernel on that provider. [default: warn]"
-        },
-    )
-    allow_accuracy_drop: bool = field(
-        default=False,
-        metadata={
-            "help": "Write the INT8 model even if, on held-out images, it misses validate's INT8 bar (99% top-1"
-            " agreement, 1 point of accuracy); otherwise that fails."
-        },
-    )
-
     weight_bits: int = field(
         default=8,
         metadata={
@@ -163,6 +145,23 @@ class QuantizeOptions:
             "flag": "--no-judge-steps",
             "help": "Skip judging each recovery step on the held-out images (the record's before/after; with"
             " --equalize that is a second, unequalized calibration).",
+        },
+    )
+    provider: Provider = field(default_factory=_cpu, metadata={"flag": "--providers"})  # one provider
+    strict_ep: bool = field(
+        default=False, metadata={"help": "Fail if that provider is missing or takes only part of the model."}
+    )
+    require_int8: bool = field(
+        default=False,
+        metadata={
+            "help": "Fail if a Conv/Gemm (not excluded) runs as an FP32 kernel on that provider. [default: warn]"
+        },
+    )
+    allow_accuracy_drop: bool = field(
+        default=False,
+        metadata={
+            "help": "Write the INT8 model even if, on held-out images, it misses validate's INT8 bar (99% top-1"
+            " agreement, 1 point of accuracy); otherwise that fails."
         },
     )
 

@@ -510,3 +510,18 @@ def test_int4_adaround_on_digits_writes_small_opset_21_qdq(digits_sim, tmp_path)
         kept = layer["adaround_loss"] if layer["kept"] == "adaround" else layer["nearest_loss"]
         assert kept <= layer["nearest_loss"]
     assert result.coverage.integer_macs == 0  # said plainly: the CPU EP runs int4 convolutions in FP32
+
+
+@pytest.mark.slow
+def test_accuracy_recovery_benchmark_short_mode(tmp_path) -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy_recovery.py"
+    spec = importlib.util.spec_from_file_location("accuracy_recovery", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    found = module.main(["--short", "--json", str(tmp_path / "rows.json")])
+    npu, w4 = found["accuracy"]
+    assert npu["drop_points"] <= 0.3 and [s["step"] for s in npu["steps"]] == ["equalize", "bias_correction"]
+    assert w4["steps"][0]["step"] == "adaround" and w4["bytes"] < 0.25 * w4["fp32_bytes"]
+    assert json.loads((tmp_path / "rows.json").read_text())["accuracy"][0]["config"] == npu["config"]
