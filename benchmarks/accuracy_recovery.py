@@ -263,30 +263,63 @@ def photos_256(path: Path, size: int = 256, count: int = 256, seed: int = 0) -> 
     return path
 
 
+_CHILD = """
+import json, sys, time, warnings, resource
+from pathlib import Path
+from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
+
+warnings.simplefilter("ignore")
+args = json.loads(sys.argv[1])
+marks = {}
+
+
+def peak_mb():
+    status = Path("/proc/self/status").read_text()
+    return int(next(l for l in status.splitlines() if l.startswith("VmHWM")).split()[1]) / 1024
+
+
+def progress(event):
+    # The recovery's own peak: the kernel's high-water mark is reset when it starts reading layer inputs.
+    if event.step == "reading layer inputs" and "recovery" not in marks:
+        marks["recovery"] = time.perf_counter()
+        marks["before_recovery_peak_mb"] = peak_mb()
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+t = time.perf_counter()
+r = quantize_onnx(args["model"], args["out"], QuantizeOptions(calib=args["calib"], measure_speed=False,
+                  allow_accuracy_drop=True, judge_steps=False, **args["extra"]), on_progress=progress)
+rec = r.record["accuracy_recovery"]
+adaround = next((s["details"] for s in rec["steps"] if s["step"] == "adaround"), None)
+print(json.dumps({
+    "seconds": time.perf_counter() - t,
+    "bytes": r.bytes_after,
+    "steps": {s["step"]: s["seconds"] for s in rec["steps"]},
+    "reading_s": rec["reading_layer_inputs_s"],
+    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "recovery_peak_rss_mb": peak_mb() if "recovery" in marks else None,
+    "adaround": None if adaround is None else {
+        k: adaround[k] for k in ("rows_per_layer", "rows_bytes", "steps_min", "steps_total")
+    },
+}))
+"""
+
+
 def resnet50_row(model: Path, calib: Path, name: str, extra: dict) -> dict:
-    """One configuration in a child process: wall time, peak RSS, and each step's own time from the record."""
-    code = (
-        "import json, sys, time, warnings, resource\n"
-        "from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx\n"
-        "warnings.simplefilter('ignore')\n"
-        "args = json.loads(sys.argv[1])\n"
-        "t = time.perf_counter()\n"
-        "r = quantize_onnx(args['model'], args['out'], QuantizeOptions(calib=args['calib'], measure_speed=False,"
-        " allow_accuracy_drop=True, judge_steps=False, **args['extra']))\n"
-        "rec = r.record['accuracy_recovery']\n"
-        "print(json.dumps({'seconds': time.perf_counter() - t, 'bytes': r.bytes_after,"
-        " 'steps': {s['step']: s['seconds'] for s in rec['steps']}, 'reading_s': rec['reading_layer_inputs_s'],"
-        " 'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
-    )
+    """One configuration in a child process: wall time, the steps' own times from the record, the process's peak
+    RSS, and the peak RSS from the moment the recovery starts reading layer inputs (the kernel's high-water mark,
+    reset then)."""
     with tempfile.TemporaryDirectory() as tmp:
         args = {"model": str(model), "out": str(Path(tmp, "q.onnx")), "calib": str(calib), "extra": extra}
-        done = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True)
+        load = os.getloadavg()[0]
+        done = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], capture_output=True, text=True)
     if done.returncode != 0:
         return {"config": name, "error": done.stderr.strip().splitlines()[-1]}
-    row = {"config": name, "options": extra, **json.loads(done.stdout.strip().splitlines()[-1])}
+    row = {"config": name, "options": extra, "load": load, **json.loads(done.stdout.strip().splitlines()[-1])}
     print(
-        f"resnet50 {name:42} {row['seconds']:7.1f} s, peak RSS {row['peak_rss_mb']:6.0f} MB,"
-        f" steps {row['steps']}, reading inputs {row['reading_s']} s, {row['bytes'] / 2**20:.1f} MiB",
+        f"resnet50 {name:42} {row['seconds']:7.1f} s (load {load:.1f}), peak RSS {row['peak_rss_mb']:6.0f} MB"
+        f" (recovery's own {row['recovery_peak_rss_mb']} MB), steps {row['steps']}, reading inputs"
+        f" {row['reading_s']} s, {row['bytes'] / 2**20:.1f} MiB, AdaRound {row['adaround']}",
         flush=True,
     )
     return row

@@ -117,6 +117,7 @@ class LayerSamples:
     def __init__(self, layers: Sequence[QuantizedLayer], images: int, *, seed: int = 0) -> None:
         width = sum(layer.fan_in + layer.weight.shape[0] for layer in layers)
         self.rows = max(1, min(ADAROUND_SAMPLES, ADAROUND_MEMORY // (4 * max(width, 1))))
+        self.nbytes = 4 * width * self.rows  # what the rows of all layers take, at most
         self.per_image = -(-self.rows // max(images, 1))
         self._rng = np.random.default_rng(seed)
         self._inputs: dict[str, list[np.ndarray]] = {}
@@ -333,12 +334,14 @@ def adaround_layers(
     return found, report
 
 
-def adaround_record(report: Sequence[LayerRounding], parameters: AdaRoundParameters, rows: int) -> dict:
+def adaround_record(report: Sequence[LayerRounding], parameters: AdaRoundParameters, samples: LayerSamples) -> dict:
     """What the calibration record keeps of an AdaRound run."""
     return {
         "iterations": parameters.iterations,
         "time_budget_s": parameters.seconds,
-        "rows_per_layer": rows,
+        "rows_per_layer": samples.rows,
+        "rows_bytes": samples.nbytes,
+        "steps_min": min((r.steps for r in report), default=0),
         "layers_kept_nearest": [r.node for r in report if r.kept == "nearest"],
         "steps_total": sum(r.steps for r in report),
         "loss_ratio_mean": float(np.mean([r.adaround_loss / r.nearest_loss for r in report if r.nearest_loss > 0]))

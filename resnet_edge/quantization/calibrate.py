@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -158,11 +159,13 @@ def prepare_job(model_path: Path | str, options: QuantizeOptions) -> Job:
     # Equalization rewrites the FP32 model before anything is calibrated on it (its activation ranges change).
     equalization = None
     if config.equalize:
+        started = time.perf_counter()
         equalization = equalize_model(fp32)
         if exact := absorbable_pairs(equalization):
             batch = static_input_shape(fp32)[0] or CALIBRATION_BATCH
             images = (x for x, _ in iter_batches(calib_source, spec, calib_indices, batch))
             equalization = absorb_biases(equalization, pre_activation_ranges(equalization.model, exact, images))
+        equalization = replace(equalization, seconds=time.perf_counter() - started)  # the data pass included
     return Job(
         fp32=equalization.model if equalization is not None else fp32,
         reference=fp32,

@@ -285,7 +285,12 @@ def _recover(
             _quantize_static(ranges.prepped, path, ranges.ranges, job.config, options.method, excluded)
             return onnx.load(str(path)), onnx.load(str(ranges.prepped))
 
-    why = "not judged: --no-judge-steps" if not options.judge_steps else "not judged: ranges given (mixed precision)"
+    if not job.config.has_recovery:
+        why = "no recovery step"
+    elif not options.judge_steps:
+        why = "not judged: --no-judge-steps"
+    else:
+        why = "not judged: ranges given (mixed precision)"
     return recover_accuracy(
         int8,
         prepped,

@@ -230,7 +230,7 @@ def recover_accuracy(
             write_weights(int8, layer, found[layer.name], scales[layer.name], bits=grid.bits, block=grid.block)
         seconds = time.perf_counter() - started
         current = judge(int8) if judge is not None else None
-        details = adaround_record(report, parameters, samples.rows)
+        details = adaround_record(report, parameters, samples)
         steps.append(RecoveryStep("adaround", REFERENCES["adaround"], seconds, before, current, details))
 
     if config.bias_correction and means is not None:

@@ -7,9 +7,10 @@ signed, ``[-2^(b-1), 2^(b-1) - 1]``, as NPUs and onnxruntime's integer kernels t
 
 The scale of each group (the tensor, an output channel, or a block of input channels) is the one that minimises the
 squared rounding error among ``absmax / qmax`` shrunk by the factors in :data:`CLIP_RATIOS` (clipping the few largest
-weights buys finer steps for all others). At 8 bits the search keeps ``absmax`` nearly always; at 4 bits it matters:
-on the trained resnet20s of ``benchmarks/accuracy_recovery.py`` it cut the weight error by a third against plain
-max-abs scales. With power-of-two scales the two powers of two around that scale are tried, and the better kept.
+weights buys finer steps for all others). Measured on the two trained resnet20s of
+``benchmarks/accuracy_recovery.py`` (digits, Fashion-MNIST), the squared weight error against plain max-abs scales:
+x0.66-0.67 at 4 bits per channel (17.8 -> 19.6 dB SQNR), x0.90-0.91 at 8 bits per tensor, x1.00 at 8 bits per
+channel. With power-of-two scales the two powers of two around that scale are tried, and the better kept.
 """
 
 from __future__ import annotations
