@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from resnet_edge.calibration.preprocess import ChannelOrder, PreprocessSpec, preprocess_uint8
 from resnet_edge.calibration.sources import FASHION_MNIST_CLASSES, open_source
@@ -200,6 +201,9 @@ def accuracy_table(model: Model, folder: Path, configs: list[tuple[str, dict]]) 
                 "images": result.evaluation_images,
                 "bytes": result.bytes_after,
                 "fp32_bytes": result.bytes_before,
+                # The file also holds the calibration record (a hash per calibration image): the weights alone.
+                "initializer_bytes": sum(len(i.SerializeToString()) for i in onnx.load(str(out)).graph.initializer),
+                "path": str(out),
                 "seconds": round(time.perf_counter() - started, 1),
                 "integer": result.coverage.describe() if result.coverage else None,
                 "steps": result.record["accuracy_recovery"]["steps"],
@@ -264,7 +268,7 @@ def photos_256(path: Path, size: int = 256, count: int = 256, seed: int = 0) -> 
 
 
 _CHILD = """
-import json, sys, time, warnings, resource
+import json, sys, time, warnings
 from pathlib import Path
 from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
 
@@ -296,7 +300,8 @@ print(json.dumps({
     "bytes": r.bytes_after,
     "steps": {s["step"]: s["seconds"] for s in rec["steps"]},
     "reading_s": rec["reading_layer_inputs_s"],
-    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    # Resetting the high-water mark resets ru_maxrss too: the process's peak is the larger of the two parts.
+    "peak_rss_mb": max(marks.get("before_recovery_peak_mb", 0), peak_mb()),
     "recovery_peak_rss_mb": peak_mb() if "recovery" in marks else None,
     "adaround": None if adaround is None else {
         k: adaround[k] for k in ("rows_per_layer", "rows_bytes", "steps_min", "steps_total")
@@ -336,6 +341,35 @@ def resnet50_table(folder: Path) -> list[dict]:
     return [resnet50_row(simplified, calib, name, extra) for name, extra in RESNET50_CONFIGS]
 
 
+LATENCY_ROUNDS = 50
+
+
+def latency_table(model: Model, rows: list[dict]) -> list[dict]:
+    """Batch-1 CPU latency of FP32 and of every quantized model, interleaved in one run (medians)."""
+    from resnet_edge.calibration.sources import default_test_images
+    from resnet_edge.onnx.metadata import preprocessing_for, read_metadata
+    from resnet_edge.quantization.evaluate import median_latencies_ms
+
+    fp32 = onnx.load(str(model.path))
+    image = open_source(model.eval_data or default_test_images(read_metadata(fp32).dataset))
+    tensor = image.load(0, preprocessing_for(fp32)).tensor
+    models = [fp32, *(onnx.load(row["path"]) for row in rows)]
+    medians, threads = median_latencies_ms(models, tensor, iterations=LATENCY_ROUNDS)
+    found = [{"model": model.name, "config": "FP32", "p50_ms": medians[0], "vs_fp32": 1.0, "threads": threads}]
+    for row, p50 in zip(rows, medians[1:], strict=True):
+        found.append(
+            {
+                "model": model.name,
+                "config": row["config"],
+                "p50_ms": p50,
+                "vs_fp32": medians[0] / p50,
+                "threads": threads,
+            }
+        )
+        print(f"{model.name:8} latency {row['config']:50} p50 {p50:.2f} ms, {medians[0] / p50:.2f}x FP32", flush=True)
+    return found
+
+
 SWEEP_ITERATIONS = (250, 500, 1000, 2000, 4000)
 
 
@@ -369,7 +403,12 @@ def main(argv: list[str] | None = None) -> dict:
         elif args.sweep:
             found["sweep"] = [row for m in models for row in iteration_sweep(builders[m](), folder)]
         else:
-            found["accuracy"] = [row for m in models for row in accuracy_table(builders[m](), folder, FULL_CONFIGS)]
+            found["accuracy"], found["latency"] = [], []
+            for name in models:
+                model = builders[name]()
+                rows = accuracy_table(model, folder, FULL_CONFIGS)
+                found["accuracy"] += rows
+                found["latency"] += latency_table(model, rows)
             if not args.no_resnet50:
                 found["resnet50"] = resnet50_table(folder)
     found["load_at_end"] = os.getloadavg()

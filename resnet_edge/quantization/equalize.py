@@ -123,10 +123,9 @@ def equalization_pairs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onn
     """The (first Conv, Relu, second Conv) triples where equalization is exact, in graph order (see the module)."""
     index = GraphIndex(model)
     graph_outputs = set(index.outputs)
-    uses = _initializer_uses(model)
     pairs = []
     for first in model.graph.node:
-        if not _equalizable_conv(first, index, uses):
+        if not _equalizable_conv(first, index):
             continue
         readers = index.consumers(first.output[0])
         if len(readers) != 1 or readers[0].op_type != "Relu" or first.output[0] in graph_outputs:
@@ -136,7 +135,7 @@ def equalization_pairs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onn
         if len(after) != 1 or relu.output[0] in graph_outputs:
             continue
         second = after[0]
-        if _equalizable_conv(second, index, uses) and second.input[0] == relu.output[0]:
+        if _equalizable_conv(second, index) and second.input[0] == relu.output[0]:
             pairs.append((first, relu, second))
     return pairs
 
@@ -154,6 +153,7 @@ def equalize_model(model: onnx.ModelProto, *, sweeps: int = EQUALIZE_SWEEPS) -> 
     started = time.perf_counter()
     model = copy.deepcopy(model)
     triples = equalization_pairs(model)
+    _own_parameters(model, [node for first, _, second in triples for node in (first, second)])
     weights = {init.name: init for init in model.graph.initializer}
     values = {name: numpy_helper.to_array(init).astype(np.float32) for name, init in weights.items()}
 
@@ -303,26 +303,38 @@ def _set_bias(model: onnx.ModelProto, index: GraphIndex, conv: onnx.NodeProto, a
     conv.input[2] = name
 
 
-def _equalizable_conv(node: onnx.NodeProto, index: GraphIndex, uses: dict[str, int]) -> bool:
+def _equalizable_conv(node: onnx.NodeProto, index: GraphIndex) -> bool:
     if node.op_type != "Conv" or len(node.input) < 2:
         return False
     group = next((a.i for a in node.attribute if a.name == "group"), 1)
     params = [name for name in node.input[1:3] if name]
-    # Weights and bias must be initializers of this node alone: rescaling a shared one would change another layer.
     return (
         group == 1
-        and all(name in index.initializers and uses.get(name, 0) == 1 for name in params)
+        and all(name in index.initializers for name in params)
         and index.initializers[node.input[1]].data_type == onnx.TensorProto.FLOAT
         and len(index.initializers[node.input[1]].dims) == 4
     )
 
 
-def _initializer_uses(model: onnx.ModelProto) -> dict[str, int]:
+def _own_parameters(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> None:
+    """Give each node a private copy of any weight or bias another node also reads: rescaling a shared tensor would
+    change the other layer too. (Exporters share identical tensors: every zero bias of a freshly initialised
+    ResNet-50 is one initializer.)"""
     uses: dict[str, int] = {}
     for node in model.graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
-    return uses
+    inits = {init.name: init for init in model.graph.initializer}
+    for node in nodes:
+        for position in (1, 2):
+            name = node.input[position] if len(node.input) > position else ""
+            if name and uses.get(name, 0) > 1:
+                private = onnx.TensorProto()
+                private.CopyFrom(inits[name])
+                private.name = f"{node.name}_{'weight' if position == 1 else 'bias'}_equalized"
+                model.graph.initializer.append(private)
+                uses[name] -= 1
+                node.input[position] = private.name
 
 
 def _pads(node: onnx.NodeProto) -> list[int]:

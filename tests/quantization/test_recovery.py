@@ -161,6 +161,19 @@ def test_equalization_preserves_the_fp32_function_and_balances_ranges(bottleneck
     assert equalize_model(model).model.SerializeToString() == found.model.SerializeToString()  # deterministic
 
 
+def test_equalization_unshares_parameters_it_rescales() -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    model = residual_block(rng, bottleneck=True)
+    # Exporters share identical tensors (the zero biases of a fresh model): conv2 reads conv1's bias here.
+    conv2 = next(n for n in model.graph.node if n.name.endswith("conv2/Conv"))
+    conv2.input[2] = "/layer1/layer1.0/conv1/Conv.b"
+    x = rng.normal(size=(5, 4, 6, 6)).astype(np.float32)
+    found = equalize_model(model)
+    assert len(found.pairs) == 2
+    before, after = run(model, x)[0], run(found.model, x)[0]
+    np.testing.assert_allclose(after, before, rtol=FLOAT_RTOL, atol=FLOAT_RTOL * np.abs(before).max())
+
+
 def test_equalization_never_pairs_across_a_shared_tensor() -> None:
     rng = np.random.default_rng(RNG_SEED)
     model = residual_block(rng)
