@@ -28,6 +28,10 @@ MIN_OPSET = 13
 # of a batch of 256 samples reached the same layer loss within a few percent on the resnet20s measured in
 # benchmarks/accuracy_recovery.py, at a fifth of the time (see README, "Accuracy recovery").
 ADAROUND_ITERATIONS = 2000
+# Upper bounds, so that a typo (1e308, inf) cannot mean a run that never ends: a day of AdaRound, and 500x the
+# default steps, are far beyond what a ResNet-152 needs on 2 cores.
+MAX_ADAROUND_SECONDS = 24 * 3600.0
+MAX_ADAROUND_ITERATIONS = 1_000_000
 
 
 def _cpu() -> Provider:
@@ -191,10 +195,15 @@ class QuantizeOptions:
                 f"--weight-block takes a block of 2 or more input channels, with --weight-bits 4; got"
                 f" {self.weight_block} with {self.weight_bits}-bit weights"
             )
-        if self.adaround_iterations < 1:
-            raise OptionError(f"AdaRound iterations must be at least 1, got {self.adaround_iterations}")
-        if self.adaround_seconds is not None and not self.adaround_seconds > 0:
-            raise OptionError(f"AdaRound's time budget must be more than 0 seconds, got {self.adaround_seconds}")
+        if not 1 <= self.adaround_iterations <= MAX_ADAROUND_ITERATIONS:
+            raise OptionError(
+                f"AdaRound iterations must be 1 to {MAX_ADAROUND_ITERATIONS:,}, got {self.adaround_iterations}"
+            )
+        if self.adaround_seconds is not None and not 0 < self.adaround_seconds <= MAX_ADAROUND_SECONDS:
+            raise OptionError(
+                f"AdaRound's time budget must be more than 0 and at most {MAX_ADAROUND_SECONDS:.0f} seconds, got"
+                f" {self.adaround_seconds}"
+            )
         rewrites = [
             flag
             for flag, asked in (

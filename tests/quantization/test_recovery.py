@@ -421,8 +421,9 @@ def test_npu_target_recipe_and_overrides() -> None:
         ({"weight_block": 32}, "--weight-block takes a block of 2 or more input channels, with --weight-bits 4"),
         ({"format": "qoperator", "adaround": True}, "--adaround rewrite the QDQ graph; use --format qdq"),
         ({"weight_bits": 4, "require_int8": True}, "--require-int8 cannot hold with 4-bit weights"),
-        ({"adaround_iterations": 0}, "AdaRound iterations must be at least 1"),
-        ({"adaround_seconds": 0}, "AdaRound's time budget must be more than 0 seconds"),
+        ({"adaround_iterations": 0}, "AdaRound iterations must be 1 to 1,000,000, got 0"),
+        ({"adaround_seconds": 0}, "AdaRound's time budget must be more than 0 and at most 86400 seconds"),
+        ({"adaround_seconds": float("inf")}, "AdaRound's time budget must be more than 0 and at most 86400 seconds"),
         ({"target": "npu-int8", "exclude": ("fc",)}, "npu-int8 runs every Conv/Gemm/Add in integer"),
     ],
 )
