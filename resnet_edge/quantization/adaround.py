@@ -11,7 +11,7 @@ a continuous one, ``W~ = s * clip(floor(W / s) + h(V), qmin, qmax)`` with the re
 
 where the regulariser, off for the first 20% of the steps, then with ``beta`` annealed from 20 to 2 (cosine, as
 AIMET does), pushes every ``h`` to 0 or 1; the final rounding is ``h >= 0.5``. Defaults are the paper's and AIMET's
-(lambda 0.01, Adam at 1e-3, batches of 256 rows) except the step count (see ``ADAROUND_ITERATIONS``).
+(lambda 0.01, Adam at 1e-3, batches of 256 rows) except the step count (``ADAROUND_ITERATIONS``, measured).
 
 How it is applied here, on the ONNX graph: ``x`` is the layer's input in the FP32 model and ``x~`` the same input on
 the layer's activation grid (QuantizeLinear/DequantizeLinear with its calibrated scale), so the loss sees the input
@@ -35,6 +35,7 @@ import numpy as np
 
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.layer_data import output_positions, patches
+from resnet_edge.quantization.options import ADAROUND_ITERATIONS
 from resnet_edge.quantization.qdq import QuantizedLayer
 from resnet_edge.quantization.weights import WeightGrid, expand_scale, round_to_nearest
 
@@ -75,7 +76,7 @@ class AdaRoundParameters:
         seed: for the rows drawn and the batches.
     """
 
-    iterations: int = 2000
+    iterations: int = ADAROUND_ITERATIONS
     batch: int = 256
     learning_rate: float = 1e-3
     regularization: float = 0.01

@@ -207,6 +207,10 @@ def resolve_config(
     }
     if format is Format.QOPERATOR and bias_correction is None and base.bias_correction:
         requested["bias_correction"] = False  # a default that rewrites the QDQ graph, not asked for
+    if weight_bits == 4 and bias_correction is None:
+        # Measured (benchmarks/accuracy_recovery.py): on 4-bit weights bias correction never hurt and mostly helped,
+        # e.g. after AdaRound on Fashion-MNIST agreement 97.33% -> 98.03% and the logit KL halved.
+        requested["bias_correction"] = True
     changes = {k: v for k, v in requested.items() if v is not None and v != getattr(base, k)}
     if not changes:
         return base
