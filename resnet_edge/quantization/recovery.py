@@ -201,6 +201,11 @@ def recover_accuracy(
             )
         )
 
+    # AdaRound and bias correction read im2col patches, which a grouped convolution (not in these ResNets) does not
+    # take: such layers keep their nearest rounding and their bias, and the record names them.
+    ungrouped = [layer for layer in layers if layer.group == 1]
+    skipped = [layer.name for layer in layers if layer.group != 1]
+    layers = ungrouped
     reading = None
     means, samples = None, None
     if config.adaround or config.bias_correction:
@@ -230,7 +235,7 @@ def recover_accuracy(
             write_weights(int8, layer, found[layer.name], scales[layer.name], bits=grid.bits, block=grid.block)
         seconds = time.perf_counter() - started
         current = judge(int8) if judge is not None else None
-        details = adaround_record(report, parameters, samples)
+        details = adaround_record(report, parameters, samples) | {"grouped_layers_skipped": skipped}
         steps.append(RecoveryStep("adaround", REFERENCES["adaround"], seconds, before, current, details))
 
     if config.bias_correction and means is not None:
@@ -241,7 +246,12 @@ def recover_accuracy(
         current = judge(int8) if judge is not None else None
         steps.append(
             RecoveryStep(
-                "bias_correction", REFERENCES["bias_correction"], seconds, before, current, correction.record()
+                "bias_correction",
+                REFERENCES["bias_correction"],
+                seconds,
+                before,
+                current,
+                correction.record() | {"grouped_layers_skipped": skipped},
             )
         )
     return Recovery(
