@@ -162,17 +162,17 @@ FULL_CONFIGS: list[tuple[str, dict]] = [
     ("npu-int8 default, power-of-two scales", {"target": "npu-int8", "power_of_two": True}),
     ("W4 per-channel, round to nearest", {"weight_bits": 4, "bias_correction": False}),
     ("W4 per-channel + bias correction (default)", {"weight_bits": 4}),
-    ("W4 per-channel + AdaRound", {"weight_bits": 4, "adaround": True, "bias_correction": False}),
-    ("W4 per-channel + AdaRound + bias correction", {"weight_bits": 4, "adaround": True}),
+    ("W4 per-channel + AdaRound (default)", {"weight_bits": 4, "adaround": True}),
+    ("W4 per-channel + AdaRound + bias correction", {"weight_bits": 4, "adaround": True, "bias_correction": True}),
     ("W4 blocks of 16, round to nearest", {"weight_bits": 4, "weight_block": 16, "bias_correction": False}),
-    ("W4 blocks of 16 + AdaRound + bias correction", {"weight_bits": 4, "weight_block": 16, "adaround": True}),
+    (
+        "W4 blocks of 16 + AdaRound + bias correction",
+        {"weight_bits": 4, "weight_block": 16, "adaround": True, "bias_correction": True},
+    ),
 ]
 SHORT_CONFIGS: list[tuple[str, dict]] = [
     ("npu-int8 + equalize + bias correction (default)", {"target": "npu-int8"}),
-    (
-        "W4 per-channel + AdaRound, 30 steps",
-        {"weight_bits": 4, "adaround": True, "adaround_iterations": 30, "bias_correction": False},
-    ),
+    ("W4 per-channel + AdaRound, 30 steps", {"weight_bits": 4, "adaround": True, "adaround_iterations": 30}),
 ]
 
 
@@ -247,10 +247,7 @@ RESNET50_CONFIGS: list[tuple[str, dict]] = [
     ("npu-int8 + equalize", {"target": "npu-int8", "bias_correction": False}),
     ("npu-int8 + bias correction", {"target": "npu-int8", "equalize": False}),
     ("W4 per-channel, round to nearest", {"weight_bits": 4, "bias_correction": False}),
-    (
-        "W4 per-channel + AdaRound, 600 s budget",
-        {"weight_bits": 4, "adaround": True, "adaround_seconds": 600, "bias_correction": False},
-    ),
+    ("W4 per-channel + AdaRound, 600 s budget", {"weight_bits": 4, "adaround": True, "adaround_seconds": 600}),
 ]
 
 
@@ -384,10 +381,7 @@ SWEEP_ITERATIONS = (250, 500, 1000, 2000, 4000)
 def iteration_sweep(model: Model, folder: Path) -> list[dict]:
     """W4 + AdaRound at several step counts: the evidence for ADAROUND_ITERATIONS."""
     configs = [
-        (
-            f"W4 per-channel + AdaRound, {n} steps",
-            {"weight_bits": 4, "adaround": True, "adaround_iterations": n, "bias_correction": False},
-        )
+        (f"W4 per-channel + AdaRound, {n} steps", {"weight_bits": 4, "adaround": True, "adaround_iterations": n})
         for n in SWEEP_ITERATIONS
     ]
     return accuracy_table(model, folder, configs)

@@ -412,7 +412,9 @@ def test_npu_target_recipe_and_overrides() -> None:
     int4 = QuantizeOptions(weight_bits=4, weight_block=32, adaround=True).recipe()
     assert int4.weight_type == "int4" and int4.weight_bits == 4 and int4.weight_block == 32 and int4.adaround
     assert not resolve_config(Int8Target.NPU_INT8, format=Format.QOPERATOR).bias_correction  # a default, dropped
-    assert int4.bias_correction and not QuantizeOptions(weight_bits=4, bias_correction=False).recipe().bias_correction
+    # Bias correction with 4-bit weights: on by default after rounding to nearest, only when asked after AdaRound.
+    assert QuantizeOptions(weight_bits=4).recipe().bias_correction and not int4.bias_correction
+    assert not QuantizeOptions(weight_bits=4, bias_correction=False).recipe().bias_correction
 
 
 @pytest.mark.parametrize(
