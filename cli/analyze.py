@@ -32,10 +32,18 @@ from resnet_edge.evaluation.options import ValidateOptions
     type=click.Path(path_type=Path),
     help="Folder for INT8.analysis.png and .json. [default: the INT8 model's folder]",
 )
+@click.option(
+    "--before",
+    type=click.Path(path_type=Path),
+    help="Another INT8 model of FP32_MODEL, without a recovery step (say, without --equalize or --adaround):"
+    " show each block's error in both, on the same images.",
+)
 @providers_option
 @click.option("--strict-ep", is_flag=True, help="Fail instead of falling back to cpu, or on partial placement.")
 @json_option
-def analyze(fp32_model, int8_model, data, label_map, limit, seed, output_dir, providers, strict_ep, as_json) -> None:
+def analyze(
+    fp32_model, int8_model, data, label_map, limit, seed, output_dir, before, providers, strict_ep, as_json
+) -> None:
     """Error INT8 shows by residual block (whole model and one block at a time), most sensitive first."""
     from resnet_edge.artifacts import output_folder
     from resnet_edge.errors import OptionError
@@ -55,6 +63,7 @@ def analyze(fp32_model, int8_model, data, label_map, limit, seed, output_dir, pr
             SensitivityOptions(
                 data=data, label_map=label_map, limit=limit, seed=seed, provider=chosen[0], strict_ep=strict_ep
             ),
+            before=before,
             on_progress=progress,
         )
     if as_json:
@@ -115,6 +124,20 @@ def analyze(fp32_model, int8_model, data, label_map, limit, seed, output_dir, pr
         "alone = only this block INT8, FP32 elsewhere; all = the INT8 model as it is; dB = SQNR against"
         " FP32, lower is worse"
     )
+    if result.changes:
+        click.echo(
+            f"before ({result.before_model.name}) -> after ({int8_model.name}): top-1 agreement"
+            f" {render.percent(result.before_parity.top1_agreement)} -> {render.percent(result.parity.top1_agreement)}"
+        )
+        click.echo(
+            render.table(
+                ["block", "all: block dB before", "after", "gain dB", "alone: logit dB before", "after"],
+                [
+                    [c.block, c.before_db, c.after_db, c.gain_db, c.before_alone_db, c.after_alone_db]
+                    for c in result.changes
+                ],
+            )
+        )
     for name in result.flagged_additions:
         r = result.block(name).residual
         click.echo(

@@ -258,6 +258,39 @@ def _print_quantize(result: QuantizeResult) -> None:
     overlap = f", {result.overlap_excluded} dropped as calibration images" if result.overlap_excluded else ""
     click.echo(f"held-out evaluation: {result.evaluation_images} images from {result.evaluation_source}{overlap}")
     click.echo(render.table(["metric", "value"], rows))
+    _print_recovery(result)
+
+
+def _print_recovery(result: QuantizeResult) -> None:
+    """The accuracy-recovery steps, each judged before and after (see the record's ``accuracy_recovery``)."""
+    recovery = result.record.get("accuracy_recovery") or {}
+    if recovery.get("weights"):
+        click.echo(f"weights: {recovery['weights']['grid']}, written by resnet-edge")
+    if result.config.weight_bits == 4:
+        click.echo(
+            "int4 weights: on the CPU EP they are dequantized and the convolutions run in FP32 (see the"
+            " integer line above); the gain is file size and NPU support, not CPU speed"
+        )
+    if not result.recovery:
+        return
+
+    def judged(j, what: str) -> str:
+        if j is None:
+            return "-"
+        value = j.top1 if what == "top1" else j.top1_agreement
+        return render.percent(value) if value is not None else "-"
+
+    rows = [
+        [
+            step.name,
+            f"{judged(step.before, 'agreement')} -> {judged(step.after, 'agreement')}",
+            f"{judged(step.before, 'top1')} -> {judged(step.after, 'top1')}",
+            fmt.seconds(step.seconds),
+        ]
+        for step in result.recovery
+    ]
+    click.echo(f"accuracy recovery ({recovery.get('judged')}):")
+    click.echo(render.table(["step", "top-1 agreement", "top-1 accuracy", "time"], rows))
 
 
 def _print_mixed_precision(mixed: MixedPrecisionResult, model: Path, output: Path, options: QuantizeOptions) -> None:

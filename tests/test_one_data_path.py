@@ -161,7 +161,7 @@ def test_one_labelled_folder_gives_one_accuracy_in_every_stage(labelled: dict[st
         print(f"  {name:24} {100 * value:.2f}%")
     assert {v for k, v in figures.items() if "FP32" in k} == {independent_fp32}
     assert {v for k, v in figures.items() if "INT8" in k} == {independent_int8}
-    assert independent_fp32 == 57 / 60  # the trained model's three misses: the labels line up (alphabetically not)
+    assert independent_fp32 == 58 / 60  # the built-in model's two misses: the labels line up (alphabetically not)
 
     # What alphabetical numbering of the same folders scored: the wrong figure.
     alphabetical = sorted(WORDS)

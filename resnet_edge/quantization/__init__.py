@@ -11,6 +11,11 @@ Built on the ONNX layer and the image sources; knows nothing of export, evaluati
 - :mod:`.coverage`: which compute ran as integer kernels.
 - :mod:`.mixed_precision`: keep the most sensitive blocks in FP32 until an accuracy goal holds.
 - :mod:`.sensitivity`: the error by residual block.
+- Accuracy recovery, each algorithm a module of its own that can be called alone: :mod:`.equalize` (cross-layer
+  equalization, Nagel et al. 2019), :mod:`.bias_correction` (empirical, NNCF's fast variant), :mod:`.adaround`
+  (Nagel et al. 2020), on :mod:`.weights` (weight grids: int8/int4, per tensor/channel/block, power-of-two) and
+  :mod:`.qdq` (a QDQ graph's layers, read and rewritten); :mod:`.layer_data` reads the layers' inputs from images,
+  :mod:`.recovery` runs the steps in order and records them, :mod:`.npu` holds the strict-integer target's rules.
 
 The public names below are re-exported lazily: importing this package imports neither onnx nor onnxruntime.
 """
@@ -29,6 +34,13 @@ _EXPORTS = {
     **dict.fromkeys(("IntegerCoverage",), "coverage"),
     **dict.fromkeys(("MixedPrecisionResult", "quantize_mixed_precision"), "mixed_precision"),
     **dict.fromkeys(("SensitivityOptions", "SensitivityResult", "analyze_sensitivity"), "sensitivity"),
+    **dict.fromkeys(("Equalization", "equalize_model", "absorb_biases"), "equalize"),
+    **dict.fromkeys(("BiasCorrection", "MeanInputs", "correct_biases"), "bias_correction"),
+    **dict.fromkeys(("AdaRoundParameters", "LayerRounding", "adaround_layer", "adaround_layers"), "adaround"),
+    **dict.fromkeys(("WeightGrid", "grid_scales", "round_to_nearest"), "weights"),
+    **dict.fromkeys(("QuantizedLayer", "quantized_layers", "write_weights", "write_bias"), "qdq"),
+    **dict.fromkeys(("Recovery", "RecoveryStep", "recover_accuracy"), "recovery"),
+    **dict.fromkeys(("strict_integer_violations",), "npu"),
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,14 @@ from resnet_edge.onnx.graph import is_quantized, module_path, opset_of
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import model_classes, preprocessing_for, read_metadata, static_input_shape
 from resnet_edge.progress import Progress, ProgressCallback
-from resnet_edge.quantization.configs import Int8Recipe, Method, resolve_config
+from resnet_edge.quantization.configs import Int8Recipe, Method
+from resnet_edge.quantization.equalize import (
+    Equalization,
+    absorb_biases,
+    absorbable_pairs,
+    equalize_model,
+    pre_activation_ranges,
+)
 from resnet_edge.quantization.options import MIN_OPSET
 
 if TYPE_CHECKING:
@@ -104,7 +112,13 @@ def calibrate_onnx(
 @dataclass(frozen=True)
 class Job:
     """What quantizing and calibrating share: the checked FP32 model, its preprocessing, the configuration, the
-    images for each role, and the fingerprint of everything the activation ranges depend on."""
+    images for each role, and the fingerprint of everything the activation ranges depend on.
+
+    Attributes:
+        fp32: the FP32 model that is calibrated and quantized: the user's, or its equalized copy.
+        reference: the user's FP32 model, which the quantized one is judged against.
+        equalization: what cross-layer equalization did (None when it did not run).
+    """
 
     source: Path  # the file ``fp32`` was read from
     fp32: onnx.ModelProto
@@ -116,6 +130,13 @@ class Job:
     eval_indices: list[int]
     batch: int
     fingerprint: tuple
+    reference: onnx.ModelProto | None = None
+    equalization: Equalization | None = None
+
+    @property
+    def source_model(self) -> onnx.ModelProto:
+        """The user's FP32 model."""
+        return self.reference if self.reference is not None else self.fp32
 
 
 def prepare_job(model_path: Path | str, options: QuantizeOptions) -> Job:
@@ -135,12 +156,25 @@ def prepare_job(model_path: Path | str, options: QuantizeOptions) -> Job:
             f" per-channel DequantizeLinear nodes): re-export with --opset {MIN_OPSET} or later"
         )
     _check_weights_and_batch(fp32, model_path)
-    config = options.config or resolve_config(options.target, per_channel=options.per_channel, format=options.format)
+    config = options.recipe()
     calib_source, calib_indices, eval_source, eval_indices = _choose_images(options, fp32)
+    spec = preprocessing_for(fp32, source=str(model_path))
+    # Equalization rewrites the FP32 model before anything is calibrated on it (its activation ranges change).
+    equalization = None
+    if config.equalize:
+        started = time.perf_counter()
+        equalization = equalize_model(fp32)
+        if exact := absorbable_pairs(equalization):
+            batch = static_input_shape(fp32)[0] or CALIBRATION_BATCH
+            images = (x for x, _ in iter_batches(calib_source, spec, calib_indices, batch))
+            equalization = absorb_biases(equalization, pre_activation_ranges(equalization.model, exact, images))
+        equalization = replace(equalization, seconds=time.perf_counter() - started)  # the data pass included
     return Job(
         source=model_path,
-        fp32=fp32,
-        spec=preprocessing_for(fp32, source=str(model_path)),
+        fp32=equalization.model if equalization is not None else fp32,
+        reference=fp32,
+        equalization=equalization,
+        spec=spec,
         config=config,
         calib_source=calib_source,
         calib_indices=calib_indices,
@@ -183,6 +217,7 @@ def _calibration_fingerprint(model_path: Path, options: QuantizeOptions, config:
         options.seed,
         options.method.value,
         config.symmetric_activations,
+        config.equalize,
     )
 
 

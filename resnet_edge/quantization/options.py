@@ -15,17 +15,26 @@ from typing import TYPE_CHECKING, Protocol
 
 from resnet_edge.calibration.labels import LABEL_MAP
 from resnet_edge.errors import OptionError
-from resnet_edge.quantization.configs import Format, Int8Recipe, Int8Target, Method
+from resnet_edge.quantization.configs import Format, Int8Recipe, Int8Target, Method, resolve_config
 
 if TYPE_CHECKING:
     from resnet_edge.onnx.parity import Parity
     from resnet_edge.onnx.runtime import Provider
 
-__all__ = ["MIN_OPSET", "AccuracyGoal", "QuantizeOptions"]
+__all__ = ["ADAROUND_ITERATIONS", "MIN_OPSET", "AccuracyGoal", "QuantizeOptions"]
 
 # Below opset 13, onnxruntime's quantizer wrote models it could not load itself (measured with opsets 7 to 12:
 # INVALID_GRAPH at a DequantizeLinear), after the whole calibration had run; refused up front instead.
 MIN_OPSET = 13
+# AdaRound's optimisation steps per layer. The paper and AIMET use 10,000 on a GPU. Measured on the Fashion-MNIST
+# resnet20 with 4-bit weights (benchmarks/accuracy_recovery.py --sweep; FP32 88.64%, nearest rounding 86.18%):
+# 250 steps 87.48%, 500 87.51%, 1,000 88.34% (98.22% agreement), 2,000 88.38% (97.33%), 4,000 88.42% (98.76%) at
+# 4.3x the time of 1,000. 1,000 is the knee, and keeps AdaRound practical on 2 cores; see README.
+ADAROUND_ITERATIONS = 1000
+# Upper bounds, so that a typo (1e308, inf) cannot mean a run that never ends: a day of AdaRound, and 500x the
+# default steps, are far beyond what a ResNet-152 needs on 2 cores.
+MAX_ADAROUND_SECONDS = 24 * 3600.0
+MAX_ADAROUND_ITERATIONS = 1_000_000
 
 
 def _cpu() -> Provider:
@@ -58,9 +67,21 @@ class QuantizeOptions:
             provider (integer coverage below 100%); ``strict_ep`` implies it.
         allow_accuracy_drop: write the INT8 model even when, on the held-out images, it misses validate's INT8
             bar (top-1 agreement, labelled top-1 drop); otherwise that fails, and nothing is written.
+        weight_bits: 8, or 4 (int4 weights in QDQ at opset 21, activations stay 8-bit).
+        weight_block: with 4-bit weights, one scale per block of this many input channels instead of per channel.
+        power_of_two: every scale a power of two (fixed-point NPUs and DSPs).
+        equalize, bias_correction: cross-layer equalization before calibrating and bias correction after
+            quantizing; None: the target's default.
+        adaround: learn each weight's rounding (AdaRound) instead of rounding to nearest.
+        adaround_iterations: AdaRound's optimisation steps per layer (fewer when the time budget runs short).
+        adaround_seconds: AdaRound's time budget for all layers together; None for no budget.
+        judge_steps: judge the model after each accuracy-recovery step on the held-out images, for the record's
+            before/after (with ``equalize`` that calibrates the model a second time, unequalized).
 
     Raises:
-        OptionError: an unknown method, format, target or provider, or a limit below 1.
+        OptionError: an unknown method, format, target or provider, a limit below 1, weight bits other than 4
+            or 8, a weight block without 4-bit weights, a QDQ rewrite asked of a QOperator model, or
+            ``require_int8`` with 4-bit weights.
     """
 
     calib: str | None = field(
@@ -87,6 +108,55 @@ class QuantizeOptions:
     seed: int = 0
     measure_speed: bool = field(default=True, metadata={"flag": "--no-speed", "help": "Skip the FP32 vs INT8 timing."})
     config: Int8Recipe | None = field(default=None, metadata={"cli": False})
+    weight_bits: int = field(
+        default=8,
+        metadata={
+            "help": "Weight bits: 8, or 4 (int4 QDQ weights at opset 21, 8-bit activations; on the CPU EP the"
+            " weights are dequantized and the convolutions run FP32: the gain is size and NPU support)."
+        },
+    )
+    weight_block: int | None = field(
+        default=None,
+        metadata={
+            "help": "With --weight-bits 4: one scale per block of this many input channels. [default: per channel]"
+        },
+    )
+    power_of_two: bool = field(
+        default=False,
+        metadata={"flag": "--power-of-two-scales", "help": "Make every scale a power of two (fixed-point NPUs)."},
+    )
+    equalize: bool | None = field(
+        default=None,
+        metadata={
+            "flag": "--equalize/--no-equalize",
+            "help": "Cross-layer equalization inside residual branches before calibrating. [default: the target's]",
+        },
+    )
+    bias_correction: bool | None = field(
+        default=None,
+        metadata={
+            "flag": "--bias-correction/--no-bias-correction",
+            "help": "Correct each layer's mean output shift from the calibration images. [default: the target's]",
+        },
+    )
+    adaround: bool = field(
+        default=False, metadata={"help": "Learn each weight's rounding up or down (AdaRound) from calibration data."}
+    )
+    adaround_iterations: int = field(
+        default=ADAROUND_ITERATIONS, metadata={"help": "AdaRound's optimisation steps per layer."}
+    )
+    adaround_seconds: float | None = field(
+        default=None,
+        metadata={"metavar": "SECONDS", "help": "AdaRound's time budget for all layers. [default: none]"},
+    )
+    judge_steps: bool = field(
+        default=True,
+        metadata={
+            "flag": "--no-judge-steps",
+            "help": "Skip judging each recovery step on the held-out images (the record's before/after; with"
+            " --equalize that is a second, unequalized calibration).",
+        },
+    )
     provider: Provider = field(default_factory=_cpu, metadata={"flag": "--providers"})  # one provider
     strict_ep: bool = field(
         default=False, metadata={"help": "Fail if that provider is missing or takes only part of the model."}
@@ -106,10 +176,10 @@ class QuantizeOptions:
     )
 
     def __post_init__(self) -> None:
-        """Enum fields given as their values become the enums; a bad value or a limit below 1 is refused.
+        """Enum fields given as their values become the enums; bad values and combinations are refused.
 
         Raises:
-            OptionError: an unknown method, format or target, or a limit below 1.
+            OptionError: see the class.
         """
         from resnet_edge.onnx.runtime import Provider  # imports onnxruntime: only when options are made
 
@@ -124,6 +194,61 @@ class QuantizeOptions:
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.limit is not None and self.limit < 1:
             raise OptionError(f"limit must be at least 1, got {self.limit}")
+        if self.weight_bits not in (4, 8):
+            raise OptionError(f"weight bits must be 4 or 8, got {self.weight_bits}")
+        if self.weight_block is not None and (self.weight_bits != 4 or self.weight_block < 2):
+            raise OptionError(
+                f"--weight-block takes a block of 2 or more input channels, with --weight-bits 4; got"
+                f" {self.weight_block} with {self.weight_bits}-bit weights"
+            )
+        if not 1 <= self.adaround_iterations <= MAX_ADAROUND_ITERATIONS:
+            raise OptionError(
+                f"AdaRound iterations must be 1 to {MAX_ADAROUND_ITERATIONS:,}, got {self.adaround_iterations}"
+            )
+        if self.adaround_seconds is not None and not 0 < self.adaround_seconds <= MAX_ADAROUND_SECONDS:
+            raise OptionError(
+                f"AdaRound's time budget must be more than 0 and at most {MAX_ADAROUND_SECONDS:.0f} seconds, got"
+                f" {self.adaround_seconds}"
+            )
+        rewrites = [
+            flag
+            for flag, asked in (
+                ("--weight-bits 4", self.weight_bits == 4),
+                ("--power-of-two-scales", self.power_of_two),
+                ("--bias-correction", self.bias_correction),
+                ("--adaround", self.adaround),
+            )
+            if asked
+        ]
+        if rewrites and self.format is Format.QOPERATOR:
+            raise OptionError(f"{', '.join(rewrites)} rewrite the QDQ graph; use --format qdq")
+        if self.target is Int8Target.NPU_INT8 and self.exclude:
+            raise OptionError(
+                "npu-int8 runs every Conv/Gemm/Add in integer; it cannot keep blocks in FP32 (--exclude, or the"
+                " accuracy targets that keep blocks in FP32)"
+            )
+        if self.weight_bits == 4 and self.require_int8:
+            raise OptionError(
+                "--require-int8 cannot hold with 4-bit weights: the CPU EP dequantizes int4 weights and runs the"
+                " convolutions in FP32"
+            )
+
+    def recipe(self) -> Int8Recipe:
+        """The configuration these options resolve to: ``config`` when given, else the target's with every
+        explicit choice applied."""
+        if self.config is not None:
+            return self.config
+        return resolve_config(
+            self.target,
+            per_channel=self.per_channel,
+            format=self.format,
+            weight_bits=self.weight_bits if self.weight_bits != 8 else None,
+            weight_block=self.weight_block,
+            power_of_two=self.power_of_two or None,
+            equalize=self.equalize,
+            bias_correction=self.bias_correction,
+            adaround=self.adaround or None,
+        )
 
 
 class Judged(Protocol):

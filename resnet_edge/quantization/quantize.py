@@ -11,7 +11,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -28,6 +28,7 @@ from resnet_edge.quantization.calibrate import (
     BUNDLED_PHOTOS_NOTE,
     MIN_OPSET,
     Calibration,
+    Job,
     calibrate_onnx,
     collect_calibration,
     prepare_job,
@@ -37,7 +38,9 @@ from resnet_edge.quantization.calibrate import (
 from resnet_edge.quantization.configs import Format, Int8Recipe, Method
 from resnet_edge.quantization.coverage import IntegerCoverage
 from resnet_edge.quantization.evaluate import SpeedComparison, compare_speed, evaluate_against
+from resnet_edge.quantization.npu import strict_integer_violations
 from resnet_edge.quantization.options import QuantizeOptions
+from resnet_edge.quantization.recovery import Judgement, Recovery, RecoveryStep, recover_accuracy
 
 __all__ = [
     "BUNDLED_PHOTOS_NOTE",
@@ -92,6 +95,8 @@ class QuantizeResult:
         """How the INT8 model misses validate's INT8 bar on the held-out images; empty when it meets it."""
         return int8_shortfalls(self.parity, self.fp32_accuracy, self.int8_accuracy)
 
+    recovery: list[RecoveryStep] = field(default_factory=list)  # accuracy-recovery steps, judged before and after
+
     @property
     def top1_drop_points(self) -> float | None:
         """Labelled top-1 accuracy lost, in percentage points (negative: INT8 did better)."""
@@ -136,10 +141,11 @@ def quantize_onnx(
         [output, sidecar], [model_path, options.calib, options.eval_data], command="quantize output"
     )
     job = prepare_job(model_path, options)
-    fp32, spec, config = job.fp32, job.spec, job.config
+    fp32, spec, config = job.source_model, job.spec, job.config
     calib_source, eval_source, eval_indices = job.calib_source, job.eval_source, job.eval_indices
 
     with tempfile.TemporaryDirectory(prefix="resnet-edge-quantize-") as tmp:
+        given = calibration is not None
         if calibration is None:
             calibration = collect_calibration(job, Path(tmp), options, on_progress=on_progress)
         elif calibration.fingerprint != job.fingerprint:
@@ -150,7 +156,16 @@ def quantize_onnx(
         int8_path = Path(tmp, "int8.onnx")
         _quantize_static(calibration.prepped, int8_path, calibration.ranges, config, options.method, excluded)
         int8 = onnx.load(str(int8_path))
+        recovery = _recover(int8, prepped, job, options, Path(tmp), excluded, seen, given, on_progress)
+        int8 = recovery.model
 
+    if config.strict_integer:
+        violations = strict_integer_violations(int8)
+        if violations:
+            raise CheckFailedError(
+                f"{config.target.value} is strict integer, and {len(violations)} Conv/Gemm/Add node(s) are not:"
+                f" {'; '.join(violations[:3])}"
+            )
     fp32_kept = check_coverage(prepped, int8, excluded)
     quantized_nodes = sum(n.op_type in COMPUTE_OPS for n in prepped.graph.node) - len(fp32_kept)
     evaluation = evaluate_against(
@@ -164,7 +179,9 @@ def quantize_onnx(
         strict_ep=options.strict_ep,
     )
     coverage = evaluation.coverage
-    check_integer_coverage(coverage, excluded=fp32_kept, strict=options.require_int8 or options.strict_ep)
+    if config.weight_bits == 8:  # 4-bit weights are dequantized on the CPU EP by design (see README, INT4)
+        strict = options.require_int8 or options.strict_ep or config.strict_integer
+        check_integer_coverage(coverage, excluded=fp32_kept, strict=strict)
     output_step = _output_step(int8)
     if read_metadata(fp32).random_weights:
         judged_by, bar = "logit error", "the logit-error bar for random weights"
@@ -189,6 +206,10 @@ def quantize_onnx(
         "per_channel": config.per_channel,
         "reduce_range": config.reduce_range,
         "symmetric_activations": config.symmetric_activations,
+        "weight_bits": config.weight_bits,
+        "weight_block": config.weight_block,
+        "power_of_two": config.power_of_two,
+        "strict_integer": config.strict_integer,
         "reason": config.reason,
         "method": options.method.value,
         "calibration": {
@@ -205,6 +226,7 @@ def quantize_onnx(
             "overlap_excluded": evaluation.overlap_excluded,
         },
         "judged_by": judged_by,
+        "accuracy_recovery": recovery.record(),
         "excluded_nodes": sorted(excluded),
         "fp32_nodes": fp32_kept,
         "integer_coverage": coverage_record(coverage, options.provider.value),
@@ -243,6 +265,65 @@ def quantize_onnx(
         coverage=coverage,
         judged_by=judged_by,
         output_step=output_step,
+        recovery=recovery.steps,
+    )
+
+
+def _recover(
+    int8: onnx.ModelProto,
+    prepped: onnx.ModelProto,
+    job: Job,
+    options: QuantizeOptions,
+    tmp: Path,
+    excluded: list[str],
+    seen: dict[str, str],
+    given: bool,
+    on_progress: ProgressCallback | None,
+) -> Recovery:
+    """The recipe's accuracy-recovery steps (:mod:`.recovery`), each judged on the held-out images unless judging is
+    off or the ranges were given (a mixed-precision search: there the search judges)."""
+    judge = unequalized = None
+    if options.judge_steps and not given and job.config.has_recovery:
+
+        def judge(model: onnx.ModelProto) -> Judgement:
+            found = evaluate_against(
+                job.source_model,
+                model,
+                job.eval_source,
+                job.eval_indices,
+                job.spec,
+                exclude_hashes=set(seen.values()),
+                provider=options.provider,
+            )
+            top1 = found.int8_accuracy.top1 if found.int8_accuracy is not None else None
+            return Judgement(found.parity.top1_agreement, top1, found.images, found.parity.kl_divergence)
+
+        def unequalized() -> tuple[onnx.ModelProto, onnx.ModelProto]:
+            folder = tmp / "unequalized"
+            folder.mkdir()
+            plain = replace(job, fp32=job.source_model, equalization=None)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResnetEdgeWarning)  # said once, by the first calibration
+                ranges = collect_calibration(plain, folder, options)
+            path = folder / "int8.onnx"
+            _quantize_static(ranges.prepped, path, ranges.ranges, job.config, options.method, excluded)
+            return onnx.load(str(path)), onnx.load(str(ranges.prepped))
+
+    if not job.config.has_recovery:
+        why = "no recovery step"
+    elif not options.judge_steps:
+        why = "not judged: --no-judge-steps"
+    else:
+        why = "not judged: ranges given (mixed precision)"
+    return recover_accuracy(
+        int8,
+        prepped,
+        job,
+        options,
+        judge=judge,
+        unequalized=unequalized,
+        not_judged=why,
+        on_progress=on_progress,
     )
 
 
@@ -262,7 +343,8 @@ def _quantize_static(
             per_channel=config.per_channel,
             reduce_range=config.reduce_range,
             activation_type=types[config.activation_type],
-            weight_type=types[config.weight_type],
+            # 4-bit weights are written afterwards (recovery.py), over onnxruntime's 8-bit ones.
+            weight_type=types[config.weight_type] if config.weight_bits == 8 else QuantType.QInt8,
             nodes_to_exclude=excluded,
             calibrate_method=method.onnxruntime,
             extra_options={"ActivationSymmetric": config.symmetric_activations, "WeightSymmetric": True},

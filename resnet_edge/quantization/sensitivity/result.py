@@ -11,6 +11,47 @@ from resnet_edge.quantization.sensitivity.metrics import BlockError
 
 
 @dataclass(frozen=True)
+class BlockChange:
+    """One block's error in two INT8 models of one FP32 model: before and after an accuracy-recovery step
+    (equalization, AdaRound, bias correction), on the same images.
+
+    Attributes:
+        block: the block.
+        before_db, after_db: SQNR of the block's output in the whole INT8 model (``all: block dB``).
+        before_alone_db, after_alone_db: SQNR of the logits with only this block INT8 (``alone: logit dB``); None
+            where the block is not quantized.
+    """
+
+    block: str
+    before_db: float
+    after_db: float
+    before_alone_db: float | None
+    after_alone_db: float | None
+
+    @property
+    def gain_db(self) -> float:
+        """After minus before, whole model: positive when the step reduced this block's error."""
+        return self.after_db - self.before_db
+
+
+def block_changes(before: SensitivityResult, after: SensitivityResult) -> list[BlockChange]:
+    """Per block, in execution order, the error of ``before`` and of ``after`` (two analyses on the same images)."""
+    changes = []
+    for block in after.blocks:
+        old = before.block(block.block)
+        changes.append(
+            BlockChange(
+                block=block.block,
+                before_db=old.cumulative.sqnr_db,
+                after_db=block.cumulative.sqnr_db,
+                before_alone_db=old.isolated_logits.sqnr_db if old.isolated_logits else None,
+                after_alone_db=block.isolated_logits.sqnr_db if block.isolated_logits else None,
+            )
+        )
+    return changes
+
+
+@dataclass(frozen=True)
 class SensitivityResult:
     """INT8 error by block, with the blocks ranked most sensitive first.
 
@@ -24,6 +65,8 @@ class SensitivityResult:
         provider, ran_on: the provider asked for and the one the sessions ran on.
         placement: where each node of the two analysed graphs ran (``fp32``, ``int8``; every block output exposed,
             so an EP may fuse less than in the deployed model).
+        before_model, before_parity, changes: with ``analyze --before``, the other INT8 model (the same recipe
+            without a recovery step), its logits against FP32, and each block's error in both.
     """
 
     fp32_model: Path | None
@@ -47,6 +90,9 @@ class SensitivityResult:
     placement: dict[str, Placement | None] = field(default_factory=dict)
     fp32_accuracy: Accuracy | None = None
     int8_accuracy: Accuracy | None = None
+    before_model: Path | None = None
+    before_parity: Parity | None = None
+    changes: list[BlockChange] = field(default_factory=list)
 
     def block(self, name: str) -> BlockError:
         return next(b for b in self.blocks if b.block == name)

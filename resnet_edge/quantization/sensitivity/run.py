@@ -55,7 +55,7 @@ from resnet_edge.quantization.sensitivity.metrics import (
     _ErrorAccumulator,
     residual_scales,
 )
-from resnet_edge.quantization.sensitivity.result import SensitivityResult
+from resnet_edge.quantization.sensitivity.result import SensitivityResult, block_changes
 from resnet_edge.quantization.sensitivity.splice import _expose_block_outputs, isolate_block
 
 STAGE = "analyze"
@@ -99,6 +99,7 @@ def analyze_quantization(
     options: SensitivityOptions = SensitivityOptions(),
     *,
     images: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
     fp32_path: Path | None = None,
     int8_path: Path | None = None,
     on_progress: ProgressCallback | None = None,
@@ -112,6 +113,7 @@ def analyze_quantization(
         fp32, int8: the FP32 model and its INT8 quantization (QDQ or QOperator), both exported by resnet-edge.
         options: which held-out images.
         images: preprocessed NCHW images to use instead of ``options.data``.
+        labels: ``images``' labels in the model's classes (for the accuracy figures), or None.
         fp32_path, int8_path: recorded in the result.
         on_progress: called before each model is run, with ``Progress("analyze", what, done, total)``: ``what``
             describes the model, ``done`` of ``total`` counts the models run.
@@ -135,7 +137,7 @@ def analyze_quantization(
     if HEAD not in fp32_map.blocks:
         raise InputFileError("the FP32 model has no head (pooling and fc) after its last block")
     _single_boundaries(fp32, fp32_map, "FP32 model")  # fail early on a graph that is not a chain of blocks
-    source_name, dropped, labels = "given images", 0, None
+    source_name, dropped = "given images", 0
     if images is None:
         images, labels, source_name, dropped = _held_out_images(fp32, int8, options)
     fixed_batch = static_input_shape(fp32)[0]
@@ -229,18 +231,20 @@ def analyze_quantization(
 
 
 def _held_out_images(
-    fp32: onnx.ModelProto, int8: onnx.ModelProto, options: SensitivityOptions
+    fp32: onnx.ModelProto, int8: onnx.ModelProto, options: SensitivityOptions, *, also: onnx.ModelProto | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, str, int]:
-    """Up to ``options.limit`` preprocessed images, none of which the INT8 model was calibrated on (by the hashes in
-    its record), with their labels in the model's classes (or None); the source's name and the number of calibration
-    images passed over."""
+    """Up to ``options.limit`` preprocessed images, none of which the INT8 model (nor ``also``) was calibrated on (by
+    the hashes in its record), with their labels in the model's classes (or None); the source's name and the number of
+    calibration images passed over."""
     spec = preprocessing_for(fp32, source="FP32 model")
     source = open_source(
         options.data or default_test_images(read_metadata(fp32).dataset),
         classes=model_classes(fp32, label_map=options.label_map),
     )
-    record = read_record(int8, QUANTIZATION_KEY) or {}
-    calibrated = {f["sha256"] for f in record.get("calibration", {}).get("files", [])}
+    calibrated = set()
+    for model in (m for m in (int8, also) if m is not None):
+        record = read_record(model, QUANTIZATION_KEY) or {}
+        calibrated |= {f["sha256"] for f in record.get("calibration", {}).get("files", [])}
     # Draw in a seeded random order and stop at the limit, so a large folder is not loaded whole. Each draw of the
     # images still needed is read in index order, so that a compressed .npz streams forward (calibration.arrays).
     order = np.random.default_rng(options.seed).permutation(len(source)) if options.limit else range(len(source))
@@ -268,6 +272,7 @@ def analyze_sensitivity(
     output_dir: Path | str | None,
     options: SensitivityOptions = SensitivityOptions(),
     *,
+    before: Path | str | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> SensitivityResult:
     """Load two model files, analyse them (:func:`analyze_quantization`) and write the chart and JSON report.
@@ -279,6 +284,8 @@ def analyze_sensitivity(
         sources: the FP32 model and its INT8 quantization, in that order.
         output_dir: an existing folder for the chart and the JSON report, or None to write nothing.
         options: which held-out images.
+        before: another INT8 quantization of the same FP32 model (say, without ``--equalize`` or ``--adaround``):
+            analysed on the same images, each block's error in both is in ``changes``.
         on_progress: see :func:`analyze_quantization`.
 
     Returns:
@@ -301,9 +308,12 @@ def analyze_sensitivity(
             command="analyze output",
         )
     fp32, int8 = load_onnx(fp32_path), load_onnx(int8_path)
-    analysis = analyze_quantization(
-        fp32, int8, options, fp32_path=fp32_path, int8_path=int8_path, on_progress=on_progress
-    )
+    if before is None:
+        analysis = analyze_quantization(
+            fp32, int8, options, fp32_path=fp32_path, int8_path=int8_path, on_progress=on_progress
+        )
+    else:
+        analysis = _before_and_after(fp32, fp32_path, int8, int8_path, Path(before), options, on_progress)
     notes = []
     source_sha = (read_record(int8, QUANTIZATION_KEY) or {}).get("source_model_sha256")
     if source_sha and source_sha != sha256_file(fp32_path):
@@ -319,3 +329,30 @@ def analyze_sensitivity(
     write_chart(analysis, analysis.chart)
     write_json_atomic(analysis.report, to_jsonable(analysis))
     return analysis
+
+
+def _before_and_after(
+    fp32: onnx.ModelProto,
+    fp32_path: Path,
+    int8: onnx.ModelProto,
+    int8_path: Path,
+    before_path: Path,
+    options: SensitivityOptions,
+    on_progress: ProgressCallback | None,
+) -> SensitivityResult:
+    """Both INT8 models analysed on the same held-out images (none either was calibrated on), and each block's
+    error in both."""
+    earlier = load_onnx(before_path)
+    images, labels, source_name, dropped = _held_out_images(fp32, int8, options, also=earlier)
+    given = {"images": images, "labels": labels, "on_progress": on_progress}
+    old = analyze_quantization(fp32, earlier, options, int8_path=before_path, **given)
+    new = analyze_quantization(fp32, int8, options, fp32_path=fp32_path, int8_path=int8_path, **given)
+    return replace(
+        new,
+        data_source=source_name,
+        calibration_images_dropped=dropped,
+        before_model=before_path,
+        before_parity=old.parity,
+        changes=block_changes(old, new),
+        seconds=old.seconds + new.seconds,
+    )

@@ -1,0 +1,299 @@
+"""Accuracy recovery after onnxruntime's quantizer: the steps a recipe asks for, in order, each judged and recorded.
+
+The algorithms live in their own modules and can be called alone (AIMET's way): :mod:`.equalize`,
+:mod:`.bias_correction`, :mod:`.adaround`, with :mod:`.weights` for the weight grids and :mod:`.qdq` for reading and
+writing the quantized graph. This module runs them in the one order that makes sense and keeps the record:
+
+1. **Grid** (when resnet-edge writes the weights: 4-bit, power-of-two scales, AdaRound): activation scales to powers
+   of two if asked, every weight re-quantized on its grid by rounding to nearest, biases re-derived on the new
+   scales. This is the model the steps below start from (round-to-nearest INT4, say).
+2. **Equalization** ran on the FP32 model before calibration (:func:`~.calibrate.prepare_job`); it is judged here
+   against the same recipe applied to the unequalized model, which takes a second calibration.
+3. **AdaRound**: the weights' rounding, learned layer by layer.
+4. **Bias correction**: last, so that it corrects the error the final weights leave.
+
+Each step is judged on the held-out images (top-1 agreement with FP32, and accuracy where they are labelled) before
+and after, unless judging is off; the judgements go to the calibration record with what each step did.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from resnet_edge.progress import ProgressCallback
+from resnet_edge.quantization.adaround import AdaRoundParameters, LayerSamples, adaround_layers, adaround_record
+from resnet_edge.quantization.bias_correction import MeanInputs, correct_biases
+from resnet_edge.quantization.calibrate import Job
+from resnet_edge.quantization.configs import Int8Recipe
+from resnet_edge.quantization.layer_data import read_layer_inputs
+from resnet_edge.quantization.options import QuantizeOptions
+from resnet_edge.quantization.qdq import (
+    INT4_OPSET,
+    QuantizedLayer,
+    power_of_two_activations,
+    quantized_layers,
+    require_opset,
+    write_bias,
+    write_weights,
+)
+from resnet_edge.quantization.weights import WeightGrid, expand_scale, grid_scales, round_to_nearest
+
+__all__ = ["REFERENCES", "Judgement", "Recovery", "RecoveryStep", "recover_accuracy", "weight_grid"]
+
+REFERENCES = {
+    "equalize": "Nagel et al. 2019, Data-Free Quantization Through Weight Equalization and Bias Correction, sec. 4.1",
+    "adaround": "Nagel et al. 2020, Up or Down? Adaptive Rounding for Post-Training Quantization",
+    "bias_correction": "Nagel et al. 2019, sec. 4.2 (empirical); NNCF's FastBiasCorrection",
+}
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A quantized model against FP32 on the held-out images.
+
+    Attributes:
+        top1_agreement: fraction of images whose top-1 class is FP32's.
+        top1: labelled top-1 accuracy; None without labels.
+        images: images judged.
+        kl_divergence: mean KL(FP32 || quantized) of the softmax outputs, nats: it still moves where top-1 does
+            not (an easy model whose every answer survives).
+    """
+
+    top1_agreement: float
+    top1: float | None
+    images: int
+    kl_divergence: float | None = None
+
+
+@dataclass(frozen=True)
+class RecoveryStep:
+    """One accuracy-recovery step.
+
+    Attributes:
+        name: equalize, adaround or bias_correction.
+        reference: the paper (or tool) it follows.
+        seconds: its own time (reading the layer inputs is counted apart, in the record).
+        before, after: the model judged before and after the step; None when not judged.
+        details: what it did (per layer for AdaRound and bias correction).
+    """
+
+    name: str
+    reference: str
+    seconds: float
+    before: Judgement | None
+    after: Judgement | None
+    details: dict = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """The model after every step, and the steps.
+
+    Attributes:
+        model: the quantized model (the one given, changed in place).
+        steps: the steps that ran, in order.
+        grid: the weight grid resnet-edge wrote (None when onnxruntime's weights were kept).
+        reading_seconds: time to read the layer inputs from the calibration images (AdaRound, bias correction).
+        judged: whether the steps were judged, and if not why.
+    """
+
+    model: onnx.ModelProto = field(repr=False)
+    steps: list[RecoveryStep]
+    grid: dict | None
+    reading_seconds: float | None
+    judged: str
+
+    def record(self) -> dict:
+        """What the calibration record keeps of it."""
+
+        def judged(j: Judgement | None) -> dict | None:
+            if j is None:
+                return None
+            return {"top1_agreement": j.top1_agreement, "top1": j.top1, "images": j.images, "kl": j.kl_divergence}
+
+        return {
+            "steps": [
+                {
+                    "step": s.name,
+                    "reference": s.reference,
+                    "seconds": round(s.seconds, 3),
+                    "before": judged(s.before),
+                    "after": judged(s.after),
+                    "details": s.details,
+                }
+                for s in self.steps
+            ],
+            "weights": self.grid,
+            "reading_layer_inputs_s": None if self.reading_seconds is None else round(self.reading_seconds, 3),
+            "judged": self.judged,
+        }
+
+
+def weight_grid(config: Int8Recipe) -> WeightGrid:
+    """The weight grid of a recipe."""
+    return WeightGrid(
+        bits=config.weight_bits,
+        per_channel=config.per_channel,
+        block=config.weight_block,
+        power_of_two=config.power_of_two,
+    )
+
+
+def recover_accuracy(
+    int8: onnx.ModelProto,
+    float_model: onnx.ModelProto,
+    job: Job,
+    options: QuantizeOptions,
+    *,
+    judge: Callable[[onnx.ModelProto], Judgement] | None = None,
+    unequalized: Callable[[], tuple[onnx.ModelProto, onnx.ModelProto]] | None = None,
+    not_judged: str = "judged on the held-out images",
+    on_progress: ProgressCallback | None = None,
+) -> Recovery:
+    """Run the recipe's accuracy-recovery steps on a quantized model, in place.
+
+    Args:
+        int8: onnxruntime's QDQ model of ``float_model``.
+        float_model: the FP32 model it was quantized from (onnxruntime's pre-processed copy: the node names match).
+        job: the quantization job (its recipe, calibration images and equalization).
+        options: AdaRound's iterations, time budget and seed.
+        judge: judges a model on the held-out images; None to judge nothing.
+        unequalized: quantizes the model without equalization and returns it with its float model (for the
+            equalization step's "before"); None to leave that unjudged.
+        not_judged: what the record says about judging when ``judge`` is None.
+        on_progress: reading the layer inputs (per image) and AdaRound (per layer).
+
+    Returns:
+        The model and the steps.
+    """
+    config = job.config
+    steps: list[RecoveryStep] = []
+    layers = quantized_layers(int8, float_model)
+    grid_record = None
+    scales: dict[str, np.ndarray] = {}
+    if config.rewrites_weights:
+        grid = weight_grid(config)
+        scales, grid_record = _write_grid(int8, float_model, layers, config, grid)
+        layers = quantized_layers(int8, float_model)  # the input scales may have changed
+    current: Judgement | None = None
+
+    if config.equalize and job.equalization is not None:
+        before = None
+        if judge is not None and unequalized is not None:
+            base, base_float = unequalized()
+            if config.rewrites_weights:
+                _write_grid(base, base_float, quantized_layers(base, base_float), config, weight_grid(config))
+            before = judge(base)
+        current = judge(int8) if judge is not None else None
+        steps.append(
+            RecoveryStep(
+                "equalize",
+                REFERENCES["equalize"],
+                job.equalization.seconds,
+                before,
+                current,
+                job.equalization.record(),
+            )
+        )
+
+    # AdaRound and bias correction read im2col patches, which a grouped convolution (not in these ResNets) does not
+    # take: such layers keep their nearest rounding and their bias, and the record names them.
+    ungrouped = [layer for layer in layers if layer.group == 1]
+    skipped = [layer.name for layer in layers if layer.group != 1]
+    layers = ungrouped
+    reading = None
+    means, samples = None, None
+    if config.adaround or config.bias_correction:
+        started = time.perf_counter()
+        means = MeanInputs() if config.bias_correction else None
+        samples = LayerSamples(layers, len(job.calib_indices), seed=options.seed) if config.adaround else None
+        read_layer_inputs(
+            float_model,
+            layers,
+            job.calib_source,
+            job.spec,
+            job.calib_indices,
+            [c for c in (means, samples) if c is not None],
+            on_progress=on_progress,
+        )
+        reading = time.perf_counter() - started
+
+    if config.adaround and samples is not None:
+        before = current if current is not None or judge is None else judge(int8)
+        parameters = AdaRoundParameters(
+            iterations=options.adaround_iterations, seconds=options.adaround_seconds, seed=options.seed
+        )
+        started = time.perf_counter()
+        grid = weight_grid(config)
+        found, report = adaround_layers(layers, scales, grid, samples, parameters, on_progress=on_progress)
+        for layer in layers:
+            write_weights(int8, layer, found[layer.name], scales[layer.name], bits=grid.bits, block=grid.block)
+        seconds = time.perf_counter() - started
+        current = judge(int8) if judge is not None else None
+        details = adaround_record(report, parameters, samples) | {"grouped_layers_skipped": skipped}
+        steps.append(RecoveryStep("adaround", REFERENCES["adaround"], seconds, before, current, details))
+
+    if config.bias_correction and means is not None:
+        before = current if current is not None or judge is None else judge(int8)
+        started = time.perf_counter()
+        correction = correct_biases(int8, layers, means)
+        seconds = time.perf_counter() - started
+        current = judge(int8) if judge is not None else None
+        steps.append(
+            RecoveryStep(
+                "bias_correction",
+                REFERENCES["bias_correction"],
+                seconds,
+                before,
+                current,
+                correction.record() | {"grouped_layers_skipped": skipped},
+            )
+        )
+    return Recovery(
+        model=int8,
+        steps=steps,
+        grid=grid_record,
+        reading_seconds=reading,
+        judged="judged on the held-out images" if judge is not None else not_judged,
+    )
+
+
+def _write_grid(
+    qdq: onnx.ModelProto,
+    float_model: onnx.ModelProto,
+    layers: list[QuantizedLayer],
+    config: Int8Recipe,
+    grid: WeightGrid,
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Power-of-two activation scales (if asked), every weight rounded to nearest on ``grid``, biases re-derived."""
+    activations = power_of_two_activations(qdq) if config.power_of_two else 0
+    if activations:
+        layers = quantized_layers(qdq, float_model)
+    if grid.bits == 4:
+        require_opset(qdq, INT4_OPSET)
+    scales = {}
+    error = total = 0.0
+    for layer in layers:
+        scale = grid_scales(layer.weight, grid)
+        integers = round_to_nearest(layer.weight, scale, grid)
+        write_weights(qdq, layer, integers, scale, bits=grid.bits, block=grid.block)
+        if layer.bias is not None:
+            write_bias(qdq, layer, layer.bias)
+        scales[layer.name] = scale
+        error += float(np.square(layer.weight - integers * expand_scale(scale, layer.weight.shape, grid)).sum())
+        total += float(np.square(layer.weight).sum())
+    return scales, {
+        "grid": grid.describe(),
+        "bits": grid.bits,
+        "block": grid.block,
+        "power_of_two": grid.power_of_two,
+        "activation_scales_power_of_two": activations,
+        "layers": len(layers),
+        "weight_sqnr_db": float(10 * np.log10(total / error)) if error > 0 else None,
+        "opset": INT4_OPSET if grid.bits == 4 else None,
+    }
