@@ -23,8 +23,6 @@ import numpy as np
 
 NOISY_CV = 0.15  # a coefficient of variation above this means the machine was too busy to trust the row
 MIN_ITERATIONS = 5  # a duration-bound run still times every model at least this often
-DEFAULT_WARMUP = 10
-DEFAULT_ITERATIONS = 100
 POOL_IMAGES = 64  # distinct real images a timing batch is drawn from (repeated when the batch is larger)
 GPU_PROVIDERS = ("cuda", "tensorrt")  # inputs and outputs are bound on the device for these
 

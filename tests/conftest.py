@@ -9,7 +9,8 @@ import onnx
 import pytest
 import torch
 
-from resnet_edge.conversion.export import ExportOptions, export_onnx
+from resnet_edge.conversion.export import export_onnx
+from resnet_edge.conversion.options import ExportOptions
 from resnet_edge.conversion.simplify import simplify_onnx
 from resnet_edge.models.resnet import create_model
 

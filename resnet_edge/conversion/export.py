@@ -35,10 +35,7 @@ from resnet_edge.artifacts import (
     sha256_bytes,
 )
 from resnet_edge.calibration.preprocess import PreprocessSpec
-from resnet_edge.conversion.options import (  # noqa: F401 (re-exported: the names callers know from here)
-    DEFAULT_OPSET,
-    DEFAULT_OPSETS,
-    OPSET_RANGE,
+from resnet_edge.conversion.options import (
     Exporter,
     ExportOptions,
 )

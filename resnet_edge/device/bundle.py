@@ -16,6 +16,9 @@ from resnet_edge.errors import InputFileError
 RUNNER_MODULES = (
     "errors.py",
     "onnx/op_types.py",
+    "onnx/placement.py",
+    "onnx/plugins.py",
+    "onnx/providers.py",
     "onnx/runtime.py",
     "timing.py",
     "device/__init__.py",

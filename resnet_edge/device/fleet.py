@@ -31,18 +31,11 @@ from resnet_edge.device.facts import EMULATION_WARNING, DeviceFacts, Thermal
 from resnet_edge.device.runner import JOB_FORMAT
 from resnet_edge.device.targets import JobFiles, RemoteOptions, Target, TargetSession, Transfer
 from resnet_edge.errors import OptionError, ResnetEdgeError, ResnetEdgeWarning
-from resnet_edge.evaluation.benchmark import (
-    BenchmarkOptions,
-    BenchmarkRow,
-    check_options,
-    default_timing_data,
-    image_pool,
-    timed_rows,
-)
+from resnet_edge.evaluation.benchmark import BenchmarkRow, check_options, default_timing_data, image_pool, timed_rows
+from resnet_edge.evaluation.options import BenchmarkOptions, ValidateOptions
 from resnet_edge.evaluation.validate import (
     Outputs,
     Reference,
-    ValidateOptions,
     ValidateResult,
     finish_validation,
     judge_outputs,
@@ -51,12 +44,13 @@ from resnet_edge.evaluation.validate import (
 )
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import preprocessing_for
-from resnet_edge.onnx.runtime import ExecutedNode, placement_from_json
+from resnet_edge.onnx.placement import ExecutedNode, placement_from_json
 from resnet_edge.quantization.coverage import coverage_of
 from resnet_edge.timing import LatencyStats, Timed
 
 if TYPE_CHECKING:
-    from resnet_edge.evaluation.tune import TuneOptions, TuneResult
+    from resnet_edge.evaluation.options import TuneOptions
+    from resnet_edge.evaluation.tune import TuneResult
 
 
 @dataclass

@@ -120,7 +120,8 @@ def _models(job: dict, workdir: str, warnings_: list[str]) -> tuple[dict[str, st
 
 def _open(path: str, label: str, provider: str, job: dict) -> object:
     from resnet_edge.errors import InputFileError, OptionError, ProviderError
-    from resnet_edge.onnx.runtime import Provider, open_session
+    from resnet_edge.onnx.providers import Provider
+    from resnet_edge.onnx.runtime import open_session
 
     try:
         chosen = Provider(provider)

@@ -26,25 +26,19 @@ from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import default_test_images, iter_batches, open_source
 from resnet_edge.environment import Environment, collect_environment
 from resnet_edge.errors import OptionError, ResnetEdgeWarning
-from resnet_edge.evaluation.options import (  # noqa: F401 (re-exported: the names callers know from here)
-    MAX_DURATION_S,
-    MAX_ITERATIONS,
-    MAX_WARMUP,
+from resnet_edge.evaluation.options import (
     BenchmarkOptions,
 )
 from resnet_edge.memory import check_fits
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.memory import onnx_estimate
 from resnet_edge.onnx.metadata import preprocessing_for, read_metadata, static_input_shape
-from resnet_edge.onnx.runtime import Placement, Session, open_session
+from resnet_edge.onnx.placement import Placement
+from resnet_edge.onnx.runtime import Session, open_session
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.coverage import IntegerCoverage, coverage_of
-from resnet_edge.timing import (  # noqa: F401 (re-exported: the timing names callers know from here)
-    DEFAULT_ITERATIONS,
-    DEFAULT_WARMUP,
+from resnet_edge.timing import (
     GPU_PROVIDERS,
-    MIN_ITERATIONS,
-    NOISY_CV,
     POOL_IMAGES,
     LatencyStats,
     Timed,

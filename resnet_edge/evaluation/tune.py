@@ -38,23 +38,23 @@ from resnet_edge.artifacts import (
     sha256_file,
 )
 from resnet_edge.errors import CheckFailedError, OptionError, ResnetEdgeError, ResnetEdgeWarning
-from resnet_edge.evaluation.options import (  # noqa: F401 (re-exported: the names callers know from here)
-    DEFAULT_TUNE_ITERATIONS,
-    DEFAULT_TUNE_WARMUP,
+from resnet_edge.evaluation.options import (
     TuneOptions,
 )
 from resnet_edge.onnx.graph import is_quantized
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import write_props
-from resnet_edge.onnx.runtime import PROVIDERS, Provider, available_providers, parse_providers
+from resnet_edge.onnx.plugins import available_providers
+from resnet_edge.onnx.providers import PROVIDERS, Provider, parse_providers
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.timing import GPU_PROVIDERS, NOISY_CV, median_interval
 
 if TYPE_CHECKING:
     import onnx
 
-    from resnet_edge.evaluation.benchmark import BenchmarkOptions, BenchmarkResult
-    from resnet_edge.evaluation.validate import ValidateOptions, ValidateResult
+    from resnet_edge.evaluation.benchmark import BenchmarkResult
+    from resnet_edge.evaluation.options import BenchmarkOptions, ValidateOptions
+    from resnet_edge.evaluation.validate import ValidateResult
     from resnet_edge.quantization.configs import Int8Recipe, Int8Target
 
 logger = logging.getLogger("resnet_edge")
@@ -418,8 +418,7 @@ def _judge_and_time(
     options: TuneOptions,
     measure: Measure,
 ) -> list[Candidate]:
-    from resnet_edge.evaluation.benchmark import BenchmarkOptions
-    from resnet_edge.evaluation.validate import ValidateOptions
+    from resnet_edge.evaluation.options import BenchmarkOptions, ValidateOptions
 
     runnable = [(name, precision, path) for name, precision, path, error in files if path is not None]
     # One file may serve several candidates (fp32 is the reference itself); validate and time each file once.

@@ -28,7 +28,7 @@ from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import iter_batches, open_source
 from resnet_edge.errors import OptionError
 from resnet_edge.models.checkpoints import read_checkpoint_metadata
-from resnet_edge.models.options import DEFAULT_BATCH, GradFlowOptions  # noqa: F401 (re-exported)
+from resnet_edge.models.options import GradFlowOptions
 from resnet_edge.models.registry import default_preprocessing
 from resnet_edge.models.resnet import ResNet, Stem, Variant, create_model, get_arch
 from resnet_edge.progress import Progress, ProgressCallback

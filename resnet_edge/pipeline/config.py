@@ -32,7 +32,7 @@ from resnet_edge.artifacts import read_user_text
 from resnet_edge.conversion.options import DEFAULT_OPSET, OPSET_RANGE, ExportOptions, SimplifyOptions
 from resnet_edge.errors import InputFileError, OptionError
 from resnet_edge.evaluation.options import MAX_ITERATIONS, MAX_WARMUP, BenchmarkOptions, ValidateOptions
-from resnet_edge.onnx.runtime import Provider, parse_providers, split_provider_list
+from resnet_edge.onnx.providers import Provider, parse_providers, split_provider_list
 from resnet_edge.quantization.configs import Int8Target, Method
 from resnet_edge.quantization.options import MIN_OPSET, QuantizeOptions
 

@@ -37,23 +37,13 @@ from resnet_edge.errors import (
 from resnet_edge.evaluation.benchmark import (
     benchmark_models,
 )
-from resnet_edge.evaluation.tune import DEFAULT_TUNE_ITERATIONS, TuneOptions, TuneResult, tune_model
+from resnet_edge.evaluation.options import DEFAULT_TUNE_ITERATIONS, TuneOptions
+from resnet_edge.evaluation.tune import TuneResult, tune_model
 from resnet_edge.evaluation.validate import Reference, validate_models
-from resnet_edge.pipeline.config import (  # noqa: F401 (re-exported: the names callers know from here)
-    DEFAULT_WEIGHTS,
-    FROM_ARGUMENT,
-    FROM_CHECKPOINT,
-    FROM_DEFAULT,
-    FROM_FLAG,
-    FROM_RUN,
+from resnet_edge.pipeline.config import (
     PipelineConfig,
-    load_config,
-    make_config,
-    option_key,
-    option_keys,
 )
-from resnet_edge.pipeline.publish import (  # noqa: F401 (MARKER, check_outdir: re-exported)
-    MARKER,
+from resnet_edge.pipeline.publish import (
     Outdir,
     check_outdir,
     discard,
@@ -414,7 +404,8 @@ def _tune(config: PipelineConfig, out: Path, result: PipelineResult) -> TuneResu
     calibration images; the quantize stage's INT8 model stands in for its configuration's candidate (no second
     quantization of it). Timed rounds are the run's, at most tune's default (30): the stage adds seconds, not
     minutes, to a default run."""
-    from resnet_edge.onnx.runtime import Provider, available_providers, parse_providers
+    from resnet_edge.onnx.plugins import available_providers
+    from resnet_edge.onnx.providers import Provider, parse_providers
 
     here = available_providers()
     usable = tuple(p for p in parse_providers(list(config.providers)) if p.ort_name in here) or (Provider.CPU,)

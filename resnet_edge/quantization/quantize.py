@@ -1,6 +1,6 @@
 """Static INT8 quantization with onnxruntime: quantize a calibrated FP32 model, check what it reached, judge it.
 
-The options are in :mod:`.options` (re-exported here), the per-target recipes in :mod:`.configs`, the activation
+The options are in :mod:`.options`, the per-target recipes in :mod:`.configs`, the activation
 ranges come from :mod:`.calibrate`, and the held-out comparison with FP32 from :mod:`.evaluate`.
 """
 

@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
-from resnet_edge.conversion.export import Exporter, ExportOptions, export_onnx
+from resnet_edge.conversion.export import export_onnx
+from resnet_edge.conversion.options import Exporter, ExportOptions
 from resnet_edge.conversion.simplify import simplify_onnx
 from resnet_edge.errors import CheckpointError, InputFileError, OptionError
 from resnet_edge.models.resnet import get_arch, list_models

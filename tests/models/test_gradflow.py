@@ -16,7 +16,8 @@ from torch import nn
 from resnet_edge.cli.gradflow import gradflow
 from resnet_edge.conversion.simplify import SimplifyResult
 from resnet_edge.errors import CheckFailedError, OptionError
-from resnet_edge.models.gradflow import DECOMPOSITION_RTOL, GradFlowOptions, compare_gradient_flow, gradient_flow
+from resnet_edge.models.gradflow import DECOMPOSITION_RTOL, compare_gradient_flow, gradient_flow
+from resnet_edge.models.options import GradFlowOptions
 from resnet_edge.models.resnet import BasicBlock, PreActBasicBlock, create_model
 from tests.conftest import randomize_batchnorm
 
@@ -211,7 +212,8 @@ PREACT_KEPT.append("/bn_final/BatchNormalization")
 
 @pytest.fixture(scope="module")
 def preact_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from resnet_edge.conversion.export import ExportOptions, export_onnx
+    from resnet_edge.conversion.export import export_onnx
+    from resnet_edge.conversion.options import ExportOptions
 
     path = tmp_path_factory.mktemp("preact") / "preact.onnx"
     result = export_onnx(None, path, ExportOptions(arch="resnet20", variant="preact"))
@@ -228,7 +230,8 @@ def test_preact_export_folds_bn2_and_keeps_bn1(preact_onnx: Path) -> None:
 
 @pytest.fixture(scope="module")
 def preact_sim(preact_onnx: Path) -> SimplifyResult:
-    from resnet_edge.conversion.simplify import SimplifyOptions, simplify_onnx
+    from resnet_edge.conversion.options import SimplifyOptions
+    from resnet_edge.conversion.simplify import simplify_onnx
 
     return simplify_onnx(preact_onnx, preact_onnx.with_name("preact.sim.onnx"), SimplifyOptions(allow_unfolded_bn=True))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from resnet_edge.errors import OptionError
-from resnet_edge.onnx.runtime import Provider
+from resnet_edge.onnx.providers import Provider
 from resnet_edge.pipeline.config import (
     OPTIONS,
     PIPELINE_BENCHMARK,

@@ -206,7 +206,8 @@ def test_bad_calibration_data_leaves_nothing(tiny_onnx: Path, tmp_path: Path, ki
 
 @pytest.mark.slow
 def test_fixed_batch_model_quantizes_and_times(tmp_path: Path) -> None:
-    from resnet_edge.conversion.export import ExportOptions, export_onnx
+    from resnet_edge.conversion.export import export_onnx
+    from resnet_edge.conversion.options import ExportOptions
 
     export_onnx("builtin:digits-resnet20", tmp_path / "b4.onnx", ExportOptions(batch=4))
     result = quantize_onnx(tmp_path / "b4.onnx", tmp_path / "b4.int8.onnx", QuantizeOptions(limit=40))

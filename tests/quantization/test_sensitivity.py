@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from resnet_edge.cli.analyze import analyze
-from resnet_edge.conversion.export import ExportOptions, resolve_export, run_exporter
+from resnet_edge.conversion.export import resolve_export, run_exporter
+from resnet_edge.conversion.options import ExportOptions
 from resnet_edge.errors import InputFileError
 from resnet_edge.models.resnet import Stem, create_model, get_arch, list_models
 from resnet_edge.onnx.graph import module_path
