@@ -23,6 +23,7 @@ RUNNER_MODULES = (
     "timing.py",
     "device/__init__.py",
     "device/facts.py",
+    "device/protocol.py",
     "device/runner.py",
 )
 MIN_PYTHON = (3, 8)

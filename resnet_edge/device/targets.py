@@ -31,6 +31,7 @@ positional parameter quoted with :func:`shlex.quote`. Nothing is written outside
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import hashlib
 import io
@@ -50,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from resnet_edge.device.protocol import Job
 from resnet_edge.errors import OptionError, TargetError
 
 DEFAULT_PYTHON = "python3"
@@ -412,7 +414,7 @@ class TargetSession:
     def _timeout(self, seconds: float) -> float:
         return self.options.connect_timeout_s + seconds
 
-    def run_job(self, job: dict, files: JobFiles) -> tuple[dict, Transfer]:
+    def run_job(self, job: Job, files: JobFiles) -> tuple[dict, Transfer]:
         """Run ``job`` on the target with ``files``; the runner's JSON result and what was uploaded.
 
         Raises:
@@ -427,18 +429,16 @@ class TargetSession:
             transfer = Transfer()
             members: dict[str, bytes | Path] = {"runner.pyz": runner_bytes(), **files.files}
             models = []
-            for model in job["models"]:
-                sha = model["sha256"]
-                if sha in facts["have"]:
-                    model["upload"] = None
-                    transfer.models_cached.append(sha)
+            for model in job.models:  # the job is shared by the targets: this one's copy says what it uploads
+                if model.sha256 in facts["have"]:
+                    models.append(dataclasses.replace(model, upload=None))
+                    transfer.models_cached.append(model.sha256)
                 else:
-                    model["upload"] = f"models/{sha}.onnx"
-                    members[model["upload"]] = files.models[sha]
-                    transfer.models_uploaded.append(sha)
-                models.append(model)
-            job = {**job, "models": models, "cleanup": True, "watch_stdin": True, "cache_dir": facts.get("cache")}
-            members["job.json"] = json.dumps(job).encode()
+                    models.append(dataclasses.replace(model, upload=f"models/{model.sha256}.onnx"))
+                    members[f"models/{model.sha256}.onnx"] = files.models[model.sha256]
+                    transfer.models_uploaded.append(model.sha256)
+            job = dataclasses.replace(job, models=models, cleanup=True, watch_stdin=True, cache_dir=facts.get("cache"))
+            members["job.json"] = json.dumps(job.to_json()).encode()
             archive = _tar(members)
             transfer.bytes_uploaded = archive_size = os.fstat(archive.fileno()).st_size
             transfer.model_bytes_uploaded = sum(

@@ -38,13 +38,13 @@ from resnet_edge.onnx.runtime import Session, open_session
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.coverage import IntegerCoverage, coverage_of
 from resnet_edge.timing import (
-    GPU_PROVIDERS,
     POOL_IMAGES,
     LatencyStats,
     Timed,
     batch_from_pool,
     cold_start,
     default_threads,
+    io_placement,
     latency_stats,
     time_interleaved,
     time_sessions,
@@ -141,11 +141,7 @@ def benchmark_models(
                     session.placement is None and session.run(images(name, fixed[name] or options.batch_sizes[0]))
                 ),
             )
-        io[provider.value] = (
-            "inputs and outputs bound on the GPU (copies excluded)"
-            if any(s.ran_on in GPU_PROVIDERS for s in sessions.values())
-            else "host memory"
-        )
+        io[provider.value] = io_placement(s.ran_on for s in sessions.values())
         timing = {
             "warmup": options.warmup,
             "iterations": options.rounds,
