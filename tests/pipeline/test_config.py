@@ -61,7 +61,7 @@ def test_the_pipelines_own_defaults_are_declared_once() -> None:
     config = PipelineConfig()
     assert (config.iterations, config.warmup, config.batch_sizes) == (50, 5, (1, 8))
     assert config.benchmark_options(torch_reference=None) == PIPELINE_BENCHMARK
-    assert config.export_options() == PIPELINE_EXPORT and not PIPELINE_EXPORT.fold_bn
+    assert config.export == PIPELINE_EXPORT and not PIPELINE_EXPORT.fold_bn
     assert make_config({"iterations": 9}).benchmark_options(torch_reference="w.pt").iterations == 9
 
 
