@@ -31,6 +31,7 @@ from pathlib import Path
 
 from resnet_edge.artifacts import read_user_text
 from resnet_edge.conversion.options import DEFAULT_OPSET, ExportOptions, SimplifyOptions
+from resnet_edge.device.targets import DEFAULT_CONNECT_TIMEOUT_S, RemoteOptions
 from resnet_edge.errors import InputFileError, OptionError
 from resnet_edge.evaluation.options import BenchmarkOptions, ValidateOptions
 from resnet_edge.models.registry import list_models
@@ -74,9 +75,11 @@ class RunOptions:
     targets: tuple[str, ...] = ()  # devices to benchmark on too: ssh://..., local
     remote_python: str | None = None  # python3 on the device when None
     ssh_config: str | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S  # seconds ssh waits for a device to answer
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
+        RemoteOptions(connect_timeout_s=self.connect_timeout)  # its range check, before any stage runs
 
 
 PIPELINE_RUN = RunOptions()
@@ -239,6 +242,7 @@ OPTIONS: dict[str, Option] = {
         help="ssh config file instead of ~/.ssh/config (ssh -F).",
         default="ssh's own",
     ),
+    "connect_timeout": _option("benchmark", "run.connect_timeout", help="Seconds ssh waits for a target device."),
 }
 # The [stage] tables of a config file and the options each may hold (from OPTIONS).
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
@@ -422,8 +426,14 @@ def _check(flat: dict[str, object]) -> None:
         value = flat[name]
         if value is not None and value < low:
             raise OptionError(f"{name} must be at least {low}, got {value}")
-    if not flat["targets"] and (flat["remote_python"] is not None or flat["ssh_config"] is not None):
-        raise OptionError("remote_python and ssh_config apply to --target devices, and no target was given")
+    remote = [
+        name for name in ("remote_python", "ssh_config", "connect_timeout") if flat[name] != pipeline_default(name)
+    ]
+    if not flat["targets"] and remote:
+        raise OptionError(
+            f"{' and '.join(remote)} appl{'y' if len(remote) > 1 else 'ies'} to --target devices,"
+            " and no target was given"
+        )
     if flat["int8"] and flat["opset"] is not None and flat["opset"] < MIN_OPSET:
         raise OptionError(f"INT8 needs opset {MIN_OPSET} or later, got opset {flat['opset']}; or pass --no-int8")
 
@@ -571,6 +581,8 @@ def _is_a(value: object, expected: object) -> bool:
         if member is bool and isinstance(value, bool):
             return True
         if member in (int, str) and isinstance(value, member) and not isinstance(value, bool):
+            return True
+        if member is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return True
     return False
 

@@ -373,6 +373,7 @@ def _run_stages(
             remote = RemoteOptions(
                 python=config.remote_python or RemoteOptions().python,
                 ssh_config=config.ssh_config and Path(config.ssh_config),
+                connect_timeout_s=config.connect_timeout,
             )
             result.devices = benchmark_on_targets(
                 models,
