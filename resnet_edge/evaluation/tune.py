@@ -19,7 +19,6 @@ Calibration runs once per activation symmetry and is shared by the INT8 configur
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import tempfile
 import time
@@ -43,7 +42,7 @@ from resnet_edge.evaluation.options import (
 )
 from resnet_edge.onnx.graph import is_quantized
 from resnet_edge.onnx.io import load_onnx
-from resnet_edge.onnx.metadata import write_props
+from resnet_edge.onnx.metadata import write_with_record
 from resnet_edge.onnx.plugins import available_providers
 from resnet_edge.onnx.providers import PROVIDERS, Provider, parse_providers
 from resnet_edge.progress import Progress, ProgressCallback
@@ -229,10 +228,8 @@ def tune_model(
         }
         measured_on = {"target": site.target} if site.target else {}
         chosen_model = load_onnx(chosen.path)
-        write_props(chosen_model, {TUNE_KEY: json.dumps(record["chosen"] | measured_on | {"p50_ms": chosen.p50_ms})})
-        with atomic_output(output) as tmp_model, atomic_output(record_path) as tmp_record:
-            tmp_model.write_bytes(chosen_model.SerializeToString())
-            tmp_record.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        embedded = record["chosen"] | measured_on | {"p50_ms": chosen.p50_ms}
+        write_with_record(chosen_model, Path(output), record_path, key=TUNE_KEY, embedded=embedded, record=record)
     final = [_with_path(c, str(output)) if c is chosen else c for c in flat]
     return TuneResult(
         output=output,
