@@ -29,7 +29,7 @@ import numpy as np
 from resnet_edge.artifacts import sha256_file
 from resnet_edge.device.facts import EMULATION_WARNING, DeviceFacts, Thermal
 from resnet_edge.device.protocol import Job, JobModel, output_key, session_key
-from resnet_edge.device.targets import JobFiles, RemoteOptions, Target, TargetSession, Transfer
+from resnet_edge.device.targets import JobFiles, RemoteOptions, Target, Transfer, target_session
 from resnet_edge.errors import OptionError, ResnetEdgeError, ResnetEdgeWarning
 from resnet_edge.evaluation.benchmark import BenchmarkRow, check_options, default_timing_data, image_pool, timed_rows
 from resnet_edge.evaluation.options import BenchmarkOptions, ValidateOptions
@@ -300,7 +300,7 @@ def _on_each(
     progress = on_progress or (lambda target, message: None)
 
     sessions = {
-        target.name: TargetSession(target, remote, on_progress=lambda message, t=target: progress(t.name, message))
+        target.name: target_session(target, remote, on_progress=lambda message, t=target: progress(t.name, message))
         for target in targets
     }
 
