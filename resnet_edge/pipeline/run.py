@@ -23,8 +23,8 @@ import torch
 
 from resnet_edge import formatting as fmt
 from resnet_edge.artifacts import current_umask
-from resnet_edge.conversion.export import export_onnx
-from resnet_edge.conversion.simplify import simplify_onnx
+from resnet_edge.conversion.export import ExportResult, export_onnx
+from resnet_edge.conversion.simplify import SimplifyResult, simplify_onnx
 from resnet_edge.errors import (
     CheckFailedError,
     InputFileError,
@@ -274,22 +274,7 @@ def _run_stages(
     emit: Callable[[StageEvent], object],
     on_progress: ProgressCallback | None,
 ) -> None:
-    weights = config.resolved_weights()
-    if weights is None:
-        # Fresh weights, drawn with the recorded seed and kept for the validation reference.
-        from resnet_edge.models.resnet import create_model
-
-        message = RANDOM_WEIGHTS_WARNING.format(arch=config.arch, seed=config.seed)
-        warnings.warn(message, ResnetEdgeWarning, stacklevel=2)
-        from resnet_edge.models.checkpoints import write_safetensors
-        from resnet_edge.onnx.metadata import RANDOM_INIT
-
-        result.random_weights = weights_file = scratch / f"{config.arch}-seed{config.seed}.safetensors"
-        torch.manual_seed(config.seed)
-        weights = str(weights_file)
-        fresh = create_model(config.arch, num_classes=config.num_classes, variant=config.variant or "residual")
-        # Said in the file, so that the exported model records random weights and quantize judges it accordingly.
-        write_safetensors(weights, fresh.state_dict(), {"weights": RANDOM_INIT})
+    weights = config.resolved_weights() or _fresh_weights(config, scratch, result)
 
     with _stage("export", result, emit) as summary:
         result.export = export_onnx(
@@ -297,43 +282,16 @@ def _run_stages(
             out / FILES["export"],
             config.export,  # keeps every BatchNorm: the simplify stage folds them and proves it
         )
-        parity = max(p.max_abs_error for p in result.export.parity.values())
-        summary.append(
-            f"{FILES['export']}: {result.export.arch}, opset {result.export.opset},"
-            f" BatchNormalization {result.export.batch_norm_nodes},"
-            f" max abs error vs PyTorch {fmt.error(parity)} at batch {', '.join(map(str, result.export.parity))}"
-        )
+        summary.append(_export_summary(result.export))
 
     with _stage("simplify", result, emit) as summary:
         result.simplify = simplify_onnx(out / FILES["export"], out / FILES["simplify"], config.simplify)
-        s = result.simplify
-        summary.append(
-            f"{FILES['simplify']}: BatchNormalization {s.batch_norm_before} -> {len(s.batch_norm_remaining)},"
-            f" nodes {sum(s.ops_before.values())} -> {sum(s.ops_after.values())}"
-        )
+        summary.append(_simplify_summary(result.simplify))
 
     models = [out / FILES["export"], out / FILES["simplify"]]
     if config.int8:
         with _stage("quantize", result, emit) as summary:
-            try:
-                result.quantize = quantize_onnx(
-                    out / FILES["simplify"],
-                    out / FILES["quantize"],
-                    config.quantize,
-                    on_progress=on_progress,
-                )
-            except CheckFailedError as exc:  # quantize judges INT8 on validate's bar: say why a random model misses it
-                if result.random_weights is None:
-                    raise
-                raise CheckFailedError(f"{exc} ({RANDOM_WEIGHTS_HINT})") from None
-            q = result.quantize
-            summary.append(
-                f"{FILES['quantize']}: {q.config.target.value} {q.config.format.value}, calibrated on"
-                f" {q.calibration_images} images"
-                f"{f' ({BUNDLED_PHOTOS_NOTE})' if q.calibration_source == 'builtin:photos' else ''},"
-                " top-1 agreement with FP32"
-                f" {fmt.percent(q.parity.top1_agreement)} on {q.evaluation_images} held-out images"
-            )
+            summary.append(_quantize(config, out, result, on_progress))
         models.append(out / FILES["quantize"])
 
     with _stage("validate", result, emit) as summary:
@@ -342,19 +300,7 @@ def _run_stages(
             Reference(checkpoint=weights, arch=result.export.arch),
             config.validate,
         )
-        v = result.validate
-        worst = min(r.parity.top1_agreement for r in v.rows)
-        summary.append(
-            f"{len(v.rows)} model x provider rows on {v.images} images"
-            f"{f' ({v.calibration_excluded} calibration images left out)' if v.calibration_excluded else ''},"
-            " lowest top-1 agreement"
-            f" {fmt.percent(worst)}: {'pass' if v.passed else 'FAIL'}"
-        )
-        if not v.passed:
-            from resnet_edge.evaluation.validate import describe_failures
-
-            hint = f" ({RANDOM_WEIGHTS_HINT})" if result.random_weights is not None else ""
-            raise CheckFailedError(describe_failures(v) + hint)
+        summary.append(_judge_validation(result))
 
     with _stage("benchmark", result, emit) as summary:
         options = config.benchmark_options(torch_reference=weights)
@@ -398,6 +344,88 @@ def _run_stages(
                 f" ({sum(c.passed for c in result.tune.candidates)} of {len(result.tune.candidates)} candidates"
                 " passed parity)"
             )
+
+
+def _export_summary(export: ExportResult) -> str:
+    parity = max(p.max_abs_error for p in export.parity.values())
+    return (
+        f"{FILES['export']}: {export.arch}, opset {export.opset}, BatchNormalization {export.batch_norm_nodes},"
+        f" max abs error vs PyTorch {fmt.error(parity)} at batch {', '.join(map(str, export.parity))}"
+    )
+
+
+def _simplify_summary(s: SimplifyResult) -> str:
+    return (
+        f"{FILES['simplify']}: BatchNormalization {s.batch_norm_before} -> {len(s.batch_norm_remaining)},"
+        f" nodes {sum(s.ops_before.values())} -> {sum(s.ops_after.values())}"
+    )
+
+
+def _fresh_weights(config: PipelineConfig, scratch: Path, result: PipelineResult) -> str:
+    """A checkpoint of fresh weights for ``--arch`` alone, drawn with the recorded seed and kept for the validation
+    reference; its path."""
+    from resnet_edge.models.resnet import create_model
+
+    message = RANDOM_WEIGHTS_WARNING.format(arch=config.arch, seed=config.seed)
+    warnings.warn(message, ResnetEdgeWarning, stacklevel=2)
+    from resnet_edge.models.checkpoints import write_safetensors
+    from resnet_edge.onnx.metadata import RANDOM_INIT
+
+    result.random_weights = weights_file = scratch / f"{config.arch}-seed{config.seed}.safetensors"
+    torch.manual_seed(config.seed)
+    weights = str(weights_file)
+    fresh = create_model(config.arch, num_classes=config.num_classes, variant=config.variant or "residual")
+    # Said in the file, so that the exported model records random weights and quantize judges it accordingly.
+    write_safetensors(weights, fresh.state_dict(), {"weights": RANDOM_INIT})
+    return weights
+
+
+def _quantize(config: PipelineConfig, out: Path, result: PipelineResult, on_progress: ProgressCallback | None) -> str:
+    """The quantize stage: model.int8.onnx from model.sim.onnx; its summary line.
+
+    Raises:
+        CheckFailedError: INT8 misses validate's bar (with why a random model does).
+    """
+    try:
+        result.quantize = quantize_onnx(
+            out / FILES["simplify"],
+            out / FILES["quantize"],
+            config.quantize,
+            on_progress=on_progress,
+        )
+    except CheckFailedError as exc:  # quantize judges INT8 on validate's bar: say why a random model misses it
+        if result.random_weights is None:
+            raise
+        raise CheckFailedError(f"{exc} ({RANDOM_WEIGHTS_HINT})") from None
+    q = result.quantize
+    return (
+        f"{FILES['quantize']}: {q.config.target.value} {q.config.format.value}, calibrated on"
+        f" {q.calibration_images} images"
+        f"{f' ({BUNDLED_PHOTOS_NOTE})' if q.calibration_source == 'builtin:photos' else ''},"
+        " top-1 agreement with FP32"
+        f" {fmt.percent(q.parity.top1_agreement)} on {q.evaluation_images} held-out images"
+    )
+
+
+def _judge_validation(result: PipelineResult) -> str:
+    """The validate stage's summary line.
+
+    Raises:
+        CheckFailedError: a model misses validate's bar (with why a random model does).
+    """
+    v = result.validate
+    worst = min(r.parity.top1_agreement for r in v.rows)
+    if not v.passed:
+        from resnet_edge.evaluation.validate import describe_failures
+
+        hint = f" ({RANDOM_WEIGHTS_HINT})" if result.random_weights is not None else ""
+        raise CheckFailedError(describe_failures(v) + hint)
+    return (
+        f"{len(v.rows)} model x provider rows on {v.images} images"
+        f"{f' ({v.calibration_excluded} calibration images left out)' if v.calibration_excluded else ''},"
+        " lowest top-1 agreement"
+        f" {fmt.percent(worst)}: {'pass' if v.passed else 'FAIL'}"
+    )
 
 
 def _tune(config: PipelineConfig, out: Path, result: PipelineResult) -> TuneResult:
