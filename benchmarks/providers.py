@@ -120,7 +120,8 @@ def build(workdir: Path, args: argparse.Namespace) -> dict[str, Path]:
     from resnet_edge.evaluation.options import TuneOptions
     from resnet_edge.evaluation.tune import tune_model
     from resnet_edge.quantization.configs import Int8Target, resolve_config
-    from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
+    from resnet_edge.quantization.options import QuantizeOptions
+    from resnet_edge.quantization.quantize import quantize_onnx
 
     workdir.mkdir(parents=True, exist_ok=True)
     files = {

@@ -54,7 +54,8 @@ def digits_sim(session_dir: Path, digits_onnx: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def digits_int8(session_dir: Path, digits_sim: Path) -> Path:
-    from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
+    from resnet_edge.quantization.options import QuantizeOptions
+    from resnet_edge.quantization.quantize import quantize_onnx
 
     path = session_dir / "digits.int8.onnx"
     with warnings.catch_warnings():

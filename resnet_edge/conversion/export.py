@@ -43,8 +43,7 @@ from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
 from resnet_edge.memory import check_fits
 from resnet_edge.models.checkpoints import LoadedModel, build_model, read_checkpoint_metadata
 from resnet_edge.models.memory import torch_estimate
-from resnet_edge.models.registry import default_preprocessing
-from resnet_edge.models.resnet import get_arch
+from resnet_edge.models.registry import default_preprocessing, get_arch
 from resnet_edge.onnx.graph import count_ops, opset_of
 from resnet_edge.onnx.io import save_onnx
 from resnet_edge.onnx.metadata import RANDOM_INIT, ModelMetadata, write_props

@@ -271,7 +271,7 @@ def _torch_reference(reference: str, protos: dict, threads: int) -> Callable[[np
     import torch
 
     from resnet_edge.models.checkpoints import build_model, read_checkpoint_metadata
-    from resnet_edge.models.resnet import list_models
+    from resnet_edge.models.registry import list_models
 
     first = read_metadata(next(iter(protos.values())))
     if reference in list_models():

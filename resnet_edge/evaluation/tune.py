@@ -315,7 +315,7 @@ def _build_variants(
     """Per provider: (name, precision, file or None, error) of each candidate; INT8 files are built once.
     ``cpu_target``: the INT8 target of the CPU they will run on (default: this machine's)."""
     from resnet_edge.quantization.configs import Format, Int8Target, detect_target, resolve_config
-    from resnet_edge.quantization.quantize import QuantizeOptions
+    from resnet_edge.quantization.options import QuantizeOptions
 
     cpu_target = cpu_target or detect_target()
 
@@ -329,7 +329,8 @@ def _build_variants(
         if ready is not None:
             built[label] = (require_file(ready, what="INT8 model"), None)
             return built[label]
-        from resnet_edge.quantization.quantize import calibrate_onnx, quantize_onnx
+        from resnet_edge.quantization.calibrate import calibrate_onnx
+        from resnet_edge.quantization.quantize import quantize_onnx
 
         path = folder / f"int8-{label.replace(' ', '-')}.onnx"
         quantize = QuantizeOptions(

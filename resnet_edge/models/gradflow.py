@@ -30,8 +30,8 @@ from resnet_edge.calibration.sources import iter_batches, open_source
 from resnet_edge.errors import OptionError
 from resnet_edge.models.checkpoints import read_checkpoint_metadata
 from resnet_edge.models.options import GradFlowOptions
-from resnet_edge.models.registry import default_preprocessing
-from resnet_edge.models.resnet import ResNet, Stem, Variant, create_model, get_arch
+from resnet_edge.models.registry import Stem, Variant, default_preprocessing, get_arch
+from resnet_edge.models.resnet import ResNet, create_model
 from resnet_edge.progress import Progress, ProgressCallback
 
 DIGITS_DATA = "builtin:digits-train"

@@ -197,7 +197,7 @@ def _check_sources(config: PipelineConfig) -> None:
     from resnet_edge.memory import check_fits
     from resnet_edge.models.checkpoints import read_checkpoint_metadata
     from resnet_edge.models.memory import torch_estimate
-    from resnet_edge.models.resnet import get_arch
+    from resnet_edge.models.registry import get_arch
 
     arch = config.arch or (read_checkpoint_metadata(weights).get("arch") if weights else None)
     if arch is not None:

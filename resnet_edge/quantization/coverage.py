@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from resnet_edge.onnx.graph import COMPUTE_OPS, INTEGER_COMPUTE_OPS, GraphIndex, macs_by_node, module_path
+from resnet_edge.onnx.graph import GraphIndex, macs_by_node, module_path
+from resnet_edge.onnx.op_types import COMPUTE_OPS, INTEGER_COMPUTE_OPS
 from resnet_edge.onnx.placement import ExecutedNode
 
 # Kernels that multiply integers: the fused QDQ forms (QLinearConv, QGemm), the integer-accumulate forms

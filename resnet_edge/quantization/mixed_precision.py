@@ -40,8 +40,8 @@ from resnet_edge.onnx.metadata import QUANTIZATION_KEY, preprocessing_for, write
 from resnet_edge.progress import ProgressCallback
 from resnet_edge.quantization.calibrate import calibrate_onnx
 from resnet_edge.quantization.evaluate import SPEED_ITERATIONS, SpeedComparison, median_latencies_ms
-from resnet_edge.quantization.options import AccuracyGoal
-from resnet_edge.quantization.quantize import QuantizeOptions, QuantizeResult, quantize_onnx
+from resnet_edge.quantization.options import AccuracyGoal, QuantizeOptions
+from resnet_edge.quantization.quantize import QuantizeResult, quantize_onnx
 from resnet_edge.quantization.sensitivity import DEFAULT_IMAGES, SensitivityOptions, analyze_quantization
 
 SPEED_WARMUP = 5

@@ -19,16 +19,14 @@ from resnet_edge import __version__
 from resnet_edge.artifacts import refuse_overwriting_inputs, require_writable_destination
 from resnet_edge.environment import cpu_info
 from resnet_edge.errors import CheckFailedError, ResnetEdgeWarning
-from resnet_edge.onnx.graph import COMPUTE_OPS, GraphIndex
+from resnet_edge.onnx.graph import GraphIndex
 from resnet_edge.onnx.metadata import QUANTIZATION_KEY, read_metadata, read_props, write_props, write_with_record
+from resnet_edge.onnx.op_types import COMPUTE_OPS
 from resnet_edge.onnx.parity import Accuracy, Parity, int8_shortfalls, logit_error_shortfalls
 from resnet_edge.progress import ProgressCallback
 from resnet_edge.quantization.calibrate import (
-    BUNDLED_PHOTOS_NOTE,
-    MIN_OPSET,
     Calibration,
     Job,
-    calibrate_onnx,
     collect_calibration,
     prepare_job,
     quiet_onnxruntime,
@@ -42,17 +40,11 @@ from resnet_edge.quantization.options import QuantizeOptions
 from resnet_edge.quantization.recovery import Judgement, Recovery, RecoveryStep, recover_accuracy
 
 __all__ = [
-    "BUNDLED_PHOTOS_NOTE",
-    "MIN_OPSET",
-    "Calibration",
-    "QuantizeOptions",
     "QuantizeResult",
-    "calibrate_onnx",
     "check_coverage",
     "check_integer_coverage",
     "coverage_record",
     "quantize_onnx",
-    "resolve_exclusions",
 ]
 
 

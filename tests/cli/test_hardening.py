@@ -138,7 +138,8 @@ def test_lossless_checkpoint_casts_load_with_a_note(dtype: torch.dtype, tmp_path
 
 
 def test_quantize_fails_below_validates_bar_unless_allowed(digits_sim: Path, tmp_path: Path) -> None:
-    from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
+    from resnet_edge.quantization.options import QuantizeOptions
+    from resnet_edge.quantization.quantize import quantize_onnx
 
     flat = tmp_path / "flat.npy"
     np.save(flat, np.full((16, 8, 8), 255, np.uint8))  # white calibration images: every range is wrong
@@ -156,7 +157,9 @@ def test_quantize_fails_below_validates_bar_unless_allowed(digits_sim: Path, tmp
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_histogram_calibration_takes_a_short_final_batch(digits_sim: Path, tmp_path: Path, method: str) -> None:
-    from resnet_edge.quantization.quantize import Method, QuantizeOptions, quantize_onnx
+    from resnet_edge.quantization.configs import Method
+    from resnet_edge.quantization.options import QuantizeOptions
+    from resnet_edge.quantization.quantize import quantize_onnx
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -111,7 +111,7 @@ def test_deep_plain_network_gradient_scale_is_exponential_in_depth() -> None:
 
 def test_plain_network_has_the_residual_weights() -> None:
     from resnet_edge.models.gradflow import fresh_model
-    from resnet_edge.models.resnet import Variant
+    from resnet_edge.models.registry import Variant
 
     residual = fresh_model("resnet20", Variant.RESIDUAL, seed=3).state_dict()
     plain = fresh_model("resnet20", Variant.PLAIN, seed=3).state_dict()
@@ -121,7 +121,7 @@ def test_plain_network_has_the_residual_weights() -> None:
 
 def test_a_given_model_is_measured_as_it_is_and_left_alone() -> None:
     from resnet_edge.models.gradflow import fresh_model
-    from resnet_edge.models.resnet import Variant
+    from resnet_edge.models.registry import Variant
 
     options = GradFlowOptions("resnet20", batch=4, seed=5)
     fresh = gradient_flow(None, None, options)
@@ -256,7 +256,8 @@ def test_preact_simplify_refuses_unfolded_bn_unless_allowed(
 
 @pytest.mark.slow
 def test_preact_quantizes_with_bn_in_fp32(preact_sim: SimplifyResult, tmp_path: Path) -> None:
-    from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
+    from resnet_edge.quantization.options import QuantizeOptions
+    from resnet_edge.quantization.quantize import quantize_onnx
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -17,7 +17,8 @@ from resnet_edge.onnx.placement import ExecutedNode, executed_nodes_from_profile
 from resnet_edge.onnx.runtime import open_session
 from resnet_edge.quantization.configs import Format, Int8Target, resolve_config
 from resnet_edge.quantization.coverage import integer_coverage
-from resnet_edge.quantization.quantize import QuantizeOptions, check_integer_coverage, quantize_onnx
+from resnet_edge.quantization.options import QuantizeOptions
+from resnet_edge.quantization.quantize import check_integer_coverage, quantize_onnx
 
 x86 = pytest.mark.skipif(
     platform.machine().lower() not in ("x86_64", "amd64"), reason="the fusions asserted are onnxruntime's x86 ones"

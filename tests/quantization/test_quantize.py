@@ -11,12 +11,14 @@ import onnx
 import pytest
 
 from resnet_edge.errors import CheckFailedError, InputFileError, OptionError
-from resnet_edge.onnx.graph import COMPUTE_OPS, is_quantized
+from resnet_edge.onnx.graph import is_quantized
 from resnet_edge.onnx.metadata import read_record
+from resnet_edge.onnx.op_types import COMPUTE_OPS
 from resnet_edge.onnx.runtime import open_session
 from resnet_edge.progress import Progress
 from resnet_edge.quantization.configs import Format, Int8Target, Method, detect_target, resolve_config
-from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
+from resnet_edge.quantization.options import QuantizeOptions
+from resnet_edge.quantization.quantize import quantize_onnx
 
 FAST = QuantizeOptions(measure_speed=False)
 
