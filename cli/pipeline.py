@@ -13,7 +13,7 @@ from resnet_edge import formatting as fmt
 from resnet_edge.cli import render
 from resnet_edge.cli.options import INT8_TARGETS, F, _without_none, field_option, json_option, progress_bars
 from resnet_edge.pipeline.config import OPTIONS, declared, declared_type, option_key, option_type, pipeline_default
-from resnet_edge.pipeline.result import FILES
+from resnet_edge.pipeline.result import FILES, PipelineResult
 
 
 def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
@@ -139,6 +139,11 @@ def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
         return render.emit_json(
             {"outdir": result.outdir, "artifacts": result.artifacts, "report": str(result.outdir / REPORT_JSON)}
         )
+    _print_result(result)
+
+
+def _print_result(result: PipelineResult) -> None:
+    """The run's table (one row per variant), the deployment tune chose, and the files written."""
     from resnet_edge.pipeline.report import summary_rows
 
     rows = summary_rows(result)
