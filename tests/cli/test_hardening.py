@@ -176,6 +176,7 @@ def test_a_crash_inside_a_stage_keeps_the_earlier_stages_and_a_report(
     import json
 
     from resnet_edge.pipeline import run as pipeline
+    from resnet_edge.pipeline.publish import MARKER
 
     def crash(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug in simplify")  # stands in for any bug: a real one is fixed once found
@@ -184,7 +185,7 @@ def test_a_crash_inside_a_stage_keeps_the_earlier_stages_and_a_report(
     with pytest.raises(RuntimeError, match="a bug in simplify"):
         pipeline.run_pipeline(pipeline.PipelineConfig(int8=False), tmp_path / "out")
     names = {p.name for p in (tmp_path / "out").iterdir()}
-    assert {"model.onnx", "report.json", pipeline.MARKER} <= names and "model.sim.onnx" not in names
+    assert {"model.onnx", "report.json", MARKER} <= names and "model.sim.onnx" not in names
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert "simplify" in json.dumps(report) and "a bug in simplify" in json.dumps(report)
 
