@@ -34,9 +34,11 @@ import onnx
 
 from resnet_edge.calibration.preprocess import ChannelOrder, PreprocessSpec, preprocess_uint8
 from resnet_edge.calibration.sources import FASHION_MNIST_CLASSES, open_source
-from resnet_edge.conversion.export import ExportOptions, export_onnx
+from resnet_edge.conversion.export import export_onnx
+from resnet_edge.conversion.options import ExportOptions
 from resnet_edge.conversion.simplify import simplify_onnx
-from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
+from resnet_edge.quantization.options import QuantizeOptions
+from resnet_edge.quantization.quantize import quantize_onnx
 
 FASHION_TRAIN_IMAGES = 12_000  # as MEASURED.md's Fashion-MNIST model: 6 epochs on 12,000 images reached 89.65%
 FASHION_EPOCHS = 6

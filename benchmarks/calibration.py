@@ -99,7 +99,8 @@ def run_phase(args: argparse.Namespace) -> None:
 
 
 def build_model(workdir: Path, arch: str, size: int) -> Path:
-    from resnet_edge.conversion.export import ExportOptions, export_onnx
+    from resnet_edge.conversion.export import export_onnx
+    from resnet_edge.conversion.options import ExportOptions
     from resnet_edge.conversion.simplify import simplify_onnx
 
     path = workdir / f"{arch}-{size}.sim.onnx"

@@ -13,12 +13,15 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from resnet_edge.conversion.export import ExportOptions, export_onnx
+from resnet_edge.conversion.export import export_onnx
+from resnet_edge.conversion.options import ExportOptions
 from resnet_edge.conversion.simplify import simplify_onnx
 from resnet_edge.environment import cpu_info
-from resnet_edge.evaluation.benchmark import BenchmarkOptions, benchmark_models
+from resnet_edge.evaluation.benchmark import benchmark_models
+from resnet_edge.evaluation.options import BenchmarkOptions
 from resnet_edge.quantization.configs import Format, Int8Recipe, Int8Target, detect_target, resolve_config
-from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
+from resnet_edge.quantization.options import QuantizeOptions
+from resnet_edge.quantization.quantize import quantize_onnx
 
 
 def variants() -> dict[str, Int8Recipe]:

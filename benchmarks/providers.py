@@ -59,7 +59,8 @@ def run_phase(args: argparse.Namespace) -> dict:
     elif args.phase == "ort-raw":  # CPU EP experiments: graph optimisation levels and session config entries
         import onnxruntime as ort
 
-        from resnet_edge.onnx.runtime import Provider, open_session
+        from resnet_edge.onnx.providers import Provider
+        from resnet_edge.onnx.runtime import open_session
 
         config = dict(entry.partition("=")[::2] for entry in args.config)
         session = open_session(
@@ -73,7 +74,8 @@ def run_phase(args: argparse.Namespace) -> dict:
     else:  # through resnet-edge's one way to open a session
         import onnxruntime as ort
 
-        from resnet_edge.onnx.runtime import open_session, parse_provider
+        from resnet_edge.onnx.providers import parse_provider
+        from resnet_edge.onnx.runtime import open_session
 
         session = open_session(args.model, parse_provider(args.provider), threads=args.threads)
 
@@ -112,11 +114,14 @@ def phase_process(python: str, phase: str, model: Path, args: argparse.Namespace
 
 
 def build(workdir: Path, args: argparse.Namespace) -> dict[str, Path]:
-    from resnet_edge.conversion.export import ExportOptions, export_onnx
+    from resnet_edge.conversion.export import export_onnx
+    from resnet_edge.conversion.options import ExportOptions
     from resnet_edge.conversion.simplify import simplify_onnx
-    from resnet_edge.evaluation.tune import TuneOptions, tune_model
+    from resnet_edge.evaluation.options import TuneOptions
+    from resnet_edge.evaluation.tune import tune_model
     from resnet_edge.quantization.configs import Int8Target, resolve_config
-    from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
+    from resnet_edge.quantization.options import QuantizeOptions
+    from resnet_edge.quantization.quantize import quantize_onnx
 
     workdir.mkdir(parents=True, exist_ok=True)
     files = {

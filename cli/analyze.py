@@ -5,12 +5,16 @@ from __future__ import annotations
 import contextlib
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from resnet_edge.cli import render
 from resnet_edge.cli.options import SEED, field_option, json_option, parse_provider_list, providers_option
 from resnet_edge.evaluation.options import ValidateOptions
+
+if TYPE_CHECKING:
+    from resnet_edge.quantization.sensitivity.result import SensitivityResult
 
 
 @click.command()
@@ -68,6 +72,17 @@ def analyze(
         )
     if as_json:
         return render.emit_json(result)
+    _print_summary(result, fp32_model, int8_model)
+    _print_blocks(result)
+    _print_findings(result, int8_model)
+    click.echo(
+        f"wrote {result.chart} and {result.report.name} ({result.isolated_models} single-block models,"
+        f" {result.seconds:.1f} s)"
+    )
+
+
+def _print_summary(result: SensitivityResult, fp32_model: Path, int8_model: Path) -> None:
+    """The held-out images, the INT8 model's agreement with FP32, and where each model ran."""
     skipped = result.calibration_images_dropped
     click.echo(
         f"{result.images} held-out images from {result.data_source}"
@@ -83,6 +98,10 @@ def analyze(
     )
     names = {"fp32": fp32_model.name, "int8": int8_model.name}
     render.audit_lines("placement", [(names[role], result.provider, p) for role, p in result.placement.items()])
+
+
+def _print_blocks(result: SensitivityResult) -> None:
+    """One row per residual block, most sensitive first."""
     order = result.ranking + [b.block for b in result.blocks if b.block not in result.ranking]
     rows = []
     for name in order:
@@ -124,6 +143,10 @@ def analyze(
         "alone = only this block INT8, FP32 elsewhere; all = the INT8 model as it is; dB = SQNR against"
         " FP32, lower is worse"
     )
+
+
+def _print_findings(result: SensitivityResult, int8_model: Path) -> None:
+    """What changed since --before, the flagged additions, the notes, and which block to keep in FP32."""
     if result.changes:
         click.echo(
             f"before ({result.before_model.name}) -> after ({int8_model.name}): top-1 agreement"
@@ -153,7 +176,3 @@ def analyze(
             f"most sensitive: {first.block}; keep it in FP32 with "
             + " ".join(f"--exclude {shlex.quote(item)}" for item in first.exclude)
         )
-    click.echo(
-        f"wrote {result.chart} and {result.report.name} ({result.isolated_models} single-block models,"
-        f" {result.seconds:.1f} s)"
-    )

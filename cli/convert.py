@@ -254,7 +254,7 @@ def _print_quantize(result: QuantizeResult) -> None:
             ]
         ]
     if result.coverage is not None:
-        click.echo(f"on {result.record['integer_coverage']['provider']}: {result.coverage.describe()}")
+        click.echo(f"on {result.provider}: {result.coverage.describe()}")
     overlap = f", {result.overlap_excluded} dropped as calibration images" if result.overlap_excluded else ""
     click.echo(f"held-out evaluation: {result.evaluation_images} images from {result.evaluation_source}{overlap}")
     click.echo(render.table(["metric", "value"], rows))
@@ -263,9 +263,8 @@ def _print_quantize(result: QuantizeResult) -> None:
 
 def _print_recovery(result: QuantizeResult) -> None:
     """The accuracy-recovery steps, each judged before and after (see the record's ``accuracy_recovery``)."""
-    recovery = result.record.get("accuracy_recovery") or {}
-    if recovery.get("weights"):
-        click.echo(f"weights: {recovery['weights']['grid']}, written by resnet-edge")
+    if result.weight_grid:
+        click.echo(f"weights: {result.weight_grid['grid']}, written by resnet-edge")
     if result.config.weight_bits == 4:
         click.echo(
             "int4 weights: on the CPU EP they are dequantized and the convolutions run in FP32 (see the"
@@ -289,7 +288,7 @@ def _print_recovery(result: QuantizeResult) -> None:
         ]
         for step in result.recovery
     ]
-    click.echo(f"accuracy recovery ({recovery.get('judged')}):")
+    click.echo(f"accuracy recovery ({result.recovery_judged or None}):")
     click.echo(render.table(["step", "top-1 agreement", "top-1 accuracy", "time"], rows))
 
 

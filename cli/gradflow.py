@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,6 +13,9 @@ from resnet_edge.cli.options import SEED, json_option, options_from, take_option
 from resnet_edge.errors import OptionError
 from resnet_edge.models.options import GradFlowOptions
 from resnet_edge.models.registry import Variant, list_models
+
+if TYPE_CHECKING:  # models.gradflow imports torch: only when the command runs
+    from resnet_edge.models.gradflow import GradFlowComparison, GradFlowResult
 
 
 @click.command()
@@ -58,56 +62,63 @@ def gradflow(plain, side_by_side, data, output_dir, as_json, **fields) -> None:
         f"{arch} at initialisation, BatchNorm in training mode: one backward pass on {first.batch}"
         f" images of {first.data}, {first.labels}"
     )
-    if side_by_side:
-        res, pl = result.residual, result.plain
-        click.echo(
-            render.table(
-                [
-                    "depth",
-                    "block",
-                    "shortcut",
-                    "residual |dL/dx|",
-                    "branch term",
-                    "shortcut term",
-                    "plain |dL/dx|",
-                    "plain/residual",
-                ],
-                [
-                    [
-                        d,
-                        r.path,
-                        r.shortcut,
-                        r.grad_norm,
-                        r.branch_term_norm,
-                        r.shortcut_term_norm,
-                        p.grad_norm,
-                        p.grad_norm / r.grad_norm,
-                    ]
-                    for d, (r, p) in enumerate(zip(res.blocks, pl.blocks, strict=True), 1)
-                ],
-            )
-        )
-        for name, r in (("residual", res), ("plain", pl)):
-            click.echo(
-                f"{name}: loss {r.loss:.4f}; gradient first/last block x{r.first_to_last:.4g}"
-                f" (x{r.per_block_growth:.3f} per block)"
-            )
-        click.echo(f"gradient at the first block, plain/residual: x{result.first_block_ratio:.4g}")
-    else:
-        click.echo(
-            render.table(
-                ["depth", "block", "shortcut", "|x|", "|dL/dx|", "branch term", "shortcut term"],
-                [
-                    [d, b.path, b.shortcut, b.activation_norm, b.grad_norm, b.branch_term_norm, b.shortcut_term_norm]
-                    for d, b in enumerate(result.blocks, 1)
-                ],
-            )
-        )
-        click.echo(
-            f"loss {result.loss:.4f}; gradient first/last block x{result.first_to_last:.4g}"
-            f" (x{result.per_block_growth:.3f} per block)"
-        )
+    (_print_comparison if side_by_side else _print_one)(result)
     click.echo(f"wrote {result.plot}")
+
+
+def _print_comparison(result: GradFlowComparison) -> None:
+    """Residual and plain, block by block, and how their gradients grow."""
+    res, pl = result.residual, result.plain
+    click.echo(
+        render.table(
+            [
+                "depth",
+                "block",
+                "shortcut",
+                "residual |dL/dx|",
+                "branch term",
+                "shortcut term",
+                "plain |dL/dx|",
+                "plain/residual",
+            ],
+            [
+                [
+                    d,
+                    r.path,
+                    r.shortcut,
+                    r.grad_norm,
+                    r.branch_term_norm,
+                    r.shortcut_term_norm,
+                    p.grad_norm,
+                    p.grad_norm / r.grad_norm,
+                ]
+                for d, (r, p) in enumerate(zip(res.blocks, pl.blocks, strict=True), 1)
+            ],
+        )
+    )
+    for name, r in (("residual", res), ("plain", pl)):
+        click.echo(
+            f"{name}: loss {r.loss:.4f}; gradient first/last block x{r.first_to_last:.4g}"
+            f" (x{r.per_block_growth:.3f} per block)"
+        )
+    click.echo(f"gradient at the first block, plain/residual: x{result.first_block_ratio:.4g}")
+
+
+def _print_one(result: GradFlowResult) -> None:
+    """One network, block by block, and how its gradient grows."""
+    click.echo(
+        render.table(
+            ["depth", "block", "shortcut", "|x|", "|dL/dx|", "branch term", "shortcut term"],
+            [
+                [d, b.path, b.shortcut, b.activation_norm, b.grad_norm, b.branch_term_norm, b.shortcut_term_norm]
+                for d, b in enumerate(result.blocks, 1)
+            ],
+        )
+    )
+    click.echo(
+        f"loss {result.loss:.4f}; gradient first/last block x{result.first_to_last:.4g}"
+        f" (x{result.per_block_growth:.3f} per block)"
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import click
 
+from resnet_edge.onnx.providers import parse_providers  # no onnxruntime: --help stays fast
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.configs import Format, Int8Target, Method
 
@@ -48,8 +49,6 @@ def providers_option(function):
 
 
 def parse_provider_list(value: str) -> tuple:
-    from resnet_edge.onnx.runtime import parse_providers  # imports onnxruntime: only when a command runs
-
     return tuple(parse_providers(value))
 
 

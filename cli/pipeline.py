@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
+import enum
+import typing
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from resnet_edge import formatting as fmt
 from resnet_edge.cli import render
-from resnet_edge.cli.options import (
-    INT8_FORMATS,
-    INT8_METHODS,
-    INT8_TARGETS,
-    field_option,
-    json_option,
-    progress_bars,
-)
-from resnet_edge.evaluation.options import ValidateOptions
-from resnet_edge.models.registry import Variant, list_models
-from resnet_edge.pipeline.result import FILES
+from resnet_edge.cli.options import INT8_TARGETS, F, _without_none, field_option, json_option, progress_bars
+from resnet_edge.pipeline.config import OPTIONS, declared, declared_type, option_key, option_type, pipeline_default
+from resnet_edge.pipeline.result import FILES, PipelineResult
 
 
 def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
@@ -34,88 +29,70 @@ def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
     return given | ({"targets": devices} if devices else {})
 
 
+def _default_text(name: str) -> str | None:
+    """The default a flag's help shows: the declaration's (``PIPELINE_*``, ``RunOptions``), or the table's words for
+    one that the value alone does not say (None: "all cores")."""
+    option, value = OPTIONS[name], pipeline_default(name)
+    if option.default is not None:
+        return option.default
+    if value is None or value is False or value == ():
+        return None
+    if value is True:
+        return "yes"
+    return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+
+
+def pipeline_option(name: str) -> Callable[[F], F]:
+    """The flag of the pipeline option ``name``, made from its declaration: the type and default of the field that
+    keeps it, the flag and help of :data:`~resnet_edge.pipeline.config.OPTIONS`. Every flag defaults to None, so
+    that what was given is told apart from the defaults (a config file's values win over those)."""
+    option = OPTIONS[name]
+    cls, declaration = declared(name)
+    if not option.help:  # a field declared for every command (--label-map): its own flag and help
+        return field_option(cls, declaration.name, type=click.Path())
+    key = option_key(name)  # the parameter's name is the config file's key (batch), as make_config reads it
+    flag = option.flag or "--" + key.replace("_", "-")
+    default = _default_text(name)
+    help_text = option.help.format(**FILES) + (f" [default: {default}]" if default else "")
+    if option_type(name) is bool:
+        if "/" in flag:
+            return click.option(flag, key, default=None, help=help_text)
+        return click.option(flag, key, is_flag=True, default=None, help=help_text)
+    kept = _without_none(declared_type(name))
+    if isinstance(kept, type) and issubclass(kept, enum.Enum):
+        click_type: object = click.Choice([e.value for e in kept])
+    elif option.choices:
+        click_type = click.Choice(option.choices)
+    elif typing.get_origin(kept) is tuple:
+        click_type = str  # a list is given as on the command line: "1,8", or repeated (--target)
+    else:
+        click_type = _without_none(option_type(name))
+    return click.option(flag, key, type=click_type, multiple=option.multiple, help=help_text)
+
+
+def pipeline_options(*, until: str | None = None, start: str | None = None) -> Callable[[F], F]:
+    """The pipeline options' flags, in :data:`~resnet_edge.pipeline.config.OPTIONS`' order: those before ``until``,
+    or those from ``start`` on (so that --config stands before the device options, as it did)."""
+    names = list(OPTIONS)
+    names = names[: names.index(until)] if until else names[names.index(start) :] if start else names
+
+    def decorate(function: F) -> F:
+        for name in reversed(names):
+            function = pipeline_option(name)(function)
+        return function
+
+    return decorate
+
+
 @click.command()
-@click.option("--arch", type=click.Choice(list_models()), help="Architecture. [default: the built-in digits resnet20]")
-@click.option(
-    "--weights",
-    help="Checkpoint (.pt, .pth, .safetensors) or builtin:NAME. [default: builtin:digits-resnet20 unless --arch;"
-    " with --arch alone: random weights drawn with --seed]",
-)
-@click.option(
-    "--variant",
-    type=click.Choice([v.value for v in Variant]),
-    help="Block design: residual, plain (skips off) or preact. [default: the checkpoint's, else residual]",
-)
-@click.option("--num-classes", type=int, help="Output classes. [default: the checkpoint's, else 1000 / 10]")
-@click.option("--input-size", type=int, help="Input side in pixels. [default: the checkpoint's, else 224 / 32]")
-@click.option("--opset", type=int, help="ONNX opset to export. [default: 17]")
-@click.option("--calib", help="Calibration images. [default: the model's built-in calibration split / photos]")
-@click.option(
-    "--data",
-    help="Validation images; any image also used for calibration is left out. [default: the model's built-in"
-    " test split / photos]",
-)
-@field_option(ValidateOptions, "label_map", type=click.Path())  # declared once (calibration.labels); text, as in TOML
-@click.option(
-    "--providers",
-    help="Comma-separated: cpu, cuda, tensorrt, openvino, ep:NAME; options as name[k=v;k=v]. [default: cpu]",
-)
-@click.option("--strict-ep", is_flag=True, default=None, help="Fail instead of falling back to cpu.")
-@click.option("--int8/--no-int8", default=None, help="Quantize to INT8. [default: yes]")
-@click.option(
-    "--method",
-    type=click.Choice(INT8_METHODS),
-    help="How calibration turns activations into ranges. [default: minmax]",
-)
-@click.option(
-    "--int8-target",
-    "target",
-    type=click.Choice(INT8_TARGETS),
-    help="Hardware to choose the INT8 configuration for; auto reads this CPU. [default: auto]",
-)
-@click.option("--per-channel/--per-tensor", default=None, help="INT8 weight granularity. [default: the target's]")
-@click.option("--format", type=click.Choice(INT8_FORMATS), help="INT8 graph format. [default: the target's]")
-@click.option("--limit", type=int, help="Calibration images to draw (with --seed). [default: all]")
-@click.option("--seed", type=int, help="Seed for the calibration subset and for random weights. [default: 0]")
-@click.option("--batch", help="Benchmark batch sizes, comma-separated. [default: 1,8]")
-@click.option("--iterations", type=int, help="Benchmark rounds. [default: 50]")
-@click.option("--warmup", type=int, help="Untimed benchmark rounds first. [default: 5]")
-@click.option("--threads", type=int, help="Intra-op threads. [default: all cores]")
-@click.option(
-    "--torch-eager/--no-torch-eager",
-    default=None,
-    help="Also time the PyTorch model (the slowest phase; --no-torch-eager skips it). [default: yes]",
-)
-@click.option(
-    "--tune/--no-tune",
-    default=None,
-    help=f"Choose the deployment by measurement (as resnet-edge tune) and write {FILES['tune']}. [default: yes]",
-)
-@click.option(
-    "--allow-unfolded-bn", is_flag=True, default=None, help="Keep BatchNorms with no conv to fold into (preact)."
-)
-@click.option(
-    "--allow-accuracy-drop",
-    is_flag=True,
-    default=None,
-    help="Keep an INT8 model that misses validate's INT8 bar on held-out images (random weights, say).",
-)
+@pipeline_options(until="targets")
 @click.option(
     "--config",
     "config_file",
     type=click.Path(path_type=Path),
     help='TOML file whose keys are these options\' names (batch = "1,8", strict_ep = true); flags win.',
 )
-@click.option(
-    "--target",
-    "targets",
-    multiple=True,
-    help="Also benchmark and report on this device, repeatable: ssh://[user@]host[:port], local or 'exec:COMMAND"
-    " PREFIX' (see benchmark --help; an emulated one is reported, never ranked). (A value that"
-    " names an INT8 target, as in earlier releases, is taken as --int8-target.)",
-)
-@click.option("--remote-python", help="Interpreter on the target devices. [default: python3]")
-@click.option("--ssh-config", help="ssh config file instead of ~/.ssh/config (ssh -F). [default: ssh's own]")
+@pipeline_options(start="targets")
 @click.option(
     "-o",
     "--output",
@@ -162,6 +139,11 @@ def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
         return render.emit_json(
             {"outdir": result.outdir, "artifacts": result.artifacts, "report": str(result.outdir / REPORT_JSON)}
         )
+    _print_result(result)
+
+
+def _print_result(result: PipelineResult) -> None:
+    """The run's table (one row per variant), the deployment tune chose, and the files written."""
     from resnet_edge.pipeline.report import summary_rows
 
     rows = summary_rows(result)

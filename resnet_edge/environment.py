@@ -116,7 +116,7 @@ def collect_environment() -> Environment:
     try:
         from dataclasses import asdict
 
-        from resnet_edge.onnx.runtime import available_providers, provider_statuses
+        from resnet_edge.onnx.plugins import available_providers, provider_statuses
 
         providers = available_providers()  # plugins (OpenVINO) included
         statuses = [asdict(s) for s in provider_statuses()]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -23,10 +23,10 @@ import numpy as np
 
 NOISY_CV = 0.15  # a coefficient of variation above this means the machine was too busy to trust the row
 MIN_ITERATIONS = 5  # a duration-bound run still times every model at least this often
-DEFAULT_WARMUP = 10
-DEFAULT_ITERATIONS = 100
 POOL_IMAGES = 64  # distinct real images a timing batch is drawn from (repeated when the batch is larger)
 GPU_PROVIDERS = ("cuda", "tensorrt")  # inputs and outputs are bound on the device for these
+IO_ON_DEVICE = "inputs and outputs bound on the GPU (copies excluded)"
+IO_ON_HOST = "host memory"
 
 S = TypeVar("S")
 
@@ -150,14 +150,25 @@ def batch_from_pool(pool: np.ndarray, batch: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([pool] * -(-batch // len(pool)))[:batch])
 
 
+def binds_io_on_device(ran_on: str) -> bool:
+    """The one I/O-binding rule, for the host's benchmark and the device runner alike: a session that runs on a GPU
+    provider (``cuda``, ``tensorrt``) is timed with its input and output bound on the GPU."""
+    return ran_on in GPU_PROVIDERS
+
+
+def io_placement(ran_on: Iterable[str]) -> str:
+    """Where a provider's timed inputs and outputs lived, as a benchmark row says it (:func:`binds_io_on_device`)."""
+    return IO_ON_DEVICE if any(binds_io_on_device(name) for name in ran_on) else IO_ON_HOST
+
+
 def session_runner(session: object, batch: np.ndarray) -> Callable[[], object]:
     """A no-argument call of ``session`` (a :class:`resnet_edge.onnx.runtime.Session`) on ``batch``, as timed.
 
-    On CUDA the input is bound on the device once and the output stays there, so copies are excluded.
+    On a GPU provider the input is bound on the device once and the output stays there, so copies are excluded.
     """
     ort_session = session.session  # type: ignore[attr-defined]
     input_name, output_name = session.input_name, session.output_name  # type: ignore[attr-defined]
-    if session.ran_on not in GPU_PROVIDERS:  # type: ignore[attr-defined]
+    if not binds_io_on_device(session.ran_on):  # type: ignore[attr-defined]
         feed = {input_name: batch}
         return lambda: ort_session.run([output_name], feed)
     import onnxruntime as ort

@@ -9,7 +9,8 @@ import onnx
 import pytest
 import torch
 
-from resnet_edge.conversion.export import ExportOptions, export_onnx
+from resnet_edge.conversion.export import export_onnx
+from resnet_edge.conversion.options import ExportOptions
 from resnet_edge.conversion.simplify import simplify_onnx
 from resnet_edge.models.resnet import create_model
 
@@ -53,7 +54,8 @@ def digits_sim(session_dir: Path, digits_onnx: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def digits_int8(session_dir: Path, digits_sim: Path) -> Path:
-    from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
+    from resnet_edge.quantization.options import QuantizeOptions
+    from resnet_edge.quantization.quantize import quantize_onnx
 
     path = session_dir / "digits.int8.onnx"
     with warnings.catch_warnings():

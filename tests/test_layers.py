@@ -41,7 +41,11 @@ RANK = {layer: rank for rank, names in enumerate(LAYERS) for layer in names}
 RUNNER_CLOSURE = {
     "resnet_edge.device.runner",
     "resnet_edge.device.facts",
+    "resnet_edge.device.protocol",
     "resnet_edge.onnx.op_types",
+    "resnet_edge.onnx.placement",
+    "resnet_edge.onnx.plugins",
+    "resnet_edge.onnx.providers",
     "resnet_edge.onnx.runtime",
     "resnet_edge.timing",
     "resnet_edge.errors",

@@ -22,7 +22,7 @@ from resnet_edge.calibration.sources import ArraySource, FolderSource
 from resnet_edge.cli.options import parse_batches
 from resnet_edge.conversion.export import read_labels_file
 from resnet_edge.errors import ResnetEdgeError
-from resnet_edge.onnx.runtime import parse_providers
+from resnet_edge.onnx.providers import parse_providers
 from resnet_edge.pipeline.config import PipelineConfig, load_config, make_config, option_keys
 
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

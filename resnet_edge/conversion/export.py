@@ -35,10 +35,7 @@ from resnet_edge.artifacts import (
     sha256_bytes,
 )
 from resnet_edge.calibration.preprocess import PreprocessSpec
-from resnet_edge.conversion.options import (  # noqa: F401 (re-exported: the names callers know from here)
-    DEFAULT_OPSET,
-    DEFAULT_OPSETS,
-    OPSET_RANGE,
+from resnet_edge.conversion.options import (
     Exporter,
     ExportOptions,
 )
@@ -46,8 +43,7 @@ from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
 from resnet_edge.memory import check_fits
 from resnet_edge.models.checkpoints import LoadedModel, build_model, read_checkpoint_metadata
 from resnet_edge.models.memory import torch_estimate
-from resnet_edge.models.registry import default_preprocessing
-from resnet_edge.models.resnet import get_arch
+from resnet_edge.models.registry import default_preprocessing, get_arch
 from resnet_edge.onnx.graph import count_ops, opset_of
 from resnet_edge.onnx.io import save_onnx
 from resnet_edge.onnx.metadata import RANDOM_INIT, ModelMetadata, write_props

@@ -20,9 +20,7 @@ from pathlib import Path
 import onnx
 
 from resnet_edge.artifacts import refuse_overwriting_inputs, require_writable_destination
-from resnet_edge.conversion.options import (  # noqa: F401 (re-exported: the names callers know from here)
-    DEFAULT_TIMEOUT_S,
-    MAX_TIMEOUT_S,
+from resnet_edge.conversion.options import (
     SimplifyOptions,
 )
 from resnet_edge.errors import CheckFailedError, InputFileError

@@ -16,10 +16,14 @@ from resnet_edge.errors import InputFileError
 RUNNER_MODULES = (
     "errors.py",
     "onnx/op_types.py",
+    "onnx/placement.py",
+    "onnx/plugins.py",
+    "onnx/providers.py",
     "onnx/runtime.py",
     "timing.py",
     "device/__init__.py",
     "device/facts.py",
+    "device/protocol.py",
     "device/runner.py",
 )
 MIN_PYTHON = (3, 8)

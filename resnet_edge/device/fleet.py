@@ -28,21 +28,14 @@ import numpy as np
 
 from resnet_edge.artifacts import sha256_file
 from resnet_edge.device.facts import EMULATION_WARNING, DeviceFacts, Thermal
-from resnet_edge.device.runner import JOB_FORMAT
-from resnet_edge.device.targets import JobFiles, RemoteOptions, Target, TargetSession, Transfer
+from resnet_edge.device.protocol import Job, JobModel, output_key, session_key
+from resnet_edge.device.targets import JobFiles, RemoteOptions, Target, Transfer, target_session
 from resnet_edge.errors import OptionError, ResnetEdgeError, ResnetEdgeWarning
-from resnet_edge.evaluation.benchmark import (
-    BenchmarkOptions,
-    BenchmarkRow,
-    check_options,
-    default_timing_data,
-    image_pool,
-    timed_rows,
-)
+from resnet_edge.evaluation.benchmark import BenchmarkRow, check_options, default_timing_data, image_pool, timed_rows
+from resnet_edge.evaluation.options import BenchmarkOptions, ValidateOptions
 from resnet_edge.evaluation.validate import (
     Outputs,
     Reference,
-    ValidateOptions,
     ValidateResult,
     finish_validation,
     judge_outputs,
@@ -51,12 +44,13 @@ from resnet_edge.evaluation.validate import (
 )
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import preprocessing_for
-from resnet_edge.onnx.runtime import ExecutedNode, placement_from_json
+from resnet_edge.onnx.placement import ExecutedNode, placement_from_json
 from resnet_edge.quantization.coverage import coverage_of
 from resnet_edge.timing import LatencyStats, Timed
 
 if TYPE_CHECKING:
-    from resnet_edge.evaluation.tune import TuneOptions, TuneResult
+    from resnet_edge.evaluation.options import TuneOptions
+    from resnet_edge.evaluation.tune import TuneResult
 
 
 @dataclass
@@ -155,20 +149,18 @@ def benchmark_on_targets(
         key = pool_names.setdefault(id(pool), f"pool_{len(pool_names)}")
         inputs[key] = pool
         shas[name] = sha256_file(name)
-        job_models.append({"label": name, "sha256": shas[name], "input": key})
-    job = {
-        "format": JOB_FORMAT,
-        "action": "benchmark",
-        "models": job_models,
-        "inputs": "inputs.npz",
-        "providers": [p.value for p in options.providers],
-        "strict_ep": options.strict_ep,
-        "threads": options.threads,
-        "batch_sizes": list(options.batch_sizes),
-        "warmup": options.warmup,
-        "iterations": options.rounds,
-        "duration_s": options.duration_s,
-    }
+        job_models.append(JobModel(name, shas[name], key))
+    job = Job(
+        "benchmark",
+        job_models,
+        providers=[p.value for p in options.providers],
+        strict_ep=options.strict_ep,
+        threads=options.threads,
+        batch_sizes=list(options.batch_sizes),
+        warmup=options.warmup,
+        iterations=options.rounds,
+        duration_s=options.duration_s,
+    )
     with tempfile.TemporaryDirectory(prefix="resnet-edge-job-") as scratch:
         files = JobFiles(models={shas[n]: Path(n) for n in protos}, files={"inputs.npz": _npz(inputs, scratch)})
         runs = _on_each(targets, remote, job, files, on_progress)
@@ -229,15 +221,13 @@ def validate_on_targets(
         input_of.update({name: f"images_{index}" for name in names})
     shas = {name: sha256_file(name) for name in plan.protos}
     names = list(plan.protos)
-    job = {
-        "format": JOB_FORMAT,
-        "action": "validate",
-        "models": [{"label": n, "sha256": shas[n], "input": input_of[n]} for n in names],
-        "inputs": "inputs.npz",
-        "providers": [p.value for p in options.providers],
-        "strict_ep": options.strict_ep,
-        "validate_batch": options.batch,
-    }
+    job = Job(
+        "validate",
+        [JobModel(n, shas[n], input_of[n]) for n in names],
+        providers=[p.value for p in options.providers],
+        strict_ep=options.strict_ep,
+        validate_batch=options.batch,
+    )
     results: dict[str, ValidateResult | None] = {}
     with tempfile.TemporaryDirectory(prefix="resnet-edge-job-") as scratch:
         files = JobFiles(models={shas[n]: Path(n) for n in names}, files={"inputs.npz": _npz(inputs, scratch)})
@@ -258,10 +248,10 @@ def validate_on_targets(
             outputs = {}
             for name in group_names:
                 index = names.index(name)
-                for provider in job["providers"]:
-                    where = data["sessions"][f"{index}:{provider}"]
+                for provider in job.providers:
+                    where = data["sessions"][session_key(index, provider)]
                     outputs[(name, provider)] = Outputs(
-                        arrays[f"out_{index}_{provider}"],
+                        arrays[output_key(index, provider)],
                         where["ran_on"],
                         where["providers_used"],
                         placement_from_json(where.get("placement")),
@@ -280,7 +270,7 @@ def target_facts(
     Raises:
         TargetError: the target cannot be reached or used (its one-line error).
     """
-    job = {"format": JOB_FORMAT, "action": "facts", "models": []}
+    job = Job("facts")
     [(run, _)] = _on_each([target], remote or RemoteOptions(), job, JobFiles(models={}, files={}), on_progress)
     if not run.ok:
         raise ResnetEdgeError(run.error)
@@ -302,7 +292,7 @@ def _npz(arrays: dict[str, np.ndarray], folder: str) -> Path:
 def _on_each(
     targets: Sequence[Target],
     remote: RemoteOptions,
-    job: dict,
+    job: Job,
     files: JobFiles,
     on_progress: Callable[[str, str], object] | None,
 ) -> list[tuple[TargetRun, dict | None]]:
@@ -310,7 +300,7 @@ def _on_each(
     progress = on_progress or (lambda target, message: None)
 
     sessions = {
-        target.name: TargetSession(target, remote, on_progress=lambda message, t=target: progress(t.name, message))
+        target.name: target_session(target, remote, on_progress=lambda message, t=target: progress(t.name, message))
         for target in targets
     }
 
@@ -318,7 +308,7 @@ def _on_each(
         started = time.perf_counter()
         session = sessions[target.name]
         try:
-            document, transfer = session.run_job(dict(job, models=[dict(m) for m in job["models"]]), files)
+            document, transfer = session.run_job(job, files)
         except ResnetEdgeError as exc:
             progress(target.name, f"failed: {exc}")
             return TargetRun(target.name, False, error=str(exc), seconds=time.perf_counter() - started), None
@@ -336,7 +326,7 @@ def _on_each(
             seconds=time.perf_counter() - started,
             emulated=bool(document["facts"].get("emulated")) or target.emulated,
         )
-        if run.emulated and job["action"] == "benchmark" and EMULATION_WARNING not in run.warnings:
+        if run.emulated and job.action == "benchmark" and EMULATION_WARNING not in run.warnings:
             run.warnings.append(EMULATION_WARNING)
         for message in run.warnings:
             warnings.warn(f"{target.name}: {message}", ResnetEdgeWarning, stacklevel=2)

@@ -28,8 +28,8 @@ import time
 from dataclasses import asdict
 
 from resnet_edge.device.facts import EMULATION_WARNING, collect_facts, read_thermal, throttle_warning
+from resnet_edge.device.protocol import JOB_FORMAT, Job, output_key, session_key
 
-JOB_FORMAT = 1
 LOST_EXIT = 75  # the host went away (stdin closed) before the job finished
 ERROR_EXIT = 1
 # What onnxruntime's messages say when an allocation failed (CPU arena, CUDA, std::bad_alloc).
@@ -79,15 +79,15 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or any(m in str(exc).lower() for m in _OOM_MARKERS)
 
 
-def _models(job: dict, workdir: str, warnings_: list[str]) -> tuple[dict[str, str], dict]:
+def _models(job: Job, workdir: str, warnings_: list[str]) -> tuple[dict[str, str], dict]:
     """label -> a local path of each model, from the cache or installed into it from the upload; a cache record."""
-    cache = job.get("cache_dir") or default_cache_dir()
+    cache = job.cache_dir or default_cache_dir()
     record: dict = {"dir": cache, "hits": [], "installed": [], "bytes_installed": 0, "uncached": []}
     paths = {}
-    for model in job["models"]:
-        sha, label = model["sha256"], model["label"]
+    for model in job.models:
+        sha, label = model.sha256, model.label
         cached = os.path.join(cache, sha + ".onnx")
-        upload = os.path.join(workdir, model["upload"]) if model.get("upload") else None
+        upload = os.path.join(workdir, model.upload) if model.upload else None
         if upload is None:
             if not os.path.isfile(cached):
                 raise RunnerError("cache", f"{label} is not in the device's cache ({cached}) and was not uploaded")
@@ -118,16 +118,17 @@ def _models(job: dict, workdir: str, warnings_: list[str]) -> tuple[dict[str, st
     return paths, record
 
 
-def _open(path: str, label: str, provider: str, job: dict) -> object:
+def _open(path: str, label: str, provider: str, job: Job) -> object:
     from resnet_edge.errors import InputFileError, OptionError, ProviderError
-    from resnet_edge.onnx.runtime import Provider, open_session
+    from resnet_edge.onnx.providers import Provider
+    from resnet_edge.onnx.runtime import open_session
 
     try:
         chosen = Provider(provider)
     except ValueError:
         raise RunnerError("provider", f"this runner does not know the provider {provider!r}") from None
     try:
-        return open_session(path, chosen, strict=bool(job.get("strict_ep")), threads=job.get("threads"))
+        return open_session(path, chosen, strict=job.strict_ep, threads=job.threads)
     except ProviderError as exc:
         raise RunnerError("provider", str(exc), provider=provider) from None
     except (InputFileError, OptionError) as exc:
@@ -152,20 +153,20 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
-def _benchmark(job: dict, paths: dict[str, str], inputs: dict, warnings_: list[str]) -> dict:
+def _benchmark(job: Job, paths: dict[str, str], inputs: dict, warnings_: list[str]) -> dict:
     import warnings
 
     import numpy as np
 
-    from resnet_edge.timing import Timed, batch_from_pool, cold_start, time_sessions
+    from resnet_edge.timing import Timed, batch_from_pool, cold_start, io_placement, time_sessions
 
     out: dict = {}
-    pools = {model["label"]: inputs[model["input"]] for model in job["models"]}
+    pools = {model.label: inputs[model.input] for model in job.models}
 
     def images(label: str, batch: int) -> np.ndarray:
         return batch_from_pool(pools[label], batch)
 
-    for provider in job["providers"]:
+    for provider in job.providers:
         sessions = {}
         cold = {}
         for label, path in paths.items():
@@ -173,19 +174,19 @@ def _benchmark(job: dict, paths: dict[str, str], inputs: dict, warnings_: list[s
                 warnings.simplefilter("always")
                 sessions[label], cold[label] = cold_start(
                     lambda path=path, label=label, provider=provider: _open(path, label, provider, job),
-                    lambda s, label=label: s.run(images(label, s.fixed_batch or job["batch_sizes"][0])),
+                    lambda s, label=label: s.run(images(label, s.fixed_batch or job.batch_sizes[0])),
                 )
             warnings_.extend(str(w.message) for w in caught)
         timed_all = []
-        for batch in job["batch_sizes"]:
+        for batch in job.batch_sizes:
             try:
                 for _, timed in time_sessions(
                     sessions,
                     images,
                     [batch],
-                    warmup=job["warmup"],
-                    iterations=job.get("iterations"),
-                    duration_s=job.get("duration_s"),
+                    warmup=job.warmup,
+                    iterations=job.iterations,
+                    duration_s=job.duration_s,
                 ):
                     timed_all += timed
             except Exception as exc:
@@ -204,11 +205,7 @@ def _benchmark(job: dict, paths: dict[str, str], inputs: dict, warnings_: list[s
                 }
                 for label, s in sessions.items()
             },
-            "io": (
-                "inputs and outputs bound on the GPU (copies excluded)"
-                if any(s.ran_on == "cuda" for s in sessions.values())
-                else "host memory"
-            ),
+            "io": io_placement(s.ran_on for s in sessions.values()),
             "timed": [
                 {"label": t.label, "batch": t.batch, "latency": _stats_json(t.latency), "skipped": t.skipped}
                 for t in timed_all
@@ -236,18 +233,18 @@ def _stats_json(stats: object) -> dict | None:
     return data
 
 
-def _validate(job: dict, paths: dict[str, str], inputs: dict, warnings_: list[str]) -> dict:
+def _validate(job: Job, paths: dict[str, str], inputs: dict, warnings_: list[str]) -> dict:
     import warnings
 
     import numpy as np
 
     outputs = {}
     sessions = {}
-    batch = int(job.get("validate_batch") or 8)
-    for index, model in enumerate(job["models"]):
-        label = model["label"]
-        images = inputs[model["input"]]
-        for provider in job["providers"]:
+    batch = job.validate_batch
+    for index, model in enumerate(job.models):
+        label = model.label
+        images = inputs[model.input]
+        for provider in job.providers:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 session = _open(paths[label], label, provider, job)
@@ -258,8 +255,8 @@ def _validate(job: dict, paths: dict[str, str], inputs: dict, warnings_: list[st
                 if _is_oom(exc):
                     raise RunnerError("oom", f"out of memory running {label} at batch {batch}") from None
                 raise RunnerError("model", f"{label} failed on {provider}: {_first_line(exc)}") from None
-            outputs[f"out_{index}_{provider}"] = logits
-            sessions[f"{index}:{provider}"] = {
+            outputs[output_key(index, provider)] = logits
+            sessions[session_key(index, provider)] = {
                 "ran_on": session.ran_on,
                 "providers_used": session.providers_used,
                 **_audit_json(session),
@@ -269,43 +266,55 @@ def _validate(job: dict, paths: dict[str, str], inputs: dict, warnings_: list[st
     return {"sessions": sessions, "outputs_npz_b64": base64.b64encode(buffer.getvalue()).decode("ascii")}
 
 
-def run_job(job: dict, workdir: str) -> dict:
-    """Run ``job`` (already parsed) with its files under ``workdir``; the result as JSON-ready data.
+def read_job(data: object) -> Job:
+    """The job in ``job.json``'s parsed data.
+
+    Raises:
+        RunnerError: not a job this runner reads (another format, unknown keys).
+    """
+    try:
+        return Job.from_json(data)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise RunnerError("job", str(exc)) from None
+
+
+def run_job(job: Job | dict, workdir: str) -> dict:
+    """Run ``job`` (or ``job.json``'s parsed data) with its files under ``workdir``; the result as JSON-ready data.
 
     Raises:
         RunnerError: every failure the host should see as one line.
     """
-    if job.get("format") != JOB_FORMAT:
-        raise RunnerError("job", f"job format {job.get('format')!r}; this runner reads format {JOB_FORMAT}")
+    if not isinstance(job, Job):
+        job = read_job(job)
     started = time.perf_counter()
     _check_packages()
     import numpy as np
 
     warnings_: list[str] = []
     result: dict = {"ok": True, "format": JOB_FORMAT, "facts": asdict(collect_facts())}
-    if job.get("action") == "facts":
+    if job.action == "facts":
         return result
     from resnet_edge.timing import default_threads
 
-    job["threads"] = result["threads"] = job.get("threads") or default_threads()
+    job.threads = result["threads"] = job.threads or default_threads()
     try:
         paths, result["cache"] = _models(job, workdir, warnings_)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise RunnerError("no_space", f"no space left on the device ({exc.filename})") from None
         raise
-    inputs_path = os.path.join(workdir, job["inputs"])
+    inputs_path = os.path.join(workdir, job.inputs)
     with np.load(inputs_path) as data:
         inputs = {key: data[key] for key in data.files}
     before = read_thermal()
-    if job["action"] == "benchmark":
+    if job.action == "benchmark":
         if result["facts"]["emulated"]:
             warnings_.append(EMULATION_WARNING)
         result["benchmark"] = _benchmark(job, paths, inputs, warnings_)
-    elif job["action"] == "validate":
+    elif job.action == "validate":
         result["validate"] = _validate(job, paths, inputs, warnings_)
     else:
-        raise RunnerError("job", f"unknown action {job['action']!r}")
+        raise RunnerError("job", f"unknown action {job.action!r}")
     after = read_thermal()
     result["thermal"] = {"before": asdict(before), "after": asdict(after)}
     throttled = throttle_warning(before, after)
@@ -351,11 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             with open(job_path, encoding="utf-8") as f:
-                job = json.load(f)
+                data = json.load(f)
         except (OSError, ValueError) as exc:
             raise RunnerError("job", f"cannot read the job {job_path}: {exc}") from None
-        cleanup = bool(job.get("cleanup"))
-        if job.get("watch_stdin"):
+        job = read_job(data)
+        cleanup = job.cleanup
+        if job.watch_stdin:
             _watch_host(workdir if cleanup else None)
         document = run_job(job, workdir)
         code = 0

@@ -31,6 +31,7 @@ positional parameter quoted with :func:`shlex.quote`. Nothing is written outside
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import hashlib
 import io
@@ -50,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from resnet_edge.device.protocol import Job
 from resnet_edge.errors import OptionError, TargetError
 
 DEFAULT_PYTHON = "python3"
@@ -267,7 +269,12 @@ _lock_for = _machine_locks()
 
 
 class TargetSession:
-    """One target, reached for one job; :meth:`run_job` does the four steps and always cleans up."""
+    """One target, reached for one job; :meth:`run_job` does the four steps and always cleans up.
+
+    The steps are the same for every kind of target; how a script is started there (:meth:`_argv`), which
+    interpreter runs the runner, and what a failed connection says are each kind's own: :class:`SshSession`,
+    :class:`LocalSession`, :class:`ExecSession` (:func:`target_session` picks one).
+    """
 
     def __init__(self, target: Target, options: RemoteOptions, *, on_progress: Callable[[str], object] | None = None):
         self.target = target
@@ -276,32 +283,34 @@ class TargetSession:
         self.remote_dir: str | None = None
         self.cancelled = threading.Event()
         self._process: subprocess.Popen | None = None
-        self._wrapper_dir: str | None = None  # exec: the private folder of the wrapper script, for this run only
-        if target.kind is TargetKind.LOCAL:
-            self.python = options.local_python or sys.executable
-        elif target.kind is TargetKind.EXEC:
-            self.python = ""  # the wrapper script, written by run_job
-        else:
-            self.python = options.python
-        # How messages name the interpreter: an exec target's prefix, never its temporary wrapper.
-        self.python_label = (target.command or "") if target.kind is TargetKind.EXEC else self.python
+        self.python = self._interpreter()
+        self.python_label = self.python  # how messages name the interpreter
+
+    def _interpreter(self) -> str:
+        raise NotImplementedError
 
     # -- the shell layer ------------------------------------------------------------------------------------------
     def _argv(self, script: str, args: Sequence[str]) -> list[str]:
-        words = ["sh", "-c", script, "resnet-edge", *args]
-        if self.target.kind in (TargetKind.LOCAL, TargetKind.EXEC):
-            return words
-        timeout = max(1, round(self.options.connect_timeout_s))  # ssh takes whole seconds
-        ssh = ["ssh", "-T", "-x", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout}"]
-        ssh += ["-o", f"ServerAliveInterval={SERVER_ALIVE_INTERVAL_S}", "-o", "ServerAliveCountMax=3"]
-        if self.options.ssh_config is not None:
-            ssh += ["-F", str(self.options.ssh_config)]
-        if self.target.port:
-            ssh += ["-p", str(self.target.port)]
-        if self.target.user:
-            ssh += ["-l", self.target.user]
-        # ssh joins the words after the host into one command line for the remote login shell: quote each.
-        return [*ssh, "--", str(self.target.host), " ".join(shlex.quote(w) for w in words)]
+        """The command that runs ``script`` with ``args`` on the target (here: on this machine)."""
+        return ["sh", "-c", script, "resnet-edge", *args]
+
+    def _connection_failure(self, code: int, err: str, step: str) -> str | None:
+        """What a failed connection says, when ``code`` means the connection (not the script) failed."""
+        return None
+
+    def _before_job(self) -> None:
+        """What a kind of target sets up before a job (an exec target's wrapper)."""
+
+    def _start(self, script: str, args: Sequence[str], stdin: BinaryIO | int) -> subprocess.Popen:
+        """The one way a step starts on the target: a process whose output is read back."""
+        try:
+            process = subprocess.Popen(
+                self._argv(script, args), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        except FileNotFoundError:
+            raise TargetError(self.target.name, "no ssh client here: install OpenSSH's client") from None
+        self._process = process
+        return process
 
     def _call(
         self,
@@ -315,16 +324,8 @@ class TargetSession:
         """Run a script on the target; stdout and stderr. Raises TargetError for an ssh-level failure."""
         if self.cancelled.is_set() and step != "cleanup":
             raise TargetError(self.target.name, "interrupted")
-        try:
-            process = subprocess.Popen(
-                self._argv(script, args),
-                stdin=stdin if stdin is not None else subprocess.DEVNULL,  # a file streams: no copy in memory
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-        except FileNotFoundError:
-            raise TargetError(self.target.name, "no ssh client here: install OpenSSH's client") from None
-        self._process = process
+        # A file streams: no copy in memory.
+        process = self._start(script, args, stdin if stdin is not None else subprocess.DEVNULL)
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -336,32 +337,12 @@ class TargetSession:
         done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
         out = done.stdout.decode("utf-8", "replace")
         err = done.stderr.decode("utf-8", "replace")
-        if done.returncode == _SSH_FAILED and self.target.kind is TargetKind.SSH:
-            raise TargetError(self.target.name, self._ssh_failure(err, step))
+        failure = self._connection_failure(done.returncode, err, step)
+        if failure:
+            raise TargetError(self.target.name, failure)
         if done.returncode != 0:
             raise TargetError(self.target.name, self._script_failure(err, step, done.returncode))
         return out, err
-
-    def _ssh_failure(self, err: str, step: str) -> str:
-        text = err.lower()
-        last = _last_line(err)
-        if "permission denied" in text or "too many authentication failures" in text:
-            return (
-                "authentication failed (ssh runs in batch mode and never asks for a password: set up a key, e.g."
-                f" ssh-copy-id {self.target.host}, and check that `ssh {self.target.host}` logs in without a prompt)"
-            )
-        if "host key verification failed" in text:
-            return f"host key verification failed: connect once with `ssh {self.target.host}` to check and accept it"
-        if "could not resolve hostname" in text:
-            return f"unknown host {self.target.host!r} (neither a DNS name nor an alias in the ssh config)"
-        if "connection refused" in text:
-            where = f"port {self.target.port}" if self.target.port else "its ssh port"
-            return f"connection refused (is an ssh server listening on {where}?)"
-        if "timed out" in text or "no route to host" in text or "network is unreachable" in text:
-            return f"unreachable: no answer within {self.options.connect_timeout_s:g} s ({last})"
-        if step in ("upload", "run"):
-            return f"the connection dropped during the {step} ({last or 'ssh exited'})"
-        return f"ssh failed during {step}: {last or 'no message'}"
 
     def _script_failure(self, err: str, step: str, code: int) -> str:
         if "no space left on device" in err.lower():
@@ -412,7 +393,7 @@ class TargetSession:
     def _timeout(self, seconds: float) -> float:
         return self.options.connect_timeout_s + seconds
 
-    def run_job(self, job: dict, files: JobFiles) -> tuple[dict, Transfer]:
+    def run_job(self, job: Job, files: JobFiles) -> tuple[dict, Transfer]:
         """Run ``job`` on the target with ``files``; the runner's JSON result and what was uploaded.
 
         Raises:
@@ -421,24 +402,21 @@ class TargetSession:
         from resnet_edge.device.bundle import runner_bytes
 
         try:
-            if self.target.kind is TargetKind.EXEC:
-                self.python = self._write_wrapper()
+            self._before_job()
             facts = self.prepare(sorted(files.models))
             transfer = Transfer()
             members: dict[str, bytes | Path] = {"runner.pyz": runner_bytes(), **files.files}
             models = []
-            for model in job["models"]:
-                sha = model["sha256"]
-                if sha in facts["have"]:
-                    model["upload"] = None
-                    transfer.models_cached.append(sha)
+            for model in job.models:  # the job is shared by the targets: this one's copy says what it uploads
+                if model.sha256 in facts["have"]:
+                    models.append(dataclasses.replace(model, upload=None))
+                    transfer.models_cached.append(model.sha256)
                 else:
-                    model["upload"] = f"models/{sha}.onnx"
-                    members[model["upload"]] = files.models[sha]
-                    transfer.models_uploaded.append(sha)
-                models.append(model)
-            job = {**job, "models": models, "cleanup": True, "watch_stdin": True, "cache_dir": facts.get("cache")}
-            members["job.json"] = json.dumps(job).encode()
+                    models.append(dataclasses.replace(model, upload=f"models/{model.sha256}.onnx"))
+                    members[f"models/{model.sha256}.onnx"] = files.models[model.sha256]
+                    transfer.models_uploaded.append(model.sha256)
+            job = dataclasses.replace(job, models=models, cleanup=True, watch_stdin=True, cache_dir=facts.get("cache"))
+            members["job.json"] = json.dumps(job.to_json()).encode()
             archive = _tar(members)
             transfer.bytes_uploaded = archive_size = os.fstat(archive.fileno()).st_size
             transfer.model_bytes_uploaded = sum(
@@ -479,13 +457,7 @@ class TargetSession:
 
     def _run(self) -> dict:
         """Start the runner and wait for its one JSON line, keeping its stdin open: closing it means 'host gone'."""
-        process = subprocess.Popen(
-            self._argv(_RUN, [str(self.remote_dir), self.python]),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        self._process = process
+        process = self._start(_RUN, [str(self.remote_dir), self.python], subprocess.PIPE)
         if self.cancelled.is_set():
             process.kill()
         chunks: dict[str, bytes] = {}
@@ -514,8 +486,9 @@ class TargetSession:
         err = chunks.get("err", b"").decode("utf-8", "replace")
         document = _last_json(out)
         if document is None:
-            if code == _SSH_FAILED and self.target.kind is TargetKind.SSH:
-                raise TargetError(self.target.name, self._ssh_failure(err, "run"))
+            failure = self._connection_failure(code, err, "run")
+            if failure:
+                raise TargetError(self.target.name, failure)
             if code < 0:
                 raise TargetError(self.target.name, f"the connection dropped during the run (signal {-code})")
             raise TargetError(self.target.name, self._script_failure(err, "run", code))
@@ -536,13 +509,83 @@ class TargetSession:
             process.kill()
 
     def cleanup(self) -> None:
-        """Remove the temporary folder (best effort: a device that is gone has already removed it itself), and an
-        exec target's wrapper script."""
+        """Remove the temporary folder (best effort: a device that is gone has already removed it itself)."""
+        if self.remote_dir is not None:
+            remote_dir, self.remote_dir = self.remote_dir, None
+            with contextlib.suppress(TargetError):
+                self._call(_CLEANUP, [remote_dir], step="cleanup", timeout=self._timeout(CLEANUP_TIMEOUT_S))
+
+
+class SshSession(TargetSession):
+    """A device reached with ssh (``ssh://[user@]host[:port]``): every step is a script run through ssh."""
+
+    def _interpreter(self) -> str:
+        return self.options.python
+
+    def _argv(self, script: str, args: Sequence[str]) -> list[str]:
+        timeout = max(1, round(self.options.connect_timeout_s))  # ssh takes whole seconds
+        ssh = ["ssh", "-T", "-x", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout}"]
+        ssh += ["-o", f"ServerAliveInterval={SERVER_ALIVE_INTERVAL_S}", "-o", "ServerAliveCountMax=3"]
+        if self.options.ssh_config is not None:
+            ssh += ["-F", str(self.options.ssh_config)]
+        if self.target.port:
+            ssh += ["-p", str(self.target.port)]
+        if self.target.user:
+            ssh += ["-l", self.target.user]
+        # ssh joins the words after the host into one command line for the remote login shell: quote each.
+        return [*ssh, "--", str(self.target.host), " ".join(shlex.quote(w) for w in super()._argv(script, args))]
+
+    def _connection_failure(self, code: int, err: str, step: str) -> str | None:
+        return self._ssh_failure(err, step) if code == _SSH_FAILED else None
+
+    def _ssh_failure(self, err: str, step: str) -> str:
+        text = err.lower()
+        last = _last_line(err)
+        if "permission denied" in text or "too many authentication failures" in text:
+            return (
+                "authentication failed (ssh runs in batch mode and never asks for a password: set up a key, e.g."
+                f" ssh-copy-id {self.target.host}, and check that `ssh {self.target.host}` logs in without a prompt)"
+            )
+        if "host key verification failed" in text:
+            return f"host key verification failed: connect once with `ssh {self.target.host}` to check and accept it"
+        if "could not resolve hostname" in text:
+            return f"unknown host {self.target.host!r} (neither a DNS name nor an alias in the ssh config)"
+        if "connection refused" in text:
+            where = f"port {self.target.port}" if self.target.port else "its ssh port"
+            return f"connection refused (is an ssh server listening on {where}?)"
+        if "timed out" in text or "no route to host" in text or "network is unreachable" in text:
+            return f"unreachable: no answer within {self.options.connect_timeout_s:g} s ({last})"
+        if step in ("upload", "run"):
+            return f"the connection dropped during the {step} ({last or 'ssh exited'})"
+        return f"ssh failed during {step}: {last or 'no message'}"
+
+
+class LocalSession(TargetSession):
+    """This machine (``local``): the steps run here, the runner with this Python unless told otherwise."""
+
+    def _interpreter(self) -> str:
+        return self.options.local_python or sys.executable
+
+
+class ExecSession(TargetSession):
+    """A command prefix that starts the device's Python on this machine's files (``exec:PREFIX``, QEMU say): the
+    runner's interpreter is a wrapper script around the prefix, written for one job."""
+
+    def __init__(self, target: Target, options: RemoteOptions, *, on_progress: Callable[[str], object] | None = None):
+        self._wrapper_dir: str | None = None  # the private folder of the wrapper script, for this run only
+        super().__init__(target, options, on_progress=on_progress)
+        self.python_label = target.command or ""  # the prefix, never the temporary wrapper
+
+    def _interpreter(self) -> str:
+        return ""  # the wrapper script, written by _before_job
+
+    def _before_job(self) -> None:
+        self.python = self._write_wrapper()
+
+    def cleanup(self) -> None:
+        """Remove the temporary folder and the wrapper script."""
         try:
-            if self.remote_dir is not None:
-                remote_dir, self.remote_dir = self.remote_dir, None
-                with contextlib.suppress(TargetError):
-                    self._call(_CLEANUP, [remote_dir], step="cleanup", timeout=self._timeout(CLEANUP_TIMEOUT_S))
+            super().cleanup()
         finally:
             if self._wrapper_dir is not None:
                 wrapper_dir, self._wrapper_dir = self._wrapper_dir, None
@@ -563,6 +606,20 @@ class TargetSession:
         with open(os.open(wrapper, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700), "w", encoding="utf-8") as f:
             f.write(f'#!/bin/sh\nexec {" ".join(shlex.quote(w) for w in words)} "$@"\n')
         return wrapper
+
+
+_SESSIONS: dict[TargetKind, type[TargetSession]] = {
+    TargetKind.SSH: SshSession,
+    TargetKind.LOCAL: LocalSession,
+    TargetKind.EXEC: ExecSession,
+}
+
+
+def target_session(
+    target: Target, options: RemoteOptions, *, on_progress: Callable[[str], object] | None = None
+) -> TargetSession:
+    """The session for ``target``, of its kind's class."""
+    return _SESSIONS[target.kind](target, options, on_progress=on_progress)
 
 
 def _tar(members: dict[str, bytes | Path]) -> BinaryIO:

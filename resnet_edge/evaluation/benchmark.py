@@ -26,31 +26,25 @@ from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import default_test_images, iter_batches, open_source
 from resnet_edge.environment import Environment, collect_environment
 from resnet_edge.errors import OptionError, ResnetEdgeWarning
-from resnet_edge.evaluation.options import (  # noqa: F401 (re-exported: the names callers know from here)
-    MAX_DURATION_S,
-    MAX_ITERATIONS,
-    MAX_WARMUP,
+from resnet_edge.evaluation.options import (
     BenchmarkOptions,
 )
 from resnet_edge.memory import check_fits
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.memory import onnx_estimate
 from resnet_edge.onnx.metadata import preprocessing_for, read_metadata, static_input_shape
-from resnet_edge.onnx.runtime import Placement, Session, open_session
+from resnet_edge.onnx.placement import Placement
+from resnet_edge.onnx.runtime import Session, open_session
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.coverage import IntegerCoverage, coverage_of
-from resnet_edge.timing import (  # noqa: F401 (re-exported: the timing names callers know from here)
-    DEFAULT_ITERATIONS,
-    DEFAULT_WARMUP,
-    GPU_PROVIDERS,
-    MIN_ITERATIONS,
-    NOISY_CV,
+from resnet_edge.timing import (
     POOL_IMAGES,
     LatencyStats,
     Timed,
     batch_from_pool,
     cold_start,
     default_threads,
+    io_placement,
     latency_stats,
     time_interleaved,
     time_sessions,
@@ -147,11 +141,7 @@ def benchmark_models(
                     session.placement is None and session.run(images(name, fixed[name] or options.batch_sizes[0]))
                 ),
             )
-        io[provider.value] = (
-            "inputs and outputs bound on the GPU (copies excluded)"
-            if any(s.ran_on in GPU_PROVIDERS for s in sessions.values())
-            else "host memory"
-        )
+        io[provider.value] = io_placement(s.ran_on for s in sessions.values())
         timing = {
             "warmup": options.warmup,
             "iterations": options.rounds,
@@ -281,7 +271,7 @@ def _torch_reference(reference: str, protos: dict, threads: int) -> Callable[[np
     import torch
 
     from resnet_edge.models.checkpoints import build_model, read_checkpoint_metadata
-    from resnet_edge.models.resnet import list_models
+    from resnet_edge.models.registry import list_models
 
     first = read_metadata(next(iter(protos.values())))
     if reference in list_models():

@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING
 
 from resnet_edge.calibration.labels import LABEL_MAP
 from resnet_edge.errors import OptionError
+from resnet_edge.onnx.providers import Provider
 
 if TYPE_CHECKING:
-    from resnet_edge.onnx.runtime import Provider
     from resnet_edge.quantization.configs import Int8Recipe
 
-# resnet_edge.timing's DEFAULT_WARMUP and DEFAULT_ITERATIONS (timing imports numpy, which the CLI must not load at
-# start-up; tests/evaluation/test_benchmark.py checks that the two agree).
+# Benchmark's defaults, declared here once (a light module: the CLI shows them in --help without loading numpy).
 DEFAULT_WARMUP = 10
 DEFAULT_ITERATIONS = 100
 # Upper bounds, so that a typo (--duration 1e308, --iterations 10**12) cannot run for ever: one hour per provider
@@ -39,8 +38,6 @@ _STRICT_EP_HELP = (
 
 
 def _cpu_only() -> tuple[Provider, ...]:
-    from resnet_edge.onnx.runtime import Provider  # imports onnxruntime: only when options are made
-
     return (Provider.CPU,)
 
 

@@ -19,7 +19,6 @@ Calibration runs once per activation symmetry and is shared by the INT8 configur
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import tempfile
 import time
@@ -38,23 +37,23 @@ from resnet_edge.artifacts import (
     sha256_file,
 )
 from resnet_edge.errors import CheckFailedError, OptionError, ResnetEdgeError, ResnetEdgeWarning
-from resnet_edge.evaluation.options import (  # noqa: F401 (re-exported: the names callers know from here)
-    DEFAULT_TUNE_ITERATIONS,
-    DEFAULT_TUNE_WARMUP,
+from resnet_edge.evaluation.options import (
     TuneOptions,
 )
 from resnet_edge.onnx.graph import is_quantized
 from resnet_edge.onnx.io import load_onnx
-from resnet_edge.onnx.metadata import write_props
-from resnet_edge.onnx.runtime import PROVIDERS, Provider, available_providers, parse_providers
+from resnet_edge.onnx.metadata import write_with_record
+from resnet_edge.onnx.plugins import available_providers
+from resnet_edge.onnx.providers import PROVIDERS, Provider, parse_providers
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.timing import GPU_PROVIDERS, NOISY_CV, median_interval
 
 if TYPE_CHECKING:
     import onnx
 
-    from resnet_edge.evaluation.benchmark import BenchmarkOptions, BenchmarkResult
-    from resnet_edge.evaluation.validate import ValidateOptions, ValidateResult
+    from resnet_edge.evaluation.benchmark import BenchmarkResult
+    from resnet_edge.evaluation.options import BenchmarkOptions, ValidateOptions
+    from resnet_edge.evaluation.validate import ValidateResult
     from resnet_edge.quantization.configs import Int8Recipe, Int8Target
 
 logger = logging.getLogger("resnet_edge")
@@ -229,10 +228,8 @@ def tune_model(
         }
         measured_on = {"target": site.target} if site.target else {}
         chosen_model = load_onnx(chosen.path)
-        write_props(chosen_model, {TUNE_KEY: json.dumps(record["chosen"] | measured_on | {"p50_ms": chosen.p50_ms})})
-        with atomic_output(output) as tmp_model, atomic_output(record_path) as tmp_record:
-            tmp_model.write_bytes(chosen_model.SerializeToString())
-            tmp_record.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        embedded = record["chosen"] | measured_on | {"p50_ms": chosen.p50_ms}
+        write_with_record(chosen_model, Path(output), record_path, key=TUNE_KEY, embedded=embedded, record=record)
     final = [_with_path(c, str(output)) if c is chosen else c for c in flat]
     return TuneResult(
         output=output,
@@ -318,7 +315,7 @@ def _build_variants(
     """Per provider: (name, precision, file or None, error) of each candidate; INT8 files are built once.
     ``cpu_target``: the INT8 target of the CPU they will run on (default: this machine's)."""
     from resnet_edge.quantization.configs import Format, Int8Target, detect_target, resolve_config
-    from resnet_edge.quantization.quantize import QuantizeOptions
+    from resnet_edge.quantization.options import QuantizeOptions
 
     cpu_target = cpu_target or detect_target()
 
@@ -332,7 +329,8 @@ def _build_variants(
         if ready is not None:
             built[label] = (require_file(ready, what="INT8 model"), None)
             return built[label]
-        from resnet_edge.quantization.quantize import calibrate_onnx, quantize_onnx
+        from resnet_edge.quantization.calibrate import calibrate_onnx
+        from resnet_edge.quantization.quantize import quantize_onnx
 
         path = folder / f"int8-{label.replace(' ', '-')}.onnx"
         quantize = QuantizeOptions(
@@ -418,8 +416,7 @@ def _judge_and_time(
     options: TuneOptions,
     measure: Measure,
 ) -> list[Candidate]:
-    from resnet_edge.evaluation.benchmark import BenchmarkOptions
-    from resnet_edge.evaluation.validate import ValidateOptions
+    from resnet_edge.evaluation.options import BenchmarkOptions, ValidateOptions
 
     runnable = [(name, precision, path) for name, precision, path, error in files if path is not None]
     # One file may serve several candidates (fp32 is the reference itself); validate and time each file once.

@@ -20,7 +20,7 @@ from resnet_edge.calibration.labels import ModelClasses
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import ImageSource, default_test_images, iter_batches, open_source
 from resnet_edge.errors import CheckFailedError, InputFileError, OptionError, ResnetEdgeWarning
-from resnet_edge.evaluation.options import DEFAULT_BATCH, ValidateOptions  # noqa: F401 (re-exported)
+from resnet_edge.evaluation.options import ValidateOptions
 from resnet_edge.onnx.graph import is_quantized
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import (
@@ -42,7 +42,9 @@ from resnet_edge.onnx.parity import (
     accuracy,
     compare_outputs,
 )
-from resnet_edge.onnx.runtime import ExecutedNode, Placement, Provider, open_session
+from resnet_edge.onnx.placement import ExecutedNode, Placement
+from resnet_edge.onnx.providers import Provider
+from resnet_edge.onnx.runtime import open_session
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.coverage import IntegerCoverage, coverage_of, output_step
 

@@ -18,7 +18,8 @@ import torch
 
 from resnet_edge.artifacts import require_file, sha256_file
 from resnet_edge.errors import CheckpointError, InputFileError, OptionError, ResnetEdgeWarning
-from resnet_edge.models.resnet import ResNet, Variant, create_model
+from resnet_edge.models.registry import Variant
+from resnet_edge.models.resnet import ResNet, create_model
 
 BUILTIN_DIGITS_WEIGHTS = Path(__file__).resolve().parents[1] / "data" / "digits_resnet20.safetensors"
 # Checkpoints shipped in the package, by the name a user types for --weights.

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from copy import deepcopy
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,9 +29,9 @@ from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import iter_batches, open_source
 from resnet_edge.errors import OptionError
 from resnet_edge.models.checkpoints import read_checkpoint_metadata
-from resnet_edge.models.options import DEFAULT_BATCH, GradFlowOptions  # noqa: F401 (re-exported)
-from resnet_edge.models.registry import default_preprocessing
-from resnet_edge.models.resnet import ResNet, Stem, Variant, create_model, get_arch
+from resnet_edge.models.options import GradFlowOptions
+from resnet_edge.models.registry import Stem, Variant, default_preprocessing, get_arch
+from resnet_edge.models.resnet import ResNet, create_model
 from resnet_edge.progress import Progress, ProgressCallback
 
 DIGITS_DATA = "builtin:digits-train"
@@ -343,42 +344,7 @@ def plot_gradient_flow(results: Sequence[GradFlowResult], path: Path | str) -> P
     left.set_title("Gradient at each block's input, $\\|\\partial L/\\partial x_l\\|$")
     left.set_ylabel("gradient norm (log scale)")
     if skips:
-        right = axes[0][1]
-        right.plot(
-            _depths(skips),
-            [b.grad_norm for b in skips.blocks],
-            marker="o",
-            markersize=3,
-            color=_COLOURS[skips.variant],
-            label="total $\\|\\partial L/\\partial x_l\\|$",
-        )
-        right.plot(
-            _depths(skips),
-            [b.branch_term_norm for b in skips.blocks],
-            color="tab:orange",
-            linestyle="--",
-            label="branch term $\\|(\\partial F_l/\\partial x_l)^\\top g_l\\|$",
-        )
-        identity = [b.shortcut_term_norm if b.shortcut == "identity" else math.nan for b in skips.blocks]
-        right.plot(
-            _depths(skips), identity, color="tab:purple", linestyle=":", marker=".", label="identity term $\\|g_l\\|$"
-        )
-        projections = [
-            (d, b.shortcut_term_norm)
-            for d, b in zip(_depths(skips), skips.blocks, strict=True)
-            if b.shortcut == "projection"
-        ]
-        if projections:
-            right.scatter(
-                *zip(*projections, strict=True),
-                marker="s",
-                color="tab:purple",
-                zorder=3,
-                label="shortcut term through a projection (1x1 conv)",
-            )
-        right.set_title(
-            f"{skips.variant}: the two terms of $\\partial L/\\partial x_l$ ($g_l$: gradient at the addition)"
-        )
+        _plot_two_terms(axes[0][1], skips)
     for ax in axes[0]:
         ax.set_yscale("log")
         ax.set_xlabel("block depth l (1 = next to the input)")
@@ -395,6 +361,43 @@ def plot_gradient_flow(results: Sequence[GradFlowResult], path: Path | str) -> P
         figure.savefig(tmp, format="png", dpi=110)
     plt.close(figure)
     return path
+
+
+def _plot_two_terms(right: Any, skips: GradFlowResult) -> None:
+    """A skip network's gradient split into its branch and shortcut terms, on the axes ``right``."""
+    right.plot(
+        _depths(skips),
+        [b.grad_norm for b in skips.blocks],
+        marker="o",
+        markersize=3,
+        color=_COLOURS[skips.variant],
+        label="total $\\|\\partial L/\\partial x_l\\|$",
+    )
+    right.plot(
+        _depths(skips),
+        [b.branch_term_norm for b in skips.blocks],
+        color="tab:orange",
+        linestyle="--",
+        label="branch term $\\|(\\partial F_l/\\partial x_l)^\\top g_l\\|$",
+    )
+    identity = [b.shortcut_term_norm if b.shortcut == "identity" else math.nan for b in skips.blocks]
+    right.plot(
+        _depths(skips), identity, color="tab:purple", linestyle=":", marker=".", label="identity term $\\|g_l\\|$"
+    )
+    projections = [
+        (d, b.shortcut_term_norm)
+        for d, b in zip(_depths(skips), skips.blocks, strict=True)
+        if b.shortcut == "projection"
+    ]
+    if projections:
+        right.scatter(
+            *zip(*projections, strict=True),
+            marker="s",
+            color="tab:purple",
+            zorder=3,
+            label="shortcut term through a projection (1x1 conv)",
+        )
+    right.set_title(f"{skips.variant}: the two terms of $\\partial L/\\partial x_l$ ($g_l$: gradient at the addition)")
 
 
 def _depths(result: GradFlowResult) -> list[int]:

@@ -1,7 +1,7 @@
 """The architecture registry: names, block layouts and stems, without torch.
 
 Kept apart from :mod:`resnet_edge.models.resnet` so that what only needs the names (the CLI's ``--arch`` choices,
-``--help``) does not pay for importing torch. :mod:`resnet_edge.models.resnet` re-exports everything here. Each
+``--help``) does not pay for importing torch. :mod:`resnet_edge.models.resnet` builds the models. Each
 architecture's data defaults (its preprocessing) sit here, beside it.
 """
 

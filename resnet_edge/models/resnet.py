@@ -21,20 +21,15 @@ import torch
 from torch import Tensor, nn
 
 from resnet_edge.errors import OptionError
-from resnet_edge.models.registry import ArchSpec, Stem, Variant, get_arch, list_models
+from resnet_edge.models.registry import Stem, Variant, get_arch
 
 __all__ = [
-    "ArchSpec",
     "BasicBlock",
     "Bottleneck",
     "PreActBasicBlock",
     "PreActBottleneck",
     "ResNet",
-    "Stem",
-    "Variant",
     "create_model",
-    "get_arch",
-    "list_models",
 ]
 
 

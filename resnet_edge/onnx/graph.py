@@ -10,12 +10,9 @@ from typing import NamedTuple
 import numpy as np
 import onnx
 
-from resnet_edge.onnx.op_types import COMPUTE_OPS, INTEGER_COMPUTE_OPS, QUANTIZED_OPS
+from resnet_edge.onnx.op_types import QUANTIZED_OPS
 
 __all__ = [
-    "COMPUTE_OPS",
-    "INTEGER_COMPUTE_OPS",
-    "QUANTIZED_OPS",
     "GraphIndex",
     "QuantParams",
     "batch_norm_nodes",

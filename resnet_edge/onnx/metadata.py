@@ -13,6 +13,7 @@ from pathlib import Path
 
 import onnx
 
+from resnet_edge.artifacts import atomic_output
 from resnet_edge.calibration.labels import ModelClasses
 from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning
@@ -121,6 +122,26 @@ def write_props(model: onnx.ModelProto, props: dict[str, str]) -> None:
     del model.metadata_props[:]
     for key, value in merged.items():
         model.metadata_props.add(key=key, value=value)
+
+
+def write_with_record(
+    model: onnx.ModelProto, output: Path, sidecar: Path, *, key: str, embedded: dict, record: dict
+) -> int:
+    """Embed ``embedded`` in ``model``'s metadata under ``key`` and write the model to ``output`` and ``record`` to
+    its JSON ``sidecar``, both atomically (neither is left half-written, and a failure leaves neither new).
+
+    Returns:
+        The model file's size in bytes.
+
+    Raises:
+        OutputWriteError: a file could not be written (a full disk), naming it.
+    """
+    write_props(model, {key: json.dumps(embedded, sort_keys=True)})
+    data = model.SerializeToString()
+    with atomic_output(output) as tmp_model, atomic_output(sidecar) as tmp_sidecar:
+        tmp_model.write_bytes(data)
+        tmp_sidecar.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return len(data)
 
 
 def read_metadata(model: onnx.ModelProto) -> ModelMetadata:

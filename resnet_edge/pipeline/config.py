@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import sys
 import tomllib
 import types
 import typing
@@ -29,16 +30,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resnet_edge.artifacts import read_user_text
-from resnet_edge.conversion.options import DEFAULT_OPSET, OPSET_RANGE, ExportOptions, SimplifyOptions
+from resnet_edge.conversion.options import DEFAULT_OPSET, ExportOptions, SimplifyOptions
+from resnet_edge.device.targets import DEFAULT_CONNECT_TIMEOUT_S, RemoteOptions
 from resnet_edge.errors import InputFileError, OptionError
-from resnet_edge.evaluation.options import MAX_ITERATIONS, MAX_WARMUP, BenchmarkOptions, ValidateOptions
-from resnet_edge.onnx.runtime import Provider, parse_providers, split_provider_list
+from resnet_edge.evaluation.options import BenchmarkOptions, ValidateOptions
+from resnet_edge.models.registry import list_models
+from resnet_edge.onnx.providers import Provider, parse_providers, split_provider_list
 from resnet_edge.quantization.configs import Int8Target, Method
 from resnet_edge.quantization.options import MIN_OPSET, QuantizeOptions
 
 DEFAULT_WEIGHTS = "builtin:digits-resnet20"
 # Where a configuration value came from, as the report records it.
-FROM_DEFAULT, FROM_FLAG, FROM_ARGUMENT, FROM_CHECKPOINT, FROM_RUN = "default", "flag", "argument", "checkpoint", "run"
+FROM_DEFAULT, FROM_FLAG, FROM_ARGUMENT, FROM_CHECKPOINT = "default", "flag", "argument", "checkpoint"
 
 # The pipeline's defaults where they differ from the stages' own, declared once: it exports with every BatchNorm
 # kept (the simplify stage folds them and proves it) at the default opset, quantizes without timing (the benchmark
@@ -60,69 +63,186 @@ STAGES: dict[str, object] = {
 
 
 @dataclass(frozen=True)
+class RunOptions:
+    """The run's own options, kept beside the stages' (``config.run``): which weights, the seed, which stages run,
+    and the devices to run on too. Each is also read and given by its flat name (``config.seed``)."""
+
+    weights: str | None = None  # with neither this nor --arch, DEFAULT_WEIGHTS
+    seed: int = 0
+    int8: bool = True
+    torch_eager: bool = True
+    tune: bool = True  # choose the deployment by measurement (evaluation.tune)
+    targets: tuple[str, ...] = ()  # devices to benchmark on too: ssh://..., local
+    remote_python: str | None = None  # python3 on the device when None
+    ssh_config: str | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S  # seconds ssh waits for a device to answer
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", tuple(self.targets))
+        RemoteOptions(connect_timeout_s=self.connect_timeout)  # its range check, before any stage runs
+
+
+PIPELINE_RUN = RunOptions()
+# Where a config keeps each part, and its defaults: the stages' options, then the run's own.
+STAGES["run"] = PIPELINE_RUN
+
+
+@dataclass(frozen=True)
 class Option:
     """One option of a run, by its flat name: the CLI flag, the config file key, the report's "configuration as run".
 
+    Its type and its default are those of the field it is kept in (the first of ``fields``), so they are declared
+    once, in the options class; the flag and the config file's check are made from them.
+
     Attributes:
-        type: the type of its value as a user gives it (a TOML file is checked against it).
         tables: the ``[stage]`` tables of a config file it may be given in.
-        fields: where it is kept: ``stage.field`` in that stage's options, or a field of the run's own; the first is
-            where it is read from, and a value given is set in every one.
+        fields: where it is kept, ``part.field`` (``benchmark.iterations``, ``run.seed``); the first is where it is
+            read from, and a value given is set in every one.
+        help: the flag's help, without its default (which is added from the declaration); empty: the field's own.
+        flag: the flag's declaration when it is not ``--name`` (``--int8/--no-int8``, ``--batch``).
+        default: the default as the help says it, where the value does not say it alone (None: "all cores").
+        multiple: a repeatable flag (``--target A --target B``), rather than one comma-separated value.
+        choices: the values a text option takes, where no enum declares them (the registered architectures).
     """
 
-    type: object
     tables: tuple[str, ...]
     fields: tuple[str, ...]
+    help: str = ""
+    flag: str | None = None
+    default: str | None = None
+    multiple: bool = False
+    choices: tuple[str, ...] | None = None
 
 
-def _option(type_: object, table: str | tuple[str, ...], *fields: str) -> Option:
-    return Option(type_, (table,) if isinstance(table, str) else table, fields)
+def _option(table: str | tuple[str, ...], *fields: str, **details: object) -> Option:
+    return Option((table,) if isinstance(table, str) else table, fields, **details)  # type: ignore[arg-type]
 
 
-# The one table of a run's options, in the order the report lists them: each flat name and where it is kept. The
-# run's own options (weights, seed, int8, torch_eager, tune, the targets) sit with the stage that uses them first.
+_FROM_CHECKPOINT = "the checkpoint's, else {}"
+# The one table of a run's options, in the order the report and --help list them: each flat name, where it is kept,
+# and its flag's help. The run's own options (weights, seed, int8, ...) sit with the stage that uses them first.
 OPTIONS: dict[str, Option] = {
-    "arch": _option(str | None, "export", "export.arch"),
-    "weights": _option(str | None, "export", "weights"),
-    "variant": _option(str | None, "export", "export.variant"),
-    "num_classes": _option(int | None, "export", "export.num_classes"),
-    "input_size": _option(int | None, "export", "export.input_size"),
-    "opset": _option(int, "export", "export.opset"),
-    "calib": _option(str | None, "quantize", "quantize.calib"),
+    "arch": _option(
+        "export",
+        "export.arch",
+        help="Architecture.",
+        default="the built-in digits resnet20",
+        choices=tuple(list_models()),  # registered names, not an enum
+    ),
+    "weights": _option(
+        "export",
+        "run.weights",
+        help="Checkpoint (.pt, .pth, .safetensors) or builtin:NAME.",
+        default="builtin:digits-resnet20 unless --arch; with --arch alone: random weights drawn with --seed",
+    ),
+    "variant": _option(
+        "export",
+        "export.variant",
+        help="Block design: residual, plain (skips off) or preact.",
+        default=_FROM_CHECKPOINT.format("residual"),
+    ),
+    "num_classes": _option(
+        "export", "export.num_classes", help="Output classes.", default=_FROM_CHECKPOINT.format("1000 / 10")
+    ),
+    "input_size": _option(
+        "export", "export.input_size", help="Input side in pixels.", default=_FROM_CHECKPOINT.format("224 / 32")
+    ),
+    "opset": _option("export", "export.opset", help="ONNX opset to export."),
+    "calib": _option(
+        "quantize",
+        "quantize.calib",
+        help="Calibration images.",
+        default="the model's built-in calibration split / photos",
+    ),
     # The held-out images judge INT8 in the quantize stage too: with --data, all of --calib is calibrated on.
-    "data": _option(str | None, "validate", "validate.data", "benchmark.data", "quantize.eval_data"),
-    "label_map": _option(str | None, ("validate", "quantize"), "validate.label_map", "quantize.label_map"),
-    "providers": _option(tuple[str, ...], ("validate", "benchmark"), "validate.providers", "benchmark.providers"),
-    "strict_ep": _option(bool, ("validate", "benchmark"), "validate.strict_ep", "benchmark.strict_ep"),
-    "int8": _option(bool, "quantize", "int8"),
-    "method": _option(str, "quantize", "quantize.method"),
-    "target": _option(str, "quantize", "quantize.target"),
-    "per_channel": _option(bool | None, "quantize", "quantize.per_channel"),
-    "format": _option(str | None, "quantize", "quantize.format"),
-    "limit": _option(int | None, "quantize", "quantize.limit"),
-    "seed": _option(int, ("export", "quantize"), "seed", "quantize.seed"),
-    "allow_unfolded_bn": _option(bool, "simplify", "simplify.allow_unfolded_bn"),
-    "allow_accuracy_drop": _option(bool, "quantize", "quantize.allow_accuracy_drop"),
-    "batch_sizes": _option(tuple[int, ...], "benchmark", "benchmark.batch_sizes"),
-    "iterations": _option(int, "benchmark", "benchmark.iterations"),  # the pipeline never times for a duration
-    "warmup": _option(int, "benchmark", "benchmark.warmup"),
-    "threads": _option(int | None, "benchmark", "benchmark.threads"),
-    "torch_eager": _option(bool, "benchmark", "torch_eager"),
-    "tune": _option(bool, "tune", "tune"),  # choose the deployment by measurement (evaluation.tune)
-    "targets": _option(tuple[str, ...], "benchmark", "targets"),  # devices to benchmark on too: ssh://..., local
-    "remote_python": _option(str | None, "benchmark", "remote_python"),  # python3 on the device when None
-    "ssh_config": _option(str | None, "benchmark", "ssh_config"),
-}
-# The run's own options (kept in the config itself, not in a stage's options) and their defaults.
-RUN_DEFAULTS: dict[str, object] = {
-    "weights": None,
-    "seed": 0,
-    "int8": True,
-    "torch_eager": True,
-    "tune": True,
-    "targets": (),
-    "remote_python": None,
-    "ssh_config": None,
+    "data": _option(
+        "validate",
+        "validate.data",
+        "benchmark.data",
+        "quantize.eval_data",
+        help="Validation images; any image also used for calibration is left out.",
+        default="the model's built-in test split / photos",
+    ),
+    "label_map": _option(("validate", "quantize"), "validate.label_map", "quantize.label_map"),  # its help: LABEL_MAP
+    "providers": _option(
+        ("validate", "benchmark"),
+        "validate.providers",
+        "benchmark.providers",
+        help="Comma-separated: cpu, cuda, tensorrt, openvino, ep:NAME; options as name[k=v;k=v].",
+    ),
+    "strict_ep": _option(
+        ("validate", "benchmark"),
+        "validate.strict_ep",
+        "benchmark.strict_ep",
+        help="Fail instead of falling back to cpu.",
+    ),
+    "int8": _option("quantize", "run.int8", help="Quantize to INT8.", flag="--int8/--no-int8"),
+    "method": _option("quantize", "quantize.method", help="How calibration turns activations into ranges."),
+    "target": _option(
+        "quantize",
+        "quantize.target",
+        help="Hardware to choose the INT8 configuration for; auto reads this CPU.",
+        flag="--int8-target",
+    ),
+    "per_channel": _option(
+        "quantize",
+        "quantize.per_channel",
+        help="INT8 weight granularity.",
+        flag="--per-channel/--per-tensor",
+        default="the target's",
+    ),
+    "format": _option("quantize", "quantize.format", help="INT8 graph format.", default="the target's"),
+    "limit": _option("quantize", "quantize.limit", help="Calibration images to draw (with --seed).", default="all"),
+    "seed": _option(
+        ("export", "quantize"),
+        "run.seed",
+        "quantize.seed",
+        help="Seed for the calibration subset and for random weights.",
+    ),
+    "allow_unfolded_bn": _option(
+        "simplify", "simplify.allow_unfolded_bn", help="Keep BatchNorms with no conv to fold into (preact)."
+    ),
+    "allow_accuracy_drop": _option(
+        "quantize",
+        "quantize.allow_accuracy_drop",
+        help="Keep an INT8 model that misses validate's INT8 bar on held-out images (random weights, say).",
+    ),
+    "batch_sizes": _option("benchmark", "benchmark.batch_sizes", help="Benchmark batch sizes, comma-separated."),
+    # the pipeline never times for a duration
+    "iterations": _option("benchmark", "benchmark.iterations", help="Benchmark rounds."),
+    "warmup": _option("benchmark", "benchmark.warmup", help="Untimed benchmark rounds first."),
+    "threads": _option("benchmark", "benchmark.threads", help="Intra-op threads.", default="all cores"),
+    "torch_eager": _option(
+        "benchmark",
+        "run.torch_eager",
+        help="Also time the PyTorch model (the slowest phase; --no-torch-eager skips it).",
+        flag="--torch-eager/--no-torch-eager",
+    ),
+    "tune": _option(
+        "tune",
+        "run.tune",
+        help="Choose the deployment by measurement (as resnet-edge tune) and write {tune}.",
+        flag="--tune/--no-tune",
+    ),
+    "targets": _option(
+        "benchmark",
+        "run.targets",
+        help="Also benchmark and report on this device, repeatable: ssh://[user@]host[:port], local or 'exec:COMMAND"
+        " PREFIX' (see benchmark --help; an emulated one is reported, never ranked). (A value that"
+        " names an INT8 target, as in earlier releases, is taken as --int8-target.)",
+        flag="--target",
+        multiple=True,
+    ),
+    "remote_python": _option(
+        "benchmark", "run.remote_python", help="Interpreter on the target devices.", default="python3"
+    ),
+    "ssh_config": _option(
+        "benchmark",
+        "run.ssh_config",
+        help="ssh config file instead of ~/.ssh/config (ssh -F).",
+        default="ssh's own",
+    ),
+    "connect_timeout": _option("benchmark", "run.connect_timeout", help="Seconds ssh waits for a target device."),
 }
 # The [stage] tables of a config file and the options each may hold (from OPTIONS).
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
@@ -157,9 +277,9 @@ class PipelineConfig:
     """Every option of a pipeline run, as the stages' own options plus the run's; the report records it resolved.
 
     A config is made of the stages' options (``export``, ``simplify``, ``quantize``, ``validate``, ``benchmark``;
-    the ``PIPELINE_*`` defaults) and the run's own options (``weights``, ``seed``, ``int8``, ``torch_eager``,
-    ``tune``, ``targets``, ``remote_python``, ``ssh_config``). Each option is also read and given by its flat name
-    (``config.iterations``, ``PipelineConfig(iterations=9)``): :data:`OPTIONS` says where each is kept.
+    the ``PIPELINE_*`` defaults) and the run's own options (``run``: :class:`RunOptions`). Each option is also read
+    and given by its flat name (``config.iterations``, ``PipelineConfig(iterations=9)``): :data:`OPTIONS` says where
+    each is kept.
 
     With neither ``arch`` nor ``weights``, the built-in trained digits model is used. With ``arch`` alone, the
     weights are fresh, drawn with ``seed``. ``origins`` records where each given value came from, by flat name.
@@ -174,14 +294,7 @@ class PipelineConfig:
     quantize: QuantizeOptions
     validate: ValidateOptions
     benchmark: BenchmarkOptions
-    weights: str | None
-    seed: int
-    int8: bool
-    torch_eager: bool
-    tune: bool
-    targets: tuple[str, ...]
-    remote_python: str | None
-    ssh_config: str | None
+    run: RunOptions
     origins: dict[str, str] = field(compare=False, repr=False)
 
     def __init__(
@@ -192,6 +305,7 @@ class PipelineConfig:
         quantize: QuantizeOptions | None = None,
         validate: ValidateOptions | None = None,
         benchmark: BenchmarkOptions | None = None,
+        run: RunOptions | None = None,
         origins: dict[str, str] | None = None,
         **options: object,
     ) -> None:
@@ -204,73 +318,93 @@ class PipelineConfig:
         if unknown:
             raise TypeError(f"PipelineConfig has no option(s) {', '.join(unknown)}")
         given = {"export": export, "simplify": simplify, "quantize": quantize, "validate": validate}
-        stages = {name: given.get(name) or default for name, default in STAGES.items()} | {
-            "benchmark": benchmark or PIPELINE_BENCHMARK
-        }
-        run = {name: options.get(name, RUN_DEFAULTS[name]) for name in RUN_DEFAULTS}
-        flat = {name: options[name] if name in options else _read(stages, run, name) for name in OPTIONS}
+        parts = {name: given.get(name) or default for name, default in STAGES.items()}
+        parts |= {"benchmark": benchmark or PIPELINE_BENCHMARK, "run": run or PIPELINE_RUN}
+        flat = {name: options[name] if name in options else _read(parts, name) for name in OPTIONS}
         _check(flat)
-        changes: dict[str, dict[str, object]] = {name: {} for name in stages}
+        changes: dict[str, dict[str, object]] = {name: {} for name in parts}
         for name, value in options.items():
             for place in OPTIONS[name].fields:
-                stage, dot, stage_field = place.partition(".")
-                if dot:
-                    changes[stage][stage_field] = _for_stage(place, value)
-        for name, stage_options in stages.items():
+                part, _, part_field = place.partition(".")
+                changes[part][part_field] = _for_stage(place, value)
+        for name, part_options in parts.items():
             if changes[name]:
-                stage_options = dataclasses.replace(stage_options, **changes[name])  # the stage checks its own
-            object.__setattr__(self, name, stage_options)
-        for name, value in run.items():
-            object.__setattr__(self, name, tuple(value) if isinstance(value, list) else value)
+                part_options = dataclasses.replace(part_options, **changes[name])  # each part checks its own
+            object.__setattr__(self, name, part_options)
         object.__setattr__(self, "origins", dict(origins or {}))
 
     def options(self) -> dict[str, object]:
         """Every option by its flat name, in :data:`OPTIONS`' order, as a user writes it (enums as their text)."""
-        return {name: _read(vars(self), vars(self), name) for name in OPTIONS}
+        return {name: _read(vars(self), name) for name in OPTIONS}
 
     def resolved_weights(self) -> str | None:
-        return self.weights if self.weights or self.arch else DEFAULT_WEIGHTS
-
-    def export_options(self) -> ExportOptions:
-        """The export stage's options (``export``)."""
-        return self.export
-
-    def simplify_options(self) -> SimplifyOptions:
-        return self.simplify
-
-    def validate_options(self) -> ValidateOptions:
-        return self.validate
+        return self.run.weights if self.run.weights or self.export.arch else DEFAULT_WEIGHTS
 
     def benchmark_options(self, *, torch_reference: str | None) -> BenchmarkOptions:
         """The benchmark stage's options; ``torch_reference`` is the checkpoint PyTorch eager is timed with, if any."""
-        return dataclasses.replace(self.benchmark, torch_reference=torch_reference if self.torch_eager else None)
+        return dataclasses.replace(self.benchmark, torch_reference=torch_reference if self.run.torch_eager else None)
 
 
 def _flat_property(name: str) -> property:
     def get(config: PipelineConfig) -> object:
-        return _read(vars(config), vars(config), name)
+        return _read(vars(config), name)
 
     where = OPTIONS[name].fields[0]
     return property(get, doc=f"Option {_FIELD_TO_KEY.get(name, name)}, kept in ``{where}``, as a user writes it.")
 
 
-# Each option of a stage is read by its flat name too (``config.iterations`` is ``config.benchmark.iterations``).
+# Each option is read by its flat name too (``config.iterations`` is ``config.benchmark.iterations``).
 for _name in OPTIONS:
-    if _name not in RUN_DEFAULTS:
-        setattr(PipelineConfig, _name, _flat_property(_name))
+    setattr(PipelineConfig, _name, _flat_property(_name))
 
 
-def _read(stages: dict[str, object], run: dict[str, object], name: str) -> object:
+def _read(parts: dict[str, object], name: str) -> object:
     """Option ``name``'s value from where :data:`OPTIONS` keeps it first, as a user writes it."""
-    stage, dot, stage_field = OPTIONS[name].fields[0].partition(".")
-    return _plain(getattr(stages[stage], stage_field)) if dot else run[stage]
+    part, _, part_field = OPTIONS[name].fields[0].partition(".")
+    return _plain(getattr(parts[part], part_field))
+
+
+def declared(name: str) -> tuple[type, dataclasses.Field]:
+    """The options class and the field that declare option ``name`` (its type, its default, its checks)."""
+    part, _, part_field = OPTIONS[name].fields[0].partition(".")
+    cls = type(STAGES[part])
+    return cls, next(f for f in dataclasses.fields(cls) if f.name == part_field)
+
+
+def declared_type(name: str) -> object:
+    """Option ``name``'s type as its field declares it (``Method``, ``int | None``, ``tuple[Provider, ...]``)."""
+    cls, declaration = declared(name)
+    if not isinstance(declaration.type, str):
+        return declaration.type
+    return eval(declaration.type, vars(sys.modules[cls.__module__]))  # the annotation, in its class's module
+
+
+def option_type(name: str) -> object:
+    """Option ``name``'s type as a user writes it (in TOML, on the command line): enums, providers and paths are
+    text; ``int | None`` stays, ``tuple[Provider, ...]`` is ``tuple[str, ...]``."""
+
+    def as_written(member: object) -> object:
+        if typing.get_origin(member) is tuple:
+            return tuple[as_written(typing.get_args(member)[0]), ...]  # type: ignore[misc]
+        if member is Path or member is Provider or (isinstance(member, type) and issubclass(member, enum.Enum)):
+            return str
+        return member
+
+    members = tuple(dict.fromkeys(as_written(m) for m in _members(declared_type(name))))
+    return members[0] if len(members) == 1 else typing.Union[members]  # noqa: UP007 (built from a tuple)
+
+
+def pipeline_default(name: str) -> object:
+    """Option ``name``'s default in a pipeline run, as a user writes it (``PIPELINE_*``, :class:`RunOptions`)."""
+    return _read(STAGES, name)
 
 
 def _check(flat: dict[str, object]) -> None:
-    """The checks that span stages or come before any stage's own, on the options by flat name.
+    """The checks that span stages or that come before any stage's own, on the options by flat name (ranges are the
+    options classes' own: a stage's options check themselves when the config is made).
 
     Raises:
-        OptionError: a bad provider, target, method, INT8 target, batch size, count, opset or remote option.
+        OptionError: a bad provider, target, method, INT8 target, count or remote option.
     """
     parse_providers(list(flat["providers"]))
     if flat["targets"]:
@@ -281,34 +415,27 @@ def _check(flat: dict[str, object]) -> None:
             parse_targets(list(flat["targets"])),
             {"remote_python": flat["remote_python"], "ssh_config": flat["ssh_config"]},
         )
+    # Before QuantizeOptions' own check, with the pipeline's wording (the option's name, then its choices).
     for name, enum_type in (("method", Method), ("target", Int8Target)):
         value = flat[name]
         if value not in {e.value for e in enum_type}:
             raise OptionError(f"{name} {value!r} is not one of: {', '.join(e.value for e in enum_type)}")
-    if not flat["batch_sizes"] or min(flat["batch_sizes"]) < 1:
-        raise OptionError(f"batch sizes must be at least 1, got {list(flat['batch_sizes'])}")
-    for name, low in (
-        ("iterations", 1),
-        ("warmup", 0),
-        ("threads", 1),
-        ("limit", 1),
-        ("num_classes", 1),
-        ("input_size", 1),
-        ("seed", 0),
-    ):
+    # Counts no options class bounds (export takes num_classes and input_size from a checkpoint, and checks them
+    # there), and iterations' floor in the pipeline's wording, before BenchmarkOptions' own range.
+    for name, low in (("iterations", 1), ("num_classes", 1), ("input_size", 1), ("seed", 0)):
         value = flat[name]
         if value is not None and value < low:
             raise OptionError(f"{name} must be at least {low}, got {value}")
-    low, high = OPSET_RANGE["torchscript"]  # the pipeline exports with the TorchScript exporter
-    if not low <= flat["opset"] <= high:
-        raise OptionError(f"opset must be from {low} to {high} (what the exporter writes), got {flat['opset']}")
-    if not flat["targets"] and (flat["remote_python"] is not None or flat["ssh_config"] is not None):
-        raise OptionError("remote_python and ssh_config apply to --target devices, and no target was given")
-    if flat["int8"] and flat["opset"] < MIN_OPSET:
+    remote = [
+        name for name in ("remote_python", "ssh_config", "connect_timeout") if flat[name] != pipeline_default(name)
+    ]
+    if not flat["targets"] and remote:
+        raise OptionError(
+            f"{' and '.join(remote)} appl{'y' if len(remote) > 1 else 'ies'} to --target devices,"
+            " and no target was given"
+        )
+    if flat["int8"] and flat["opset"] is not None and flat["opset"] < MIN_OPSET:
         raise OptionError(f"INT8 needs opset {MIN_OPSET} or later, got opset {flat['opset']}; or pass --no-int8")
-    for name, high in (("iterations", MAX_ITERATIONS), ("warmup", MAX_WARMUP)):
-        if flat[name] > high:
-            raise OptionError(f"{name} must be at most {high:,}, got {flat[name]}")
 
 
 def load_config(path: Path | str, **overrides: object) -> PipelineConfig:
@@ -424,7 +551,7 @@ def make_config(
 
 
 def _field_types() -> dict[str, object]:
-    return {name: option.type for name, option in OPTIONS.items()}
+    return {name: option_type(name) for name in OPTIONS}
 
 
 def _members(expected: object) -> tuple[object, ...]:
@@ -454,6 +581,8 @@ def _is_a(value: object, expected: object) -> bool:
         if member is bool and isinstance(value, bool):
             return True
         if member in (int, str) and isinstance(value, member) and not isinstance(value, bool):
+            return True
+        if member is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return True
     return False
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from resnet_edge import formatting as fmt
 from resnet_edge.artifacts import atomic_output
@@ -32,90 +33,119 @@ def write_plots(plots: dict, folder: Path) -> dict[str, str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     written: dict[str, str] = {}
+    drawers = {
+        "latency": _plot_latency,
+        "accuracy_latency": _plot_accuracy_latency,
+        "ops": _plot_ops,
+        "devices": _plot_devices,
+    }
     with plt.rc_context({"font.size": PLOT_FONT_PT, "axes.titlesize": PLOT_FONT_PT + 1, "legend.fontsize": 10}):
-        series = plots["latency"]["series"]
-        if series:
-            labels = list(series)
-            fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 0.55 * len(labels) + 1.6), dpi=PLOT_DPI)
-            ax.boxplot([series[k] for k in labels], orientation="horizontal", showfliers=True, widths=0.6)
-            ax.set_yticks(range(1, len(labels) + 1), labels)
-            ax.invert_yaxis()
-            values = [v for k in labels for v in series[k]]
-            _latency_axis(ax.xaxis, min(values), max(values), ax.set_xscale)
-            ax.set_xlabel("latency per call")
-            ax.set_title(
-                f"Warm latency at batch {plots['latency']['batch']} ({len(next(iter(series.values())))} rounds each)"
-            )
-            ax.grid(axis="x", alpha=0.3)
-            written["latency"] = _save(fig, folder / PLOTS["latency"])
-        points = [p for p in plots["accuracy_latency"]["points"] if p["value"] is not None]
-        if points:
-            fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 4.2), dpi=PLOT_DPI)
-            markers = "osD^vP*X"
-            for i, p in enumerate(points):  # a legend, not labels: variants often share an accuracy and overlap
-                ax.scatter(
-                    p["p50_ms"],
-                    100 * p["value"],
-                    s=70,
-                    marker=markers[i % len(markers)],
-                    label=f"{p['label']}: {fmt.ms(p['p50_ms'], unit=True)}, {fmt.percent(p['value'])}",
-                )
-            ax.legend(loc="best")
-            latencies = [p["p50_ms"] for p in points]
-            _latency_axis(ax.xaxis, min(latencies), max(latencies), ax.set_xscale)
-            ax.set_xlabel("median latency")
-            ax.set_ylabel(f"{plots['accuracy_latency']['metric']} (%)")
-            values = [100 * p["value"] for p in points]
-            low, high = min(values), max(values)
-            pad = max(0.5, (high - low) * 0.3)
-            ax.set_ylim(low - pad, min(100.5, high + pad) if high <= 100 else high + pad)
-            ax.set_title("Accuracy against latency, per variant")
-            ax.grid(alpha=0.3)
-            written["accuracy_latency"] = _save(fig, folder / PLOTS["accuracy_latency"])
-        before, after = plots["ops"]["before"], plots["ops"]["after"]
-        if before:
-            ops = sorted(set(before) | set(after), key=lambda o: -(before.get(o, 0) + after.get(o, 0)))
-            fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 0.5 * len(ops) + 1.6), dpi=PLOT_DPI)
-            y = range(len(ops))
-            ax.barh([i - 0.2 for i in y], [before.get(o, 0) for o in ops], height=0.4, label="exported")
-            ax.barh([i + 0.2 for i in y], [after.get(o, 0) for o in ops], height=0.4, label="simplified")
-            for i, op in enumerate(ops):
-                for offset, count in ((-0.2, before.get(op, 0)), (0.2, after.get(op, 0))):
-                    ax.text(count, i + offset, f" {count}", va="center", fontsize=PLOT_FONT_PT - 1)
-            ax.set_yticks(list(y), ops)
-            ax.invert_yaxis()
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlim(0, max([*before.values(), *after.values()]) * 1.12 + 1)
-            ax.set_xlabel("nodes")
-            ax.set_title("Nodes by op type before and after simplification")
-            ax.legend(loc="lower right")
-            written["ops"] = _save(fig, folder / PLOTS["ops"])
-        devices = plots["devices"]["p50_ms"]
-        if devices:
-            models = list(dict.fromkeys(m for per in devices.values() for m in per))
-            fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 0.5 * len(devices) * len(models) + 1.6), dpi=PLOT_DPI)
-            height = 0.8 / len(models)
-            for i, model in enumerate(models):
-                y = [j + i * height for j in range(len(devices))]
-                values = [per.get(model, 0.0) for per in devices.values()]
-                bars = ax.barh(y, values, height=height, label=model)
-                ax.bar_label(bars, labels=[f" {fmt.ms(v, unit=True)}" if v else "" for v in values])
-            ax.set_yticks([j + 0.4 - height / 2 for j in range(len(devices))], list(devices))
-            ax.invert_yaxis()
-            left_out = len(plots["devices"].get("emulated_left_out") or [])
-            ax.set_xlabel(
-                "median latency (ms)"
-                + (f"\n{left_out} emulated target(s) left out: timings under emulation are not ARM timings"
-                   if left_out else "")
-            )  # fmt: skip
-            ax.set_title(f"Latency by device at batch {plots['devices']['batch']}")
-            ax.legend(loc="lower right")
-            written["devices"] = _save(fig, folder / PLOTS["devices"])
+        for key, draw in drawers.items():
+            fig = draw(plt, plots)
+            if fig is not None:
+                written[key] = _save(fig, folder / PLOTS[key])
         plt.close("all")
     return written
+
+
+def _plot_latency(plt: Any, plots: dict) -> Any:
+    """Warm latency per variant, as box plots of every timed call. None when there is nothing to draw."""
+    series = plots["latency"]["series"]
+    if not series:
+        return None
+    labels = list(series)
+    fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 0.55 * len(labels) + 1.6), dpi=PLOT_DPI)
+    ax.boxplot([series[k] for k in labels], orientation="horizontal", showfliers=True, widths=0.6)
+    ax.set_yticks(range(1, len(labels) + 1), labels)
+    ax.invert_yaxis()
+    values = [v for k in labels for v in series[k]]
+    _latency_axis(ax.xaxis, min(values), max(values), ax.set_xscale)
+    ax.set_xlabel("latency per call")
+    ax.set_title(f"Warm latency at batch {plots['latency']['batch']} ({len(next(iter(series.values())))} rounds each)")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def _plot_accuracy_latency(plt: Any, plots: dict) -> Any:
+    """Accuracy against median latency, one point per variant. None when there is nothing to draw."""
+    points = [p for p in plots["accuracy_latency"]["points"] if p["value"] is not None]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 4.2), dpi=PLOT_DPI)
+    markers = "osD^vP*X"
+    for i, p in enumerate(points):  # a legend, not labels: variants often share an accuracy and overlap
+        ax.scatter(
+            p["p50_ms"],
+            100 * p["value"],
+            s=70,
+            marker=markers[i % len(markers)],
+            label=f"{p['label']}: {fmt.ms(p['p50_ms'], unit=True)}, {fmt.percent(p['value'])}",
+        )
+    ax.legend(loc="best")
+    latencies = [p["p50_ms"] for p in points]
+    _latency_axis(ax.xaxis, min(latencies), max(latencies), ax.set_xscale)
+    ax.set_xlabel("median latency")
+    ax.set_ylabel(f"{plots['accuracy_latency']['metric']} (%)")
+    values = [100 * p["value"] for p in points]
+    low, high = min(values), max(values)
+    pad = max(0.5, (high - low) * 0.3)
+    ax.set_ylim(low - pad, min(100.5, high + pad) if high <= 100 else high + pad)
+    ax.set_title("Accuracy against latency, per variant")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _plot_ops(plt: Any, plots: dict) -> Any:
+    """Nodes by op type, before and after simplification. None when there is nothing to draw."""
+    from matplotlib.ticker import MaxNLocator
+
+    before, after = plots["ops"]["before"], plots["ops"]["after"]
+    if not before:
+        return None
+    ops = sorted(set(before) | set(after), key=lambda o: -(before.get(o, 0) + after.get(o, 0)))
+    fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 0.5 * len(ops) + 1.6), dpi=PLOT_DPI)
+    y = range(len(ops))
+    ax.barh([i - 0.2 for i in y], [before.get(o, 0) for o in ops], height=0.4, label="exported")
+    ax.barh([i + 0.2 for i in y], [after.get(o, 0) for o in ops], height=0.4, label="simplified")
+    for i, op in enumerate(ops):
+        for offset, count in ((-0.2, before.get(op, 0)), (0.2, after.get(op, 0))):
+            ax.text(count, i + offset, f" {count}", va="center", fontsize=PLOT_FONT_PT - 1)
+    ax.set_yticks(list(y), ops)
+    ax.invert_yaxis()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0, max([*before.values(), *after.values()]) * 1.12 + 1)
+    ax.set_xlabel("nodes")
+    ax.set_title("Nodes by op type before and after simplification")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def _plot_devices(plt: Any, plots: dict) -> Any:
+    """Median latency per device and model. None when there is nothing to draw."""
+    devices = plots["devices"]["p50_ms"]
+    if not devices:
+        return None
+    models = list(dict.fromkeys(m for per in devices.values() for m in per))
+    fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 0.5 * len(devices) * len(models) + 1.6), dpi=PLOT_DPI)
+    height = 0.8 / len(models)
+    for i, model in enumerate(models):
+        y = [j + i * height for j in range(len(devices))]
+        values = [per.get(model, 0.0) for per in devices.values()]
+        bars = ax.barh(y, values, height=height, label=model)
+        ax.bar_label(bars, labels=[f" {fmt.ms(v, unit=True)}" if v else "" for v in values])
+    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(devices))], list(devices))
+    ax.invert_yaxis()
+    left_out = len(plots["devices"].get("emulated_left_out") or [])
+    ax.set_xlabel(
+        "median latency (ms)"
+        + (f"\n{left_out} emulated target(s) left out: timings under emulation are not ARM timings"
+           if left_out else "")
+    )  # fmt: skip
+    ax.set_title(f"Latency by device at batch {plots['devices']['batch']}")
+    ax.legend(loc="lower right")
+    return fig
 
 
 def _latency_axis(axis: object, low: float, high: float, set_scale: object) -> None:

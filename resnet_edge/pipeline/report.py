@@ -573,24 +573,59 @@ def _plot_titles(report: ReportDocument) -> list[tuple[str, str]]:
     return [(title, file) for title, file in titles if file]
 
 
+# The page's style: one column of tables and figures; at narrow widths the head table becomes one card per variant.
+_CSS = """body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
+       color: #1d2430; padding: 0 1rem; }
+h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
+.status { display: inline-block; padding: .1rem .6rem; border-radius: 1rem; font-weight: 600; }
+.ok { background: #dff5e3; color: #16632a; } .bad { background: #fde2e1; color: #8a1c17; }
+.scroll { overflow-x: auto; margin: 1rem 0; }
+table { border-collapse: collapse; width: 100%; }
+th, td { padding: .4rem .55rem; border-bottom: 1px solid #e3e7ee; text-align: right; white-space: nowrap; }
+th { background: #f3f5f9; font-weight: 600; }
+td:nth-child(1), td:nth-child(2), th:nth-child(1), th:nth-child(2), td:last-child, th:last-child { text-align: left; }
+table.text td, table.text th { text-align: left; white-space: normal; }
+table.hashes td:last-child { font-family: ui-monospace, monospace; font-size: .8rem; word-break: break-all; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: .3rem 1rem; } dt { font-weight: 600; }
+dd { margin: 0; overflow-wrap: anywhere; }
+.figures { display: grid; grid-template-columns: 1fr; gap: 1rem; max-width: 900px; }
+figure { margin: 0; border: 1px solid #e3e7ee; border-radius: 6px; padding: .5rem; background: #fff; }
+img { width: 100%; height: auto; } figcaption { text-align: center; color: #5b6472; font-size: .9rem; }
+.note { color: #5b6472; font-size: .9rem; }
+@media (max-width: 760px) {
+  body { margin: 1rem auto; font-size: 14px; }
+  /* The head table becomes one card per variant, each value beside its column name. */
+  table.stack thead { display: none; }
+  table.stack tr { display: block; border: 1px solid #e3e7ee; border-radius: 6px; margin-bottom: .6rem;
+                   padding: .3rem .6rem; }
+  table.stack td { display: flex; justify-content: space-between; border: 0; padding: .12rem 0; }
+  table.stack td::before { content: attr(data-label); font-weight: 600; color: #5b6472; padding-right: 1rem; }
+  table.stack td:first-child { font-weight: 600; }
+  dl { grid-template-columns: 1fr; gap: 0 0; } dd { margin-bottom: .5rem; }
+}
+"""
+
+
+def _html_table(headers: list[str], rows: list[list[str]], css: str = "") -> str:
+    """An HTML table of text cells (escaped); each cell carries its column's name for the narrow-width cards."""
+    # Wide tables scroll sideways inside their box at narrow widths; the page itself never does.
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f'<td data-label="{esc(h)}">{esc(c)}</td>' for h, c in zip(headers, r, strict=True)) + "</tr>"
+        for r in rows
+    )
+    inner = f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+    opening = f'<table class="{css}">' if css else "<table>"
+    return f'<div class="scroll">{opening}{inner}</table></div>'
+
+
 def render_html(report: ReportDocument) -> str:
     """``report.html``: the page for a report document (report.json, read by :meth:`ReportDocument.from_json`)."""
     headers, rows = _table_cells(report)
     esc = html.escape
 
-    def table(headers: list[str], rows: list[list[str]], css: str = "") -> str:
-        # Wide tables scroll sideways inside their box at narrow widths; the page itself never does.
-        head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-        body = "".join(
-            "<tr>"
-            + "".join(f'<td data-label="{esc(h)}">{esc(c)}</td>' for h, c in zip(headers, r, strict=True))
-            + "</tr>"
-            for r in rows
-        )
-        inner = f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
-        opening = f'<table class="{css}">' if css else "<table>"
-        return f'<div class="scroll">{opening}{inner}</table></div>'
-
+    table = _html_table
     facts = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in _facts(report))
     figures = "".join(
         f'<figure><img src="{esc(f)}" alt="{esc(t)}"><figcaption>{esc(t)}</figcaption></figure>'
@@ -627,36 +662,7 @@ def render_html(report: ReportDocument) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>resnet-edge report</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
-body {{ font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
-       color: #1d2430; padding: 0 1rem; }}
-h1 {{ font-size: 1.6rem; margin-bottom: .2rem; }} h2 {{ font-size: 1.15rem; margin-top: 2rem; }}
-.status {{ display: inline-block; padding: .1rem .6rem; border-radius: 1rem; font-weight: 600; }}
-.ok {{ background: #dff5e3; color: #16632a; }} .bad {{ background: #fde2e1; color: #8a1c17; }}
-.scroll {{ overflow-x: auto; margin: 1rem 0; }}
-table {{ border-collapse: collapse; width: 100%; }}
-th, td {{ padding: .4rem .55rem; border-bottom: 1px solid #e3e7ee; text-align: right; white-space: nowrap; }}
-th {{ background: #f3f5f9; font-weight: 600; }}
-td:nth-child(1), td:nth-child(2), th:nth-child(1), th:nth-child(2), td:last-child, th:last-child {{ text-align: left; }}
-table.text td, table.text th {{ text-align: left; white-space: normal; }}
-table.hashes td:last-child {{ font-family: ui-monospace, monospace; font-size: .8rem; word-break: break-all; }}
-dl {{ display: grid; grid-template-columns: max-content 1fr; gap: .3rem 1rem; }} dt {{ font-weight: 600; }}
-dd {{ margin: 0; overflow-wrap: anywhere; }}
-.figures {{ display: grid; grid-template-columns: 1fr; gap: 1rem; max-width: 900px; }}
-figure {{ margin: 0; border: 1px solid #e3e7ee; border-radius: 6px; padding: .5rem; background: #fff; }}
-img {{ width: 100%; height: auto; }} figcaption {{ text-align: center; color: #5b6472; font-size: .9rem; }}
-.note {{ color: #5b6472; font-size: .9rem; }}
-@media (max-width: 760px) {{
-  body {{ margin: 1rem auto; font-size: 14px; }}
-  /* The head table becomes one card per variant, each value beside its column name. */
-  table.stack thead {{ display: none; }}
-  table.stack tr {{ display: block; border: 1px solid #e3e7ee; border-radius: 6px; margin-bottom: .6rem;
-                   padding: .3rem .6rem; }}
-  table.stack td {{ display: flex; justify-content: space-between; border: 0; padding: .12rem 0; }}
-  table.stack td::before {{ content: attr(data-label); font-weight: 600; color: #5b6472; padding-right: 1rem; }}
-  table.stack td:first-child {{ font-weight: 600; }}
-  dl {{ grid-template-columns: 1fr; gap: 0 0; }} dd {{ margin-bottom: .5rem; }}
-}}
-</style></head>
+{_CSS}</style></head>
 <body>
 <h1>resnet-edge report</h1>
 <p><span class="status {status_class}">{esc(report.status)}</span>

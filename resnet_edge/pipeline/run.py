@@ -23,8 +23,8 @@ import torch
 
 from resnet_edge import formatting as fmt
 from resnet_edge.artifacts import current_umask
-from resnet_edge.conversion.export import export_onnx
-from resnet_edge.conversion.simplify import simplify_onnx
+from resnet_edge.conversion.export import ExportResult, export_onnx
+from resnet_edge.conversion.simplify import SimplifyResult, simplify_onnx
 from resnet_edge.errors import (
     CheckFailedError,
     InputFileError,
@@ -37,23 +37,13 @@ from resnet_edge.errors import (
 from resnet_edge.evaluation.benchmark import (
     benchmark_models,
 )
-from resnet_edge.evaluation.tune import DEFAULT_TUNE_ITERATIONS, TuneOptions, TuneResult, tune_model
+from resnet_edge.evaluation.options import DEFAULT_TUNE_ITERATIONS, TuneOptions
+from resnet_edge.evaluation.tune import TuneResult, tune_model
 from resnet_edge.evaluation.validate import Reference, validate_models
-from resnet_edge.pipeline.config import (  # noqa: F401 (re-exported: the names callers know from here)
-    DEFAULT_WEIGHTS,
-    FROM_ARGUMENT,
-    FROM_CHECKPOINT,
-    FROM_DEFAULT,
-    FROM_FLAG,
-    FROM_RUN,
+from resnet_edge.pipeline.config import (
     PipelineConfig,
-    load_config,
-    make_config,
-    option_key,
-    option_keys,
 )
-from resnet_edge.pipeline.publish import (  # noqa: F401 (MARKER, check_outdir: re-exported)
-    MARKER,
+from resnet_edge.pipeline.publish import (
     Outdir,
     check_outdir,
     discard,
@@ -207,7 +197,7 @@ def _check_sources(config: PipelineConfig) -> None:
     from resnet_edge.memory import check_fits
     from resnet_edge.models.checkpoints import read_checkpoint_metadata
     from resnet_edge.models.memory import torch_estimate
-    from resnet_edge.models.resnet import get_arch
+    from resnet_edge.models.registry import get_arch
 
     arch = config.arch or (read_checkpoint_metadata(weights).get("arch") if weights else None)
     if arch is not None:
@@ -284,22 +274,7 @@ def _run_stages(
     emit: Callable[[StageEvent], object],
     on_progress: ProgressCallback | None,
 ) -> None:
-    weights = config.resolved_weights()
-    if weights is None:
-        # Fresh weights, drawn with the recorded seed and kept for the validation reference.
-        from resnet_edge.models.resnet import create_model
-
-        message = RANDOM_WEIGHTS_WARNING.format(arch=config.arch, seed=config.seed)
-        warnings.warn(message, ResnetEdgeWarning, stacklevel=2)
-        from resnet_edge.models.checkpoints import write_safetensors
-        from resnet_edge.onnx.metadata import RANDOM_INIT
-
-        result.random_weights = weights_file = scratch / f"{config.arch}-seed{config.seed}.safetensors"
-        torch.manual_seed(config.seed)
-        weights = str(weights_file)
-        fresh = create_model(config.arch, num_classes=config.num_classes, variant=config.variant or "residual")
-        # Said in the file, so that the exported model records random weights and quantize judges it accordingly.
-        write_safetensors(weights, fresh.state_dict(), {"weights": RANDOM_INIT})
+    weights = config.resolved_weights() or _fresh_weights(config, scratch, result)
 
     with _stage("export", result, emit) as summary:
         result.export = export_onnx(
@@ -307,43 +282,16 @@ def _run_stages(
             out / FILES["export"],
             config.export,  # keeps every BatchNorm: the simplify stage folds them and proves it
         )
-        parity = max(p.max_abs_error for p in result.export.parity.values())
-        summary.append(
-            f"{FILES['export']}: {result.export.arch}, opset {result.export.opset},"
-            f" BatchNormalization {result.export.batch_norm_nodes},"
-            f" max abs error vs PyTorch {fmt.error(parity)} at batch {', '.join(map(str, result.export.parity))}"
-        )
+        summary.append(_export_summary(result.export))
 
     with _stage("simplify", result, emit) as summary:
         result.simplify = simplify_onnx(out / FILES["export"], out / FILES["simplify"], config.simplify)
-        s = result.simplify
-        summary.append(
-            f"{FILES['simplify']}: BatchNormalization {s.batch_norm_before} -> {len(s.batch_norm_remaining)},"
-            f" nodes {sum(s.ops_before.values())} -> {sum(s.ops_after.values())}"
-        )
+        summary.append(_simplify_summary(result.simplify))
 
     models = [out / FILES["export"], out / FILES["simplify"]]
     if config.int8:
         with _stage("quantize", result, emit) as summary:
-            try:
-                result.quantize = quantize_onnx(
-                    out / FILES["simplify"],
-                    out / FILES["quantize"],
-                    config.quantize,
-                    on_progress=on_progress,
-                )
-            except CheckFailedError as exc:  # quantize judges INT8 on validate's bar: say why a random model misses it
-                if result.random_weights is None:
-                    raise
-                raise CheckFailedError(f"{exc} ({RANDOM_WEIGHTS_HINT})") from None
-            q = result.quantize
-            summary.append(
-                f"{FILES['quantize']}: {q.config.target.value} {q.config.format.value}, calibrated on"
-                f" {q.calibration_images} images"
-                f"{f' ({BUNDLED_PHOTOS_NOTE})' if q.calibration_source == 'builtin:photos' else ''},"
-                " top-1 agreement with FP32"
-                f" {fmt.percent(q.parity.top1_agreement)} on {q.evaluation_images} held-out images"
-            )
+            summary.append(_quantize(config, out, result, on_progress))
         models.append(out / FILES["quantize"])
 
     with _stage("validate", result, emit) as summary:
@@ -352,19 +300,7 @@ def _run_stages(
             Reference(checkpoint=weights, arch=result.export.arch),
             config.validate,
         )
-        v = result.validate
-        worst = min(r.parity.top1_agreement for r in v.rows)
-        summary.append(
-            f"{len(v.rows)} model x provider rows on {v.images} images"
-            f"{f' ({v.calibration_excluded} calibration images left out)' if v.calibration_excluded else ''},"
-            " lowest top-1 agreement"
-            f" {fmt.percent(worst)}: {'pass' if v.passed else 'FAIL'}"
-        )
-        if not v.passed:
-            from resnet_edge.evaluation.validate import describe_failures
-
-            hint = f" ({RANDOM_WEIGHTS_HINT})" if result.random_weights is not None else ""
-            raise CheckFailedError(describe_failures(v) + hint)
+        summary.append(_judge_validation(result))
 
     with _stage("benchmark", result, emit) as summary:
         options = config.benchmark_options(torch_reference=weights)
@@ -383,6 +319,7 @@ def _run_stages(
             remote = RemoteOptions(
                 python=config.remote_python or RemoteOptions().python,
                 ssh_config=config.ssh_config and Path(config.ssh_config),
+                connect_timeout_s=config.connect_timeout,
             )
             result.devices = benchmark_on_targets(
                 models,
@@ -409,12 +346,95 @@ def _run_stages(
             )
 
 
+def _export_summary(export: ExportResult) -> str:
+    parity = max(p.max_abs_error for p in export.parity.values())
+    return (
+        f"{FILES['export']}: {export.arch}, opset {export.opset}, BatchNormalization {export.batch_norm_nodes},"
+        f" max abs error vs PyTorch {fmt.error(parity)} at batch {', '.join(map(str, export.parity))}"
+    )
+
+
+def _simplify_summary(s: SimplifyResult) -> str:
+    return (
+        f"{FILES['simplify']}: BatchNormalization {s.batch_norm_before} -> {len(s.batch_norm_remaining)},"
+        f" nodes {sum(s.ops_before.values())} -> {sum(s.ops_after.values())}"
+    )
+
+
+def _fresh_weights(config: PipelineConfig, scratch: Path, result: PipelineResult) -> str:
+    """A checkpoint of fresh weights for ``--arch`` alone, drawn with the recorded seed and kept for the validation
+    reference; its path."""
+    from resnet_edge.models.resnet import create_model
+
+    message = RANDOM_WEIGHTS_WARNING.format(arch=config.arch, seed=config.seed)
+    warnings.warn(message, ResnetEdgeWarning, stacklevel=2)
+    from resnet_edge.models.checkpoints import write_safetensors
+    from resnet_edge.onnx.metadata import RANDOM_INIT
+
+    result.random_weights = weights_file = scratch / f"{config.arch}-seed{config.seed}.safetensors"
+    torch.manual_seed(config.seed)
+    weights = str(weights_file)
+    fresh = create_model(config.arch, num_classes=config.num_classes, variant=config.variant or "residual")
+    # Said in the file, so that the exported model records random weights and quantize judges it accordingly.
+    write_safetensors(weights, fresh.state_dict(), {"weights": RANDOM_INIT})
+    return weights
+
+
+def _quantize(config: PipelineConfig, out: Path, result: PipelineResult, on_progress: ProgressCallback | None) -> str:
+    """The quantize stage: model.int8.onnx from model.sim.onnx; its summary line.
+
+    Raises:
+        CheckFailedError: INT8 misses validate's bar (with why a random model does).
+    """
+    try:
+        result.quantize = quantize_onnx(
+            out / FILES["simplify"],
+            out / FILES["quantize"],
+            config.quantize,
+            on_progress=on_progress,
+        )
+    except CheckFailedError as exc:  # quantize judges INT8 on validate's bar: say why a random model misses it
+        if result.random_weights is None:
+            raise
+        raise CheckFailedError(f"{exc} ({RANDOM_WEIGHTS_HINT})") from None
+    q = result.quantize
+    return (
+        f"{FILES['quantize']}: {q.config.target.value} {q.config.format.value}, calibrated on"
+        f" {q.calibration_images} images"
+        f"{f' ({BUNDLED_PHOTOS_NOTE})' if q.calibration_source == 'builtin:photos' else ''},"
+        " top-1 agreement with FP32"
+        f" {fmt.percent(q.parity.top1_agreement)} on {q.evaluation_images} held-out images"
+    )
+
+
+def _judge_validation(result: PipelineResult) -> str:
+    """The validate stage's summary line.
+
+    Raises:
+        CheckFailedError: a model misses validate's bar (with why a random model does).
+    """
+    v = result.validate
+    worst = min(r.parity.top1_agreement for r in v.rows)
+    if not v.passed:
+        from resnet_edge.evaluation.validate import describe_failures
+
+        hint = f" ({RANDOM_WEIGHTS_HINT})" if result.random_weights is not None else ""
+        raise CheckFailedError(describe_failures(v) + hint)
+    return (
+        f"{len(v.rows)} model x provider rows on {v.images} images"
+        f"{f' ({v.calibration_excluded} calibration images left out)' if v.calibration_excluded else ''},"
+        " lowest top-1 agreement"
+        f" {fmt.percent(worst)}: {'pass' if v.passed else 'FAIL'}"
+    )
+
+
 def _tune(config: PipelineConfig, out: Path, result: PipelineResult) -> TuneResult:
     """tune on model.sim.onnx with the run's providers (those that run here), threads, largest batch, data and
     calibration images; the quantize stage's INT8 model stands in for its configuration's candidate (no second
     quantization of it). Timed rounds are the run's, at most tune's default (30): the stage adds seconds, not
     minutes, to a default run."""
-    from resnet_edge.onnx.runtime import Provider, available_providers, parse_providers
+    from resnet_edge.onnx.plugins import available_providers
+    from resnet_edge.onnx.providers import Provider, parse_providers
 
     here = available_providers()
     usable = tuple(p for p in parse_providers(list(config.providers)) if p.ort_name in here) or (Provider.CPU,)

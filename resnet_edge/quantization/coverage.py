@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from resnet_edge.onnx.graph import COMPUTE_OPS, INTEGER_COMPUTE_OPS, GraphIndex, macs_by_node, module_path
-from resnet_edge.onnx.runtime import ExecutedNode
+from resnet_edge.onnx.graph import GraphIndex, macs_by_node, module_path
+from resnet_edge.onnx.op_types import COMPUTE_OPS, INTEGER_COMPUTE_OPS
+from resnet_edge.onnx.placement import ExecutedNode
 
 # Kernels that multiply integers: the fused QDQ forms (QLinearConv, QGemm), the integer-accumulate forms
 # (ConvInteger, MatMulInteger) and the contrib ops onnxruntime fuses them into on some platforms.

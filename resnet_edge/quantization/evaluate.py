@@ -14,7 +14,8 @@ from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import ImageSource, iter_batches
 from resnet_edge.errors import InputFileError
 from resnet_edge.onnx.parity import Accuracy, Parity, accuracy, compare_outputs
-from resnet_edge.onnx.runtime import Provider, open_session
+from resnet_edge.onnx.providers import Provider
+from resnet_edge.onnx.runtime import open_session
 from resnet_edge.quantization.calibrate import CALIBRATION_BATCH
 from resnet_edge.quantization.coverage import IntegerCoverage, integer_coverage
 from resnet_edge.timing import default_threads, time_interleaved

@@ -22,7 +22,6 @@ CPU), since timings taken minutes apart on a shared machine do not compare.
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 import time
@@ -33,16 +32,16 @@ from typing import TypeVar
 
 import onnx
 
-from resnet_edge.artifacts import atomic_output, refuse_overwriting_inputs, require_writable_destination
+from resnet_edge.artifacts import refuse_overwriting_inputs, require_writable_destination
 from resnet_edge.calibration.sources import open_source
 from resnet_edge.errors import CheckFailedError
 from resnet_edge.onnx.io import load_onnx
-from resnet_edge.onnx.metadata import QUANTIZATION_KEY, preprocessing_for, write_props
+from resnet_edge.onnx.metadata import QUANTIZATION_KEY, preprocessing_for, write_with_record
 from resnet_edge.progress import ProgressCallback
 from resnet_edge.quantization.calibrate import calibrate_onnx
 from resnet_edge.quantization.evaluate import SPEED_ITERATIONS, SpeedComparison, median_latencies_ms
-from resnet_edge.quantization.options import AccuracyGoal
-from resnet_edge.quantization.quantize import QuantizeOptions, QuantizeResult, quantize_onnx
+from resnet_edge.quantization.options import AccuracyGoal, QuantizeOptions
+from resnet_edge.quantization.quantize import QuantizeResult, quantize_onnx
 from resnet_edge.quantization.sensitivity import DEFAULT_IMAGES, SensitivityOptions, analyze_quantization
 
 SPEED_WARMUP = 5
@@ -260,11 +259,9 @@ def quantize_mixed_precision(
             "exclude": exclude,
         }
         model = onnx.load(str(chosen.output))
-        write_props(model, {QUANTIZATION_KEY: json.dumps(record, sort_keys=True)})
-        data = model.SerializeToString()
-        with atomic_output(output) as tmp_model, atomic_output(Path(f"{output}.json")) as tmp_sidecar:
-            tmp_model.write_bytes(data)
-            tmp_sidecar.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        size = write_with_record(
+            model, Path(output), Path(f"{output}.json"), key=QUANTIZATION_KEY, embedded=record, record=record
+        )
 
     speed = None
     if fp32_p50 is not None:
@@ -275,7 +272,7 @@ def quantize_mixed_precision(
         chosen,
         output=output,
         sidecar=Path(f"{output}.json"),
-        bytes_after=len(data),
+        bytes_after=size,
         speed=speed,
         record=record,
         seconds=time.perf_counter() - started,

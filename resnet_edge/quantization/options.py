@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from resnet_edge.calibration.labels import LABEL_MAP
 from resnet_edge.errors import OptionError
+from resnet_edge.onnx.providers import Provider
 from resnet_edge.quantization.configs import Format, Int8Recipe, Int8Target, Method, resolve_config
 
 if TYPE_CHECKING:
     from resnet_edge.onnx.parity import Parity
-    from resnet_edge.onnx.runtime import Provider
 
 __all__ = ["ADAROUND_ITERATIONS", "MIN_OPSET", "AccuracyGoal", "QuantizeOptions"]
 
@@ -38,8 +38,6 @@ MAX_ADAROUND_ITERATIONS = 1_000_000
 
 
 def _cpu() -> Provider:
-    from resnet_edge.onnx.runtime import Provider  # imports onnxruntime: only when options are made
-
     return Provider.CPU
 
 
@@ -181,8 +179,6 @@ class QuantizeOptions:
         Raises:
             OptionError: see the class.
         """
-        from resnet_edge.onnx.runtime import Provider  # imports onnxruntime: only when options are made
-
         for name, kind in (("method", Method), ("format", Format), ("target", Int8Target), ("provider", Provider)):
             value = getattr(self, name)
             if value is not None and not isinstance(value, kind):

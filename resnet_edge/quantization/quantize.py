@@ -1,12 +1,11 @@
 """Static INT8 quantization with onnxruntime: quantize a calibrated FP32 model, check what it reached, judge it.
 
-The options are in :mod:`.options` (re-exported here), the per-target recipes in :mod:`.configs`, the activation
+The options are in :mod:`.options`, the per-target recipes in :mod:`.configs`, the activation
 ranges come from :mod:`.calibrate`, and the held-out comparison with FP32 from :mod:`.evaluate`.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 import warnings
@@ -17,19 +16,17 @@ from pathlib import Path
 import onnx
 
 from resnet_edge import __version__
-from resnet_edge.artifacts import atomic_output, refuse_overwriting_inputs, require_writable_destination
+from resnet_edge.artifacts import refuse_overwriting_inputs, require_writable_destination
 from resnet_edge.environment import cpu_info
 from resnet_edge.errors import CheckFailedError, ResnetEdgeWarning
-from resnet_edge.onnx.graph import COMPUTE_OPS, GraphIndex
-from resnet_edge.onnx.metadata import QUANTIZATION_KEY, read_metadata, read_props, write_props
+from resnet_edge.onnx.graph import GraphIndex
+from resnet_edge.onnx.metadata import QUANTIZATION_KEY, read_metadata, read_props, write_props, write_with_record
+from resnet_edge.onnx.op_types import COMPUTE_OPS
 from resnet_edge.onnx.parity import Accuracy, Parity, int8_shortfalls, logit_error_shortfalls
 from resnet_edge.progress import ProgressCallback
 from resnet_edge.quantization.calibrate import (
-    BUNDLED_PHOTOS_NOTE,
-    MIN_OPSET,
     Calibration,
     Job,
-    calibrate_onnx,
     collect_calibration,
     prepare_job,
     quiet_onnxruntime,
@@ -43,17 +40,11 @@ from resnet_edge.quantization.options import QuantizeOptions
 from resnet_edge.quantization.recovery import Judgement, Recovery, RecoveryStep, recover_accuracy
 
 __all__ = [
-    "BUNDLED_PHOTOS_NOTE",
-    "MIN_OPSET",
-    "Calibration",
-    "QuantizeOptions",
     "QuantizeResult",
-    "calibrate_onnx",
     "check_coverage",
     "check_integer_coverage",
     "coverage_record",
     "quantize_onnx",
-    "resolve_exclusions",
 ]
 
 
@@ -84,6 +75,9 @@ class QuantizeResult:
     # weights are known to be random (its agreement measures noise; onnx.parity.logit_error_shortfalls).
     judged_by: str = "top-1 agreement"
     output_step: float | None = None  # the INT8 output's quantization step; None when the output is not quantized
+    provider: str = "cpu"  # the provider integer coverage was read on (its text form)
+    weight_grid: dict | None = None  # the weight grid resnet-edge wrote (None: onnxruntime's weights were kept)
+    recovery_judged: str = ""  # how the recovery steps were judged (Recovery.judged)
 
     @property
     def max_error_steps(self) -> float | None:
@@ -234,12 +228,9 @@ def quantize_onnx(
         "cpu": {"model": cpu_info().model, **cpu_info().features},
         "versions": _versions(),
     }
-    write_props(int8, read_props(fp32) | {QUANTIZATION_KEY: json.dumps(record, sort_keys=True)})
-    data = int8.SerializeToString()
+    write_props(int8, read_props(fp32))  # the FP32 model's own description (labels, preprocessing) carries over
     onnx.checker.check_model(int8, full_check=True)
-    with atomic_output(output) as tmp_model, atomic_output(sidecar) as tmp_sidecar:
-        tmp_model.write_bytes(data)
-        tmp_sidecar.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    size = write_with_record(int8, output, sidecar, key=QUANTIZATION_KEY, embedded=record, record=record)
 
     return QuantizeResult(
         output=output,
@@ -258,7 +249,7 @@ def quantize_onnx(
         quantized_nodes=quantized_nodes,
         fp32_nodes=fp32_kept,
         bytes_before=model_path.stat().st_size,
-        bytes_after=len(data),
+        bytes_after=size,
         speed=speed,
         seconds=time.perf_counter() - started,
         record=record,
@@ -266,6 +257,9 @@ def quantize_onnx(
         judged_by=judged_by,
         output_step=output_step,
         recovery=recovery.steps,
+        provider=options.provider.value,
+        weight_grid=recovery.grid,
+        recovery_judged=recovery.judged,
     )
 
 

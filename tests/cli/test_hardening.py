@@ -138,7 +138,8 @@ def test_lossless_checkpoint_casts_load_with_a_note(dtype: torch.dtype, tmp_path
 
 
 def test_quantize_fails_below_validates_bar_unless_allowed(digits_sim: Path, tmp_path: Path) -> None:
-    from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
+    from resnet_edge.quantization.options import QuantizeOptions
+    from resnet_edge.quantization.quantize import quantize_onnx
 
     flat = tmp_path / "flat.npy"
     np.save(flat, np.full((16, 8, 8), 255, np.uint8))  # white calibration images: every range is wrong
@@ -156,7 +157,9 @@ def test_quantize_fails_below_validates_bar_unless_allowed(digits_sim: Path, tmp
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_histogram_calibration_takes_a_short_final_batch(digits_sim: Path, tmp_path: Path, method: str) -> None:
-    from resnet_edge.quantization.quantize import Method, QuantizeOptions, quantize_onnx
+    from resnet_edge.quantization.configs import Method
+    from resnet_edge.quantization.options import QuantizeOptions
+    from resnet_edge.quantization.quantize import quantize_onnx
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -173,6 +176,7 @@ def test_a_crash_inside_a_stage_keeps_the_earlier_stages_and_a_report(
     import json
 
     from resnet_edge.pipeline import run as pipeline
+    from resnet_edge.pipeline.publish import MARKER
 
     def crash(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug in simplify")  # stands in for any bug: a real one is fixed once found
@@ -181,7 +185,7 @@ def test_a_crash_inside_a_stage_keeps_the_earlier_stages_and_a_report(
     with pytest.raises(RuntimeError, match="a bug in simplify"):
         pipeline.run_pipeline(pipeline.PipelineConfig(int8=False), tmp_path / "out")
     names = {p.name for p in (tmp_path / "out").iterdir()}
-    assert {"model.onnx", "report.json", pipeline.MARKER} <= names and "model.sim.onnx" not in names
+    assert {"model.onnx", "report.json", MARKER} <= names and "model.sim.onnx" not in names
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert "simplify" in json.dumps(report) and "a bug in simplify" in json.dumps(report)
 

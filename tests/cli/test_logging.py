@@ -39,7 +39,7 @@ def test_verbose_prints_debug_lines_from_the_library(digits_onnx: Path, few_imag
 
 
 def test_quiet_hides_warnings_and_keeps_the_exit_code(digits_onnx: Path, few_images: Path) -> None:
-    from resnet_edge.onnx.runtime import available_providers
+    from resnet_edge.onnx.plugins import available_providers
 
     if "CUDAExecutionProvider" in available_providers():
         pytest.skip("this machine has the CUDA provider: no fallback warning to hide")

@@ -9,10 +9,11 @@ import numpy as np
 import onnx
 import pytest
 
-from resnet_edge.conversion.export import Exporter, ExportOptions, export_onnx
+from resnet_edge.conversion.export import export_onnx
+from resnet_edge.conversion.options import Exporter, ExportOptions
 from resnet_edge.conversion.simplify import simplify_onnx
 from resnet_edge.errors import CheckpointError, InputFileError, OptionError
-from resnet_edge.models.resnet import get_arch, list_models
+from resnet_edge.models.registry import get_arch, list_models
 from resnet_edge.onnx.metadata import read_metadata, static_input_shape
 from resnet_edge.onnx.parity import FP32_MAX_ABS_ERROR
 from resnet_edge.onnx.runtime import open_session

@@ -9,7 +9,8 @@ import onnx
 import pytest
 
 from resnet_edge.conversion import simplify as simplify_module
-from resnet_edge.conversion.simplify import SimplifyOptions, simplify_onnx
+from resnet_edge.conversion.options import SimplifyOptions
+from resnet_edge.conversion.simplify import simplify_onnx
 from resnet_edge.errors import CheckFailedError, InputFileError
 from resnet_edge.onnx.metadata import read_props
 from resnet_edge.onnx.parity import FP32_MAX_ABS_ERROR

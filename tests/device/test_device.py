@@ -19,7 +19,8 @@ from click.testing import CliRunner
 from resnet_edge.cli.main import main
 from resnet_edge.device.bundle import PACKAGE_STUBS, RUNNER_MODULES, write_runner
 from resnet_edge.device.facts import Thermal, throttle_warning
-from resnet_edge.evaluation.benchmark import BenchmarkOptions, benchmark_models
+from resnet_edge.evaluation.benchmark import benchmark_models
+from resnet_edge.evaluation.options import BenchmarkOptions
 from resnet_edge.jsonable import to_jsonable
 
 ALLOWED = {"numpy", "onnxruntime", "resnet_edge"}

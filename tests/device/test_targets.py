@@ -22,7 +22,7 @@ from resnet_edge.cli.main import main
 from resnet_edge.device.fleet import benchmark_on_targets, parse_targets
 from resnet_edge.device.targets import RemoteOptions, Target, TargetKind
 from resnet_edge.errors import OptionError
-from resnet_edge.evaluation.benchmark import BenchmarkOptions
+from resnet_edge.evaluation.options import BenchmarkOptions
 from resnet_edge.evaluation.validate import validate_models
 from resnet_edge.jsonable import to_jsonable
 from tests.sshd import SshServer, start_sshd
@@ -129,7 +129,7 @@ def test_validate_on_a_device_agrees_exactly_as_a_local_validate(
     import numpy as np
 
     from resnet_edge.calibration.sources import DIGITS_FILE
-    from resnet_edge.evaluation.validate import ValidateOptions
+    from resnet_edge.evaluation.options import ValidateOptions
 
     with np.load(DIGITS_FILE) as digits:
         rows = digits["test_rows"][:96]
@@ -321,9 +321,9 @@ def test_report_has_a_device_section_and_a_latency_by_device_plot(
 ) -> None:
     """What ``pipeline --target`` adds to the report, from a real run on two targets (the rest of the pipeline
     is covered by tests/pipeline/test_pipeline.py)."""
+    from resnet_edge.pipeline.config import PipelineConfig
     from resnet_edge.pipeline.report import write_report
     from resnet_edge.pipeline.result import PipelineResult
-    from resnet_edge.pipeline.run import PipelineConfig
 
     remote = RemoteOptions(python=str(device_python), ssh_config=ssh_server.client_config)
     targets = parse_targets(["ssh://device", "ssh://wrongkey"])

@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from resnet_edge.conversion.export import ExportOptions, export_onnx
+from resnet_edge.conversion.export import export_onnx
+from resnet_edge.conversion.options import ExportOptions
 from resnet_edge.errors import OptionError
-from resnet_edge.evaluation.benchmark import BenchmarkOptions, benchmark_models, latency_stats, time_interleaved
+from resnet_edge.evaluation.benchmark import benchmark_models
+from resnet_edge.evaluation.options import BenchmarkOptions
 from resnet_edge.progress import Progress
+from resnet_edge.timing import latency_stats, time_interleaved
 
 QUICK = BenchmarkOptions(batch_sizes=(1, 3), iterations=6, warmup=1, threads=1)
 
@@ -85,14 +88,6 @@ def test_options_refuse_bad_values_when_made(options: dict, match: str) -> None:
     """Each options class checks itself, before any stage runs (the CLI, the pipeline and the library alike)."""
     with pytest.raises(OptionError, match=match):
         BenchmarkOptions(**options)
-
-
-def test_timing_defaults_agree_with_the_light_options_module() -> None:
-    """evaluation.options spells timing's defaults (timing imports numpy, which the CLI must not load at start-up)."""
-    from resnet_edge import timing
-    from resnet_edge.evaluation import options
-
-    assert (options.DEFAULT_WARMUP, options.DEFAULT_ITERATIONS) == (timing.DEFAULT_WARMUP, timing.DEFAULT_ITERATIONS)
 
 
 def test_duration_mode_and_shuffled_order() -> None:

@@ -15,7 +15,7 @@ from resnet_edge.cli.main import main
 from resnet_edge.errors import OptionError, ResnetEdgeWarning
 from resnet_edge.evaluation.options import TuneOptions
 from resnet_edge.evaluation.tune import Site, tune_model
-from resnet_edge.onnx.runtime import Provider
+from resnet_edge.onnx.providers import Provider
 
 
 def run(*args: object):

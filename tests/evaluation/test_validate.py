@@ -11,10 +11,13 @@ import torch
 from onnx import TensorProto, helper
 
 from resnet_edge.errors import CheckpointError, InputFileError, OptionError, ProviderError, ResnetEdgeWarning
-from resnet_edge.evaluation.validate import Reference, ValidateOptions, validate_models
+from resnet_edge.evaluation.options import ValidateOptions
+from resnet_edge.evaluation.validate import Reference, validate_models
 from resnet_edge.models.resnet import create_model
 from resnet_edge.onnx.metadata import write_props
-from resnet_edge.onnx.runtime import Provider, available_providers, open_session, parse_providers
+from resnet_edge.onnx.plugins import available_providers
+from resnet_edge.onnx.providers import Provider, parse_providers
+from resnet_edge.onnx.runtime import open_session
 
 CUDA_MISSING = "CUDAExecutionProvider" not in available_providers()
 
@@ -140,7 +143,8 @@ def test_foreign_model_without_metadata_gets_imagenet_preprocessing_with_a_warni
 
 
 def test_reference_with_another_class_count(digits_onnx: Path, tmp_path: Path) -> None:
-    from resnet_edge.conversion.export import ExportOptions, export_onnx
+    from resnet_edge.conversion.export import export_onnx
+    from resnet_edge.conversion.options import ExportOptions
 
     export_onnx(None, tmp_path / "seven.onnx", ExportOptions(arch="resnet20", num_classes=7))
     with pytest.raises(InputFileError, match="digits.onnx has 10 classes but the reference .* has 7"):

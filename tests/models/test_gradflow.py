@@ -16,7 +16,8 @@ from torch import nn
 from resnet_edge.cli.gradflow import gradflow
 from resnet_edge.conversion.simplify import SimplifyResult
 from resnet_edge.errors import CheckFailedError, OptionError
-from resnet_edge.models.gradflow import DECOMPOSITION_RTOL, GradFlowOptions, compare_gradient_flow, gradient_flow
+from resnet_edge.models.gradflow import DECOMPOSITION_RTOL, compare_gradient_flow, gradient_flow
+from resnet_edge.models.options import GradFlowOptions
 from resnet_edge.models.resnet import BasicBlock, PreActBasicBlock, create_model
 from tests.conftest import randomize_batchnorm
 
@@ -110,7 +111,7 @@ def test_deep_plain_network_gradient_scale_is_exponential_in_depth() -> None:
 
 def test_plain_network_has_the_residual_weights() -> None:
     from resnet_edge.models.gradflow import fresh_model
-    from resnet_edge.models.resnet import Variant
+    from resnet_edge.models.registry import Variant
 
     residual = fresh_model("resnet20", Variant.RESIDUAL, seed=3).state_dict()
     plain = fresh_model("resnet20", Variant.PLAIN, seed=3).state_dict()
@@ -120,7 +121,7 @@ def test_plain_network_has_the_residual_weights() -> None:
 
 def test_a_given_model_is_measured_as_it_is_and_left_alone() -> None:
     from resnet_edge.models.gradflow import fresh_model
-    from resnet_edge.models.resnet import Variant
+    from resnet_edge.models.registry import Variant
 
     options = GradFlowOptions("resnet20", batch=4, seed=5)
     fresh = gradient_flow(None, None, options)
@@ -211,7 +212,8 @@ PREACT_KEPT.append("/bn_final/BatchNormalization")
 
 @pytest.fixture(scope="module")
 def preact_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from resnet_edge.conversion.export import ExportOptions, export_onnx
+    from resnet_edge.conversion.export import export_onnx
+    from resnet_edge.conversion.options import ExportOptions
 
     path = tmp_path_factory.mktemp("preact") / "preact.onnx"
     result = export_onnx(None, path, ExportOptions(arch="resnet20", variant="preact"))
@@ -228,7 +230,8 @@ def test_preact_export_folds_bn2_and_keeps_bn1(preact_onnx: Path) -> None:
 
 @pytest.fixture(scope="module")
 def preact_sim(preact_onnx: Path) -> SimplifyResult:
-    from resnet_edge.conversion.simplify import SimplifyOptions, simplify_onnx
+    from resnet_edge.conversion.options import SimplifyOptions
+    from resnet_edge.conversion.simplify import simplify_onnx
 
     return simplify_onnx(preact_onnx, preact_onnx.with_name("preact.sim.onnx"), SimplifyOptions(allow_unfolded_bn=True))
 
@@ -253,7 +256,8 @@ def test_preact_simplify_refuses_unfolded_bn_unless_allowed(
 
 @pytest.mark.slow
 def test_preact_quantizes_with_bn_in_fp32(preact_sim: SimplifyResult, tmp_path: Path) -> None:
-    from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
+    from resnet_edge.quantization.options import QuantizeOptions
+    from resnet_edge.quantization.quantize import quantize_onnx
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

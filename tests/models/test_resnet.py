@@ -11,7 +11,8 @@ from torch import nn
 
 from resnet_edge.errors import OptionError
 from resnet_edge.models.checkpoints import load_weights
-from resnet_edge.models.resnet import BasicBlock, Bottleneck, ResNet, Stem, create_model, get_arch, list_models
+from resnet_edge.models.registry import Stem, get_arch, list_models
+from resnet_edge.models.resnet import BasicBlock, Bottleneck, ResNet, create_model
 from tests.conftest import randomize_batchnorm
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "torchvision_resnet_keys.json"

@@ -6,7 +6,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from resnet_edge.onnx.graph import COMPUTE_OPS, QUANTIZED_OPS, GraphIndex, batch_norm_nodes, is_quantized
+from resnet_edge.onnx.graph import GraphIndex, batch_norm_nodes, is_quantized
+from resnet_edge.onnx.op_types import COMPUTE_OPS, QUANTIZED_OPS
 
 
 def qdq_model() -> onnx.ModelProto:

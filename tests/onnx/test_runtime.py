@@ -15,15 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from resnet_edge.cli.main import main
 from resnet_edge.errors import OptionError, ProviderError, ResnetEdgeWarning
-from resnet_edge.onnx.runtime import (
-    PROVIDERS,
-    Provider,
-    available_providers,
-    format_providers,
-    open_session,
-    parse_provider,
-    parse_providers,
-)
+from resnet_edge.onnx.plugins import available_providers
+from resnet_edge.onnx.providers import PROVIDERS, Provider, format_providers, parse_provider, parse_providers
+from resnet_edge.onnx.runtime import open_session
 
 OPENVINO_HERE = "OpenVINOExecutionProvider" in available_providers()
 TENSORRT_HERE = "TensorrtExecutionProvider" in available_providers()
@@ -231,8 +225,9 @@ def test_doctor_lists_every_provider_with_how_to_add_it() -> None:
 
 def test_fp16_variant_keeps_float32_io_and_passes_on_decisions(digits_sim: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxconverter_common")
+    from resnet_edge.evaluation.options import ValidateOptions
     from resnet_edge.evaluation.tune import convert_fp16
-    from resnet_edge.evaluation.validate import Reference, ValidateOptions, validate_models
+    from resnet_edge.evaluation.validate import Reference, validate_models
 
     half = convert_fp16(digits_sim, tmp_path / "digits.fp16.onnx")
     model = onnx.load(str(half))

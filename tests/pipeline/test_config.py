@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from resnet_edge.errors import OptionError
-from resnet_edge.onnx.runtime import Provider
+from resnet_edge.onnx.providers import Provider
 from resnet_edge.pipeline.config import (
     OPTIONS,
     PIPELINE_BENCHMARK,
@@ -61,7 +61,7 @@ def test_the_pipelines_own_defaults_are_declared_once() -> None:
     config = PipelineConfig()
     assert (config.iterations, config.warmup, config.batch_sizes) == (50, 5, (1, 8))
     assert config.benchmark_options(torch_reference=None) == PIPELINE_BENCHMARK
-    assert config.export_options() == PIPELINE_EXPORT and not PIPELINE_EXPORT.fold_bn
+    assert config.export == PIPELINE_EXPORT and not PIPELINE_EXPORT.fold_bn
     assert make_config({"iterations": 9}).benchmark_options(torch_reference="w.pt").iterations == 9
 
 
@@ -123,3 +123,40 @@ def test_held_out_data_judges_the_quantize_stage_too() -> None:
     assert config.quantize.label_map == config.validate.label_map == Path("map.txt")
     assert config.options()["label_map"] == "map.txt"
     assert make_config({}).quantize.eval_data is None  # no --data: the held-out quarter, as before
+
+
+def test_connect_timeout_is_one_declaration_from_flag_to_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The option added to show what adding one takes (issue 23): a RunOptions field and an OPTIONS row make the
+    flag, its help's default, the TOML key and its check; RemoteOptions checks the range."""
+    from click.testing import CliRunner
+
+    from resnet_edge.cli.main import main
+    from resnet_edge.device.targets import DEFAULT_CONNECT_TIMEOUT_S
+    from resnet_edge.pipeline import run as run_module
+
+    assert PipelineConfig().connect_timeout == DEFAULT_CONNECT_TIMEOUT_S
+    help_text = CliRunner().invoke(main, ["pipeline", "--help"]).output
+    assert "--connect-timeout FLOAT" in help_text and f"[default: {DEFAULT_CONNECT_TIMEOUT_S}]" in help_text
+    seen: list[PipelineConfig] = []
+
+    def capture(config: PipelineConfig, *args: object, **kwargs: object) -> None:
+        seen.append(config)
+        raise OptionError("captured")
+
+    monkeypatch.setattr(run_module, "run_pipeline", capture)
+    args = ["pipeline", "--target", "local", "--connect-timeout", "2.5", "-o", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0 and "captured" in result.output
+    assert seen[0].run.connect_timeout == 2.5 == seen[0].options()["connect_timeout"]
+
+    path = tmp_path / "c.toml"
+    path.write_text('targets = ["local"]\n[benchmark]\nconnect_timeout = 30\n')
+    assert load_config(path).connect_timeout == 30
+    with pytest.raises(OptionError, match="connect timeout|connect_timeout"):
+        PipelineConfig(targets=("local",), connect_timeout=0)
+    with pytest.raises(OptionError, match="connect_timeout applies to --target devices"):
+        make_config({"connect_timeout": 5})
+    with pytest.raises(OptionError, match="connect_timeout must be float"):
+        make_config({"connect_timeout": "soon", "targets": "local"})

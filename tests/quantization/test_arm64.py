@@ -133,7 +133,7 @@ def test_a_target_whose_prefix_names_qemu_is_not_ranked(
 ) -> None:
     """The prefix names QEMU only as a variable (no emulation here): the host alone knows it for emulated."""
     from resnet_edge.device.fleet import benchmark_on_targets, parse_targets
-    from resnet_edge.evaluation.benchmark import BenchmarkOptions
+    from resnet_edge.evaluation.options import BenchmarkOptions
     from resnet_edge.pipeline.plots import write_plots
     from resnet_edge.pipeline.report import device_series
 

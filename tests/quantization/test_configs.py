@@ -12,7 +12,7 @@ import pytest
 from resnet_edge.errors import OptionError
 from resnet_edge.quantization.calibrate import quiet_onnxruntime
 from resnet_edge.quantization.configs import Format, Int8Target, Method
-from resnet_edge.quantization.quantize import QuantizeOptions
+from resnet_edge.quantization.options import QuantizeOptions
 
 
 def test_configs_import_no_heavy_library() -> None:

@@ -13,10 +13,12 @@ from click.testing import CliRunner
 from resnet_edge.cli.main import main
 from resnet_edge.errors import CheckFailedError, ResnetEdgeWarning
 from resnet_edge.onnx.graph import macs_per_image
-from resnet_edge.onnx.runtime import ExecutedNode, executed_nodes_from_profile, open_session
+from resnet_edge.onnx.placement import ExecutedNode, executed_nodes_from_profile
+from resnet_edge.onnx.runtime import open_session
 from resnet_edge.quantization.configs import Format, Int8Target, resolve_config
 from resnet_edge.quantization.coverage import integer_coverage
-from resnet_edge.quantization.quantize import QuantizeOptions, check_integer_coverage, quantize_onnx
+from resnet_edge.quantization.options import QuantizeOptions
+from resnet_edge.quantization.quantize import check_integer_coverage, quantize_onnx
 
 x86 = pytest.mark.skipif(
     platform.machine().lower() not in ("x86_64", "amd64"), reason="the fusions asserted are onnxruntime's x86 ones"
@@ -135,8 +137,9 @@ def test_signed_symmetric_int8_is_partly_fp32_on_x86_and_quantize_says_so(digits
 
 
 def test_validate_and_benchmark_report_coverage_and_error_in_output_steps(digits_sim: Path, digits_int8: Path) -> None:
-    from resnet_edge.evaluation.benchmark import BenchmarkOptions, benchmark_models
-    from resnet_edge.evaluation.validate import ValidateOptions, validate_models
+    from resnet_edge.evaluation.benchmark import benchmark_models
+    from resnet_edge.evaluation.options import BenchmarkOptions, ValidateOptions
+    from resnet_edge.evaluation.validate import validate_models
     from resnet_edge.quantization.coverage import output_step
 
     step = output_step(onnx.load(str(digits_int8)))
@@ -155,7 +158,8 @@ def test_a_device_reports_the_same_coverage_as_here(digits_int8: Path) -> None:
     """The runner sends the kernels its sessions ran; the host attributes them with the model file."""
     from resnet_edge.device.fleet import validate_on_targets
     from resnet_edge.device.targets import Target
-    from resnet_edge.evaluation.validate import ValidateOptions, validate_models
+    from resnet_edge.evaluation.options import ValidateOptions
+    from resnet_edge.evaluation.validate import validate_models
 
     options = ValidateOptions(data="builtin:digits-test")
     here = validate_models([digits_int8], options=options).rows[0]

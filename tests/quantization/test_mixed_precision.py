@@ -17,8 +17,9 @@ from resnet_edge.calibration.sources import DIGITS_FILE
 from resnet_edge.cli.convert import quantize
 from resnet_edge.errors import CheckFailedError, OptionError
 from resnet_edge.onnx.metadata import QUANTIZATION_KEY, read_record
-from resnet_edge.quantization.mixed_precision import AccuracyGoal, TargetMissedError, search_prefixes
-from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
+from resnet_edge.quantization.mixed_precision import TargetMissedError, search_prefixes
+from resnet_edge.quantization.options import AccuracyGoal, QuantizeOptions
+from resnet_edge.quantization.quantize import quantize_onnx
 
 RANKING = ["layer2.0", "stem", "head", "layer1.0"]
 

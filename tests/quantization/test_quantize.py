@@ -11,12 +11,14 @@ import onnx
 import pytest
 
 from resnet_edge.errors import CheckFailedError, InputFileError, OptionError
-from resnet_edge.onnx.graph import COMPUTE_OPS, is_quantized
+from resnet_edge.onnx.graph import is_quantized
 from resnet_edge.onnx.metadata import read_record
+from resnet_edge.onnx.op_types import COMPUTE_OPS
 from resnet_edge.onnx.runtime import open_session
 from resnet_edge.progress import Progress
 from resnet_edge.quantization.configs import Format, Int8Target, Method, detect_target, resolve_config
-from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
+from resnet_edge.quantization.options import QuantizeOptions
+from resnet_edge.quantization.quantize import quantize_onnx
 
 FAST = QuantizeOptions(measure_speed=False)
 
@@ -206,7 +208,8 @@ def test_bad_calibration_data_leaves_nothing(tiny_onnx: Path, tmp_path: Path, ki
 
 @pytest.mark.slow
 def test_fixed_batch_model_quantizes_and_times(tmp_path: Path) -> None:
-    from resnet_edge.conversion.export import ExportOptions, export_onnx
+    from resnet_edge.conversion.export import export_onnx
+    from resnet_edge.conversion.options import ExportOptions
 
     export_onnx("builtin:digits-resnet20", tmp_path / "b4.onnx", ExportOptions(batch=4))
     result = quantize_onnx(tmp_path / "b4.onnx", tmp_path / "b4.int8.onnx", QuantizeOptions(limit=40))

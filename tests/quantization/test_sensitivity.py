@@ -13,13 +13,17 @@ import pytest
 from click.testing import CliRunner
 
 from resnet_edge.cli.analyze import analyze
-from resnet_edge.conversion.export import ExportOptions, resolve_export, run_exporter
+from resnet_edge.conversion.export import resolve_export, run_exporter
+from resnet_edge.conversion.options import ExportOptions
 from resnet_edge.errors import InputFileError
-from resnet_edge.models.resnet import Stem, create_model, get_arch, list_models
+from resnet_edge.models.registry import Stem, get_arch, list_models
+from resnet_edge.models.resnet import create_model
 from resnet_edge.onnx.graph import module_path
 from resnet_edge.progress import Progress
+from resnet_edge.quantization.calibrate import resolve_exclusions
 from resnet_edge.quantization.configs import Format
-from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx, resolve_exclusions
+from resnet_edge.quantization.options import QuantizeOptions
+from resnet_edge.quantization.quantize import quantize_onnx
 from resnet_edge.quantization.sensitivity import (
     HEAD,
     RESIDUAL_SCALE_RATIO,

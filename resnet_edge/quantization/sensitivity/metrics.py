@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from resnet_edge.onnx.graph import COMPUTE_OPS, INTEGER_COMPUTE_OPS, GraphIndex, module_path
+from resnet_edge.onnx.graph import GraphIndex, module_path
+from resnet_edge.onnx.op_types import COMPUTE_OPS, INTEGER_COMPUTE_OPS
 from resnet_edge.quantization.sensitivity.blocks import BlockMap
 
 # Adding two tensors quantized with scales s and s/r, the sum is requantized on a scale at least s, so the finer input

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resnet_edge.onnx.parity import Accuracy, Parity
-from resnet_edge.onnx.runtime import Placement
+from resnet_edge.onnx.placement import Placement
 from resnet_edge.quantization.sensitivity.metrics import BlockError
 
 

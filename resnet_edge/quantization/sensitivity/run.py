@@ -38,7 +38,8 @@ from resnet_edge.onnx.metadata import (
     static_input_shape,
 )
 from resnet_edge.onnx.parity import accuracy, compare_outputs
-from resnet_edge.onnx.runtime import Provider, open_session
+from resnet_edge.onnx.providers import Provider
+from resnet_edge.onnx.runtime import open_session
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.sensitivity.blocks import (
     HEAD,
