@@ -540,3 +540,5 @@ def test_accuracy_recovery_benchmark_short_mode(tmp_path) -> None:
     assert npu["drop_points"] <= 0.3 and [s["step"] for s in npu["steps"]] == ["equalize", "bias_correction"]
     assert w4["steps"][0]["step"] == "adaround" and w4["bytes"] < 0.25 * w4["fp32_bytes"]
     assert json.loads((tmp_path / "rows.json").read_text())["accuracy"][0]["config"] == npu["config"]
+    (qat,) = found["qat"]  # train --qat, W4A8, one epoch: the exported file holds the integers QAT trained
+    assert qat["grid_mismatches"] == 0 and qat["bytes"] < 0.25 * w4["fp32_bytes"] and qat["top1"] > 0.9
