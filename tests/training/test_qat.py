@@ -126,6 +126,10 @@ def test_train_qat_writes_a_qdq_model_that_onnxruntime_scores_as_reported(tmp_pa
     assert Path(found["checkpoint"]).name == "digits.qat.safetensors" and Path(found["checkpoint"]).is_file()
     record = json.loads(Path(f"{output}.json").read_text())
     assert record["weight_bits"] == 4 and record["accuracy_recovery"]["steps"] == []
+    trained = record["quantization_aware_training"]  # the record says QAT ran, with the accuracy before and after
+    assert trained["epochs"] == 1 and trained["weights_moved_by_export"] == 0
+    assert trained["fp32_top1"] > 0.95 and trained["before_top1"] is not None
+    assert len(trained["after_top1_per_epoch"]) == 1
     model = onnx.load(str(output))
     assert any(i.data_type == onnx.TensorProto.INT4 for i in model.graph.initializer)
 
