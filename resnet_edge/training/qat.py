@@ -30,6 +30,7 @@ the folded bias, so :mod:`resnet_edge.conversion` exports it as any other and ``
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import operator
@@ -233,7 +234,7 @@ def prepare_qat(model: nn.Module, recipe: Int8Recipe) -> QatNetwork:
     Raises:
         OptionError: a network torch.fx cannot trace, or a BatchNorm that does not follow a convolution.
     """
-    model = _copy(model).eval()
+    model = copy.deepcopy(model).eval()  # the caller's network keeps its BatchNorms
     try:
         traced = fx.symbolic_trace(model)
     except Exception as exc:  # torch.fx raises many types for untraceable code
@@ -279,12 +280,6 @@ def prepare_qat(model: nn.Module, recipe: Int8Recipe) -> QatNetwork:
     graph.lint()
     traced.recompile()
     return QatNetwork(traced, folded, weights, activations)
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
