@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,6 +15,9 @@ from resnet_edge.cli.options import SEED, command_line, json_option, options_fro
 from resnet_edge.models.registry import list_models
 from resnet_edge.progress import Progress
 from resnet_edge.training.options import TrainOptions
+
+if TYPE_CHECKING:
+    from resnet_edge.conversion.qat import QatExport
 
 
 @click.command()
@@ -33,7 +37,8 @@ from resnet_edge.training.options import TrainOptions
     type=click.Path(path_type=Path),
     default=Path("model.safetensors"),
     show_default=True,
-    help="The checkpoint (.safetensors); NAME.metrics.json (every epoch) and, until the run completes,"
+    help="The checkpoint (.safetensors), or with --qat the QDQ model (.onnx); NAME.metrics.json (every epoch)"
+    " and, until the run completes,"
     " NAME.resume.pt go beside it.",
 )
 @json_option
@@ -46,6 +51,12 @@ def train(data, output, as_json, **fields) -> None:
     from resnet_edge.training.train import train_model
 
     options = take_options(TrainOptions, fields, command=command_line())
+    if options.qat:
+        from resnet_edge.conversion.qat import qat_onnx
+
+        run = qat_onnx  # fine-tune with fake quantization, export, write the QDQ model
+    else:
+        run = train_model
     saved: list[Progress] = []
     with progress_bars(not as_json) as bars:
 
@@ -58,7 +69,7 @@ def train(data, output, as_json, **fields) -> None:
                     _line(event.detail or "")
 
         try:
-            result = train_model(data, output, options, on_progress=on_progress)
+            result = run(data, output, options, on_progress=on_progress)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the last complete epoch is on disk, say where
             if not saved:
                 raise
@@ -71,6 +82,8 @@ def train(data, output, as_json, **fields) -> None:
             click.get_current_context().exit(interrupt_exit_code(exc))
     if as_json:
         return render.emit_json(result)
+    if options.qat:
+        return _qat_summary(result)
     held = (
         f", val accuracy {fmt.percent(result.val_accuracy)} on {result.val_images:,} images ({result.val_data})"
         if result.val_accuracy is not None
@@ -87,6 +100,31 @@ def train(data, output, as_json, **fields) -> None:
     )
     threads = f"{result.threads} thread{'s' if result.threads > 1 else ''}"
     click.echo(f"metrics of every epoch: {result.metrics}; {result.seconds:.1f} s with {threads}")
+
+
+def _qat_summary(result: QatExport) -> None:
+    """What a QAT run wrote, and the held-out accuracy at each stage of it."""
+    qat, quantized = result.qat, result.quantize
+    recipe = qat.recipe
+    grid = f"W{recipe.weight_bits}A8 {'per channel' if recipe.per_channel else 'per tensor'}"
+    click.echo(
+        f"wrote {result.output} ({fmt.size(quantized.bytes_after)}, {recipe.target.value} {grid}) and the fine-tuned"
+        f" checkpoint {result.checkpoint}; {len(qat.train.history)} epochs of quantization-aware training,"
+        f" {qat.folded_batchnorms} BatchNorms folded, {qat.quantized_layers} layers and {qat.quantized_activations}"
+        f" activations quantized"
+    )
+    if qat.fp32_val_accuracy is not None:
+        click.echo(
+            f"held-out accuracy ({qat.train.val_data}): FP32 {fmt.percent(qat.fp32_val_accuracy)}, fake-quantized"
+            f" before QAT {fmt.percent(qat.before_val_accuracy)}, after {fmt.percent(qat.train.val_accuracy)}"
+        )
+    int8 = quantized.int8_accuracy
+    click.echo(
+        f"the QDQ file on {quantized.evaluation_images:,} images of {quantized.evaluation_source}:"
+        f" {fmt.percent(int8.top1) if int8 else 'no labels'}, top-1 agreement"
+        f" {fmt.percent(quantized.parity.top1_agreement)} with its FP32 export; weights moved by the export:"
+        f" {qat.grid_mismatches}; {result.seconds:.1f} s"
+    )
 
 
 def _line(text: str) -> None:

@@ -12,6 +12,7 @@ _EXPORTS = {
     **dict.fromkeys(("ExportOptions", "SimplifyOptions", "Exporter"), "options"),
     **dict.fromkeys(("ExportResult", "export_onnx"), "export"),
     **dict.fromkeys(("SimplifyResult", "simplify_onnx"), "simplify"),
+    **dict.fromkeys(("QatExport", "qat_onnx"), "qat"),
 }
 
 __all__ = sorted(_EXPORTS)

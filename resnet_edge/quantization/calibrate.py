@@ -236,7 +236,13 @@ def collect_calibration(
             stacklevel=3,
         )
     prepped_path = folder / "prepped.onnx"
-    pre_process(job.source, prepped_path, exclude=options.exclude)
+    model_path = job.source
+    if job.equalization is not None:
+        # The equalized model exists only in memory; what is calibrated and quantized must be it, not the user's
+        # file (pre_process takes a path: a merge that passed the file lost equalization without a trace).
+        model_path = folder / "equalized.onnx"
+        onnx.save(job.fp32, str(model_path))
+    pre_process(model_path, prepped_path, exclude=options.exclude)
     seen = _calibrate(
         prepped_path,
         folder,

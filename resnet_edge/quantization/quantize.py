@@ -106,6 +106,7 @@ def quantize_onnx(
     *,
     on_progress: ProgressCallback | None = None,
     calibration: Calibration | None = None,
+    trained: dict | None = None,
 ) -> QuantizeResult:
     """Quantize an FP32 model to INT8 from calibration images, and judge it on held-out images.
 
@@ -119,6 +120,8 @@ def quantize_onnx(
             images are read.
         calibration: ranges already collected by :func:`calibrate_onnx` for this model and these options (only
             ``exclude``, ``per_channel``, ``format`` and ``measure_speed`` may differ); calibrates afresh when None.
+        trained: what quantization-aware training did to the model before it came here (``conversion.qat``), kept
+            in the record as ``quantization_aware_training``; None for a model that was not trained for it.
 
     Raises:
         InputFileError: unreadable or already quantized model, unusable data, unwritable output.
@@ -221,6 +224,7 @@ def quantize_onnx(
         },
         "judged_by": judged_by,
         "accuracy_recovery": recovery.record(),
+        "quantization_aware_training": trained,
         "excluded_nodes": sorted(excluded),
         "fp32_nodes": fp32_kept,
         "integer_coverage": coverage_record(coverage, options.provider.value),

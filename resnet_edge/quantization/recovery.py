@@ -41,9 +41,9 @@ from resnet_edge.quantization.qdq import (
     write_bias,
     write_weights,
 )
-from resnet_edge.quantization.weights import WeightGrid, expand_scale, grid_scales, round_to_nearest
+from resnet_edge.quantization.weights import WeightGrid, expand_scale, grid_scales, recipe_grid, round_to_nearest
 
-__all__ = ["REFERENCES", "Judgement", "Recovery", "RecoveryStep", "recover_accuracy", "weight_grid"]
+__all__ = ["REFERENCES", "Judgement", "Recovery", "RecoveryStep", "recover_accuracy"]
 
 REFERENCES = {
     "equalize": "Nagel et al. 2019, Data-Free Quantization Through Weight Equalization and Bias Correction, sec. 4.1",
@@ -134,16 +134,6 @@ class Recovery:
         }
 
 
-def weight_grid(config: Int8Recipe) -> WeightGrid:
-    """The weight grid of a recipe."""
-    return WeightGrid(
-        bits=config.weight_bits,
-        per_channel=config.per_channel,
-        block=config.weight_block,
-        power_of_two=config.power_of_two,
-    )
-
-
 def recover_accuracy(
     int8: onnx.ModelProto,
     float_model: onnx.ModelProto,
@@ -177,7 +167,7 @@ def recover_accuracy(
     grid_record = None
     scales: dict[str, np.ndarray] = {}
     if config.rewrites_weights:
-        grid = weight_grid(config)
+        grid = recipe_grid(config)
         scales, grid_record = _write_grid(int8, float_model, layers, config, grid)
         layers = quantized_layers(int8, float_model)  # the input scales may have changed
     current: Judgement | None = None
@@ -187,7 +177,7 @@ def recover_accuracy(
         if judge is not None and unequalized is not None:
             base, base_float = unequalized()
             if config.rewrites_weights:
-                _write_grid(base, base_float, quantized_layers(base, base_float), config, weight_grid(config))
+                _write_grid(base, base_float, quantized_layers(base, base_float), config, recipe_grid(config))
             before = judge(base)
         current = judge(int8) if judge is not None else None
         steps.append(
@@ -229,7 +219,7 @@ def recover_accuracy(
             iterations=options.adaround_iterations, seconds=options.adaround_seconds, seed=options.seed
         )
         started = time.perf_counter()
-        grid = weight_grid(config)
+        grid = recipe_grid(config)
         found, report = adaround_layers(layers, scales, grid, samples, parameters, on_progress=on_progress)
         for layer in layers:
             write_weights(int8, layer, found[layer.name], scales[layer.name], bits=grid.bits, block=grid.block)

@@ -16,10 +16,14 @@ channel. With power-of-two scales the two powers of two around that scale are tr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["CLIP_RATIOS", "WeightGrid", "expand_scale", "grid_scales", "round_to_nearest"]
+if TYPE_CHECKING:
+    from resnet_edge.quantization.configs import Int8Recipe
+
+__all__ = ["CLIP_RATIOS", "WeightGrid", "expand_scale", "grid_scales", "recipe_grid", "round_to_nearest"]
 
 # Scales tried for each group, as fractions of absmax / qmax; 1.0 (no clipping) is always among them.
 CLIP_RATIOS = tuple(float(r) for r in np.linspace(1.0, 0.5, 11))
@@ -57,6 +61,16 @@ class WeightGrid:
             else ("per channel" if self.per_channel else "per tensor")
         )
         return f"int{self.bits} symmetric, {group}{', power-of-two scales' if self.power_of_two else ''}"
+
+
+def recipe_grid(config: Int8Recipe) -> WeightGrid:
+    """The weight grid of a recipe (what recovery writes, and what quantization-aware training rounds to)."""
+    return WeightGrid(
+        bits=config.weight_bits,
+        per_channel=config.per_channel,
+        block=config.weight_block,
+        power_of_two=config.power_of_two,
+    )
 
 
 def _groups(weight: np.ndarray, grid: WeightGrid) -> tuple[np.ndarray, tuple[int, ...]]:

@@ -15,6 +15,7 @@ _EXPORTS = {
     **dict.fromkeys(("TrainResult", "train_model", "initial_model", "metrics_path", "resume_path"), "train"),
     **dict.fromkeys(("EpochMetrics", "SGDStep", "Step", "fit", "evaluate"), "loop"),
     **dict.fromkeys(("LabelledTensors", "BatchAugment"), "data"),
+    **dict.fromkeys(("QatResult", "train_qat", "prepare_qat"), "qat"),
 }
 
 __all__ = sorted(_EXPORTS)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from resnet_edge.errors import OptionError
 from resnet_edge.models.registry import Variant
+from resnet_edge.quantization.configs import Int8Recipe, Int8Target, resolve_config
 
 # Seeds reach numpy's default_rng and torch.manual_seed, which both take 0 to 2**32 - 1 here.
 MAX_SEED = 2**32 - 1
@@ -27,6 +28,10 @@ FINE_TUNE_LR = 0.01
 # --momentum: 0.85 to 0.95 at the default 0.9, which are also torch's OneCycleLR defaults.
 ONECYCLE_MOMENTUM_SWING = 0.05
 DEFAULT_PAD = 4  # pixels of padding for the 32x32 family's random crop (He et al. 2015, 4.2: pad 4, crop 32)
+# Quantization-aware training fine-tunes a network that already works: a learning rate ten times below fine-tuning's,
+# as the QAT recipes of PyTorch's and AIMET's examples use (1e-3 to 1e-5), so the weights move by a few grid steps.
+QAT_LR = 0.001
+QAT_CALIBRATION_IMAGES = 1000  # images the exported model's activation ranges are calibrated on, by default
 # Upper bounds that keep a typo (1e9 epochs, a batch of a billion) from running for ever or swapping the machine.
 MAX_EPOCHS = 10_000
 MAX_THREADS = 1024
@@ -90,6 +95,12 @@ class TrainOptions:
         threads: PyTorch's intra-op threads; None leaves PyTorch's default (one per core).
         resume: continue an interrupted run from its last complete epoch (the ``.resume.pt`` file beside the
             output), with the same options.
+        qat: quantization-aware training (:mod:`resnet_edge.training.qat`): fine-tune ``weights`` with fake
+            quantization on ``target``'s INT8 recipe, and write a QDQ ONNX model (``resnet_edge.conversion.qat``).
+        target, weight_bits, per_channel: the recipe QAT trains for and exports with, as ``quantize`` takes them
+            (``per_channel`` None: the target's).
+        calib, calib_limit: QAT's export: the images its activation ranges are calibrated on (default: the
+            training data), and how many (drawn with ``seed``).
         command: the command line that started the run, recorded in the checkpoint (the CLI passes its own).
 
     Raises:
@@ -137,7 +148,10 @@ class TrainOptions:
     epochs: int = field(default=20, metadata={"help": "Passes over the training images."})
     batch: int = field(default=128, metadata={"help": "Images per step."})
     lr: float | None = field(
-        default=None, metadata={"help": f"Peak learning rate. [default: {SCRATCH_LR}, {FINE_TUNE_LR} fine-tuning]"}
+        default=None,
+        metadata={
+            "help": f"Peak learning rate. [default: {SCRATCH_LR}, {FINE_TUNE_LR} fine-tuning, {QAT_LR} with --qat]"
+        },
     )
     momentum: float = field(default=0.9, metadata={"help": "SGD (Nesterov) momentum; onecycle cycles it ±0.05."})
     weight_decay: float = field(default=5e-4, metadata={"help": "SGD weight decay."})
@@ -148,10 +162,36 @@ class TrainOptions:
     seed: int = field(default=0, metadata={"help": "Seeds weights, split, order and augmentation."})
     threads: int | None = field(default=None, metadata={"help": "PyTorch threads. [default: one per core]"})
     resume: bool = field(default=False, metadata={"help": "Continue an interrupted run from its last complete epoch."})
+    qat: bool = field(
+        default=False,
+        metadata={
+            "help": "Quantization-aware fine-tuning of --weights on --target's INT8 recipe; -o is then the QDQ"
+            " .onnx model (the fine-tuned checkpoint goes beside it)."
+        },
+    )
+    target: Int8Target = field(
+        default=Int8Target.AUTO, metadata={"help": "With --qat: the INT8 recipe to train for, as quantize's."}
+    )
+    weight_bits: int = field(default=8, metadata={"help": "With --qat: weight bits, 8 or 4 (W4A8)."})
+    per_channel: bool | None = field(
+        default=None,
+        metadata={"flag": "--per-channel/--per-tensor", "help": "With --qat: weight granularity. [default: target's]"},
+    )
+    calib: str | None = field(
+        default=None, metadata={"help": "With --qat: images for the exported ranges. [default: the training data]"}
+    )
+    calib_limit: int = field(
+        default=QAT_CALIBRATION_IMAGES, metadata={"help": "With --qat: calibrate on this many images."}
+    )
     command: str | None = field(default=None, metadata={"cli": False})
 
     def __post_init__(self) -> None:
-        for name, enum_type in (("schedule", Schedule), ("augment", Augment), ("normalize", Normalize)):
+        for name, enum_type in (
+            ("schedule", Schedule),
+            ("augment", Augment),
+            ("normalize", Normalize),
+            ("target", Int8Target),
+        ):
             _set_enum(self, name, enum_type)
         if self.variant is not None:
             _set_enum(self, "variant", Variant)
@@ -185,6 +225,35 @@ class TrainOptions:
             raise OptionError("--new-head replaces a fine-tuned checkpoint's classifier, and no --weights was given")
         if self.freeze and self.weights is None:
             raise OptionError("--freeze keeps pretrained weights fixed, and no --weights was given")
+        self._check_qat()
+
+    def _check_qat(self) -> None:
+        _check_int("calib limit", self.calib_limit, 1, None)
+        if self.weight_bits not in (4, 8):
+            raise OptionError(f"weight bits must be 4 or 8, got {self.weight_bits}")
+        asked = [
+            flag
+            for flag, given in (
+                ("--target", self.target is not Int8Target.AUTO),
+                ("--weight-bits", self.weight_bits != 8),
+                ("--per-channel/--per-tensor", self.per_channel is not None),
+                ("--calib", self.calib is not None),
+            )
+            if given
+        ]
+        if not self.qat:
+            if asked:
+                raise OptionError(f"{', '.join(asked)} shape quantization-aware training; add --qat")
+            return
+        if self.weights is None:
+            raise OptionError("--qat fine-tunes a trained FP32 checkpoint; pass it with --weights")
+        if self.resume:
+            raise OptionError("--qat runs are short and are not resumed; run the same command again")
+        if self.variant is Variant.PREACT:
+            raise OptionError(
+                "--qat folds each BatchNorm into the convolution before it, and the preact variant's BatchNorms come"
+                " before theirs"
+            )
 
     @property
     def resolved_val_fraction(self) -> float:
@@ -194,10 +263,25 @@ class TrainOptions:
         return 0.0 if self.val is not None else DEFAULT_VAL_FRACTION
 
     def resolved_lr(self) -> float:
-        """The peak learning rate: the one given, else the from-scratch or fine-tuning default."""
+        """The peak learning rate: the one given, else the from-scratch, fine-tuning or QAT default."""
         if self.lr is not None:
             return self.lr
+        if self.qat:
+            return QAT_LR
         return SCRATCH_LR if self.weights is None else FINE_TUNE_LR
+
+    def qat_recipe(self) -> Int8Recipe:
+        """The INT8 recipe QAT trains for and exports with: the target's, with these weight bits and granularity, and
+        none of the post-training recovery steps (QAT learns what equalization, bias correction and AdaRound
+        repair; and they would move the weights off the grid it trained on)."""
+        return resolve_config(
+            self.target,
+            per_channel=self.per_channel,
+            weight_bits=self.weight_bits if self.weight_bits != 8 else None,
+            equalize=False,
+            bias_correction=False,
+            adaround=False,
+        )
 
     def recipe(self) -> dict[str, object]:
         """The options that decide the weights, as JSON-ready values: a resumed run must match them."""

@@ -486,6 +486,9 @@ def test_npu_target_on_digits_is_strict_integer_with_each_step_judged(digits_sim
     assert all(s["before"] and s["after"] and s["before"]["images"] == 397 for s in steps)
     assert steps[0]["details"]["pairs"] == 9  # one conv1 -> conv2 pair in each of the nine basic blocks
     assert steps[1]["before"] == steps[0]["after"]  # the steps chain
+    # What was quantized is the equalized model: its logits differ from the unequalized one's (a merge once
+    # calibrated the user's file instead, and the step's before and after were the same model).
+    assert steps[0]["before"]["kl"] != steps[0]["after"]["kl"]
     assert steps[-1]["after"]["top1_agreement"] >= 0.99
     assert record["integer_coverage"]["fraction"] == 1.0 and record["strict_integer"] and record["power_of_two"]
     model = onnx.load(str(npu))
@@ -503,6 +506,7 @@ def test_npu_target_on_digits_is_strict_integer_with_each_step_judged(digits_sim
     as_json = CliRunner().invoke(main, [*args, "-o", str(tmp_path), "--json"])
     found = json.loads(as_json.output)
     assert [c["block"] for c in found["changes"]][:2] == ["stem", "layer1.0"] and len(found["changes"]) == 11
+    assert any(abs(c["gain_db"]) > 0.01 for c in found["changes"] if c["block"].startswith("layer"))
 
 
 def test_int4_adaround_on_digits_writes_small_opset_21_qdq(digits_sim, tmp_path) -> None:
@@ -540,3 +544,5 @@ def test_accuracy_recovery_benchmark_short_mode(tmp_path) -> None:
     assert npu["drop_points"] <= 0.3 and [s["step"] for s in npu["steps"]] == ["equalize", "bias_correction"]
     assert w4["steps"][0]["step"] == "adaround" and w4["bytes"] < 0.25 * w4["fp32_bytes"]
     assert json.loads((tmp_path / "rows.json").read_text())["accuracy"][0]["config"] == npu["config"]
+    (qat,) = found["qat"]  # train --qat, W4A8, one epoch: the exported file holds the integers QAT trained
+    assert qat["grid_mismatches"] == 0 and qat["bytes"] < 0.25 * w4["fp32_bytes"] and qat["top1"] > 0.9
