@@ -43,9 +43,10 @@ from resnet_edge.evaluation.options import (  # noqa: F401 (re-exported: the nam
     DEFAULT_TUNE_WARMUP,
     TuneOptions,
 )
-from resnet_edge.onnx.graph import is_quantized
+from resnet_edge.onnx.graph import is_quantized, output_step
 from resnet_edge.onnx.io import load_onnx
-from resnet_edge.onnx.metadata import write_props
+from resnet_edge.onnx.metadata import read_metadata, write_props
+from resnet_edge.onnx.parity import RANDOM_WEIGHTS_MAX_STEPS, RANDOM_WEIGHTS_MIN_COSINE, logit_error_shortfalls
 from resnet_edge.onnx.runtime import PROVIDERS, Provider, available_providers, parse_providers
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.timing import GPU_PROVIDERS, NOISY_CV, median_interval
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
     import onnx
 
     from resnet_edge.evaluation.benchmark import BenchmarkOptions, BenchmarkResult
-    from resnet_edge.evaluation.validate import ValidateOptions, ValidateResult
+    from resnet_edge.evaluation.validate import ValidateOptions, ValidateResult, ValidateRow
     from resnet_edge.quantization.configs import Int8Recipe, Int8Target
 
 logger = logging.getLogger("resnet_edge")
@@ -119,6 +120,10 @@ class Candidate:
     validated: bool = False  # an INT8 file the caller built and validated already (the pipeline's model.int8.onnx)
     speedup_vs_cpu_fp32: dict[int, float] = field(default_factory=dict)  # batch -> FP32-on-CPU p50 / this p50
     error: str | None = None  # why it could not be built or run
+    # How it was judged: validate's bar ("top-1 agreement"), or "logit error" for an INT8/FP16 candidate of a model
+    # whose weights are known to be random (issue 24: its agreement measures noise; onnx.parity.logit_error_shortfalls).
+    judged_by: str = "top-1 agreement"
+    max_error_steps: float | None = None  # max abs logit error in the candidate's output quantization steps
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,7 @@ class TuneResult:
     target: str | None = None  # the device it was measured on (None: here)
     device: dict | None = None  # that device's facts
     reason: str = ""  # why the chosen candidate, with the timing intervals behind it
+    random_weights: bool = False  # the model's weights are known to be random: INT8/FP16 judged by logit error
 
 
 def tune_model(
@@ -185,6 +191,7 @@ def tune_model(
     if is_quantized(fp32):
         raise OptionError(f"{model_path} is quantized; tune starts from the FP32 (simplified) model")
     _check_options(options, fp32)
+    random_weights = read_metadata(fp32).random_weights
     if site.emulated:
         warnings.warn(
             f"{site.target} runs under emulation: parity is real, but the choice rests on emulated timings",
@@ -201,7 +208,9 @@ def tune_model(
         candidates = []
         for done, (provider, files) in enumerate(variants):
             report(Progress(STAGE, f"judge and time {provider.value}", done, len(variants)))
-            candidates.append(_judge_and_time(provider, files, model_path, batches, options, measure))
+            candidates.append(
+                _judge_and_time(provider, files, model_path, batches, options, measure, random_weights=random_weights)
+            )
         flat = [c for group in candidates for c in group]
         baseline = next((c for c in flat if c.provider == "cpu" and c.precision == "fp32" and c.p50_ms), None)
         if baseline is not None:
@@ -222,7 +231,7 @@ def tune_model(
             "batch_sizes": batches,
             "threads": options.threads,
             "iterations": options.iterations,
-            "thresholds": {"min_agreement": options.min_agreement, "max_top1_drop": options.max_top1_drop},
+            "thresholds": _thresholds_record(options, random_weights),
             "target": site.target,
             "device": site.facts,
             "candidates": [_as_record(c, record_path.parent) for c in flat],
@@ -245,6 +254,7 @@ def tune_model(
         target=site.target,
         device=site.facts,
         reason=reason,
+        random_weights=random_weights,
     )
 
 
@@ -417,7 +427,11 @@ def _judge_and_time(
     batches: list[int],
     options: TuneOptions,
     measure: Measure,
+    *,
+    random_weights: bool = False,
 ) -> list[Candidate]:
+    """Judge and time one provider's candidates. With ``random_weights``, an INT8 or FP16 candidate is judged by its
+    logit error against FP32 instead of validate's agreement bar (:func:`_judged`)."""
     from resnet_edge.evaluation.benchmark import BenchmarkOptions
     from resnet_edge.evaluation.validate import ValidateOptions
 
@@ -458,6 +472,7 @@ def _judge_and_time(
             candidates.append(Candidate(name, provider.value, precision, "", error=error))
             continue
         row = rows[str(path)]
+        judged_by, failures, steps = _judged(row, Path(path), random_weights=random_weights)
         candidates.append(
             Candidate(
                 name=name,
@@ -468,8 +483,8 @@ def _judge_and_time(
                 placement=row.placement.describe() if row.placement else None,
                 integer_fraction=row.coverage.fraction if row.coverage else None,
                 int8_coverage=row.coverage.describe() if row.coverage else None,
-                passed=row.passed and not row.fell_back,
-                failures=row.failures + ([f"ran on {row.ran_on}, not {provider.value}"] if row.fell_back else []),
+                passed=not failures and not row.fell_back,
+                failures=failures + ([f"ran on {row.ran_on}, not {provider.value}"] if row.fell_back else []),
                 top1_agreement=row.parity.top1_agreement,
                 accuracy=row.accuracy.top1 if row.accuracy else None,
                 max_abs_error=row.parity.max_abs_error,
@@ -477,9 +492,43 @@ def _judge_and_time(
                 p50_interval_ms=intervals.get(str(path), {}),
                 cv=cvs.get(str(path), {}),
                 validated=str(path) in validated,
+                judged_by=judged_by,
+                max_error_steps=steps,
             )
         )
     return candidates
+
+
+def _judged(row: ValidateRow, path: Path, *, random_weights: bool) -> tuple[str, list[str], float | None]:
+    """How a candidate is judged, what it misses, and its max logit error in output steps.
+
+    Validate's row decides, except for a reduced-precision (INT8, FP16) candidate of a model whose weights are known
+    to be random: its logits are nearly tied, INT8 rounding flips top-1 at random, and agreement measures noise
+    (issue 24: tune then silently deployed FP32). It is judged as ``quantize`` judges such a model, by the logit error
+    (:func:`resnet_edge.onnx.parity.logit_error_shortfalls`: worst-image cosine, max error in output steps); the
+    FP32 candidate keeps FP32's tolerance on the logits, which does not depend on decisions.
+    """
+    from resnet_edge.evaluation.validate import has_float16_weights
+
+    proto = load_onnx(path)
+    step = output_step(proto) if row.quantized else None
+    steps = row.parity.max_abs_error / step if step else None
+    reduced = row.quantized or has_float16_weights(proto)
+    if not (random_weights and reduced):
+        return "top-1 agreement", list(row.failures), steps
+    return "logit error", logit_error_shortfalls(row.parity, step), steps
+
+
+def _thresholds_record(options: TuneOptions, random_weights: bool) -> dict:
+    """The bar the candidates were held to, for the record."""
+    bar: dict = {"min_agreement": options.min_agreement, "max_top1_drop": options.max_top1_drop}
+    if random_weights:
+        bar["random_weights"] = {
+            "judged_by": "logit error (INT8 and FP16 candidates): the weights are random, agreement measures noise",
+            "min_cosine": RANDOM_WEIGHTS_MIN_COSINE,
+            "max_error_steps": RANDOM_WEIGHTS_MAX_STEPS,
+        }
+    return bar
 
 
 def _measure_here(

@@ -137,7 +137,7 @@ def test_signed_symmetric_int8_is_partly_fp32_on_x86_and_quantize_says_so(digits
 def test_validate_and_benchmark_report_coverage_and_error_in_output_steps(digits_sim: Path, digits_int8: Path) -> None:
     from resnet_edge.evaluation.benchmark import BenchmarkOptions, benchmark_models
     from resnet_edge.evaluation.validate import ValidateOptions, validate_models
-    from resnet_edge.quantization.coverage import output_step
+    from resnet_edge.onnx.graph import output_step
 
     step = output_step(onnx.load(str(digits_int8)))
     assert step is not None and step > 0
