@@ -127,7 +127,13 @@ def _open(path: str, label: str, provider: str, job: dict) -> object:
     except ValueError:
         raise RunnerError("provider", f"this runner does not know the provider {provider!r}") from None
     try:
-        return open_session(path, chosen, strict=bool(job.get("strict_ep")), threads=job.get("threads"))
+        return open_session(
+            path,
+            chosen,
+            strict=bool(job.get("strict_ep")),
+            threads=job.get("threads"),
+            spinning=bool(job.get("spinning")),
+        )
     except ProviderError as exc:
         raise RunnerError("provider", str(exc), provider=provider) from None
     except (InputFileError, OptionError) as exc:
@@ -157,7 +163,7 @@ def _benchmark(job: dict, paths: dict[str, str], inputs: dict, warnings_: list[s
 
     import numpy as np
 
-    from resnet_edge.timing import Timed, batch_from_pool, cold_start, time_sessions
+    from resnet_edge.timing import Timed, batch_from_pool, cold_start, time_interleaved, time_phased, time_sessions
 
     out: dict = {}
     pools = {model["label"]: inputs[model["input"]] for model in job["models"]}
@@ -186,6 +192,7 @@ def _benchmark(job: dict, paths: dict[str, str], inputs: dict, warnings_: list[s
                     warmup=job["warmup"],
                     iterations=job.get("iterations"),
                     duration_s=job.get("duration_s"),
+                    timer=time_phased if job.get("spinning") else time_interleaved,
                 ):
                     timed_all += timed
             except Exception as exc:

@@ -110,6 +110,9 @@ class BenchmarkOptions:
         strict_ep: a missing provider, or one that leaves compute ops to another, is an error instead of a CPU
             fallback.
         data: images to time on (default: the model's built-in test split, else the bundled photos).
+        spinning: time each model as a deployed single model runs: worker threads spinning between calls, each model
+            in phases of its own (``timing.time_phased``). Off: the sessions interleaved call by call with spinning
+            off (``timing.time_interleaved``), finer against drift but a threading no deployment uses (issue 24).
 
     Raises:
         OptionError: a bad batch size, iteration count, duration (NaN and inf included), warm-up or thread count, or
@@ -132,6 +135,14 @@ class BenchmarkOptions:
     )
     strict_ep: bool = field(default=False, metadata={"help": _STRICT_EP_HELP})
     data: str | None = field(default=None, metadata={"help": "Images to time on. [default: built-in]"})
+    spinning: bool = field(
+        default=True,
+        metadata={
+            "flag": "--no-spinning",
+            "help": "Interleave the models call by call with worker threads not spinning, instead of timing each as"
+            " deployed (spinning, in phases of its own).",
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):

@@ -7,11 +7,12 @@ runs it natively (CUDA, TensorRT), converted with onnxconverter-common with floa
 model file the caller adds. Every candidate is judged against the FP32 model on held-out images by
 :func:`resnet_edge.evaluation.validate.validate_models` with the validate thresholds (FP16 is judged like INT8, on
 decisions), and timed side by side with the others of its provider in one run
-(:func:`resnet_edge.evaluation.benchmark.benchmark_models`) at batch 1 and the user's batch. The fastest candidate that
-passed at the user's batch is written (:func:`rank_candidates`: a gap within the timing's noise is a tie, which goes to
-the candidate validated already, then to the one with more integer-kernel MACs),
-with a JSON record of every candidate; a candidate that failed parity is never chosen, however fast (Olive's search over
-passes and providers is the anchor; this one searches a small, fixed space, so it runs in minutes).
+(:func:`resnet_edge.evaluation.benchmark.benchmark_models`) at batch 1 and the user's batch, as it will be deployed:
+its worker threads spinning, in phases of its own (issue 24; the threading is recorded with the choice). The fastest
+candidate that passed at the user's batch is written (:func:`rank_candidates`: a gap within the timing's noise is a
+tie, which goes to the candidate validated already, then to the one with more integer-kernel MACs), with a JSON
+record of every candidate; a candidate that failed parity is never chosen, however fast (Olive's search over passes
+and providers is the anchor; this one searches a small, fixed space, so it runs in minutes).
 
 Calibration runs once per activation symmetry and is shared by the INT8 configurations that need it.
 """
@@ -49,7 +50,7 @@ from resnet_edge.onnx.metadata import read_metadata, write_props
 from resnet_edge.onnx.parity import RANDOM_WEIGHTS_MAX_STEPS, RANDOM_WEIGHTS_MIN_COSINE, logit_error_shortfalls
 from resnet_edge.onnx.runtime import PROVIDERS, Provider, available_providers, parse_providers
 from resnet_edge.progress import Progress, ProgressCallback
-from resnet_edge.timing import GPU_PROVIDERS, NOISY_CV, median_interval
+from resnet_edge.timing import GPU_PROVIDERS, NOISY_CV, default_threads, median_interval
 
 if TYPE_CHECKING:
     import onnx
@@ -124,6 +125,9 @@ class Candidate:
     # whose weights are known to be random (issue 24: its agreement measures noise; onnx.parity.logit_error_shortfalls).
     judged_by: str = "top-1 agreement"
     max_error_steps: float | None = None  # max abs logit error in the candidate's output quantization steps
+    # The threading it was timed with, which is the one it is deployed with (issue 24: time what is deployed):
+    # intra/inter-op threads, spinning, and how it was timed (benchmark.threading_record).
+    threading: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -226,7 +230,12 @@ def tune_model(
         record = {
             "model": path_for_record(model_path, record_path.parent),
             "model_sha256": sha256_file(model_path),
-            "chosen": {"name": chosen.name, "provider": chosen.provider, "precision": chosen.precision},
+            "chosen": {
+                "name": chosen.name,
+                "provider": chosen.provider,
+                "precision": chosen.precision,
+                "threading": chosen.threading,
+            },
             "reason": reason,
             "batch_sizes": batches,
             "threads": options.threads,
@@ -432,7 +441,7 @@ def _judge_and_time(
 ) -> list[Candidate]:
     """Judge and time one provider's candidates. With ``random_weights``, an INT8 or FP16 candidate is judged by its
     logit error against FP32 instead of validate's agreement bar (:func:`_judged`)."""
-    from resnet_edge.evaluation.benchmark import BenchmarkOptions
+    from resnet_edge.evaluation.benchmark import BenchmarkOptions, threading_record
     from resnet_edge.evaluation.validate import ValidateOptions
 
     runnable = [(name, precision, path) for name, precision, path, error in files if path is not None]
@@ -454,6 +463,7 @@ def _judge_and_time(
         data=options.data,
     )
     validation, timing = measure(paths, reference, thresholds, timing_options)
+    threading = threading_record(options.threads or default_threads(), spinning=timing_options.spinning)
     rows = {row.path: row for row in validation.rows}
     p50: dict[str, dict[int, float]] = {}
     intervals: dict[str, dict[int, tuple[float, float]]] = {}
@@ -494,6 +504,7 @@ def _judge_and_time(
                 validated=str(path) in validated,
                 judged_by=judged_by,
                 max_error_steps=steps,
+                threading=threading,
             )
         )
     return candidates
