@@ -234,6 +234,7 @@ def tune_model(
                 "name": chosen.name,
                 "provider": chosen.provider,
                 "precision": chosen.precision,
+                "runtime": _runtime_of(chosen.provider),
                 "threading": chosen.threading,
             },
             "reason": reason,
@@ -528,6 +529,18 @@ def _judged(row: ValidateRow, path: Path, *, random_weights: bool) -> tuple[str,
     if not (random_weights and reduced):
         return "top-1 agreement", list(row.failures), steps
     return "logit error", logit_error_shortfalls(row.parity, step), steps
+
+
+def _runtime_of(provider: str) -> str:
+    """Which runtime a deployment on ``provider`` runs on, with its version: what a user installs to run it."""
+
+    from resnet_edge.onnx.runtime import OPENVINO_RUNTIME, openvino_runtime_version, parse_provider
+
+    if parse_provider(provider).ort_name == OPENVINO_RUNTIME:
+        return f"openvino {openvino_runtime_version()}"
+    import onnxruntime
+
+    return f"onnxruntime {onnxruntime.__version__}"
 
 
 def _thresholds_record(options: TuneOptions, random_weights: bool) -> dict:

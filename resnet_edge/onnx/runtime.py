@@ -25,6 +25,15 @@ latency hint go through OpenVINO's ``load_config`` (``{"CPU": {"INFERENCE_NUM_TH
 "LATENCY"}}``): the plugin ignores onnxruntime's ``intra_op_num_threads``. Found on the way: the plugin (1.8.1) offers
 devices only for Intel hardware; on an AMD EPYC it registers, yet ``get_ep_devices()`` lists no OpenVINO device, so
 it is reported as not available, while the bundled build (1.24.1) runs OpenVINO's CPU plugin there.
+The OpenVINO runtime itself (``openvino-runtime``: the ``openvino`` package, ``pip install 'resnet-edge[openvino]'``)
+is a backend beside onnxruntime's providers: it runs on any x86-64 CPU, AMD included, where the EP plugin offers no
+device, and measured faster than onnxruntime on resnet-edge's own INT8 QDQ files (issue 24). It is opened here too,
+behind the same :class:`Session` (its compiled model answers ``run(names, feeds)`` as an InferenceSession does), so
+parity, placement and timing treat it as a provider. Its CPU plugin runs BF16 by default on CPUs with AVX-512 BF16
+or AMX: here it runs FP32 unless asked (``openvino-runtime[precision=bf16]``), so that parity holds, and the
+placement says which precision it ran. Options: ``precision`` (f32, bf16, f16), ``hint`` (LATENCY, THROUGHPUT),
+``streams``. It reads QDQ files, not onnxruntime's QOperator ops (``com.microsoft.QLinearConv``). onnxruntime's
+session options (spinning, graph optimisation level, session config entries) do not apply to it.
 TensorRT gets an engine cache by default (``~/.cache/resnet-edge/tensorrt``, or ``cache=DIR``), ``trt_int8_enable``
 for a quantized (QDQ) model, FP16 when asked (``fp16=1``), and CUDA then CPU behind it for what it does not take.
 
@@ -86,6 +95,11 @@ logger = logging.getLogger("resnet_edge")
 _ORT_ERROR_ONLY = 3  # onnxruntime's log severity: print errors and fatal messages, not its graph-partition chatter
 CPU_ORT_NAME = "CPUExecutionProvider"
 OPENVINO_PLUGIN = "onnxruntime_ep_openvino"  # the module of PyPI's onnxruntime-ep-openvino
+# Not an onnxruntime provider: the name under which the OpenVINO runtime itself appears in provider lists.
+OPENVINO_RUNTIME = "OpenVINORuntime"
+# The OpenVINO runtime's options: INFERENCE_PRECISION_HINT values, and the option keys it takes.
+OPENVINO_PRECISIONS = ("f32", "bf16", "f16")
+_OPENVINO_RUNTIME_KEYS = frozenset({"precision", "hint", "streams"})
 # Nodes onnxruntime inserts for layouts and copies: not the model's, so not counted in the placement.
 _INSERTED_OPS = frozenset({"ReorderInput", "ReorderOutput", "MemcpyFromHost", "MemcpyToHost"})
 DEFAULT_TRT_CACHE = Path("~/.cache/resnet-edge/tensorrt")
@@ -120,6 +134,12 @@ PROVIDERS: dict[str, ProviderInfo] = {
         "pip install 'resnet-edge[openvino]' (the onnxruntime-ep-openvino plugin; Intel CPUs, GPUs and NPUs), or"
         " replace onnxruntime by onnxruntime-openvino",
     ),
+    "openvino-runtime": ProviderInfo(
+        "openvino-runtime",
+        OPENVINO_RUNTIME,
+        "pip install 'resnet-edge[openvino]' (the openvino package: the OpenVINO runtime itself, on any x86-64 CPU,"
+        " AMD included)",
+    ),
 }
 _BY_ORT_NAME = {info.ort_name: info for info in PROVIDERS.values()}
 _KEY = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -135,7 +155,7 @@ class Provider:
     :func:`parse_provider` reads the text form that :attr:`value` writes.
     """
 
-    name: str  # "cpu", "cuda", "tensorrt", "openvino", or an onnxruntime name such as "QNNExecutionProvider"
+    name: str  # a short name of PROVIDERS ("cpu", "openvino-runtime" ...), or an onnxruntime name
     options: tuple[tuple[str, str], ...] = ()  # sorted by key
 
     CPU: ClassVar[Provider]
@@ -317,12 +337,28 @@ def _register_openvino_plugin() -> tuple[list[Any], str]:
 
 
 def available_providers() -> list[str]:
-    """onnxruntime's names of the providers that can run here, plugins included, in onnxruntime's order."""
+    """onnxruntime's names of the providers that can run here, plugins included, in onnxruntime's order; then
+    :data:`OPENVINO_RUNTIME` when the openvino package is installed."""
     names = list(ort.get_available_providers())
     devices, _ = openvino_plugin()
     if devices and PROVIDERS["openvino"].ort_name not in names:
         names.insert(0, PROVIDERS["openvino"].ort_name)
+    if openvino_runtime_version() is not None:
+        names.append(OPENVINO_RUNTIME)
     return names
+
+
+def openvino_runtime_version() -> str | None:
+    """The installed OpenVINO runtime's version (the ``openvino`` package), or None; imports nothing."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    try:
+        return importlib.metadata.version("openvino")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def provider_statuses() -> list[ProviderStatus]:
@@ -335,6 +371,10 @@ def provider_statuses() -> list[ProviderStatus]:
             rows.append(ProviderStatus(info.short, info.ort_name, True, "built into onnxruntime", info.install))
         elif info.short == "openvino":
             rows.append(ProviderStatus(info.short, info.ort_name, bool(devices), plugin_note, info.install))
+        elif info.ort_name == OPENVINO_RUNTIME:
+            version = openvino_runtime_version()
+            via = f"openvino {version} (CPU)" if version else "the openvino package is not installed"
+            rows.append(ProviderStatus(info.short, info.ort_name, version is not None, via, info.install))
         else:
             rows.append(ProviderStatus(info.short, info.ort_name, False, "not in this onnxruntime build", info.install))
     for name in built_in:
@@ -368,6 +408,7 @@ class Placement:
     total: int
     shares: list[ProviderShare]
     compute_elsewhere: dict[str, int] = field(default_factory=dict)  # compute op types run off the requested provider
+    note: str = ""  # what else the runtime said: the OpenVINO runtime's inference precision and its layers' precisions
 
     @property
     def partial(self) -> bool:
@@ -389,7 +430,7 @@ class Placement:
             parts.append(text)
         if not any(s.provider == self.requested for s in self.shares):
             parts.insert(0, f"{self.requested}: 0 of {self.total} nodes")
-        return "; ".join(parts)
+        return "; ".join(parts + ([self.note] if self.note else []))
 
 
 @dataclass(frozen=True)
@@ -451,7 +492,9 @@ def placement_from_json(data: dict | None) -> Placement | None:
     if not data:
         return None
     shares = [ProviderShare(**share) for share in data.get("shares", [])]
-    return Placement(data["requested"], data["total"], shares, dict(data.get("compute_elsewhere", {})))
+    return Placement(
+        data["requested"], data["total"], shares, dict(data.get("compute_elsewhere", {})), str(data.get("note", ""))
+    )
 
 
 def placement_from_profile(events: Sequence[dict], requested: str, *, model_nodes: int | None = None) -> Placement:
@@ -590,6 +633,22 @@ def open_session(
         OptionError: a bad thread count or provider option.
         InputFileError: onnxruntime cannot load the model, or it is not an image classifier.
     """
+    if provider.ort_name == OPENVINO_RUNTIME:
+        if openvino_runtime_version() is not None:
+            return _open_openvino_runtime(model, provider, threads=threads, classifier=classifier)
+        _fallback(provider, f"the OpenVINO runtime is not installed ({PROVIDERS['openvino-runtime'].install})", strict)
+        on_cpu = open_session(
+            model,
+            Provider.CPU,
+            threads=threads,
+            spinning=spinning,
+            classifier=classifier,
+            audit=audit,
+            optimization=optimization,
+            session_config=session_config,
+        )
+        on_cpu.requested = provider  # what was asked for, so that the session says it fell back
+        return on_cpu
     options = ort.SessionOptions()
     options.log_severity_level = _ORT_ERROR_ONLY
     levels = {
@@ -816,3 +875,96 @@ def _as_loadable(model: Path | str | onnx.ModelProto | bytes) -> str | bytes:
 
 def _describe(model: Path | str | onnx.ModelProto | bytes) -> str:
     return str(model) if isinstance(model, (str, Path)) else "the model"
+
+
+# --- the OpenVINO runtime -----------------------------------------------------------------------------------------
+
+
+class _OpenVinoRequest:
+    """The part of onnxruntime's InferenceSession that :class:`Session` and the timing use (``run``,
+    ``get_providers``), over an OpenVINO compiled model: one infer request, reused call after call, as deployed."""
+
+    def __init__(self, compiled: Any) -> None:
+        self._request = compiled.create_infer_request()
+        self._outputs = {port.get_any_name(): i for i, port in enumerate(compiled.outputs)}
+
+    def run(self, names: Sequence[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        results = self._request.infer({0: next(iter(feeds.values()))})
+        wanted = list(names) if names else list(self._outputs)
+        return [np.asarray(results[self._outputs[name]]) for name in wanted]
+
+    def get_providers(self) -> list[str]:
+        return [OPENVINO_RUNTIME]
+
+
+def _open_openvino_runtime(
+    model: Path | str | onnx.ModelProto | bytes, provider: Provider, *, threads: int | None, classifier: bool
+) -> Session:
+    """A :class:`Session` on the OpenVINO runtime's CPU plugin (module docstring), FP32 unless asked.
+
+    Raises:
+        OptionError: an option it does not take, or a bad precision or thread count.
+        InputFileError: OpenVINO cannot read or compile the model (a QOperator file, say), or it is not a classifier.
+    """
+    import openvino as ov
+
+    given = dict(provider.options)
+    unknown = sorted(set(given) - _OPENVINO_RUNTIME_KEYS)
+    if unknown:
+        raise OptionError(
+            f"provider {provider.value}: the OpenVINO runtime takes no option {', '.join(unknown)}"
+            f" (it takes: {', '.join(sorted(_OPENVINO_RUNTIME_KEYS))})"
+        )
+    precision = given.get("precision", "f32").lower()
+    if precision not in OPENVINO_PRECISIONS:
+        raise OptionError(f"provider {provider.value}: precision is one of {', '.join(OPENVINO_PRECISIONS)}")
+    # FP32 by default: the CPU plugin's own default is BF16 on CPUs with AVX-512 BF16 or AMX, which changes every
+    # logit (measured on an EPYC Zen 4: a ResNet-50's FP32 file ran BF16, 1.93x onnxruntime FP32, issue 24).
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": given.get("hint", "LATENCY").upper()}
+    if "streams" in given:
+        config["NUM_STREAMS"] = given["streams"]
+    if threads is not None:
+        if threads < 1:
+            raise OptionError(f"threads must be at least 1, got {threads}")
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    core = ov.Core()
+    try:
+        compiled = core.compile_model(core.read_model(_as_loadable(model)), "CPU", config)
+    except RuntimeError as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("Exception from")]
+        raise InputFileError(
+            f"the OpenVINO runtime cannot load {_describe(model)}: {(lines or ['failed'])[0][:240]}"
+        ) from None
+    inputs, outputs = compiled.inputs, compiled.outputs
+    shape = inputs[0].partial_shape
+    four_d = shape.rank.is_static and shape.rank.get_length() == 4
+    if classifier and (len(inputs) != 1 or inputs[0].element_type != ov.Type.f32 or not four_d):
+        raise InputFileError(f"{_describe(model)}: an image classifier takes one float NCHW tensor")
+    if classifier and (outputs[0].partial_shape.rank.is_dynamic or outputs[0].partial_shape.rank.get_length() != 2):
+        raise InputFileError(f"{_describe(model)}: an image classifier outputs (batch, classes) logits")
+    ran = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    layers: Counter = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        kind = info["layerType"].astype(str)
+        if kind in ("Convolution", "FullyConnected", "MatMul"):
+            layers[f"{kind} {info['runtimePrecision'].astype(str)}"] += 1
+    note = f"OpenVINO {openvino_runtime_version()} CPU, inference precision {ran}" + (
+        f" ({', '.join(f'{n} {k}' for k, n in sorted(layers.items()))})" if layers else ""
+    )
+    total = _node_count(model) or len(compiled.get_runtime_model().get_ordered_ops())
+    placement = Placement(
+        provider.short, total, [ProviderShare(provider.short, total, {"<subgraph>": 1}, 1)], note=note
+    )
+    batch_dim = shape[0]
+    logger.debug("OpenVINO runtime session on %s: %s", _describe(model), note)
+    return Session(
+        session=_OpenVinoRequest(compiled),  # type: ignore[arg-type]  (the InferenceSession calls it answers)
+        requested=provider,
+        providers_used=[OPENVINO_RUNTIME],
+        input_name=inputs[0].get_any_name(),
+        output_name=outputs[0].get_any_name(),
+        threads=threads,
+        fixed_batch=batch_dim.get_length() if batch_dim.is_static else None,
+        placement=placement,
+    )
