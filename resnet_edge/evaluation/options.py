@@ -193,6 +193,8 @@ class TuneOptions:
         iterations, warmup: timed and untimed rounds per provider and batch size.
         min_agreement, max_top1_drop: validate's thresholds, when not its defaults (99% top-1 agreement and one
             point of accuracy for INT8 and FP16; exact for FP32).
+        knobs: search the chosen onnxruntime CPU candidate's session settings by measurement (spinning, graph
+            optimisation level, dynamic block base, threads; ``evaluation.tune.search_knobs``), here only.
         int8_models: INT8 files already built from this model, with their configurations (the pipeline's
             ``model.int8.onnx``): one whose configuration a candidate needs stands in for it (no quantization), any
             other is tried as one more INT8 candidate.
@@ -225,6 +227,13 @@ class TuneOptions:
     )
     max_top1_drop: float | None = field(
         default=None, metadata={"help": "Accuracy points a candidate may lose. [default: validate's]"}
+    )
+    knobs: bool = field(
+        default=True,
+        metadata={
+            "flag": "--no-knobs",
+            "help": "Do not search onnxruntime's session settings (spinning, optimisation level, threads).",
+        },
     )
     int8_models: tuple[tuple[Int8Recipe, Path], ...] = field(default=(), metadata={"cli": False})
 

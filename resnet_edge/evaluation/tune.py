@@ -227,6 +227,10 @@ def tune_model(
                 + "; ".join(f"{c.name} on {c.provider}: {', '.join(c.failures) or c.error}" for c in flat)
             )
         chosen, reason = rank_candidates(passing, options.batch)
+        knobs: list[dict] = []
+        if options.knobs and site.target is None and measure is _measure_here:
+            chosen, knobs, knob_reason = search_knobs(chosen, options)
+            reason += f"; runtime knobs: {knob_reason}"
         record = {
             "model": path_for_record(model_path, record_path.parent),
             "model_sha256": sha256_file(model_path),
@@ -245,6 +249,7 @@ def tune_model(
             "target": site.target,
             "device": site.facts,
             "candidates": [_as_record(c, record_path.parent) for c in flat],
+            "knobs": knobs,
         }
         measured_on = {"target": site.target} if site.target else {}
         chosen_model = load_onnx(chosen.path)
@@ -252,7 +257,7 @@ def tune_model(
         with atomic_output(output) as tmp_model, atomic_output(record_path) as tmp_record:
             tmp_model.write_bytes(chosen_model.SerializeToString())
             tmp_record.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    final = [_with_path(c, str(output)) if c is chosen else c for c in flat]
+    final = [_with_path(chosen, str(output)) if _same_candidate(c, chosen) else c for c in flat]
     return TuneResult(
         output=output,
         record=record_path,
@@ -266,6 +271,155 @@ def tune_model(
         reason=reason,
         random_weights=random_weights,
     )
+
+
+def _same_candidate(a: Candidate, b: Candidate) -> bool:
+    return (a.name, a.provider) == (b.name, b.provider)
+
+
+# --- the runtime's own knobs (issue 24) -------------------------------------------------------------------------------
+
+# A knob that changes the graph onnxruntime runs (the optimisation level) must leave the decisions as they were and the
+# logits within this cosine of the default settings' on every held-out image: an INT8 graph fused differently rounds
+# differently by an output step or so (cosine 0.9999 and above measured), a wrong fusion would not stay this close.
+KNOB_MIN_COSINE = 0.999
+KNOB_IMAGES = 32  # held-out images the knob variants are compared on
+
+
+@dataclass(frozen=True)
+class SessionKnobs:
+    """onnxruntime session settings a deployment opens its session with, searched by :func:`search_knobs`."""
+
+    spinning: bool = True  # worker threads spin between calls (onnxruntime's default)
+    optimization: str = "all"  # graph optimisation level
+    threads: int | None = None  # intra-op threads; None: tune's (all cores by default)
+    dynamic_block_base: int | None = None  # session.dynamic_block_base: onnxruntime's adaptive work split
+
+    @property
+    def session_config(self) -> dict[str, str]:
+        return {"session.dynamic_block_base": str(self.dynamic_block_base)} if self.dynamic_block_base else {}
+
+    def describe(self) -> str:
+        parts = [f"spinning {'on' if self.spinning else 'off'}", f"level {self.optimization}"]
+        if self.threads is not None:
+            parts.append(f"{self.threads} threads")
+        if self.dynamic_block_base:
+            parts.append(f"dynamic_block_base {self.dynamic_block_base}")
+        return ", ".join(parts)
+
+
+def knob_variants(threads: int) -> list[SessionKnobs]:
+    """The settings tried, the default first: spinning off, optimisation level extended (no NHWC layout transform),
+    a dynamic block base of 4, one thread fewer. Inter-op threads are left at 1: they matter only in onnxruntime's
+    parallel execution mode, which a chain of convolutions does not use."""
+    variants = [
+        SessionKnobs(),
+        SessionKnobs(spinning=False),
+        SessionKnobs(optimization="extended"),
+        SessionKnobs(dynamic_block_base=4),
+    ]
+    if threads > 1:
+        variants.append(SessionKnobs(threads=threads - 1))
+    return variants
+
+
+def search_knobs(chosen: Candidate, options: TuneOptions) -> tuple[Candidate, list[dict], str]:
+    """Time the chosen onnxruntime CPU candidate under each of :func:`knob_variants` in one run, as deployed (phases of
+    its own), and keep a variant only where it wins beyond the measured noise (:func:`rank_candidates`, with the
+    default settings as the validated one that keeps every tie).
+
+    Returns:
+        the candidate with the settings kept (its threading and p50 updated), a record of every variant, and why.
+    """
+    from resnet_edge.calibration.sources import iter_batches, open_source
+    from resnet_edge.evaluation.benchmark import default_timing_data, image_pool, threading_record
+    from resnet_edge.onnx.metadata import preprocessing_for
+    from resnet_edge.onnx.parity import compare_outputs
+    from resnet_edge.onnx.runtime import open_session
+    from resnet_edge.timing import batch_from_pool, time_phased, time_sessions
+
+    if chosen.provider != "cpu":
+        return chosen, [], f"not searched: they are onnxruntime CPU settings, the choice runs on {chosen.provider}"
+    threads = options.threads or default_threads()
+    proto = load_onnx(chosen.path)
+    spec = preprocessing_for(proto, source=chosen.path)
+    data = options.data or default_timing_data(proto)
+    pool = image_pool(spec, data, {})
+    source = open_source(data, classes=None)
+    held_out, _ = next(iter_batches(source, spec, source.indices()[:KNOB_IMAGES], KNOB_IMAGES))
+    variants = knob_variants(threads)
+    sessions = {
+        knob.describe(): open_session(
+            chosen.path,
+            Provider.CPU,
+            threads=knob.threads or threads,
+            spinning=knob.spinning,
+            optimization=knob.optimization,
+            session_config=knob.session_config,
+            audit=False,
+        )
+        for knob in variants
+    }
+    default = variants[0].describe()
+    reference = sessions[default].logits(held_out)
+    parity = {label: compare_outputs(reference, session.logits(held_out)) for label, session in sessions.items()}
+    batch = options.batch
+    ((_, timed),) = time_sessions(
+        sessions,
+        lambda label, b: batch_from_pool(pool, b),
+        [batch],
+        warmup=options.warmup,
+        iterations=options.iterations,
+        timer=time_phased,
+    )
+    by_label = {t.label: t for t in timed}
+    records, contenders = [], []
+    for knob in variants:
+        t = by_label[knob.describe()]
+        p = parity[t.label]
+        passed = p.top1_agreement == 1.0 and p.min_cosine >= KNOB_MIN_COSINE and not p.non_finite
+        interval = median_interval(t.latency.samples_ms) if t.latency else None
+        records.append(
+            {
+                "settings": knob.describe(),
+                "spinning": knob.spinning,
+                "optimization": knob.optimization,
+                "threads": knob.threads or threads,
+                "session_config": knob.session_config,
+                "p50_ms": t.latency.p50_ms if t.latency else None,
+                "p50_interval_ms": list(interval) if interval else None,
+                "min_cosine_vs_default": p.min_cosine,
+                "passed": passed,
+            }
+        )
+        if passed and t.latency is not None:
+            contenders.append(
+                (
+                    knob,
+                    dataclasses.replace(
+                        chosen,
+                        name=t.label,
+                        p50_ms={batch: t.latency.p50_ms},
+                        p50_interval_ms={batch: interval} if interval else {},
+                        validated=knob == variants[0],
+                        integer_fraction=None,
+                    ),
+                )
+            )
+    if not any(k == variants[0] for k, _ in contenders):
+        return chosen, records, f"not searched: the default settings could not be timed at batch {batch}"
+    best, why = rank_candidates([c for _, c in contenders], batch)
+    knob = next(k for k, c in contenders if c is best)
+    for record in records:
+        record["chosen"] = record["settings"] == knob.describe()
+    threading = threading_record(knob.threads or threads, spinning=knob.spinning) | {
+        "optimization": knob.optimization,
+        "session_config": knob.session_config,
+    }
+    kept = dataclasses.replace(chosen, threading=threading)
+    if knob != variants[0]:
+        kept = dataclasses.replace(kept, p50_ms={**chosen.p50_ms, batch: best.p50_ms[batch]})
+    return kept, records, f"{knob.describe()} ({why})"
 
 
 def convert_fp16(model_path: Path | str, output: Path | str) -> Path:
@@ -390,10 +544,12 @@ def _build_variants(
                 configs = [resolve_config(Int8Target.GPU_TENSORRT)]
             else:
                 configs = [resolve_config(cpu_target)]
-                if provider.name == "cpu":  # QOperator against QDQ, measured on each machine anew
+                if provider.name == "cpu":  # QOperator against QDQ, per-tensor against per-channel, measured anew
                     configs.append(resolve_config(cpu_target, format=Format.QOPERATOR))
+                    if configs[0].per_channel:
+                        configs.append(resolve_config(cpu_target, per_channel=False))
             for config in configs:
-                label = f"{config.target.value} {config.format.value}"
+                label = f"{config.target.value} {config.format.value}" + ("" if config.per_channel else " per-tensor")
                 path, error = int8(config, label)
                 files.append((f"int8 {label}", "int8", path, error))
             for given, path in options.int8_models:  # built with another configuration: one more candidate

@@ -61,11 +61,24 @@ def test_tune_picks_the_fastest_passing_candidate_never_a_broken_one(digits_sim:
     chosen = data["chosen"]
     assert chosen["passed"] and chosen["name"] != "file broken.onnx"
     # The broken file really was the fastest: only the parity check kept it out.
-    assert bad["p50_ms"]["4"] < chosen["p50_ms"]["4"]
-    passing = [c for c in data["candidates"] if c["passed"]]
-    assert chosen["p50_ms"]["4"] == min(c["p50_ms"]["4"] for c in passing)
+    assert bad["p50_ms"]["4"] < min(c["p50_ms"]["4"] for c in data["candidates"] if c["passed"])
     record = json.loads(Path(f"{out}.json").read_text())
     assert record["chosen"]["name"] == chosen["name"] and len(record["candidates"]) == len(data["candidates"])
+    # Per-tensor weights are a candidate beside QDQ and QOperator (issue 24).
+    assert any(name.endswith("per-tensor") for name in by_name)
+    # The runtime's knobs were searched on the choice, the default settings first; one kept, and recorded as the
+    # deployment's threading (issue 24: time and record what is deployed).
+    knobs = record["knobs"]
+    assert knobs[0]["settings"] == "spinning on, level all" and {k["settings"] for k in knobs} >= {
+        "spinning off, level all",
+        "spinning on, level extended",
+        "spinning on, level all, dynamic_block_base 4",
+    }
+    kept = [k for k in knobs if k["chosen"]]
+    assert len(kept) == 1 and all(k["passed"] for k in knobs)
+    threading = record["chosen"]["threading"]
+    assert (threading["spinning"], threading["optimization"]) == (kept[0]["spinning"], kept[0]["optimization"])
+    assert record["chosen"]["runtime"].startswith("onnxruntime ")
     deployed = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(deployed["deployment"])["provider"] == "cpu"
     checked = run("validate", out, "--reference", digits_sim)
