@@ -48,7 +48,7 @@ from resnet_edge.onnx.graph import is_quantized, output_step
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import read_metadata, write_props
 from resnet_edge.onnx.parity import RANDOM_WEIGHTS_MAX_STEPS, RANDOM_WEIGHTS_MIN_COSINE, logit_error_shortfalls
-from resnet_edge.onnx.runtime import PROVIDERS, Provider, available_providers, parse_providers
+from resnet_edge.onnx.runtime import OPENVINO_RUNTIME, PROVIDERS, Provider, available_providers, parse_providers
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.timing import GPU_PROVIDERS, NOISY_CV, default_threads, median_interval
 
@@ -621,6 +621,13 @@ def _judge_and_time(
     )
     validation, timing = measure(paths, reference, thresholds, timing_options)
     threading = threading_record(options.threads or default_threads(), spinning=timing_options.spinning)
+    if provider.ort_name == OPENVINO_RUNTIME:  # its own threads: onnxruntime's spinning does not apply
+        threading = {
+            "inference_num_threads": threading["intra_op_threads"],
+            "performance_hint": dict(provider.options).get("hint", "LATENCY").upper(),
+            "inference_precision": dict(provider.options).get("precision", "f32").lower(),
+            "timed": threading["timed"],
+        }
     rows = {row.path: row for row in validation.rows}
     p50: dict[str, dict[int, float]] = {}
     intervals: dict[str, dict[int, tuple[float, float]]] = {}
@@ -690,7 +697,7 @@ def _judged(row: ValidateRow, path: Path, *, random_weights: bool) -> tuple[str,
 def _runtime_of(provider: str) -> str:
     """Which runtime a deployment on ``provider`` runs on, with its version: what a user installs to run it."""
 
-    from resnet_edge.onnx.runtime import OPENVINO_RUNTIME, openvino_runtime_version, parse_provider
+    from resnet_edge.onnx.runtime import openvino_runtime_version, parse_provider
 
     if parse_provider(provider).ort_name == OPENVINO_RUNTIME:
         return f"openvino {openvino_runtime_version()}"
