@@ -251,7 +251,9 @@ def benchmark(
     cpu = result.environment.cpu
     click.echo(
         f"{cpu.model}, {cpu.logical_cores} cores ({', '.join(k for k, v in cpu.features.items() if v)});"
-        f" {fmt.count(result.threads, 'thread')}; {', '.join(f'{k}: {v}' for k, v in result.io.items())}"
+        f" {fmt.count(result.threads, 'thread')}, {result.threading['timed']}"
+        f" ({'spinning' if result.options.spinning else 'not spinning'});"
+        f" {', '.join(f'{k}: {v}' for k, v in result.io.items())}"
     )
     click.echo(_benchmark_table(result.rows))
     render.audit_lines(

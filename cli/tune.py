@@ -91,6 +91,14 @@ def tune(model, output, targets, remote_python, connect_timeout, ssh_config, as_
             f" {d.get('usable_cores')} cores), onnxruntime {d.get('onnxruntime')}"
             f"{', EMULATED: timings are not the device' if d.get('emulated') else ''}"
         )
+    if result.random_weights:
+        click.echo(
+            "INT8 and FP16 candidates judged by logit error (worst-image cosine, max error in output steps), not top-1"
+            " agreement: the weights are random (their agreement measures noise)"
+        )
+        for c in result.candidates:
+            if c.judged_by == "logit error" and c.max_error_steps is not None:
+                click.echo(f"{c.name} on {c.provider}: max logit error {c.max_error_steps:.1f} output steps")
     for c in result.candidates:
         if c.error or c.failures:
             click.echo(f"{c.name} on {c.provider}: {c.error or ', '.join(c.failures)}")

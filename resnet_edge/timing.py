@@ -1,10 +1,18 @@
 """The one timing implementation, shared by ``benchmark`` on the host and the device runner on a target.
 
-Method: all models of one provider and batch size are timed together, one call each per round in a freshly
-shuffled (seeded) order, so machine drift and any after-effect of the previous call hit them alike; onnxruntime's
-worker threads do not spin between calls (the sessions are opened that way), or an idle session takes the cores of
-the running one; warm-up rounds come first, and cold start (session creation and first inference) is measured
-apart. On CUDA, inputs and outputs stay on the device through I/O binding, so host-device copies are excluded.
+Two methods, one per threading (issue 24: time what is deployed):
+
+* **as deployed** (:func:`time_phased`, the default): a deployed model runs alone in its process, its worker threads
+  spinning between calls (onnxruntime's default), which is measurably faster than with spinning off (ResNet-50 INT8
+  on an EPYC: 12.4 against 13.2 ms, /work/shared/MEASURED.md). Sessions opened that way cannot be interleaved call
+  by call (an idle pool that spins takes the cores of the running one), so each model runs in phases of its own:
+  blocks of PHASE_BLOCK timed calls, each after PHASE_SETTLE untimed calls that let the previous model's threads go
+  quiet, the blocks of all models in a freshly shuffled order per round, so that machine drift still hits them alike.
+* **interleaved** (:func:`time_interleaved`): one call each per round in a shuffled order, the sessions opened with
+  spinning off; finer against drift, but it times a threading no deployment uses.
+
+Warm-up rounds come first, and cold start (session creation and first inference) is measured apart. On CUDA, inputs
+and outputs stay on the device through I/O binding, so host-device copies are excluded.
 
 This module needs only numpy (onnxruntime is imported only to bind CUDA inputs) and runs on Python 3.8: the
 device runner bundles it, so on-device and local numbers come from the same code.
@@ -132,6 +140,55 @@ def time_interleaved(
     return times
 
 
+# As deployed: timed calls per model per block, and untimed calls before each block. After a block, the previous
+# model's pool spins on for a moment (onnxruntime spins a bounded count, then sleeps); two calls let it settle.
+PHASE_BLOCK = 5
+PHASE_SETTLE = 2
+
+
+def time_phased(
+    runners: Sequence[Callable[[], object]],
+    *,
+    warmup: int,
+    iterations: int | None,
+    duration_s: float | None = None,
+    on_round: Callable[[], object] | None = None,
+    seed: int = 0,
+) -> list[list[float]]:
+    """Time each runner in phases of its own (module docstring: as deployed); seconds per call, per runner.
+
+    ``iterations`` timed calls per runner (or rounds until ``duration_s``, at least MIN_ITERATIONS), in blocks of
+    PHASE_BLOCK, each block after PHASE_SETTLE untimed calls; the blocks of one round run in a shuffled order.
+    ``on_round`` is told once per timed call of every runner, as :func:`time_interleaved` tells it once per round.
+    """
+    order = np.random.default_rng(seed)
+    for run in runners:  # warm-up, each in its own phase too
+        for _ in range(warmup):
+            run()
+    times: list[list[float]] = [[] for _ in runners]
+    started = time.perf_counter()
+    done = 0
+    while True:
+        if iterations is not None and done >= iterations:
+            break
+        if duration_s is not None and done >= MIN_ITERATIONS and time.perf_counter() - started >= duration_s:
+            break
+        block = PHASE_BLOCK if iterations is None else min(PHASE_BLOCK, iterations - done)
+        for i in order.permutation(len(runners)):
+            run = runners[i]
+            for _ in range(PHASE_SETTLE):
+                run()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                run()
+                times[i].append(time.perf_counter() - t0)
+        done += block
+        if on_round is not None:
+            for _ in range(block):
+                on_round()
+    return times
+
+
 def cold_start(open_session: Callable[[], S], first_run: Callable[[S], object]) -> tuple[S, float]:
     """Open a session and run it once; the session and the milliseconds both took (what a user waits at start)."""
     t0 = time.perf_counter()
@@ -209,7 +266,8 @@ def time_sessions(
     A session whose model has a fixed batch (``session.fixed_batch``) is skipped at the other sizes, with the reason.
 
     Args:
-        sessions: label -> :class:`resnet_edge.onnx.runtime.Session`, all opened with spinning off.
+        sessions: label -> :class:`resnet_edge.onnx.runtime.Session`, opened with spinning off for
+            :func:`time_interleaved`, as deployed (spinning on) for :func:`time_phased`.
         images: (label, batch) -> that model's input batch.
         timer: :func:`time_interleaved` unless given (a caller's module-level name, so a test can spy on it).
     """

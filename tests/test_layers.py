@@ -43,6 +43,7 @@ RUNNER_CLOSURE = {
     "resnet_edge.device.facts",
     "resnet_edge.device.protocol",
     "resnet_edge.onnx.op_types",
+    "resnet_edge.onnx.openvino_runtime",
     "resnet_edge.onnx.placement",
     "resnet_edge.onnx.plugins",
     "resnet_edge.onnx.providers",

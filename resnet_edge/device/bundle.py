@@ -16,6 +16,7 @@ from resnet_edge.errors import InputFileError
 RUNNER_MODULES = (
     "errors.py",
     "onnx/op_types.py",
+    "onnx/openvino_runtime.py",
     "onnx/placement.py",
     "onnx/plugins.py",
     "onnx/providers.py",

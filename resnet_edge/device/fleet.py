@@ -160,6 +160,7 @@ def benchmark_on_targets(
         warmup=options.warmup,
         iterations=options.rounds,
         duration_s=options.duration_s,
+        spinning=options.spinning,  # as deployed (phases of its own) unless told otherwise
     )
     with tempfile.TemporaryDirectory(prefix="resnet-edge-job-") as scratch:
         files = JobFiles(models={shas[n]: Path(n) for n in protos}, files={"inputs.npz": _npz(inputs, scratch)})

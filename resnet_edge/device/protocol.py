@@ -39,6 +39,7 @@ class Job:
     warmup: int = 0
     iterations: int | None = None
     duration_s: float | None = None
+    spinning: bool = False  # benchmark: idle threads spin, each session timed in a phase of its own (as deployed)
     validate_batch: int = 8
     cache_dir: str | None = None  # the device's model cache (the runner's default when None)
     cleanup: bool = False  # the runner removes the job's folder when done

@@ -128,7 +128,7 @@ def _open(path: str, label: str, provider: str, job: Job) -> object:
     except ValueError:
         raise RunnerError("provider", f"this runner does not know the provider {provider!r}") from None
     try:
-        return open_session(path, chosen, strict=job.strict_ep, threads=job.threads)
+        return open_session(path, chosen, strict=job.strict_ep, threads=job.threads, spinning=job.spinning)
     except ProviderError as exc:
         raise RunnerError("provider", str(exc), provider=provider) from None
     except (InputFileError, OptionError) as exc:
@@ -158,7 +158,15 @@ def _benchmark(job: Job, paths: dict[str, str], inputs: dict, warnings_: list[st
 
     import numpy as np
 
-    from resnet_edge.timing import Timed, batch_from_pool, cold_start, io_placement, time_sessions
+    from resnet_edge.timing import (
+        Timed,
+        batch_from_pool,
+        cold_start,
+        io_placement,
+        time_interleaved,
+        time_phased,
+        time_sessions,
+    )
 
     out: dict = {}
     pools = {model.label: inputs[model.input] for model in job.models}
@@ -187,6 +195,7 @@ def _benchmark(job: Job, paths: dict[str, str], inputs: dict, warnings_: list[st
                     warmup=job.warmup,
                     iterations=job.iterations,
                     duration_s=job.duration_s,
+                    timer=time_phased if job.spinning else time_interleaved,
                 ):
                     timed_all += timed
             except Exception as exc:

@@ -1,9 +1,11 @@
 """Latency you can trust: several models (and PyTorch eager) timed side by side in one run.
 
-Method: all ONNX models of one provider and batch size are timed together, one call each per round in a freshly
-shuffled (seeded) order, so machine drift and any after-effect of the previous call hit them alike; onnxruntime's
-worker threads do not spin between calls, or an idle session takes the cores of the running one; warm-up rounds
-come first, and cold start (session creation and first inference) is reported apart. PyTorch eager is timed in a
+Method: all ONNX models of one provider and batch size are timed in one run, as deployed by default: each session
+with its worker threads spinning between calls (a deployed single model's threading), each model in short phases of
+its own whose order is shuffled every round, so that machine drift hits them alike (:func:`resnet_edge.timing.
+time_phased`); with ``spinning=False``, one call each per round in a shuffled order with spinning off
+(:func:`resnet_edge.timing.time_interleaved`). Warm-up rounds come first, and cold start (session creation and first
+inference) is reported apart. PyTorch eager is timed in a
 phase of its own right after: its OpenMP threads keep spinning after each call, and interleaved with onnxruntime
 they slowed whichever model ran next (measured: three copies of one ONNX file differed by 1.4x once PyTorch took
 part). Inputs are real preprocessed images. On CUDA, inputs and outputs stay on the device through I/O binding, so
@@ -47,6 +49,7 @@ from resnet_edge.timing import (
     io_placement,
     latency_stats,
     time_interleaved,
+    time_phased,
     time_sessions,
 )
 
@@ -77,6 +80,21 @@ class BenchmarkResult:
     environment: Environment
     file_sha256: dict[str, str]
     io: dict[str, str]  # per provider: what the timing includes
+
+    @property
+    def threading(self) -> dict[str, object]:
+        """The threading every row was timed with: what a deployment must use to see the same figures."""
+        return threading_record(self.threads, spinning=self.options.spinning)
+
+
+def threading_record(threads: int, *, spinning: bool) -> dict[str, object]:
+    """How the sessions were threaded when timed (and how a deployment should open them)."""
+    return {
+        "intra_op_threads": threads,
+        "inter_op_threads": 1,
+        "spinning": spinning,
+        "timed": "as deployed: each model in phases of its own" if spinning else "interleaved call by call",
+    }
 
 
 STAGE = "benchmark"
@@ -134,7 +152,7 @@ def benchmark_models(
         for name, proto in protos.items():
             sessions[name], cold[name] = cold_start(
                 lambda proto=proto, provider=provider: open_session(
-                    proto, provider, strict=options.strict_ep, threads=threads, spinning=False
+                    proto, provider, strict=options.strict_ep, threads=threads, spinning=options.spinning
                 ),
                 # The placement audit has already run a first inference; else run one (cold start includes it).
                 lambda session, name=name: (
@@ -148,7 +166,8 @@ def benchmark_models(
             "duration_s": options.duration_s,
             "on_round": count_round if on_progress else None,
         }
-        for batch, timed in time_sessions(sessions, images, options.batch_sizes, **timing, timer=time_interleaved):
+        timer = time_phased if options.spinning else time_interleaved
+        for batch, timed in time_sessions(sessions, images, options.batch_sizes, **timing, timer=timer):
             if torch_runner is not None and provider.name == "cpu":
                 # its own phase (module docstring), right after the ONNX models, fed as the first model is;
                 # the progress bar counts its rounds too (options.total_rounds)

@@ -107,6 +107,9 @@ class BenchmarkOptions:
         strict_ep: a missing provider, or one that leaves compute ops to another, is an error instead of a CPU
             fallback.
         data: images to time on (default: the model's built-in test split, else the bundled photos).
+        spinning: time each model as a deployed single model runs: worker threads spinning between calls, each model
+            in phases of its own (``timing.time_phased``). Off: the sessions interleaved call by call with spinning
+            off (``timing.time_interleaved``), finer against drift but a threading no deployment uses (issue 24).
 
     Raises:
         OptionError: a bad batch size, iteration count, duration (NaN and inf included), warm-up or thread count, or
@@ -129,6 +132,14 @@ class BenchmarkOptions:
     )
     strict_ep: bool = field(default=False, metadata={"help": _STRICT_EP_HELP})
     data: str | None = field(default=None, metadata={"help": "Images to time on. [default: built-in]"})
+    spinning: bool = field(
+        default=True,
+        metadata={
+            "flag": "--no-spinning",
+            "help": "Interleave the models call by call with worker threads not spinning, instead of timing each as"
+            " deployed (spinning, in phases of its own).",
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
@@ -179,6 +190,8 @@ class TuneOptions:
         iterations, warmup: timed and untimed rounds per provider and batch size.
         min_agreement, max_top1_drop: validate's thresholds, when not its defaults (99% top-1 agreement and one
             point of accuracy for INT8 and FP16; exact for FP32).
+        knobs: search the chosen onnxruntime CPU candidate's session settings by measurement (spinning, graph
+            optimisation level, dynamic block base, threads; ``evaluation.tune.search_knobs``), here only.
         int8_models: INT8 files already built from this model, with their configurations (the pipeline's
             ``model.int8.onnx``): one whose configuration a candidate needs stands in for it (no quantization), any
             other is tried as one more INT8 candidate.
@@ -211,6 +224,13 @@ class TuneOptions:
     )
     max_top1_drop: float | None = field(
         default=None, metadata={"help": "Accuracy points a candidate may lose. [default: validate's]"}
+    )
+    knobs: bool = field(
+        default=True,
+        metadata={
+            "flag": "--no-knobs",
+            "help": "Do not search onnxruntime's session settings (spinning, optimisation level, threads).",
+        },
     )
     int8_models: tuple[tuple[Int8Recipe, Path], ...] = field(default=(), metadata={"cli": False})
 

@@ -21,7 +21,7 @@ from resnet_edge.calibration.preprocess import PreprocessSpec
 from resnet_edge.calibration.sources import ImageSource, default_test_images, iter_batches, open_source
 from resnet_edge.errors import CheckFailedError, InputFileError, OptionError, ResnetEdgeWarning
 from resnet_edge.evaluation.options import ValidateOptions
-from resnet_edge.onnx.graph import is_quantized
+from resnet_edge.onnx.graph import is_quantized, output_step
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import (
     QUANTIZATION_KEY,
@@ -46,7 +46,7 @@ from resnet_edge.onnx.placement import ExecutedNode, Placement
 from resnet_edge.onnx.providers import Provider
 from resnet_edge.onnx.runtime import open_session
 from resnet_edge.progress import Progress, ProgressCallback
-from resnet_edge.quantization.coverage import IntegerCoverage, coverage_of, output_step
+from resnet_edge.quantization.coverage import IntegerCoverage, coverage_of
 
 STAGE = "validate"
 # Below this many images a top-1 agreement moves in steps of more than 2%: say so rather than judge quietly.
@@ -297,7 +297,7 @@ def judge_outputs(
         parity = compare_outputs(expected, got.logits)
         acc = accuracy(got.logits, y) if y is not None else None
         # FP16 changes every logit a little, as INT8 does: judged on decisions too.
-        reduced = quantized or _has_float16_weights(plan.protos[name])
+        reduced = quantized or has_float16_weights(plan.protos[name])
         failures = _judge(parity, acc, ref_acc, reduced, plan.options, float(np.abs(expected).max()))
         rows.append(
             ValidateRow(
@@ -398,7 +398,7 @@ def _in_steps(error: float, proto: onnx.ModelProto) -> float | None:
     return error / step if step else None
 
 
-def _has_float16_weights(model: onnx.ModelProto) -> bool:
+def has_float16_weights(model: onnx.ModelProto) -> bool:
     return any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
 
 

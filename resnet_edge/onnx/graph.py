@@ -23,6 +23,7 @@ __all__ = [
     "macs_per_image",
     "module_path",
     "opset_of",
+    "output_step",
     "parameter_count",
 ]
 
@@ -173,6 +174,30 @@ def parameter_count(model: onnx.ModelProto) -> int:
 
 def is_quantized(model: onnx.ModelProto) -> bool:
     return any(node.op_type in QUANTIZED_OPS for node in model.graph.node)
+
+
+def output_step(model: onnx.ModelProto) -> float | None:
+    """The quantization step of the model's output: the scale of the DequantizeLinear (or of the QLinear op) that
+    produces the logits, looked up through Flatten/Reshape/Identity/Squeeze; the largest one when per-channel. It is
+    the unit in which two INT8 runs of one file differ, and the unit of the logit-error bar for random weights
+    (``onnx.parity.logit_error_shortfalls``). None when the output is not made from a quantized tensor."""
+    index = GraphIndex(model)
+    node = index.producer(model.graph.output[0].name)
+    for _ in range(4):
+        if node is None:
+            return None
+        if node.op_type == "DequantizeLinear":
+            scale_at = 1
+        elif node.op_type in OUTPUT_QPARAMS and node.op_type != "QuantizeLinear":
+            scale_at = OUTPUT_QPARAMS[node.op_type][0]
+        elif node.op_type in ("Flatten", "Reshape", "Identity", "Squeeze"):
+            node = index.producer(node.input[0])
+            continue
+        else:
+            return None
+        scale = index.value(node.input[scale_at]) if len(node.input) > scale_at else None
+        return float(scale.max()) if scale is not None and scale.size else None
+    return None
 
 
 def macs_per_image(model: onnx.ModelProto) -> int:

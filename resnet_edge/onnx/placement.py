@@ -54,6 +54,7 @@ class Placement:
     total: int
     shares: list[ProviderShare]
     compute_elsewhere: dict[str, int] = field(default_factory=dict)  # compute op types run off the requested provider
+    note: str = ""  # what else the runtime said: the OpenVINO runtime's inference precision and its layers' precisions
 
     @property
     def partial(self) -> bool:
@@ -75,7 +76,7 @@ class Placement:
             parts.append(text)
         if not any(s.provider == self.requested for s in self.shares):
             parts.insert(0, f"{self.requested}: 0 of {self.total} nodes")
-        return "; ".join(parts)
+        return "; ".join(parts + ([self.note] if self.note else []))
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,9 @@ def placement_from_json(data: dict | None) -> Placement | None:
     if not data:
         return None
     shares = [ProviderShare(**share) for share in data.get("shares", [])]
-    return Placement(data["requested"], data["total"], shares, dict(data.get("compute_elsewhere", {})))
+    return Placement(
+        data["requested"], data["total"], shares, dict(data.get("compute_elsewhere", {})), str(data.get("note", ""))
+    )
 
 
 def placement_from_profile(events: Sequence[dict], requested: str, *, model_nodes: int | None = None) -> Placement:

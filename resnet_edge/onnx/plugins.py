@@ -14,7 +14,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from resnet_edge.onnx.providers import _BY_ORT_NAME, PROVIDERS, short_name
+from resnet_edge.onnx.providers import _BY_ORT_NAME, OPENVINO_RUNTIME, PROVIDERS, short_name
 
 OPENVINO_PLUGIN = "onnxruntime_ep_openvino"  # the module of PyPI's onnxruntime-ep-openvino
 
@@ -72,12 +72,28 @@ def _register_openvino_plugin() -> tuple[list[Any], str]:
 
 
 def available_providers() -> list[str]:
-    """onnxruntime's names of the providers that can run here, plugins included, in onnxruntime's order."""
+    """onnxruntime's names of the providers that can run here, plugins included, in onnxruntime's order; then
+    :data:`~resnet_edge.onnx.providers.OPENVINO_RUNTIME` when the openvino package is installed."""
     names = list(ort.get_available_providers())
     devices, _ = openvino_plugin()
     if devices and PROVIDERS["openvino"].ort_name not in names:
         names.insert(0, PROVIDERS["openvino"].ort_name)
+    if openvino_runtime_version() is not None:
+        names.append(OPENVINO_RUNTIME)
     return names
+
+
+def openvino_runtime_version() -> str | None:
+    """The installed OpenVINO runtime's version (the ``openvino`` package), or None; imports nothing."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    try:
+        return importlib.metadata.version("openvino")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def provider_statuses() -> list[ProviderStatus]:
@@ -90,6 +106,10 @@ def provider_statuses() -> list[ProviderStatus]:
             rows.append(ProviderStatus(info.short, info.ort_name, True, "built into onnxruntime", info.install))
         elif info.short == "openvino":
             rows.append(ProviderStatus(info.short, info.ort_name, bool(devices), plugin_note, info.install))
+        elif info.ort_name == OPENVINO_RUNTIME:
+            version = openvino_runtime_version()
+            via = f"openvino {version} (CPU)" if version else "the openvino package is not installed"
+            rows.append(ProviderStatus(info.short, info.ort_name, version is not None, via, info.install))
         else:
             rows.append(ProviderStatus(info.short, info.ort_name, False, "not in this onnxruntime build", info.install))
     for name in built_in:

@@ -28,6 +28,15 @@ latency hint go through OpenVINO's ``load_config`` (``{"CPU": {"INFERENCE_NUM_TH
 "LATENCY"}}``): the plugin ignores onnxruntime's ``intra_op_num_threads``. Found on the way: the plugin (1.8.1) offers
 devices only for Intel hardware; on an AMD EPYC it registers, yet ``get_ep_devices()`` lists no OpenVINO device, so
 it is reported as not available, while the bundled build (1.24.1) runs OpenVINO's CPU plugin there.
+The OpenVINO runtime itself (``openvino-runtime``: the ``openvino`` package, ``pip install 'resnet-edge[openvino]'``)
+is a backend beside onnxruntime's providers: it runs on any x86-64 CPU, AMD included, where the EP plugin offers no
+device, and measured faster than onnxruntime on resnet-edge's own INT8 QDQ files (issue 24). It is opened behind the
+same session type (:mod:`resnet_edge.onnx.runtime`), so parity, placement and timing treat it as a provider. Its
+CPU plugin runs BF16 by default on CPUs with AVX-512 BF16 or AMX: here it runs FP32 unless asked
+(``openvino-runtime[precision=bf16]``), so that parity holds, and the placement says which precision it ran.
+Options: ``precision`` (f32, bf16, f16), ``hint`` (LATENCY, THROUGHPUT), ``streams``. It reads QDQ files, not
+onnxruntime's QOperator ops (``com.microsoft.QLinearConv``). onnxruntime's session options (spinning, graph
+optimisation level, session config entries) do not apply to it.
 TensorRT gets an engine cache by default (``~/.cache/resnet-edge/tensorrt``, or ``cache=DIR``), ``trt_int8_enable``
 for a quantized (QDQ) model, FP16 when asked (``fp16=1``), and CUDA then CPU behind it for what it does not take.
 """
@@ -42,6 +51,11 @@ from typing import ClassVar
 from resnet_edge.errors import OptionError
 
 CPU_ORT_NAME = "CPUExecutionProvider"
+# Not an onnxruntime provider: the name under which the OpenVINO runtime itself appears in provider lists.
+OPENVINO_RUNTIME = "OpenVINORuntime"
+# The OpenVINO runtime's options: INFERENCE_PRECISION_HINT values, and the option keys it takes.
+OPENVINO_PRECISIONS = ("f32", "bf16", "f16")
+OPENVINO_RUNTIME_KEYS = frozenset({"precision", "hint", "streams"})
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,12 @@ PROVIDERS: dict[str, ProviderInfo] = {
         "pip install 'resnet-edge[openvino]' (the onnxruntime-ep-openvino plugin; Intel CPUs, GPUs and NPUs), or"
         " replace onnxruntime by onnxruntime-openvino",
     ),
+    "openvino-runtime": ProviderInfo(
+        "openvino-runtime",
+        OPENVINO_RUNTIME,
+        "pip install 'resnet-edge[openvino]' (the openvino package: the OpenVINO runtime itself, on any x86-64 CPU,"
+        " AMD included)",
+    ),
 }
 _BY_ORT_NAME = {info.ort_name: info for info in PROVIDERS.values()}
 _KEY = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -87,7 +107,7 @@ class Provider:
     :func:`parse_provider` reads the text form that :attr:`value` writes.
     """
 
-    name: str  # "cpu", "cuda", "tensorrt", "openvino", or an onnxruntime name such as "QNNExecutionProvider"
+    name: str  # a short name of PROVIDERS ("cpu", "openvino-runtime" ...), or an onnxruntime name
     options: tuple[tuple[str, str], ...] = ()  # sorted by key
 
     CPU: ClassVar[Provider]

@@ -9,6 +9,9 @@ ignores onnxruntime's ``intra_op_num_threads``. TensorRT gets an engine cache by
 (``~/.cache/resnet-edge/tensorrt``, or ``cache=DIR``), ``trt_int8_enable`` for a quantized (QDQ) model, FP16 when
 asked (``fp16=1``), and CUDA then CPU behind it for what it does not take.
 
+The OpenVINO runtime itself (``openvino-runtime``) opens behind the same :class:`Session`
+(:mod:`resnet_edge.onnx.openvino_runtime`); onnxruntime's session options do not apply to it.
+
 Each session opens with profiling on, runs one inference on zeros, and stops profiling (so timed runs are not
 profiled); :mod:`resnet_edge.onnx.placement` reads the profile.
 """
@@ -34,8 +37,8 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from resnet_edge.errors import InputFileError, OptionError, ProviderError, ResnetEdgeWarning
 from resnet_edge.onnx.op_types import INT8_ACTIVATION_OPS
 from resnet_edge.onnx.placement import ExecutedNode, Placement, executed_nodes_from_profile, placement_from_profile
-from resnet_edge.onnx.plugins import available_providers, openvino_plugin
-from resnet_edge.onnx.providers import CPU_ORT_NAME, Provider, short_name
+from resnet_edge.onnx.plugins import available_providers, openvino_plugin, openvino_runtime_version
+from resnet_edge.onnx.providers import CPU_ORT_NAME, OPENVINO_RUNTIME, PROVIDERS, Provider, short_name
 
 if TYPE_CHECKING:  # this module runs on target devices that have numpy and onnxruntime but not onnx
     import onnx
@@ -149,6 +152,22 @@ def open_session(
         OptionError: a bad thread count or provider option.
         InputFileError: onnxruntime cannot load the model, or it is not an image classifier.
     """
+    if provider.ort_name == OPENVINO_RUNTIME:
+        if openvino_runtime_version() is not None:
+            return _open_openvino_runtime(model, provider, threads=threads, classifier=classifier)
+        _fallback(provider, f"the OpenVINO runtime is not installed ({PROVIDERS['openvino-runtime'].install})", strict)
+        on_cpu = open_session(
+            model,
+            Provider.CPU,
+            threads=threads,
+            spinning=spinning,
+            classifier=classifier,
+            audit=audit,
+            optimization=optimization,
+            session_config=session_config,
+        )
+        on_cpu.requested = provider  # what was asked for, so that the session says it fell back
+        return on_cpu
     options = ort.SessionOptions()
     options.log_severity_level = _ORT_ERROR_ONLY
     levels = {
@@ -230,6 +249,31 @@ def open_session(
         fixed_batch=batch_dim if isinstance(batch_dim, int) else None,
         placement=placement,
         executed=executed,
+    )
+
+
+def _open_openvino_runtime(
+    model: Path | str | onnx.ModelProto | bytes, provider: Provider, *, threads: int | None, classifier: bool
+) -> Session:
+    from resnet_edge.onnx.openvino_runtime import compile_on_cpu  # imports openvino: only when asked for
+
+    compiled = compile_on_cpu(
+        _as_loadable(model),
+        _describe(model),
+        provider,
+        threads=threads,
+        classifier=classifier,
+        node_count=_node_count(model),
+    )
+    return Session(
+        session=compiled.request,  # type: ignore[arg-type]  (it answers the InferenceSession calls Session makes)
+        requested=provider,
+        providers_used=[OPENVINO_RUNTIME],
+        input_name=compiled.input_name,
+        output_name=compiled.output_name,
+        threads=threads,
+        fixed_batch=compiled.fixed_batch,
+        placement=compiled.placement,
     )
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from resnet_edge.onnx.graph import GraphIndex, macs_by_node, module_path
+from resnet_edge.onnx.graph import macs_by_node, module_path
 from resnet_edge.onnx.op_types import COMPUTE_OPS, INTEGER_COMPUTE_OPS
 from resnet_edge.onnx.placement import ExecutedNode
 
@@ -176,28 +176,6 @@ def coverage_of(model: onnx.ModelProto, executed: Sequence[ExecutedNode]) -> Int
     from resnet_edge.onnx.graph import is_quantized
 
     return integer_coverage(model, executed) if executed and is_quantized(model) else None
-
-
-def output_step(model: onnx.ModelProto) -> float | None:
-    """The quantisation step of the model's output (the scale of the DequantizeLinear, or of the QGemm/QLinear op,
-    that produces the logits): the unit in which two INT8 runs of one file can differ. None when the output is not
-    produced from a quantized tensor."""
-    from onnx import numpy_helper
-
-    index = GraphIndex(model)
-    constants = index.initializers
-    node = index.producer(model.graph.output[0].name)
-    for _ in range(4):  # through Flatten/Reshape/Identity to the op that dequantizes
-        if node is None:
-            return None
-        scale_index = {"DequantizeLinear": 1, "QGemm": 6, "QLinearMatMul": 6, "QLinearConv": 6}.get(node.op_type)
-        if scale_index is not None and len(node.input) > scale_index and node.input[scale_index] in constants:
-            scale = numpy_helper.to_array(constants[node.input[scale_index]])
-            return float(scale.max()) if scale.size else None
-        if node.op_type not in ("Flatten", "Reshape", "Identity", "Squeeze"):
-            return None
-        node = index.producer(node.input[0])
-    return None
 
 
 def _block_of(name: str) -> str | None:

@@ -20,6 +20,7 @@ from resnet_edge.artifacts import refuse_overwriting_inputs, require_writable_de
 from resnet_edge.environment import cpu_info
 from resnet_edge.errors import CheckFailedError, ResnetEdgeWarning
 from resnet_edge.onnx.graph import GraphIndex
+from resnet_edge.onnx.graph import output_step as graph_output_step
 from resnet_edge.onnx.metadata import QUANTIZATION_KEY, read_metadata, read_props, write_props, write_with_record
 from resnet_edge.onnx.op_types import COMPUTE_OPS
 from resnet_edge.onnx.parity import Accuracy, Parity, int8_shortfalls, logit_error_shortfalls
@@ -179,7 +180,7 @@ def quantize_onnx(
     if config.weight_bits == 8:  # 4-bit weights are dequantized on the CPU EP by design (see README, INT4)
         strict = options.require_int8 or options.strict_ep or config.strict_integer
         check_integer_coverage(coverage, excluded=fp32_kept, strict=strict)
-    output_step = _output_step(int8)
+    output_step = graph_output_step(int8)
     if read_metadata(fp32).random_weights:
         judged_by, bar = "logit error", "the logit-error bar for random weights"
         misses = logit_error_shortfalls(evaluation.parity, output_step)
@@ -347,14 +348,6 @@ def _quantize_static(
             calibrate_method=method.onnxruntime,
             extra_options={"ActivationSymmetric": config.symmetric_activations, "WeightSymmetric": True},
         )
-
-
-def _output_step(int8: onnx.ModelProto) -> float | None:
-    """The quantization step of the model's output (the scale of the DequantizeLinear that makes it), if any."""
-    index = GraphIndex(int8)
-    scale = index.dequantize_scale(int8.graph.output[0].name)
-    value = index.value(scale) if scale else None
-    return float(value) if value is not None and value.size == 1 else None
 
 
 def check_coverage(prepped: onnx.ModelProto, int8: onnx.ModelProto, excluded: Sequence[str]) -> list[str]:

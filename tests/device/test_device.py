@@ -23,7 +23,9 @@ from resnet_edge.evaluation.benchmark import benchmark_models
 from resnet_edge.evaluation.options import BenchmarkOptions
 from resnet_edge.jsonable import to_jsonable
 
-ALLOWED = {"numpy", "onnxruntime", "resnet_edge"}
+# openvino: imported by onnx/openvino_runtime.py, which onnx/runtime.py imports only for the openvino-runtime backend, after importlib.util.find_spec found
+# it (issue 24); a device without it runs everything else (tests/onnx/test_runtime.py: the missing-openvino fallback).
+ALLOWED = {"numpy", "onnxruntime", "resnet_edge", "openvino"}
 MEMORY_LIMIT = 1500 * 2**20  # address space for the out-of-memory test: enough to start, too little for batch 32768
 
 

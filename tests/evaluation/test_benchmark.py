@@ -106,6 +106,29 @@ def test_duration_mode_and_shuffled_order() -> None:
     assert stats.p50_ms == pytest.approx(2.0) and stats.throughput == pytest.approx(1000.0)
 
 
+def test_as_deployed_each_model_runs_in_phases_of_its_own() -> None:
+    """Spinning sessions must not alternate call by call (issue 24): blocks of one runner, each after settling calls,
+    in changing orders, every runner timed the number of times asked."""
+    from resnet_edge.timing import PHASE_BLOCK, PHASE_SETTLE, time_phased
+
+    calls: list[str] = []
+    times = time_phased([lambda: calls.append("a"), lambda: calls.append("b")], warmup=1, iterations=12)
+    assert [len(t) for t in times] == [12, 12]
+    assert calls[:2] == ["a", "b"]  # warm-up first
+    runs = []  # the lengths of the stretches of one runner's calls after warm-up
+    for name in calls[2:]:
+        if runs and runs[-1][0] == name:
+            runs[-1][1] += 1
+        else:
+            runs.append([name, 1])
+    per_round = [PHASE_BLOCK, PHASE_BLOCK, 12 - 2 * PHASE_BLOCK]
+    assert sum(n for _, n in runs) == 2 * sum(block + PHASE_SETTLE for block in per_round)
+    assert all(n >= PHASE_SETTLE + min(per_round) for _, n in runs)  # never interleaved call by call
+    done: list[int] = []
+    time_phased([lambda: None], warmup=0, iterations=None, duration_s=0.0, on_round=lambda: done.append(1))
+    assert len(done) == PHASE_BLOCK  # duration mode: at least MIN_ITERATIONS calls, in whole blocks
+
+
 def test_pytorch_is_timed_apart_from_onnxruntime(
     monkeypatch: pytest.MonkeyPatch, digits_sim: Path, tmp_path: Path
 ) -> None:
@@ -113,13 +136,16 @@ def test_pytorch_is_timed_apart_from_onnxruntime(
     import resnet_edge.evaluation.benchmark as bench
 
     groups: list[int] = []
-    real = bench.time_interleaved
 
-    def spy(runners, **kwargs):
-        groups.append(len(runners))
-        return real(runners, **kwargs)
+    def spy_on(real):
+        def spy(runners, **kwargs):
+            groups.append(len(runners))
+            return real(runners, **kwargs)
 
-    monkeypatch.setattr(bench, "time_interleaved", spy)
+        return spy
+
+    monkeypatch.setattr(bench, "time_interleaved", spy_on(bench.time_interleaved))
+    monkeypatch.setattr(bench, "time_phased", spy_on(bench.time_phased))
     copy = tmp_path / "copy.onnx"
     copy.write_bytes(digits_sim.read_bytes())
     options = BenchmarkOptions(iterations=2, warmup=0, threads=1, torch_reference="builtin:digits-resnet20")

@@ -61,11 +61,24 @@ def test_tune_picks_the_fastest_passing_candidate_never_a_broken_one(digits_sim:
     chosen = data["chosen"]
     assert chosen["passed"] and chosen["name"] != "file broken.onnx"
     # The broken file really was the fastest: only the parity check kept it out.
-    assert bad["p50_ms"]["4"] < chosen["p50_ms"]["4"]
-    passing = [c for c in data["candidates"] if c["passed"]]
-    assert chosen["p50_ms"]["4"] == min(c["p50_ms"]["4"] for c in passing)
+    assert bad["p50_ms"]["4"] < min(c["p50_ms"]["4"] for c in data["candidates"] if c["passed"])
     record = json.loads(Path(f"{out}.json").read_text())
     assert record["chosen"]["name"] == chosen["name"] and len(record["candidates"]) == len(data["candidates"])
+    # Per-tensor weights are a candidate beside QDQ and QOperator (issue 24).
+    assert any(name.endswith("per-tensor") for name in by_name)
+    # The runtime's knobs were searched on the choice, the default settings first; one kept, and recorded as the
+    # deployment's threading (issue 24: time and record what is deployed).
+    knobs = record["knobs"]
+    assert knobs[0]["settings"] == "spinning on, level all" and {k["settings"] for k in knobs} >= {
+        "spinning off, level all",
+        "spinning on, level extended",
+        "spinning on, level all, dynamic_block_base 4",
+    }
+    kept = [k for k in knobs if k["chosen"]]
+    assert len(kept) == 1 and all(k["passed"] for k in knobs)
+    threading = record["chosen"]["threading"]
+    assert (threading["spinning"], threading["optimization"]) == (kept[0]["spinning"], kept[0]["optimization"])
+    assert record["chosen"]["runtime"].startswith("onnxruntime ")
     deployed = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(deployed["deployment"])["provider"] == "cpu"
     checked = run("validate", out, "--reference", digits_sim)
@@ -155,3 +168,46 @@ def test_a_noisy_fp32_baseline_is_said_of_the_speed_ups() -> None:
         ResnetEdgeWarning, match=r"speed-ups at batch 8 divide by fp32 on cpu, whose timing varied by 91"
     ):
         _warn_noisy_baseline(baseline)
+
+
+# --- issue 24: a random-weight model's INT8 candidates are judged by logit error, as quantize judges them -----------
+
+
+def _row(agreement: float, min_cosine: float, max_abs_error: float, *, quantized: bool = True) -> object:
+    from resnet_edge.evaluation.validate import ValidateRow
+    from resnet_edge.onnx.parity import Parity
+
+    parity = Parity(13, max_abs_error, max_abs_error / 4, min_cosine, min_cosine, agreement, 1.0, 0.0, 0)
+    failures = [f"top-1 agreement {agreement:.2%} < 99.00%"] if agreement < 0.99 else []
+    return ValidateRow("m", "m.onnx", quantized, "cpu", "cpu", [], parity, None, None, not failures, failures)
+
+
+def test_random_weights_judge_int8_by_logit_error_not_agreement(digits_int8: Path) -> None:
+    from resnet_edge.evaluation.tune import _judged
+    from resnet_edge.onnx.graph import output_step
+
+    step = output_step(onnx.load(str(digits_int8)))
+    assert step
+    # Near-tied random logits: 61.54% agreement (issue 24's figure) yet INT8 follows FP32 closely: it passes.
+    judged_by, failures, steps = _judged(_row(0.6154, 0.998, 3 * step), digits_int8, random_weights=True)
+    assert (judged_by, failures) == ("logit error", []) and steps == pytest.approx(3.0)
+    # A broken calibration (ranges far too narrow) still fails, on the logits.
+    judged_by, failures, _ = _judged(_row(1.0, 0.42, 110 * step), digits_int8, random_weights=True)
+    assert judged_by == "logit error" and len(failures) == 2 and "cosine" in failures[0]
+    # Trained weights: validate's agreement bar decides, as before.
+    judged_by, failures, _ = _judged(_row(0.6154, 0.998, 3 * step), digits_int8, random_weights=False)
+    assert judged_by == "top-1 agreement" and failures and "agreement" in failures[0]
+
+
+def test_tune_on_random_weights_keeps_int8_and_says_why(tiny_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tiny.tuned.onnx"
+    result = run("tune", tiny_onnx, "-o", out, "--providers", "cpu", "--iterations", "4")
+    assert result.exit_code == 0, result.output
+    assert "judged by logit error" in result.output and "the weights are random" in result.output
+    record = json.loads(Path(f"{out}.json").read_text())
+    assert "random_weights" in record["thresholds"]
+    by_name = {c["name"]: c for c in record["candidates"]}
+    int8 = [c for c in record["candidates"] if c["precision"] == "int8"]
+    assert int8 and all(c["judged_by"] == "logit error" and c["passed"] for c in int8), int8
+    assert all(c["max_error_steps"] is not None for c in int8)
+    assert by_name["fp32"]["judged_by"] == "top-1 agreement" and by_name["fp32"]["passed"]

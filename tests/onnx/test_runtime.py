@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from resnet_edge.cli.main import main
-from resnet_edge.errors import OptionError, ProviderError, ResnetEdgeWarning
-from resnet_edge.onnx.plugins import available_providers
+from resnet_edge.errors import InputFileError, OptionError, ProviderError, ResnetEdgeWarning
+from resnet_edge.onnx.plugins import available_providers, provider_statuses
 from resnet_edge.onnx.providers import PROVIDERS, Provider, format_providers, parse_provider, parse_providers
 from resnet_edge.onnx.runtime import open_session
 
@@ -271,3 +271,84 @@ def test_optimization_level_and_session_config_reach_the_session() -> None:
     assert session.session.get_session_options().get_session_config_entry("session.qdqisint8allowed") == "1"
     with pytest.raises(OptionError, match="optimization must be one of basic, extended, all, got 'max'"):
         open_session(model, classifier=False, audit=False, optimization="max")
+
+
+# --- the OpenVINO runtime itself (issue 24): a backend beside onnxruntime's providers --------------------------------
+
+OPENVINO_RUNTIME_HERE = "OpenVINORuntime" in available_providers()
+
+
+def small_classifier(fixed_batch: int | None = None) -> onnx.ModelProto:
+    """Conv -> Relu -> pool -> Gemm: a float classifier every runtime reads."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["r"], name="relu"),
+            helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+            helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+            helper.make_node("Gemm", ["f", "fc"], ["y"], name="fc", transB=1),
+        ],
+        "small",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [fixed_batch or "batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [fixed_batch or "batch", 5])],
+        [
+            numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.standard_normal((5, 4)).astype(np.float32), "fc"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+@pytest.mark.skipif(not OPENVINO_RUNTIME_HERE, reason="the openvino package is not installed")
+def test_openvino_runtime_runs_fp32_by_default_and_says_its_precision() -> None:
+    model = small_classifier()
+    x = np.random.default_rng(1).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    expected = open_session(model, audit=False).logits(x)
+    session = open_session(model, parse_provider("openvino-runtime"), threads=1)
+    assert session.ran_on == "openvino-runtime" and not session.fell_back and session.fixed_batch is None
+    assert "inference precision f32" in session.placement.describe()
+    np.testing.assert_allclose(session.logits(x), expected, rtol=1e-5, atol=1e-5)
+    bf16 = open_session(model, parse_provider("openvino-runtime[precision=bf16]"), threads=1)
+    # Asked for, it says BF16 (or what the CPU really runs, where it has no BF16 kernels).
+    assert "inference precision" in bf16.placement.describe()
+    with pytest.raises(OptionError, match=r"takes no option cache \(it takes: hint, precision, streams\)"):
+        open_session(model, parse_provider("openvino-runtime[cache=x]"))
+    with pytest.raises(OptionError, match="precision is one of f32, bf16, f16"):
+        open_session(model, parse_provider("openvino-runtime[precision=int4]"))
+    assert next(s for s in provider_statuses() if s.name == "openvino-runtime").available
+
+
+def test_openvino_runtime_missing_is_a_visible_fallback_or_a_strict_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resnet_edge.onnx.plugins as plugins
+    import resnet_edge.onnx.runtime as runtime
+
+    for module in (plugins, runtime):
+        monkeypatch.setattr(module, "openvino_runtime_version", lambda: None)
+    with pytest.warns(ResnetEdgeWarning, match="requested openvino-runtime but the OpenVINO runtime is not installed"):
+        session = open_session(small_classifier(), parse_provider("openvino-runtime"))
+    assert session.ran_on == "cpu" and session.fell_back
+    with pytest.raises(ProviderError, match=r"pip install 'resnet-edge\[openvino\]'"):
+        open_session(small_classifier(), parse_provider("openvino-runtime"), strict=True)
+    assert "OpenVINORuntime" not in available_providers()
+
+
+@pytest.mark.skipif(not OPENVINO_RUNTIME_HERE, reason="the openvino package is not installed")
+def test_openvino_runtime_validate_and_benchmark_end_to_end(digits_sim: Path, digits_int8: Path) -> None:
+    checked = run("validate", digits_sim, digits_int8, "--providers", "cpu,openvino-runtime", "--strict-ep", "--json")
+    assert checked.exit_code == 0, checked.output
+    rows = json.loads(checked.stdout)["rows"]
+    assert {r["ran_on"] for r in rows} == {"cpu", "openvino-runtime"} and all(r["passed"] for r in rows)
+    int8 = next(r for r in rows if r["ran_on"] == "openvino-runtime" and r["quantized"])
+    assert "Convolution u8" in int8["placement"]["note"] and "inference precision f32" in int8["placement"]["note"]
+    timed = run("benchmark", digits_int8, "--providers", "openvino-runtime", "--threads", "1", "--iterations", "5")
+    assert timed.exit_code == 0, timed.output
+    assert "placement digits.int8.onnx on openvino-runtime: openvino-runtime:" in timed.output
+
+
+@pytest.mark.skipif(not OPENVINO_RUNTIME_HERE, reason="the openvino package is not installed")
+def test_a_file_the_openvino_runtime_cannot_read_is_one_error_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(InputFileError, match=r"the OpenVINO runtime cannot load .*bad.onnx"):
+        open_session(bad, parse_provider("openvino-runtime"))

@@ -140,7 +140,7 @@ def test_validate_and_benchmark_report_coverage_and_error_in_output_steps(digits
     from resnet_edge.evaluation.benchmark import benchmark_models
     from resnet_edge.evaluation.options import BenchmarkOptions, ValidateOptions
     from resnet_edge.evaluation.validate import validate_models
-    from resnet_edge.quantization.coverage import output_step
+    from resnet_edge.onnx.graph import output_step
 
     step = output_step(onnx.load(str(digits_int8)))
     assert step is not None and step > 0
