@@ -181,7 +181,10 @@ def benchmark_on_targets(
             run.io[provider] = data["io"]
             sessions = {k: (v["ran_on"], v["providers_used"]) for k, v in data["sessions"].items()}
             cold = {k: v["cold_start_ms"] for k, v in data["sessions"].items()}
-            placements = {k: placement_from_json(v.get("placement")) for k, v in data["sessions"].items()}
+            placements = {
+                k: placement_from_json(v.get("placement"), model_nodes=len(protos[k].graph.node))
+                for k, v in data["sessions"].items()
+            }
             coverages = {k: coverage_of(protos[k], _executed(v)) for k, v in data["sessions"].items()}
             by_batch: dict[int, list[Timed]] = {}
             for t in data["timed"]:
@@ -264,7 +267,7 @@ def validate_on_targets(
                         arrays[f"out_{index}_{provider}"],
                         where["ran_on"],
                         where["providers_used"],
-                        placement_from_json(where.get("placement")),
+                        placement_from_json(where.get("placement"), model_nodes=len(plan.protos[name].graph.node)),
                         _executed(where),
                     )
             rows += judge_outputs(plan, expected, y, outputs)

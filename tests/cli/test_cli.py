@@ -181,6 +181,19 @@ def test_doctor() -> None:
     assert data["packages"]["onnxruntime"] and "CPUExecutionProvider" in data["onnxruntime_providers"]
 
 
+def test_doctors_gpu_hint_is_readmes_step_uninstall_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A GPU without a CUDA provider: the hint is README's set-up step, the CPU build uninstalled first (issue 22).
+    from resnet_edge import environment
+
+    monkeypatch.setattr(environment, "gpu_names", lambda: ["NVIDIA H200"])
+    result = run("doctor")
+    assert result.exit_code == 1
+    line = next(line for line in result.output.splitlines() if "a GPU is present" in line)
+    assert line.endswith(environment.GPU_RUNTIME_INSTALL) and "pip uninstall -y onnxruntime onnxruntime-gpu" in line
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert "first `pip uninstall -y onnxruntime onnxruntime-gpu`" in readme and "pip install '.[gpu]'" in readme
+
+
 def test_help_is_fast_because_the_cli_imports_no_heavy_library() -> None:
     """``--help`` and ``--version`` import no torch, onnx or onnxruntime: those load inside the commands."""
     import subprocess
@@ -247,3 +260,11 @@ def test_the_reproduce_line_allows_an_accuracy_drop_only_when_needed() -> None:
     assert met == "resnet-edge quantize m.onnx -o q.onnx --calib c/ --label-map m.txt --exclude fc"
     missed = _quantize_command(Path("m.onnx"), Path("q.onnx"), options, ["fc"], allow_drop=True)
     assert missed.endswith("--exclude fc --allow-accuracy-drop")
+
+
+def test_inspect_shows_one_producer(digits_int8: Path) -> None:
+    # onnxruntime's quantizer writes "onnx.quantize 0.1.0" into the header; resnet-edge's files say it once (issue 22).
+    result = run("inspect", str(digits_int8))
+    assert result.exit_code == 0, result.output
+    assert f"producer resnet-edge {__version__}" in result.output.splitlines()[0]
+    assert "onnx.quantize" not in result.output and result.output.count("resnet-edge") == 1

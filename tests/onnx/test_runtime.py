@@ -276,3 +276,14 @@ def test_optimization_level_and_session_config_reach_the_session() -> None:
     assert session.session.get_session_options().get_session_config_entry("session.qdqisint8allowed") == "1"
     with pytest.raises(OptionError, match="optimization must be one of basic, extended, all, got 'max'"):
         open_session(model, classifier=False, audit=False, optimization="max")
+
+
+def test_placement_says_what_it_counts_when_the_file_has_other_nodes(tmp_path: Path) -> None:
+    # Nodes are counted as onnxruntime ran them, after its fusions: a file of 52 nodes runs as 24 (issue 22). The
+    # file's own count is said beside, so two commands' figures for one file can be read together.
+    from resnet_edge.onnx.runtime import Placement, ProviderShare, placement_from_json
+
+    fused = Placement("cpu", 24, [ProviderShare("cpu", 24, {"FusedConv": 19})], model_nodes=52)
+    assert fused.describe() == "cpu: 24 of 24 nodes as onnxruntime ran them (52 in the file)"
+    assert Placement("cpu", 24, [ProviderShare("cpu", 24, {})], model_nodes=24).describe() == "cpu: 24 of 24 nodes"
+    assert placement_from_json({"requested": "cpu", "total": 24, "shares": []}, model_nodes=52).model_nodes == 52
