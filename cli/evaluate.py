@@ -13,6 +13,7 @@ from resnet_edge.cli.options import (
     options_from,
     parse_batches,
     parse_provider_list,
+    progress_bars,
     providers_option,
     remote_options,
     take_options,
@@ -260,12 +261,10 @@ def benchmark(
 
         _raise_last([ResnetEdgeError(run.error) for run in fleet.targets if not run.ok])
         return
-    from tqdm import tqdm
-
     from resnet_edge.evaluation.benchmark import benchmark_models
 
-    with tqdm(total=options.total_rounds, desc="timing", unit="round", leave=False, disable=as_json, delay=0.5) as bar:
-        result = benchmark_models(list(models), options, on_progress=lambda p: bar.update(p.done - bar.n))
+    with progress_bars(True, steps=True) as bars:  # on stderr, with --json too (stdout holds the JSON alone)
+        result = benchmark_models(list(models), options, on_progress=bars)
     if output is not None:
         write_json_atomic(output, to_jsonable(result))
     if as_json:

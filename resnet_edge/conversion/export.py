@@ -185,7 +185,7 @@ def export_onnx(
     requested = options.resolved_opset
     exporter = Exporter(options.exporter)
     report = on_progress or (lambda progress: None)
-    report(Progress(STAGE, "build"))
+    report(Progress(STAGE, "build", detail=options.arch or (str(source) if source else None)))
     loaded, metadata = resolve_export(source, options)
     if source is None:
         warnings.warn(
@@ -195,7 +195,7 @@ def export_onnx(
             ResnetEdgeWarning,
             stacklevel=2,
         )
-    report(Progress(STAGE, "export"))
+    report(Progress(STAGE, "export", detail=f"{exporter.value} exporter, opset {requested}"))
     model_proto = run_exporter(loaded.model, metadata.preprocessing, options)
     remove_identity_nodes(model_proto)
 
@@ -213,7 +213,7 @@ def export_onnx(
     model_proto.producer_name = "resnet-edge"
     model_proto.producer_version = __version__
 
-    report(Progress(STAGE, "check"))
+    report(Progress(STAGE, "check", detail="onnxruntime against PyTorch"))
     parity = check_against_torch(loaded.model, model_proto, metadata.preprocessing, batch=options.batch)
     file_bytes = save_onnx(model_proto, output)
     data = model_proto.SerializeToString()

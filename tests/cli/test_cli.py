@@ -57,6 +57,9 @@ def test_export_json(tmp_path: Path) -> None:
     data = json.loads(result.stdout)  # stdout is JSON alone; the random-weights warning goes to stderr
     assert data["input_shape"] == [2, 3, 32, 32] and data["parity"]["2"]["top1_agreement"] == 1.0
     assert result.stderr.count("random weights") == 1
+    # Progress names each step, on stderr (a ResNet-50 export took 34 s of silence: issue 22).
+    assert "[export] export (torchscript exporter, opset 17) ..." in result.stderr
+    assert "[export] check (onnxruntime against PyTorch) ..." in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -172,6 +175,10 @@ def test_quantize_and_benchmark_commands(digits_sim: Path, tmp_path: Path) -> No
     assert result.exit_code == 0 and "p99" in result.output
     data = json.loads((tmp_path / "bench.json").read_text())
     assert [r["batch"] for r in data["rows"]] == [1, 1, 2, 2]
+    quiet = run("benchmark", digits_sim, "--iterations", "3", "--warmup", "1", "--json")
+    assert json.loads(quiet.stdout)["rows"]  # stdout: the JSON alone; the progress goes to stderr, not away
+    assert "[benchmark] open sessions on cpu (1 model, cold start and placement audit) ..." in quiet.stderr
+    assert "timing" in quiet.stderr
 
 
 def test_doctor() -> None:
