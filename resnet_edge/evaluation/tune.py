@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from resnet_edge import formatting as fmt
 from resnet_edge.artifacts import (
     atomic_output,
     path_for_record,
@@ -536,8 +537,11 @@ def rank_candidates(passing: Sequence[Candidate], batch: int) -> tuple[Candidate
 
 
 def _with_interval(c: Candidate, batch: int) -> str:
-    interval = c.p50_interval_ms.get(batch)
-    return f"{c.p50_ms[batch]:.3g} ms" + (f" (95% {interval[0]:.3g}-{interval[1]:.3g})" if interval else "")
+    return f"{fmt.ms(c.p50_ms[batch], unit=True)}" + (
+        f" (95% {fmt.ms(c.p50_interval_ms[batch][0])}-{fmt.ms(c.p50_interval_ms[batch][1])})"
+        if batch in c.p50_interval_ms
+        else ""
+    )
 
 
 def _named(c: Candidate, batch: int) -> str:

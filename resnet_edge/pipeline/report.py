@@ -555,7 +555,7 @@ def _tune_cells(report: ReportDocument) -> tuple[str | None, list[str], list[lis
             "pass" if c.passed else ("error" if c.error else "FAIL"),
             *(fmt.ms(c.p50_ms.get(b)) for b in batches),
             *(fmt.ratio(c.speedup_vs_cpu_fp32.get(b)) for b in batches),
-            "◀" if (c.name, c.provider) == (chosen.candidate, chosen.provider) else "",
+            fmt.CHOSEN_MARK if (c.name, c.provider) == (chosen.candidate, chosen.provider) else "",
         ]
         for c in tune.candidates
     ]
