@@ -323,7 +323,7 @@ def _on_each(
         try:
             document, transfer = session.run_job(dict(job, models=[dict(m) for m in job["models"]]), files)
         except ResnetEdgeError as exc:
-            progress(target.name, f"failed: {exc}")
+            progress(target.name, "failed")  # the error itself is printed once, by the caller (issue 22)
             return TargetRun(target.name, False, error=str(exc), seconds=time.perf_counter() - started), None
         thermal = document.get("thermal") or {}
         run = TargetRun(

@@ -173,6 +173,8 @@ def test_connection_failures_are_one_line_naming_the_host(
     result = cli("benchmark", digits_int8, "--target", target, *remote_args(ssh_server, python, timeout), *QUICK)
     assert result.exit_code == 1
     assert result.stderr.splitlines()[-1].startswith(message), result.stderr
+    assert result.stderr.count(message.removeprefix("error: ")) == 1  # printed once (issue 22)
+    assert f"[{target}] failed" in result.stderr
     assert "Traceback" not in result.output and ssh_server.leftovers() == []
 
 
