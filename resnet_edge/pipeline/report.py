@@ -573,6 +573,13 @@ def _plot_titles(report: ReportDocument) -> list[tuple[str, str]]:
     return [(title, file) for title, file in titles if file]
 
 
+# The page's content width: every table fits a 1280-px window beside a scroll bar (issue 22: the Deployment
+# table's last column hid behind a horizontal scroll bar at 1100 px). Headers wrap between words, and the first two
+# columns (names, files, targets) wrap where they must; the numbers never do.
+PAGE_WIDTH_PX = 1200
+HTML_WINDOW_PX = 1280
+
+
 def render_html(report: ReportDocument) -> str:
     """``report.html``: the page for a report document (report.json, read by :meth:`ReportDocument.from_json`)."""
     headers, rows = _table_cells(report)
@@ -627,15 +634,16 @@ def render_html(report: ReportDocument) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>resnet-edge report</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
-body {{ font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
-       color: #1d2430; padding: 0 1rem; }}
+body {{ font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
+       max-width: {PAGE_WIDTH_PX}px; color: #1d2430; padding: 0 1rem; }}
 h1 {{ font-size: 1.6rem; margin-bottom: .2rem; }} h2 {{ font-size: 1.15rem; margin-top: 2rem; }}
 .status {{ display: inline-block; padding: .1rem .6rem; border-radius: 1rem; font-weight: 600; }}
 .ok {{ background: #dff5e3; color: #16632a; }} .bad {{ background: #fde2e1; color: #8a1c17; }}
 .scroll {{ overflow-x: auto; margin: 1rem 0; }}
 table {{ border-collapse: collapse; width: 100%; }}
-th, td {{ padding: .4rem .55rem; border-bottom: 1px solid #e3e7ee; text-align: right; white-space: nowrap; }}
-th {{ background: #f3f5f9; font-weight: 600; }}
+th, td {{ padding: .4rem .45rem; border-bottom: 1px solid #e3e7ee; text-align: right; white-space: nowrap; }}
+th {{ background: #f3f5f9; font-weight: 600; white-space: normal; vertical-align: bottom; }}
+td:nth-child(1), td:nth-child(2) {{ white-space: normal; overflow-wrap: anywhere; }}
 td:nth-child(1), td:nth-child(2), th:nth-child(1), th:nth-child(2), td:last-child, th:last-child {{ text-align: left; }}
 table.text td, table.text th {{ text-align: left; white-space: normal; }}
 table.hashes td:last-child {{ font-family: ui-monospace, monospace; font-size: .8rem; word-break: break-all; }}
