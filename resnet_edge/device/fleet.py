@@ -52,6 +52,7 @@ from resnet_edge.evaluation.validate import (
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import preprocessing_for
 from resnet_edge.onnx.runtime import ExecutedNode, placement_from_json
+from resnet_edge.progress import Progress
 from resnet_edge.quantization.coverage import coverage_of
 from resnet_edge.timing import LatencyStats, Timed
 
@@ -397,9 +398,16 @@ def tune_on_target(
         judged = validate_on_targets(paths, [device], Reference(onnx=reference), thresholds, **where)
         if judged.failed:
             raise ResnetEdgeError(judged.targets[0].error)
+        if run.emulated:  # timings under emulation are not the device's: tune does not use them, so none are taken
+            return judged.results[device.name], FleetBenchmarkResult([], [], timing, {})
         timed = benchmark_on_targets(paths, [device], timing, **where)
         if timed.failed:
             raise ResnetEdgeError(timed.targets[0].error)
         return judged.results[device.name], timed
 
-    return tune_model(model_path, output, options, site=site, measure=measure)
+    def phase(progress: Progress) -> None:  # tune's own phases (build, judge and time), named as the runner's are
+        if on_progress is not None:
+            count = f" ({progress.done + 1} of {progress.total})" if progress.total else ""
+            on_progress(run.target, f"tune: {progress.step}{count}")
+
+    return tune_model(model_path, output, options, site=site, measure=measure, on_progress=phase)

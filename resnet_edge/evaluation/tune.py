@@ -134,6 +134,9 @@ class TuneResult:
     target: str | None = None  # the device it was measured on (None: here)
     device: dict | None = None  # that device's facts
     reason: str = ""  # why the chosen candidate, with the timing intervals behind it
+    # False on an emulated device: timings under emulation are not the device's, so the choice rests on parity and
+    # integer coverage alone (issue 22) and the candidates carry no timings.
+    timing_used: bool = True
 
 
 def tune_model(
@@ -188,7 +191,8 @@ def tune_model(
     _check_options(options, fp32)
     if site.emulated:
         warnings.warn(
-            f"{site.target} runs under emulation: parity is real, but the choice rests on emulated timings",
+            f"{site.target} runs under emulation: parity and integer coverage are real and decide; its timings are"
+            " not the device's and are not used",
             ResnetEdgeWarning,
             stacklevel=2,
         )
@@ -208,13 +212,13 @@ def tune_model(
         if baseline is not None:
             flat = [_with_speedup(c, baseline) for c in flat]
             _warn_noisy_baseline(baseline)
-        passing = [c for c in flat if c.passed and options.batch in c.p50_ms]
+        passing = [c for c in flat if c.passed and (site.emulated or options.batch in c.p50_ms)]
         if not passing:
             raise CheckFailedError(
                 "no candidate passed parity against FP32: "
                 + "; ".join(f"{c.name} on {c.provider}: {', '.join(c.failures) or c.error}" for c in flat)
             )
-        chosen, reason = rank_candidates(passing, options.batch)
+        chosen, reason = rank_by_coverage(passing) if site.emulated else rank_candidates(passing, options.batch)
         record = {
             "model": path_for_record(model_path, record_path.parent),
             "model_sha256": sha256_file(model_path),
@@ -226,6 +230,7 @@ def tune_model(
             "thresholds": {"min_agreement": options.min_agreement, "max_top1_drop": options.max_top1_drop},
             "target": site.target,
             "device": site.facts,
+            "timing_used": not site.emulated,
             "candidates": [_as_record(c, record_path.parent) for c in flat],
         }
         measured_on = {"target": site.target} if site.target else {}
@@ -246,6 +251,7 @@ def tune_model(
         target=site.target,
         device=site.facts,
         reason=reason,
+        timing_used=not site.emulated,
     )
 
 
@@ -533,6 +539,30 @@ def rank_candidates(passing: Sequence[Candidate], batch: int) -> tuple[Candidate
     return chosen, (
         f"{timing}; {_named(fastest, batch)} was faster by"
         f" {100 * (1 - fastest.p50_ms[batch] / chosen.p50_ms[batch]):.1f}%, within the measured noise, and {why}"
+    )
+
+
+EMULATED_CHOICE = "timing under emulation was not used: chosen by parity and integer coverage"
+
+
+def rank_by_coverage(passing: Sequence[Candidate]) -> tuple[Candidate, str]:
+    """The candidate to deploy where timings cannot be trusted at all (an emulated device), and why.
+
+    The passing candidate whose Conv/Gemm MACs run most in integer kernels there (FP32 runs none), then the higher
+    top-1 agreement, then the smaller logit error; the order tried breaks a tie (QDQ before QOperator).
+    """
+    chosen = max(
+        passing,
+        key=lambda c: (
+            c.integer_fraction or 0.0,
+            c.top1_agreement if c.top1_agreement is not None else 0.0,
+            -(c.max_abs_error if c.max_abs_error is not None else float("inf")),
+        ),
+    )
+    coverage = fmt.percent(chosen.integer_fraction or 0.0, digits=0)
+    return chosen, (
+        f"{EMULATED_CHOICE}: {coverage} of its Conv/Gemm MACs in integer kernels, top-1 agreement"
+        f" {fmt.percent(chosen.top1_agreement)}"
     )
 
 

@@ -276,3 +276,47 @@ def test_html_renders_without_a_sideways_scroll_bar_in_chromium(stored: dict, tm
     widths = json.loads(found.group(1).replace("&quot;", '"'))
     assert widths["page"] <= HTML_WINDOW_PX and len(widths["boxes"]) >= 6
     assert all(scroll <= client for scroll, client in widths["boxes"]), widths  # no table scrolls sideways
+
+
+# -- the per-device plot: this machine beside the devices, a legend that covers no bar (issue 22) --------------------
+def test_device_series_puts_this_machine_beside_the_devices() -> None:
+    from types import SimpleNamespace as Row
+
+    from resnet_edge.pipeline.report import HOST_ROW, device_series
+
+    def timed(model: str, ms: float, target: str | None = None, batch: int = 1, provider: str = "cpu") -> Row:
+        path = None if model == "pytorch" else model  # as benchmark writes PyTorch's row: no file
+        return Row(model=model, path=path, target=target, batch=batch, provider=provider, latency=Row(p50_ms=ms))
+
+    host = [timed("model.onnx", 0.9), timed("model.int8.onnx", 0.5), timed("model.onnx", 7.0, batch=8)]
+    host += [timed("pytorch", 3.0), timed("model.onnx", 0.4, provider="openvino")]
+    devices = Row(targets=[Row(target="ssh://pi", emulated=False)], rows=[timed("model.onnx", 4.0, "ssh://pi")])
+    result = Row(benchmark=Row(rows=host), devices=devices)
+    series = device_series(result, 1)["p50_ms"]
+    assert list(series) == [HOST_ROW, "ssh://pi"]  # this machine first, its first provider's ONNX models only
+    assert series[HOST_ROW] == {"ONNX FP32": 0.9, "ONNX INT8": 0.5} and series["ssh://pi"] == {"ONNX FP32": 4.0}
+    devices.targets.append(Row(target="local", emulated=False))  # local is a target already: no second copy
+    assert HOST_ROW not in device_series(result, 1)["p50_ms"]
+
+
+def test_device_plot_legend_covers_no_bar() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from resnet_edge.pipeline.plots import device_figure
+
+    per = {"ONNX FP32": 0.9, "ONNX simplified": 0.91, "ONNX INT8": 0.55}
+    fig = device_figure({"batch": 1, "p50_ms": {"this machine": per, "ssh://pi": {k: 5 * v for k, v in per.items()}}})
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (legend,) = fig.legends
+    box = legend.get_window_extent(renderer)
+    (ax,) = fig.axes
+    bars = [patch.get_window_extent(renderer) for patch in ax.patches]
+    assert len(bars) == 6 and not any(box.overlaps(bar) for bar in bars)
+    assert not box.overlaps(ax.get_window_extent(renderer))  # below the axes, not over them
+    labels = [text.get_window_extent(renderer) for text in ax.texts]  # the bars' "0.90 ms" labels
+    assert labels and all(ax.get_window_extent(renderer).contains(t.x1 - 1, t.y0 + 1) for t in labels)
+    plt.close(fig)
