@@ -110,9 +110,10 @@ def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
     "--target",
     "targets",
     multiple=True,
-    help="Also benchmark and report on this device, repeatable: ssh://[user@]host[:port], local or 'exec:COMMAND"
-    " PREFIX' (see benchmark --help; an emulated one is reported, never ranked). (A value that"
-    " names an INT8 target, as in earlier releases, is taken as --int8-target.)",
+    help="Also benchmark and report on this device, and choose the deployment there (tune runs on it, one"
+    " model.tuned file per device), repeatable: ssh://[user@]host[:port], local or 'exec:COMMAND PREFIX' (see"
+    " benchmark --help; an emulated one is reported, never ranked, and its deployment is chosen by parity and"
+    " integer coverage). (A value that names an INT8 target, as in earlier releases, is taken as --int8-target.)",
 )
 @click.option("--remote-python", help="Interpreter on the target devices. [default: python3]")
 @click.option("--ssh-config", help="ssh config file instead of ~/.ssh/config (ssh -F). [default: ssh's own]")
