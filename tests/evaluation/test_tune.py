@@ -180,3 +180,17 @@ def test_tune_prints_as_the_other_commands(monkeypatch: pytest.MonkeyPatch, tmp_
     row = next(line for line in lines if line.startswith("int8 x86-vnni qdq"))
     assert "0.61 (95% 0.60-0.63)" in row and "1.49×" in row and row.endswith(fmt.CHOSEN_MARK)
     assert "0.91" in next(line for line in lines if line.startswith("fp32"))
+
+
+def test_under_emulation_the_choice_rests_on_parity_and_integer_coverage_alone() -> None:
+    from resnet_edge.evaluation.tune import EMULATED_CHOICE, rank_by_coverage
+
+    # No timings at all (an emulated device is not timed): FP32 runs no integer kernel, so a fully integer INT8
+    # candidate wins; between two fully integer ones the first tried (QDQ) stays; partial coverage loses (issue 22).
+    fp32 = Candidate("fp32", "cpu", "fp32", "m.onnx", passed=True, top1_agreement=1.0, max_abs_error=0.0)
+    qdq = _candidate("int8 arm64 qdq", 1.0, None, integer_fraction=1.0, top1_agreement=1.0, max_abs_error=1.6)
+    qop = _candidate("int8 arm64 qoperator", 1.0, None, integer_fraction=1.0, top1_agreement=1.0, max_abs_error=1.6)
+    partial = _candidate("int8 symmetric", 1.0, None, integer_fraction=0.52, top1_agreement=1.0, max_abs_error=1.0)
+    chosen, reason = rank_by_coverage([fp32, partial, qdq, qop])
+    assert chosen is qdq and reason.startswith(EMULATED_CHOICE) and "100% of its Conv/Gemm MACs" in reason
+    assert rank_by_coverage([fp32])[0] is fp32
