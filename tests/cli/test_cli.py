@@ -139,7 +139,7 @@ def test_cuda_request_without_cuda(digits_onnx: Path) -> None:
     if "CUDAExecutionProvider" in available_providers():
         pytest.skip("this machine has the CUDA provider")
     result = run("validate", digits_onnx, "--providers", "cuda")
-    assert result.exit_code == 0 and result.stdout.splitlines()[2].endswith("fell back to cpu")  # never "pass"
+    assert result.exit_code == 0 and result.stdout.splitlines()[3].endswith("fell back to cpu")  # never "pass"
     assert "requested cuda: not available here; its rows ran on cpu" in result.output
     assert "warning: requested cuda" in result.output
     assert_one_line_error(
