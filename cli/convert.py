@@ -58,7 +58,8 @@ def export(weights, labels_file, output, as_json, **fields) -> None:
         batch=parse_batch(fields["batch"]),
         labels=read_labels_file(labels_file) if labels_file else None,
     )
-    result = export_onnx(weights, output, options)
+    with progress_bars(True, steps=True) as bars:  # a ResNet-50 takes half a minute: say which step (on stderr)
+        result = export_onnx(weights, output, options, on_progress=bars)
     if as_json:
         return render.emit_json(result)
     click.echo(

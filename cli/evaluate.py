@@ -13,6 +13,7 @@ from resnet_edge.cli.options import (
     options_from,
     parse_batches,
     parse_provider_list,
+    progress_bars,
     providers_option,
     remote_options,
     take_options,
@@ -66,9 +67,22 @@ def validate(
             )
         )
         click.echo(_validate_table([(None, r) for r in result.rows]))
-        render.audit_lines("placement", [(r.model, r.provider, r.placement) for r in result.rows])
-        render.audit_lines("int8 coverage", [(r.model, r.provider, r.coverage) for r in result.rows])
+        _absent_lines(None, result)
+        # Named by the provider that really ran (a fallback's run is the cpu row's: one line, not two).
+        render.audit_lines("placement", [(r.model, r.ran_on, r.placement) for r in result.rows])
+        render.audit_lines("int8 coverage", [(r.model, r.ran_on, r.coverage) for r in result.rows])
     require_passed(result)
+
+
+def _absent_lines(target: str | None, result) -> None:
+    """One line per requested provider that ran nothing: its rows are cpu's figures, not its own."""
+    for provider in result.absent_providers:
+        ran = sorted({r.ran_on for r in result.rows if r.provider == provider})
+        where = f"on {target}" if target else "here"
+        click.echo(
+            f"requested {provider}: not available {where}; its rows ran on {', '.join(ran)} and are not {provider}"
+            " results (--strict-ep makes this an error)"
+        )
 
 
 def _validate_on_targets(models, ref, options, targets, remote, as_json) -> None:
@@ -91,13 +105,15 @@ def _validate_on_targets(models, ref, options, targets, remote, as_json) -> None
                 f" {'labelled' if first.labelled else 'unlabelled'}), judged here"
             )
             click.echo(_validate_table([(name, r) for name, result in done.items() for r in result.rows]))
+            for name, result in done.items():
+                _absent_lines(name, result)
             render.audit_lines(
                 "placement",
-                [(f"{name}: {r.model}", r.provider, r.placement) for name, result in done.items() for r in result.rows],
+                [(f"{name}: {r.model}", r.ran_on, r.placement) for name, result in done.items() for r in result.rows],
             )
             render.audit_lines(
                 "int8 coverage",
-                [(f"{name}: {r.model}", r.provider, r.coverage) for name, result in done.items() for r in result.rows],
+                [(f"{name}: {r.model}", r.ran_on, r.coverage) for name, result in done.items() for r in result.rows],
             )
     errors: list[ResnetEdgeError] = [ResnetEdgeError(run.error) for run in fleet.targets if not run.ok]
     errors += [ValidationFailedError(result, where=name) for name, result in done.items() if not result.passed]
@@ -124,6 +140,13 @@ def _device_lines(runs) -> None:
                 f"{run.target}: {board}{d.cpu_model}, {d.usable_cores} cores ({features}); {d.os};"
                 f" onnxruntime {d.onnxruntime} ({', '.join(d.onnxruntime_providers)}){threads}"
             )
+
+
+def _verdict(row) -> str:
+    """pass or FAIL; a row that fell back says so instead of passing as the provider asked for (issue 22)."""
+    if row.fell_back:
+        return f"fell back to {row.ran_on}" if row.passed else f"FAIL (fell back to {row.ran_on})"
+    return "pass" if row.passed else "FAIL"
 
 
 def _validate_table(rows) -> str:
@@ -153,7 +176,7 @@ def _validate_table(rows) -> str:
                 *([target] if with_target else []),
                 r.model,
                 r.provider,
-                r.ran_on + (" (fallback)" if r.fell_back else ""),
+                r.ran_on,
                 fmt.error(r.parity.max_abs_error),
                 f"{r.max_error_steps:.2f}" if r.max_error_steps is not None else fmt.MISSING,
                 fmt.error(r.parity.mean_abs_error),
@@ -164,7 +187,7 @@ def _validate_table(rows) -> str:
                 fmt.percent(r.accuracy.top1) if r.accuracy else fmt.MISSING,
                 fmt.percent(r.reference_accuracy.top1) if r.reference_accuracy else fmt.MISSING,
                 fmt.points(r.top1_drop_points),
-                "pass" if r.passed else "FAIL",
+                _verdict(r),
             ]
             for target, r in rows
         ],
@@ -238,12 +261,10 @@ def benchmark(
 
         _raise_last([ResnetEdgeError(run.error) for run in fleet.targets if not run.ok])
         return
-    from tqdm import tqdm
-
     from resnet_edge.evaluation.benchmark import benchmark_models
 
-    with tqdm(total=options.total_rounds, desc="timing", unit="round", leave=False, disable=as_json, delay=0.5) as bar:
-        result = benchmark_models(list(models), options, on_progress=lambda p: bar.update(p.done - bar.n))
+    with progress_bars(True, steps=True) as bars:  # on stderr, with --json too (stdout holds the JSON alone)
+        result = benchmark_models(list(models), options, on_progress=bars)
     if output is not None:
         write_json_atomic(output, to_jsonable(result))
     if as_json:

@@ -129,8 +129,13 @@ def target_progress(target: str, message: str) -> None:
 
 
 @contextlib.contextmanager
-def progress_bars(enabled: bool) -> Iterator[ProgressCallback | None]:
-    """A stage's ``on_progress`` that draws one transient bar per countable step on stderr (None when disabled)."""
+def progress_bars(enabled: bool, *, steps: bool = False) -> Iterator[ProgressCallback | None]:
+    """A stage's ``on_progress`` that draws one transient bar per countable step on stderr (None when disabled).
+
+    Args:
+        steps: also print a ``[stage] step ...`` line on stderr as each uncountable step starts (a long export or
+            session opening is otherwise silence; on stderr, so that ``--json`` keeps stdout to itself).
+    """
     if not enabled:
         yield None
         return
@@ -140,6 +145,9 @@ def progress_bars(enabled: bool) -> Iterator[ProgressCallback | None]:
 
     def show(event: Progress) -> None:
         if event.total is None or event.done is None:
+            if steps and event.done is None:
+                detail = f" ({event.detail})" if event.detail else ""
+                tqdm.write(f"[{event.stage}] {event.step}{detail} ...", file=sys.stderr)
             return
         bar = bars.get((event.stage, event.step))
         if bar is None:

@@ -166,10 +166,11 @@ def _print_result(result: PipelineResult) -> None:
             ],
         )
     )
-    if result.tune:
-        chosen = result.tune.chosen
+    for tuned in result.tunes:  # one per --target device, chosen there; else the one chosen here
+        chosen = tuned.chosen
         click.echo(
-            f"deployment: {chosen.name} on {chosen.provider} -> {result.outdir / result.tune.output.name}"
-            f" (run it with --providers {chosen.provider})"
+            f"deployment{f' for {tuned.target}' if tuned.target else ''}: {chosen.name} on {chosen.provider}"
+            f" -> {result.outdir / tuned.output.name} (run it with --providers {chosen.provider})"
+            f"{'' if tuned.timing_used else '; timing under emulation was not used'}"
         )
     click.echo(f"wrote {result.outdir}/: {', '.join(result.artifacts)}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from resnet_edge import formatting as fmt
 from resnet_edge.cli import render
 from resnet_edge.cli.options import (
     SEED,
@@ -61,24 +62,25 @@ def tune(model, output, targets, remote_python, connect_timeout, ssh_config, as_
     if as_json:
         return render.emit_json(result)
     batches = result.batch_sizes
+    # As the other commands and the report print: milliseconds with fmt.ms, ratios with ×, the chosen row marked.
     click.echo(
         render.table(
             ["candidate", "provider", "ran on", "top-1 agree", "max abs", "int8 MACs", "parity"]
             + [f"p50 ms b{b}" for b in batches]
-            + [f"x cpu fp32 b{b}" for b in batches]
+            + [f"× CPU FP32 b{b}" for b in batches]
             + ["chosen"],
             [
                 [
                     c.name,
                     c.provider,
-                    c.ran_on,
-                    render.percent(c.top1_agreement),
-                    c.max_abs_error,
-                    render.percent(c.integer_fraction) if c.integer_fraction is not None else "-",
+                    c.ran_on or fmt.MISSING,
+                    fmt.percent(c.top1_agreement),
+                    fmt.error(c.max_abs_error),
+                    fmt.percent(c.integer_fraction),
                     "pass" if c.passed else ("FAIL" if not c.error else "error"),
-                    *(_p50(c, b) for b in batches),
-                    *(f"{c.speedup_vs_cpu_fp32[b]:.2f}x" if b in c.speedup_vs_cpu_fp32 else "-" for b in batches),
-                    "<==" if (c.name, c.provider) == (result.chosen.name, result.chosen.provider) else "",
+                    *(fmt.ms_interval(c.p50_ms.get(b), c.p50_interval_ms.get(b)) for b in batches),
+                    *(fmt.ratio(c.speedup_vs_cpu_fp32.get(b)) for b in batches),
+                    fmt.CHOSEN_MARK if (c.name, c.provider) == (result.chosen.name, result.chosen.provider) else "",
                 ]
                 for c in result.candidates
             ],
@@ -107,11 +109,3 @@ def tune(model, output, targets, remote_python, connect_timeout, ssh_config, as_
         f"chosen: {result.chosen.name} on {result.chosen.provider} -> {result.output}"
         f" (record: {result.record}; run it with --providers {result.chosen.provider})"
     )
-
-
-def _p50(candidate, batch: int) -> str:
-    """The median with its 95% interval, so that a gap can be read against the noise."""
-    if batch not in candidate.p50_ms:
-        return "-"
-    interval = candidate.p50_interval_ms.get(batch)
-    return f"{candidate.p50_ms[batch]:.3g}" + (f" ({interval[0]:.3g}-{interval[1]:.3g})" if interval else "")

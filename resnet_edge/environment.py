@@ -52,6 +52,9 @@ _PACKAGES = (
     "numpy",
     "click",
 )
+# README's set-up step for CUDA: the CPU build out first, or it and onnxruntime-gpu overwrite each other's module
+# and the CUDA provider silently disappears (issue 22: doctor gave the install without the uninstall).
+GPU_RUNTIME_INSTALL = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'resnet-edge[gpu]'"
 _ONNXRUNTIME_BUILDS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino")  # each installs the same module
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -132,9 +135,7 @@ def collect_environment() -> Environment:
         )
     gpus = gpu_names()
     if gpus and "CUDAExecutionProvider" not in providers:
-        problems.append(
-            f"a GPU is present ({gpus[0]}) but onnxruntime has no CUDA provider: pip install 'resnet-edge[gpu]'"
-        )
+        problems.append(f"a GPU is present ({gpus[0]}) but onnxruntime has no CUDA provider: {GPU_RUNTIME_INSTALL}")
     return Environment(
         cpu=cpu_info(),
         python=platform.python_version(),

@@ -11,6 +11,7 @@ import math
 
 MISSING = "–"
 SPEEDUP_COLUMN = "Speed-up"
+CHOSEN_MARK = "◀"  # the chosen row of a table of candidates (tune's, the report's Deployment table)
 SPEEDUP_MEANING = "ONNX FP32's median latency divided by the row's (higher is faster), timed side by side in one run"
 
 
@@ -23,6 +24,11 @@ def ms(value: float | None, *, unit: bool = False) -> str:
     if _missing(value):
         return MISSING
     return f"{value:,.2f}" + (" ms" if unit else "")
+
+
+def ms_interval(value: float | None, interval: tuple[float, float] | None) -> str:
+    """A median with its 95% interval, so that a gap can be read against the noise: ``0.61 (95% 0.59-0.64)``."""
+    return ms(value) + (f" (95% {ms(interval[0])}-{ms(interval[1])})" if interval and not _missing(value) else "")
 
 
 def axis_ms(value: float) -> str:

@@ -181,7 +181,7 @@ def export_onnx(
     requested = options.resolved_opset
     exporter = Exporter(options.exporter)
     report = on_progress or (lambda progress: None)
-    report(Progress(STAGE, "build"))
+    report(Progress(STAGE, "build", detail=options.arch or (str(source) if source else None)))
     loaded, metadata = resolve_export(source, options)
     if source is None:
         warnings.warn(
@@ -191,8 +191,9 @@ def export_onnx(
             ResnetEdgeWarning,
             stacklevel=2,
         )
-    report(Progress(STAGE, "export"))
+    report(Progress(STAGE, "export", detail=f"{exporter.value} exporter, opset {requested}"))
     model_proto = run_exporter(loaded.model, metadata.preprocessing, options)
+    remove_identity_nodes(model_proto)
 
     opset = opset_of(model_proto)
     if opset != requested:
@@ -208,7 +209,7 @@ def export_onnx(
     model_proto.producer_name = "resnet-edge"
     model_proto.producer_version = __version__
 
-    report(Progress(STAGE, "check"))
+    report(Progress(STAGE, "check", detail="onnxruntime against PyTorch"))
     parity = check_against_torch(loaded.model, model_proto, metadata.preprocessing, batch=options.batch)
     file_bytes = save_onnx(model_proto, output)
     data = model_proto.SerializeToString()
@@ -277,6 +278,35 @@ def run_exporter(model: torch.nn.Module, spec: PreprocessSpec, options: ExportOp
     model_proto = program.model_proto
     name_nodes_by_module(model_proto)
     return model_proto
+
+
+def remove_identity_nodes(model: onnx.ModelProto) -> int:
+    """Remove the graph's Identity nodes, each reader reading the Identity's input instead; returns how many.
+
+    The TorchScript exporter's constant folding shares equal initializers (the zero biases BatchNorm folding leaves,
+    say) and gives each user its own name through an Identity: 47 of them in a ResNet-50, in a file meant to be
+    deployed as it is (issue 22). An Identity that writes a graph output stays (the output keeps its name).
+    """
+    outputs = {o.name for o in model.graph.output}
+    renamed: dict[str, str] = {}
+    kept = []
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.output[0] not in outputs:
+            renamed[node.output[0]] = renamed.get(node.input[0], node.input[0])
+        else:
+            kept.append(node)
+    if not renamed:
+        return 0
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    dropped = [v for v in model.graph.value_info if v.name not in renamed]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(dropped)
+    return len(renamed)
 
 
 def name_nodes_by_module(model: onnx.ModelProto) -> None:

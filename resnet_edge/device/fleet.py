@@ -45,6 +45,7 @@ from resnet_edge.evaluation.validate import (
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import preprocessing_for
 from resnet_edge.onnx.placement import ExecutedNode, placement_from_json
+from resnet_edge.progress import Progress
 from resnet_edge.quantization.coverage import coverage_of
 from resnet_edge.timing import LatencyStats, Timed
 
@@ -174,7 +175,10 @@ def benchmark_on_targets(
             run.io[provider] = data["io"]
             sessions = {k: (v["ran_on"], v["providers_used"]) for k, v in data["sessions"].items()}
             cold = {k: v["cold_start_ms"] for k, v in data["sessions"].items()}
-            placements = {k: placement_from_json(v.get("placement")) for k, v in data["sessions"].items()}
+            placements = {
+                k: placement_from_json(v.get("placement"), model_nodes=len(protos[k].graph.node))
+                for k, v in data["sessions"].items()
+            }
             coverages = {k: coverage_of(protos[k], _executed(v)) for k, v in data["sessions"].items()}
             by_batch: dict[int, list[Timed]] = {}
             for t in data["timed"]:
@@ -255,7 +259,7 @@ def validate_on_targets(
                         arrays[output_key(index, provider)],
                         where["ran_on"],
                         where["providers_used"],
-                        placement_from_json(where.get("placement")),
+                        placement_from_json(where.get("placement"), model_nodes=len(plan.protos[name].graph.node)),
                         _executed(where),
                     )
             rows += judge_outputs(plan, expected, y, outputs)
@@ -311,7 +315,7 @@ def _on_each(
         try:
             document, transfer = session.run_job(job, files)
         except ResnetEdgeError as exc:
-            progress(target.name, f"failed: {exc}")
+            progress(target.name, "failed")  # the error itself is printed once, by the caller (issue 22)
             return TargetRun(target.name, False, error=str(exc), seconds=time.perf_counter() - started), None
         thermal = document.get("thermal") or {}
         run = TargetRun(
@@ -385,9 +389,16 @@ def tune_on_target(
         judged = validate_on_targets(paths, [device], Reference(onnx=reference), thresholds, **where)
         if judged.failed:
             raise ResnetEdgeError(judged.targets[0].error)
+        if run.emulated:  # timings under emulation are not the device's: tune does not use them, so none are taken
+            return judged.results[device.name], FleetBenchmarkResult([], [], timing, {})
         timed = benchmark_on_targets(paths, [device], timing, **where)
         if timed.failed:
             raise ResnetEdgeError(timed.targets[0].error)
         return judged.results[device.name], timed
 
-    return tune_model(model_path, output, options, site=site, measure=measure)
+    def phase(progress: Progress) -> None:  # tune's own phases (build, judge and time), named as the runner's are
+        if on_progress is not None:
+            count = f" ({progress.done + 1} of {progress.total})" if progress.total else ""
+            on_progress(run.target, f"tune: {progress.step}{count}")
+
+    return tune_model(model_path, output, options, site=site, measure=measure, on_progress=phase)

@@ -358,8 +358,13 @@ def main(argv: list[str] | None = None) -> int:
     """``runner JOB.json`` or ``runner --facts``: one JSON document on stdout; exit 0 only on success."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv == ["--facts"]:
-        print(json.dumps({"ok": True, "format": JOB_FORMAT, "facts": asdict(collect_facts())}))
-        return 0
+        facts = {"ok": True, "format": JOB_FORMAT, "facts": asdict(collect_facts())}
+        try:
+            _check_packages()
+        except RunnerError as exc:  # facts alone need neither; a job needs both: say it cannot run one (issue 22)
+            facts.update(_error(exc.kind, f"this device cannot run jobs: {exc}", **exc.extra), facts=facts["facts"])
+        print(json.dumps(facts))
+        return 0 if facts["ok"] else ERROR_EXIT
     if len(argv) != 1:
         print(json.dumps(_error("usage", "usage: runner.pyz JOB.json | --facts")))
         return ERROR_EXIT

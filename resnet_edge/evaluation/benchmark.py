@@ -143,10 +143,15 @@ def benchmark_models(
     def images(name: str, batch: int) -> np.ndarray:
         return _images(specs[name], batch, data[name], pools)
 
+    if options.torch_reference and on_progress is not None:
+        on_progress(Progress(STAGE, "load the PyTorch reference", detail=str(options.torch_reference)))
     torch_runner = _torch_reference(options.torch_reference, protos, threads) if options.torch_reference else None
     rows: list[BenchmarkRow] = []
     io: dict[str, str] = {}
     for provider in options.providers:
+        if on_progress is not None:  # cold starts and placement audits: seconds for a large model, before any round
+            detail = f"{len(protos)} model{'s' if len(protos) > 1 else ''}, cold start and placement audit"
+            on_progress(Progress(STAGE, f"open sessions on {provider.value}", detail=detail))
         sessions: dict[str, Session] = {}
         cold: dict[str, float] = {}
         for name, proto in protos.items():

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from resnet_edge import formatting as fmt
 from resnet_edge.artifacts import (
     atomic_output,
     path_for_record,
@@ -142,6 +143,9 @@ class TuneResult:
     device: dict | None = None  # that device's facts
     reason: str = ""  # why the chosen candidate, with the timing intervals behind it
     random_weights: bool = False  # the model's weights are known to be random: INT8/FP16 judged by logit error
+    # False on an emulated device: timings under emulation are not the device's, so the choice rests on parity and
+    # integer coverage alone (issue 22) and the candidates carry no timings.
+    timing_used: bool = True
 
 
 def tune_model(
@@ -197,7 +201,8 @@ def tune_model(
     random_weights = read_metadata(fp32).random_weights
     if site.emulated:
         warnings.warn(
-            f"{site.target} runs under emulation: parity is real, but the choice rests on emulated timings",
+            f"{site.target} runs under emulation: parity and integer coverage are real and decide; its timings are"
+            " not the device's and are not used",
             ResnetEdgeWarning,
             stacklevel=2,
         )
@@ -219,13 +224,13 @@ def tune_model(
         if baseline is not None:
             flat = [_with_speedup(c, baseline) for c in flat]
             _warn_noisy_baseline(baseline)
-        passing = [c for c in flat if c.passed and options.batch in c.p50_ms]
+        passing = [c for c in flat if c.passed and (site.emulated or options.batch in c.p50_ms)]
         if not passing:
             raise CheckFailedError(
                 "no candidate passed parity against FP32: "
                 + "; ".join(f"{c.name} on {c.provider}: {', '.join(c.failures) or c.error}" for c in flat)
             )
-        chosen, reason = rank_candidates(passing, options.batch)
+        chosen, reason = rank_by_coverage(passing) if site.emulated else rank_candidates(passing, options.batch)
         knobs: list[dict] = []
         if options.knobs and site.target is None and measure is _measure_here:
             chosen, knobs, knob_reason = search_knobs(chosen, options)
@@ -247,6 +252,7 @@ def tune_model(
             "thresholds": _thresholds_record(options, random_weights),
             "target": site.target,
             "device": site.facts,
+            "timing_used": not site.emulated,
             "candidates": [_as_record(c, record_path.parent) for c in flat],
             "knobs": knobs,
         }
@@ -267,6 +273,7 @@ def tune_model(
         device=site.facts,
         reason=reason,
         random_weights=random_weights,
+        timing_used=not site.emulated,
     )
 
 
@@ -770,9 +777,36 @@ def rank_candidates(passing: Sequence[Candidate], batch: int) -> tuple[Candidate
     )
 
 
+EMULATED_CHOICE = "timing under emulation was not used: chosen by parity and integer coverage"
+
+
+def rank_by_coverage(passing: Sequence[Candidate]) -> tuple[Candidate, str]:
+    """The candidate to deploy where timings cannot be trusted at all (an emulated device), and why.
+
+    The passing candidate whose Conv/Gemm MACs run most in integer kernels there (FP32 runs none), then the higher
+    top-1 agreement, then the smaller logit error; the order tried breaks a tie (QDQ before QOperator).
+    """
+    chosen = max(
+        passing,
+        key=lambda c: (
+            c.integer_fraction or 0.0,
+            c.top1_agreement if c.top1_agreement is not None else 0.0,
+            -(c.max_abs_error if c.max_abs_error is not None else float("inf")),
+        ),
+    )
+    coverage = fmt.percent(chosen.integer_fraction or 0.0, digits=0)
+    return chosen, (
+        f"{EMULATED_CHOICE}: {coverage} of its Conv/Gemm MACs in integer kernels, top-1 agreement"
+        f" {fmt.percent(chosen.top1_agreement)}"
+    )
+
+
 def _with_interval(c: Candidate, batch: int) -> str:
-    interval = c.p50_interval_ms.get(batch)
-    return f"{c.p50_ms[batch]:.3g} ms" + (f" (95% {interval[0]:.3g}-{interval[1]:.3g})" if interval else "")
+    return f"{fmt.ms(c.p50_ms[batch], unit=True)}" + (
+        f" (95% {fmt.ms(c.p50_interval_ms[batch][0])}-{fmt.ms(c.p50_interval_ms[batch][1])})"
+        if batch in c.p50_interval_ms
+        else ""
+    )
 
 
 def _named(c: Candidate, batch: int) -> str:

@@ -44,7 +44,7 @@ from resnet_edge.onnx.parity import (
 )
 from resnet_edge.onnx.placement import ExecutedNode, Placement
 from resnet_edge.onnx.providers import Provider
-from resnet_edge.onnx.runtime import open_session
+from resnet_edge.onnx.runtime import Session, open_session
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.coverage import IntegerCoverage, coverage_of
 
@@ -113,6 +113,12 @@ class ValidateResult:
     @property
     def passed(self) -> bool:
         return all(row.passed for row in self.rows)
+
+    @property
+    def absent_providers(self) -> list[str]:
+        """Requested providers that ran nothing: every row of theirs fell back (to cpu), so no figure is theirs."""
+        requested = list(dict.fromkeys(row.provider for row in self.rows))
+        return [p for p in requested if all(r.fell_back for r in self.rows if r.provider == p)]
 
 
 @dataclass
@@ -224,11 +230,13 @@ def validate_models(
     done = 0
     labelled = True
     for key, names in plan.groups.items():
-        sessions = {
+        opened = {
             (name, p): open_session(plan.protos[name], p, strict=options.strict_ep)
             for name in names
             for p in options.providers
         }
+        same_as = _fallbacks_already_run(opened)
+        sessions = {k: s for k, s in opened.items() if k not in same_as}
         expected_parts: list[np.ndarray] = []
         got_parts: dict[tuple[str, Provider], list[np.ndarray]] = {k: [] for k in sessions}
         labels: list[int | None] = []
@@ -244,12 +252,35 @@ def validate_models(
         labelled = labelled and y is not None
         outputs = {
             (name, provider.value): Outputs(
-                np.concatenate(got_parts[(name, provider)]), s.ran_on, s.providers_used, s.placement, s.executed
+                np.concatenate(got_parts[same_as.get((name, provider), (name, provider))]),
+                s.ran_on,
+                s.providers_used,
+                s.placement,
+                s.executed,
             )
-            for (name, provider), s in sessions.items()
+            for (name, provider), s in opened.items()
         }
         rows += judge_outputs(plan, np.concatenate(expected_parts), y, outputs)
     return finish_validation(plan, rows, labelled)
+
+
+def _fallbacks_already_run(sessions: dict[tuple[str, Provider], Session]) -> dict:
+    """Sessions that fell back to the CPU where a plain CPU session of the same model runs too (``--providers
+    cpu,cuda`` without a GPU), each mapped to that one: the same provider is not run twice (issue 22). Their rows
+    keep their outputs and say they fell back."""
+    runs = {}  # (model, providers really used) -> the session that runs there: one asked for there, if any
+    for (name, provider), session in sessions.items():
+        if not session.fell_back and not provider.options:  # a CPU session with options of its own is another run
+            runs.setdefault((name, tuple(session.providers_used)), (name, provider))
+    same_as = {}
+    for (name, provider), session in sessions.items():
+        if session.fell_back:
+            key = (name, tuple(session.providers_used))
+            if key in runs:
+                same_as[(name, provider)] = runs[key]
+            else:
+                runs[key] = (name, provider)  # the first fallback runs; another to the same place shares it
+    return same_as
 
 
 @dataclass(frozen=True)

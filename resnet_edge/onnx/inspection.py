@@ -59,7 +59,8 @@ def inspect_onnx(path: Path | str) -> InspectResult:
         macs_per_image=macs_per_image(model),
         quantized=is_quantized(model),
         batch_norm_nodes=batch_norm_nodes(model),
-        metadata=read_props(model),
+        # The producer is said once, in the header (write_props keeps the header and the key the same).
+        metadata={k: v for k, v in read_props(model).items() if k != "producer"},
     )
 
 

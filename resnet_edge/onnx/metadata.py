@@ -117,11 +117,19 @@ def read_props(model: onnx.ModelProto) -> dict[str, str]:
 
 
 def write_props(model: onnx.ModelProto, props: dict[str, str]) -> None:
-    """Set ``props`` on ``model``, replacing keys that exist and keeping the others."""
+    """Set ``props`` on ``model``, replacing keys that exist and keeping the others.
+
+    A model that describes itself as resnet-edge's (its ``producer`` key) is also stamped so in the ONNX header:
+    onnxruntime's quantizer writes ``onnx.quantize 0.1.0`` there, and a file shows one producer (issue 22).
+    """
+    from resnet_edge import __version__
+
     merged = read_props(model) | props
     del model.metadata_props[:]
     for key, value in merged.items():
         model.metadata_props.add(key=key, value=value)
+    if merged.get("producer") == PRODUCER:
+        model.producer_name, model.producer_version = PRODUCER, __version__
 
 
 def write_with_record(

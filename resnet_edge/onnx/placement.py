@@ -54,6 +54,9 @@ class Placement:
     total: int
     shares: list[ProviderShare]
     compute_elsewhere: dict[str, int] = field(default_factory=dict)  # compute op types run off the requested provider
+    # The file's own node count, where known: ``total`` counts nodes as onnxruntime ran them, after its fusions, so
+    # the two differ (24 run of a resnet20's 52), and a graph with outputs exposed fuses less (issue 22).
+    model_nodes: int | None = None
     note: str = ""  # what else the runtime said: the OpenVINO runtime's inference precision and its layers' precisions
 
     @property
@@ -62,11 +65,13 @@ class Placement:
         return bool(self.compute_elsewhere) or not any(s.provider == self.requested for s in self.shares)
 
     def describe(self) -> str:
-        """``openvino: 121 of 123 nodes (1 compiled subgraph); cpu: 2 (Flatten, Softmax)``."""
+        """``openvino: 121 of 123 nodes (1 compiled subgraph); cpu: 2 (Flatten, Softmax)``; with the file's own
+        count when it differs: ``cpu: 37 of 37 nodes as onnxruntime ran them (145 in the file)``."""
         parts = []
+        counted = self._counted()
         for share in self.shares:
             text = f"{share.provider}: {share.nodes}" + (
-                f" of {self.total} nodes" if share.provider == self.requested else ""
+                f" of {self.total} {counted}" if share.provider == self.requested else ""
             )
             if share.subgraphs:
                 text += f" ({share.subgraphs} compiled subgraph{'s' if share.subgraphs > 1 else ''})"
@@ -75,8 +80,13 @@ class Placement:
                 text += f" ({', '.join(ops[:6])}{', ...' if len(ops) > 6 else ''})"
             parts.append(text)
         if not any(s.provider == self.requested for s in self.shares):
-            parts.insert(0, f"{self.requested}: 0 of {self.total} nodes")
+            parts.insert(0, f"{self.requested}: 0 of {self.total} {counted}")
         return "; ".join(parts + ([self.note] if self.note else []))
+
+    def _counted(self) -> str:
+        if self.model_nodes is None or self.model_nodes == self.total:
+            return "nodes"
+        return f"nodes as onnxruntime ran them ({self.model_nodes} in the file)"
 
 
 @dataclass(frozen=True)
@@ -133,13 +143,22 @@ def executed_nodes_from_profile(events: Sequence[dict]) -> list[ExecutedNode]:
     return list(seen.values())
 
 
-def placement_from_json(data: dict | None) -> Placement | None:
-    """A :class:`Placement` from its JSON form (``dataclasses.asdict``), as a device runner returns it."""
+def placement_from_json(data: dict | None, *, model_nodes: int | None = None) -> Placement | None:
+    """A :class:`Placement` from its JSON form (``dataclasses.asdict``), as a device runner returns it.
+
+    Args:
+        model_nodes: the file's node count, which the host knows and a device without onnx does not.
+    """
     if not data:
         return None
     shares = [ProviderShare(**share) for share in data.get("shares", [])]
     return Placement(
-        data["requested"], data["total"], shares, dict(data.get("compute_elsewhere", {})), str(data.get("note", ""))
+        data["requested"],
+        data["total"],
+        shares,
+        dict(data.get("compute_elsewhere", {})),
+        model_nodes=model_nodes if model_nodes is not None else data.get("model_nodes"),
+        note=str(data.get("note", "")),
     )
 
 
@@ -182,4 +201,4 @@ def placement_from_profile(events: Sequence[dict], requested: str, *, model_node
         key=lambda s: (s.provider != requested, -s.nodes, s.provider),
     )
     elsewhere: Counter = Counter(op for p, op in seen.values() if p != requested and is_compute_op(op))
-    return Placement(requested, sum(counts.values()), shares, dict(elsewhere))
+    return Placement(requested, sum(counts.values()), shares, dict(elsewhere), model_nodes=model_nodes)

@@ -227,9 +227,10 @@ OPTIONS: dict[str, Option] = {
     "targets": _option(
         "benchmark",
         "run.targets",
-        help="Also benchmark and report on this device, repeatable: ssh://[user@]host[:port], local or 'exec:COMMAND"
-        " PREFIX' (see benchmark --help; an emulated one is reported, never ranked). (A value that"
-        " names an INT8 target, as in earlier releases, is taken as --int8-target.)",
+        help="Also benchmark and report on this device, and choose the deployment there (tune runs on it, one"
+        " model.tuned file per device), repeatable: ssh://[user@]host[:port], local or 'exec:COMMAND PREFIX' (see"
+        " benchmark --help; an emulated one is reported, never ranked, and its deployment is chosen by parity and"
+        " integer coverage). (A value that names an INT8 target, as in earlier releases, is taken as --int8-target.)",
         flag="--target",
         multiple=True,
     ),

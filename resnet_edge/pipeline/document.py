@@ -55,8 +55,8 @@ class _Object:
             raise _malformed(self._at(key), what, value)
         return value
 
-    def text(self, key: str, *, optional: bool = False) -> str | None:
-        return self._get(key, (str,), "a string", optional=optional, missing_ok=False)
+    def text(self, key: str, *, optional: bool = False, missing_ok: bool = False) -> str | None:
+        return self._get(key, (str,), "a string", optional=optional, missing_ok=missing_ok)
 
     def integer(self, key: str, *, optional: bool = False, missing_ok: bool = False) -> int | None:
         return self._get(key, (int,), "an integer", optional=optional, missing_ok=missing_ok)
@@ -64,8 +64,8 @@ class _Object:
     def number(self, key: str, *, optional: bool = False, missing_ok: bool = False) -> float | None:
         return self._get(key, _NUMBER, "a number", optional=optional, missing_ok=missing_ok)
 
-    def flag(self, key: str, *, optional: bool = False) -> bool | None:
-        return self._get(key, (bool,), "true or false", optional=optional, missing_ok=False)
+    def flag(self, key: str, *, optional: bool = False, missing_ok: bool = False) -> bool | None:
+        return self._get(key, (bool,), "true or false", optional=optional, missing_ok=missing_ok)
 
     def value(self, key: str) -> object:
         """Any JSON value (a configuration option's), present but of no fixed type."""
@@ -419,6 +419,12 @@ class Deployment:
     max_abs_error: float | None
     parity: str  # "pass" or "fail"
     record: str  # the file that lists every candidate
+    # Where it was measured (issue 22; absent from reports written before): a --target device or None (here), the
+    # device in a line, whether timing counted (not under emulation), and why this candidate.
+    target: str | None = None
+    measured_on: str | None = None
+    timing_used: bool = True
+    reason: str | None = None
 
     @classmethod
     def from_json(cls, data: _Object) -> Deployment:
@@ -434,7 +440,15 @@ class Deployment:
             max_abs_error=data.number("max_abs_error", optional=True),
             parity=data.text("parity"),
             record=data.text("record"),
+            target=data.text("target", optional=True, missing_ok=True),
+            measured_on=data.text("measured_on", optional=True, missing_ok=True),
+            timing_used=data.flag("timing_used", missing_ok=True) is not False,
+            reason=data.text("reason", optional=True, missing_ok=True),
         )
+
+
+def _deployment_entry(data: _Object) -> tuple[Deployment, TuneSection | None]:
+    return data.parse("deployment", Deployment.from_json), data.parse("tune", TuneSection.from_json, optional=True)
 
 
 @dataclass(frozen=True)
@@ -553,6 +567,8 @@ class ReportDocument:
     environment: Environment
     stages: Stages
     deployment: Deployment | None  # what tune chose; None without tune
+    # Every deployment with its candidates: one per --target device, else the one chosen here (or none).
+    deployments: tuple[tuple[Deployment, TuneSection | None], ...] = ()
 
     @property
     def completed(self) -> bool:
@@ -566,7 +582,7 @@ class ReportDocument:
             ReportFormatError: a key a page needs is missing or holds the wrong type; the message names it.
         """
         root = _Object(data, "")  # read in report.json's order, so the first key amiss is the one named
-        return cls(
+        fields = dict(
             version=root.text("resnet_edge"),
             status=root.text("status"),
             error=root.text("error", optional=True),
@@ -578,6 +594,12 @@ class ReportDocument:
             stages=root.parse("stages", Stages.from_json),
             deployment=root.parse("deployment", Deployment.from_json, optional=True),
         )
+        listed = root._get("deployments", (list,), "a list", optional=True, missing_ok=True)  # added in issue 22
+        if listed is not None:
+            deployments = root.items("deployments", _deployment_entry)
+        else:  # a report written before: its one deployment
+            deployments = ((fields["deployment"], fields["stages"].tune),) if fields["deployment"] else ()
+        return cls(**fields, deployments=deployments)
 
     @classmethod
     def read(cls, path: Path | str) -> ReportDocument:

@@ -123,12 +123,23 @@ def _plot_ops(plt: Any, plots: dict) -> Any:
 
 
 def _plot_devices(plt: Any, plots: dict) -> Any:
-    """Median latency per device and model. None when there is nothing to draw."""
-    devices = plots["devices"]["p50_ms"]
-    if not devices:
-        return None
+    """Median latency per device and model (:func:`device_figure`). None when there is nothing to draw."""
+    return device_figure(plots["devices"]) if plots["devices"]["p50_ms"] else None
+
+
+def device_figure(devices_plot: dict) -> object:
+    """Latency by device: one group of bars per device (this machine's first, as report.device_series puts it), one
+    bar per model, each labelled with its median. The legend sits below the axes, never over a bar (issue 22).
+
+    Args:
+        devices_plot: report.json's ``plots.devices``: ``batch``, ``p50_ms`` (device -> model -> ms),
+            ``emulated_left_out``.
+    """
+    import matplotlib.pyplot as plt
+
+    devices = devices_plot["p50_ms"]
     models = list(dict.fromkeys(m for per in devices.values() for m in per))
-    fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 0.5 * len(devices) * len(models) + 1.6), dpi=PLOT_DPI)
+    fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 0.5 * len(devices) * len(models) + 2.2), dpi=PLOT_DPI)
     height = 0.8 / len(models)
     for i, model in enumerate(models):
         y = [j + i * height for j in range(len(devices))]
@@ -137,14 +148,16 @@ def _plot_devices(plt: Any, plots: dict) -> Any:
         ax.bar_label(bars, labels=[f" {fmt.ms(v, unit=True)}" if v else "" for v in values])
     ax.set_yticks([j + 0.4 - height / 2 for j in range(len(devices))], list(devices))
     ax.invert_yaxis()
-    left_out = len(plots["devices"].get("emulated_left_out") or [])
+    longest = max((v for per in devices.values() for v in per.values()), default=1.0)
+    ax.set_xlim(0, longest * 1.25)  # room for the bar labels inside the axes
+    left_out = len(devices_plot.get("emulated_left_out") or [])
     ax.set_xlabel(
         "median latency (ms)"
-        + (f"\n{left_out} emulated target(s) left out: timings under emulation are not ARM timings"
-           if left_out else "")
-    )  # fmt: skip
-    ax.set_title(f"Latency by device at batch {plots['devices']['batch']}")
-    ax.legend(loc="lower right")
+        + (f"\n{left_out} emulated target(s) left out: timings under emulation are not ARM timings" if left_out else "")
+    )
+    ax.set_title(f"Latency by device at batch {devices_plot['batch']}")
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=min(len(models), 3), frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(models) - 1) // 3), 1, 1))  # the legend's strip below the axes
     return fig
 
 
@@ -167,7 +180,8 @@ def _latency_axis(axis: object, low: float, high: float, set_scale: object) -> N
 
 
 def _save(fig: object, path: Path) -> str:
-    fig.tight_layout()
+    if not fig.legends:  # a figure legend has its strip laid out already (device_figure)
+        fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")
     return path.name

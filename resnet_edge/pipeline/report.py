@@ -15,13 +15,14 @@ import html
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from resnet_edge import __version__
 from resnet_edge import formatting as fmt
 from resnet_edge.artifacts import sha256_file, write_json_atomic, write_text_atomic
 from resnet_edge.jsonable import to_jsonable
 from resnet_edge.pipeline.config import FROM_ARGUMENT, FROM_CHECKPOINT, FROM_DEFAULT, option_key
-from resnet_edge.pipeline.document import Latency, ReportDocument, TimedRow, VariantRow
+from resnet_edge.pipeline.document import Deployment, Latency, ReportDocument, TimedRow, TuneSection, VariantRow
 from resnet_edge.pipeline.plots import write_plots
 from resnet_edge.pipeline.result import (
     FILES,
@@ -31,6 +32,9 @@ from resnet_edge.pipeline.result import (
     STAGES,
     PipelineResult,
 )
+
+if TYPE_CHECKING:
+    from resnet_edge.evaluation.tune import TuneResult
 
 VARIANTS = {
     FILES["export"]: "ONNX FP32",
@@ -44,7 +48,7 @@ def summarize(result: PipelineResult) -> dict:
     """The head table (``rows``: one :class:`VariantRow` per variant and provider, at the first batch size) and the
     series each plot shows (``plots``, as report.json holds them)."""
     rows = []
-    bench = result.benchmark
+    bench = getattr(result, "benchmark", None)
     valid = result.validate
     first_batch = result.config.batch_sizes[0]
     providers = list(dict.fromkeys(r.provider for r in valid.rows)) if valid else list(result.config.providers)
@@ -85,12 +89,22 @@ def summarize(result: PipelineResult) -> dict:
     return {"rows": rows, "plots": plots}
 
 
+HOST_ROW = "this machine"  # the benchmark stage's row beside the devices' ("how much slower is my Pi")
+
+
 def device_series(result: PipelineResult, batch: int) -> dict:
-    """p50 per (target, model) at the first batch size, for the latency-by-device plot (``--target`` runs).
+    """p50 per (target, model) at the first batch size, for the latency-by-device plot (``--target`` runs), with this
+    machine's benchmark stage first (its first provider; issue 22) unless ``local`` is one of the targets.
     Emulated targets are left out (their timings are not the emulated CPU's) and listed as such."""
     devices = getattr(result, "devices", None)
     emulated = [t.target for t in devices.targets if getattr(t, "emulated", False)] if devices else []
     series: dict[str, dict[str, float]] = {}
+    bench = getattr(result, "benchmark", None)
+    if devices and devices.rows and bench and bench.rows and "local" not in {t.target for t in devices.targets}:
+        provider = bench.rows[0].provider
+        for r in bench.rows:
+            if r.latency and r.batch == batch and r.provider == provider and r.model in VARIANTS and r.path is not None:
+                series.setdefault(HOST_ROW, {})[VARIANTS[r.model]] = r.latency.p50_ms
     for r in devices.rows if devices else []:
         if r.latency and r.batch == batch and r.target not in emulated:
             series.setdefault(r.target, {})[VARIANTS.get(r.model, r.model)] = r.latency.p50_ms
@@ -181,8 +195,13 @@ def write_report(result: PipelineResult, folder: Path) -> None:
         "environment": to_jsonable(result.benchmark.environment) if result.benchmark else _environment(),
         "stages": {name: to_jsonable(getattr(result, name)) for name in STAGES},
     }
-    report["stages"]["tune"] = _tune_stage(result, folder)
-    report["deployment"] = _deployment(result, folder)
+    report["stages"]["tune"] = _tune_stage(result, folder, result.tune)
+    report["deployment"] = _deployment(result, folder, result.tune)
+    # One per device with --target (each chosen there); the first is "deployment" and stages.tune above.
+    report["deployments"] = [
+        {"deployment": _deployment(result, folder, tuned), "tune": _tune_stage(result, folder, tuned)}
+        for tuned in result.tunes
+    ]
     report = _relative_paths(report, result, folder)
     write_json_atomic(folder / REPORT_JSON, report)
     document = ReportDocument.read(folder / REPORT_JSON)
@@ -234,13 +253,13 @@ def describe_config(result: PipelineResult) -> tuple[dict[str, object], dict[str
     return values, sources
 
 
-def _tune_stage(result: PipelineResult, folder: Path) -> dict | None:
-    """The tune stage as JSON; a candidate's file only where the run kept it (tune builds the other candidates in a
+def _tune_stage(result: PipelineResult, folder: Path, tuned: TuneResult | None) -> dict | None:
+    """A tune run as JSON; a candidate's file only where the run kept it (tune builds the other candidates in a
     temporary folder and keeps only the chosen one)."""
-    if result.tune is None:
+    if tuned is None:
         return None
-    data = to_jsonable(result.tune)
-    tried = [result.tune.chosen, *result.tune.candidates]
+    data = to_jsonable(tuned)
+    tried = [tuned.chosen, *tuned.candidates]
     for candidate, written in zip(tried, [data["chosen"], *data["candidates"]], strict=True):
         written["path"] = _kept(candidate.path, result, folder)
     return data
@@ -251,11 +270,12 @@ def _kept(path: str | None, result: PipelineResult, folder: Path) -> str | None:
     return path if path and Path(path).parent == folder and Path(path).name in result.artifacts else None
 
 
-def _deployment(result: PipelineResult, folder: Path) -> dict | None:
-    """What tune chose, in a few fields: the file, where to run it, how much faster, how close to FP32."""
-    if result.tune is None:
+def _deployment(result: PipelineResult, folder: Path, tuned: TuneResult | None) -> dict | None:
+    """What tune chose, in a few fields: the file, where to run it, how much faster, how close to FP32, and the
+    device it was measured on (None: this machine)."""
+    if tuned is None:
         return None
-    chosen, batch = result.tune.chosen, max(result.tune.batch_sizes)
+    chosen, batch = tuned.chosen, max(tuned.batch_sizes)
     deployment = {
         "file": _kept(chosen.path, result, folder),
         "candidate": chosen.name,
@@ -267,9 +287,24 @@ def _deployment(result: PipelineResult, folder: Path) -> dict | None:
         "top1_agreement": chosen.top1_agreement,
         "max_abs_error": chosen.max_abs_error,
         "parity": "pass" if chosen.passed else "fail",
-        "record": result.tune.record,
+        "record": tuned.record,
+        "target": tuned.target,
+        "measured_on": _measured_on(tuned.device),
+        "timing_used": tuned.timing_used,
+        "reason": tuned.reason,
     }
     return to_jsonable(deployment)
+
+
+def _measured_on(facts: dict | None) -> str | None:
+    """A device's facts in a line: host name, CPU, cores, onnxruntime (None: measured on this machine)."""
+    if not facts:
+        return None
+    return (
+        f"{facts.get('hostname')}, {facts.get('cpu_model')} ({facts.get('architecture')},"
+        f" {facts.get('usable_cores')} cores), onnxruntime {facts.get('onnxruntime')}"
+        f"{' under emulation' if facts.get('emulated') else ''}"
+    )
 
 
 def _relative_paths(report: dict, result: PipelineResult, folder: Path) -> dict:
@@ -463,9 +498,12 @@ def render_markdown(report: ReportDocument) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in device_rows] + [""]
         if report.plots.devices:
             lines += [f"![Latency by device]({report.plots.devices})", ""]
-    tune_sentence, tune_headers, tune_rows = _tune_cells(report)
-    if tune_sentence:
-        lines += ["## Deployment (tune)", "", f"Chosen: {tune_sentence}", ""]
+    for chosen, tune in report.deployments:
+        tune_sentence, tune_headers, tune_rows = _tune_cells(tune, chosen)
+        if not tune_sentence:
+            continue
+        lines += [f"## {_deployment_title(chosen)}", "", *(f"{line}" for line in _deployment_notes(chosen))]
+        lines += [f"Chosen: {tune_sentence}", "", *([f"Why: {chosen.reason}.", ""] if chosen.reason else [])]
         lines += ["| " + " | ".join(tune_headers) + " |", "|" + "---|" * len(tune_headers)]
         lines += ["| " + " | ".join(r) + " |" for r in tune_rows] + [""]
     lines += [
@@ -532,9 +570,27 @@ def _device_cells(report: ReportDocument) -> tuple[list[str], list[list[str]], l
     return headers, rows, facts
 
 
-def _tune_cells(report: ReportDocument) -> tuple[str | None, list[str], list[list[str]]]:
+def _deployment_title(chosen: Deployment) -> str:
+    """``Deployment (tune)``, and the device it was chosen on (issue 22: it was chosen here, and did not say)."""
+    return "Deployment (tune)" + (f" on {chosen.target}" if chosen.target else "")
+
+
+def _deployment_notes(chosen: Deployment) -> list[str]:
+    """Where the candidates were measured and, under emulation, that timing was not used; each a paragraph."""
+    notes = []
+    if chosen.target:
+        notes += [f"Measured on {chosen.target}: {chosen.measured_on or 'the device'}.", ""]
+    if not chosen.timing_used:
+        notes += [
+            "Timing under emulation was not used: the choice rests on parity and integer coverage, which are real"
+            " there; the timings of an emulated CPU are no device's.",
+            "",
+        ]
+    return notes
+
+
+def _tune_cells(tune: TuneSection | None, chosen: Deployment | None) -> tuple[str | None, list[str], list[list[str]]]:
     """The chosen deployment in one sentence, and the table of every candidate tune tried (none without tune)."""
-    tune, chosen = report.stages.tune, report.deployment
     if not tune or not chosen:
         return None, [], []
     batches = tune.batch_sizes
@@ -555,7 +611,7 @@ def _tune_cells(report: ReportDocument) -> tuple[str | None, list[str], list[lis
             "pass" if c.passed else ("error" if c.error else "FAIL"),
             *(fmt.ms(c.p50_ms.get(b)) for b in batches),
             *(fmt.ratio(c.speedup_vs_cpu_fp32.get(b)) for b in batches),
-            "◀" if (c.name, c.provider) == (chosen.candidate, chosen.provider) else "",
+            fmt.CHOSEN_MARK if (c.name, c.provider) == (chosen.candidate, chosen.provider) else "",
         ]
         for c in tune.candidates
     ]
@@ -573,36 +629,43 @@ def _plot_titles(report: ReportDocument) -> list[tuple[str, str]]:
     return [(title, file) for title, file in titles if file]
 
 
+# The page's content width: every table fits a 1280-px window beside a scroll bar (issue 22: the Deployment
+# table's last column hid behind a horizontal scroll bar at 1100 px). Headers wrap between words, and the first two
+# columns (names, files, targets) wrap where they must; the numbers never do.
+PAGE_WIDTH_PX = 1200
+HTML_WINDOW_PX = 1280
+
 # The page's style: one column of tables and figures; at narrow widths the head table becomes one card per variant.
-_CSS = """body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
-       color: #1d2430; padding: 0 1rem; }
-h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
-.status { display: inline-block; padding: .1rem .6rem; border-radius: 1rem; font-weight: 600; }
-.ok { background: #dff5e3; color: #16632a; } .bad { background: #fde2e1; color: #8a1c17; }
-.scroll { overflow-x: auto; margin: 1rem 0; }
-table { border-collapse: collapse; width: 100%; }
-th, td { padding: .4rem .55rem; border-bottom: 1px solid #e3e7ee; text-align: right; white-space: nowrap; }
-th { background: #f3f5f9; font-weight: 600; }
-td:nth-child(1), td:nth-child(2), th:nth-child(1), th:nth-child(2), td:last-child, th:last-child { text-align: left; }
-table.text td, table.text th { text-align: left; white-space: normal; }
-table.hashes td:last-child { font-family: ui-monospace, monospace; font-size: .8rem; word-break: break-all; }
-dl { display: grid; grid-template-columns: max-content 1fr; gap: .3rem 1rem; } dt { font-weight: 600; }
-dd { margin: 0; overflow-wrap: anywhere; }
-.figures { display: grid; grid-template-columns: 1fr; gap: 1rem; max-width: 900px; }
-figure { margin: 0; border: 1px solid #e3e7ee; border-radius: 6px; padding: .5rem; background: #fff; }
-img { width: 100%; height: auto; } figcaption { text-align: center; color: #5b6472; font-size: .9rem; }
-.note { color: #5b6472; font-size: .9rem; }
-@media (max-width: 760px) {
-  body { margin: 1rem auto; font-size: 14px; }
+_CSS = f"""body {{ font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
+       max-width: {PAGE_WIDTH_PX}px; color: #1d2430; padding: 0 1rem; }}
+h1 {{ font-size: 1.6rem; margin-bottom: .2rem; }} h2 {{ font-size: 1.15rem; margin-top: 2rem; }}
+.status {{ display: inline-block; padding: .1rem .6rem; border-radius: 1rem; font-weight: 600; }}
+.ok {{ background: #dff5e3; color: #16632a; }} .bad {{ background: #fde2e1; color: #8a1c17; }}
+.scroll {{ overflow-x: auto; margin: 1rem 0; }}
+table {{ border-collapse: collapse; width: 100%; }}
+th, td {{ padding: .4rem .45rem; border-bottom: 1px solid #e3e7ee; text-align: right; white-space: nowrap; }}
+th {{ background: #f3f5f9; font-weight: 600; white-space: normal; vertical-align: bottom; }}
+td:nth-child(1), td:nth-child(2) {{ white-space: normal; overflow-wrap: anywhere; }}
+td:nth-child(1), td:nth-child(2), th:nth-child(1), th:nth-child(2), td:last-child, th:last-child {{ text-align: left; }}
+table.text td, table.text th {{ text-align: left; white-space: normal; }}
+table.hashes td:last-child {{ font-family: ui-monospace, monospace; font-size: .8rem; word-break: break-all; }}
+dl {{ display: grid; grid-template-columns: max-content 1fr; gap: .3rem 1rem; }} dt {{ font-weight: 600; }}
+dd {{ margin: 0; overflow-wrap: anywhere; }}
+.figures {{ display: grid; grid-template-columns: 1fr; gap: 1rem; max-width: 900px; }}
+figure {{ margin: 0; border: 1px solid #e3e7ee; border-radius: 6px; padding: .5rem; background: #fff; }}
+img {{ width: 100%; height: auto; }} figcaption {{ text-align: center; color: #5b6472; font-size: .9rem; }}
+.note {{ color: #5b6472; font-size: .9rem; }}
+@media (max-width: 760px) {{
+  body {{ margin: 1rem auto; font-size: 14px; }}
   /* The head table becomes one card per variant, each value beside its column name. */
-  table.stack thead { display: none; }
-  table.stack tr { display: block; border: 1px solid #e3e7ee; border-radius: 6px; margin-bottom: .6rem;
-                   padding: .3rem .6rem; }
-  table.stack td { display: flex; justify-content: space-between; border: 0; padding: .12rem 0; }
-  table.stack td::before { content: attr(data-label); font-weight: 600; color: #5b6472; padding-right: 1rem; }
-  table.stack td:first-child { font-weight: 600; }
-  dl { grid-template-columns: 1fr; gap: 0 0; } dd { margin-bottom: .5rem; }
-}
+  table.stack thead {{ display: none; }}
+  table.stack tr {{ display: block; border: 1px solid #e3e7ee; border-radius: 6px; margin-bottom: .6rem;
+                   padding: .3rem .6rem; }}
+  table.stack td {{ display: flex; justify-content: space-between; border: 0; padding: .12rem 0; }}
+  table.stack td::before {{ content: attr(data-label); font-weight: 600; color: #5b6472; padding-right: 1rem; }}
+  table.stack td:first-child {{ font-weight: 600; }}
+  dl {{ grid-template-columns: 1fr; gap: 0 0; }} dd {{ margin-bottom: .5rem; }}
+}}
 """
 
 
@@ -651,12 +714,16 @@ def render_html(report: ReportDocument) -> str:
         for r, text in items) + "</ul>"
         for title, items in _audits(report)
     )  # fmt: skip
-    tune_sentence, tune_headers, tune_rows = _tune_cells(report)
-    deployment = (
-        f"<h2>Deployment (tune)</h2><p>Chosen: {esc(tune_sentence)}</p>{table(tune_headers, tune_rows)}"
-        if tune_sentence
-        else ""
-    )
+    deployment = ""
+    for chosen, tune in report.deployments:
+        tune_sentence, tune_headers, tune_rows = _tune_cells(tune, chosen)
+        if tune_sentence:
+            notes = "".join(f"<p>{esc(note)}</p>" for note in _deployment_notes(chosen) if note)
+            why = f"<p>Why: {esc(chosen.reason)}.</p>" if chosen.reason else ""
+            deployment += (
+                f"<h2>{esc(_deployment_title(chosen))}</h2>{notes}<p>Chosen: {esc(tune_sentence)}</p>{why}"
+                f"{table(tune_headers, tune_rows)}"
+            )
     status_class = "ok" if report.completed else "bad"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>resnet-edge report</title>

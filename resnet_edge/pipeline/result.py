@@ -27,6 +27,23 @@ FILES = {
     "quantize": "model.int8.onnx",
     "tune": "model.tuned.onnx",  # + model.tuned.onnx.json, every candidate tune tried
 }
+
+
+def tuned_file(target: str | None, several: bool) -> str:
+    """The deployment's file: ``model.tuned.onnx``, or with several ``--target`` devices one per device, named after
+    it (``ssh://pi@10.0.0.7:2222`` -> ``model.tuned.pi-10.0.0.7-2222.onnx``; a long exec: prefix shortened, with a
+    hash of the whole so that two stay apart)."""
+    import hashlib
+    import re
+
+    if target is None or not several:
+        return FILES["tune"]
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", target.split("://", 1)[-1]).strip("-.") or "device"
+    if len(slug) > 40:
+        slug = f"{slug[:31]}-{hashlib.sha256(target.encode()).hexdigest()[:8]}"
+    return FILES["tune"].replace(".onnx", f".{slug}.onnx")
+
+
 # The report's files beside them (the plots' are in pipeline/plots.py).
 REPORT_JSON, REPORT_MARKDOWN, REPORT_HTML = "report.json", "report.md", "report.html"
 
@@ -56,7 +73,9 @@ class PipelineResult:
     validate: ValidateResult | None = None
     benchmark: BenchmarkResult | None = None
     devices: FleetBenchmarkResult | None = None  # the models benchmarked on the --target devices
-    tune: TuneResult | None = None  # the deployment chosen by measurement
+    tune: TuneResult | None = None  # the deployment chosen by measurement (the first target's, with --target)
+    # One per --target device, chosen there (issue 22), in the order given; without targets, the one chosen here.
+    tunes: list[TuneResult] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     failed_stage: str | None = None
     error: str | None = None

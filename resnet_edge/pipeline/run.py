@@ -51,7 +51,7 @@ from resnet_edge.pipeline.publish import (
     publish,
     write_manifest,
 )
-from resnet_edge.pipeline.result import FILES, PipelineResult, StageEvent
+from resnet_edge.pipeline.result import FILES, PipelineResult, StageEvent, tuned_file
 from resnet_edge.progress import ProgressCallback
 from resnet_edge.quantization.calibrate import BUNDLED_PHOTOS_NOTE
 from resnet_edge.quantization.quantize import quantize_onnx
@@ -314,18 +314,12 @@ def _run_stages(
     if config.targets:
         with _stage("devices", result, emit) as summary:
             from resnet_edge.device.fleet import benchmark_on_targets, parse_targets
-            from resnet_edge.device.targets import RemoteOptions
 
-            remote = RemoteOptions(
-                python=config.remote_python or RemoteOptions().python,
-                ssh_config=config.ssh_config and Path(config.ssh_config),
-                connect_timeout_s=config.connect_timeout,
-            )
             result.devices = benchmark_on_targets(
                 models,
                 parse_targets(list(config.targets)),
                 dataclasses.replace(options, torch_reference=None),
-                remote,
+                _remote(config),
                 on_progress=lambda target, message: emit(StageEvent("devices", "progress", f"[{target}] {message}")),
             )
             failed = [t.error for t in result.devices.targets if not t.ok]
@@ -335,15 +329,81 @@ def _run_stages(
 
     if config.tune:
         with _stage("tune", result, emit) as summary:
-            result.tune = _tune(config, out, result)
-            chosen, batch = result.tune.chosen, max(result.tune.batch_sizes)
-            speedup = chosen.speedup_vs_cpu_fp32.get(batch)
-            summary.append(
-                f"{FILES['tune']}: {chosen.name} on {chosen.provider}"
-                f"{f', {fmt.ratio(speedup)} CPU FP32' if speedup else ''} at batch {batch}"
-                f" ({sum(c.passed for c in result.tune.candidates)} of {len(result.tune.candidates)} candidates"
-                " passed parity)"
+            if config.targets:  # chosen where it will run: built for each device, judged and timed there
+                _tune_on_targets(config, out, result, emit)
+            else:
+                result.tunes.append(_tune(config, out, result))
+            result.tune = result.tunes[0]
+            parts = []
+            for tuned in result.tunes:
+                chosen, batch = tuned.chosen, max(tuned.batch_sizes)
+                speedup = chosen.speedup_vs_cpu_fp32.get(batch)
+                parts.append(
+                    f"{tuned.output.name}: {chosen.name} on {chosen.provider}"
+                    f"{f' of {tuned.target}' if tuned.target else ''}"
+                    f"{f', {fmt.ratio(speedup)} CPU FP32' if speedup else ''} at batch {batch}"
+                    f"{'' if tuned.timing_used else ' (timing under emulation not used)'}"
+                    f" ({sum(c.passed for c in tuned.candidates)} of {len(tuned.candidates)} candidates"
+                    " passed parity)"
+                )
+            summary.append("; ".join(parts))
+
+
+def _remote(config: PipelineConfig) -> object:
+    from resnet_edge.device.targets import RemoteOptions
+
+    return RemoteOptions(
+        python=config.remote_python or RemoteOptions().python,
+        ssh_config=config.ssh_config and Path(config.ssh_config),
+        connect_timeout_s=config.connect_timeout,
+    )
+
+
+def _tune_on_targets(
+    config: PipelineConfig, out: Path, result: PipelineResult, emit: Callable[[StageEvent], object]
+) -> None:
+    """tune on each --target device in turn (one deployment per device; in turn, so that two never time each other):
+    the candidates built here for the device's CPU and the providers its onnxruntime has, judged and timed there.
+    With one device the file is model.tuned.onnx, with several one per device (:func:`.result.tuned_file`)."""
+    from resnet_edge.device.fleet import tune_on_target
+
+    targets = list(config.targets)
+    for target in targets:
+        options = dataclasses.replace(_tune_options(config, result), providers=None)  # what the device has
+        result.tunes.append(
+            tune_on_target(
+                out / FILES["simplify"],
+                out / tuned_file(target, len(targets) > 1),
+                options,
+                target,
+                _remote(config),
+                on_progress=lambda where, message: emit(StageEvent("tune", "progress", f"[{where}] {message}")),
             )
+        )
+
+
+def _tune_options(config: PipelineConfig, result: PipelineResult) -> TuneOptions:
+    """The run's options as tune takes them; the quantize stage's INT8 model stands in for its configuration."""
+    from resnet_edge.onnx.plugins import available_providers
+    from resnet_edge.onnx.providers import Provider, parse_providers
+
+    here = available_providers()
+    usable = tuple(p for p in parse_providers(list(config.providers)) if p.ort_name in here) or (Provider.CPU,)
+    built = ((result.quantize.config, result.quantize.output),) if result.quantize else ()
+    return TuneOptions(
+        providers=usable,
+        batch=max(config.batch_sizes),
+        threads=config.threads,
+        data=config.data,
+        calib=config.calib,
+        label_map=config.validate.label_map,
+        limit=config.limit,
+        seed=config.seed,
+        int8=config.int8,
+        iterations=min(config.iterations, DEFAULT_TUNE_ITERATIONS),
+        warmup=config.warmup,
+        int8_models=built,
+    )
 
 
 def _export_summary(export: ExportResult) -> str:
@@ -433,27 +493,4 @@ def _tune(config: PipelineConfig, out: Path, result: PipelineResult) -> TuneResu
     calibration images; the quantize stage's INT8 model stands in for its configuration's candidate (no second
     quantization of it). Timed rounds are the run's, at most tune's default (30): the stage adds seconds, not
     minutes, to a default run."""
-    from resnet_edge.onnx.plugins import available_providers
-    from resnet_edge.onnx.providers import Provider, parse_providers
-
-    here = available_providers()
-    usable = tuple(p for p in parse_providers(list(config.providers)) if p.ort_name in here) or (Provider.CPU,)
-    built = ((result.quantize.config, result.quantize.output),) if result.quantize else ()
-    return tune_model(
-        out / FILES["simplify"],
-        out / FILES["tune"],
-        TuneOptions(
-            providers=usable,
-            batch=max(config.batch_sizes),
-            threads=config.threads,
-            data=config.data,
-            calib=config.calib,
-            label_map=config.validate.label_map,
-            limit=config.limit,
-            seed=config.seed,
-            int8=config.int8,
-            iterations=min(config.iterations, DEFAULT_TUNE_ITERATIONS),
-            warmup=config.warmup,
-            int8_models=built,
-        ),
-    )
+    return tune_model(out / FILES["simplify"], out / FILES["tune"], _tune_options(config, result))

@@ -57,6 +57,9 @@ def test_export_json(tmp_path: Path) -> None:
     data = json.loads(result.stdout)  # stdout is JSON alone; the random-weights warning goes to stderr
     assert data["input_shape"] == [2, 3, 32, 32] and data["parity"]["2"]["top1_agreement"] == 1.0
     assert result.stderr.count("random weights") == 1
+    # Progress names each step, on stderr (a ResNet-50 export took 34 s of silence: issue 22).
+    assert "[export] export (torchscript exporter, opset 17) ..." in result.stderr
+    assert "[export] check (onnxruntime against PyTorch) ..." in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -136,7 +139,8 @@ def test_cuda_request_without_cuda(digits_onnx: Path) -> None:
     if "CUDAExecutionProvider" in available_providers():
         pytest.skip("this machine has the CUDA provider")
     result = run("validate", digits_onnx, "--providers", "cuda")
-    assert result.exit_code == 0 and "cpu (fallback)" in result.output
+    assert result.exit_code == 0 and result.stdout.splitlines()[3].endswith("fell back to cpu")  # never "pass"
+    assert "requested cuda: not available here; its rows ran on cpu" in result.output
     assert "warning: requested cuda" in result.output
     assert_one_line_error(
         run("validate", digits_onnx, "--providers", "cuda", "--strict-ep"), "requested cuda", "available"
@@ -172,6 +176,10 @@ def test_quantize_and_benchmark_commands(digits_sim: Path, tmp_path: Path) -> No
     assert result.exit_code == 0 and "p99" in result.output
     data = json.loads((tmp_path / "bench.json").read_text())
     assert [r["batch"] for r in data["rows"]] == [1, 1, 2, 2]
+    quiet = run("benchmark", digits_sim, "--iterations", "3", "--warmup", "1", "--json")
+    assert json.loads(quiet.stdout)["rows"]  # stdout: the JSON alone; the progress goes to stderr, not away
+    assert "[benchmark] open sessions on cpu (1 model, cold start and placement audit) ..." in quiet.stderr
+    assert "timing" in quiet.stderr
 
 
 def test_doctor() -> None:
@@ -179,6 +187,19 @@ def test_doctor() -> None:
     assert result.exit_code == 0 and "onnxruntime providers: " in result.output and "avx512_vnni" in result.output
     data = json.loads(run("doctor", "--json").output)
     assert data["packages"]["onnxruntime"] and "CPUExecutionProvider" in data["onnxruntime_providers"]
+
+
+def test_doctors_gpu_hint_is_readmes_step_uninstall_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A GPU without a CUDA provider: the hint is README's set-up step, the CPU build uninstalled first (issue 22).
+    from resnet_edge import environment
+
+    monkeypatch.setattr(environment, "gpu_names", lambda: ["NVIDIA H200"])
+    result = run("doctor")
+    assert result.exit_code == 1
+    line = next(line for line in result.output.splitlines() if "a GPU is present" in line)
+    assert line.endswith(environment.GPU_RUNTIME_INSTALL) and "pip uninstall -y onnxruntime onnxruntime-gpu" in line
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert "first `pip uninstall -y onnxruntime onnxruntime-gpu`" in readme and "pip install '.[gpu]'" in readme
 
 
 def test_help_is_fast_because_the_cli_imports_no_heavy_library() -> None:
@@ -272,3 +293,11 @@ def test_the_reproduce_line_allows_an_accuracy_drop_only_when_needed() -> None:
     assert met == "resnet-edge quantize m.onnx -o q.onnx --calib c/ --label-map m.txt --exclude fc"
     missed = _quantize_command(Path("m.onnx"), Path("q.onnx"), options, ["fc"], allow_drop=True)
     assert missed.endswith("--exclude fc --allow-accuracy-drop")
+
+
+def test_inspect_shows_one_producer(digits_int8: Path) -> None:
+    # onnxruntime's quantizer writes "onnx.quantize 0.1.0" into the header; resnet-edge's files say it once (issue 22).
+    result = run("inspect", str(digits_int8))
+    assert result.exit_code == 0, result.output
+    assert f"producer resnet-edge {__version__}" in result.output.splitlines()[0]
+    assert "onnx.quantize" not in result.output and result.output.count("resnet-edge") == 1

@@ -23,8 +23,9 @@ from resnet_edge.evaluation.benchmark import benchmark_models
 from resnet_edge.evaluation.options import BenchmarkOptions
 from resnet_edge.jsonable import to_jsonable
 
-# openvino: imported by onnx/openvino_runtime.py, which onnx/runtime.py imports only for the openvino-runtime backend, after importlib.util.find_spec found
-# it (issue 24); a device without it runs everything else (tests/onnx/test_runtime.py: the missing-openvino fallback).
+# openvino: imported by onnx/openvino_runtime.py, which onnx/runtime.py imports only for the openvino-runtime
+# backend once importlib.util.find_spec found it (issue 24); a device without it runs everything else
+# (tests/onnx/test_runtime.py: the missing-openvino fallback).
 ALLOWED = {"numpy", "onnxruntime", "resnet_edge", "openvino"}
 MEMORY_LIMIT = 1500 * 2**20  # address space for the out-of-memory test: enough to start, too little for batch 32768
 
@@ -176,3 +177,27 @@ def test_throttling_is_a_warning_and_unreadable_clocks_are_not() -> None:
     assert "dropped by 38%" in throttle_warning(cool, hot) and "45 -> 84 C" in throttle_warning(cool, hot)
     assert throttle_warning(cool, Thermal(2300.0, 2400.0, 50.0)) is None  # within THROTTLE_DROP
     assert throttle_warning(Thermal(None, None, None), Thermal(None, None, None)) is None
+
+
+def test_facts_on_an_interpreter_without_numpy_or_onnxruntime_say_it_cannot_run_jobs(runner_file: Path) -> None:
+    # -I -S: this venv's interpreter without any site-packages, so neither numpy nor onnxruntime imports (issue 22).
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", str(runner_file), "--facts"],
+        capture_output=True,
+        text=True,
+        cwd=runner_file.parent,
+    )
+    answer = json.loads(done.stdout)
+    assert done.returncode == 1 and answer["ok"] is False and answer["facts"]["numpy"] is None
+    assert answer["error"]["kind"] == "missing_package" and "cannot run jobs" in answer["error"]["message"]
+    assert f"{sys.executable} -m pip install numpy onnxruntime" in answer["error"]["message"]
+
+
+def test_readme_states_the_runner_size_as_measured(tmp_path: Path) -> None:
+    # README's figure is the built runner's size in whole KiB: measured here, not written by hand (issue 22).
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    stated = re.findall(r"one (\d+) KiB zipapp", readme)
+    size = write_runner(tmp_path / "runner.pyz").size_bytes
+    assert stated == [str(round(size / 1024))], f"README says {stated} KiB; the runner is {size / 1024:.1f} KiB"

@@ -173,6 +173,8 @@ def test_connection_failures_are_one_line_naming_the_host(
     result = cli("benchmark", digits_int8, "--target", target, *remote_args(ssh_server, python, timeout), *QUICK)
     assert result.exit_code == 1
     assert result.stderr.splitlines()[-1].startswith(message), result.stderr
+    assert result.stderr.count(message.removeprefix("error: ")) == 1  # printed once (issue 22)
+    assert f"[{target}] failed" in result.stderr
     assert "Traceback" not in result.output and ssh_server.leftovers() == []
 
 
@@ -372,3 +374,47 @@ def test_tune_on_a_device_judges_and_times_there_and_writes_the_choice_here(
     assert ssh_server.leftovers() == []
     two = cli(*args, "--target", "local", *remote_args(ssh_server, device_python))
     assert two.exit_code != 0 and "tune measures on one device at a time" in two.output
+
+
+@pytest.mark.slow
+def test_pipeline_chooses_each_deployment_on_its_device(
+    ssh_server: SshServer, device_python: Path, tmp_path: Path, local_cache: Path
+) -> None:
+    """``pipeline --target``: tune runs on each device (issue 22), one deployment per device, each named in the report;
+    an emulated one (its prefix names QEMU: no emulation here) is chosen by parity and integer coverage, untimed."""
+    import numpy as np
+
+    from resnet_edge.calibration.sources import DIGITS_FILE
+    from resnet_edge.pipeline.result import tuned_file
+
+    data = tmp_path / "digits64.npz"
+    with np.load(DIGITS_FILE) as digits:
+        rows = digits["test_rows"][:64]
+        np.savez(data, images=digits["images"][rows], labels=digits["labels"][rows])
+    emulated = f"exec:env QEMU_CPU=max {sys.executable}"
+    out = tmp_path / "out"
+    result = cli(
+        "pipeline", "--target", "ssh://device", "--target", emulated, *remote_args(ssh_server, device_python)[:4],
+        "--data", data, "--batch", "1", "--iterations", "3", "--warmup", "1", "--threads", "1", "--no-torch-eager",
+        "-o", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    by_target = {d["deployment"]["target"]: d for d in report["deployments"]}
+    assert list(by_target) == ["ssh://device", emulated]
+    device, qemu = by_target["ssh://device"]["deployment"], by_target[emulated]["deployment"]
+    assert device["file"] == tuned_file("ssh://device", True) == "model.tuned.device.onnx"
+    assert (out / device["file"]).is_file() and (out / qemu["file"]).is_file() and qemu["file"] != device["file"]
+    record = json.loads((out / f"{device['file']}.json").read_text())
+    assert record["target"] == "ssh://device" and record["device"]["python"].endswith(str(device_python))
+    assert device["measured_on"].startswith(f"{record['device']['hostname']}, ") and device["timing_used"] is True
+    assert all(c["p50_ms"] for c in by_target["ssh://device"]["tune"]["candidates"] if c["passed"])
+    # Emulated: no timing taken or used; the fully integer INT8 candidate wins on coverage, FP32 does not.
+    assert qemu["timing_used"] is False and qemu["precision"] == "int8" and qemu["p50_ms"] is None
+    assert qemu["reason"].startswith("timing under emulation was not used: chosen by parity and integer coverage")
+    assert not any(c["p50_ms"] for c in by_target[emulated]["tune"]["candidates"])
+    markdown = (out / "report.md").read_text()
+    assert "## Deployment (tune) on ssh://device" in markdown and f"Measured on ssh://device: {device['measured_on']}"
+    assert f"## Deployment (tune) on {emulated}" in markdown and "Timing under emulation was not used" in markdown
+    assert "this machine" in report["plots"]["devices"]["p50_ms"]  # beside the device in the plot
+    assert ssh_server.leftovers() == []

@@ -153,6 +153,9 @@ def test_pytorch_is_timed_apart_from_onnxruntime(
     result = benchmark_models([digits_sim, copy], options, on_progress=done.append)
     assert groups == [2, 1] and [r.model for r in result.rows] == ["digits.sim.onnx", "copy.onnx", "pytorch"]
     # One progress bar covers every timed phase, PyTorch's included.
+    steps = [p.step for p in done if p.done is None]  # the uncountable steps first: loading PyTorch, the sessions
+    assert steps == ["load the PyTorch reference", "open sessions on cpu"]
+    done = [p for p in done if p.done is not None]
     assert [p.done for p in done] == [1, 2, 3, 4] and {p.total for p in done} == {options.total_rounds} == {2 * 2}
     with pytest.raises(OptionError, match="given twice"):
         benchmark_models([digits_sim, digits_sim], BenchmarkOptions(iterations=1))

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from resnet_edge.cli.main import main
 from resnet_edge.errors import OptionError, ResnetEdgeWarning
 from resnet_edge.evaluation.options import TuneOptions
-from resnet_edge.evaluation.tune import Site, tune_model
+from resnet_edge.evaluation.tune import Candidate, Site, tune_model
 from resnet_edge.onnx.providers import Provider
 
 
@@ -139,7 +139,7 @@ def test_a_gap_within_the_noise_keeps_the_validated_candidate() -> None:
     qop = _candidate("int8 x86-vnni qoperator", 1.000, (0.50, 1.95), top1_agreement=0.995, integer_fraction=1.0)
     chosen, reason = rank_candidates([qop, qdq], 8)
     assert chosen is qdq
-    assert "int8 x86-vnni qoperator on cpu (1 ms (95% 0.5-1.95)) was faster by 0.3%" in reason
+    assert "int8 x86-vnni qoperator on cpu (1.00 ms (95% 0.50-1.95)) was faster by 0.3%" in reason
     assert "within the measured noise" in reason and "validated already" in reason
 
 
@@ -149,7 +149,7 @@ def test_a_win_beyond_the_noise_is_taken() -> None:
     qdq = _candidate("int8 qdq", 1.00, (0.97, 1.03), validated=True)
     qop = _candidate("int8 qoperator", 0.80, (0.78, 0.82))
     chosen, reason = rank_candidates([qdq, qop], 8)
-    assert chosen is qop and reason == "the fastest that passed: p50 0.8 ms (95% 0.78-0.82) at batch 8"
+    assert chosen is qop and reason == "the fastest that passed: p50 0.80 ms (95% 0.78-0.82) at batch 8"
 
 
 def test_median_interval_is_the_order_statistics_around_the_median() -> None:
@@ -211,3 +211,42 @@ def test_tune_on_random_weights_keeps_int8_and_says_why(tiny_onnx: Path, tmp_pat
     assert int8 and all(c["judged_by"] == "logit error" and c["passed"] for c in int8), int8
     assert all(c["max_error_steps"] is not None for c in int8)
     assert by_name["fp32"]["judged_by"] == "top-1 agreement" and by_name["fp32"]["passed"]
+
+
+def test_tune_prints_as_the_other_commands(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Milliseconds with formatting.ms (two decimals), ratios with ×, the chosen row marked as the report marks it
+    # (issue 22: tune printed 0.612, 1.5x and <==).
+    from resnet_edge import formatting as fmt
+    from resnet_edge.evaluation import tune as tune_module
+    from resnet_edge.evaluation.tune import TuneResult
+
+    fp32 = Candidate("fp32", "cpu", "fp32", "m.onnx", ran_on="cpu", passed=True, top1_agreement=1.0,
+                     max_abs_error=0.0, p50_ms={1: 0.9123}, speedup_vs_cpu_fp32={1: 1.0})  # fmt: skip
+    int8 = Candidate("int8 x86-vnni qdq", "cpu", "int8", "t.onnx", ran_on="cpu", passed=True, top1_agreement=1.0,
+                     max_abs_error=0.5, integer_fraction=1.0, p50_ms={1: 0.6123},
+                     p50_interval_ms={1: (0.6, 0.63)}, speedup_vs_cpu_fp32={1: 1.49})  # fmt: skip
+    result = TuneResult(tmp_path / "t.onnx", tmp_path / "t.onnx.json", int8, [fp32, int8], [1], 1, 1.0, reason="r")
+    monkeypatch.setattr(tune_module, "tune_model", lambda *args, **kwargs: result)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    printed = run("tune", model, "-o", tmp_path / "t.onnx", "--batch", "1")
+    assert printed.exit_code == 0, printed.output
+    lines = printed.stdout.splitlines()
+    assert "× CPU FP32 b1" in lines[0] and "chosen" in lines[0]
+    row = next(line for line in lines if line.startswith("int8 x86-vnni qdq"))
+    assert "0.61 (95% 0.60-0.63)" in row and "1.49×" in row and row.endswith(fmt.CHOSEN_MARK)
+    assert "0.91" in next(line for line in lines if line.startswith("fp32"))
+
+
+def test_under_emulation_the_choice_rests_on_parity_and_integer_coverage_alone() -> None:
+    from resnet_edge.evaluation.tune import EMULATED_CHOICE, rank_by_coverage
+
+    # No timings at all (an emulated device is not timed): FP32 runs no integer kernel, so a fully integer INT8
+    # candidate wins; between two fully integer ones the first tried (QDQ) stays; partial coverage loses (issue 22).
+    fp32 = Candidate("fp32", "cpu", "fp32", "m.onnx", passed=True, top1_agreement=1.0, max_abs_error=0.0)
+    qdq = _candidate("int8 arm64 qdq", 1.0, None, integer_fraction=1.0, top1_agreement=1.0, max_abs_error=1.6)
+    qop = _candidate("int8 arm64 qoperator", 1.0, None, integer_fraction=1.0, top1_agreement=1.0, max_abs_error=1.6)
+    partial = _candidate("int8 symmetric", 1.0, None, integer_fraction=0.52, top1_agreement=1.0, max_abs_error=1.0)
+    chosen, reason = rank_by_coverage([fp32, partial, qdq, qop])
+    assert chosen is qdq and reason.startswith(EMULATED_CHOICE) and "100% of its Conv/Gemm MACs" in reason
+    assert rank_by_coverage([fp32])[0] is fp32

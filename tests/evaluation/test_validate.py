@@ -72,6 +72,33 @@ def test_cuda_fallback_is_visible_and_strict_is_an_error(digits_onnx: Path) -> N
         validate_models([digits_onnx], options=ValidateOptions(providers=(Provider.CUDA,), strict_ep=True))
 
 
+@pytest.mark.skipif(not CUDA_MISSING, reason="this machine has the CUDA provider")
+def test_cpu_and_cuda_without_a_gpu_run_once_and_nothing_reads_as_a_cuda_result(
+    digits_sim: Path, digits_int8: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from resnet_edge.cli.main import main
+    from resnet_edge.onnx.runtime import Session
+
+    ran: list[int] = []  # the sessions that ran images: the cuda fallback must not be a second cpu run (issue 22)
+    logits = Session.logits
+    monkeypatch.setattr(Session, "logits", lambda self, images: ran.append(id(self)) or logits(self, images))
+    args = ["validate", str(digits_sim), str(digits_int8), "--providers", "cpu,cuda"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output  # no --strict-ep: a fallback is a warning
+    assert len(set(ran)) == 2  # one session per model, not two
+    lines = result.output.splitlines()
+    cuda_rows = [line for line in lines if " cuda " in line and line.startswith(("digits.sim", "digits.int8"))]
+    assert len(cuda_rows) == 2 and all(line.endswith("fell back to cpu") for line in cuda_rows)
+    assert not any(line.endswith("pass") for line in cuda_rows)
+    assert "requested cuda: not available here; its rows ran on cpu and are not cuda results" in result.output
+    assert [line for line in lines if line.startswith("int8 coverage")] == [
+        next(line for line in lines if line.startswith("int8 coverage digits.int8.onnx on cpu:"))
+    ]  # one line, naming the provider that ran
+    assert not any(" on cuda:" in line for line in lines)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(CUDA_MISSING, reason="needs onnxruntime-gpu and an NVIDIA GPU")
 def test_cuda_provider_really_runs(digits_onnx: Path, digits_int8: Path) -> None:

@@ -352,3 +352,14 @@ def test_a_file_the_openvino_runtime_cannot_read_is_one_error_line(tmp_path: Pat
     bad.write_bytes(b"not a model")
     with pytest.raises(InputFileError, match=r"the OpenVINO runtime cannot load .*bad.onnx"):
         open_session(bad, parse_provider("openvino-runtime"))
+
+
+def test_placement_says_what_it_counts_when_the_file_has_other_nodes(tmp_path: Path) -> None:
+    # Nodes are counted as onnxruntime ran them, after its fusions: a file of 52 nodes runs as 24 (issue 22). The
+    # file's own count is said beside, so two commands' figures for one file can be read together.
+    from resnet_edge.onnx.placement import Placement, ProviderShare, placement_from_json
+
+    fused = Placement("cpu", 24, [ProviderShare("cpu", 24, {"FusedConv": 19})], model_nodes=52)
+    assert fused.describe() == "cpu: 24 of 24 nodes as onnxruntime ran them (52 in the file)"
+    assert Placement("cpu", 24, [ProviderShare("cpu", 24, {})], model_nodes=24).describe() == "cpu: 24 of 24 nodes"
+    assert placement_from_json({"requested": "cpu", "total": 24, "shares": []}, model_nodes=52).model_nodes == 52

@@ -170,3 +170,153 @@ def test_a_stored_file_that_is_not_a_report_names_the_file(tmp_path: Path) -> No
     old.write_text("{not json", encoding="utf-8")
     with pytest.raises(InputFileError, match="cannot read it as JSON"):
         ReportDocument.read(old)
+
+
+# -- report.html fits a 1280-px window (issue 22: the Deployment table hid its Chosen column behind a scroll bar) ----
+CHAR_PX = 10  # an upper bound of one character's width at the page's 15 px font (measured 9.2-9.4 in Chromium)
+CELL_PADDING_PX = 2 * 0.45 * 15  # th, td: padding .45rem either side
+SCROLLBAR_PX = 17
+BREAK_CHARS = 16  # a longer word in the first two columns (a path in an exec: target) breaks: overflow-wrap anywhere
+
+
+def _html_tables(page: str) -> list[list[list[str]]]:
+    """The tables of a page: rows of cell texts, the header row first."""
+    from html.parser import HTMLParser
+
+    class Tables(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tables: list[list[list[str]]] = []
+            self.cell: str | None = None
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            if tag == "table":
+                self.tables.append([])
+            elif tag == "tr":
+                self.tables[-1].append([])
+            elif tag in ("td", "th"):
+                self.cell = ""
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag in ("td", "th"):
+                self.tables[-1][-1].append(self.cell or "")
+                self.cell = None
+
+        def handle_data(self, data: str) -> None:
+            if self.cell is not None:
+                self.cell += data
+
+    parser = Tables()
+    parser.feed(page)
+    return parser.tables
+
+
+def _narrowest_px(table: list[list[str]]) -> float:
+    """The least width the page's CSS lets a table take: headers wrap between words, the first two columns wrap
+    anywhere (counted as words of at most BREAK_CHARS), every other cell stays on one line."""
+    width = 0.0
+    for index, column in enumerate(zip(*table, strict=True)):
+        header, cells = column[0], column[1:]
+        words = [len(w) for w in header.split()]
+        if index < 2:
+            words += [min(len(w), BREAK_CHARS) for cell in cells for w in cell.split()]
+        else:
+            words += [len(cell) for cell in cells]
+        width += max(words, default=0) * CHAR_PX + CELL_PADDING_PX
+    return width
+
+
+def test_every_html_table_fits_a_1280_px_window(stored: dict) -> None:
+    from resnet_edge.pipeline.report import HTML_WINDOW_PX, PAGE_WIDTH_PX
+
+    # A device named by a long exec: prefix, as a QEMU target is: its cells wrap, the table still fits.
+    qemu = "exec:env QEMU_CPU=neoverse-n1 /home/user/.cache/resnet-edge/arm64-rootfs/qemu-aarch64-static -L ROOTFS"
+    for row in stored["stages"]["devices"]["rows"]:
+        row["target"] = qemu
+    page = render_html(ReportDocument.from_json(stored))
+    assert f"max-width: {PAGE_WIDTH_PX}px" in page and "white-space: normal" in page.split("th {", 1)[1].split("}")[0]
+    assert PAGE_WIDTH_PX + 2 * 16 + SCROLLBAR_PX <= HTML_WINDOW_PX  # the body, its padding and a vertical scroll bar
+    tables = _html_tables(page)
+    assert len(tables) >= 6 and any("Chosen" in table[0] for table in tables)
+    for table in tables:
+        assert _narrowest_px(table) <= PAGE_WIDTH_PX, table[0]
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="needs chromium (Debian's chromium) for the rendered check")
+def test_html_renders_without_a_sideways_scroll_bar_in_chromium(stored: dict, tmp_path: Path) -> None:
+    import subprocess
+
+    from resnet_edge.pipeline.report import HTML_WINDOW_PX
+
+    # The page reports its own widths once laid out: the document's, and each table box's scroll and client width.
+    probe = (
+        '<script>document.body.setAttribute("data-widths", JSON.stringify({page:'
+        " document.documentElement.scrollWidth, boxes: Array.from(document.querySelectorAll('.scroll'))"
+        ".map(d => [d.scrollWidth, d.clientWidth])}));</script>"
+    )
+    page = tmp_path / "report.html"
+    for row in stored["stages"]["devices"]["rows"]:  # a long exec: target name, as in the test above
+        row["target"] = "exec:env QEMU_CPU=max /home/user/.cache/resnet-edge/arm64-rootfs/qemu-aarch64-static -L R"
+    report = ReportDocument.from_json(stored)
+    page.write_text(render_html(report).replace("</body>", f"{probe}</body>"), encoding="utf-8")
+    done = subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={HTML_WINDOW_PX},2000",
+         "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    found = re.search(r'data-widths="([^"]*)"', done.stdout)
+    assert found, done.stderr[-2000:]
+    widths = json.loads(found.group(1).replace("&quot;", '"'))
+    assert widths["page"] <= HTML_WINDOW_PX and len(widths["boxes"]) >= 6
+    assert all(scroll <= client for scroll, client in widths["boxes"]), widths  # no table scrolls sideways
+
+
+# -- the per-device plot: this machine beside the devices, a legend that covers no bar (issue 22) --------------------
+def test_device_series_puts_this_machine_beside_the_devices() -> None:
+    from types import SimpleNamespace as Row
+
+    from resnet_edge.pipeline.report import HOST_ROW, device_series
+
+    def timed(model: str, ms: float, target: str | None = None, batch: int = 1, provider: str = "cpu") -> Row:
+        path = None if model == "pytorch" else model  # as benchmark writes PyTorch's row: no file
+        return Row(model=model, path=path, target=target, batch=batch, provider=provider, latency=Row(p50_ms=ms))
+
+    host = [timed("model.onnx", 0.9), timed("model.int8.onnx", 0.5), timed("model.onnx", 7.0, batch=8)]
+    host += [timed("pytorch", 3.0), timed("model.onnx", 0.4, provider="openvino")]
+    devices = Row(targets=[Row(target="ssh://pi", emulated=False)], rows=[timed("model.onnx", 4.0, "ssh://pi")])
+    result = Row(benchmark=Row(rows=host), devices=devices)
+    series = device_series(result, 1)["p50_ms"]
+    assert list(series) == [HOST_ROW, "ssh://pi"]  # this machine first, its first provider's ONNX models only
+    assert series[HOST_ROW] == {"ONNX FP32": 0.9, "ONNX INT8": 0.5} and series["ssh://pi"] == {"ONNX FP32": 4.0}
+    devices.targets.append(Row(target="local", emulated=False))  # local is a target already: no second copy
+    assert HOST_ROW not in device_series(result, 1)["p50_ms"]
+
+
+def test_device_plot_legend_covers_no_bar() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from resnet_edge.pipeline.plots import device_figure
+
+    per = {"ONNX FP32": 0.9, "ONNX simplified": 0.91, "ONNX INT8": 0.55}
+    fig = device_figure({"batch": 1, "p50_ms": {"this machine": per, "ssh://pi": {k: 5 * v for k, v in per.items()}}})
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (legend,) = fig.legends
+    box = legend.get_window_extent(renderer)
+    (ax,) = fig.axes
+    bars = [patch.get_window_extent(renderer) for patch in ax.patches]
+    assert len(bars) == 6 and not any(box.overlaps(bar) for bar in bars)
+    assert not box.overlaps(ax.get_window_extent(renderer))  # below the axes, not over them
+    labels = [text.get_window_extent(renderer) for text in ax.texts]  # the bars' "0.90 ms" labels
+    assert labels and all(ax.get_window_extent(renderer).contains(t.x1 - 1, t.y0 + 1) for t in labels)
+    plt.close(fig)
