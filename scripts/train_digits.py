@@ -76,11 +76,12 @@ def main() -> None:
     os.chdir(ROOT)
     if (ROOT / TRAIN[-1]).resolve() != BUILTIN_DIGITS_WEIGHTS:
         sys.exit(f"resnet_edge is not imported from {ROOT}: pip install -e . there first")
-    from resnet_edge.cli.interrupts import install_sigterm_handler
-    from resnet_edge.cli.main import main as resnet_edge
+    from resnet_edge.cli.entry import main as resnet_edge
 
-    install_sigterm_handler()  # kill keeps the last complete epoch, as with the installed resnet-edge
-    resnet_edge(TRAIN, prog_name="resnet-edge")  # exits with the command's status
+    # The installed script's own entry: Ctrl-C, kill and a closed terminal keep the last complete epoch and exit
+    # with the usual status, as `resnet-edge train` does.
+    sys.argv = ["resnet-edge", *TRAIN]
+    sys.exit(resnet_edge())
 
 
 if __name__ == "__main__":
