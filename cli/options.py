@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import click
 
+from resnet_edge.device.targets import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_PYTHON  # standard library only
 from resnet_edge.onnx.providers import parse_providers  # no onnxruntime: --help stays fast
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.configs import Format, Int8Target, Method
@@ -88,8 +89,12 @@ def target_options(function):
                 " prefix whose command does not see this machine's files (docker exec, adb shell) does not work."
                 " Repeat for several, run in parallel.",
             ),
-            click.option("--remote-python", help="Interpreter on the target devices. [default: python3]"),
-            click.option("--connect-timeout", type=float, help="Seconds ssh waits for a device. [default: 10]"),
+            click.option("--remote-python", help=f"Interpreter on the target devices. [default: {DEFAULT_PYTHON}]"),
+            click.option(
+                "--connect-timeout",
+                type=float,
+                help=f"Seconds ssh waits for a device. [default: {DEFAULT_CONNECT_TIMEOUT_S:g}]",
+            ),
             click.option(
                 "--ssh-config",
                 type=click.Path(path_type=Path),

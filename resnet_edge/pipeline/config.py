@@ -31,7 +31,7 @@ from pathlib import Path
 
 from resnet_edge.artifacts import read_user_text
 from resnet_edge.conversion.options import DEFAULT_OPSET, ExportOptions, SimplifyOptions
-from resnet_edge.device.targets import DEFAULT_CONNECT_TIMEOUT_S, RemoteOptions
+from resnet_edge.device.targets import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_PYTHON, RemoteOptions
 from resnet_edge.errors import InputFileError, OptionError
 from resnet_edge.evaluation.options import BenchmarkOptions, ValidateOptions
 from resnet_edge.models.registry import list_models
@@ -73,7 +73,7 @@ class RunOptions:
     torch_eager: bool = True
     tune: bool = True  # choose the deployment by measurement (evaluation.tune)
     targets: tuple[str, ...] = ()  # devices to benchmark on too: ssh://..., local
-    remote_python: str | None = None  # python3 on the device when None
+    remote_python: str | None = None  # DEFAULT_PYTHON on the device when None
     ssh_config: str | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S  # seconds ssh waits for a device to answer
 
@@ -235,7 +235,7 @@ OPTIONS: dict[str, Option] = {
         multiple=True,
     ),
     "remote_python": _option(
-        "benchmark", "run.remote_python", help="Interpreter on the target devices.", default="python3"
+        "benchmark", "run.remote_python", help="Interpreter on the target devices.", default=DEFAULT_PYTHON
     ),
     "ssh_config": _option(
         "benchmark",
