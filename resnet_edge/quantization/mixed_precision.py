@@ -111,6 +111,32 @@ class MixedPrecisionResult:
     def fp32_blocks(self) -> list[str]:
         return self.steps[-1].fp32_blocks
 
+    def record(self) -> dict:
+        """The chosen model's calibration record, with the search under ``mixed_precision``."""
+        goal = self.target
+        return self.quantize.record() | {
+            "mixed_precision": {
+                "target": {"max_top1_drop": goal.max_top1_drop, "min_agreement": goal.min_agreement},
+                "rule": "keep the most sensitive blocks in FP32, fewest first, until the target holds",
+                "ranking": [
+                    {"block": r.block, "sensitivity_db": _finite(r.sensitivity_db), "exclude": r.exclude}
+                    for r in self.ranking
+                ],
+                "steps": [
+                    {
+                        "step": s.step,
+                        "fp32_blocks": s.fp32_blocks,
+                        "top1_agreement": s.top1_agreement,
+                        "top1_drop_points": s.top1_drop_points,
+                        "p50_ms": s.p50_ms,
+                        "met": s.met,
+                    }
+                    for s in self.steps
+                ],
+                "exclude": self.exclude,
+            }
+        }
+
 
 def search_prefixes(
     evaluate: Callable[[list[str]], T],
@@ -237,55 +263,34 @@ def quantize_mixed_precision(
             fp32_p50, p50s, iterations = _time_side_by_side(fp32, [r for _, r in tried])
             steps = [replace(s, p50_ms=p, speedup=fp32_p50 / p) for s, p in zip(steps, p50s, strict=True)]
         chosen = tried[-1][1]
-        exclude = steps[-1].exclude
-        record = dict(chosen.record)
-        record["mixed_precision"] = {
-            "target": {"max_top1_drop": goal.max_top1_drop, "min_agreement": goal.min_agreement},
-            "rule": "keep the most sensitive blocks in FP32, fewest first, until the target holds",
-            "ranking": [
-                {"block": r.block, "sensitivity_db": _finite(r.sensitivity_db), "exclude": r.exclude} for r in ranking
-            ],
-            "steps": [
-                {
-                    "step": s.step,
-                    "fp32_blocks": s.fp32_blocks,
-                    "top1_agreement": s.top1_agreement,
-                    "top1_drop_points": s.top1_drop_points,
-                    "p50_ms": s.p50_ms,
-                    "met": s.met,
-                }
-                for s in steps
-            ],
-            "exclude": exclude,
-        }
+        result = MixedPrecisionResult(
+            target=goal,
+            quantize=replace(
+                chosen, output=output, sidecar=Path(f"{output}.json"), speed=_speed(fp32_p50, steps, iterations)
+            ),
+            steps=steps,
+            ranking=ranking,
+            exclude=steps[-1].exclude,
+            fp32_p50_ms=fp32_p50,
+            timing_iterations=iterations,
+            seconds=0.0,
+        )
+        record = result.record()
         model = onnx.load(str(chosen.output))
         size = write_with_record(
-            model, Path(output), Path(f"{output}.json"), key=QUANTIZATION_KEY, embedded=record, record=record
+            model, output, result.quantize.sidecar, key=QUANTIZATION_KEY, embedded=record, record=record
         )
 
-    speed = None
-    if fp32_p50 is not None:
-        speed = SpeedComparison(
-            fp32_p50_ms=fp32_p50, int8_p50_ms=steps[-1].p50_ms, iterations=iterations, threads=_threads()
-        )
-    final = replace(
-        chosen,
-        output=output,
-        sidecar=Path(f"{output}.json"),
-        bytes_after=size,
-        speed=speed,
-        record=record,
-        seconds=time.perf_counter() - started,
-    )
-    return MixedPrecisionResult(
-        target=goal,
-        quantize=final,
-        steps=steps,
-        ranking=ranking,
-        exclude=exclude,
-        fp32_p50_ms=fp32_p50,
-        timing_iterations=iterations,
-        seconds=time.perf_counter() - started,
+    seconds = time.perf_counter() - started
+    return replace(result, quantize=replace(result.quantize, bytes_after=size, seconds=seconds), seconds=seconds)
+
+
+def _speed(fp32_p50: float | None, steps: list[SearchStep], iterations: int | None) -> SpeedComparison | None:
+    """The chosen model's speed against FP32, from the side-by-side timing; None when timing was off."""
+    if fp32_p50 is None:
+        return None
+    return SpeedComparison(
+        fp32_p50_ms=fp32_p50, int8_p50_ms=steps[-1].p50_ms, iterations=iterations, threads=_threads()
     )
 
 

@@ -19,7 +19,7 @@ and after, unless judging is off; the judgements go to the calibration record wi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,7 +43,7 @@ from resnet_edge.quantization.qdq import (
 )
 from resnet_edge.quantization.weights import WeightGrid, expand_scale, grid_scales, recipe_grid, round_to_nearest
 
-__all__ = ["REFERENCES", "Judgement", "Recovery", "RecoveryStep", "recover_accuracy"]
+__all__ = ["REFERENCES", "Judgement", "Recovery", "RecoveryStep", "recover_accuracy", "recovery_record"]
 
 REFERENCES = {
     "equalize": "Nagel et al. 2019, Data-Free Quantization Through Weight Equalization and Bias Correction, sec. 4.1",
@@ -69,6 +69,15 @@ class Judgement:
     images: int
     kl_divergence: float | None = None
 
+    def record(self) -> dict:
+        """What the calibration record keeps of it."""
+        return {
+            "top1_agreement": self.top1_agreement,
+            "top1": self.top1,
+            "images": self.images,
+            "kl": self.kl_divergence,
+        }
+
 
 @dataclass(frozen=True)
 class RecoveryStep:
@@ -89,6 +98,17 @@ class RecoveryStep:
     after: Judgement | None
     details: dict = field(repr=False)
 
+    def record(self) -> dict:
+        """What the calibration record keeps of it."""
+        return {
+            "step": self.name,
+            "reference": self.reference,
+            "seconds": round(self.seconds, 3),
+            "before": None if self.before is None else self.before.record(),
+            "after": None if self.after is None else self.after.record(),
+            "details": self.details,
+        }
+
 
 @dataclass(frozen=True)
 class Recovery:
@@ -108,30 +128,18 @@ class Recovery:
     reading_seconds: float | None
     judged: str
 
-    def record(self) -> dict:
-        """What the calibration record keeps of it."""
 
-        def judged(j: Judgement | None) -> dict | None:
-            if j is None:
-                return None
-            return {"top1_agreement": j.top1_agreement, "top1": j.top1, "images": j.images, "kl": j.kl_divergence}
-
-        return {
-            "steps": [
-                {
-                    "step": s.name,
-                    "reference": s.reference,
-                    "seconds": round(s.seconds, 3),
-                    "before": judged(s.before),
-                    "after": judged(s.after),
-                    "details": s.details,
-                }
-                for s in self.steps
-            ],
-            "weights": self.grid,
-            "reading_layer_inputs_s": None if self.reading_seconds is None else round(self.reading_seconds, 3),
-            "judged": self.judged,
-        }
+def recovery_record(
+    steps: Sequence[RecoveryStep], *, grid: dict | None, reading_seconds: float | None, judged: str
+) -> dict:
+    """What the calibration record keeps of the recovery (``accuracy_recovery``): each step, judged before and
+    after, the weight grid written, the time spent reading layer inputs, and how the steps were judged."""
+    return {
+        "steps": [step.record() for step in steps],
+        "weights": grid,
+        "reading_layer_inputs_s": None if reading_seconds is None else round(reading_seconds, 3),
+        "judged": judged,
+    }
 
 
 def recover_accuracy(
