@@ -214,6 +214,47 @@ def quantize_onnx(
         [output, sidecar], [model_path, options.calib, options.eval_data], command="quantize output"
     )
     job = prepare_job(model_path, options)
+    quantized = _quantize(job, options, calibration, on_progress)
+    int8 = quantized.recovery.model
+    _check_strict_integer(int8, job.config)
+    fp32_kept = check_coverage(quantized.prepped, int8, quantized.excluded)
+    evaluation = _evaluate(job, options, int8, quantized.calibration_files, fp32_kept)
+    output_step = graph_output_step(int8)
+    judged_by = _judge(job, evaluation, output_step, allow_drop=options.allow_accuracy_drop)
+    result = _result(
+        job,
+        options,
+        quantized,
+        evaluation,
+        fp32_kept=fp32_kept,
+        output_step=output_step,
+        judged_by=judged_by,
+        trained=trained,
+        output=output,
+        sidecar=sidecar,
+    )
+    size = _write(int8, job.source_model, result.record(), output, sidecar)
+    return replace(result, bytes_after=size, seconds=time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class _Quantized:
+    """onnxruntime's quantization of the calibrated model, after the recipe's accuracy-recovery steps."""
+
+    prepped: onnx.ModelProto  # onnxruntime's pre-processed FP32 model, whose node names the INT8 one keeps
+    excluded: list[str]  # the nodes ``--exclude`` named
+    calibration_files: dict[str, str]  # the calibration images, id -> SHA-256
+    recovery: Recovery  # the INT8 model is ``recovery.model``
+
+
+def _quantize(
+    job: Job, options: QuantizeOptions, calibration: Calibration | None, on_progress: ProgressCallback | None
+) -> _Quantized:
+    """Calibrate (unless ``calibration`` is given), quantize with onnxruntime and run the recovery steps.
+
+    Raises:
+        ValueError: ``calibration`` was collected for another model or other calibration options.
+    """
     with tempfile.TemporaryDirectory(prefix="resnet-edge-quantize-") as tmp:
         given = calibration is not None
         if calibration is None:
@@ -227,33 +268,32 @@ def quantize_onnx(
         _quantize_static(calibration.prepped, int8_path, calibration.ranges, job.config, options.method, excluded)
         int8 = onnx.load(str(int8_path))
         recovery = _recover(int8, prepped, job, options, Path(tmp), excluded, seen, given, on_progress)
-        int8 = recovery.model
+    return _Quantized(prepped, excluded, seen, recovery)
 
-    _check_strict_integer(int8, job.config)
-    fp32_kept = check_coverage(prepped, int8, excluded)
-    evaluation = evaluate_against(
-        job.source,
-        int8,
-        job.eval_source,
-        job.eval_indices,
-        job.spec,
-        exclude_hashes=set(seen.values()),
-        provider=options.provider,
-        strict_ep=options.strict_ep,
-    )
-    if job.config.weight_bits == 8:  # 4-bit weights are dequantized on the CPU EP by design (see README, INT4)
-        strict = options.require_int8 or options.strict_ep or job.config.strict_integer
-        check_integer_coverage(evaluation.coverage, excluded=fp32_kept, strict=strict)
-    output_step = graph_output_step(int8)
-    judged_by = _judge(job, evaluation, output_step, allow_drop=options.allow_accuracy_drop)
-    result = QuantizeResult(
+
+def _result(
+    job: Job,
+    options: QuantizeOptions,
+    quantized: _Quantized,
+    evaluation: Evaluation,
+    *,
+    fp32_kept: list[str],
+    output_step: float | None,
+    judged_by: str,
+    trained: dict | None,
+    output: Path,
+    sidecar: Path,
+) -> QuantizeResult:
+    """The result before the model is written (``bytes_after`` and ``seconds`` are filled in after)."""
+    int8, recovery = quantized.recovery.model, quantized.recovery
+    return QuantizeResult(
         output=output,
         sidecar=sidecar,
         config=job.config,
         target_requested=options.target.value,
         method=options.method.value,
         calibration_source=job.calib_source.name,
-        calibration_files=seen,
+        calibration_files=quantized.calibration_files,
         calibration_limit=options.limit,
         calibration_seed=options.seed,
         calibration_batch=job.batch,
@@ -264,11 +304,11 @@ def quantize_onnx(
         parity=evaluation.parity,
         fp32_accuracy=evaluation.fp32_accuracy,
         int8_accuracy=evaluation.int8_accuracy,
-        quantized_nodes=sum(n.op_type in COMPUTE_OPS for n in prepped.graph.node) - len(fp32_kept),
+        quantized_nodes=sum(n.op_type in COMPUTE_OPS for n in quantized.prepped.graph.node) - len(fp32_kept),
         fp32_nodes=fp32_kept,
-        excluded_nodes=sorted(excluded),
-        bytes_before=model_path.stat().st_size,
-        bytes_after=0,  # known once written, below
+        excluded_nodes=sorted(quantized.excluded),
+        bytes_before=job.source.stat().st_size,
+        bytes_after=0,
         speed=compare_speed(job.source_model, int8, evaluation.first_image) if options.measure_speed else None,
         seconds=0.0,
         source_model_sha256=job.fingerprint[0],
@@ -284,8 +324,31 @@ def quantize_onnx(
         recovery_judged=recovery.judged,
         trained=trained,
     )
-    size = _write(int8, job.source_model, result.record(), output, sidecar)
-    return replace(result, bytes_after=size, seconds=time.perf_counter() - started)
+
+
+def _evaluate(
+    job: Job, options: QuantizeOptions, int8: onnx.ModelProto, calibration_files: dict[str, str], fp32_kept: list[str]
+) -> Evaluation:
+    """INT8 against FP32 on the held-out images (none calibrated on), its integer coverage checked.
+
+    Raises:
+        CheckFailedError: a Conv/Gemm not kept in FP32 ran as a float kernel, with a strict option or target.
+        ProviderError: ``--strict-ep`` and the provider is missing or took only part of the compute.
+    """
+    evaluation = evaluate_against(
+        job.source,
+        int8,
+        job.eval_source,
+        job.eval_indices,
+        job.spec,
+        exclude_hashes=set(calibration_files.values()),
+        provider=options.provider,
+        strict_ep=options.strict_ep,
+    )
+    if job.config.weight_bits == 8:  # 4-bit weights are dequantized on the CPU EP by design (see README, INT4)
+        strict = options.require_int8 or options.strict_ep or job.config.strict_integer
+        check_integer_coverage(evaluation.coverage, excluded=fp32_kept, strict=strict)
+    return evaluation
 
 
 def _check_strict_integer(int8: onnx.ModelProto, config: Int8Recipe) -> None:
