@@ -65,7 +65,7 @@ class QuantizeResult:
         recovery: the accuracy-recovery steps, judged before and after; ``weight_grid`` the grid resnet-edge wrote
             (None: onnxruntime's weights were kept), ``recovery_reading_seconds`` the time spent reading layer inputs,
             ``recovery_judged`` how the steps were judged (:class:`.recovery.Recovery`).
-        trained: what quantization-aware training did before (``conversion.qat.qat_record``); None without it.
+        trained: what quantization-aware training did before (``training.qat.QatResult.record``); None without it.
     """
 
     output: Path

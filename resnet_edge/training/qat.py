@@ -72,6 +72,8 @@ from resnet_edge.training.train import (
 
 logger = logging.getLogger("resnet_edge")
 
+REFERENCE = "Jacob et al. 2018; Krishnamoorthi 2018, sec. 3 (fake quantization, straight-through estimator, BN folded)"
+
 __all__ = ["QatNetwork", "QatResult", "prepare_qat", "train_qat", "weight_grid_mismatches"]
 
 # onnxruntime's symmetric int8 weight range is [-127, 127], [-64, 64] with reduce_range (quant_utils'
@@ -356,6 +358,32 @@ class QatResult:
     quantized_activations: int
     calibration_images: int
     grid_mismatches: int
+
+    def record(self) -> dict:
+        """What the calibration record keeps of the run (``quantization_aware_training``): its recipe and schedule,
+        and the held-out accuracy of the FP32 checkpoint, of the fake-quantized network before training and after
+        each epoch."""
+        run = self.train
+        return {
+            "reference": REFERENCE,
+            "fine_tuned_from": run.fine_tuned_from,
+            "weight_type": self.recipe.weight_type,
+            "per_channel": self.recipe.per_channel,
+            "activation_type": self.recipe.activation_type,
+            "epochs": run.epochs,
+            "train_images": run.train_images,
+            "seconds": round(sum(m.seconds for m in run.history), 3),
+            "folded_batchnorms": self.folded_batchnorms,
+            "quantized_layers": self.quantized_layers,
+            "quantized_activations": self.quantized_activations,
+            "range_images": self.calibration_images,
+            "weights_moved_by_export": self.grid_mismatches,
+            "val_data": run.val_data,
+            "val_images": run.val_images,
+            "fp32_top1": self.fp32_val_accuracy,
+            "before_top1": self.before_val_accuracy,
+            "after_top1_per_epoch": [m.val_accuracy for m in run.history],
+        }
 
 
 def train_qat(
