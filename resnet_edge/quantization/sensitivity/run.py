@@ -192,7 +192,7 @@ def _check_pair(fp32: onnx.ModelProto, int8: onnx.ModelProto) -> tuple[BlockMap,
     return fp32_map, int8_map
 
 
-@dataclass
+@dataclass(frozen=True)
 class _WholeRun:
     """Both models run whole, every block output exposed: the cumulative error at each block, and the logits."""
 
