@@ -376,7 +376,8 @@ def photos_256(path: Path, size: int = 256, count: int = 256, seed: int = 0) -> 
 _CHILD = """
 import json, sys, time, warnings
 from pathlib import Path
-from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
+from resnet_edge.quantization.options import QuantizeOptions
+from resnet_edge.quantization.quantize import quantize_onnx
 
 warnings.simplefilter("ignore")
 args = json.loads(sys.argv[1])
