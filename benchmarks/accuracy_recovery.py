@@ -244,8 +244,8 @@ def accuracy_table(model: Model, folder: Path, configs: list[tuple[str, dict]]) 
                 "path": str(out),
                 "seconds": round(time.perf_counter() - started, 1),
                 "integer": result.coverage.describe() if result.coverage else None,
-                "steps": result.record["accuracy_recovery"]["steps"],
-                "weights": result.record["accuracy_recovery"]["weights"],
+                "steps": [step.record() for step in result.recovery],
+                "weights": result.weight_grid,
             }
         )
         print_row(rows[-1])
@@ -376,7 +376,8 @@ def photos_256(path: Path, size: int = 256, count: int = 256, seed: int = 0) -> 
 _CHILD = """
 import json, sys, time, warnings
 from pathlib import Path
-from resnet_edge.quantization.quantize import QuantizeOptions, quantize_onnx
+from resnet_edge.quantization.options import QuantizeOptions
+from resnet_edge.quantization.quantize import quantize_onnx
 
 warnings.simplefilter("ignore")
 args = json.loads(sys.argv[1])
@@ -399,13 +400,12 @@ def progress(event):
 t = time.perf_counter()
 r = quantize_onnx(args["model"], args["out"], QuantizeOptions(calib=args["calib"], measure_speed=False,
                   allow_accuracy_drop=True, judge_steps=False, **args["extra"]), on_progress=progress)
-rec = r.record["accuracy_recovery"]
-adaround = next((s["details"] for s in rec["steps"] if s["step"] == "adaround"), None)
+adaround = next((s.details for s in r.recovery if s.name == "adaround"), None)
 print(json.dumps({
     "seconds": time.perf_counter() - t,
     "bytes": r.bytes_after,
-    "steps": {s["step"]: s["seconds"] for s in rec["steps"]},
-    "reading_s": rec["reading_layer_inputs_s"],
+    "steps": {s.name: round(s.seconds, 3) for s in r.recovery},
+    "reading_s": None if r.recovery_reading_seconds is None else round(r.recovery_reading_seconds, 3),
     # Resetting the high-water mark resets ru_maxrss too: the process's peak is the larger of the two parts.
     "peak_rss_mb": max(marks.get("before_recovery_peak_mb", 0), peak_mb()),
     "recovery_peak_rss_mb": peak_mb() if "recovery" in marks else None,

@@ -35,10 +35,9 @@ from resnet_edge.quantization.quantize import QuantizeResult, quantize_onnx
 from resnet_edge.training.options import TrainOptions
 from resnet_edge.training.qat import QatResult, train_qat
 
-__all__ = ["QatExport", "qat_onnx", "qat_quantize_options", "qat_record"]
+__all__ = ["QatExport", "qat_onnx", "qat_quantize_options"]
 
 ONNX_SUFFIX = ".onnx"
-REFERENCE = "Jacob et al. 2018; Krishnamoorthi 2018, sec. 3 (fake quantization, straight-through estimator, BN folded)"
 
 
 @dataclass(frozen=True)
@@ -78,32 +77,6 @@ def qat_quantize_options(source: str | Path, options: TrainOptions) -> QuantizeO
         adaround=False,
         measure_speed=False,
     )
-
-
-def qat_record(qat: QatResult) -> dict:
-    """What the calibration record keeps of a QAT run: its recipe and schedule, and the held-out accuracy of the FP32
-    checkpoint, of the fake-quantized network before training and after each epoch."""
-    run = qat.train
-    return {
-        "reference": REFERENCE,
-        "fine_tuned_from": run.fine_tuned_from,
-        "weight_type": qat.recipe.weight_type,
-        "per_channel": qat.recipe.per_channel,
-        "activation_type": qat.recipe.activation_type,
-        "epochs": run.epochs,
-        "train_images": run.train_images,
-        "seconds": round(sum(m.seconds for m in run.history), 3),
-        "folded_batchnorms": qat.folded_batchnorms,
-        "quantized_layers": qat.quantized_layers,
-        "quantized_activations": qat.quantized_activations,
-        "range_images": qat.calibration_images,
-        "weights_moved_by_export": qat.grid_mismatches,
-        "val_data": run.val_data,
-        "val_images": run.val_images,
-        "fp32_top1": qat.fp32_val_accuracy,
-        "before_top1": qat.before_val_accuracy,
-        "after_top1_per_epoch": [m.val_accuracy for m in run.history],
-    }
 
 
 def qat_onnx(
@@ -150,7 +123,7 @@ def qat_onnx(
     with tempfile.TemporaryDirectory(prefix="resnet-edge-qat-") as tmp:
         exported = export_onnx(checkpoint, Path(tmp, "fp32.onnx"), ExportOptions())
         quantized = quantize_onnx(
-            exported.output, output, quantize_options, on_progress=on_progress, trained=qat_record(qat)
+            exported.output, output, quantize_options, on_progress=on_progress, trained=qat.record()
         )
     return QatExport(
         output=quantized.output,

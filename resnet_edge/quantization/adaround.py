@@ -30,6 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,6 +39,9 @@ from resnet_edge.quantization.layer_data import output_positions, patches
 from resnet_edge.quantization.options import ADAROUND_ITERATIONS
 from resnet_edge.quantization.qdq import QuantizedLayer
 from resnet_edge.quantization.weights import WeightGrid, expand_scale, round_to_nearest
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = [
     "ADAROUND_MEMORY",
@@ -204,63 +208,24 @@ def _adaround(
     import torch
 
     started = time.perf_counter()
-    generator = torch.Generator().manual_seed(parameters.seed)
     out = weight.shape[0]
     full_scale = torch.from_numpy(expand_scale(scale, weight.shape, grid).reshape(out, -1))
     w = torch.from_numpy(weight.reshape(out, -1).astype(np.float32))
     x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
     y = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
     b = torch.from_numpy(bias.astype(np.float32)) if bias is not None else torch.zeros(out)
-    floor = torch.floor(w / full_scale)
-    rest = (w / full_scale - floor).clamp(1e-4, 1 - 1e-4)
+    relaxed = _Relaxed(full_scale, torch.floor(w / full_scale), b, relu, grid)
+    rest = (w / full_scale - relaxed.floor).clamp(1e-4, 1 - 1e-4)
     # h(V) starts at the fractional part, so the relaxed weights start at W itself (AIMET's initialisation).
     v = torch.nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))
-    optimizer = torch.optim.Adam([v], lr=parameters.learning_rate, fused=True)  # ~25% faster per step on CPU
-
-    def soft(values: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(torch.sigmoid(values) * (ZETA - GAMMA) + GAMMA, 0, 1)
-
-    def weights_of(rounding: torch.Tensor) -> torch.Tensor:
-        return full_scale * torch.clamp(floor + rounding, grid.qmin, grid.qmax)
-
-    def loss_of(quantized: torch.Tensor, rows: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
-        output = torch.addmm(b, rows, quantized.T)
-        if relu:
-            output = torch.relu(output)
-        return (output - wanted).square().sum(dim=1).mean()
-
-    total = parameters.iterations
-    step = 0
-    batch = min(parameters.batch, len(x))
-    order_x, order_y, at = x, y, len(x)  # rows in a shuffled order, taken a batch at a time (no gather per step)
-    while step < total:
-        if step == PROBE_STEPS and seconds is not None:
-            per_step = (time.perf_counter() - started) / PROBE_STEPS
-            total = min(total, max(MIN_STEPS, int(seconds / max(per_step, 1e-9))))
-        if at + batch > len(x):
-            order = torch.randperm(len(x), generator=generator)
-            order_x, order_y, at = x[order], y[order], 0
-        rows, wanted = order_x[at : at + batch], order_y[at : at + batch]
-        at += batch
-        h = soft(v)
-        loss = loss_of(weights_of(h), rows, wanted)
-        warm = parameters.warm_up * total
-        if step >= warm:
-            progress = (step - warm) / max(total - warm, 1)
-            start, end = parameters.beta
-            beta = end + 0.5 * (start - end) * (1 + np.cos(progress * np.pi))
-            loss = loss + parameters.regularization * (1 - (2 * h - 1).abs().pow(beta)).sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        step += 1
+    step = _optimise(relaxed, v, x, y, parameters, seconds, started)
 
     with torch.no_grad():
         learned = (v >= 0).float()  # h(V) >= 0.5 exactly where V >= 0
         nearest = torch.from_numpy(round_to_nearest(weight, scale, grid).reshape(out, -1).astype(np.float32))
-        adaround_loss = _chunked_loss(loss_of, weights_of(learned), x, y)
-        nearest_loss = _chunked_loss(loss_of, full_scale * nearest, x, y)
-        learned_int = torch.clamp(floor + learned, grid.qmin, grid.qmax)
+        adaround_loss = _chunked_loss(relaxed.loss, relaxed.weights(learned), x, y)
+        nearest_loss = _chunked_loss(relaxed.loss, full_scale * nearest, x, y)
+        learned_int = torch.clamp(relaxed.floor + learned, grid.qmin, grid.qmax)
         flipped = float((learned_int != nearest).float().mean())
     kept = "adaround" if adaround_loss <= nearest_loss else "nearest"
     chosen = learned_int if kept == "adaround" else nearest
@@ -274,6 +239,75 @@ def _adaround(
         kept=kept,
         flipped=flipped,
     )
+
+
+@dataclass(frozen=True)
+class _Relaxed:
+    """A layer's weights on the relaxed grid, ``s * clip(floor(W / s) + h(V), qmin, qmax)``, and the loss they give
+    (tensors, all (out, fan_in) but ``bias``)."""
+
+    full_scale: Tensor
+    floor: Tensor
+    bias: Tensor
+    relu: bool
+    grid: WeightGrid
+
+    def soft(self, values: Tensor) -> Tensor:
+        """The rectified sigmoid h(V)."""
+        return (values.sigmoid() * (ZETA - GAMMA) + GAMMA).clamp(0, 1)
+
+    def weights(self, rounding: Tensor) -> Tensor:
+        return self.full_scale * (self.floor + rounding).clamp(self.grid.qmin, self.grid.qmax)
+
+    def loss(self, quantized: Tensor, rows: Tensor, wanted: Tensor) -> Tensor:
+        """Mean squared error of the layer's output (after the Relu where it has one) over the rows."""
+        output = self.bias.addmm(rows, quantized.T)
+        if self.relu:
+            output = output.relu()
+        return (output - wanted).square().sum(dim=1).mean()
+
+
+def _optimise(
+    relaxed: _Relaxed,
+    v: Tensor,
+    x: Tensor,
+    y: Tensor,
+    parameters: AdaRoundParameters,
+    seconds: float | None,
+    started: float,
+) -> int:
+    """Adam on ``v`` in batches of rows, the rounding regulariser annealed in after the warm-up; returns the steps
+    taken (``parameters.iterations``, fewer when ``seconds`` allow fewer)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(parameters.seed)
+    optimizer = torch.optim.Adam([v], lr=parameters.learning_rate, fused=True)  # ~25% faster per step on CPU
+    total = parameters.iterations
+    step = 0
+    batch = min(parameters.batch, len(x))
+    order_x, order_y, at = x, y, len(x)  # rows in a shuffled order, taken a batch at a time (no gather per step)
+    while step < total:
+        if step == PROBE_STEPS and seconds is not None:
+            per_step = (time.perf_counter() - started) / PROBE_STEPS
+            total = min(total, max(MIN_STEPS, int(seconds / max(per_step, 1e-9))))
+        if at + batch > len(x):
+            order = torch.randperm(len(x), generator=generator)
+            order_x, order_y, at = x[order], y[order], 0
+        rows, wanted = order_x[at : at + batch], order_y[at : at + batch]
+        at += batch
+        h = relaxed.soft(v)
+        loss = relaxed.loss(relaxed.weights(h), rows, wanted)
+        warm = parameters.warm_up * total
+        if step >= warm:
+            progress = (step - warm) / max(total - warm, 1)
+            start, end = parameters.beta
+            beta = end + 0.5 * (start - end) * (1 + np.cos(progress * np.pi))
+            loss = loss + parameters.regularization * (1 - (2 * h - 1).abs().pow(beta)).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        step += 1
+    return step
 
 
 def _chunked_loss(loss_of, weights, x, y, chunk: int = 4096) -> float:

@@ -26,7 +26,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -38,7 +38,7 @@ from resnet_edge.errors import CheckFailedError
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import QUANTIZATION_KEY, preprocessing_for, write_with_record
 from resnet_edge.progress import ProgressCallback
-from resnet_edge.quantization.calibrate import calibrate_onnx
+from resnet_edge.quantization.calibrate import Calibration, calibrate_onnx
 from resnet_edge.quantization.evaluate import SPEED_ITERATIONS, SpeedComparison, median_latencies_ms
 from resnet_edge.quantization.options import AccuracyGoal, QuantizeOptions
 from resnet_edge.quantization.quantize import QuantizeResult, quantize_onnx
@@ -110,6 +110,32 @@ class MixedPrecisionResult:
     @property
     def fp32_blocks(self) -> list[str]:
         return self.steps[-1].fp32_blocks
+
+    def record(self) -> dict:
+        """The chosen model's calibration record, with the search under ``mixed_precision``."""
+        goal = self.target
+        return self.quantize.record() | {
+            "mixed_precision": {
+                "target": {"max_top1_drop": goal.max_top1_drop, "min_agreement": goal.min_agreement},
+                "rule": "keep the most sensitive blocks in FP32, fewest first, until the target holds",
+                "ranking": [
+                    {"block": r.block, "sensitivity_db": _finite(r.sensitivity_db), "exclude": r.exclude}
+                    for r in self.ranking
+                ],
+                "steps": [
+                    {
+                        "step": s.step,
+                        "fp32_blocks": s.fp32_blocks,
+                        "top1_agreement": s.top1_agreement,
+                        "top1_drop_points": s.top1_drop_points,
+                        "p50_ms": s.p50_ms,
+                        "met": s.met,
+                    }
+                    for s in self.steps
+                ],
+                "exclude": self.exclude,
+            }
+        }
 
 
 def search_prefixes(
@@ -185,107 +211,99 @@ def quantize_mixed_precision(
     goal.check()
     model_path = Path(source)
     output = require_writable_destination(output)
-    require_writable_destination(Path(f"{output}.json"))
+    sidecar = require_writable_destination(Path(f"{output}.json"))
     options = options or QuantizeOptions()
     refuse_overwriting_inputs(
-        [output, Path(f"{output}.json")],
-        [model_path, options.calib, options.eval_data],
-        command="quantize output",
+        [output, sidecar], [model_path, options.calib, options.eval_data], command="quantize output"
     )
     fp32 = load_onnx(model_path)
-    ranking: list[BlockSensitivity] = []
-
     with tempfile.TemporaryDirectory(prefix="resnet-edge-mixed-") as tmp:
         calibration = calibrate_onnx(model_path, tmp, options, on_progress=on_progress)
-        by_block: dict[str, list[str]] = {}
-
-        def exclusions(blocks: list[str]) -> list[str]:
-            return list(dict.fromkeys([*options.exclude, *(item for b in blocks for item in by_block[b])]))
-
-        def evaluate(blocks: list[str]) -> QuantizeResult:
-            # Every step is judged by the search's own target, not by quantize's default bar.
-            step_options = replace(
-                options, exclude=tuple(exclusions(blocks)), measure_speed=False, allow_accuracy_drop=True
-            )
-            result = quantize_onnx(
-                model_path, Path(tmp, f"step{len(blocks)}.onnx"), step_options, calibration=calibration
-            )
-            if on_step is not None:
-                on_step(_step(blocks, result, goal, exclusions(blocks)))
-            return result
-
-        def rank(first: QuantizeResult) -> list[str]:
-            analysis = analyze_quantization(
-                fp32,
-                onnx.load(str(first.output)),
-                SensitivityOptions(
-                    data=first.evaluation_source, label_map=options.label_map, limit=analysis_images, seed=options.seed
-                ),
-            )
-            for name in analysis.ranking:
-                block = analysis.block(name)
-                by_block[name] = block.exclude
-                ranking.append(
-                    BlockSensitivity(name, block.sensitivity_db, block.isolated_top1_agreement, block.exclude)
-                )
-            return analysis.ranking
-
-        tried = search_prefixes(evaluate, goal.met_by, rank, describe=lambda r: _describe(r, goal))
-        steps = [_step(blocks, result, goal, exclusions(blocks)) for blocks, result in tried]
+        search = _Search(model_path, Path(tmp), fp32, options, calibration, goal, on_step, analysis_images)
+        tried = search_prefixes(search.evaluate, goal.met_by, search.rank, describe=lambda r: _describe(r, goal))
+        steps = [_step(blocks, result, goal, search.exclusions(blocks)) for blocks, result in tried]
         fp32_p50, iterations = None, None
         if options.measure_speed:
             fp32_p50, p50s, iterations = _time_side_by_side(fp32, [r for _, r in tried])
             steps = [replace(s, p50_ms=p, speedup=fp32_p50 / p) for s, p in zip(steps, p50s, strict=True)]
         chosen = tried[-1][1]
-        exclude = steps[-1].exclude
-        record = dict(chosen.record)
-        record["mixed_precision"] = {
-            "target": {"max_top1_drop": goal.max_top1_drop, "min_agreement": goal.min_agreement},
-            "rule": "keep the most sensitive blocks in FP32, fewest first, until the target holds",
-            "ranking": [
-                {"block": r.block, "sensitivity_db": _finite(r.sensitivity_db), "exclude": r.exclude} for r in ranking
-            ],
-            "steps": [
-                {
-                    "step": s.step,
-                    "fp32_blocks": s.fp32_blocks,
-                    "top1_agreement": s.top1_agreement,
-                    "top1_drop_points": s.top1_drop_points,
-                    "p50_ms": s.p50_ms,
-                    "met": s.met,
-                }
-                for s in steps
-            ],
-            "exclude": exclude,
-        }
+        result = MixedPrecisionResult(
+            target=goal,
+            quantize=replace(chosen, output=output, sidecar=sidecar, speed=_speed(fp32_p50, steps, iterations)),
+            steps=steps,
+            ranking=search.ranking,
+            exclude=steps[-1].exclude,
+            fp32_p50_ms=fp32_p50,
+            timing_iterations=iterations,
+            seconds=0.0,
+        )
+        record = result.record()
         model = onnx.load(str(chosen.output))
-        size = write_with_record(
-            model, Path(output), Path(f"{output}.json"), key=QUANTIZATION_KEY, embedded=record, record=record
-        )
+        size = write_with_record(model, output, sidecar, key=QUANTIZATION_KEY, embedded=record, record=record)
 
-    speed = None
-    if fp32_p50 is not None:
-        speed = SpeedComparison(
-            fp32_p50_ms=fp32_p50, int8_p50_ms=steps[-1].p50_ms, iterations=iterations, threads=_threads()
+    seconds = time.perf_counter() - started
+    return replace(result, quantize=replace(result.quantize, bytes_after=size, seconds=seconds), seconds=seconds)
+
+
+@dataclass
+class _Search:
+    """The search's steps: each quantizes with the one calibration, keeping the given blocks in FP32; step 0's model
+    ranks the blocks (:func:`analyze_quantization`)."""
+
+    model_path: Path
+    folder: Path
+    fp32: onnx.ModelProto
+    options: QuantizeOptions
+    calibration: Calibration
+    goal: AccuracyGoal
+    on_step: Callable[[SearchStep], object] | None
+    analysis_images: int
+    by_block: dict[str, list[str]] = field(default_factory=dict)  # block -> the --exclude items keeping it in FP32
+    ranking: list[BlockSensitivity] = field(default_factory=list)  # filled by rank()
+
+    def exclusions(self, blocks: list[str]) -> list[str]:
+        """The user's ``--exclude`` items, then those of ``blocks``."""
+        return list(dict.fromkeys([*self.options.exclude, *(item for b in blocks for item in self.by_block[b])]))
+
+    def evaluate(self, blocks: list[str]) -> QuantizeResult:
+        """The model with ``blocks`` in FP32, judged on the held-out images."""
+        # Every step is judged by the search's own target, not by quantize's default bar.
+        step_options = replace(
+            self.options, exclude=tuple(self.exclusions(blocks)), measure_speed=False, allow_accuracy_drop=True
         )
-    final = replace(
-        chosen,
-        output=output,
-        sidecar=Path(f"{output}.json"),
-        bytes_after=size,
-        speed=speed,
-        record=record,
-        seconds=time.perf_counter() - started,
-    )
-    return MixedPrecisionResult(
-        target=goal,
-        quantize=final,
-        steps=steps,
-        ranking=ranking,
-        exclude=exclude,
-        fp32_p50_ms=fp32_p50,
-        timing_iterations=iterations,
-        seconds=time.perf_counter() - started,
+        output = self.folder / f"step{len(blocks)}.onnx"
+        result = quantize_onnx(self.model_path, output, step_options, calibration=self.calibration)
+        if self.on_step is not None:
+            self.on_step(_step(blocks, result, self.goal, self.exclusions(blocks)))
+        return result
+
+    def rank(self, first: QuantizeResult) -> list[str]:
+        """The blocks ``first`` quantized, most sensitive first."""
+        analysis = analyze_quantization(
+            self.fp32,
+            onnx.load(str(first.output)),
+            SensitivityOptions(
+                data=first.evaluation_source,
+                label_map=self.options.label_map,
+                limit=self.analysis_images,
+                seed=self.options.seed,
+            ),
+        )
+        for name in analysis.ranking:
+            block = analysis.block(name)
+            self.by_block[name] = block.exclude
+            self.ranking.append(
+                BlockSensitivity(name, block.sensitivity_db, block.isolated_top1_agreement, block.exclude)
+            )
+        return analysis.ranking
+
+
+def _speed(fp32_p50: float | None, steps: list[SearchStep], iterations: int | None) -> SpeedComparison | None:
+    """The chosen model's speed against FP32, from the side-by-side timing; None when timing was off."""
+    if fp32_p50 is None:
+        return None
+    return SpeedComparison(
+        fp32_p50_ms=fp32_p50, int8_p50_ms=steps[-1].p50_ms, iterations=iterations, threads=_threads()
     )
 
 

@@ -17,7 +17,7 @@ import onnx
 
 from resnet_edge import __version__
 from resnet_edge.artifacts import refuse_overwriting_inputs, require_writable_destination
-from resnet_edge.environment import cpu_info
+from resnet_edge.environment import CpuInfo, cpu_info
 from resnet_edge.errors import CheckFailedError, ResnetEdgeWarning
 from resnet_edge.onnx.graph import GraphIndex
 from resnet_edge.onnx.graph import output_step as graph_output_step
@@ -35,50 +35,80 @@ from resnet_edge.quantization.calibrate import (
 )
 from resnet_edge.quantization.configs import Format, Int8Recipe, Method
 from resnet_edge.quantization.coverage import IntegerCoverage
-from resnet_edge.quantization.evaluate import SpeedComparison, compare_speed, evaluate_against
+from resnet_edge.quantization.evaluate import Evaluation, SpeedComparison, compare_speed, evaluate_against
 from resnet_edge.quantization.npu import strict_integer_violations
 from resnet_edge.quantization.options import QuantizeOptions
-from resnet_edge.quantization.recovery import Judgement, Recovery, RecoveryStep, recover_accuracy
+from resnet_edge.quantization.recovery import Judgement, Recovery, RecoveryStep, recover_accuracy, recovery_record
 
 __all__ = [
     "QuantizeResult",
     "check_coverage",
     "check_integer_coverage",
-    "coverage_record",
     "quantize_onnx",
 ]
 
 
 @dataclass(frozen=True)
 class QuantizeResult:
+    """A quantized model, what it was made from and how it was judged; :meth:`record` is its calibration record.
+
+    Attributes:
+        output, sidecar: the INT8 model and its record beside it.
+        config: the recipe that was applied; ``target_requested`` the ``--target`` asked for (``auto``, say).
+        calibration_files: the calibration images, id -> SHA-256.
+        parity: INT8 against FP32 on the held-out images; ``fp32_accuracy``/``int8_accuracy`` where labelled.
+        fp32_nodes: compute nodes left in FP32; ``excluded_nodes`` the nodes the user's ``--exclude`` named.
+        coverage: integer kernels on ``provider``; None when not observable.
+        judged_by: "top-1 agreement" (validate's bar), or "logit error" for a model whose weights are known to be
+            random (its agreement measures noise; ``onnx.parity.logit_error_shortfalls``).
+        output_step: the INT8 output's quantization step; None when the output is not quantized.
+        recovery: the accuracy-recovery steps, judged before and after; ``weight_grid`` the grid resnet-edge wrote
+            (None: onnxruntime's weights were kept), ``recovery_reading_seconds`` the time spent reading layer inputs,
+            ``recovery_judged`` how the steps were judged (:class:`.recovery.Recovery`).
+        trained: what quantization-aware training did before (``training.qat.QatResult.record``); None without it.
+    """
+
     output: Path
     sidecar: Path
     config: Int8Recipe
+    target_requested: str
     method: str
     calibration_source: str
-    calibration_images: int
+    calibration_files: dict[str, str] = field(repr=False)
+    calibration_limit: int | None
+    calibration_seed: int
+    calibration_batch: int
     skipped_files: int
     evaluation_source: str
     evaluation_images: int
     overlap_excluded: int
-    parity: Parity  # INT8 against FP32 on the held-out images
+    parity: Parity
     fp32_accuracy: Accuracy | None
     int8_accuracy: Accuracy | None
     quantized_nodes: int
-    fp32_nodes: list[str]  # compute nodes left in FP32 (excluded ones)
+    fp32_nodes: list[str]
+    excluded_nodes: list[str]
     bytes_before: int
     bytes_after: int
     speed: SpeedComparison | None
     seconds: float
-    record: dict = field(repr=False)
-    coverage: IntegerCoverage | None = None  # integer kernels on the provider checked; None when not observable
-    # How INT8 was judged against FP32: "top-1 agreement" (validate's bar), or "logit error" for a model whose
-    # weights are known to be random (its agreement measures noise; onnx.parity.logit_error_shortfalls).
+    source_model_sha256: str
+    cpu: CpuInfo = field(repr=False)
+    versions: dict[str, str] = field(repr=False)
+    coverage: IntegerCoverage | None = None
     judged_by: str = "top-1 agreement"
-    output_step: float | None = None  # the INT8 output's quantization step; None when the output is not quantized
+    output_step: float | None = None
     provider: str = "cpu"  # the provider integer coverage was read on (its text form)
-    weight_grid: dict | None = None  # the weight grid resnet-edge wrote (None: onnxruntime's weights were kept)
-    recovery_judged: str = ""  # how the recovery steps were judged (Recovery.judged)
+    recovery: list[RecoveryStep] = field(default_factory=list)
+    weight_grid: dict | None = None
+    recovery_reading_seconds: float | None = None
+    recovery_judged: str = ""
+    trained: dict | None = None
+
+    @property
+    def calibration_images(self) -> int:
+        """Images calibrated on."""
+        return len(self.calibration_files)
 
     @property
     def max_error_steps(self) -> float | None:
@@ -90,14 +120,59 @@ class QuantizeResult:
         """How the INT8 model misses validate's INT8 bar on the held-out images; empty when it meets it."""
         return int8_shortfalls(self.parity, self.fp32_accuracy, self.int8_accuracy)
 
-    recovery: list[RecoveryStep] = field(default_factory=list)  # accuracy-recovery steps, judged before and after
-
     @property
     def top1_drop_points(self) -> float | None:
         """Labelled top-1 accuracy lost, in percentage points (negative: INT8 did better)."""
         if self.fp32_accuracy is None or self.int8_accuracy is None:
             return None
         return 100.0 * (self.fp32_accuracy.top1 - self.int8_accuracy.top1)
+
+    def record(self) -> dict:
+        """The calibration record: written beside the model (the sidecar) and into its metadata."""
+        config = self.config
+        return {
+            "target": config.target.value,
+            "target_requested": self.target_requested,
+            "format": config.format.value,
+            "activation_type": config.activation_type,
+            "weight_type": config.weight_type,
+            "per_channel": config.per_channel,
+            "reduce_range": config.reduce_range,
+            "symmetric_activations": config.symmetric_activations,
+            "weight_bits": config.weight_bits,
+            "weight_block": config.weight_block,
+            "power_of_two": config.power_of_two,
+            "strict_integer": config.strict_integer,
+            "reason": config.reason,
+            "method": self.method,
+            "calibration": {
+                "source": self.calibration_source,
+                "images": self.calibration_images,
+                "limit": self.calibration_limit,
+                "seed": self.calibration_seed,
+                "batch": self.calibration_batch,
+                "files": [{"id": k, "sha256": v} for k, v in self.calibration_files.items()],
+            },
+            "evaluation": {
+                "source": self.evaluation_source,
+                "images": self.evaluation_images,
+                "overlap_excluded": self.overlap_excluded,
+            },
+            "judged_by": self.judged_by,
+            "accuracy_recovery": recovery_record(
+                self.recovery,
+                grid=self.weight_grid,
+                reading_seconds=self.recovery_reading_seconds,
+                judged=self.recovery_judged,
+            ),
+            "quantization_aware_training": self.trained,
+            "excluded_nodes": self.excluded_nodes,
+            "fp32_nodes": self.fp32_nodes,
+            "integer_coverage": _coverage_record(self.coverage, self.provider),
+            "source_model_sha256": self.source_model_sha256,
+            "cpu": {"model": self.cpu.model, **self.cpu.features},
+            "versions": self.versions,
+        }
 
 
 def quantize_onnx(
@@ -139,9 +214,47 @@ def quantize_onnx(
         [output, sidecar], [model_path, options.calib, options.eval_data], command="quantize output"
     )
     job = prepare_job(model_path, options)
-    fp32, spec, config = job.source_model, job.spec, job.config
-    calib_source, eval_source, eval_indices = job.calib_source, job.eval_source, job.eval_indices
+    quantized = _quantize(job, options, calibration, on_progress)
+    int8 = quantized.recovery.model
+    _check_strict_integer(int8, job.config)
+    fp32_kept = check_coverage(quantized.prepped, int8, quantized.excluded)
+    evaluation = _evaluate(job, options, int8, quantized.calibration_files, fp32_kept)
+    output_step = graph_output_step(int8)
+    judged_by = _judge(job, evaluation, output_step, allow_drop=options.allow_accuracy_drop)
+    result = _result(
+        job,
+        options,
+        quantized,
+        evaluation,
+        fp32_kept=fp32_kept,
+        output_step=output_step,
+        judged_by=judged_by,
+        trained=trained,
+        output=output,
+        sidecar=sidecar,
+    )
+    size = _write(int8, job.source_model, result.record(), output, sidecar)
+    return replace(result, bytes_after=size, seconds=time.perf_counter() - started)
 
+
+@dataclass(frozen=True)
+class _Quantized:
+    """onnxruntime's quantization of the calibrated model, after the recipe's accuracy-recovery steps."""
+
+    prepped: onnx.ModelProto  # onnxruntime's pre-processed FP32 model, whose node names the INT8 one keeps
+    excluded: list[str]  # the nodes ``--exclude`` named
+    calibration_files: dict[str, str]  # the calibration images, id -> SHA-256
+    recovery: Recovery  # the INT8 model is ``recovery.model``
+
+
+def _quantize(
+    job: Job, options: QuantizeOptions, calibration: Calibration | None, on_progress: ProgressCallback | None
+) -> _Quantized:
+    """Calibrate (unless ``calibration`` is given), quantize with onnxruntime and run the recovery steps.
+
+    Raises:
+        ValueError: ``calibration`` was collected for another model or other calibration options.
+    """
     with tempfile.TemporaryDirectory(prefix="resnet-edge-quantize-") as tmp:
         given = calibration is not None
         if calibration is None:
@@ -152,120 +265,134 @@ def quantize_onnx(
         excluded = resolve_exclusions(prepped, options.exclude)
         seen = calibration.images
         int8_path = Path(tmp, "int8.onnx")
-        _quantize_static(calibration.prepped, int8_path, calibration.ranges, config, options.method, excluded)
+        _quantize_static(calibration.prepped, int8_path, calibration.ranges, job.config, options.method, excluded)
         int8 = onnx.load(str(int8_path))
         recovery = _recover(int8, prepped, job, options, Path(tmp), excluded, seen, given, on_progress)
-        int8 = recovery.model
+    return _Quantized(prepped, excluded, seen, recovery)
 
-    if config.strict_integer:
-        violations = strict_integer_violations(int8)
-        if violations:
-            raise CheckFailedError(
-                f"{config.target.value} is strict integer, and {len(violations)} Conv/Gemm/Add node(s) are not:"
-                f" {'; '.join(violations[:3])}"
-            )
-    fp32_kept = check_coverage(prepped, int8, excluded)
-    quantized_nodes = sum(n.op_type in COMPUTE_OPS for n in prepped.graph.node) - len(fp32_kept)
-    evaluation = evaluate_against(
-        job.source,
-        int8,
-        eval_source,
-        eval_indices,
-        spec,
-        exclude_hashes=set(seen.values()),
-        provider=options.provider,
-        strict_ep=options.strict_ep,
-    )
-    coverage = evaluation.coverage
-    if config.weight_bits == 8:  # 4-bit weights are dequantized on the CPU EP by design (see README, INT4)
-        strict = options.require_int8 or options.strict_ep or config.strict_integer
-        check_integer_coverage(coverage, excluded=fp32_kept, strict=strict)
-    output_step = graph_output_step(int8)
-    if read_metadata(fp32).random_weights:
-        judged_by, bar = "logit error", "the logit-error bar for random weights"
-        misses = logit_error_shortfalls(evaluation.parity, output_step)
-    else:
-        judged_by, bar = "top-1 agreement", "validate's bar"
-        misses = int8_shortfalls(evaluation.parity, evaluation.fp32_accuracy, evaluation.int8_accuracy)
-    if misses and not options.allow_accuracy_drop:
-        raise CheckFailedError(
-            f"INT8 model misses {bar} on {evaluation.images} held-out images of {eval_source.name}:"
-            f" {'; '.join(misses)}; nothing was written (pass --allow-accuracy-drop to keep it, or keep blocks in"
-            " FP32 with --max-top1-drop / --min-agreement)"
-        )
-    speed = compare_speed(fp32, int8, evaluation.first_image) if options.measure_speed else None
 
-    record = {
-        "target": config.target.value,
-        "target_requested": options.target.value,
-        "format": config.format.value,
-        "activation_type": config.activation_type,
-        "weight_type": config.weight_type,
-        "per_channel": config.per_channel,
-        "reduce_range": config.reduce_range,
-        "symmetric_activations": config.symmetric_activations,
-        "weight_bits": config.weight_bits,
-        "weight_block": config.weight_block,
-        "power_of_two": config.power_of_two,
-        "strict_integer": config.strict_integer,
-        "reason": config.reason,
-        "method": options.method.value,
-        "calibration": {
-            "source": calib_source.name,
-            "images": len(seen),
-            "limit": options.limit,
-            "seed": options.seed,
-            "batch": job.batch,
-            "files": [{"id": k, "sha256": v} for k, v in seen.items()],
-        },
-        "evaluation": {
-            "source": eval_source.name,
-            "images": evaluation.images,
-            "overlap_excluded": evaluation.overlap_excluded,
-        },
-        "judged_by": judged_by,
-        "accuracy_recovery": recovery.record(),
-        "quantization_aware_training": trained,
-        "excluded_nodes": sorted(excluded),
-        "fp32_nodes": fp32_kept,
-        "integer_coverage": coverage_record(coverage, options.provider.value),
-        "source_model_sha256": job.fingerprint[0],
-        "cpu": {"model": cpu_info().model, **cpu_info().features},
-        "versions": _versions(),
-    }
-    write_props(int8, read_props(fp32))  # the FP32 model's own description (labels, preprocessing) carries over
-    onnx.checker.check_model(int8, full_check=True)
-    size = write_with_record(int8, output, sidecar, key=QUANTIZATION_KEY, embedded=record, record=record)
-
+def _result(
+    job: Job,
+    options: QuantizeOptions,
+    quantized: _Quantized,
+    evaluation: Evaluation,
+    *,
+    fp32_kept: list[str],
+    output_step: float | None,
+    judged_by: str,
+    trained: dict | None,
+    output: Path,
+    sidecar: Path,
+) -> QuantizeResult:
+    """The result before the model is written (``bytes_after`` and ``seconds`` are filled in after)."""
+    int8, recovery = quantized.recovery.model, quantized.recovery
     return QuantizeResult(
         output=output,
         sidecar=sidecar,
-        config=config,
+        config=job.config,
+        target_requested=options.target.value,
         method=options.method.value,
-        calibration_source=calib_source.name,
-        calibration_images=len(seen),
-        skipped_files=calib_source.skipped,
-        evaluation_source=eval_source.name,
+        calibration_source=job.calib_source.name,
+        calibration_files=quantized.calibration_files,
+        calibration_limit=options.limit,
+        calibration_seed=options.seed,
+        calibration_batch=job.batch,
+        skipped_files=job.calib_source.skipped,
+        evaluation_source=job.eval_source.name,
         evaluation_images=evaluation.images,
         overlap_excluded=evaluation.overlap_excluded,
         parity=evaluation.parity,
         fp32_accuracy=evaluation.fp32_accuracy,
         int8_accuracy=evaluation.int8_accuracy,
-        quantized_nodes=quantized_nodes,
+        quantized_nodes=sum(n.op_type in COMPUTE_OPS for n in quantized.prepped.graph.node) - len(fp32_kept),
         fp32_nodes=fp32_kept,
-        bytes_before=model_path.stat().st_size,
-        bytes_after=size,
-        speed=speed,
-        seconds=time.perf_counter() - started,
-        record=record,
-        coverage=coverage,
+        excluded_nodes=sorted(quantized.excluded),
+        bytes_before=job.source.stat().st_size,
+        bytes_after=0,
+        speed=compare_speed(job.source_model, int8, evaluation.first_image) if options.measure_speed else None,
+        seconds=0.0,
+        source_model_sha256=job.fingerprint[0],
+        cpu=cpu_info(),
+        versions=_versions(),
+        coverage=evaluation.coverage,
         judged_by=judged_by,
         output_step=output_step,
-        recovery=recovery.steps,
         provider=options.provider.value,
+        recovery=recovery.steps,
         weight_grid=recovery.grid,
+        recovery_reading_seconds=recovery.reading_seconds,
         recovery_judged=recovery.judged,
+        trained=trained,
     )
+
+
+def _evaluate(
+    job: Job, options: QuantizeOptions, int8: onnx.ModelProto, calibration_files: dict[str, str], fp32_kept: list[str]
+) -> Evaluation:
+    """INT8 against FP32 on the held-out images (none calibrated on), its integer coverage checked.
+
+    Raises:
+        CheckFailedError: a Conv/Gemm not kept in FP32 ran as a float kernel, with a strict option or target.
+        ProviderError: ``--strict-ep`` and the provider is missing or took only part of the compute.
+    """
+    evaluation = evaluate_against(
+        job.source,
+        int8,
+        job.eval_source,
+        job.eval_indices,
+        job.spec,
+        exclude_hashes=set(calibration_files.values()),
+        provider=options.provider,
+        strict_ep=options.strict_ep,
+    )
+    if job.config.weight_bits == 8:  # 4-bit weights are dequantized on the CPU EP by design (see README, INT4)
+        strict = options.require_int8 or options.strict_ep or job.config.strict_integer
+        check_integer_coverage(evaluation.coverage, excluded=fp32_kept, strict=strict)
+    return evaluation
+
+
+def _check_strict_integer(int8: onnx.ModelProto, config: Int8Recipe) -> None:
+    """Refuse a model for a strict-integer target (an NPU) with a Conv, Gemm or Add that is not all integer.
+
+    Raises:
+        CheckFailedError: such a node.
+    """
+    if not config.strict_integer:
+        return
+    violations = strict_integer_violations(int8)
+    if violations:
+        raise CheckFailedError(
+            f"{config.target.value} is strict integer, and {len(violations)} Conv/Gemm/Add node(s) are not:"
+            f" {'; '.join(violations[:3])}"
+        )
+
+
+def _judge(job: Job, evaluation: Evaluation, output_step: float | None, *, allow_drop: bool) -> str:
+    """How the INT8 model is judged against FP32 (``QuantizeResult.judged_by``), after checking that it passes.
+
+    Raises:
+        CheckFailedError: it misses the bar, and ``allow_drop`` is off.
+    """
+    if read_metadata(job.source_model).random_weights:
+        judged_by, bar = "logit error", "the logit-error bar for random weights"
+        misses = logit_error_shortfalls(evaluation.parity, output_step)
+    else:
+        judged_by, bar = "top-1 agreement", "validate's bar"
+        misses = int8_shortfalls(evaluation.parity, evaluation.fp32_accuracy, evaluation.int8_accuracy)
+    if misses and not allow_drop:
+        raise CheckFailedError(
+            f"INT8 model misses {bar} on {evaluation.images} held-out images of {job.eval_source.name}:"
+            f" {'; '.join(misses)}; nothing was written (pass --allow-accuracy-drop to keep it, or keep blocks in"
+            " FP32 with --max-top1-drop / --min-agreement)"
+        )
+    return judged_by
+
+
+def _write(int8: onnx.ModelProto, fp32: onnx.ModelProto, record: dict, output: Path, sidecar: Path) -> int:
+    """Write the checked INT8 model with its record embedded and beside it; returns the model's size in bytes."""
+    write_props(int8, read_props(fp32))  # the FP32 model's own description (labels, preprocessing) carries over
+    onnx.checker.check_model(int8, full_check=True)
+    return write_with_record(int8, output, sidecar, key=QUANTIZATION_KEY, embedded=record, record=record)
 
 
 def _recover(
@@ -393,7 +520,7 @@ def check_integer_coverage(coverage: IntegerCoverage | None, *, excluded: Sequen
     warnings.warn(message, ResnetEdgeWarning, stacklevel=3)
 
 
-def coverage_record(coverage: IntegerCoverage | None, provider: str) -> dict | None:
+def _coverage_record(coverage: IntegerCoverage | None, provider: str) -> dict | None:
     """The integer coverage as the calibration record keeps it."""
     if coverage is None:
         return None

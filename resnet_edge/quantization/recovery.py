@@ -19,7 +19,7 @@ and after, unless judging is off; the judgements go to the calibration record wi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,7 +43,7 @@ from resnet_edge.quantization.qdq import (
 )
 from resnet_edge.quantization.weights import WeightGrid, expand_scale, grid_scales, recipe_grid, round_to_nearest
 
-__all__ = ["REFERENCES", "Judgement", "Recovery", "RecoveryStep", "recover_accuracy"]
+__all__ = ["REFERENCES", "Judgement", "Recovery", "RecoveryStep", "recover_accuracy", "recovery_record"]
 
 REFERENCES = {
     "equalize": "Nagel et al. 2019, Data-Free Quantization Through Weight Equalization and Bias Correction, sec. 4.1",
@@ -69,6 +69,15 @@ class Judgement:
     images: int
     kl_divergence: float | None = None
 
+    def record(self) -> dict:
+        """What the calibration record keeps of it."""
+        return {
+            "top1_agreement": self.top1_agreement,
+            "top1": self.top1,
+            "images": self.images,
+            "kl": self.kl_divergence,
+        }
+
 
 @dataclass(frozen=True)
 class RecoveryStep:
@@ -89,6 +98,17 @@ class RecoveryStep:
     after: Judgement | None
     details: dict = field(repr=False)
 
+    def record(self) -> dict:
+        """What the calibration record keeps of it."""
+        return {
+            "step": self.name,
+            "reference": self.reference,
+            "seconds": round(self.seconds, 3),
+            "before": None if self.before is None else self.before.record(),
+            "after": None if self.after is None else self.after.record(),
+            "details": self.details,
+        }
+
 
 @dataclass(frozen=True)
 class Recovery:
@@ -108,30 +128,18 @@ class Recovery:
     reading_seconds: float | None
     judged: str
 
-    def record(self) -> dict:
-        """What the calibration record keeps of it."""
 
-        def judged(j: Judgement | None) -> dict | None:
-            if j is None:
-                return None
-            return {"top1_agreement": j.top1_agreement, "top1": j.top1, "images": j.images, "kl": j.kl_divergence}
-
-        return {
-            "steps": [
-                {
-                    "step": s.name,
-                    "reference": s.reference,
-                    "seconds": round(s.seconds, 3),
-                    "before": judged(s.before),
-                    "after": judged(s.after),
-                    "details": s.details,
-                }
-                for s in self.steps
-            ],
-            "weights": self.grid,
-            "reading_layer_inputs_s": None if self.reading_seconds is None else round(self.reading_seconds, 3),
-            "judged": self.judged,
-        }
+def recovery_record(
+    steps: Sequence[RecoveryStep], *, grid: dict | None, reading_seconds: float | None, judged: str
+) -> dict:
+    """What the calibration record keeps of the recovery (``accuracy_recovery``): each step, judged before and
+    after, the weight grid written, the time spent reading layer inputs, and how the steps were judged."""
+    return {
+        "steps": [step.record() for step in steps],
+        "weights": grid,
+        "reading_layer_inputs_s": None if reading_seconds is None else round(reading_seconds, 3),
+        "judged": judged,
+    }
 
 
 def recover_accuracy(
@@ -167,83 +175,31 @@ def recover_accuracy(
     grid_record = None
     scales: dict[str, np.ndarray] = {}
     if config.rewrites_weights:
-        grid = recipe_grid(config)
-        scales, grid_record = _write_grid(int8, float_model, layers, config, grid)
+        scales, grid_record = _write_grid(int8, float_model, layers, config, recipe_grid(config))
         layers = quantized_layers(int8, float_model)  # the input scales may have changed
     current: Judgement | None = None
-
     if config.equalize and job.equalization is not None:
-        before = None
-        if judge is not None and unequalized is not None:
-            base, base_float = unequalized()
-            if config.rewrites_weights:
-                _write_grid(base, base_float, quantized_layers(base, base_float), config, recipe_grid(config))
-            before = judge(base)
-        current = judge(int8) if judge is not None else None
-        steps.append(
-            RecoveryStep(
-                "equalize",
-                REFERENCES["equalize"],
-                job.equalization.seconds,
-                before,
-                current,
-                job.equalization.record(),
-            )
-        )
+        steps.append(_equalize_step(int8, job, judge, unequalized))
+        current = steps[-1].after
 
     # AdaRound and bias correction read im2col patches, which a grouped convolution (not in these ResNets) does not
     # take: such layers keep their nearest rounding and their bias, and the record names them.
-    ungrouped = [layer for layer in layers if layer.group == 1]
     skipped = [layer.name for layer in layers if layer.group != 1]
-    layers = ungrouped
-    reading = None
-    means, samples = None, None
-    if config.adaround or config.bias_correction:
-        started = time.perf_counter()
-        means = MeanInputs() if config.bias_correction else None
-        samples = LayerSamples(layers, len(job.calib_indices), seed=options.seed) if config.adaround else None
-        read_layer_inputs(
-            float_model,
-            layers,
-            job.calib_source,
-            job.spec,
-            job.calib_indices,
-            [c for c in (means, samples) if c is not None],
-            on_progress=on_progress,
-        )
-        reading = time.perf_counter() - started
+    layers = [layer for layer in layers if layer.group == 1]
+    means, samples, reading = _read_inputs(float_model, layers, job, options, on_progress)
 
     if config.adaround and samples is not None:
         before = current if current is not None or judge is None else judge(int8)
-        parameters = AdaRoundParameters(
-            iterations=options.adaround_iterations, seconds=options.adaround_seconds, seed=options.seed
+        steps.append(
+            _adaround_step(
+                int8, layers, scales, recipe_grid(config), samples, options, before, judge, skipped, on_progress
+            )
         )
-        started = time.perf_counter()
-        grid = recipe_grid(config)
-        found, report = adaround_layers(layers, scales, grid, samples, parameters, on_progress=on_progress)
-        for layer in layers:
-            write_weights(int8, layer, found[layer.name], scales[layer.name], bits=grid.bits, block=grid.block)
-        seconds = time.perf_counter() - started
-        current = judge(int8) if judge is not None else None
-        details = adaround_record(report, parameters, samples) | {"grouped_layers_skipped": skipped}
-        steps.append(RecoveryStep("adaround", REFERENCES["adaround"], seconds, before, current, details))
+        current = steps[-1].after
 
     if config.bias_correction and means is not None:
         before = current if current is not None or judge is None else judge(int8)
-        started = time.perf_counter()
-        correction = correct_biases(int8, layers, means)
-        seconds = time.perf_counter() - started
-        current = judge(int8) if judge is not None else None
-        steps.append(
-            RecoveryStep(
-                "bias_correction",
-                REFERENCES["bias_correction"],
-                seconds,
-                before,
-                current,
-                correction.record() | {"grouped_layers_skipped": skipped},
-            )
-        )
+        steps.append(_bias_correction_step(int8, layers, means, before, judge, skipped))
     return Recovery(
         model=int8,
         steps=steps,
@@ -251,6 +207,90 @@ def recover_accuracy(
         reading_seconds=reading,
         judged="judged on the held-out images" if judge is not None else not_judged,
     )
+
+
+def _read_inputs(
+    float_model: onnx.ModelProto,
+    layers: list[QuantizedLayer],
+    job: Job,
+    options: QuantizeOptions,
+    on_progress: ProgressCallback | None,
+) -> tuple[MeanInputs | None, LayerSamples | None, float | None]:
+    """The layers' inputs on the calibration images, read once for both steps that need them: their means (bias
+    correction) and a sample of rows (AdaRound); None for a step the recipe skips, and the seconds taken."""
+    config = job.config
+    if not (config.adaround or config.bias_correction):
+        return None, None, None
+    started = time.perf_counter()
+    means = MeanInputs() if config.bias_correction else None
+    samples = LayerSamples(layers, len(job.calib_indices), seed=options.seed) if config.adaround else None
+    collectors = [c for c in (means, samples) if c is not None]
+    read_layer_inputs(
+        float_model, layers, job.calib_source, job.spec, job.calib_indices, collectors, on_progress=on_progress
+    )
+    return means, samples, time.perf_counter() - started
+
+
+def _equalize_step(
+    int8: onnx.ModelProto,
+    job: Job,
+    judge: Callable[[onnx.ModelProto], Judgement] | None,
+    unequalized: Callable[[], tuple[onnx.ModelProto, onnx.ModelProto]] | None,
+) -> RecoveryStep:
+    """Equalization, which ran before calibration: judged against the same recipe on the unequalized model."""
+    config = job.config
+    before = None
+    if judge is not None and unequalized is not None:
+        base, base_float = unequalized()
+        if config.rewrites_weights:
+            _write_grid(base, base_float, quantized_layers(base, base_float), config, recipe_grid(config))
+        before = judge(base)
+    after = judge(int8) if judge is not None else None
+    equalization = job.equalization
+    return RecoveryStep("equalize", REFERENCES["equalize"], equalization.seconds, before, after, equalization.record())
+
+
+def _adaround_step(
+    int8: onnx.ModelProto,
+    layers: list[QuantizedLayer],
+    scales: dict[str, np.ndarray],
+    grid: WeightGrid,
+    samples: LayerSamples,
+    options: QuantizeOptions,
+    before: Judgement | None,
+    judge: Callable[[onnx.ModelProto], Judgement] | None,
+    skipped: list[str],
+    on_progress: ProgressCallback | None,
+) -> RecoveryStep:
+    """AdaRound on every layer, the learned integers written into ``int8``; ``skipped``: the grouped layers left."""
+    parameters = AdaRoundParameters(
+        iterations=options.adaround_iterations, seconds=options.adaround_seconds, seed=options.seed
+    )
+    started = time.perf_counter()
+    found, report = adaround_layers(layers, scales, grid, samples, parameters, on_progress=on_progress)
+    for layer in layers:
+        write_weights(int8, layer, found[layer.name], scales[layer.name], bits=grid.bits, block=grid.block)
+    seconds = time.perf_counter() - started
+    after = judge(int8) if judge is not None else None
+    details = adaround_record(report, parameters, samples) | {"grouped_layers_skipped": skipped}
+    return RecoveryStep("adaround", REFERENCES["adaround"], seconds, before, after, details)
+
+
+def _bias_correction_step(
+    int8: onnx.ModelProto,
+    layers: list[QuantizedLayer],
+    means: MeanInputs,
+    before: Judgement | None,
+    judge: Callable[[onnx.ModelProto], Judgement] | None,
+    skipped: list[str],
+) -> RecoveryStep:
+    """Each layer's bias corrected by its measured mean shift, in ``int8``; ``skipped``: the grouped layers left."""
+    started = time.perf_counter()
+    correction = correct_biases(int8, layers, means)
+    seconds = time.perf_counter() - started
+    after = judge(int8) if judge is not None else None
+    details = correction.record() | {"grouped_layers_skipped": skipped}
+    return RecoveryStep("bias_correction", REFERENCES["bias_correction"], seconds, before, after, details)
 
 
 def _write_grid(

@@ -124,42 +124,22 @@ def fit(
     """
     report = on_progress or (lambda event: None)
     history: list[EpochMetrics] = []
-    count = len(train)
     for epoch in range(start_epoch, epochs):
         model.train()
         for module in frozen:
             module.eval()
-        order = torch.randperm(count, generator=generator)
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        correct = torch.zeros((), dtype=torch.long)
-        name = f"epoch {epoch + 1}/{epochs}"
         started = time.perf_counter()
-        for begin in range(0, count, batch):
-            index = order[begin : begin + batch]
-            images, labels = train.images[index], train.labels[index]
-            if augment is not None:
-                images = augment(images, generator)
-            loss, logits = step(model, images, labels)
-            loss_sum += loss.double() * len(index)
-            correct += (logits.argmax(1) == labels).sum()
-            done = min(begin + batch, count)
-            report(
-                Progress(
-                    STAGE,
-                    name,
-                    done,
-                    count,
-                    unit="img",
-                    detail=f"loss {float(loss_sum) / done:.4f}, accuracy {fmt.percent(int(correct) / done)}",
-                )
-            )
+        loss_sum, correct = _train_epoch(
+            model, train, batch, step, generator, augment, f"epoch {epoch + 1}/{epochs}", report
+        )
         seconds = time.perf_counter() - started
         val_loss, val_error = evaluate(model, val) if val is not None and len(val) else (None, None)
+        count = len(train)
         metrics = EpochMetrics(
             epoch=epoch + 1,
             lr=step.learning_rate(),
-            train_loss=float(loss_sum) / count,
-            train_error=1.0 - int(correct) / count,
+            train_loss=loss_sum / count,
+            train_error=1.0 - correct / count,
             val_loss=val_loss,
             val_error=val_error,
             seconds=seconds,
@@ -169,6 +149,43 @@ def fit(
         if on_epoch is not None:
             on_epoch(metrics)
     return history
+
+
+def _train_epoch(
+    model: nn.Module,
+    train: LabelledTensors,
+    batch: int,
+    step: Step,
+    generator: torch.Generator,
+    augment: Augmentation | None,
+    name: str,
+    report: ProgressCallback,
+) -> tuple[float, int]:
+    """One pass over ``train`` in an order drawn from ``generator``; returns the summed loss and the images right."""
+    count = len(train)
+    order = torch.randperm(count, generator=generator)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.long)
+    for begin in range(0, count, batch):
+        index = order[begin : begin + batch]
+        images, labels = train.images[index], train.labels[index]
+        if augment is not None:
+            images = augment(images, generator)
+        loss, logits = step(model, images, labels)
+        loss_sum += loss.double() * len(index)
+        correct += (logits.argmax(1) == labels).sum()
+        done = min(begin + batch, count)
+        report(
+            Progress(
+                STAGE,
+                name,
+                done,
+                count,
+                unit="img",
+                detail=f"loss {float(loss_sum) / done:.4f}, accuracy {fmt.percent(int(correct) / done)}",
+            )
+        )
+    return float(loss_sum), int(correct)
 
 
 def evaluate(model: nn.Module, data: LabelledTensors, *, batch: int = EVAL_BATCH) -> tuple[float, float]:

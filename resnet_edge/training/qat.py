@@ -45,6 +45,7 @@ from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
 from resnet_edge.errors import OptionError
+from resnet_edge.models.resnet import ResNet
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.configs import Int8Recipe
 from resnet_edge.quantization.weights import WeightGrid, expand_scale, grid_scales, recipe_grid
@@ -57,16 +58,21 @@ from resnet_edge.training.train import (
     _build,
     _check_memory,
     _check_output,
+    _Data,
+    _initial_result,
     _load_data,
+    _Plan,
     _plan,
     _save_checkpoint,
-    _scheduler,
+    _sgd_step,
     _summary,
     _torch_settings,
     metrics_path,
 )
 
 logger = logging.getLogger("resnet_edge")
+
+REFERENCE = "Jacob et al. 2018; Krishnamoorthi 2018, sec. 3 (fake quantization, straight-through estimator, BN folded)"
 
 __all__ = ["QatNetwork", "QatResult", "prepare_qat", "train_qat", "weight_grid_mismatches"]
 
@@ -353,6 +359,32 @@ class QatResult:
     calibration_images: int
     grid_mismatches: int
 
+    def record(self) -> dict:
+        """What the calibration record keeps of the run (``quantization_aware_training``): its recipe and schedule,
+        and the held-out accuracy of the FP32 checkpoint, of the fake-quantized network before training and after
+        each epoch."""
+        run = self.train
+        return {
+            "reference": REFERENCE,
+            "fine_tuned_from": run.fine_tuned_from,
+            "weight_type": self.recipe.weight_type,
+            "per_channel": self.recipe.per_channel,
+            "activation_type": self.recipe.activation_type,
+            "epochs": run.epochs,
+            "train_images": run.train_images,
+            "seconds": round(sum(m.seconds for m in run.history), 3),
+            "folded_batchnorms": self.folded_batchnorms,
+            "quantized_layers": self.quantized_layers,
+            "quantized_activations": self.quantized_activations,
+            "range_images": self.calibration_images,
+            "weights_moved_by_export": self.grid_mismatches,
+            "val_data": run.val_data,
+            "val_images": run.val_images,
+            "fp32_top1": self.fp32_val_accuracy,
+            "before_top1": self.before_val_accuracy,
+            "after_top1_per_epoch": [m.val_accuracy for m in run.history],
+        }
+
 
 def train_qat(
     source: str | Path,
@@ -386,69 +418,28 @@ def train_qat(
         plan = _plan(options)
         _check_memory(plan, options.batch)
         data = _load_data(str(source), options, plan, threads=threads, on_progress=report)
-        model, fine_tuned_from, new_head = _build(plan, data.class_names, options)
-        if new_head:
-            raise OptionError(
-                "--qat fine-tunes a network that already classifies these images; its checkpoint has other classes"
-                " (train a new classifier first, without --qat)"
-            )
-        model.eval()
+        model, fine_tuned_from = _pretrained(plan, data, options)
         fp32_accuracy = _accuracy(model, data.val)
         network = prepare_qat(model, recipe)
         generator = torch.Generator().manual_seed(options.seed)
         calibration = _calibration_images(data.train, plan.spec.crop, options.calib_limit, options.seed)
         network.observe(calibration)
         before_accuracy = _accuracy(network.module, data.val)
-        lr = options.resolved_lr()
-        parameters = [p for p in network.module.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(
-            parameters, lr=lr, momentum=options.momentum, nesterov=True, weight_decay=options.weight_decay
-        )
-        scheduler = _scheduler(optimizer, options, lr, steps_per_epoch=math.ceil(len(data.train) / options.batch))
-        step = SGDStep(optimizer, nn.CrossEntropyLoss(label_smoothing=options.label_smoothing), scheduler)
-        result = TrainResult(
-            output=output,
+        step = _sgd_step(network.module, options, steps_per_epoch=math.ceil(len(data.train) / options.batch))
+        result = _initial_result(
+            output,
+            options,
+            plan,
+            data,
             metrics=metrics_path(output),
-            arch=plan.arch,
-            variant=plan.variant.value,
-            labels=data.class_names,
-            preprocessing=data.spec,
             fine_tuned_from=fine_tuned_from,
             new_head=False,
             frozen=[],
-            dataset=data.dataset,
-            dataset_sha256=data.sha256,
-            train_images=len(data.train),
-            val_images=len(data.val) if data.val is not None else 0,
-            val_data=data.val_data,
-            epochs=options.epochs,
             history=[],
-            resumed_from=0,
-            seed=options.seed,
             threads=threads,
             command=options.command or f"train_qat({str(source)!r}, {str(output)!r}, ...)",
-            seconds=0.0,
         )
-        history: list[EpochMetrics] = []
-
-        def on_epoch(metrics: EpochMetrics) -> None:
-            # The ranges follow the weights: observed again as quantize will observe the exported model.
-            network.observe(calibration)
-            history.append(metrics)
-            report(Progress(STAGE, "epochs", metrics.epoch, options.epochs, unit="epoch", detail=_summary(metrics)))
-
-        fit(
-            network.module,
-            data.train,
-            epochs=options.epochs,
-            batch=options.batch,
-            step=step,
-            generator=generator,
-            augment=_augmentation(plan, options),
-            val=data.val,
-            on_epoch=on_epoch,
-            on_progress=report,
-        )
+        history = _fine_tune(network, data, plan, options, step, generator, calibration, report)
         network.module.eval()
         model.load_state_dict(network.deployable_state(model))
         result = replace(result, history=history, seconds=time.perf_counter() - started)
@@ -464,6 +455,57 @@ def train_qat(
         calibration_images=len(calibration),
         grid_mismatches=weight_grid_mismatches(network, recipe),
     )
+
+
+def _pretrained(plan: _Plan, data: _Data, options: TrainOptions) -> tuple[ResNet, str | None]:
+    """The checkpoint QAT fine-tunes, in eval mode, and where it came from.
+
+    Raises:
+        OptionError: its classifier does not fit the data's classes (QAT does not train a new head).
+    """
+    model, fine_tuned_from, new_head = _build(plan, data.class_names, options)
+    if new_head:
+        raise OptionError(
+            "--qat fine-tunes a network that already classifies these images; its checkpoint has other classes"
+            " (train a new classifier first, without --qat)"
+        )
+    model.eval()
+    return model, fine_tuned_from
+
+
+def _fine_tune(
+    network: QatNetwork,
+    data: _Data,
+    plan: _Plan,
+    options: TrainOptions,
+    step: SGDStep,
+    generator: torch.Generator,
+    calibration: Tensor,
+    report: ProgressCallback,
+) -> list[EpochMetrics]:
+    """Train the fake-quantized network for ``options.epochs``, observing the activation ranges again after each
+    epoch; returns every epoch's metrics."""
+    history: list[EpochMetrics] = []
+
+    def on_epoch(metrics: EpochMetrics) -> None:
+        # The ranges follow the weights: observed again as quantize will observe the exported model.
+        network.observe(calibration)
+        history.append(metrics)
+        report(Progress(STAGE, "epochs", metrics.epoch, options.epochs, unit="epoch", detail=_summary(metrics)))
+
+    fit(
+        network.module,
+        data.train,
+        epochs=options.epochs,
+        batch=options.batch,
+        step=step,
+        generator=generator,
+        augment=_augmentation(plan, options),
+        val=data.val,
+        on_epoch=on_epoch,
+        on_progress=report,
+    )
+    return history
 
 
 def _calibration_images(train: LabelledTensors, crop: int, limit: int, seed: int) -> Tensor:

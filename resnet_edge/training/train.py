@@ -197,17 +197,7 @@ def train_model(
     options = options or TrainOptions()
     started = time.perf_counter()
     report = on_progress or (lambda event: None)
-    metrics_file, resume_file = metrics_path(output), resume_path(output)
-    refuse_overwriting_inputs(
-        [output, metrics_file, resume_file], [source, options.val, options.weights], command="train output"
-    )
-    output = _check_output(output)
-    if options.resume and not resume_file.is_file():
-        raise InputFileError(f"nothing to resume: {resume_file} not found (it is removed when a run completes)")
-    if not options.resume and resume_file.exists():
-        raise OptionError(
-            f"{resume_file} holds an interrupted run: pass --resume to continue it, or delete it to start afresh"
-        )
+    output, metrics_file, resume_file = _check_files(source, output, options)
     threads = options.threads or torch.get_num_threads()
     with _torch_settings(threads):
         plan = _plan(options)
@@ -215,40 +205,21 @@ def train_model(
         data = _load_data(str(source), options, plan, threads=threads, on_progress=report)
         model, fine_tuned_from, new_head = _build(plan, data.class_names, options)
         frozen = _freeze(model, options.freeze)
-        lr = options.resolved_lr()
-        optimizer = torch.optim.SGD(
-            [p for p in model.parameters() if p.requires_grad],
-            lr=lr,
-            momentum=options.momentum,
-            weight_decay=options.weight_decay,
-            nesterov=True,
-        )
-        scheduler = _scheduler(optimizer, options, lr, steps_per_epoch=math.ceil(len(data.train) / options.batch))
-        step = SGDStep(optimizer, nn.CrossEntropyLoss(label_smoothing=options.label_smoothing), scheduler)
+        step = _sgd_step(model, options, steps_per_epoch=math.ceil(len(data.train) / options.batch))
         generator = torch.Generator().manual_seed(options.seed)
         history = _restore(resume_file, options, data.sha256, model, step, generator) if options.resume else []
-        result = TrainResult(
-            output=output,
+        result = _initial_result(
+            output,
+            options,
+            plan,
+            data,
             metrics=metrics_file,
-            arch=plan.arch,
-            variant=plan.variant.value,
-            labels=data.class_names,
-            preprocessing=data.spec,
             fine_tuned_from=fine_tuned_from,
             new_head=new_head,
             frozen=[name for name, _ in frozen],
-            dataset=data.dataset,
-            dataset_sha256=data.sha256,
-            train_images=len(data.train),
-            val_images=len(data.val) if data.val is not None else 0,
-            val_data=data.val_data,
-            epochs=options.epochs,
-            history=list(history),
-            resumed_from=len(history),
-            seed=options.seed,
+            history=history,
             threads=threads,
             command=options.command or _library_call(source, output, options),
-            seconds=0.0,
         )
 
         def on_epoch(metrics: EpochMetrics) -> None:
@@ -277,6 +248,82 @@ def train_model(
             )
     resume_file.unlink(missing_ok=True)  # ours, and the run it could continue is complete
     return replace(result, seconds=time.perf_counter() - started)
+
+
+def _initial_result(
+    output: Path,
+    options: TrainOptions,
+    plan: _Plan,
+    data: _Data,
+    *,
+    metrics: Path,
+    fine_tuned_from: str | None,
+    new_head: bool,
+    frozen: list[str],
+    history: list[EpochMetrics],
+    threads: int,
+    command: str,
+) -> TrainResult:
+    """The run before its first epoch here (a resumed run's earlier epochs are in ``history``)."""
+    return TrainResult(
+        output=output,
+        metrics=metrics,
+        arch=plan.arch,
+        variant=plan.variant.value,
+        labels=data.class_names,
+        preprocessing=data.spec,
+        fine_tuned_from=fine_tuned_from,
+        new_head=new_head,
+        frozen=frozen,
+        dataset=data.dataset,
+        dataset_sha256=data.sha256,
+        train_images=len(data.train),
+        val_images=len(data.val) if data.val is not None else 0,
+        val_data=data.val_data,
+        epochs=options.epochs,
+        history=list(history),
+        resumed_from=len(history),
+        seed=options.seed,
+        threads=threads,
+        command=command,
+        seconds=0.0,
+    )
+
+
+def _check_files(source: str | Path, output: Path | str, options: TrainOptions) -> tuple[Path, Path, Path]:
+    """The checkpoint, its metrics file and its resume file, checked: none is an input, the checkpoint is a
+    writable ``.safetensors``, and a resume file is there exactly when ``--resume`` asks for one.
+
+    Raises:
+        OptionError: another suffix, or a resume file left by an interrupted run that ``--resume`` does not continue.
+        InputFileError: ``--resume`` without a resume file, or an output that is an input.
+    """
+    metrics_file, resume_file = metrics_path(output), resume_path(output)
+    refuse_overwriting_inputs(
+        [output, metrics_file, resume_file], [source, options.val, options.weights], command="train output"
+    )
+    output = _check_output(output)
+    if options.resume and not resume_file.is_file():
+        raise InputFileError(f"nothing to resume: {resume_file} not found (it is removed when a run completes)")
+    if not options.resume and resume_file.exists():
+        raise OptionError(
+            f"{resume_file} holds an interrupted run: pass --resume to continue it, or delete it to start afresh"
+        )
+    return output, metrics_file, resume_file
+
+
+def _sgd_step(model: nn.Module, options: TrainOptions, *, steps_per_epoch: int) -> SGDStep:
+    """Nesterov SGD over the trainable parameters, label-smoothed cross-entropy, the schedule stepped per batch."""
+    lr = options.resolved_lr()
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=lr,
+        momentum=options.momentum,
+        weight_decay=options.weight_decay,
+        nesterov=True,
+    )
+    scheduler = _scheduler(optimizer, options, lr, steps_per_epoch=steps_per_epoch)
+    return SGDStep(optimizer, nn.CrossEntropyLoss(label_smoothing=options.label_smoothing), scheduler)
 
 
 def _check_output(output: Path | str) -> Path:

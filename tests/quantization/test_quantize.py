@@ -37,7 +37,7 @@ def test_trained_model_keeps_agreement_and_accuracy(digits_result) -> None:
     assert r.top1_drop_points is not None and r.top1_drop_points <= 1.0
     assert r.int8_accuracy.top1 >= 0.98
     assert r.speed is not None and r.speed.iterations > 0 and r.speed.int8_p50_ms > 0
-    assert r.judged_by == "top-1 agreement" == r.record["judged_by"]  # trained weights: judged on decisions
+    assert r.judged_by == "top-1 agreement" == r.record()["judged_by"]  # trained weights: judged on decisions
 
 
 def test_output_is_a_checked_runnable_int8_model_with_every_compute_node_quantized(digits_result) -> None:
@@ -99,7 +99,7 @@ def test_one_source_holds_out_a_quarter(tiny_onnx: Path, tmp_path: Path) -> None
 def test_random_weights_are_judged_by_logit_error(tiny_onnx: Path, tmp_path: Path) -> None:
     # No --allow-accuracy-drop: a random model's near-tied decisions must not fail it, a broken calibration must.
     result = quantize_onnx(tiny_onnx, tmp_path / "r.onnx", QuantizeOptions(calib="builtin:photos", measure_speed=False))
-    assert result.judged_by == "logit error" == result.record["judged_by"]
+    assert result.judged_by == "logit error" == result.record()["judged_by"]
     assert result.output_step is not None and result.output_step > 0
     assert result.max_error_steps is not None and result.max_error_steps < 16 and result.parity.min_cosine > 0.99
     dark = tmp_path / "dark.npy"  # ranges far too narrow for the photos it is judged on

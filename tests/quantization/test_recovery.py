@@ -471,7 +471,7 @@ def test_npu_target_on_digits_is_strict_integer_with_each_step_judged(digits_sim
         tmp_path / "plain.onnx",
         QuantizeOptions(target="npu-int8", equalize=False, bias_correction=False, measure_speed=False),
     )
-    assert plain.recovery == [] and plain.record["accuracy_recovery"]["steps"] == []
+    assert plain.recovery == [] and plain.record()["accuracy_recovery"]["steps"] == []
     npu = tmp_path / "npu.onnx"
     shown = CliRunner().invoke(
         main,
@@ -525,7 +525,7 @@ def test_int4_adaround_on_digits_writes_small_opset_21_qdq(digits_sim, tmp_path)
     assert result.bytes_after < 0.25 * result.bytes_before  # FP32 weights are 8x the int4 ones, plus scales
     layer_events = [e for e in events if e.step == "AdaRound"]
     assert [e.done for e in layer_events] == list(range(1, 23)) and layer_events[-1].unit == "layer"
-    adaround = result.record["accuracy_recovery"]["steps"][0]
+    adaround = result.record()["accuracy_recovery"]["steps"][0]
     assert adaround["step"] == "adaround" and len(adaround["details"]["layers"]) == 22
     for layer in adaround["details"]["layers"]:  # the kept rounding is never worse than nearest on its loss
         kept = layer["adaround_loss"] if layer["kept"] == "adaround" else layer["nearest_loss"]

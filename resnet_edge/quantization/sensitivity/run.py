@@ -43,6 +43,7 @@ from resnet_edge.onnx.runtime import open_session
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.sensitivity.blocks import (
     HEAD,
+    BlockMap,
     _single_boundaries,
     block_sort_key,
     exclusion_items,
@@ -124,6 +125,56 @@ def analyze_quantization(
         OptionError: a bad limit.
     """
     started = time.perf_counter()
+    fp32_map, int8_map = _check_pair(fp32, int8)
+    source_name, dropped = "given images", 0
+    if images is None:
+        images, labels, source_name, dropped = _held_out_images(fp32, int8, options)
+    batch = static_input_shape(fp32)[0] or ANALYSIS_BATCH
+    batches = [images[i : i + batch] for i in range(0, len(images), batch)]
+    runs = 1 + sum(_compute_nodes(int8, int8_map, b)[0] > 0 for b in fp32_map.blocks)
+    if on_progress:
+        on_progress(Progress(STAGE, "FP32 and INT8 models, every block output", 0, runs))
+    whole = _run_whole(fp32, int8, fp32_map, int8_map, batches, options)
+    blocks: list[BlockError] = []
+    for block in fp32_map.blocks:
+        if on_progress and _compute_nodes(int8, int8_map, block)[0]:
+            on_progress(
+                Progress(STAGE, f"only {block} quantized", 1 + sum(b.isolated is not None for b in blocks), runs)
+            )
+        blocks.append(_block_error(fp32, int8, fp32_map, int8_map, block, batches, whole, options))
+    ranked = sorted(
+        (b for b in blocks if b.sensitivity_db is not None), key=lambda b: (b.sensitivity_db, block_sort_key(b.block))
+    )
+    reference_logits, int8_logits = whole.reference_logits, whole.int8_logits
+    return SensitivityResult(
+        fp32_model=fp32_path,
+        int8_model=int8_path,
+        format=_quantization_format(int8),
+        data_source=source_name,
+        images=len(images),
+        calibration_images_dropped=dropped,
+        parity=compare_outputs(reference_logits, int8_logits),
+        fp32_accuracy=accuracy(reference_logits, labels) if labels is not None else None,
+        int8_accuracy=accuracy(int8_logits, labels) if labels is not None else None,
+        blocks=blocks,
+        ranking=[b.block for b in ranked],
+        flagged_additions=[b.block for b in blocks if b.residual is not None and b.residual.flagged],
+        residual_scale_ratio=RESIDUAL_SCALE_RATIO,
+        isolated_models=sum(b.isolated is not None for b in blocks),
+        seconds=time.perf_counter() - started,
+        provider=whole.asked.value,
+        ran_on=whole.ran_on,
+        placement=whole.placement,
+    )
+
+
+def _check_pair(fp32: onnx.ModelProto, int8: onnx.ModelProto) -> tuple[BlockMap, BlockMap]:
+    """The two models' blocks, once checked that ``int8`` is a quantization of ``fp32`` made of the same blocks.
+
+    Raises:
+        InputFileError: the models are given the wrong way round, their blocks differ, or the FP32 model is not a
+            chain of one-in, one-out blocks ending in a head.
+    """
     if is_quantized(fp32):
         raise InputFileError("the first model is quantized; give the FP32 model first, then the INT8 one")
     if not is_quantized(int8):
@@ -138,27 +189,39 @@ def analyze_quantization(
     if HEAD not in fp32_map.blocks:
         raise InputFileError("the FP32 model has no head (pooling and fc) after its last block")
     _single_boundaries(fp32, fp32_map, "FP32 model")  # fail early on a graph that is not a chain of blocks
-    source_name, dropped = "given images", 0
-    if images is None:
-        images, labels, source_name, dropped = _held_out_images(fp32, int8, options)
-    fixed_batch = static_input_shape(fp32)[0]
-    batch = fixed_batch or ANALYSIS_BATCH
-    batches = [images[i : i + batch] for i in range(0, len(images), batch)]
+    return fp32_map, int8_map
 
-    # Cumulative: both models whole, every block output exposed; the logits are the head's output.
+
+@dataclass(frozen=True)
+class _WholeRun:
+    """Both models run whole, every block output exposed: the cumulative error at each block, and the logits."""
+
+    cumulative: dict[str, _ErrorAccumulator]
+    fp32_logits: list[np.ndarray]  # per batch
+    reference_logits: np.ndarray  # the FP32 logits of every image
+    int8_logits: np.ndarray
+    asked: Provider
+    provider: Provider  # the one the isolated models run on: the CPU when the INT8 model fell back to it
+    ran_on: str
+    placement: dict
+
+
+def _run_whole(
+    fp32: onnx.ModelProto,
+    int8: onnx.ModelProto,
+    fp32_map: BlockMap,
+    int8_map: BlockMap,
+    batches: list[np.ndarray],
+    options: SensitivityOptions,
+) -> _WholeRun:
+    """Cumulative: both models whole, every block output exposed; the logits are the head's output."""
     fp32_exposed, fp32_names = _expose_block_outputs(fp32, fp32_map)
     int8_exposed, int8_names = _expose_block_outputs(int8, int8_map)
     cumulative = {b: _ErrorAccumulator() for b in fp32_map.blocks}
     fp32_logits, int8_logits = [], []
-    runs = 1 + sum(_compute_nodes(int8, int8_map, b)[0] > 0 for b in fp32_map.blocks)
-    if on_progress:
-        on_progress(Progress(STAGE, "FP32 and INT8 models, every block output", 0, runs))
     asked = options.provider or Provider.CPU
     fp32_session = open_session(fp32_exposed, asked, strict=options.strict_ep, classifier=False)
     int8_session = open_session(int8_exposed, asked, strict=options.strict_ep, classifier=False)
-    placement = {"fp32": fp32_session.placement, "int8": int8_session.placement}
-    ran_on = int8_session.ran_on
-    provider = asked if not int8_session.fell_back else Provider.CPU  # warned once above; no warning per block
     for x in batches:
         refs = fp32_session.predict(x, [fp32_names[b] for b in fp32_map.blocks])
         cands = int8_session.predict(x, [int8_names[b] for b in fp32_map.blocks])
@@ -166,68 +229,55 @@ def analyze_quantization(
             cumulative[block].add(ref, cand)
         fp32_logits.append(refs[-1])
         int8_logits.append(cands[-1])
-    del fp32_session, int8_session
-    reference_logits = np.concatenate(fp32_logits)
-
-    # Isolated: one spliced model per quantized block, each run once over the same batches.
-    blocks: list[BlockError] = []
-    for block in fp32_map.blocks:
-        quantized, total = _compute_nodes(int8, int8_map, block)
-        isolated = isolated_logits = agreement = None
-        if quantized:
-            if on_progress:
-                on_progress(
-                    Progress(STAGE, f"only {block} quantized", 1 + sum(b.isolated is not None for b in blocks), runs)
-                )
-            model, names = isolate_block(fp32, int8, block, fp32_map=fp32_map, int8_map=int8_map)
-            session = open_session(model, provider, strict=options.strict_ep, classifier=False, audit=False)
-            at_block, at_logits = _ErrorAccumulator(), _ErrorAccumulator()
-            logits = []
-            for x, ref_logits in zip(batches, fp32_logits, strict=True):
-                ref, cand, out = session.predict(x, list(names))
-                at_block.add(ref, cand)
-                at_logits.add(ref_logits, out)
-                logits.append(out)
-            del session
-            isolated, isolated_logits = at_block.result(), at_logits.result()
-            agreement = compare_outputs(reference_logits, np.concatenate(logits)).top1_agreement
-        blocks.append(
-            BlockError(
-                block=block,
-                quantized_compute_nodes=quantized,
-                compute_nodes=total,
-                cumulative=cumulative[block].result(),
-                isolated=isolated,
-                isolated_logits=isolated_logits,
-                isolated_top1_agreement=agreement,
-                residual=residual_scales(int8, int8_map, block),
-                exclude=exclusion_items(fp32, fp32_map, block),
-            )
-        )
-    ranked = sorted(
-        (b for b in blocks if b.sensitivity_db is not None), key=lambda b: (b.sensitivity_db, block_sort_key(b.block))
+    return _WholeRun(
+        cumulative=cumulative,
+        fp32_logits=fp32_logits,
+        reference_logits=np.concatenate(fp32_logits),
+        int8_logits=np.concatenate(int8_logits),
+        asked=asked,
+        provider=asked if not int8_session.fell_back else Provider.CPU,  # warned once above; no warning per block
+        ran_on=int8_session.ran_on,
+        placement={"fp32": fp32_session.placement, "int8": int8_session.placement},
     )
-    return SensitivityResult(
-        fp32_model=fp32_path,
-        int8_model=int8_path,
-        format="qoperator"
-        if any(n.op_type in OUTPUT_QPARAMS and n.op_type != "QuantizeLinear" for n in int8.graph.node)
-        else "qdq",
-        data_source=source_name,
-        images=len(images),
-        calibration_images_dropped=dropped,
-        parity=compare_outputs(reference_logits, np.concatenate(int8_logits)),
-        fp32_accuracy=accuracy(reference_logits, labels) if labels is not None else None,
-        int8_accuracy=accuracy(np.concatenate(int8_logits), labels) if labels is not None else None,
-        blocks=blocks,
-        ranking=[b.block for b in ranked],
-        flagged_additions=[b.block for b in blocks if b.residual is not None and b.residual.flagged],
-        residual_scale_ratio=RESIDUAL_SCALE_RATIO,
-        isolated_models=sum(b.isolated is not None for b in blocks),
-        seconds=time.perf_counter() - started,
-        provider=asked.value,
-        ran_on=ran_on,
-        placement=placement,
+
+
+def _block_error(
+    fp32: onnx.ModelProto,
+    int8: onnx.ModelProto,
+    fp32_map: BlockMap,
+    int8_map: BlockMap,
+    block: str,
+    batches: list[np.ndarray],
+    whole: _WholeRun,
+    options: SensitivityOptions,
+) -> BlockError:
+    """One block's error: cumulative (from ``whole``) and, when INT8 quantizes it, isolated (one spliced model run
+    once over the same batches)."""
+    quantized, total = _compute_nodes(int8, int8_map, block)
+    isolated = isolated_logits = agreement = None
+    if quantized:
+        model, names = isolate_block(fp32, int8, block, fp32_map=fp32_map, int8_map=int8_map)
+        session = open_session(model, whole.provider, strict=options.strict_ep, classifier=False, audit=False)
+        at_block, at_logits = _ErrorAccumulator(), _ErrorAccumulator()
+        logits = []
+        for x, ref_logits in zip(batches, whole.fp32_logits, strict=True):
+            ref, cand, out = session.predict(x, list(names))
+            at_block.add(ref, cand)
+            at_logits.add(ref_logits, out)
+            logits.append(out)
+        del session
+        isolated, isolated_logits = at_block.result(), at_logits.result()
+        agreement = compare_outputs(whole.reference_logits, np.concatenate(logits)).top1_agreement
+    return BlockError(
+        block=block,
+        quantized_compute_nodes=quantized,
+        compute_nodes=total,
+        cumulative=whole.cumulative[block].result(),
+        isolated=isolated,
+        isolated_logits=isolated_logits,
+        isolated_top1_agreement=agreement,
+        residual=residual_scales(int8, int8_map, block),
+        exclude=exclusion_items(fp32, fp32_map, block),
     )
 
 
@@ -315,13 +365,7 @@ def analyze_sensitivity(
         )
     else:
         analysis = _before_and_after(fp32, fp32_path, int8, int8_path, Path(before), options, on_progress)
-    notes = []
-    source_sha = (read_record(int8, QUANTIZATION_KEY) or {}).get("source_model_sha256")
-    if source_sha and source_sha != sha256_file(fp32_path):
-        # Said only now that the analysis found the same blocks in both.
-        notes.append(f"{int8_path.name} was quantized from another file than {fp32_path.name}; its blocks match")
-        warnings.warn(notes[-1], ResnetEdgeWarning, stacklevel=2)
-    analysis = replace(analysis, notes=notes)
+    analysis = replace(analysis, notes=_other_source_notes(fp32_path, int8, int8_path))
     if output_dir is None:
         return analysis
     analysis = replace(
@@ -330,6 +374,24 @@ def analyze_sensitivity(
     write_chart(analysis, analysis.chart)
     write_json_atomic(analysis.report, to_jsonable(analysis))
     return analysis
+
+
+def _quantization_format(int8: onnx.ModelProto) -> str:
+    """``qoperator`` when quantized operators (QLinearConv, ...) carry the quantization, else ``qdq``."""
+    if any(n.op_type in OUTPUT_QPARAMS and n.op_type != "QuantizeLinear" for n in int8.graph.node):
+        return "qoperator"
+    return "qdq"
+
+
+def _other_source_notes(fp32_path: Path, int8: onnx.ModelProto, int8_path: Path) -> list[str]:
+    """A note (and a warning) when the INT8 model's record says it was quantized from another file."""
+    source_sha = (read_record(int8, QUANTIZATION_KEY) or {}).get("source_model_sha256")
+    if not source_sha or source_sha == sha256_file(fp32_path):
+        return []
+    # Said only now that the analysis found the same blocks in both.
+    note = f"{int8_path.name} was quantized from another file than {fp32_path.name}; its blocks match"
+    warnings.warn(note, ResnetEdgeWarning, stacklevel=3)
+    return [note]
 
 
 def _before_and_after(

@@ -92,32 +92,7 @@ def isolate_block(
     prefix = f"isolated/{block}/"
     # Copied nodes keep their INT8 names under ``prefix``; these map a name to something else instead.
     renamed = {_FP32_INPUT: x_fp32}
-    new_nodes: list[onnx.NodeProto] = []
-    for tensor in int8_bound.inputs:  # reproduce each input the INT8 block reads from the FP32 block input
-        producer = source.producer(tensor)
-        params = source.qparams(tensor)
-        if producer is not None and producer.op_type == "DequantizeLinear":
-            scale, zero_point = producer.input[1], producer.input[2]
-            axis = [a for a in producer.attribute if a.name == "axis"]
-            new_nodes.append(
-                _node(
-                    "QuantizeLinear",
-                    [_FP32_INPUT, scale, zero_point],
-                    [f"{tensor}_requantized"],
-                    f"{producer.name}_requantize",
-                    axis,
-                )
-            )
-            new_nodes.append(
-                _node("DequantizeLinear", [f"{tensor}_requantized", scale, zero_point], [tensor], producer.name, axis)
-            )
-        elif params is not None:
-            scale, zero_point, axis = params
-            new_nodes.append(
-                _node("QuantizeLinear", [_FP32_INPUT, scale, zero_point], [tensor], f"{tensor}_requantize", axis)
-            )
-        else:
-            renamed[tensor] = x_fp32  # a float input: the graph input, or the output of a block kept in FP32
+    new_nodes = _requantized_inputs(source, int8_bound.inputs, x_fp32, renamed)
     block_nodes = [int8.graph.node[i] for i in int8_map.node_indices(block)]
     new_nodes.extend(_constant_producers(source, block_nodes, _constant_tensors(int8)))
     new_nodes.extend(block_nodes)
@@ -125,20 +100,7 @@ def isolate_block(
         raise InputFileError(f"block {block} of the INT8 model produces nothing that the rest of the model reads")
     extra, output_float = _dequantized(source, int8_bound.outputs[-1], prefix="")
     new_nodes.extend(extra)
-
-    copies = []
-    used_initializers: list[str] = []
-    for node in new_nodes:
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
-        copy.name = f"{prefix}{node.name}"
-        for k, name in enumerate(copy.input):
-            if name in source.initializers and name not in used_initializers:
-                used_initializers.append(name)
-            copy.input[k] = renamed.get(name, f"{prefix}{name}") if name else name
-        for k, name in enumerate(copy.output):
-            copy.output[k] = f"{prefix}{name}" if name else name
-        copies.append(copy)
+    copies, used_initializers = _prefixed_copies(new_nodes, source, renamed, prefix)
 
     spliced = onnx.ModelProto()
     spliced.CopyFrom(fp32)
@@ -165,6 +127,61 @@ def isolate_block(
     del spliced.graph.output[:]
     _add_outputs(spliced, [y_fp32, q_output, logits])
     return spliced, (y_fp32, q_output, logits)
+
+
+def _requantized_inputs(
+    source: GraphIndex, inputs: Sequence[str], x_fp32: str, renamed: dict[str, str]
+) -> list[onnx.NodeProto]:
+    """Nodes that reproduce each input the INT8 block reads from the FP32 block input ``_FP32_INPUT``, with the
+    scale and zero point the INT8 model gives it; a float input is renamed to ``x_fp32`` in ``renamed`` instead."""
+    nodes: list[onnx.NodeProto] = []
+    for tensor in inputs:
+        producer = source.producer(tensor)
+        params = source.qparams(tensor)
+        if producer is not None and producer.op_type == "DequantizeLinear":
+            scale, zero_point = producer.input[1], producer.input[2]
+            axis = [a for a in producer.attribute if a.name == "axis"]
+            nodes.append(
+                _node(
+                    "QuantizeLinear",
+                    [_FP32_INPUT, scale, zero_point],
+                    [f"{tensor}_requantized"],
+                    f"{producer.name}_requantize",
+                    axis,
+                )
+            )
+            nodes.append(
+                _node("DequantizeLinear", [f"{tensor}_requantized", scale, zero_point], [tensor], producer.name, axis)
+            )
+        elif params is not None:
+            scale, zero_point, axis = params
+            nodes.append(
+                _node("QuantizeLinear", [_FP32_INPUT, scale, zero_point], [tensor], f"{tensor}_requantize", axis)
+            )
+        else:
+            renamed[tensor] = x_fp32  # a float input: the graph input, or the output of a block kept in FP32
+    return nodes
+
+
+def _prefixed_copies(
+    nodes: list[onnx.NodeProto], source: GraphIndex, renamed: dict[str, str], prefix: str
+) -> tuple[list[onnx.NodeProto], list[str]]:
+    """Copies of ``nodes`` with every name under ``prefix`` (but those in ``renamed``), and the INT8 initializers
+    they read, in first-use order."""
+    copies = []
+    used_initializers: list[str] = []
+    for node in nodes:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = f"{prefix}{node.name}"
+        for k, name in enumerate(copy.input):
+            if name in source.initializers and name not in used_initializers:
+                used_initializers.append(name)
+            copy.input[k] = renamed.get(name, f"{prefix}{name}") if name else name
+        for k, name in enumerate(copy.output):
+            copy.output[k] = f"{prefix}{name}" if name else name
+        copies.append(copy)
+    return copies, used_initializers
 
 
 def _constant_producers(graph: GraphIndex, nodes: list[onnx.NodeProto], constants: set[str]) -> list[onnx.NodeProto]:
