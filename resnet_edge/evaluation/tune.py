@@ -873,11 +873,6 @@ def _measure_here(
     return validate_models(paths, Reference(onnx=reference), thresholds), benchmark_models(paths, timing)
 
 
-def choose_candidate(passing: Sequence[Candidate], batch: int) -> Candidate:
-    """The candidate :func:`rank_candidates` chooses."""
-    return rank_candidates(passing, batch)[0]
-
-
 def rank_candidates(passing: Sequence[Candidate], batch: int) -> tuple[Candidate, str]:
     """The candidate to deploy, and why.
 
