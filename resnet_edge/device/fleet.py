@@ -187,7 +187,8 @@ def _benchmark_job(
 def _target_rows(
     run: TargetRun, document: dict, protos: dict[str, onnx.ModelProto], *, first: str, batch_sizes: Sequence[int]
 ) -> list[BenchmarkRow]:
-    """One target's benchmark rows from its runner's document, built as a local run builds them (``timed_rows``)."""
+    """One target's benchmark rows from its runner's document, built as a local run builds them (``timed_rows``);
+    each provider's I/O placement is recorded on ``run``."""
     rows: list[BenchmarkRow] = []
     for provider, data in document["benchmark"].items():
         run.io[provider] = data["io"]
