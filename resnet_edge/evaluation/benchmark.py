@@ -335,7 +335,7 @@ def timed_rows(
                 f"{Path(t.label).name} on {provider} at batch {t.batch}{where} varied by {fmt.cv(s.cv)} (CV);"
                 " the machine was busy, treat these numbers with care",
                 ResnetEdgeWarning,
-                stacklevel=3,
+                stacklevel=4,  # the caller of benchmark_models or benchmark_on_targets (through a row helper)
             )
     return rows
 
