@@ -237,30 +237,7 @@ def benchmark(
     )
     remote = remote_options(targets, remote_python, connect_timeout, ssh_config)
     if targets:
-        from resnet_edge.device.fleet import benchmark_on_targets, parse_targets
-
-        fleet = benchmark_on_targets(
-            list(models),
-            parse_targets(targets),
-            options,
-            remote,
-            on_progress=None if as_json else target_progress,
-        )
-        if output is not None:
-            write_json_atomic(output, to_jsonable(fleet))
-        if as_json:
-            render.emit_json(fleet)
-        else:
-            _device_lines(fleet.targets)
-            if fleet.rows:
-                click.echo(_benchmark_table(fleet.rows))
-                rows = [r for r in fleet.rows if r.batch == fleet.rows[0].batch]
-                render.audit_lines("placement", [(f"{r.target}: {r.model}", r.provider, r.placement) for r in rows])
-                render.audit_lines("int8 coverage", [(f"{r.target}: {r.model}", r.provider, r.coverage) for r in rows])
-        from resnet_edge.errors import ResnetEdgeError
-
-        _raise_last([ResnetEdgeError(run.error) for run in fleet.targets if not run.ok])
-        return
+        return _benchmark_on_targets(models, options, targets, remote, output, as_json)
     from resnet_edge.evaluation.benchmark import benchmark_models
 
     with progress_bars(True, steps=True) as bars:  # on stderr, with --json too (stdout holds the JSON alone)
@@ -281,6 +258,34 @@ def benchmark(
         "placement", [(r.model, r.provider, r.placement) for r in result.rows if r.batch == result.rows[0].batch]
     )
     render.audit_lines("int8 coverage", [(r.model, r.provider, r.coverage) for r in result.rows])
+
+
+def _benchmark_on_targets(models, options, targets, remote, output, as_json) -> None:
+    """benchmark --target: the devices' facts and rows; each target that failed is an ``error:`` line."""
+    from resnet_edge.artifacts import write_json_atomic
+    from resnet_edge.device.fleet import benchmark_on_targets, parse_targets
+    from resnet_edge.errors import ResnetEdgeError
+    from resnet_edge.jsonable import to_jsonable
+
+    fleet = benchmark_on_targets(
+        list(models),
+        parse_targets(targets),
+        options,
+        remote,
+        on_progress=None if as_json else target_progress,
+    )
+    if output is not None:
+        write_json_atomic(output, to_jsonable(fleet))
+    if as_json:
+        render.emit_json(fleet)
+    else:
+        _device_lines(fleet.targets)
+        if fleet.rows:
+            click.echo(_benchmark_table(fleet.rows))
+            rows = [r for r in fleet.rows if r.batch == fleet.rows[0].batch]
+            render.audit_lines("placement", [(f"{r.target}: {r.model}", r.provider, r.placement) for r in rows])
+            render.audit_lines("int8 coverage", [(f"{r.target}: {r.model}", r.provider, r.coverage) for r in rows])
+    _raise_last([ResnetEdgeError(run.error) for run in fleet.targets if not run.ok])
 
 
 def _benchmark_table(rows) -> str:

@@ -61,31 +61,7 @@ def tune(model, output, targets, remote_python, connect_timeout, ssh_config, as_
         result = tune_model(model, output, options)
     if as_json:
         return render.emit_json(result)
-    batches = result.batch_sizes
-    # As the other commands and the report print: milliseconds with fmt.ms, ratios with ×, the chosen row marked.
-    click.echo(
-        render.table(
-            ["candidate", "provider", "ran on", "top-1 agree", "max abs", "int8 MACs", "parity"]
-            + [f"p50 ms b{b}" for b in batches]
-            + [f"× CPU FP32 b{b}" for b in batches]
-            + ["chosen"],
-            [
-                [
-                    c.name,
-                    c.provider,
-                    c.ran_on or fmt.MISSING,
-                    fmt.percent(c.top1_agreement),
-                    fmt.error(c.max_abs_error),
-                    fmt.percent(c.integer_fraction),
-                    "pass" if c.passed else ("FAIL" if not c.error else "error"),
-                    *(fmt.ms_interval(c.p50_ms.get(b), c.p50_interval_ms.get(b)) for b in batches),
-                    *(fmt.ratio(c.speedup_vs_cpu_fp32.get(b)) for b in batches),
-                    fmt.CHOSEN_MARK if (c.name, c.provider) == (result.chosen.name, result.chosen.provider) else "",
-                ]
-                for c in result.candidates
-            ],
-        )
-    )
+    click.echo(_candidates_table(result))
     if result.device is not None:  # the device's facts, as its runner reported them
         d = result.device
         click.echo(
@@ -94,13 +70,7 @@ def tune(model, output, targets, remote_python, connect_timeout, ssh_config, as_
             f"{', EMULATED: timings are not the device' if d.get('emulated') else ''}"
         )
     if result.random_weights:
-        click.echo(
-            "INT8 and FP16 candidates judged by logit error (worst-image cosine, max error in output steps), not top-1"
-            " agreement: the weights are random (their agreement measures noise)"
-        )
-        for c in result.candidates:
-            if c.judged_by == "logit error" and c.max_error_steps is not None:
-                click.echo(f"{c.name} on {c.provider}: max logit error {c.max_error_steps:.1f} output steps")
+        _random_weights_lines(result.candidates)
     for c in result.candidates:
         if c.error or c.failures:
             click.echo(f"{c.name} on {c.provider}: {c.error or ', '.join(c.failures)}")
@@ -109,3 +79,41 @@ def tune(model, output, targets, remote_python, connect_timeout, ssh_config, as_
         f"chosen: {result.chosen.name} on {result.chosen.provider} -> {result.output}"
         f" (record: {result.record}; run it with --providers {result.chosen.provider})"
     )
+
+
+def _candidates_table(result) -> str:
+    """Every candidate with its parity and timings, the chosen one marked."""
+    batches = result.batch_sizes
+    # As the other commands and the report print: milliseconds with fmt.ms, ratios with ×, the chosen row marked.
+    return render.table(
+        ["candidate", "provider", "ran on", "top-1 agree", "max abs", "int8 MACs", "parity"]
+        + [f"p50 ms b{b}" for b in batches]
+        + [f"× CPU FP32 b{b}" for b in batches]
+        + ["chosen"],
+        [
+            [
+                c.name,
+                c.provider,
+                c.ran_on or fmt.MISSING,
+                fmt.percent(c.top1_agreement),
+                fmt.error(c.max_abs_error),
+                fmt.percent(c.integer_fraction),
+                "pass" if c.passed else ("FAIL" if not c.error else "error"),
+                *(fmt.ms_interval(c.p50_ms.get(b), c.p50_interval_ms.get(b)) for b in batches),
+                *(fmt.ratio(c.speedup_vs_cpu_fp32.get(b)) for b in batches),
+                fmt.CHOSEN_MARK if (c.name, c.provider) == (result.chosen.name, result.chosen.provider) else "",
+            ]
+            for c in result.candidates
+        ],
+    )
+
+
+def _random_weights_lines(candidates) -> None:
+    """Why the INT8 and FP16 candidates of a random-weights model were judged by logit error, and each one's."""
+    click.echo(
+        "INT8 and FP16 candidates judged by logit error (worst-image cosine, max error in output steps), not top-1"
+        " agreement: the weights are random (their agreement measures noise)"
+    )
+    for c in candidates:
+        if c.judged_by == "logit error" and c.max_error_steps is not None:
+            click.echo(f"{c.name} on {c.provider}: max logit error {c.max_error_steps:.1f} output steps")

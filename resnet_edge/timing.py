@@ -125,11 +125,7 @@ def time_interleaved(
     times: list[list[float]] = [[] for _ in runners]
     started = time.perf_counter()
     round_index = 0
-    while True:
-        if iterations is not None and round_index >= iterations:
-            break
-        if duration_s is not None and round_index >= MIN_ITERATIONS and time.perf_counter() - started >= duration_s:
-            break
+    while not _finished(round_index, iterations=iterations, duration_s=duration_s, started=started):
         for i in order.permutation(len(runners)):  # no runner always follows the same neighbour
             t0 = time.perf_counter()
             runners[i]()
@@ -168,11 +164,7 @@ def time_phased(
     times: list[list[float]] = [[] for _ in runners]
     started = time.perf_counter()
     done = 0
-    while True:
-        if iterations is not None and done >= iterations:
-            break
-        if duration_s is not None and done >= MIN_ITERATIONS and time.perf_counter() - started >= duration_s:
-            break
+    while not _finished(done, iterations=iterations, duration_s=duration_s, started=started):
         block = PHASE_BLOCK if iterations is None else min(PHASE_BLOCK, iterations - done)
         for i in order.permutation(len(runners)):
             run = runners[i]
@@ -187,6 +179,14 @@ def time_phased(
             for _ in range(block):
                 on_round()
     return times
+
+
+def _finished(done: int, *, iterations: int | None, duration_s: float | None, started: float) -> bool:
+    """Whether a timer is done: ``iterations`` timed, or ``duration_s`` passed since ``started`` and at least
+    MIN_ITERATIONS timed."""
+    if iterations is not None and done >= iterations:
+        return True
+    return duration_s is not None and done >= MIN_ITERATIONS and time.perf_counter() - started >= duration_s
 
 
 def cold_start(open_session: Callable[[], S], first_run: Callable[[S], object]) -> tuple[S, float]:

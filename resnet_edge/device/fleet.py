@@ -35,6 +35,7 @@ from resnet_edge.evaluation.benchmark import BenchmarkRow, check_options, defaul
 from resnet_edge.evaluation.options import BenchmarkOptions, ValidateOptions
 from resnet_edge.evaluation.validate import (
     Outputs,
+    Plan,
     Reference,
     ValidateResult,
     finish_validation,
@@ -50,6 +51,8 @@ from resnet_edge.quantization.coverage import coverage_of
 from resnet_edge.timing import LatencyStats, Timed
 
 if TYPE_CHECKING:
+    import onnx
+
     from resnet_edge.evaluation.options import TuneOptions
     from resnet_edge.evaluation.tune import TuneResult
 
@@ -140,6 +143,21 @@ def benchmark_on_targets(
     if not targets:
         raise OptionError("give at least one target")
     protos = {str(m): load_onnx(m) for m in models}
+    job, inputs, shas = _benchmark_job(protos, options)
+    runs = _run_with_inputs(targets, remote, job, {shas[n]: Path(n) for n in protos}, inputs, on_progress)
+    rows: list[BenchmarkRow] = []
+    for run, document in runs:
+        if document is not None:
+            rows += _target_rows(run, document, protos, first=str(models[0]), batch_sizes=options.batch_sizes)
+    return FleetBenchmarkResult(
+        rows=rows, targets=[run for run, _ in runs], options=options, file_sha256={n: shas[n] for n in protos}
+    )
+
+
+def _benchmark_job(
+    protos: dict[str, onnx.ModelProto], options: BenchmarkOptions
+) -> tuple[Job, dict[str, np.ndarray], dict[str, str]]:
+    """The runner's benchmark job, its input arrays (one copy of each distinct image pool) and each model's SHA-256."""
     pools: dict[tuple[str, str], np.ndarray] = {}
     inputs: dict[str, np.ndarray] = {}
     job_models = []
@@ -163,38 +181,37 @@ def benchmark_on_targets(
         duration_s=options.duration_s,
         spinning=options.spinning,  # as deployed (phases of its own) unless told otherwise
     )
-    with tempfile.TemporaryDirectory(prefix="resnet-edge-job-") as scratch:
-        files = JobFiles(models={shas[n]: Path(n) for n in protos}, files={"inputs.npz": _npz(inputs, scratch)})
-        runs = _on_each(targets, remote, job, files, on_progress)
+    return job, inputs, shas
+
+
+def _target_rows(
+    run: TargetRun, document: dict, protos: dict[str, onnx.ModelProto], *, first: str, batch_sizes: Sequence[int]
+) -> list[BenchmarkRow]:
+    """One target's benchmark rows from its runner's document, built as a local run builds them (``timed_rows``);
+    each provider's I/O placement is recorded on ``run``."""
     rows: list[BenchmarkRow] = []
-    first = str(models[0])
-    for run, document in runs:
-        if document is None:
-            continue
-        for provider, data in document["benchmark"].items():
-            run.io[provider] = data["io"]
-            sessions = {k: (v["ran_on"], v["providers_used"]) for k, v in data["sessions"].items()}
-            cold = {k: v["cold_start_ms"] for k, v in data["sessions"].items()}
-            placements = {
-                k: placement_from_json(v.get("placement"), model_nodes=len(protos[k].graph.node))
-                for k, v in data["sessions"].items()
-            }
-            coverages = {k: coverage_of(protos[k], _executed(v)) for k, v in data["sessions"].items()}
-            by_batch: dict[int, list[Timed]] = {}
-            for t in data["timed"]:
-                latency = LatencyStats.from_json(t["latency"]) if t["latency"] else None
-                by_batch.setdefault(t["batch"], []).append(Timed(t["label"], t["batch"], latency, t["skipped"]))
-            for batch in options.batch_sizes:
-                timed = timed_rows(
-                    by_batch.get(batch, []), first=first, provider=provider, sessions=sessions, cold=cold,
-                    target=run.target, placements=placements, coverages=coverages,
-                )  # fmt: skip
-                if run.emulated:  # no speed-up from emulated timings: they rank nothing, not even the models
-                    timed = [dataclasses.replace(r, p50_ratio=None, speedup=None) for r in timed]
-                rows += timed
-    return FleetBenchmarkResult(
-        rows=rows, targets=[run for run, _ in runs], options=options, file_sha256={n: shas[n] for n in protos}
-    )
+    for provider, data in document["benchmark"].items():
+        run.io[provider] = data["io"]
+        sessions = {k: (v["ran_on"], v["providers_used"]) for k, v in data["sessions"].items()}
+        cold = {k: v["cold_start_ms"] for k, v in data["sessions"].items()}
+        placements = {
+            k: placement_from_json(v.get("placement"), model_nodes=len(protos[k].graph.node))
+            for k, v in data["sessions"].items()
+        }
+        coverages = {k: coverage_of(protos[k], _executed(v)) for k, v in data["sessions"].items()}
+        by_batch: dict[int, list[Timed]] = {}
+        for t in data["timed"]:
+            latency = LatencyStats.from_json(t["latency"]) if t["latency"] else None
+            by_batch.setdefault(t["batch"], []).append(Timed(t["label"], t["batch"], latency, t["skipped"]))
+        for batch in batch_sizes:
+            timed = timed_rows(
+                by_batch.get(batch, []), first=first, provider=provider, sessions=sessions, cold=cold,
+                target=run.target, placements=placements, coverages=coverages,
+            )  # fmt: skip
+            if run.emulated:  # no speed-up from emulated timings: they rank nothing, not even the models
+                timed = [dataclasses.replace(r, p50_ratio=None, speedup=None) for r in timed]
+            rows += timed
+    return rows
 
 
 def validate_on_targets(
@@ -233,38 +250,40 @@ def validate_on_targets(
         strict_ep=options.strict_ep,
         validate_batch=options.batch,
     )
-    results: dict[str, ValidateResult | None] = {}
-    with tempfile.TemporaryDirectory(prefix="resnet-edge-job-") as scratch:
-        files = JobFiles(models={shas[n]: Path(n) for n in names}, files={"inputs.npz": _npz(inputs, scratch)})
-        inputs.clear()
-        runs = _on_each(targets, remote, job, files, on_progress)
-    for run, document in runs:
-        if document is None:
-            results[run.target] = None
-            continue
-        data = document["validate"]
-        with np.load(io.BytesIO(base64.b64decode(data["outputs_npz_b64"]))) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        rows = []
-        labelled = True
-        for key, group_names in plan.groups.items():
-            expected, y = groups[key]
-            labelled = labelled and y is not None
-            outputs = {}
-            for name in group_names:
-                index = names.index(name)
-                for provider in job.providers:
-                    where = data["sessions"][session_key(index, provider)]
-                    outputs[(name, provider)] = Outputs(
-                        arrays[output_key(index, provider)],
-                        where["ran_on"],
-                        where["providers_used"],
-                        placement_from_json(where.get("placement"), model_nodes=len(plan.protos[name].graph.node)),
-                        _executed(where),
-                    )
-            rows += judge_outputs(plan, expected, y, outputs)
-        results[run.target] = finish_validation(plan, rows, labelled)
+    runs = _run_with_inputs(targets, remote, job, {shas[n]: Path(n) for n in names}, inputs, on_progress)
+    results: dict[str, ValidateResult | None] = {
+        run.target: None if document is None else _judge_target(plan, groups, job, document["validate"])
+        for run, document in runs
+    }
     return FleetValidateResult(results=results, targets=[run for run, _ in runs])
+
+
+def _judge_target(plan: Plan, groups: dict, job: Job, data: dict) -> ValidateResult:
+    """One target's validation: its runner's outputs judged here against the reference, as ``validate`` judges.
+
+    ``groups``: per group of ``plan``, the reference's (expected logits, labels)."""
+    names = list(plan.protos)
+    with np.load(io.BytesIO(base64.b64decode(data["outputs_npz_b64"]))) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    rows = []
+    labelled = True
+    for key, group_names in plan.groups.items():
+        expected, y = groups[key]
+        labelled = labelled and y is not None
+        outputs = {}
+        for name in group_names:
+            index = names.index(name)
+            for provider in job.providers:
+                where = data["sessions"][session_key(index, provider)]
+                outputs[(name, provider)] = Outputs(
+                    arrays[output_key(index, provider)],
+                    where["ran_on"],
+                    where["providers_used"],
+                    placement_from_json(where.get("placement"), model_nodes=len(plan.protos[name].graph.node)),
+                    _executed(where),
+                )
+        rows += judge_outputs(plan, expected, y, outputs)
+    return finish_validation(plan, rows, labelled)
 
 
 def target_facts(
@@ -292,6 +311,22 @@ def _npz(arrays: dict[str, np.ndarray], folder: str) -> Path:
     path = Path(folder) / "inputs.npz"
     np.savez(path, **arrays)
     return path
+
+
+def _run_with_inputs(
+    targets: Sequence[Target],
+    remote: RemoteOptions,
+    job: Job,
+    models: dict[str, Path],
+    inputs: dict[str, np.ndarray],
+    on_progress: Callable[[str, str], object] | None,
+) -> list[tuple[TargetRun, dict | None]]:
+    """:func:`_on_each` with ``models`` (SHA-256 -> file) and ``inputs`` sent as ``inputs.npz`` from a scratch folder;
+    ``inputs`` is emptied once written, so the arrays are not held twice while the targets run."""
+    with tempfile.TemporaryDirectory(prefix="resnet-edge-job-") as scratch:
+        files = JobFiles(models=models, files={"inputs.npz": _npz(inputs, scratch)})
+        inputs.clear()
+        return _on_each(targets, remote, job, files, on_progress)
 
 
 def _on_each(

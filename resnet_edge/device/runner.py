@@ -16,6 +16,7 @@ Usage on the device: ``python3 runner.pyz JOB.json`` (or ``--facts`` for the dev
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import hashlib
 import io
@@ -25,6 +26,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 
 from resnet_edge.device.facts import EMULATION_WARNING, collect_facts, read_thermal, throttle_warning
@@ -154,19 +156,10 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _benchmark(job: Job, paths: dict[str, str], inputs: dict, warnings_: list[str]) -> dict:
-    import warnings
-
+    """Time every model on each of the job's providers: per provider its sessions, I/O placement and timings."""
     import numpy as np
 
-    from resnet_edge.timing import (
-        Timed,
-        batch_from_pool,
-        cold_start,
-        io_placement,
-        time_interleaved,
-        time_phased,
-        time_sessions,
-    )
+    from resnet_edge.timing import batch_from_pool, cold_start, io_placement
 
     out: dict = {}
     pools = {model.label: inputs[model.input] for model in job.models}
@@ -178,32 +171,12 @@ def _benchmark(job: Job, paths: dict[str, str], inputs: dict, warnings_: list[st
         sessions = {}
         cold = {}
         for label, path in paths.items():
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+            with _warnings_into(warnings_):
                 sessions[label], cold[label] = cold_start(
                     lambda path=path, label=label, provider=provider: _open(path, label, provider, job),
                     lambda s, label=label: s.run(images(label, s.fixed_batch or job.batch_sizes[0])),
                 )
-            warnings_.extend(str(w.message) for w in caught)
-        timed_all = []
-        for batch in job.batch_sizes:
-            try:
-                for _, timed in time_sessions(
-                    sessions,
-                    images,
-                    [batch],
-                    warmup=job.warmup,
-                    iterations=job.iterations,
-                    duration_s=job.duration_s,
-                    timer=time_phased if job.spinning else time_interleaved,
-                ):
-                    timed_all += timed
-            except Exception as exc:
-                if not _is_oom(exc):
-                    raise
-                reason = f"out of memory at batch {batch} ({_oom_detail(exc)})"
-                warnings_.append(f"{provider}: {reason}")
-                timed_all += [Timed(label, batch, None, reason) for label in sessions]
+        timed_all = _time_batches(job, provider, sessions, images, warnings_)
         out[provider] = {
             "sessions": {
                 label: {
@@ -221,6 +194,44 @@ def _benchmark(job: Job, paths: dict[str, str], inputs: dict, warnings_: list[st
             ],
         }
     return out
+
+
+def _time_batches(job: Job, provider: str, sessions: dict, images: Callable, warnings_: list[str]) -> list:
+    """One provider's sessions timed at each of the job's batch sizes; a batch size that runs out of memory is
+    skipped with the reason (and a warning), and the others still run."""
+    from resnet_edge.timing import Timed, time_interleaved, time_phased, time_sessions
+
+    timed_all = []
+    for batch in job.batch_sizes:
+        try:
+            for _, timed in time_sessions(
+                sessions,
+                images,
+                [batch],
+                warmup=job.warmup,
+                iterations=job.iterations,
+                duration_s=job.duration_s,
+                timer=time_phased if job.spinning else time_interleaved,
+            ):
+                timed_all += timed
+        except Exception as exc:
+            if not _is_oom(exc):
+                raise
+            reason = f"out of memory at batch {batch} ({_oom_detail(exc)})"
+            warnings_.append(f"{provider}: {reason}")
+            timed_all += [Timed(label, batch, None, reason) for label in sessions]
+    return timed_all
+
+
+@contextlib.contextmanager
+def _warnings_into(warnings_: list[str]) -> Iterator[None]:
+    """Collect the warnings raised inside (a provider fallback, say) into ``warnings_``, the result's, for the host."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    warnings_.extend(str(w.message) for w in caught)
 
 
 def _audit_json(session: object) -> dict:
@@ -243,8 +254,6 @@ def _stats_json(stats: object) -> dict | None:
 
 
 def _validate(job: Job, paths: dict[str, str], inputs: dict, warnings_: list[str]) -> dict:
-    import warnings
-
     import numpy as np
 
     outputs = {}
@@ -254,10 +263,8 @@ def _validate(job: Job, paths: dict[str, str], inputs: dict, warnings_: list[str
         label = model.label
         images = inputs[model.input]
         for provider in job.providers:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+            with _warnings_into(warnings_):
                 session = _open(paths[label], label, provider, job)
-            warnings_.extend(str(w.message) for w in caught)
             try:
                 logits = np.concatenate([session.logits(images[i : i + batch]) for i in range(0, len(images), batch)])
             except Exception as exc:

@@ -36,6 +36,7 @@ from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.memory import onnx_estimate
 from resnet_edge.onnx.metadata import preprocessing_for, read_metadata, static_input_shape
 from resnet_edge.onnx.placement import Placement
+from resnet_edge.onnx.providers import Provider
 from resnet_edge.onnx.runtime import Session, open_session
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.coverage import IntegerCoverage, coverage_of
@@ -121,76 +122,35 @@ def benchmark_models(
     options = options or BenchmarkOptions()
     models = list(sources)
     check_options(models, options)
-    rounds_done = 0
-
-    def count_round() -> None:
-        nonlocal rounds_done
-        rounds_done += 1
-        if on_progress is not None:
-            on_progress(Progress(STAGE, "timing", rounds_done, options.total_rounds, unit="round"))
-
     threads = options.threads or default_threads()
     protos = {str(m): load_onnx(m) for m in models}
     specs = {name: preprocessing_for(proto, source=name) for name, proto in protos.items()}
     fixed = {name: static_input_shape(proto)[0] for name, proto in protos.items()}
-    for name, proto in protos.items():  # a batch that cannot fit must fail now, not after the machine swaps
-        estimate = onnx_estimate(proto)
-        for batch in {fixed[name]} if fixed[name] else set(options.batch_sizes):
-            check_fits(f"{Path(name).name} at batch {batch}", estimate, batch)
+    _check_batches_fit(protos, fixed, options.batch_sizes)
     data = {name: options.data or default_timing_data(proto) for name, proto in protos.items()}
     pools: dict[tuple[str, str], np.ndarray] = {}
 
     def images(name: str, batch: int) -> np.ndarray:
         return _images(specs[name], batch, data[name], pools)
 
+    def first_images(name: str) -> np.ndarray:  # its fixed batch, or the first batch size asked for
+        return images(name, fixed[name] or options.batch_sizes[0])
+
     if options.torch_reference and on_progress is not None:
         on_progress(Progress(STAGE, "load the PyTorch reference", detail=str(options.torch_reference)))
     torch_runner = _torch_reference(options.torch_reference, protos, threads) if options.torch_reference else None
+    timing = {
+        "warmup": options.warmup,
+        "iterations": options.rounds,
+        "duration_s": options.duration_s,
+        "on_round": _round_counter(options.total_rounds, on_progress),
+    }
     rows: list[BenchmarkRow] = []
     io: dict[str, str] = {}
     for provider in options.providers:
-        if on_progress is not None:  # cold starts and placement audits: seconds for a large model, before any round
-            detail = f"{len(protos)} model{'s' if len(protos) > 1 else ''}, cold start and placement audit"
-            on_progress(Progress(STAGE, f"open sessions on {provider.value}", detail=detail))
-        sessions: dict[str, Session] = {}
-        cold: dict[str, float] = {}
-        for name, proto in protos.items():
-            sessions[name], cold[name] = cold_start(
-                lambda proto=proto, provider=provider: open_session(
-                    proto, provider, strict=options.strict_ep, threads=threads, spinning=options.spinning
-                ),
-                # The placement audit has already run a first inference; else run one (cold start includes it).
-                lambda session, name=name: (
-                    session.placement is None and session.run(images(name, fixed[name] or options.batch_sizes[0]))
-                ),
-            )
+        sessions, cold = _open_sessions(protos, provider, options, threads, first_images, on_progress=on_progress)
         io[provider.value] = io_placement(s.ran_on for s in sessions.values())
-        timing = {
-            "warmup": options.warmup,
-            "iterations": options.rounds,
-            "duration_s": options.duration_s,
-            "on_round": count_round if on_progress else None,
-        }
-        timer = time_phased if options.spinning else time_interleaved
-        for batch, timed in time_sessions(sessions, images, options.batch_sizes, **timing, timer=timer):
-            if torch_runner is not None and provider.name == "cpu":
-                # its own phase (module docstring), right after the ONNX models, fed as the first model is;
-                # the progress bar counts its rounds too (options.total_rounds)
-                (times,) = time_interleaved([torch_runner(images(str(models[0]), batch))], **timing)
-                timed.insert(
-                    sum(t.latency is not None for t in timed), Timed("pytorch", batch, latency_stats(times, batch))
-                )
-            rows.extend(
-                timed_rows(
-                    timed,
-                    first=str(models[0]),
-                    provider=provider.value,
-                    sessions={k: (s.ran_on, s.providers_used) for k, s in sessions.items()},
-                    cold=cold,
-                    placements={k: s.placement for k, s in sessions.items()},
-                    coverages={k: coverage_of(protos[k], s.executed) for k, s in sessions.items()},
-                )
-            )
+        rows += _provider_rows(provider, sessions, cold, protos, images, options, timing=timing, torch=torch_runner)
     if not any(row.latency for row in rows):
         sizes = sorted({b for b in fixed.values() if b})
         raise OptionError(
@@ -204,6 +164,101 @@ def benchmark_models(
         file_sha256={str(m): sha256_file(m) for m in models},
         io=io,
     )
+
+
+def _provider_rows(
+    provider: Provider,
+    sessions: dict[str, Session],
+    cold: dict[str, float],
+    protos: dict[str, onnx.ModelProto],
+    images: Callable[[str, int], np.ndarray],
+    options: BenchmarkOptions,
+    *,
+    timing: dict,
+    torch: Callable[[np.ndarray], Callable[[], object]] | None,
+) -> list[BenchmarkRow]:
+    """One provider's sessions timed side by side at each batch size, as rows with ratios to the first model; on the
+    CPU, PyTorch eager (``torch``) in a phase of its own after them. ``timing``: the timers' keyword arguments."""
+    first = next(iter(protos))
+    timer = time_phased if options.spinning else time_interleaved
+    rows: list[BenchmarkRow] = []
+    for batch, timed in time_sessions(sessions, images, options.batch_sizes, **timing, timer=timer):
+        if torch is not None and provider.name == "cpu":
+            # its own phase (module docstring), right after the ONNX models, fed as the first model is;
+            # the progress bar counts its rounds too (options.total_rounds)
+            (times,) = time_interleaved([torch(images(first, batch))], **timing)
+            timed.insert(
+                sum(t.latency is not None for t in timed), Timed("pytorch", batch, latency_stats(times, batch))
+            )
+        rows.extend(
+            timed_rows(
+                timed,
+                first=first,
+                provider=provider.value,
+                sessions={k: (s.ran_on, s.providers_used) for k, s in sessions.items()},
+                cold=cold,
+                placements={k: s.placement for k, s in sessions.items()},
+                coverages={k: coverage_of(protos[k], s.executed) for k, s in sessions.items()},
+            )
+        )
+    return rows
+
+
+def _check_batches_fit(
+    protos: dict[str, onnx.ModelProto], fixed: dict[str, int | None], batch_sizes: Sequence[int]
+) -> None:
+    """Refuse now, not after the machine swaps, a batch a model cannot fit in memory (its fixed one, else each asked).
+
+    Raises:
+        OptionError: a model at a batch size does not fit (:func:`resnet_edge.memory.check_fits`).
+    """
+    for name, proto in protos.items():
+        estimate = onnx_estimate(proto)
+        for batch in {fixed[name]} if fixed[name] else set(batch_sizes):
+            check_fits(f"{Path(name).name} at batch {batch}", estimate, batch)
+
+
+def _round_counter(total: int | None, on_progress: ProgressCallback | None) -> Callable[[], None] | None:
+    """What the timers call after each round: tells ``on_progress`` the rounds done of ``total``, across providers
+    (None without ``on_progress``)."""
+    if on_progress is None:
+        return None
+    done = 0
+
+    def count_round() -> None:
+        nonlocal done
+        done += 1
+        on_progress(Progress(STAGE, "timing", done, total, unit="round"))
+
+    return count_round
+
+
+def _open_sessions(
+    protos: dict[str, onnx.ModelProto],
+    provider: Provider,
+    options: BenchmarkOptions,
+    threads: int,
+    first_images: Callable[[str], np.ndarray],
+    *,
+    on_progress: ProgressCallback | None,
+) -> tuple[dict[str, Session], dict[str, float]]:
+    """Each model's session on ``provider`` and its cold start (session creation and first inference) in ms.
+
+    ``first_images``: a model's first batch, for a first inference where the placement audit has not run one."""
+    if on_progress is not None:  # cold starts and placement audits: seconds for a large model, before any round
+        detail = f"{len(protos)} model{'s' if len(protos) > 1 else ''}, cold start and placement audit"
+        on_progress(Progress(STAGE, f"open sessions on {provider.value}", detail=detail))
+    sessions: dict[str, Session] = {}
+    cold: dict[str, float] = {}
+    for name, proto in protos.items():
+        sessions[name], cold[name] = cold_start(
+            lambda proto=proto: open_session(
+                proto, provider, strict=options.strict_ep, threads=threads, spinning=options.spinning
+            ),
+            # The placement audit has already run a first inference; else run one (cold start includes it).
+            lambda session, name=name: session.placement is None and session.run(first_images(name)),
+        )
+    return sessions, cold
 
 
 def check_options(models: Sequence[Path | str], options: BenchmarkOptions) -> None:
@@ -280,7 +335,7 @@ def timed_rows(
                 f"{Path(t.label).name} on {provider} at batch {t.batch}{where} varied by {fmt.cv(s.cv)} (CV);"
                 " the machine was busy, treat these numbers with care",
                 ResnetEdgeWarning,
-                stacklevel=3,
+                stacklevel=4,  # the caller of benchmark_models or benchmark_on_targets (through a row helper)
             )
     return rows
 

@@ -52,12 +52,15 @@ from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.timing import GPU_PROVIDERS, NOISY_CV, default_threads, median_interval
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnx
 
     from resnet_edge.evaluation.benchmark import BenchmarkResult
     from resnet_edge.evaluation.options import BenchmarkOptions, ValidateOptions
     from resnet_edge.evaluation.validate import ValidateResult, ValidateRow
+    from resnet_edge.onnx.parity import Parity
     from resnet_edge.quantization.configs import Int8Recipe, Int8Target
+    from resnet_edge.timing import Timed
 
 logger = logging.getLogger("resnet_edge")
 
@@ -130,6 +133,10 @@ class Candidate:
     threading: dict = field(default_factory=dict)
 
 
+# A candidate's file before it is judged: (name, precision, the file or None, why it could not be built).
+_CandidateFile = tuple[str, str, Path | None, str | None]
+
+
 @dataclass(frozen=True)
 class TuneResult:
     output: Path
@@ -180,25 +187,8 @@ def tune_model(
     started = time.perf_counter()
     model_path = require_file(source, what="model")
     report = on_progress or (lambda progress: None)
-    output = require_writable_destination(output)
-    record_path = require_writable_destination(Path(f"{output}.json"))
-    refuse_overwriting_inputs(
-        [output, record_path],
-        [
-            model_path,
-            options.data,
-            options.calib,
-            options.label_map,
-            *options.candidates,
-            *(path for _, path in options.int8_models),
-        ],
-        command="tune output",
-    )
-    fp32 = load_onnx(model_path)
-    if is_quantized(fp32):
-        raise OptionError(f"{model_path} is quantized; tune starts from the FP32 (simplified) model")
-    _check_options(options, fp32)
-    random_weights = read_metadata(fp32).random_weights
+    output, record_path = _destinations(output, model_path, options)
+    random_weights = _check_source(model_path, options)
     if site.emulated:
         warnings.warn(
             f"{site.target} runs under emulation: parity and integer coverage are real and decide; its timings are"
@@ -213,59 +203,19 @@ def tune_model(
         report(Progress(STAGE, "build"))
         variants = _build_variants(model_path, Path(tmp), providers, options, cpu_target=_cpu_target(site))
         measure = measure or _measure_here
-        candidates = []
-        for done, (provider, files) in enumerate(variants):
-            report(Progress(STAGE, f"judge and time {provider.value}", done, len(variants)))
-            candidates.append(
-                _judge_and_time(provider, files, model_path, batches, options, measure, random_weights=random_weights)
-            )
-        flat = [c for group in candidates for c in group]
-        baseline = next((c for c in flat if c.provider == "cpu" and c.precision == "fp32" and c.p50_ms), None)
-        if baseline is not None:
-            flat = [_with_speedup(c, baseline) for c in flat]
-            _warn_noisy_baseline(baseline)
-        passing = [c for c in flat if c.passed and (site.emulated or options.batch in c.p50_ms)]
-        if not passing:
-            raise CheckFailedError(
-                "no candidate passed parity against FP32: "
-                + "; ".join(f"{c.name} on {c.provider}: {', '.join(c.failures) or c.error}" for c in flat)
-            )
-        chosen, reason = rank_by_coverage(passing) if site.emulated else rank_candidates(passing, options.batch)
-        knobs: list[dict] = []
-        if options.knobs and site.target is None and measure is _measure_here:
-            chosen, knobs, knob_reason = search_knobs(chosen, options)
-            reason += f"; runtime knobs: {knob_reason}"
-        record = {
-            "model": path_for_record(model_path, record_path.parent),
-            "model_sha256": sha256_file(model_path),
-            "chosen": {
-                "name": chosen.name,
-                "provider": chosen.provider,
-                "precision": chosen.precision,
-                "runtime": _runtime_of(chosen.provider),
-                "threading": chosen.threading,
-            },
-            "reason": reason,
-            "batch_sizes": batches,
-            "threads": options.threads,
-            "iterations": options.iterations,
-            "thresholds": _thresholds_record(options, random_weights),
-            "target": site.target,
-            "device": site.facts,
-            "timing_used": not site.emulated,
-            "candidates": [_as_record(c, record_path.parent) for c in flat],
-            "knobs": knobs,
-        }
+        flat = _measure_candidates(
+            variants, model_path, batches, options, measure, report=report, random_weights=random_weights
+        )
+        chosen, reason, knobs = _choose(flat, options, site, search=measure is _measure_here)
+        record = _tune_record(model_path, record_path, chosen, flat, options, site, reason, knobs, random_weights)
         measured_on = {"target": site.target} if site.target else {}
-        chosen_model = load_onnx(chosen.path)
         embedded = record["chosen"] | measured_on | {"p50_ms": chosen.p50_ms}
-        write_with_record(chosen_model, Path(output), record_path, key=TUNE_KEY, embedded=embedded, record=record)
-    final = [_with_path(chosen, str(output)) if _same_candidate(c, chosen) else c for c in flat]
+        write_with_record(load_onnx(chosen.path), output, record_path, key=TUNE_KEY, embedded=embedded, record=record)
     return TuneResult(
         output=output,
         record=record_path,
         chosen=_with_path(chosen, str(output)),
-        candidates=final,
+        candidates=[_with_path(chosen, str(output)) if _same_candidate(c, chosen) else c for c in flat],
         batch_sizes=batches,
         threads=options.threads,
         seconds=time.perf_counter() - started,
@@ -275,6 +225,109 @@ def tune_model(
         random_weights=random_weights,
         timing_used=not site.emulated,
     )
+
+
+def _destinations(output: Path | str, model_path: Path, options: TuneOptions) -> tuple[Path, Path]:
+    """The chosen model's path and its record's (``output + ".json"``), checked writable and none of tune's inputs.
+
+    Raises:
+        OptionError: a destination that cannot be written, or one that is an input.
+    """
+    output = require_writable_destination(output)
+    record_path = require_writable_destination(Path(f"{output}.json"))
+    refuse_overwriting_inputs(
+        [output, record_path],
+        [
+            model_path,
+            options.data,
+            options.calib,
+            options.label_map,
+            *options.candidates,
+            *(path for _, path in options.int8_models),
+        ],
+        command="tune output",
+    )
+    return output, record_path
+
+
+def _tune_record(
+    model_path: Path,
+    record_path: Path,
+    chosen: Candidate,
+    candidates: list[Candidate],
+    options: TuneOptions,
+    site: Site,
+    reason: str,
+    knobs: list[dict],
+    random_weights: bool,
+) -> dict:
+    """The JSON record of the choice: the model, the chosen candidate and why, the bar, the site, every candidate."""
+    return {
+        "model": path_for_record(model_path, record_path.parent),
+        "model_sha256": sha256_file(model_path),
+        "chosen": {
+            "name": chosen.name,
+            "provider": chosen.provider,
+            "precision": chosen.precision,
+            "runtime": _runtime_of(chosen.provider),
+            "threading": chosen.threading,
+        },
+        "reason": reason,
+        "batch_sizes": sorted({1, options.batch}),
+        "threads": options.threads,
+        "iterations": options.iterations,
+        "thresholds": _thresholds_record(options, random_weights),
+        "target": site.target,
+        "device": site.facts,
+        "timing_used": not site.emulated,
+        "candidates": [_as_record(c, record_path.parent) for c in candidates],
+        "knobs": knobs,
+    }
+
+
+def _measure_candidates(
+    variants: list[tuple[Provider, list[_CandidateFile]]],
+    model_path: Path,
+    batches: list[int],
+    options: TuneOptions,
+    measure: Measure,
+    *,
+    report: ProgressCallback,
+    random_weights: bool,
+) -> list[Candidate]:
+    """Every provider's candidates judged and timed, with their speed-ups over FP32 on the CPU where it was timed."""
+    flat: list[Candidate] = []
+    for done, (provider, files) in enumerate(variants):
+        report(Progress(STAGE, f"judge and time {provider.value}", done, len(variants)))
+        flat += _judge_and_time(provider, files, model_path, batches, options, measure, random_weights=random_weights)
+    baseline = next((c for c in flat if c.provider == "cpu" and c.precision == "fp32" and c.p50_ms), None)
+    if baseline is None:
+        return flat
+    _warn_noisy_baseline(baseline)
+    return [_with_speedup(c, baseline) for c in flat]
+
+
+def _choose(
+    candidates: list[Candidate], options: TuneOptions, site: Site, *, search: bool
+) -> tuple[Candidate, str, list[dict]]:
+    """The candidate to deploy among those that passed, why, and (``search``: measured here, on the CPU) the runtime
+    knobs tried on it (:func:`search_knobs`).
+
+    Raises:
+        CheckFailedError: no candidate passed parity.
+    """
+    passing = [c for c in candidates if c.passed and (site.emulated or options.batch in c.p50_ms)]
+    if not passing:
+        raise CheckFailedError(
+            "no candidate passed parity against FP32: "
+            + "; ".join(f"{c.name} on {c.provider}: {', '.join(c.failures) or c.error}" for c in candidates)
+        )
+    chosen, reason = rank_by_coverage(passing) if site.emulated else rank_candidates(passing, options.batch)
+    knobs: list[dict] = []
+    if options.knobs and site.target is None and search:
+        chosen, knobs, knob_reason = search_knobs(chosen, options)
+        reason += f"; runtime knobs: {knob_reason}"
+    return chosen, reason, knobs
 
 
 def _same_candidate(a: Candidate, b: Candidate) -> bool:
@@ -336,9 +389,6 @@ def search_knobs(chosen: Candidate, options: TuneOptions) -> tuple[Candidate, li
     Returns:
         the candidate with the settings kept (its threading and p50 updated), a record of every variant, and why.
     """
-    from resnet_edge.calibration.sources import iter_batches, open_source
-    from resnet_edge.evaluation.benchmark import default_timing_data, image_pool, threading_record
-    from resnet_edge.onnx.metadata import preprocessing_for
     from resnet_edge.onnx.parity import compare_outputs
     from resnet_edge.onnx.runtime import open_session
     from resnet_edge.timing import batch_from_pool, time_phased, time_sessions
@@ -346,12 +396,7 @@ def search_knobs(chosen: Candidate, options: TuneOptions) -> tuple[Candidate, li
     if chosen.provider != "cpu":
         return chosen, [], f"not searched: they are onnxruntime CPU settings, the choice runs on {chosen.provider}"
     threads = options.threads or default_threads()
-    proto = load_onnx(chosen.path)
-    spec = preprocessing_for(proto, source=chosen.path)
-    data = options.data or default_timing_data(proto)
-    pool = image_pool(spec, data, {})
-    source = open_source(data, classes=None)
-    held_out, _ = next(iter_batches(source, spec, source.indices()[:KNOB_IMAGES], KNOB_IMAGES))
+    pool, held_out = _knob_images(chosen.path, options)
     variants = knob_variants(threads)
     sessions = {
         knob.describe(): open_session(
@@ -381,38 +426,76 @@ def search_knobs(chosen: Candidate, options: TuneOptions) -> tuple[Candidate, li
     records, contenders = [], []
     for knob in variants:
         t = by_label[knob.describe()]
-        p = parity[t.label]
-        passed = p.top1_agreement == 1.0 and p.min_cosine >= KNOB_MIN_COSINE and not p.non_finite
-        interval = median_interval(t.latency.samples_ms) if t.latency else None
-        records.append(
-            {
-                "settings": knob.describe(),
-                "spinning": knob.spinning,
-                "optimization": knob.optimization,
-                "threads": knob.threads or threads,
-                "session_config": knob.session_config,
-                "p50_ms": t.latency.p50_ms if t.latency else None,
-                "p50_interval_ms": list(interval) if interval else None,
-                "min_cosine_vs_default": p.min_cosine,
-                "passed": passed,
-            }
+        validated = knob == variants[0]  # the default settings: they keep every tie
+        record, contender = _knob_trial(
+            knob, t, parity[t.label], chosen, batch=batch, threads=threads, validated=validated
         )
-        if passed and t.latency is not None:
-            contenders.append(
-                (
-                    knob,
-                    dataclasses.replace(
-                        chosen,
-                        name=t.label,
-                        p50_ms={batch: t.latency.p50_ms},
-                        p50_interval_ms={batch: interval} if interval else {},
-                        validated=knob == variants[0],
-                        integer_fraction=None,
-                    ),
-                )
-            )
+        records.append(record)
+        if contender is not None:
+            contenders.append((knob, contender))
     if not any(k == variants[0] for k, _ in contenders):
         return chosen, records, f"not searched: the default settings could not be timed at batch {batch}"
+    return _keep_fastest_knob(chosen, contenders, records, batch=batch, threads=threads, default=variants[0])
+
+
+def _knob_images(model: str, options: TuneOptions) -> tuple[np.ndarray, np.ndarray]:
+    """The knob search's inputs: the pool its timings are fed from, and KNOB_IMAGES held-out images for parity."""
+    from resnet_edge.calibration.sources import iter_batches, open_source
+    from resnet_edge.evaluation.benchmark import default_timing_data, image_pool
+    from resnet_edge.onnx.metadata import preprocessing_for
+
+    proto = load_onnx(model)
+    spec = preprocessing_for(proto, source=model)
+    data = options.data or default_timing_data(proto)
+    pool = image_pool(spec, data, {})
+    source = open_source(data, classes=None)
+    held_out, _ = next(iter_batches(source, spec, source.indices()[:KNOB_IMAGES], KNOB_IMAGES))
+    return pool, held_out
+
+
+def _knob_trial(
+    knob: SessionKnobs, t: Timed, p: Parity, chosen: Candidate, *, batch: int, threads: int, validated: bool
+) -> tuple[dict, Candidate | None]:
+    """One knob variant's record, and the chosen candidate as timed under it when it kept the default's answers
+    (None when it did not, or was not timed)."""
+    passed = p.top1_agreement == 1.0 and p.min_cosine >= KNOB_MIN_COSINE and not p.non_finite
+    interval = median_interval(t.latency.samples_ms) if t.latency else None
+    record = {
+        "settings": knob.describe(),
+        "spinning": knob.spinning,
+        "optimization": knob.optimization,
+        "threads": knob.threads or threads,
+        "session_config": knob.session_config,
+        "p50_ms": t.latency.p50_ms if t.latency else None,
+        "p50_interval_ms": list(interval) if interval else None,
+        "min_cosine_vs_default": p.min_cosine,
+        "passed": passed,
+    }
+    if not passed or t.latency is None:
+        return record, None
+    return record, dataclasses.replace(
+        chosen,
+        name=t.label,
+        p50_ms={batch: t.latency.p50_ms},
+        p50_interval_ms={batch: interval} if interval else {},
+        validated=validated,
+        integer_fraction=None,
+    )
+
+
+def _keep_fastest_knob(
+    chosen: Candidate,
+    contenders: list[tuple[SessionKnobs, Candidate]],
+    records: list[dict],
+    *,
+    batch: int,
+    threads: int,
+    default: SessionKnobs,
+) -> tuple[Candidate, list[dict], str]:
+    """The knob variant :func:`rank_candidates` keeps (the default wins every tie): the chosen candidate with its
+    threading (and, for another variant, its p50), the records marked with the one kept, and why."""
+    from resnet_edge.evaluation.benchmark import threading_record
+
     best, why = rank_candidates([c for _, c in contenders], batch)
     knob = next(k for k, c in contenders if c is best)
     for record in records:
@@ -422,7 +505,7 @@ def search_knobs(chosen: Candidate, options: TuneOptions) -> tuple[Candidate, li
         "session_config": knob.session_config,
     }
     kept = dataclasses.replace(chosen, threading=threading)
-    if knob != variants[0]:
+    if knob != default:
         kept = dataclasses.replace(kept, p50_ms={**chosen.p50_ms, batch: best.p50_ms[batch]})
     return kept, records, f"{knob.describe()} ({why})"
 
@@ -473,6 +556,19 @@ def _cpu_target(site: Site) -> Int8Target:
     return Int8Target.X86_VNNI if vnni else Int8Target.X86_AVX2
 
 
+def _check_source(model_path: Path, options: TuneOptions) -> bool:
+    """Refuse a quantized model, and options that do not fit it, now; whether its weights are known to be random.
+
+    Raises:
+        OptionError: the model is quantized already.
+    """
+    fp32 = load_onnx(model_path)
+    if is_quantized(fp32):
+        raise OptionError(f"{model_path} is quantized; tune starts from the FP32 (simplified) model")
+    _check_options(options, fp32)
+    return read_metadata(fp32).random_weights
+
+
 def _check_options(options: TuneOptions, fp32: onnx.ModelProto) -> None:
     """Refuse unreadable data, and labels that do not fit the model, now, before minutes of calibration and timing."""
     from resnet_edge.calibration.sources import open_source
@@ -493,71 +589,22 @@ def _build_variants(
     options: TuneOptions,
     *,
     cpu_target: Int8Target | None = None,
-) -> list[tuple[Provider, list[tuple[str, str, Path | None, str | None]]]]:
+) -> list[tuple[Provider, list[_CandidateFile]]]:
     """Per provider: (name, precision, file or None, error) of each candidate; INT8 files are built once.
     ``cpu_target``: the INT8 target of the CPU they will run on (default: this machine's)."""
-    from resnet_edge.quantization.configs import Format, Int8Target, detect_target, resolve_config
-    from resnet_edge.quantization.options import QuantizeOptions
+    from resnet_edge.quantization.configs import detect_target
 
     cpu_target = cpu_target or detect_target()
-
-    built: dict[str, tuple[Path | None, str | None]] = {}
-    calibrations: dict[bool, object] = {}
-
-    def int8(config: Int8Recipe, label: str) -> tuple[Path | None, str | None]:
-        if label in built:
-            return built[label]
-        ready = next((path for given, path in options.int8_models if _same_config(given, config)), None)
-        if ready is not None:
-            built[label] = (require_file(ready, what="INT8 model"), None)
-            return built[label]
-        from resnet_edge.quantization.calibrate import calibrate_onnx
-        from resnet_edge.quantization.quantize import quantize_onnx
-
-        path = folder / f"int8-{label.replace(' ', '-')}.onnx"
-        quantize = QuantizeOptions(
-            calib=options.calib,
-            eval_data=options.data,
-            label_map=options.label_map,
-            limit=options.limit,
-            seed=options.seed,
-            config=config,
-        )
-        try:
-            if config.symmetric_activations not in calibrations:
-                where = folder / f"calibration-{'symmetric' if config.symmetric_activations else 'asymmetric'}"
-                where.mkdir(exist_ok=True)
-                calibrations[config.symmetric_activations] = calibrate_onnx(model_path, where, quantize)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ResnetEdgeWarning)  # quantize's own notes; validate judges below
-                quantize_onnx(
-                    model_path,
-                    path,
-                    QuantizeOptions(**{**quantize.__dict__, "measure_speed": False}),
-                    calibration=calibrations[config.symmetric_activations],
-                )
-            built[label] = (path, None)
-        except ResnetEdgeError as exc:
-            built[label] = (None, f"quantization failed: {exc}")
-        return built[label]
-
+    int8 = _Int8Files(model_path, folder, options)
     fp16_file: list[tuple[Path | None, str | None]] = []
     result = []
     for provider in providers:
-        files: list[tuple[str, str, Path | None, str | None]] = [("fp32", "fp32", model_path, None)]
+        files: list[_CandidateFile] = [("fp32", "fp32", model_path, None)]
         if options.int8:
-            if provider.name in GPU_INT8_PROVIDERS:
-                configs = [resolve_config(Int8Target.GPU_TENSORRT)]
-            else:
-                configs = [resolve_config(cpu_target)]
-                if provider.name == "cpu":  # QOperator against QDQ, per-tensor against per-channel, measured anew
-                    configs.append(resolve_config(cpu_target, format=Format.QOPERATOR))
-                    if configs[0].per_channel:
-                        configs.append(resolve_config(cpu_target, per_channel=False))
+            configs = _int8_configs(provider, cpu_target)
             for config in configs:
                 label = f"{config.target.value} {config.format.value}" + ("" if config.per_channel else " per-tensor")
-                path, error = int8(config, label)
-                files.append((f"int8 {label}", "int8", path, error))
+                files.append((f"int8 {label}", "int8", *int8.get(config, label)))
             for given, path in options.int8_models:  # built with another configuration: one more candidate
                 if not any(_same_config(given, config) for config in configs):
                     label = f"{given.target.value} {given.format.value}"
@@ -573,6 +620,75 @@ def _build_variants(
             files.append((f"file {Path(extra).name}", "file", *_fits(model_path, extra)))
         result.append((provider, files))
     return result
+
+
+def _int8_configs(provider: Provider, cpu_target: Int8Target) -> list[Int8Recipe]:
+    """The INT8 configurations tried on ``provider``: ``gpu-tensorrt`` on the GPU providers, else the CPU target's;
+    on the CPU EP also its QOperator form and (for a per-channel recipe) per-tensor, measured anew."""
+    from resnet_edge.quantization.configs import Format, Int8Target, resolve_config
+
+    if provider.name in GPU_INT8_PROVIDERS:
+        return [resolve_config(Int8Target.GPU_TENSORRT)]
+    configs = [resolve_config(cpu_target)]
+    if provider.name == "cpu":  # QOperator against QDQ, per-tensor against per-channel, measured anew
+        configs.append(resolve_config(cpu_target, format=Format.QOPERATOR))
+        if configs[0].per_channel:
+            configs.append(resolve_config(cpu_target, per_channel=False))
+    return configs
+
+
+@dataclass
+class _Int8Files:
+    """The INT8 candidate files, each built once (or taken from ``options.int8_models`` where the caller built it
+    with the same configuration); calibration runs once per activation symmetry and is shared."""
+
+    model_path: Path
+    folder: Path
+    options: TuneOptions
+    built: dict[str, tuple[Path | None, str | None]] = field(default_factory=dict)
+    calibrations: dict[bool, object] = field(default_factory=dict)
+
+    def get(self, config: Int8Recipe, label: str) -> tuple[Path | None, str | None]:
+        """The file for ``config`` (named by ``label``), or None and why quantization failed."""
+        if label not in self.built:
+            ready = next((path for given, path in self.options.int8_models if _same_config(given, config)), None)
+            if ready is not None:
+                self.built[label] = (require_file(ready, what="INT8 model"), None)
+            else:
+                self.built[label] = self._quantize(config, self.folder / f"int8-{label.replace(' ', '-')}.onnx")
+        return self.built[label]
+
+    def _quantize(self, config: Int8Recipe, path: Path) -> tuple[Path | None, str | None]:
+        from resnet_edge.quantization.calibrate import calibrate_onnx
+        from resnet_edge.quantization.options import QuantizeOptions
+        from resnet_edge.quantization.quantize import quantize_onnx
+
+        options = self.options
+        quantize = QuantizeOptions(
+            calib=options.calib,
+            eval_data=options.data,
+            label_map=options.label_map,
+            limit=options.limit,
+            seed=options.seed,
+            config=config,
+        )
+        symmetric = config.symmetric_activations
+        try:
+            if symmetric not in self.calibrations:
+                where = self.folder / f"calibration-{'symmetric' if symmetric else 'asymmetric'}"
+                where.mkdir(exist_ok=True)
+                self.calibrations[symmetric] = calibrate_onnx(self.model_path, where, quantize)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResnetEdgeWarning)  # quantize's own notes; validate judges below
+                quantize_onnx(
+                    self.model_path,
+                    path,
+                    QuantizeOptions(**{**quantize.__dict__, "measure_speed": False}),
+                    calibration=self.calibrations[symmetric],
+                )
+        except ResnetEdgeError as exc:
+            return None, f"quantization failed: {exc}"
+        return path, None
 
 
 def _same_config(a: Int8Recipe, b: Int8Recipe) -> bool:
@@ -594,7 +710,7 @@ def _fits(model_path: Path, candidate: Path) -> tuple[Path | None, str | None]:
 
 def _judge_and_time(
     provider: Provider,
-    files: list[tuple[str, str, Path | None, str | None]],
+    files: list[_CandidateFile],
     reference: Path,
     batches: list[int],
     options: TuneOptions,
@@ -604,47 +720,14 @@ def _judge_and_time(
 ) -> list[Candidate]:
     """Judge and time one provider's candidates. With ``random_weights``, an INT8 or FP16 candidate is judged by its
     logit error against FP32 instead of validate's agreement bar (:func:`_judged`)."""
-    from resnet_edge.evaluation.benchmark import threading_record
-    from resnet_edge.evaluation.options import BenchmarkOptions, ValidateOptions
-
     runnable = [(name, precision, path) for name, precision, path, error in files if path is not None]
     # One file may serve several candidates (fp32 is the reference itself); validate and time each file once.
     paths = list(dict.fromkeys(str(path) for _, _, path in runnable))
-    thresholds = ValidateOptions(
-        data=options.data,
-        label_map=options.label_map,
-        providers=(provider,),
-        min_agreement=options.min_agreement,
-        max_top1_drop=options.max_top1_drop,
-    )
-    timing_options = BenchmarkOptions(
-        providers=(provider,),
-        batch_sizes=tuple(batches),
-        threads=options.threads,
-        warmup=options.warmup,
-        iterations=options.iterations,
-        data=options.data,
-    )
+    thresholds, timing_options = _measure_options(provider, batches, options)
     validation, timing = measure(paths, reference, thresholds, timing_options)
-    threading = threading_record(options.threads or default_threads(), spinning=timing_options.spinning)
-    if provider.ort_name == OPENVINO_RUNTIME:  # its own threads: onnxruntime's spinning does not apply
-        threading = {
-            "inference_num_threads": threading["intra_op_threads"],
-            "performance_hint": dict(provider.options).get("hint", "LATENCY").upper(),
-            "inference_precision": dict(provider.options).get("precision", "f32").lower(),
-            "timed": threading["timed"],
-        }
+    threading = _deployed_threading(provider, options, spinning=timing_options.spinning)
     rows = {row.path: row for row in validation.rows}
-    p50: dict[str, dict[int, float]] = {}
-    intervals: dict[str, dict[int, tuple[float, float]]] = {}
-    cvs: dict[str, dict[int, float]] = {}
-    for row in timing.rows:
-        if row.latency is not None and row.path is not None:
-            p50.setdefault(row.path, {})[row.batch] = row.latency.p50_ms
-            cvs.setdefault(row.path, {})[row.batch] = row.latency.cv
-            interval = median_interval(row.latency.samples_ms)
-            if interval is not None:
-                intervals.setdefault(row.path, {})[row.batch] = interval
+    p50, intervals, cvs = _timings_by_path(timing)
     validated = {str(path) for _, path in options.int8_models}
     candidates: list[Candidate] = []
     for name, precision, path, error in files:
@@ -678,6 +761,63 @@ def _judge_and_time(
             )
         )
     return candidates
+
+
+def _measure_options(
+    provider: Provider, batches: list[int], options: TuneOptions
+) -> tuple[ValidateOptions, BenchmarkOptions]:
+    """validate's thresholds and benchmark's timing for one provider's candidates, from tune's options."""
+    from resnet_edge.evaluation.options import BenchmarkOptions, ValidateOptions
+
+    thresholds = ValidateOptions(
+        data=options.data,
+        label_map=options.label_map,
+        providers=(provider,),
+        min_agreement=options.min_agreement,
+        max_top1_drop=options.max_top1_drop,
+    )
+    timing = BenchmarkOptions(
+        providers=(provider,),
+        batch_sizes=tuple(batches),
+        threads=options.threads,
+        warmup=options.warmup,
+        iterations=options.iterations,
+        data=options.data,
+    )
+    return thresholds, timing
+
+
+def _deployed_threading(provider: Provider, options: TuneOptions, *, spinning: bool) -> dict:
+    """The threading the candidates were timed with, which is the one they deploy with (:func:`threading_record`);
+    the OpenVINO runtime's own threads and hints for it (onnxruntime's spinning does not apply)."""
+    from resnet_edge.evaluation.benchmark import threading_record
+
+    threading = threading_record(options.threads or default_threads(), spinning=spinning)
+    if provider.ort_name != OPENVINO_RUNTIME:
+        return threading
+    return {
+        "inference_num_threads": threading["intra_op_threads"],
+        "performance_hint": dict(provider.options).get("hint", "LATENCY").upper(),
+        "inference_precision": dict(provider.options).get("precision", "f32").lower(),
+        "timed": threading["timed"],
+    }
+
+
+def _timings_by_path(
+    timing: BenchmarkResult,
+) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, tuple[float, float]]], dict[str, dict[int, float]]]:
+    """Per model file and batch: the median latency, its 95% interval (where there is one) and the CV."""
+    p50: dict[str, dict[int, float]] = {}
+    intervals: dict[str, dict[int, tuple[float, float]]] = {}
+    cvs: dict[str, dict[int, float]] = {}
+    for row in timing.rows:
+        if row.latency is not None and row.path is not None:
+            p50.setdefault(row.path, {})[row.batch] = row.latency.p50_ms
+            cvs.setdefault(row.path, {})[row.batch] = row.latency.cv
+            interval = median_interval(row.latency.samples_ms)
+            if interval is not None:
+                intervals.setdefault(row.path, {})[row.batch] = interval
+    return p50, intervals, cvs
 
 
 def _judged(row: ValidateRow, path: Path, *, random_weights: bool) -> tuple[str, list[str], float | None]:
@@ -731,11 +871,6 @@ def _measure_here(
     from resnet_edge.evaluation.validate import Reference, validate_models
 
     return validate_models(paths, Reference(onnx=reference), thresholds), benchmark_models(paths, timing)
-
-
-def choose_candidate(passing: Sequence[Candidate], batch: int) -> Candidate:
-    """The candidate :func:`rank_candidates` chooses."""
-    return rank_candidates(passing, batch)[0]
 
 
 def rank_candidates(passing: Sequence[Candidate], batch: int) -> tuple[Candidate, str]:
@@ -821,7 +956,7 @@ def _warn_noisy_baseline(baseline: Candidate) -> None:
                 f"the speed-ups at batch {batch} divide by {baseline.name} on cpu, whose timing varied by {cv:.1%}"
                 " (CV): the machine was busy, treat them with care",
                 ResnetEdgeWarning,
-                stacklevel=3,
+                stacklevel=4,  # tune_model's caller (through _measure_candidates)
             )
 
 

@@ -69,6 +69,38 @@ def compile_on_cpu(
     """
     import openvino as ov
 
+    config = _cpu_config(provider, threads)
+    core = ov.Core()
+    try:
+        compiled = core.compile_model(core.read_model(loadable), "CPU", config)
+    except RuntimeError as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("Exception from")]
+        raise InputFileError(f"the OpenVINO runtime cannot load {label}: {(lines or ['failed'])[0][:240]}") from None
+    inputs, outputs = compiled.inputs, compiled.outputs
+    shape = inputs[0].partial_shape
+    four_d = shape.rank.is_static and shape.rank.get_length() == 4
+    if classifier and (len(inputs) != 1 or inputs[0].element_type != ov.Type.f32 or not four_d):
+        raise InputFileError(f"{label}: an image classifier takes one float NCHW tensor")
+    if classifier and (outputs[0].partial_shape.rank.is_dynamic or outputs[0].partial_shape.rank.get_length() != 2):
+        raise InputFileError(f"{label}: an image classifier outputs (batch, classes) logits")
+    placement = _placement(compiled, provider, node_count)
+    batch_dim = shape[0]
+    logger.debug("OpenVINO runtime session on %s: %s", label, placement.note)
+    return CompiledModel(
+        request=OpenVinoRequest(compiled),
+        input_name=inputs[0].get_any_name(),
+        output_name=outputs[0].get_any_name(),
+        fixed_batch=batch_dim.get_length() if batch_dim.is_static else None,
+        placement=placement,
+    )
+
+
+def _cpu_config(provider: Provider, threads: int | None) -> dict[str, str]:
+    """The CPU plugin's compile config from ``provider``'s options and the thread count.
+
+    Raises:
+        OptionError: an option it does not take, or a bad precision or thread count.
+    """
     given = dict(provider.options)
     unknown = sorted(set(given) - OPENVINO_RUNTIME_KEYS)
     if unknown:
@@ -88,19 +120,11 @@ def compile_on_cpu(
         if threads < 1:
             raise OptionError(f"threads must be at least 1, got {threads}")
         config["INFERENCE_NUM_THREADS"] = str(threads)
-    core = ov.Core()
-    try:
-        compiled = core.compile_model(core.read_model(loadable), "CPU", config)
-    except RuntimeError as exc:
-        lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("Exception from")]
-        raise InputFileError(f"the OpenVINO runtime cannot load {label}: {(lines or ['failed'])[0][:240]}") from None
-    inputs, outputs = compiled.inputs, compiled.outputs
-    shape = inputs[0].partial_shape
-    four_d = shape.rank.is_static and shape.rank.get_length() == 4
-    if classifier and (len(inputs) != 1 or inputs[0].element_type != ov.Type.f32 or not four_d):
-        raise InputFileError(f"{label}: an image classifier takes one float NCHW tensor")
-    if classifier and (outputs[0].partial_shape.rank.is_dynamic or outputs[0].partial_shape.rank.get_length() != 2):
-        raise InputFileError(f"{label}: an image classifier outputs (batch, classes) logits")
+    return config
+
+
+def _placement(compiled: Any, provider: Provider, node_count: int | None) -> Placement:
+    """The whole model on the plugin, noted with the precision it inferred in and its Conv/MatMul layers' own."""
     ran = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     layers: Counter = Counter()
     for op in compiled.get_runtime_model().get_ordered_ops():
@@ -112,15 +136,4 @@ def compile_on_cpu(
         f" ({', '.join(f'{n} {k}' for k, n in sorted(layers.items()))})" if layers else ""
     )
     total = node_count or len(compiled.get_runtime_model().get_ordered_ops())
-    placement = Placement(
-        provider.short, total, [ProviderShare(provider.short, total, {"<subgraph>": 1}, 1)], note=note
-    )
-    batch_dim = shape[0]
-    logger.debug("OpenVINO runtime session on %s: %s", label, note)
-    return CompiledModel(
-        request=OpenVinoRequest(compiled),
-        input_name=inputs[0].get_any_name(),
-        output_name=outputs[0].get_any_name(),
-        fixed_batch=batch_dim.get_length() if batch_dim.is_static else None,
-        placement=placement,
-    )
+    return Placement(provider.short, total, [ProviderShare(provider.short, total, {"<subgraph>": 1}, 1)], note=note)

@@ -226,8 +226,3 @@ def parse_providers(names: str | Sequence[str | Provider]) -> list[Provider]:
     if not providers:
         raise OptionError(f"no execution provider given; choose from: {', '.join(PROVIDERS)}, or ep:<onnxruntime name>")
     return providers
-
-
-def format_providers(providers: Sequence[Provider]) -> str:
-    """The ``--providers`` text for ``providers``; :func:`parse_providers` reads it back."""
-    return ",".join(p.value for p in providers)

@@ -19,6 +19,7 @@ profiled); :mod:`resnet_edge.onnx.placement` reads the profile.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -152,22 +153,47 @@ def open_session(
         OptionError: a bad thread count or provider option.
         InputFileError: onnxruntime cannot load the model, or it is not an image classifier.
     """
+    on_cpu = functools.partial(  # the same settings on the CPU, where the provider asked for cannot run
+        open_session,
+        model,
+        Provider.CPU,
+        threads=threads,
+        spinning=spinning,
+        classifier=classifier,
+        optimization=optimization,
+        session_config=session_config,
+    )
     if provider.ort_name == OPENVINO_RUNTIME:
         if openvino_runtime_version() is not None:
             return _open_openvino_runtime(model, provider, threads=threads, classifier=classifier)
         _fallback(provider, f"the OpenVINO runtime is not installed ({PROVIDERS['openvino-runtime'].install})", strict)
-        on_cpu = open_session(
-            model,
-            Provider.CPU,
-            threads=threads,
-            spinning=spinning,
-            classifier=classifier,
-            audit=audit,
-            optimization=optimization,
-            session_config=session_config,
-        )
-        on_cpu.requested = provider  # what was asked for, so that the session says it fell back
-        return on_cpu
+        fallen_back = on_cpu(audit=audit)
+        fallen_back.requested = provider  # what was asked for, so that the session says it fell back
+        return fallen_back
+    options = _session_options(threads=threads, spinning=spinning, optimization=optimization, config=session_config)
+    chain = _provider_chain(provider, options, threads=threads, quantized=_looks_quantized(model), strict=strict)
+    opened = _open_audited(
+        model, provider, options, chain, strict=strict, threads=threads, classifier=classifier, audit=audit
+    )
+    if opened is None:  # the provider failed to load the model (warned): run on the CPU
+        return on_cpu()
+    placement = opened.placement
+    if placement is not None and placement.partial and not opened.fell_back and provider.name != "cpu":
+        message = f"requested {provider.value} but it left compute ops to another provider: {placement.describe()}"
+        if strict:
+            raise ProviderError(message)
+        warnings.warn(message, ResnetEdgeWarning, stacklevel=2)
+    return opened
+
+
+def _session_options(
+    *, threads: int | None, spinning: bool, optimization: str, config: Mapping[str, str] | None
+) -> ort.SessionOptions:
+    """onnxruntime's session options for :func:`open_session`'s settings (its Args).
+
+    Raises:
+        OptionError: an unknown optimisation level, or fewer than one thread.
+    """
     options = ort.SessionOptions()
     options.log_severity_level = _ORT_ERROR_ONLY
     levels = {
@@ -186,9 +212,24 @@ def open_session(
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    for key, value in (session_config or {}).items():
+    for key, value in (config or {}).items():
         options.add_session_config_entry(key, value)
-    chain = _provider_chain(provider, options, threads=threads, quantized=_looks_quantized(model), strict=strict)
+    return options
+
+
+def _open_audited(
+    model: Path | str | onnx.ModelProto | bytes,
+    provider: Provider,
+    options: ort.SessionOptions,
+    chain: list[Any] | None,
+    *,
+    strict: bool,
+    threads: int | None,
+    classifier: bool,
+    audit: bool,
+) -> Session | None:
+    """The session, checked and (with ``audit``) its placement read; None when ``provider`` failed to load the model
+    and the caller is to fall back to the CPU (warned here; with ``strict`` a :class:`ProviderError`)."""
     # The audit's profile goes to a private folder that is removed whatever happens below, Ctrl-C included.
     profile_dir = tempfile.mkdtemp(prefix="resnet-edge-profile-") if audit else None
     if profile_dir:
@@ -202,15 +243,7 @@ def open_session(
             first = str(exc).strip().splitlines()[0]
             if provider.name != "cpu" and ("provider" in first.lower() or provider.ort_name in first):
                 _fallback(provider, f"{provider.ort_name} failed: {first[:240]}", strict)
-                return open_session(
-                    model,
-                    Provider.CPU,
-                    threads=threads,
-                    spinning=spinning,
-                    classifier=classifier,
-                    optimization=optimization,
-                    session_config=session_config,
-                )
+                return None
             raise InputFileError(f"onnxruntime cannot load {_describe(model)}: {first[:240]}") from None
         used = list(session.get_providers())
         _check_options_taken(session, provider, chain)
@@ -220,24 +253,14 @@ def open_session(
             # Listed as available, yet the session came up without it: usually a missing CUDA/cuDNN library.
             _fallback(provider, f"{provider.ort_name} failed to initialise (session runs on {used[0]})", strict)
         inputs, outputs = session.get_inputs(), session.get_outputs()
-        if classifier and (len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4):
-            found = ", ".join(f"{i.type} {i.shape}" for i in inputs)
-            raise InputFileError(f"{_describe(model)} takes {found}; an image classifier takes one float NCHW tensor")
-        if classifier and len(outputs[0].shape) != 2:
-            raise InputFileError(
-                f"{_describe(model)} outputs {outputs[0].shape}; an image classifier outputs (batch, classes) logits"
-            )
+        if classifier:
+            _check_classifier(model, inputs, outputs)
         placement, executed = None, []
         if profile_dir:
             requested = provider.short if not fell_back else short_name(used[0])
             placement, executed = _audit(session, requested, model_nodes=_node_count(model))
     finally:
         _remove_profile(profile_dir, session)
-    if placement is not None and placement.partial and not fell_back and provider.name != "cpu":
-        message = f"requested {provider.value} but it left compute ops to another provider: {placement.describe()}"
-        if strict:
-            raise ProviderError(message)
-        warnings.warn(message, ResnetEdgeWarning, stacklevel=2)
     batch_dim = inputs[0].shape[0]
     return Session(
         session=session,
@@ -250,6 +273,17 @@ def open_session(
         placement=placement,
         executed=executed,
     )
+
+
+def _check_classifier(model: Path | str | onnx.ModelProto | bytes, inputs: list[Any], outputs: list[Any]) -> None:
+    """Raises: InputFileError: the session is not an image classifier's (one float NCHW input, (batch, classes))."""
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4:
+        found = ", ".join(f"{i.type} {i.shape}" for i in inputs)
+        raise InputFileError(f"{_describe(model)} takes {found}; an image classifier takes one float NCHW tensor")
+    if len(outputs[0].shape) != 2:
+        raise InputFileError(
+            f"{_describe(model)} outputs {outputs[0].shape}; an image classifier outputs (batch, classes) logits"
+        )
 
 
 def _open_openvino_runtime(

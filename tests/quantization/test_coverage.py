@@ -171,11 +171,11 @@ def test_a_device_reports_the_same_coverage_as_here(digits_int8: Path) -> None:
 
 
 def test_tune_breaks_a_speed_tie_by_integer_coverage() -> None:
-    from resnet_edge.evaluation.tune import Candidate, choose_candidate
+    from resnet_edge.evaluation.tune import Candidate, rank_candidates
 
     partial = Candidate("int8 a", "cpu", "int8", "a.onnx", passed=True, integer_fraction=0.53, p50_ms={1: 1.00})
     full = Candidate("int8 b", "cpu", "int8", "b.onnx", passed=True, integer_fraction=1.0, p50_ms={1: 1.02})
     slow = Candidate("fp32", "cpu", "fp32", "c.onnx", passed=True, p50_ms={1: 2.0})
-    assert choose_candidate([partial, full, slow], 1) is full  # within 3%: the fully integer one
+    assert rank_candidates([partial, full, slow], 1)[0] is full  # within 3%: the fully integer one
     faster = Candidate("int8 a", "cpu", "int8", "a.onnx", passed=True, integer_fraction=0.53, p50_ms={1: 0.5})
-    assert choose_candidate([faster, full, slow], 1) is faster  # a real speed difference wins
+    assert rank_candidates([faster, full, slow], 1)[0] is faster  # a real speed difference wins
