@@ -276,23 +276,23 @@ def _deployment(result: PipelineResult, folder: Path, tuned: TuneResult | None) 
     if tuned is None:
         return None
     chosen, batch = tuned.chosen, max(tuned.batch_sizes)
-    deployment = {
-        "file": _kept(chosen.path, result, folder),
-        "candidate": chosen.name,
-        "provider": chosen.provider,
-        "precision": chosen.precision,
-        "batch": batch,
-        "p50_ms": chosen.p50_ms.get(batch),
-        "speedup_vs_cpu_fp32": chosen.speedup_vs_cpu_fp32.get(batch),
-        "top1_agreement": chosen.top1_agreement,
-        "max_abs_error": chosen.max_abs_error,
-        "parity": "pass" if chosen.passed else "fail",
-        "record": tuned.record,
-        "target": tuned.target,
-        "measured_on": _measured_on(tuned.device),
-        "timing_used": tuned.timing_used,
-        "reason": tuned.reason,
-    }
+    deployment = Deployment(
+        file=_kept(chosen.path, result, folder),
+        candidate=chosen.name,
+        provider=chosen.provider,
+        precision=chosen.precision,
+        batch=batch,
+        p50_ms=chosen.p50_ms.get(batch),
+        speedup_vs_cpu_fp32=chosen.speedup_vs_cpu_fp32.get(batch),
+        top1_agreement=chosen.top1_agreement,
+        max_abs_error=chosen.max_abs_error,
+        parity="pass" if chosen.passed else "fail",
+        record=tuned.record,
+        target=tuned.target,
+        measured_on=_measured_on(tuned.device),
+        timing_used=tuned.timing_used,
+        reason=tuned.reason,
+    )
     return to_jsonable(deployment)
 
 
@@ -498,8 +498,9 @@ def render_markdown(report: ReportDocument) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in device_rows] + [""]
         if report.plots.devices:
             lines += [f"![Latency by device]({report.plots.devices})", ""]
-    for chosen, tune in report.deployments:
-        tune_sentence, tune_headers, tune_rows = _tune_cells(tune, chosen)
+    for entry in report.deployments:
+        chosen = entry.deployment
+        tune_sentence, tune_headers, tune_rows = _tune_cells(entry.tune, chosen)
         if not tune_sentence:
             continue
         lines += [f"## {_deployment_title(chosen)}", "", *(f"{line}" for line in _deployment_notes(chosen))]
@@ -509,7 +510,7 @@ def render_markdown(report: ReportDocument) -> str:
     lines += [
         "## Files",
         "",
-        *(f"- `{f.name}` sha256 `{f.sha256}`" for f in report.files),
+        *(f"- `{name}` sha256 `{sha256}`" for name, sha256 in report.files.items()),
         "",
         "## Configuration",
         "",
@@ -694,7 +695,7 @@ def render_html(report: ReportDocument) -> str:
         f'<figure><img src="{esc(f)}" alt="{esc(t)}"><figcaption>{esc(t)}</figcaption></figure>'
         for t, f in _plot_titles(report)
     )
-    hashes = table(["File", "SHA-256"], [[f.name, f.sha256] for f in report.files], "text hashes")
+    hashes = table(["File", "SHA-256"], [list(digest) for digest in report.files.items()], "text hashes")
     bench_headers, bench_rows = _benchmark_cells(report)
     note = _speedup_note(report)
     device_headers, device_rows, device_facts = _device_cells(report)
@@ -715,8 +716,9 @@ def render_html(report: ReportDocument) -> str:
         for title, items in _audits(report)
     )  # fmt: skip
     deployment = ""
-    for chosen, tune in report.deployments:
-        tune_sentence, tune_headers, tune_rows = _tune_cells(tune, chosen)
+    for entry in report.deployments:
+        chosen = entry.deployment
+        tune_sentence, tune_headers, tune_rows = _tune_cells(entry.tune, chosen)
         if tune_sentence:
             notes = "".join(f"<p>{esc(note)}</p>" for note in _deployment_notes(chosen) if note)
             why = f"<p>Why: {esc(chosen.reason)}.</p>" if chosen.reason else ""
