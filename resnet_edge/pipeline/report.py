@@ -684,6 +684,38 @@ def _html_table(headers: list[str], rows: list[list[str]], css: str = "") -> str
     return f'<div class="scroll">{opening}{inner}</table></div>'
 
 
+def _html_devices(report: ReportDocument) -> str:
+    """The Devices section (``pipeline --target``): each target's facts, every row it timed, the plot; or nothing."""
+    headers, rows, facts = _device_cells(report)
+    if not headers:
+        return ""
+    esc, plot = html.escape, report.plots.devices
+    return (
+        "<h2>Devices</h2><dl>"
+        + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
+        + "</dl>"
+        + _html_table(headers, rows)
+        + (f'<figure><img src="{esc(plot)}" alt="Latency by device"><figcaption>Latency by device</figcaption>'
+           "</figure>" if plot else "")
+    )  # fmt: skip
+
+
+def _html_deployments(report: ReportDocument) -> str:
+    """One Deployment section per deployment tune chose: where, why, and every candidate; or nothing."""
+    esc, sections = html.escape, ""
+    for entry in report.deployments:
+        chosen = entry.deployment
+        tune_sentence, tune_headers, tune_rows = _tune_cells(entry.tune, chosen)
+        if tune_sentence:
+            notes = "".join(f"<p>{esc(note)}</p>" for note in _deployment_notes(chosen) if note)
+            why = f"<p>Why: {esc(chosen.reason)}.</p>" if chosen.reason else ""
+            sections += (
+                f"<h2>{esc(_deployment_title(chosen))}</h2>{notes}<p>Chosen: {esc(tune_sentence)}</p>{why}"
+                f"{_html_table(tune_headers, tune_rows)}"
+            )
+    return sections
+
+
 def render_html(report: ReportDocument) -> str:
     """``report.html``: the page for a report document (report.json, read by :meth:`ReportDocument.from_json`)."""
     headers, rows = _table_cells(report)
@@ -698,34 +730,11 @@ def render_html(report: ReportDocument) -> str:
     hashes = table(["File", "SHA-256"], [list(digest) for digest in report.files.items()], "text hashes")
     bench_headers, bench_rows = _benchmark_cells(report)
     note = _speedup_note(report)
-    device_headers, device_rows, device_facts = _device_cells(report)
-    devices = ""
-    if device_headers:
-        plot = report.plots.devices
-        devices = (
-            "<h2>Devices</h2><dl>"
-            + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in device_facts)
-            + "</dl>"
-            + table(device_headers, device_rows)
-            + (f'<figure><img src="{esc(plot)}" alt="Latency by device"><figcaption>Latency by device</figcaption>'
-               "</figure>" if plot else "")
-        )  # fmt: skip
     audit = "".join(
         f"<h2>{title}</h2><ul>" + "".join(f"<li>{esc(r.variant)} on {esc(r.provider)}: {esc(text)}</li>"
         for r, text in items) + "</ul>"
         for title, items in _audits(report)
     )  # fmt: skip
-    deployment = ""
-    for entry in report.deployments:
-        chosen = entry.deployment
-        tune_sentence, tune_headers, tune_rows = _tune_cells(entry.tune, chosen)
-        if tune_sentence:
-            notes = "".join(f"<p>{esc(note)}</p>" for note in _deployment_notes(chosen) if note)
-            why = f"<p>Why: {esc(chosen.reason)}.</p>" if chosen.reason else ""
-            deployment += (
-                f"<h2>{esc(_deployment_title(chosen))}</h2>{notes}<p>Chosen: {esc(tune_sentence)}</p>{why}"
-                f"{table(tune_headers, tune_rows)}"
-            )
     status_class = "ok" if report.completed else "bad"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>resnet-edge report</title>
@@ -741,8 +750,8 @@ def render_html(report: ReportDocument) -> str:
 <dl>{facts}</dl>
 {f'<h2>Plots</h2><div class="figures">{figures}</div>' if figures else ""}
 {f"<h2>Benchmark</h2>{table(bench_headers, bench_rows)}" if bench_rows else ""}
-{devices}
-{deployment}
+{_html_devices(report)}
+{_html_deployments(report)}
 {audit}
 <h2>Files</h2>{hashes}
 <h2>Configuration</h2>{table(["Option", "Value", "From"], [list(r) for r in _config_rows(report)], "text")}
