@@ -10,7 +10,8 @@ Each key is declared once, as a field: one reader (:func:`read_document`) reads 
 field types (``str``, ``int``, ``float``, ``bool``, ``object``, ``X | None``, ``tuple[X, ...]``, ``dict[str, X]``,
 ``dict[int, X]``, a nested dataclass). A field is read from the key of its name, or from where :func:`_at` says
 (``config.target``: under another object); a field with a default may be missing (a report written before it
-existed), one typed ``X | None`` may be null.
+existed), one typed ``X | None`` may be null. A class checks what spans its fields in ``__post_init__``, raising a
+ReportFormatError that names the key from the class's own object.
 
 A report.json that lacks what a page needs, or holds it with the wrong type (a truncated file, another tool's JSON,
 or one written by a resnet-edge that had no tune stage yet), raises one :class:`ReportFormatError` (an
@@ -133,7 +134,10 @@ def read_document(cls: type[T], data: object, where: str = "") -> T:
             values[f.name] = _read(_hints(cls)[f.name], found[key], _join(place, key))
         elif f.default is MISSING and f.default_factory is MISSING:
             raise ReportFormatError(f"{_join(place, key)}: missing")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ReportFormatError as exc:  # a class's own check across its fields names a key relative to the object
+        raise ReportFormatError(_join(where, exc.detail)) from None
 
 
 @dataclass(frozen=True)
@@ -248,6 +252,10 @@ class DeviceTarget:
     device: DeviceFacts | None  # None where it was not reached
     threads: int | None
     warnings: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.ok and self.device is None:
+            raise _malformed("device", "an object", None)
 
 
 @dataclass(frozen=True)
