@@ -475,7 +475,7 @@ def load_config(path: Path | str, **overrides: object) -> PipelineConfig:
 def _flatten_stage_tables(data: dict[str, object], *, source: str) -> dict[str, object]:
     """A file's options as flat keys: each ``[stage]`` table's keys checked against that stage's, then merged."""
     # "tune" names a stage and an option (tune = false): a stage's name with a value that is not a table is the option.
-    tables = {k: v for k, v in data.items() if k in STAGE_KEYS and (isinstance(v, dict) or k not in _option_fields())}
+    tables = {k: v for k, v in data.items() if k in STAGE_KEYS and (isinstance(v, dict) or k not in OPTIONS)}
     flat = {k: v for k, v in data.items() if k not in tables}
     for stage, table in tables.items():
         if not isinstance(table, dict):
@@ -488,10 +488,6 @@ def _flatten_stage_tables(data: dict[str, object], *, source: str) -> dict[str, 
                 raise OptionError(f"{source}: {key} is given twice")
             flat[key] = value
     return flat
-
-
-def _option_fields() -> set[str]:
-    return set(OPTIONS)
 
 
 def option_keys() -> list[str]:
@@ -523,36 +519,21 @@ def make_config(
     Raises:
         OptionError: an unknown key or a value of the wrong type.
     """
-    types_of = _field_types()
-    unknown = sorted(k for k in values if _field_of(k) not in types_of)
+    unknown = sorted(k for k in values if _field_of(k) not in OPTIONS)
     if unknown:
         raise OptionError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(option_keys())}")
     clean: dict[str, object] = {}
     for given_key, value in values.items():
         key = _field_of(given_key)
-        expected = types_of[key]
-        if _is_tuple(expected):
-            if isinstance(value, str):  # a provider's [options] may hold commas
-                value = (
-                    tuple(split_provider_list(value))
-                    if key == "providers"
-                    else tuple(v.strip() for v in value.split(","))
-                )
-            elif isinstance(value, (list, tuple)):
-                value = tuple(value)
-            if isinstance(value, tuple) and _tuple_item(expected) is int:
-                value = tuple(int(v) if isinstance(v, str) and v.isdigit() else v for v in value)
-        if not _is_a(value, expected):
+        expected = option_type(key)  # the declaring field's type, as a user writes it
+        value = _as_list(key, value, expected)
+        if not any(_fits(value, member) for member in _members(expected)):
             raise OptionError(f"{source}: {given_key} must be {_describe(expected)}, got {value!r}")
         clean[key] = value
     return PipelineConfig(**clean, origins=origins if origins is not None else dict.fromkeys(clean, source))
 
 
 # --- the fields' types, for checking a TOML file's values ------------------------------------------------------------
-
-
-def _field_types() -> dict[str, object]:
-    return {name: option_type(name) for name in OPTIONS}
 
 
 def _members(expected: object) -> tuple[object, ...]:
@@ -562,30 +543,27 @@ def _members(expected: object) -> tuple[object, ...]:
     return (expected,)
 
 
-def _is_tuple(expected: object) -> bool:
-    return any(typing.get_origin(m) is tuple for m in _members(expected))
+def _as_list(key: str, value: object, expected: object) -> object:
+    """A list option's value as a tuple: from a TOML list, or from text as on the command line (``"1,4"``, whose
+    numbers become integers where the option holds integers); any other value as it is."""
+    item = next((typing.get_args(m)[0] for m in _members(expected) if typing.get_origin(m) is tuple), None)
+    if item is None or not isinstance(value, (str, list, tuple)):
+        return value
+    if isinstance(value, str):  # a provider's [options] may hold commas
+        value = split_provider_list(value) if key == "providers" else [v.strip() for v in value.split(",")]
+    if item is int:
+        value = [int(v) if isinstance(v, str) and v.isdigit() else v for v in value]
+    return tuple(value)
 
 
-def _tuple_item(expected: object) -> object:
-    return next(typing.get_args(m)[0] for m in _members(expected) if typing.get_origin(m) is tuple)
-
-
-def _is_a(value: object, expected: object) -> bool:
-    """Whether ``value`` fits a field of type ``expected`` (``int``, ``str | None``, ``tuple[int, ...]``)."""
-    for member in _members(expected):
-        if member is type(None) and value is None:
-            return True
-        if typing.get_origin(member) is tuple and isinstance(value, tuple):
-            item = typing.get_args(member)[0]
-            if all(isinstance(v, item) and not (item is int and isinstance(v, bool)) for v in value):
-                return True
-        if member is bool and isinstance(value, bool):
-            return True
-        if member in (int, str) and isinstance(value, member) and not isinstance(value, bool):
-            return True
-        if member is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True
-    return False
+def _fits(value: object, member: object) -> bool:
+    """Whether ``value`` is a ``member`` (``int``, ``None``, ``tuple[int, ...]``); a bool is no number here."""
+    if typing.get_origin(member) is tuple:
+        return isinstance(value, tuple) and all(_fits(v, typing.get_args(member)[0]) for v in value)
+    if member is type(None):
+        return value is None
+    kinds = (int, float) if member is float else member
+    return isinstance(value, kinds) and (member is bool or not isinstance(value, bool))
 
 
 def _describe(expected: object) -> str:

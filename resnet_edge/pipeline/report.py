@@ -276,23 +276,23 @@ def _deployment(result: PipelineResult, folder: Path, tuned: TuneResult | None) 
     if tuned is None:
         return None
     chosen, batch = tuned.chosen, max(tuned.batch_sizes)
-    deployment = {
-        "file": _kept(chosen.path, result, folder),
-        "candidate": chosen.name,
-        "provider": chosen.provider,
-        "precision": chosen.precision,
-        "batch": batch,
-        "p50_ms": chosen.p50_ms.get(batch),
-        "speedup_vs_cpu_fp32": chosen.speedup_vs_cpu_fp32.get(batch),
-        "top1_agreement": chosen.top1_agreement,
-        "max_abs_error": chosen.max_abs_error,
-        "parity": "pass" if chosen.passed else "fail",
-        "record": tuned.record,
-        "target": tuned.target,
-        "measured_on": _measured_on(tuned.device),
-        "timing_used": tuned.timing_used,
-        "reason": tuned.reason,
-    }
+    deployment = Deployment(
+        file=_kept(chosen.path, result, folder),
+        candidate=chosen.name,
+        provider=chosen.provider,
+        precision=chosen.precision,
+        batch=batch,
+        p50_ms=chosen.p50_ms.get(batch),
+        speedup_vs_cpu_fp32=chosen.speedup_vs_cpu_fp32.get(batch),
+        top1_agreement=chosen.top1_agreement,
+        max_abs_error=chosen.max_abs_error,
+        parity="pass" if chosen.passed else "fail",
+        record=tuned.record,
+        target=tuned.target,
+        measured_on=_measured_on(tuned.device),
+        timing_used=tuned.timing_used,
+        reason=tuned.reason,
+    )
     return to_jsonable(deployment)
 
 
@@ -498,8 +498,9 @@ def render_markdown(report: ReportDocument) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in device_rows] + [""]
         if report.plots.devices:
             lines += [f"![Latency by device]({report.plots.devices})", ""]
-    for chosen, tune in report.deployments:
-        tune_sentence, tune_headers, tune_rows = _tune_cells(tune, chosen)
+    for entry in report.deployments:
+        chosen = entry.deployment
+        tune_sentence, tune_headers, tune_rows = _tune_cells(entry.tune, chosen)
         if not tune_sentence:
             continue
         lines += [f"## {_deployment_title(chosen)}", "", *(f"{line}" for line in _deployment_notes(chosen))]
@@ -509,7 +510,7 @@ def render_markdown(report: ReportDocument) -> str:
     lines += [
         "## Files",
         "",
-        *(f"- `{f.name}` sha256 `{f.sha256}`" for f in report.files),
+        *(f"- `{name}` sha256 `{sha256}`" for name, sha256 in report.files.items()),
         "",
         "## Configuration",
         "",
@@ -683,6 +684,38 @@ def _html_table(headers: list[str], rows: list[list[str]], css: str = "") -> str
     return f'<div class="scroll">{opening}{inner}</table></div>'
 
 
+def _html_devices(report: ReportDocument) -> str:
+    """The Devices section (``pipeline --target``): each target's facts, every row it timed, the plot; or nothing."""
+    headers, rows, facts = _device_cells(report)
+    if not headers:
+        return ""
+    esc, plot = html.escape, report.plots.devices
+    return (
+        "<h2>Devices</h2><dl>"
+        + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
+        + "</dl>"
+        + _html_table(headers, rows)
+        + (f'<figure><img src="{esc(plot)}" alt="Latency by device"><figcaption>Latency by device</figcaption>'
+           "</figure>" if plot else "")
+    )  # fmt: skip
+
+
+def _html_deployments(report: ReportDocument) -> str:
+    """One Deployment section per deployment tune chose: where, why, and every candidate; or nothing."""
+    esc, sections = html.escape, ""
+    for entry in report.deployments:
+        chosen = entry.deployment
+        tune_sentence, tune_headers, tune_rows = _tune_cells(entry.tune, chosen)
+        if tune_sentence:
+            notes = "".join(f"<p>{esc(note)}</p>" for note in _deployment_notes(chosen) if note)
+            why = f"<p>Why: {esc(chosen.reason)}.</p>" if chosen.reason else ""
+            sections += (
+                f"<h2>{esc(_deployment_title(chosen))}</h2>{notes}<p>Chosen: {esc(tune_sentence)}</p>{why}"
+                f"{_html_table(tune_headers, tune_rows)}"
+            )
+    return sections
+
+
 def render_html(report: ReportDocument) -> str:
     """``report.html``: the page for a report document (report.json, read by :meth:`ReportDocument.from_json`)."""
     headers, rows = _table_cells(report)
@@ -694,36 +727,14 @@ def render_html(report: ReportDocument) -> str:
         f'<figure><img src="{esc(f)}" alt="{esc(t)}"><figcaption>{esc(t)}</figcaption></figure>'
         for t, f in _plot_titles(report)
     )
-    hashes = table(["File", "SHA-256"], [[f.name, f.sha256] for f in report.files], "text hashes")
+    hashes = table(["File", "SHA-256"], [list(digest) for digest in report.files.items()], "text hashes")
     bench_headers, bench_rows = _benchmark_cells(report)
     note = _speedup_note(report)
-    device_headers, device_rows, device_facts = _device_cells(report)
-    devices = ""
-    if device_headers:
-        plot = report.plots.devices
-        devices = (
-            "<h2>Devices</h2><dl>"
-            + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in device_facts)
-            + "</dl>"
-            + table(device_headers, device_rows)
-            + (f'<figure><img src="{esc(plot)}" alt="Latency by device"><figcaption>Latency by device</figcaption>'
-               "</figure>" if plot else "")
-        )  # fmt: skip
     audit = "".join(
         f"<h2>{title}</h2><ul>" + "".join(f"<li>{esc(r.variant)} on {esc(r.provider)}: {esc(text)}</li>"
         for r, text in items) + "</ul>"
         for title, items in _audits(report)
     )  # fmt: skip
-    deployment = ""
-    for chosen, tune in report.deployments:
-        tune_sentence, tune_headers, tune_rows = _tune_cells(tune, chosen)
-        if tune_sentence:
-            notes = "".join(f"<p>{esc(note)}</p>" for note in _deployment_notes(chosen) if note)
-            why = f"<p>Why: {esc(chosen.reason)}.</p>" if chosen.reason else ""
-            deployment += (
-                f"<h2>{esc(_deployment_title(chosen))}</h2>{notes}<p>Chosen: {esc(tune_sentence)}</p>{why}"
-                f"{table(tune_headers, tune_rows)}"
-            )
     status_class = "ok" if report.completed else "bad"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>resnet-edge report</title>
@@ -739,8 +750,8 @@ def render_html(report: ReportDocument) -> str:
 <dl>{facts}</dl>
 {f'<h2>Plots</h2><div class="figures">{figures}</div>' if figures else ""}
 {f"<h2>Benchmark</h2>{table(bench_headers, bench_rows)}" if bench_rows else ""}
-{devices}
-{deployment}
+{_html_devices(report)}
+{_html_deployments(report)}
 {audit}
 <h2>Files</h2>{hashes}
 <h2>Configuration</h2>{table(["Option", "Value", "From"], [list(r) for r in _config_rows(report)], "text")}

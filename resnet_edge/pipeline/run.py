@@ -34,9 +34,7 @@ from resnet_edge.errors import (
     ResnetEdgeWarning,
     StageError,
 )
-from resnet_edge.evaluation.benchmark import (
-    benchmark_models,
-)
+from resnet_edge.evaluation.benchmark import BenchmarkResult, benchmark_models
 from resnet_edge.evaluation.options import DEFAULT_TUNE_ITERATIONS, TuneOptions
 from resnet_edge.evaluation.tune import TuneResult, tune_model
 from resnet_edge.evaluation.validate import Reference, validate_models
@@ -303,29 +301,14 @@ def _run_stages(
         summary.append(_judge_validation(result))
 
     with _stage("benchmark", result, emit) as summary:
-        options = config.benchmark_options(torch_reference=weights)
-        result.benchmark = benchmark_models(models, options, on_progress=on_progress)
-        fastest = min((r for r in result.benchmark.rows if r.latency), key=lambda r: r.latency.p50_ms)
-        summary.append(
-            f"{len(result.benchmark.rows)} rows; fastest {fastest.model} p50"
-            f" {fmt.ms(fastest.latency.p50_ms, unit=True)} at batch {fastest.batch} on {fastest.ran_on}"
+        result.benchmark = benchmark_models(
+            models, config.benchmark_options(torch_reference=weights), on_progress=on_progress
         )
+        summary.append(_benchmark_summary(result.benchmark))
 
     if config.targets:
         with _stage("devices", result, emit) as summary:
-            from resnet_edge.device.fleet import benchmark_on_targets, parse_targets
-
-            result.devices = benchmark_on_targets(
-                models,
-                parse_targets(list(config.targets)),
-                dataclasses.replace(options, torch_reference=None),
-                _remote(config),
-                on_progress=lambda target, message: emit(StageEvent("devices", "progress", f"[{target}] {message}")),
-            )
-            failed = [t.error for t in result.devices.targets if not t.ok]
-            if failed:
-                raise ResnetEdgeError("; ".join(failed))
-            summary.append(f"{len(result.devices.rows)} rows from {len(result.devices.targets)} target(s)")
+            summary.append(_devices(config, models, result, emit))
 
     if config.tune:
         with _stage("tune", result, emit) as summary:
@@ -334,19 +317,31 @@ def _run_stages(
             else:
                 result.tunes.append(_tune(config, out, result))
             result.tune = result.tunes[0]
-            parts = []
-            for tuned in result.tunes:
-                chosen, batch = tuned.chosen, max(tuned.batch_sizes)
-                speedup = chosen.speedup_vs_cpu_fp32.get(batch)
-                parts.append(
-                    f"{tuned.output.name}: {chosen.name} on {chosen.provider}"
-                    f"{f' of {tuned.target}' if tuned.target else ''}"
-                    f"{f', {fmt.ratio(speedup)} CPU FP32' if speedup else ''} at batch {batch}"
-                    f"{'' if tuned.timing_used else ' (timing under emulation not used)'}"
-                    f" ({sum(c.passed for c in tuned.candidates)} of {len(tuned.candidates)} candidates"
-                    " passed parity)"
-                )
-            summary.append("; ".join(parts))
+            summary.append("; ".join(map(_tune_summary, result.tunes)))
+
+
+def _devices(
+    config: PipelineConfig, models: list[Path], result: PipelineResult, emit: Callable[[StageEvent], object]
+) -> str:
+    """The devices stage: the models benchmarked on each --target device, as the benchmark stage times them here
+    (without PyTorch eager); its summary line.
+
+    Raises:
+        ResnetEdgeError: a device could not be reached or failed; every such device's error.
+    """
+    from resnet_edge.device.fleet import benchmark_on_targets, parse_targets
+
+    result.devices = benchmark_on_targets(
+        models,
+        parse_targets(list(config.targets)),
+        config.benchmark_options(torch_reference=None),
+        _remote(config),
+        on_progress=lambda target, message: emit(StageEvent("devices", "progress", f"[{target}] {message}")),
+    )
+    failed = [t.error for t in result.devices.targets if not t.ok]
+    if failed:
+        raise ResnetEdgeError("; ".join(failed))
+    return f"{len(result.devices.rows)} rows from {len(result.devices.targets)} target(s)"
 
 
 def _remote(config: PipelineConfig) -> object:
@@ -411,6 +406,28 @@ def _export_summary(export: ExportResult) -> str:
     return (
         f"{FILES['export']}: {export.arch}, opset {export.opset}, BatchNormalization {export.batch_norm_nodes},"
         f" max abs error vs PyTorch {fmt.error(parity)} at batch {', '.join(map(str, export.parity))}"
+    )
+
+
+def _benchmark_summary(bench: BenchmarkResult) -> str:
+    fastest = min((r for r in bench.rows if r.latency), key=lambda r: r.latency.p50_ms)
+    return (
+        f"{len(bench.rows)} rows; fastest {fastest.model} p50"
+        f" {fmt.ms(fastest.latency.p50_ms, unit=True)} at batch {fastest.batch} on {fastest.ran_on}"
+    )
+
+
+def _tune_summary(tuned: TuneResult) -> str:
+    """One deployment tune chose, in words: the file, the candidate, how much faster, how many passed parity."""
+    chosen, batch = tuned.chosen, max(tuned.batch_sizes)
+    speedup = chosen.speedup_vs_cpu_fp32.get(batch)
+    return (
+        f"{tuned.output.name}: {chosen.name} on {chosen.provider}"
+        f"{f' of {tuned.target}' if tuned.target else ''}"
+        f"{f', {fmt.ratio(speedup)} CPU FP32' if speedup else ''} at batch {batch}"
+        f"{'' if tuned.timing_used else ' (timing under emulation not used)'}"
+        f" ({sum(c.passed for c in tuned.candidates)} of {len(tuned.candidates)} candidates"
+        " passed parity)"
     )
 
 

@@ -152,8 +152,22 @@ def test_html_has_the_same_rows_and_sections(report: ReportDocument, stored: dic
         (lambda r: r["stages"]["tune"]["candidates"][0]["p50_ms"].update(b8=1.0), "candidates[0].p50_ms: expected"),
         (lambda r: r.update(stages=[]), "stages: expected an object, found []"),
         (lambda r: r["config_sources"].pop("seed"), "config_sources.seed: missing"),
+        (
+            lambda r: r["stages"]["devices"]["targets"][0].update(device=None),
+            "stages.devices.targets[0].device: expected an object, found null",
+        ),
+        (lambda r: r["stages"]["benchmark"].pop("options"), "stages.benchmark.options: missing"),
     ],
-    ids=["before-tune", "missing-key", "wrong-type", "not-a-batch-size", "not-an-object", "no-source"],
+    ids=[
+        "before-tune",
+        "missing-key",
+        "wrong-type",
+        "not-a-batch-size",
+        "not-an-object",
+        "no-source",
+        "reached-without-facts",
+        "no-parent",
+    ],
 )
 def test_a_malformed_report_gives_one_clear_error(stored: dict, change, named: str) -> None:
     change(stored)
