@@ -79,7 +79,16 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
-        RemoteOptions(connect_timeout_s=self.connect_timeout)  # its range check, before any stage runs
+        RemoteOptions(connect_timeout_s=self.connect_timeout)  # its range check, before any stage runs (the
+        # interpreter and the ssh config are checked with the targets, so that "no --target given" is said first)
+
+    def remote(self) -> RemoteOptions:
+        """How the devices are reached, as the device layer takes it."""
+        return RemoteOptions(
+            python=self.remote_python or DEFAULT_PYTHON,
+            ssh_config=Path(self.ssh_config) if self.ssh_config else None,
+            connect_timeout_s=self.connect_timeout,
+        )
 
 
 PIPELINE_RUN = RunOptions()

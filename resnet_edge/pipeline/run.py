@@ -335,23 +335,13 @@ def _devices(
         models,
         parse_targets(list(config.targets)),
         config.benchmark_options(torch_reference=None),
-        _remote(config),
+        config.run.remote(),
         on_progress=lambda target, message: emit(StageEvent("devices", "progress", f"[{target}] {message}")),
     )
     failed = [t.error for t in result.devices.targets if not t.ok]
     if failed:
         raise ResnetEdgeError("; ".join(failed))
     return f"{len(result.devices.rows)} rows from {len(result.devices.targets)} target(s)"
-
-
-def _remote(config: PipelineConfig) -> object:
-    from resnet_edge.device.targets import RemoteOptions
-
-    return RemoteOptions(
-        python=config.remote_python or RemoteOptions().python,
-        ssh_config=config.ssh_config and Path(config.ssh_config),
-        connect_timeout_s=config.connect_timeout,
-    )
 
 
 def _tune_on_targets(
@@ -371,7 +361,7 @@ def _tune_on_targets(
                 out / tuned_file(target, len(targets) > 1),
                 options,
                 target,
-                _remote(config),
+                config.run.remote(),
                 on_progress=lambda where, message: emit(StageEvent("tune", "progress", f"[{where}] {message}")),
             )
         )
