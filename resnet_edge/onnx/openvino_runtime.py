@@ -64,7 +64,7 @@ def compile_on_cpu(
     plugin (module docstring), FP32 unless asked; ``node_count``, the model's nodes when known, for the placement.
 
     Raises:
-        OptionError: an option it does not take, or a bad precision or thread count.
+        OptionError: an option it does not take, or a bad precision.
         InputFileError: OpenVINO cannot read or compile the model (a QOperator file, say), or it is not a classifier.
     """
     import openvino as ov
@@ -99,7 +99,7 @@ def _cpu_config(provider: Provider, threads: int | None) -> dict[str, str]:
     """The CPU plugin's compile config from ``provider``'s options and the thread count.
 
     Raises:
-        OptionError: an option it does not take, or a bad precision or thread count.
+        OptionError: an option it does not take, or a bad precision.
     """
     given = dict(provider.options)
     unknown = sorted(set(given) - OPENVINO_RUNTIME_KEYS)
@@ -116,9 +116,7 @@ def _cpu_config(provider: Provider, threads: int | None) -> dict[str, str]:
     config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": given.get("hint", "LATENCY").upper()}
     if "streams" in given:
         config["NUM_STREAMS"] = given["streams"]
-    if threads is not None:
-        if threads < 1:
-            raise OptionError(f"threads must be at least 1, got {threads}")
+    if threads is not None:  # at least 1: open_session checked it
         config["INFERENCE_NUM_THREADS"] = str(threads)
     return config
 

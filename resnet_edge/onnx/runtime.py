@@ -153,6 +153,8 @@ def open_session(
         OptionError: a bad thread count or provider option.
         InputFileError: onnxruntime cannot load the model, or it is not an image classifier.
     """
+    if threads is not None and threads < 1:  # for every backend, before any is opened
+        raise OptionError(f"threads must be at least 1, got {threads}")
     on_cpu = functools.partial(  # the same settings on the CPU, where the provider asked for cannot run
         open_session,
         model,
@@ -192,7 +194,7 @@ def _session_options(
     """onnxruntime's session options for :func:`open_session`'s settings (its Args).
 
     Raises:
-        OptionError: an unknown optimisation level, or fewer than one thread.
+        OptionError: an unknown optimisation level.
     """
     options = ort.SessionOptions()
     options.log_severity_level = _ORT_ERROR_ONLY
@@ -204,9 +206,7 @@ def _session_options(
     if optimization not in levels:
         raise OptionError(f"optimization must be one of {', '.join(levels)}, got {optimization!r}")
     options.graph_optimization_level = levels[optimization]
-    if threads is not None:
-        if threads < 1:
-            raise OptionError(f"threads must be at least 1, got {threads}")
+    if threads is not None:  # at least 1: open_session checked it
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     if not spinning:
