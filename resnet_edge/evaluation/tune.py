@@ -435,7 +435,7 @@ def search_knobs(chosen: Candidate, options: TuneOptions) -> tuple[Candidate, li
             contenders.append((knob, contender))
     if not any(k == variants[0] for k, _ in contenders):
         return chosen, records, f"not searched: the default settings could not be timed at batch {batch}"
-    return _keep_fastest_knob(chosen, contenders, records, batch=batch, threads=threads, default=variants[0])
+    return _keep_fastest_knob(chosen, contenders, records, batch=batch, threads=threads)
 
 
 def _knob_images(model: str, options: TuneOptions) -> tuple[np.ndarray, np.ndarray]:
@@ -490,10 +490,9 @@ def _keep_fastest_knob(
     *,
     batch: int,
     threads: int,
-    default: SessionKnobs,
 ) -> tuple[Candidate, list[dict], str]:
     """The knob variant :func:`rank_candidates` keeps (the default wins every tie): the chosen candidate with its
-    threading (and, for another variant, its p50), the records marked with the one kept, and why."""
+    threading, the records marked with the one kept, and why."""
     from resnet_edge.evaluation.benchmark import threading_record
 
     best, why = rank_candidates([c for _, c in contenders], batch)
@@ -504,10 +503,9 @@ def _keep_fastest_knob(
         "optimization": knob.optimization,
         "session_config": knob.session_config,
     }
-    kept = dataclasses.replace(chosen, threading=threading)
-    if knob != default:
-        kept = dataclasses.replace(kept, p50_ms={**chosen.p50_ms, batch: best.p50_ms[batch]})
-    return kept, records, f"{knob.describe()} ({why})"
+    # Its p50 stays the comparison's, the figure its speed-up and its row in the candidate table were computed from:
+    # one number per candidate. The knob search's own timings (each in its own phase) are in the knob records.
+    return dataclasses.replace(chosen, threading=threading), records, f"{knob.describe()} ({why})"
 
 
 def convert_fp16(model_path: Path | str, output: Path | str) -> Path:
