@@ -7,6 +7,7 @@ its own test, and each checks that nothing is left in the device's temporary fol
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -266,12 +267,15 @@ def test_ctrl_c_stops_the_device_and_removes_its_folder(
 
 
 def _runner_is_timing(server: SshServer) -> bool:
-    """The job is on the device and its runner process is up."""
-    if not any((d / "job.json").exists() for d in server.leftovers()):
+    """The job is on this server's device and its runner process is up: a runner.pyz running in one of the
+    server's job folders (not another test's, which may run at the same time)."""
+    folders = {str(d.resolve()) for d in server.leftovers() if (d / "job.json").exists()}
+    if not folders:
         return False
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and b"runner.pyz" in (proc / "cmdline").read_bytes():
+            mine = proc.name.isdigit() and b"runner.pyz" in (proc / "cmdline").read_bytes()
+            if mine and os.readlink(proc / "cwd") in folders:
                 return True
         except OSError:
             continue
