@@ -256,30 +256,45 @@ def _stats_json(stats: object) -> dict | None:
 def _validate(job: Job, paths: dict[str, str], inputs: dict, warnings_: list[str]) -> dict:
     import numpy as np
 
+    from resnet_edge.onnx.runtime import fallbacks_already_run
+
     outputs = {}
     sessions = {}
     batch = job.validate_batch
     for index, model in enumerate(job.models):
         label = model.label
         images = inputs[model.input]
+        opened = {}
         for provider in job.providers:
             with _warnings_into(warnings_):
-                session = _open(paths[label], label, provider, job)
-            try:
-                logits = np.concatenate([session.logits(images[i : i + batch]) for i in range(0, len(images), batch)])
-            except Exception as exc:
-                if _is_oom(exc):
-                    raise RunnerError("oom", f"out of memory running {label} at batch {batch}") from None
-                raise RunnerError("model", f"{label} failed on {provider}: {_first_line(exc)}") from None
-            outputs[output_key(index, provider)] = logits
+                opened[provider] = _open(paths[label], label, provider, job)
+        # A provider that fell back to where another of the job's runs (cuda without a GPU, beside cpu) is not run
+        # twice: its row shares those outputs and says it fell back, as on the host.
+        same_as = fallbacks_already_run(opened, model_of=lambda _: None)  # one model here
+        for provider, session in opened.items():
+            if provider not in same_as:
+                outputs[output_key(index, provider)] = _logits(session, images, batch, label, provider)
             sessions[session_key(index, provider)] = {
                 "ran_on": session.ran_on,
                 "providers_used": session.providers_used,
                 **_audit_json(session),
             }
+        for provider, runs_as in same_as.items():
+            outputs[output_key(index, provider)] = outputs[output_key(index, runs_as)]
     buffer = io.BytesIO()
     np.savez(buffer, **outputs)
     return {"sessions": sessions, "outputs_npz_b64": base64.b64encode(buffer.getvalue()).decode("ascii")}
+
+
+def _logits(session: object, images: object, batch: int, label: str, provider: str) -> object:
+    import numpy as np
+
+    try:
+        return np.concatenate([session.logits(images[i : i + batch]) for i in range(0, len(images), batch)])
+    except Exception as exc:
+        if _is_oom(exc):
+            raise RunnerError("oom", f"out of memory running {label} at batch {batch}") from None
+        raise RunnerError("model", f"{label} failed on {provider}: {_first_line(exc)}") from None
 
 
 def read_job(data: object) -> Job:

@@ -44,7 +44,7 @@ from resnet_edge.onnx.parity import (
 )
 from resnet_edge.onnx.placement import ExecutedNode, Placement
 from resnet_edge.onnx.providers import Provider
-from resnet_edge.onnx.runtime import Session, open_session
+from resnet_edge.onnx.runtime import fallbacks_already_run, open_session
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.coverage import IntegerCoverage, coverage_of
 
@@ -235,7 +235,7 @@ def validate_models(
             for name in names
             for p in options.providers
         }
-        same_as = _fallbacks_already_run(opened)
+        same_as = fallbacks_already_run(opened, model_of=lambda key: key[0])
         sessions = {k: s for k, s in opened.items() if k not in same_as}
         expected_parts: list[np.ndarray] = []
         got_parts: dict[tuple[str, Provider], list[np.ndarray]] = {k: [] for k in sessions}
@@ -262,25 +262,6 @@ def validate_models(
         }
         rows += judge_outputs(plan, np.concatenate(expected_parts), y, outputs)
     return finish_validation(plan, rows, labelled)
-
-
-def _fallbacks_already_run(sessions: dict[tuple[str, Provider], Session]) -> dict:
-    """Sessions that fell back to the CPU where a plain CPU session of the same model runs too (``--providers
-    cpu,cuda`` without a GPU), each mapped to that one: the same provider is not run twice (issue 22). Their rows
-    keep their outputs and say they fell back."""
-    runs = {}  # (model, providers really used) -> the session that runs there: one asked for there, if any
-    for (name, provider), session in sessions.items():
-        if not session.fell_back and not provider.options:  # a CPU session with options of its own is another run
-            runs.setdefault((name, tuple(session.providers_used)), (name, provider))
-    same_as = {}
-    for (name, provider), session in sessions.items():
-        if session.fell_back:
-            key = (name, tuple(session.providers_used))
-            if key in runs:
-                same_as[(name, provider)] = runs[key]
-            else:
-                runs[key] = (name, provider)  # the first fallback runs; another to the same place shares it
-    return same_as
 
 
 @dataclass(frozen=True)

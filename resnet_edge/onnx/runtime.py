@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,6 +100,25 @@ class Session:
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         return self.predict(images)[0]
+
+
+def fallbacks_already_run(sessions: Mapping[Any, Session], model_of: Callable[[Any], object]) -> dict:
+    """Sessions that fell back to the CPU where a plain CPU session of the same model runs too (``--providers
+    cpu,cuda`` without a GPU), each mapped to that one: the same provider is not run twice (issue 22), on the host
+    or on a device. Their rows keep their outputs and say they fell back. ``model_of`` names a key's model."""
+    runs: dict = {}  # (model, providers really used) -> the session that runs there: one asked for there, if any
+    for key, session in sessions.items():
+        if not session.fell_back and not session.requested.options:  # a CPU session with options is another run
+            runs.setdefault((model_of(key), tuple(session.providers_used)), key)
+    same_as = {}
+    for key, session in sessions.items():
+        if session.fell_back:
+            where = (model_of(key), tuple(session.providers_used))
+            if where in runs:
+                same_as[key] = runs[where]
+            else:
+                runs[where] = key  # the first fallback runs; another to the same place shares it
+    return same_as
 
 
 def in_fixed_batches(images: np.ndarray, fixed_batch: int | None) -> Iterator[tuple[np.ndarray, int]]:

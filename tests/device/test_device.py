@@ -201,3 +201,29 @@ def test_readme_states_the_runner_size_as_measured(tmp_path: Path) -> None:
     stated = re.findall(r"one (\d+) KiB zipapp", readme)
     size = write_runner(tmp_path / "runner.pyz").size_bytes
     assert stated == [str(round(size / 1024))], f"README says {stated} KiB; the runner is {size / 1024:.1f} KiB"
+
+
+def test_a_provider_that_fell_back_beside_cpu_is_not_run_twice(
+    digits_int8: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--providers cpu,cuda`` without a GPU on a device: the cuda row shares the cpu run's outputs and says it fell
+    back (as validate does on the host), instead of running the same CPU session twice."""
+    import base64
+    import io
+
+    from resnet_edge.device.protocol import output_key, session_key
+    from resnet_edge.device.runner import run_job
+    from resnet_edge.onnx.runtime import Session
+
+    calls: list[str] = []
+    logits = Session.logits
+    monkeypatch.setattr(
+        Session, "logits", lambda self, images: calls.append(self.requested.name) or logits(self, images)
+    )
+    job = _job(tmp_path / "job", digits_int8, action="validate", providers=["cpu", "cuda"], validate_batch=4)
+    result = run_job(json.loads(job.read_text()), str(job.parent))
+    assert calls == ["cpu"]  # one batch of 4 images, on the cpu session only
+    sessions = result["validate"]["sessions"]
+    assert sessions[session_key(0, "cuda")]["ran_on"] == sessions[session_key(0, "cpu")]["ran_on"] == "cpu"
+    outputs = np.load(io.BytesIO(base64.b64decode(result["validate"]["outputs_npz_b64"])))
+    np.testing.assert_array_equal(outputs[output_key(0, "cuda")], outputs[output_key(0, "cpu")])
