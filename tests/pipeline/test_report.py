@@ -306,11 +306,11 @@ def test_device_series_puts_this_machine_beside_the_devices() -> None:
     host += [timed("pytorch", 3.0), timed("model.onnx", 0.4, provider="openvino")]
     devices = Row(targets=[Row(target="ssh://pi", emulated=False)], rows=[timed("model.onnx", 4.0, "ssh://pi")])
     result = Row(benchmark=Row(rows=host), devices=devices)
-    series = device_series(result, 1)["p50_ms"]
+    series = device_series(result, 1).p50_ms
     assert list(series) == [HOST_ROW, "ssh://pi"]  # this machine first, its first provider's ONNX models only
     assert series[HOST_ROW] == {"ONNX FP32": 0.9, "ONNX INT8": 0.5} and series["ssh://pi"] == {"ONNX FP32": 4.0}
     devices.targets.append(Row(target="local", emulated=False))  # local is a target already: no second copy
-    assert HOST_ROW not in device_series(result, 1)["p50_ms"]
+    assert HOST_ROW not in device_series(result, 1).p50_ms
 
 
 def test_device_plot_legend_covers_no_bar() -> None:
@@ -319,10 +319,12 @@ def test_device_plot_legend_covers_no_bar() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from resnet_edge.pipeline.document import DeviceSeries
     from resnet_edge.pipeline.plots import device_figure
 
     per = {"ONNX FP32": 0.9, "ONNX simplified": 0.91, "ONNX INT8": 0.55}
-    fig = device_figure({"batch": 1, "p50_ms": {"this machine": per, "ssh://pi": {k: 5 * v for k, v in per.items()}}})
+    p50_ms = {"this machine": per, "ssh://pi": {k: 5 * v for k, v in per.items()}}
+    fig = device_figure(DeviceSeries(batch=1, p50_ms=p50_ms, emulated_left_out=()))
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     (legend,) = fig.legends
