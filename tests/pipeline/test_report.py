@@ -63,6 +63,22 @@ def test_the_document_is_typed_and_its_rows_write_back_the_same_json(stored: dic
     assert [t.target for t in document.stages.devices.targets] == ["local"]
 
 
+def test_the_document_writes_back_the_json_it_was_read_from(stored: dict) -> None:
+    # What this version writes and data/report.json (an earlier run's) lacks: where tune measured, every deployment.
+    stored["deployment"].update(target=None, measured_on=None, timing_used=True, reason=None)
+    stored["deployments"] = [{"deployment": stored["deployment"], "tune": stored["stages"]["tune"]}]
+    written = ReportDocument.from_json(stored).to_json()
+    assert json.dumps(written) == json.dumps(stored)  # the same keys, in the same order, with the same values
+    assert ReportDocument.from_json(written) == ReportDocument.from_json(stored)
+    assert ReportDocument.from_json(written).deployments[0].tune.candidates[0].name == "fp32"  # read as typed
+
+
+def test_a_report_without_deployments_writes_none(stored: dict) -> None:
+    assert "deployments" not in stored and "deployments" not in ReportDocument.from_json(stored).to_json()
+    del stored["plots"]["files"]["devices"]  # a plot not drawn has no key, and gets none
+    assert "devices" not in ReportDocument.from_json(stored).to_json()["plots"]["files"]
+
+
 def test_markdown_head_table_has_a_row_per_variant(report: ReportDocument) -> None:
     rows = _table(render_markdown(report), "| Variant |")
     assert [r[0] for r in rows] == ["PyTorch eager", "ONNX FP32", "ONNX simplified", "ONNX INT8"]
