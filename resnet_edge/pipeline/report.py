@@ -53,7 +53,7 @@ from resnet_edge.pipeline.result import (
 )
 
 if TYPE_CHECKING:
-    from resnet_edge.evaluation.tune import TuneResult
+    from resnet_edge.evaluation.tune import Candidate, TuneResult
 
 VARIANTS = {
     FILES["export"]: "ONNX FP32",
@@ -270,11 +270,13 @@ def _tune_stage(result: PipelineResult, folder: Path, tuned: TuneResult | None) 
     temporary folder and keeps only the chosen one)."""
     if tuned is None:
         return None
-    data = to_jsonable(tuned)
-    tried = [tuned.chosen, *tuned.candidates]
-    for candidate, written in zip(tried, [data["chosen"], *data["candidates"]], strict=True):
-        written["path"] = _kept(candidate.path, result, folder)
-    return data
+
+    def kept(candidate: Candidate) -> Candidate:  # path None: written as null, the file is gone
+        return dataclasses.replace(candidate, path=_kept(candidate.path, result, folder))
+
+    return to_jsonable(
+        dataclasses.replace(tuned, chosen=kept(tuned.chosen), candidates=[kept(c) for c in tuned.candidates])
+    )
 
 
 def _kept(path: str | None, result: PipelineResult, folder: Path) -> str | None:
