@@ -1,17 +1,21 @@
-"""report.json as typed data: what the report's pages and the terminal's table read, parsed and checked once.
+"""report.json as typed data, written and read through one schema: the dataclasses here.
 
-:func:`resnet_edge.pipeline.report.write_report` writes report.json from the run's typed result; a
-:class:`ReportDocument` is that JSON read back (:meth:`ReportDocument.from_json`, or :meth:`ReportDocument.read` for
-a stored file) into frozen dataclasses, so the renderers read attributes, never string keys. Only what a page shows
-is parsed (the head table, the facts, the benchmark, device and tune sections, the files and the configuration);
-the rest of report.json (each stage's full record) is for machines and stays as it was written.
+:func:`resnet_edge.pipeline.report.write_report` builds a :class:`ReportDocument` from the run's typed result and
+writes it with :func:`write_document`; :meth:`ReportDocument.from_json` (or :meth:`ReportDocument.read` for a stored
+file) reads that JSON back into the same frozen dataclasses, so the renderers read attributes, never string keys,
+and every key of report.json is declared once, as a field. What report.json holds for machines but no page parses
+(each stage's full record, the environment) is a JSON value (a field typed ``object``), written by the stage
+result's own ``to_jsonable``; the pages read a typed view of it.
 
 Each key is declared once, as a field: one reader (:func:`read_document`) reads any of these dataclasses from its
 field types (``str``, ``int``, ``float``, ``bool``, ``object``, ``X | None``, ``tuple[X, ...]``, ``dict[str, X]``,
-``dict[int, X]``, a nested dataclass). A field is read from the key of its name, or from where :func:`_at` says
-(``config.target``: under another object); a field with a default may be missing (a report written before it
-existed), one typed ``X | None`` may be null. A class checks what spans its fields in ``__post_init__``, raising a
-ReportFormatError that names the key from the class's own object.
+``dict[int, X]``, a nested dataclass), and one writer (:func:`write_document`) writes it back. A field is read from
+and written to the key of its name, or where :func:`_at` says (``config.target``: under another object); a field
+with a default may be missing (a report written before it existed), one typed ``X | None`` may be null, one made by
+:func:`_absent_when_none` is left out when None. A field not passed to the constructor (``init=False``) is a view: a
+typed reading of part of what another field holds whole (``stages.tune``, of the stages' records), filled by
+:func:`_derive` in ``__post_init__``, never written. A class checks what spans its fields in ``__post_init__``,
+raising a ReportFormatError that names the key from the class's own object.
 
 A report.json that lacks what a page needs, or holds it with the wrong type (a truncated file, another tool's JSON,
 or one written by a resnet-edge that had no tune stage yet), raises one :class:`ReportFormatError` (an
@@ -25,11 +29,12 @@ import functools
 import json
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from resnet_edge.errors import InputFileError
+from resnet_edge.jsonable import to_jsonable
 from resnet_edge.pipeline.result import REPORT_JSON
 
 T = TypeVar("T")
@@ -52,12 +57,19 @@ def _malformed(where: str, what: str, value: object) -> ReportFormatError:
 
 
 _PATH = "report_json_path"  # field metadata: where the field's value sits, when not under the field's own name
+_OMITTED = "report_json_omitted_when_none"  # field metadata: left out of the JSON when None
 
 
 def _at(path: str) -> dict[str, str]:
     """The metadata of a field read from ``path`` in its object (``config.target``: key ``target`` of the object
     under ``config``; ``""``: the object itself, for a dataclass that gathers keys of its parent)."""
     return {_PATH: path}
+
+
+def _absent_when_none(path: str | None = None) -> Any:
+    """A field that is None where its key is missing, and written only when it is not None (a key reports written
+    before it existed lack, or a plot that was not drawn)."""
+    return field(default=None, metadata={_OMITTED: True, **(_at(path) if path else {})})
 
 
 def _join(where: str, key: str) -> str:
@@ -109,35 +121,90 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _read_field(cls: type, f: Field, data: dict, where: str, values: dict[str, Any]) -> None:
+    """Put the field ``f`` of ``cls``, read from the JSON object ``data`` (found at ``where``), into ``values``;
+    nothing where it is missing and has a default."""
+    *parents, key = f.metadata.get(_PATH, f.name).split(".")
+    found, place = data, where
+    for parent in parents:
+        if parent not in found:
+            raise ReportFormatError(f"{_join(place, parent)}: missing")
+        found, place = found[parent], _join(place, parent)
+        if not isinstance(found, dict):
+            raise _malformed(place, "an object", found)
+    if key == "":  # the object itself
+        values[f.name] = _read(_hints(cls)[f.name], found, place)
+    elif key in found:
+        values[f.name] = _read(_hints(cls)[f.name], found[key], _join(place, key))
+    elif f.default is MISSING and f.default_factory is MISSING:
+        raise ReportFormatError(f"{_join(place, key)}: missing")
+
+
 def read_document(cls: type[T], data: object, where: str = "") -> T:
     """The dataclass ``cls`` read from the JSON object ``data`` (found at ``where``), field by field in declared order
-    (report.json's, so that the first key amiss is the one named).
+    (report.json's, so that the first key amiss is the one named); its views are read by its ``__post_init__``.
 
     Raises:
         ReportFormatError: a key is missing (and its field has no default) or holds the wrong type; names the key.
     """
     if not isinstance(data, dict):
         raise _malformed(where, "an object", data)
-    values = {}
+    values: dict[str, Any] = {}
     for f in fields(cls):
-        *parents, key = f.metadata.get(_PATH, f.name).split(".")
-        found, place = data, where
-        for parent in parents:
-            if parent not in found:
-                raise ReportFormatError(f"{_join(place, parent)}: missing")
-            found, place = found[parent], _join(place, parent)
-            if not isinstance(found, dict):
-                raise _malformed(place, "an object", found)
-        if key == "":  # the object itself
-            values[f.name] = _read(_hints(cls)[f.name], found, place)
-        elif key in found:
-            values[f.name] = _read(_hints(cls)[f.name], found[key], _join(place, key))
-        elif f.default is MISSING and f.default_factory is MISSING:
-            raise ReportFormatError(f"{_join(place, key)}: missing")
+        if f.init:
+            _read_field(cls, f, data, where, values)
     try:
         return cls(**values)
     except ReportFormatError as exc:  # a class's own check across its fields names a key relative to the object
         raise ReportFormatError(_join(where, exc.detail)) from None
+
+
+def _derive(document: object) -> None:
+    """Fill the views of ``document`` (its fields not passed to the constructor), each read from its path in the JSON
+    the document writes, and checked as any field is; for a class's ``__post_init__``.
+
+    Raises:
+        ReportFormatError: what a view reads is missing or of the wrong type; names the key from the document.
+    """
+    data, values = write_document(document), {}
+    for f in fields(document):
+        if not f.init:
+            _read_field(type(document), f, data, "", values)
+    for name, value in values.items():
+        object.__setattr__(document, name, value)  # a frozen dataclass's own fields, set once while it is made
+
+
+def _write(value: object) -> object:
+    """A field's value as JSON: a document written by :func:`write_document`, a tuple as a list, a key as text."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return write_document(value)
+    if isinstance(value, dict):
+        return {str(key): _write(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_write(item) for item in value]
+    return to_jsonable(value)  # a scalar: a NumPy number as a Python one, NaN as null
+
+
+def write_document(document: object) -> dict[str, Any]:
+    """One of these dataclasses as the JSON object :func:`read_document` reads it from: each field at its key (or
+    where :func:`_at` puts it), in declared order; views left out (the field they read holds the value whole), and a
+    field made by :func:`_absent_when_none` left out when None."""
+    data: dict[str, Any] = {}
+    for f in fields(document):
+        if not f.init:
+            continue
+        value = getattr(document, f.name)
+        if value is None and f.metadata.get(_OMITTED):
+            continue
+        *parents, key = f.metadata.get(_PATH, f.name).split(".")
+        place = data
+        for parent in parents:
+            place = place.setdefault(parent, {})
+        if key == "":  # a dataclass that gathers keys of this object
+            place.update(_write(value))
+        else:
+            place[key] = _write(value)
+    return data
 
 
 @dataclass(frozen=True)
@@ -164,7 +231,7 @@ class VariantRow:
 
     def to_json(self) -> dict[str, object]:
         """The row as report.json's ``summary`` holds it (these field names, in this order)."""
-        return asdict(self)
+        return write_document(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -288,10 +355,7 @@ class TuneSection:
 
 @dataclass(frozen=True)
 class Deployment:
-    """What tune chose (report.json ``deployment``): the file, where to run it, how fast, how close to FP32.
-
-    :func:`~resnet_edge.pipeline.report.write_report` writes it from this class too, so its keys are these fields.
-    """
+    """What tune chose (report.json ``deployment``): the file, where to run it, how fast, how close to FP32."""
 
     file: str | None
     candidate: str
@@ -317,7 +381,11 @@ class DeploymentEntry:
     """One entry of report.json ``deployments``: a deployment and the candidates it was chosen from."""
 
     deployment: Deployment
-    tune: TuneSection | None
+    tune_record: object = field(metadata=_at("tune"))  # the tune run's full record, as the stages' ``tune``
+    tune: TuneSection | None = field(init=False, metadata=_at("tune"))  # what the pages read of it
+
+    def __post_init__(self) -> None:
+        _derive(self)
 
 
 @dataclass(frozen=True)
@@ -334,7 +402,8 @@ class Stages:
 
 @dataclass(frozen=True)
 class Environment:
-    """The machine the run timed on: its CPU, the package versions, the providers onnxruntime offered."""
+    """The machine the run timed on: its CPU, the package versions, the providers onnxruntime offered (what the pages
+    read of ``environment.Environment``'s record)."""
 
     cpu_model: str = field(metadata=_at("cpu.model"))
     logical_cores: int = field(metadata=_at("cpu.logical_cores"))
@@ -344,14 +413,75 @@ class Environment:
 
 
 @dataclass(frozen=True)
-class PlotFiles:
-    """The batch size the head table and the latency plot show, and each plot's file (None: not drawn)."""
+class LatencySeries:
+    """The latency plot's series: every timed call (ms) of each variant at ``batch``, keyed ``variant (ran on)``."""
 
-    batch: int = field(metadata=_at("latency.batch"))
-    latency: str | None = field(default=None, metadata=_at("files.latency"))
-    accuracy_latency: str | None = field(default=None, metadata=_at("files.accuracy_latency"))
-    ops: str | None = field(default=None, metadata=_at("files.ops"))
-    devices: str | None = field(default=None, metadata=_at("files.devices"))
+    batch: int  # the first batch size: the one the head table shows too
+    series: dict[str, tuple[float, ...]]
+
+
+@dataclass(frozen=True)
+class AccuracyPoint:
+    """One variant in the accuracy-against-latency plot."""
+
+    label: str  # ``variant (ran on)``
+    p50_ms: float
+    value: float | None  # the plot's metric; None where it was not measured
+
+
+@dataclass(frozen=True)
+class AccuracyLatency:
+    """The accuracy-against-latency plot's points: one per variant of the head table that was timed."""
+
+    metric: str  # top-1 accuracy (labelled images), else top-1 agreement with the reference
+    points: tuple[AccuracyPoint, ...]
+
+
+@dataclass(frozen=True)
+class OpCounts:
+    """Nodes by op type before and after simplification (empty without the simplify stage)."""
+
+    before: dict[str, int]
+    after: dict[str, int]
+
+
+@dataclass(frozen=True)
+class DeviceSeries:
+    """The latency-by-device plot's series (``pipeline --target``): p50 per device and model at ``batch``."""
+
+    batch: int
+    p50_ms: dict[str, dict[str, float]]  # device (this machine first) -> model variant -> ms
+    emulated_left_out: tuple[str, ...]  # targets under emulation, whose timings are no device's
+
+
+@dataclass(frozen=True)
+class PlotFiles:
+    """Each plot's file beside the report; a plot not drawn (nothing to show) has none, and no key."""
+
+    latency: str | None = _absent_when_none()
+    accuracy_latency: str | None = _absent_when_none()
+    ops: str | None = _absent_when_none()
+    devices: str | None = _absent_when_none()
+
+
+@dataclass(frozen=True)
+class Plots:
+    """report.json ``plots``: the series each plot draws (:mod:`resnet_edge.pipeline.plots` reads them, not the run)
+    and the files drawn from them; the field names are the plots' names."""
+
+    latency: LatencySeries
+    accuracy_latency: AccuracyLatency
+    ops: OpCounts
+    devices: DeviceSeries
+    files: PlotFiles = field(default_factory=PlotFiles)
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """The seeds the run drew with (report.json ``seeds``)."""
+
+    calibration_subset: int  # which images calibrate
+    init_weights: int | None  # fresh weights are drawn with the seed only when no checkpoint is given
 
 
 @dataclass(frozen=True)
@@ -370,11 +500,12 @@ class RunConfig:
 
     values: dict[str, object] = field(metadata=_at("config"))
     sources: dict[str, str] = field(metadata=_at("config_sources"))
-    arch: str | None = field(metadata=_at("config.arch"))
-    variant: str | None = field(metadata=_at("config.variant"))
-    weights: str = field(metadata=_at("config.weights"))
+    arch: str | None = field(init=False, metadata=_at("config.arch"))
+    variant: str | None = field(init=False, metadata=_at("config.variant"))
+    weights: str = field(init=False, metadata=_at("config.weights"))
 
     def __post_init__(self) -> None:
+        _derive(self)
         missing = next((key for key in self.values if key not in self.sources), None)
         if missing is not None:
             raise ReportFormatError(f"config_sources.{missing}: missing")
@@ -393,15 +524,23 @@ class ReportDocument:
     status: str  # "complete" or "stopped at STAGE"
     error: str | None  # why it stopped
     rows: tuple[VariantRow, ...] = field(metadata=_at("summary"))  # the head table
-    plots: PlotFiles
+    plots: Plots
     config: RunConfig = field(metadata=_at(""))  # from ``config`` and ``config_sources``
+    stage_seconds: dict[str, float]  # stage -> how long it ran
     files: dict[str, str] = field(metadata=_at("file_sha256"))  # every model file's name -> its SHA-256
-    environment: Environment
-    stages: Stages
+    seeds: Seeds
+    environment_record: object = field(metadata=_at("environment"))  # ``environment.Environment``, as written
+    # Each stage's full record (its result's ``to_jsonable``; null: it did not run), for machines.
+    stage_records: dict[str, object] = field(metadata=_at("stages"))
     deployment: Deployment | None  # what tune chose; None without tune
     # Every deployment with its candidates: one per --target device, else the one chosen here (or none); absent
     # from reports written before issue 22.
-    listed: tuple[DeploymentEntry, ...] | None = field(default=None, metadata=_at("deployments"))
+    listed: tuple[DeploymentEntry, ...] | None = _absent_when_none("deployments")
+    environment: Environment = field(init=False, metadata=_at("environment"))  # what the pages read of these
+    stages: Stages = field(init=False, metadata=_at("stages"))
+
+    def __post_init__(self) -> None:
+        _derive(self)
 
     @property
     def completed(self) -> bool:
@@ -412,7 +551,11 @@ class ReportDocument:
         """Every deployment (``deployments``), or a report written before it listed them: its one deployment."""
         if self.listed is not None:
             return self.listed
-        return (DeploymentEntry(self.deployment, self.stages.tune),) if self.deployment else ()
+        return (DeploymentEntry(self.deployment, self.stage_records.get("tune")),) if self.deployment else ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The document as report.json holds it: what :meth:`from_json` reads back to an equal document."""
+        return write_document(self)
 
     @classmethod
     def from_json(cls, data: object) -> ReportDocument:

@@ -1,6 +1,7 @@
 """The report's charts (matplotlib, drawn headless): each drawn from the series the summary holds, never from the run.
 
-The series are what ``report.json`` records under ``plots``, so a chart cannot disagree with the JSON.
+The series are what ``report.json`` records under ``plots`` (a :class:`~resnet_edge.pipeline.document.Plots`), so a
+chart cannot disagree with the JSON.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from typing import Any
 
 from resnet_edge import formatting as fmt
 from resnet_edge.artifacts import atomic_output
+from resnet_edge.pipeline.document import DeviceSeries, PlotFiles, Plots
 
-# Plot key (as report.json's ``plots`` names it) -> its file beside the report.
+# Plot (a field of Plots, as report.json's ``plots`` names it) -> its file beside the report.
 PLOTS = {
     "latency": "latency.png",
     "accuracy_latency": "accuracy_vs_latency.png",
@@ -27,8 +29,8 @@ PLOT_DPI = 120
 PLOT_FONT_PT = 11
 
 
-def write_plots(plots: dict, folder: Path) -> dict[str, str]:
-    """Draw each plot from the summary's series; returns plot key -> file name for those drawn."""
+def write_plots(plots: Plots, folder: Path) -> PlotFiles:
+    """Draw each plot from the summary's series; returns the file names of those drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,12 +49,12 @@ def write_plots(plots: dict, folder: Path) -> dict[str, str]:
             if fig is not None:
                 written[key] = _save(fig, folder / PLOTS[key])
         plt.close("all")
-    return written
+    return PlotFiles(**written)
 
 
-def _plot_latency(plt: Any, plots: dict) -> Any:
+def _plot_latency(plt: Any, plots: Plots) -> Any:
     """Warm latency per variant, as box plots of every timed call. None when there is nothing to draw."""
-    series = plots["latency"]["series"]
+    series = plots.latency.series
     if not series:
         return None
     labels = list(series)
@@ -63,32 +65,32 @@ def _plot_latency(plt: Any, plots: dict) -> Any:
     values = [v for k in labels for v in series[k]]
     _latency_axis(ax.xaxis, min(values), max(values), ax.set_xscale)
     ax.set_xlabel("latency per call")
-    ax.set_title(f"Warm latency at batch {plots['latency']['batch']} ({len(next(iter(series.values())))} rounds each)")
+    ax.set_title(f"Warm latency at batch {plots.latency.batch} ({len(next(iter(series.values())))} rounds each)")
     ax.grid(axis="x", alpha=0.3)
     return fig
 
 
-def _plot_accuracy_latency(plt: Any, plots: dict) -> Any:
+def _plot_accuracy_latency(plt: Any, plots: Plots) -> Any:
     """Accuracy against median latency, one point per variant. None when there is nothing to draw."""
-    points = [p for p in plots["accuracy_latency"]["points"] if p["value"] is not None]
+    points = [p for p in plots.accuracy_latency.points if p.value is not None]
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 4.2), dpi=PLOT_DPI)
     markers = "osD^vP*X"
     for i, p in enumerate(points):  # a legend, not labels: variants often share an accuracy and overlap
         ax.scatter(
-            p["p50_ms"],
-            100 * p["value"],
+            p.p50_ms,
+            100 * p.value,
             s=70,
             marker=markers[i % len(markers)],
-            label=f"{p['label']}: {fmt.ms(p['p50_ms'], unit=True)}, {fmt.percent(p['value'])}",
+            label=f"{p.label}: {fmt.ms(p.p50_ms, unit=True)}, {fmt.percent(p.value)}",
         )
     ax.legend(loc="best")
-    latencies = [p["p50_ms"] for p in points]
+    latencies = [p.p50_ms for p in points]
     _latency_axis(ax.xaxis, min(latencies), max(latencies), ax.set_xscale)
     ax.set_xlabel("median latency")
-    ax.set_ylabel(f"{plots['accuracy_latency']['metric']} (%)")
-    values = [100 * p["value"] for p in points]
+    ax.set_ylabel(f"{plots.accuracy_latency.metric} (%)")
+    values = [100 * p.value for p in points]
     low, high = min(values), max(values)
     pad = max(0.5, (high - low) * 0.3)
     ax.set_ylim(low - pad, min(100.5, high + pad) if high <= 100 else high + pad)
@@ -97,11 +99,11 @@ def _plot_accuracy_latency(plt: Any, plots: dict) -> Any:
     return fig
 
 
-def _plot_ops(plt: Any, plots: dict) -> Any:
+def _plot_ops(plt: Any, plots: Plots) -> Any:
     """Nodes by op type, before and after simplification. None when there is nothing to draw."""
     from matplotlib.ticker import MaxNLocator
 
-    before, after = plots["ops"]["before"], plots["ops"]["after"]
+    before, after = plots.ops.before, plots.ops.after
     if not before:
         return None
     ops = sorted(set(before) | set(after), key=lambda o: -(before.get(o, 0) + after.get(o, 0)))
@@ -122,22 +124,21 @@ def _plot_ops(plt: Any, plots: dict) -> Any:
     return fig
 
 
-def _plot_devices(plt: Any, plots: dict) -> Any:
+def _plot_devices(plt: Any, plots: Plots) -> Any:
     """Median latency per device and model (:func:`device_figure`). None when there is nothing to draw."""
-    return device_figure(plots["devices"]) if plots["devices"]["p50_ms"] else None
+    return device_figure(plots.devices) if plots.devices.p50_ms else None
 
 
-def device_figure(devices_plot: dict) -> object:
+def device_figure(devices_plot: DeviceSeries) -> object:
     """Latency by device: one group of bars per device (this machine's first, as report.device_series puts it), one
     bar per model, each labelled with its median. The legend sits below the axes, never over a bar (issue 22).
 
     Args:
-        devices_plot: report.json's ``plots.devices``: ``batch``, ``p50_ms`` (device -> model -> ms),
-            ``emulated_left_out``.
+        devices_plot: report.json's ``plots.devices``.
     """
     import matplotlib.pyplot as plt
 
-    devices = devices_plot["p50_ms"]
+    devices = devices_plot.p50_ms
     models = list(dict.fromkeys(m for per in devices.values() for m in per))
     fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 0.5 * len(devices) * len(models) + 2.2), dpi=PLOT_DPI)
     height = 0.8 / len(models)
@@ -150,12 +151,12 @@ def device_figure(devices_plot: dict) -> object:
     ax.invert_yaxis()
     longest = max((v for per in devices.values() for v in per.values()), default=1.0)
     ax.set_xlim(0, longest * 1.25)  # room for the bar labels inside the axes
-    left_out = len(devices_plot.get("emulated_left_out") or [])
+    left_out = len(devices_plot.emulated_left_out)
     ax.set_xlabel(
         "median latency (ms)"
         + (f"\n{left_out} emulated target(s) left out: timings under emulation are not ARM timings" if left_out else "")
     )
-    ax.set_title(f"Latency by device at batch {devices_plot['batch']}")
+    ax.set_title(f"Latency by device at batch {devices_plot.batch}")
     fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=min(len(models), 3), frameon=False)
     fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(models) - 1) // 3), 1, 1))  # the legend's strip below the axes
     return fig

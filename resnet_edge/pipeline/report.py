@@ -1,16 +1,18 @@
 """The pipeline's report: ``report.json`` for machines, ``report.md`` and ``report.html`` for people, and plots.
 
-Two steps. :func:`write_report` builds report.json from the run's typed result (:class:`PipelineResult`: each
-stage's dataclass, file sizes as the stages recorded them), then reads it back as a typed
-:class:`~resnet_edge.pipeline.document.ReportDocument` and renders that with :func:`render_markdown` and
-:func:`render_html`, so a stored ``report.json`` renders again to the same pages. Everything a person reads is
-derived from the one summary built here (:func:`summarize`), which is also what ``report.json`` holds under
-``summary`` and ``plots``: the tables and the plots cannot disagree with the JSON. The report imports the result and
-the document, never the run (``pipeline.run`` calls :func:`write_report`).
+Two steps. :func:`write_report` builds a typed :class:`~resnet_edge.pipeline.document.ReportDocument` from the run's
+typed result (:class:`PipelineResult`: each stage's dataclass, file sizes as the stages recorded them) and writes it
+as report.json through the document's own schema (:func:`~resnet_edge.pipeline.document.write_document`); then it
+reads report.json back and renders that with :func:`render_markdown` and :func:`render_html`, so a stored
+``report.json`` renders again to the same pages. Everything a person reads is derived from the one summary built
+here (:func:`summary_rows` and :func:`plot_series`), which is also what ``report.json`` holds under ``summary`` and
+``plots``: the tables and the plots cannot disagree with the JSON. The report imports the result and the document,
+never the run (``pipeline.run`` calls :func:`write_report`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import os
 from collections.abc import Callable
@@ -22,7 +24,24 @@ from resnet_edge import formatting as fmt
 from resnet_edge.artifacts import sha256_file, write_json_atomic, write_text_atomic
 from resnet_edge.jsonable import to_jsonable
 from resnet_edge.pipeline.config import FROM_ARGUMENT, FROM_CHECKPOINT, FROM_DEFAULT, option_key
-from resnet_edge.pipeline.document import Deployment, Latency, ReportDocument, TimedRow, TuneSection, VariantRow
+from resnet_edge.pipeline.document import (
+    AccuracyLatency,
+    AccuracyPoint,
+    Deployment,
+    DeploymentEntry,
+    DeviceSeries,
+    Latency,
+    LatencySeries,
+    OpCounts,
+    Plots,
+    ReportDocument,
+    RunConfig,
+    Seeds,
+    TimedRow,
+    TuneSection,
+    VariantRow,
+    write_document,
+)
 from resnet_edge.pipeline.plots import write_plots
 from resnet_edge.pipeline.result import (
     FILES,
@@ -34,7 +53,7 @@ from resnet_edge.pipeline.result import (
 )
 
 if TYPE_CHECKING:
-    from resnet_edge.evaluation.tune import TuneResult
+    from resnet_edge.evaluation.tune import Candidate, TuneResult
 
 VARIANTS = {
     FILES["export"]: "ONNX FP32",
@@ -44,12 +63,11 @@ VARIANTS = {
 }
 
 
-def summarize(result: PipelineResult) -> dict:
-    """The head table (``rows``: one :class:`VariantRow` per variant and provider, at the first batch size) and the
-    series each plot shows (``plots``, as report.json holds them)."""
+def summary_rows(result: PipelineResult) -> list[VariantRow]:
+    """The report's head table (report.json ``summary``): one row per variant (PyTorch eager, then each model file)
+    and provider, at the first batch size; a value not measured is None."""
     rows = []
-    bench = getattr(result, "benchmark", None)
-    valid = result.validate
+    bench, valid = result.benchmark, result.validate
     first_batch = result.config.batch_sizes[0]
     providers = list(dict.fromkeys(r.provider for r in valid.rows)) if valid else list(result.config.providers)
     # The tuned model is one of these files (or their like) chosen again: its numbers are in the tune section.
@@ -59,40 +77,41 @@ def summarize(result: PipelineResult) -> dict:
             rows.append(_row("pytorch", provider, result, first_batch))
         for name in files:
             rows.append(_row(name, provider, result, first_batch))
-    plots = {
-        "latency": {
-            "batch": first_batch,
-            "series": {
-                f"{VARIANTS[r.model]} ({r.ran_on})": r.latency.samples_ms
-                for r in (bench.rows if bench else [])
-                if r.latency and r.batch == first_batch
-            },
-        },
-        "accuracy_latency": {
-            "metric": "top-1 accuracy" if valid and valid.labelled else "top-1 agreement with the reference",
-            "points": [
-                {
-                    "label": f"{r.variant} ({r.ran_on})",
-                    "p50_ms": r.p50_ms,
-                    "value": r.accuracy if valid and valid.labelled else r.top1_agreement,
-                }
-                for r in rows
-                if r.p50_ms is not None
-            ],
-        },
-        "ops": {
-            "before": result.simplify.ops_before if result.simplify else {},
-            "after": result.simplify.ops_after if result.simplify else {},
-        },
-        "devices": device_series(result, first_batch),
+    return rows
+
+
+def plot_series(result: PipelineResult, rows: list[VariantRow]) -> Plots:
+    """The series each plot shows (report.json ``plots``, no file drawn yet), from the run and its head table."""
+    bench, valid = result.benchmark, result.validate
+    first_batch = result.config.batch_sizes[0]
+    labelled = bool(valid and valid.labelled)
+    latency = {
+        f"{VARIANTS[r.model]} ({r.ran_on})": tuple(r.latency.samples_ms)
+        for r in (bench.rows if bench else [])
+        if r.latency and r.batch == first_batch
     }
-    return {"rows": rows, "plots": plots}
+    points = tuple(
+        AccuracyPoint(
+            label=f"{r.variant} ({r.ran_on})", p50_ms=r.p50_ms, value=r.accuracy if labelled else r.top1_agreement
+        )
+        for r in rows
+        if r.p50_ms is not None
+    )
+    simplify = result.simplify
+    return Plots(
+        latency=LatencySeries(batch=first_batch, series=latency),
+        accuracy_latency=AccuracyLatency(
+            metric="top-1 accuracy" if labelled else "top-1 agreement with the reference", points=points
+        ),
+        ops=OpCounts(before=simplify.ops_before if simplify else {}, after=simplify.ops_after if simplify else {}),
+        devices=device_series(result, first_batch),
+    )
 
 
 HOST_ROW = "this machine"  # the benchmark stage's row beside the devices' ("how much slower is my Pi")
 
 
-def device_series(result: PipelineResult, batch: int) -> dict:
+def device_series(result: PipelineResult, batch: int) -> DeviceSeries:
     """p50 per (target, model) at the first batch size, for the latency-by-device plot (``--target`` runs), with this
     machine's benchmark stage first (its first provider; issue 22) unless ``local`` is one of the targets.
     Emulated targets are left out (their timings are not the emulated CPU's) and listed as such."""
@@ -108,7 +127,7 @@ def device_series(result: PipelineResult, batch: int) -> dict:
     for r in devices.rows if devices else []:
         if r.latency and r.batch == batch and r.target not in emulated:
             series.setdefault(r.target, {})[VARIANTS.get(r.model, r.model)] = r.latency.p50_ms
-    return {"batch": batch, "p50_ms": series, "emulated_left_out": emulated}
+    return DeviceSeries(batch=batch, p50_ms=series, emulated_left_out=tuple(emulated))
 
 
 def _row(name: str, provider: str, result: PipelineResult, batch: int) -> VariantRow:
@@ -152,15 +171,6 @@ def _row(name: str, provider: str, result: PipelineResult, batch: int) -> Varian
     )
 
 
-def summary_rows(result: PipelineResult) -> list[VariantRow]:
-    """The report's head table: one row per variant (PyTorch eager, then each model file) and provider.
-
-    Each :class:`VariantRow` is what report.json's ``summary`` holds (:meth:`VariantRow.to_json`); a value not
-    measured is None.
-    """
-    return summarize(result)["rows"]
-
-
 def write_report(result: PipelineResult, folder: Path) -> None:
     """Write report.json, report.md, report.html and the PNG plots into ``folder`` (each atomically).
 
@@ -171,42 +181,44 @@ def write_report(result: PipelineResult, folder: Path) -> None:
         result: the run to report; its model files (``result.artifacts``) are in ``folder``, which the run later
             publishes as ``result.outdir`` (paths in the report are made relative to that).
     """
-    summary = summarize(result)
-    plots = write_plots(summary["plots"], folder)
-    # Hashes are read from ``folder`` (the staging folder during a run), where the model files are now.
-    models = set(FILES.values())
-    hashes = {name: sha256_file(folder / name) for name in sorted(result.artifacts) if name in models}
-    config, config_sources = describe_config(result)
-    report = {
-        "resnet_edge": __version__,
-        "status": "complete" if result.completed else f"stopped at {result.failed_stage}",
-        "error": result.error,
-        "summary": [row.to_json() for row in summary["rows"]],
-        "plots": {**summary["plots"], "files": plots},
-        "config": config,
-        "config_sources": config_sources,
-        "stage_seconds": result.stage_seconds,
-        "file_sha256": hashes,
-        "seeds": {
-            "calibration_subset": result.config.seed,
-            # Fresh weights are drawn with the seed only when no checkpoint is given.
-            "init_weights": result.config.seed if result.config.resolved_weights() is None else None,
-        },
-        "environment": to_jsonable(result.benchmark.environment) if result.benchmark else _environment(),
-        "stages": {name: to_jsonable(getattr(result, name)) for name in STAGES},
-    }
-    report["stages"]["tune"] = _tune_stage(result, folder, result.tune)
-    report["deployment"] = _deployment(result, folder, result.tune)
-    # One per device with --target (each chosen there); the first is "deployment" and stages.tune above.
-    report["deployments"] = [
-        {"deployment": _deployment(result, folder, tuned), "tune": _tune_stage(result, folder, tuned)}
-        for tuned in result.tunes
-    ]
-    report = _relative_paths(report, result, folder)
+    rows = summary_rows(result)
+    series = plot_series(result, rows)
+    plots = dataclasses.replace(series, files=write_plots(series, folder))
+    report = _relative_paths(write_document(_document(result, folder, rows, plots)), result, folder)
     write_json_atomic(folder / REPORT_JSON, report)
     document = ReportDocument.read(folder / REPORT_JSON)
     write_text_atomic(folder / REPORT_MARKDOWN, render_markdown(document))
     write_text_atomic(folder / REPORT_HTML, render_html(document))
+
+
+def _document(result: PipelineResult, folder: Path, rows: list[VariantRow], plots: Plots) -> ReportDocument:
+    """The run as a report document, paths still in ``folder`` (the staging folder during a run)."""
+    # Hashes are read from ``folder``, where the model files are now.
+    models = set(FILES.values())
+    hashes = {name: sha256_file(folder / name) for name in sorted(result.artifacts) if name in models}
+    values, sources = describe_config(result)
+    records = {name: to_jsonable(getattr(result, name)) for name in STAGES}
+    records["tune"] = _tune_stage(result, folder, result.tune)
+    seed = result.config.seed
+    return ReportDocument(
+        version=__version__,
+        status="complete" if result.completed else f"stopped at {result.failed_stage}",
+        error=result.error,
+        rows=tuple(rows),
+        plots=plots,
+        config=RunConfig(values=values, sources=sources),
+        stage_seconds=result.stage_seconds,
+        files=hashes,
+        seeds=Seeds(calibration_subset=seed, init_weights=seed if result.config.resolved_weights() is None else None),
+        environment_record=to_jsonable(result.benchmark.environment) if result.benchmark else _environment(),
+        stage_records=records,
+        deployment=_deployment(result, folder, result.tune),
+        # One per device with --target (each chosen there); the first is ``deployment`` and ``stages.tune`` above.
+        listed=tuple(
+            DeploymentEntry(_deployment(result, folder, tuned), _tune_stage(result, folder, tuned))
+            for tuned in result.tunes
+        ),
+    )
 
 
 def describe_config(result: PipelineResult) -> tuple[dict[str, object], dict[str, str]]:
@@ -258,11 +270,13 @@ def _tune_stage(result: PipelineResult, folder: Path, tuned: TuneResult | None) 
     temporary folder and keeps only the chosen one)."""
     if tuned is None:
         return None
-    data = to_jsonable(tuned)
-    tried = [tuned.chosen, *tuned.candidates]
-    for candidate, written in zip(tried, [data["chosen"], *data["candidates"]], strict=True):
-        written["path"] = _kept(candidate.path, result, folder)
-    return data
+
+    def kept(candidate: Candidate) -> Candidate:  # path None: written as null, the file is gone
+        return dataclasses.replace(candidate, path=_kept(candidate.path, result, folder))
+
+    return to_jsonable(
+        dataclasses.replace(tuned, chosen=kept(tuned.chosen), candidates=[kept(c) for c in tuned.candidates])
+    )
 
 
 def _kept(path: str | None, result: PipelineResult, folder: Path) -> str | None:
@@ -270,13 +284,13 @@ def _kept(path: str | None, result: PipelineResult, folder: Path) -> str | None:
     return path if path and Path(path).parent == folder and Path(path).name in result.artifacts else None
 
 
-def _deployment(result: PipelineResult, folder: Path, tuned: TuneResult | None) -> dict | None:
+def _deployment(result: PipelineResult, folder: Path, tuned: TuneResult | None) -> Deployment | None:
     """What tune chose, in a few fields: the file, where to run it, how much faster, how close to FP32, and the
     device it was measured on (None: this machine)."""
     if tuned is None:
         return None
     chosen, batch = tuned.chosen, max(tuned.batch_sizes)
-    deployment = Deployment(
+    return Deployment(
         file=_kept(chosen.path, result, folder),
         candidate=chosen.name,
         provider=chosen.provider,
@@ -293,7 +307,6 @@ def _deployment(result: PipelineResult, folder: Path, tuned: TuneResult | None) 
         timing_used=tuned.timing_used,
         reason=tuned.reason,
     )
-    return to_jsonable(deployment)
 
 
 def _measured_on(facts: dict | None) -> str | None:
@@ -426,7 +439,7 @@ def _facts(report: ReportDocument) -> list[tuple[str, str]]:
                 f"{b.iterations} round-robin rounds after {b.warmup}"
                 f" warm-up, {fmt.count(b.threads, 'thread')},"
                 f" batch sizes {', '.join(map(str, b.batch_sizes))}"
-                f" (the table above: batch {report.plots.batch})",
+                f" (the table above: batch {report.plots.latency.batch})",
             )
         )
     return facts
@@ -496,8 +509,8 @@ def render_markdown(report: ReportDocument) -> str:
         lines += ["## Devices", "", *(f"- **{k}:** {v}" for k, v in device_facts), ""]
         lines += ["| " + " | ".join(device_headers) + " |", "|" + "---|" * len(device_headers)]
         lines += ["| " + " | ".join(r) + " |" for r in device_rows] + [""]
-        if report.plots.devices:
-            lines += [f"![Latency by device]({report.plots.devices})", ""]
+        if report.plots.files.devices:
+            lines += [f"![Latency by device]({report.plots.files.devices})", ""]
     for entry in report.deployments:
         chosen = entry.deployment
         tune_sentence, tune_headers, tune_rows = _tune_cells(entry.tune, chosen)
@@ -621,7 +634,7 @@ def _tune_cells(tune: TuneSection | None, chosen: Deployment | None) -> tuple[st
 
 def _plot_titles(report: ReportDocument) -> list[tuple[str, str]]:
     """The plots shown together under the head table: (title, file), those drawn."""
-    plots = report.plots
+    plots = report.plots.files
     titles = [
         ("Latency distribution", plots.latency),
         ("Accuracy against latency", plots.accuracy_latency),
@@ -689,7 +702,7 @@ def _html_devices(report: ReportDocument) -> str:
     headers, rows, facts = _device_cells(report)
     if not headers:
         return ""
-    esc, plot = html.escape, report.plots.devices
+    esc, plot = html.escape, report.plots.files.devices
     return (
         "<h2>Devices</h2><dl>"
         + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)

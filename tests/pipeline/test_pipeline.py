@@ -86,6 +86,14 @@ def test_plots_show_the_reported_numbers(run_dir: Path) -> None:
         assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_report_json_is_what_its_document_writes(run_dir: Path) -> None:
+    """report.json is written through the schema it is read with: read and written again, it is the same JSON."""
+    from resnet_edge.pipeline.document import ReportDocument
+
+    stored = json.loads((run_dir / "report.json").read_text())
+    assert json.dumps(ReportDocument.from_json(stored).to_json()) == json.dumps(stored)
+
+
 def test_report_records_what_makes_the_run_repeatable(run_dir: Path) -> None:
     report = json.loads((run_dir / "report.json").read_text())
     assert report["status"] == "complete" and report["config"]["weights"] == "builtin:digits-resnet20"

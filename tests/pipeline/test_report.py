@@ -63,6 +63,22 @@ def test_the_document_is_typed_and_its_rows_write_back_the_same_json(stored: dic
     assert [t.target for t in document.stages.devices.targets] == ["local"]
 
 
+def test_the_document_writes_back_the_json_it_was_read_from(stored: dict) -> None:
+    # What this version writes and data/report.json (an earlier run's) lacks: where tune measured, every deployment.
+    stored["deployment"].update(target=None, measured_on=None, timing_used=True, reason=None)
+    stored["deployments"] = [{"deployment": stored["deployment"], "tune": stored["stages"]["tune"]}]
+    written = ReportDocument.from_json(stored).to_json()
+    assert json.dumps(written) == json.dumps(stored)  # the same keys, in the same order, with the same values
+    assert ReportDocument.from_json(written) == ReportDocument.from_json(stored)
+    assert ReportDocument.from_json(written).deployments[0].tune.candidates[0].name == "fp32"  # read as typed
+
+
+def test_a_report_without_deployments_writes_none(stored: dict) -> None:
+    assert "deployments" not in stored and "deployments" not in ReportDocument.from_json(stored).to_json()
+    del stored["plots"]["files"]["devices"]  # a plot not drawn has no key, and gets none
+    assert "devices" not in ReportDocument.from_json(stored).to_json()["plots"]["files"]
+
+
 def test_markdown_head_table_has_a_row_per_variant(report: ReportDocument) -> None:
     rows = _table(render_markdown(report), "| Variant |")
     assert [r[0] for r in rows] == ["PyTorch eager", "ONNX FP32", "ONNX simplified", "ONNX INT8"]
@@ -306,11 +322,11 @@ def test_device_series_puts_this_machine_beside_the_devices() -> None:
     host += [timed("pytorch", 3.0), timed("model.onnx", 0.4, provider="openvino")]
     devices = Row(targets=[Row(target="ssh://pi", emulated=False)], rows=[timed("model.onnx", 4.0, "ssh://pi")])
     result = Row(benchmark=Row(rows=host), devices=devices)
-    series = device_series(result, 1)["p50_ms"]
+    series = device_series(result, 1).p50_ms
     assert list(series) == [HOST_ROW, "ssh://pi"]  # this machine first, its first provider's ONNX models only
     assert series[HOST_ROW] == {"ONNX FP32": 0.9, "ONNX INT8": 0.5} and series["ssh://pi"] == {"ONNX FP32": 4.0}
     devices.targets.append(Row(target="local", emulated=False))  # local is a target already: no second copy
-    assert HOST_ROW not in device_series(result, 1)["p50_ms"]
+    assert HOST_ROW not in device_series(result, 1).p50_ms
 
 
 def test_device_plot_legend_covers_no_bar() -> None:
@@ -319,10 +335,12 @@ def test_device_plot_legend_covers_no_bar() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from resnet_edge.pipeline.document import DeviceSeries
     from resnet_edge.pipeline.plots import device_figure
 
     per = {"ONNX FP32": 0.9, "ONNX simplified": 0.91, "ONNX INT8": 0.55}
-    fig = device_figure({"batch": 1, "p50_ms": {"this machine": per, "ssh://pi": {k: 5 * v for k, v in per.items()}}})
+    p50_ms = {"this machine": per, "ssh://pi": {k: 5 * v for k, v in per.items()}}
+    fig = device_figure(DeviceSeries(batch=1, p50_ms=p50_ms, emulated_left_out=()))
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     (legend,) = fig.legends

@@ -134,6 +134,7 @@ def test_a_target_whose_prefix_names_qemu_is_not_ranked(
     """The prefix names QEMU only as a variable (no emulation here): the host alone knows it for emulated."""
     from resnet_edge.device.fleet import benchmark_on_targets, parse_targets
     from resnet_edge.evaluation.options import BenchmarkOptions
+    from resnet_edge.pipeline.document import AccuracyLatency, LatencySeries, OpCounts, PlotFiles, Plots
     from resnet_edge.pipeline.plots import write_plots
     from resnet_edge.pipeline.report import device_series
 
@@ -148,15 +149,15 @@ def test_a_target_whose_prefix_names_qemu_is_not_ranked(
     assert ratios[(emulated, digits_int8.name)] is None and ratios[(emulated, digits_sim.name)] is None
     assert all(r.latency is not None for r in fleet.rows)  # measured and shown, never ranked
     series = device_series(SimpleNamespace(devices=fleet), 1)
-    assert list(series["p50_ms"]) == ["local"] and series["emulated_left_out"] == [emulated]
+    assert list(series.p50_ms) == ["local"] and list(series.emulated_left_out) == [emulated]
     assert leftovers(private_tmp) == []
-    plots = {
-        "latency": {"series": {}},
-        "accuracy_latency": {"points": []},
-        "ops": {"before": {}, "after": {}},
-        "devices": series,
-    }
-    assert write_plots(plots, tmp_path) == {"devices": "latency_by_device.png"}
+    plots = Plots(
+        latency=LatencySeries(batch=1, series={}),
+        accuracy_latency=AccuracyLatency(metric="top-1 accuracy", points=()),
+        ops=OpCounts(before={}, after={}),
+        devices=series,
+    )
+    assert write_plots(plots, tmp_path) == PlotFiles(devices="latency_by_device.png")
 
 
 # -- ARM kernels under QEMU ------------------------------------------------------------------------------------------
