@@ -17,7 +17,7 @@ from resnet_edge._exports import lazy_exports
 _EXPORTS = {
     **dict.fromkeys(("run_pipeline",), "run"),
     **dict.fromkeys(("PipelineConfig", "load_config"), "config"),
-    **dict.fromkeys(("PipelineResult", "StageEvent"), "result"),
+    **dict.fromkeys(("PipelineResult",), "result"),
     **dict.fromkeys(("write_report",), "report"),
     **dict.fromkeys(("ReportDocument",), "document"),
 }

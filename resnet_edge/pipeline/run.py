@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -49,8 +49,8 @@ from resnet_edge.pipeline.publish import (
     publish,
     write_manifest,
 )
-from resnet_edge.pipeline.result import FILES, PipelineResult, StageEvent, tuned_file
-from resnet_edge.progress import ProgressCallback
+from resnet_edge.pipeline.result import FILES, PipelineResult, tuned_file
+from resnet_edge.progress import DONE, FAILED, STARTED, Progress, ProgressCallback
 from resnet_edge.quantization.calibrate import BUNDLED_PHOTOS_NOTE
 from resnet_edge.quantization.quantize import quantize_onnx
 
@@ -71,7 +71,6 @@ def run_pipeline(
     *,
     overwrite: bool = False,
     inputs: Sequence[Path | str] = (),
-    on_event: Callable[[StageEvent], object] | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> PipelineResult:
     """Run every stage into ``outdir`` and write the report (JSON, Markdown, HTML, plots).
@@ -80,8 +79,8 @@ def run_pipeline(
         overwrite: replace ``outdir`` if an earlier pipeline run made it: its files, as listed with their hashes in
             its :data:`MARKER` manifest, and nothing else.
         inputs: files the caller read the configuration from (a TOML file), protected like the run's own inputs.
-        on_event: told as each stage starts, progresses, ends or fails.
-        on_progress: the stages' countable progress (calibration images, timed rounds), for a caller to draw.
+        on_progress: told as each stage starts, progresses (calibration images, timed rounds, a device's steps)
+            and ends or fails (:data:`~resnet_edge.progress.DONE`, :data:`~resnet_edge.progress.FAILED`).
 
     Raises:
         OptionError: see :func:`check_outdir`; another run is writing ``outdir``.
@@ -95,15 +94,10 @@ def run_pipeline(
     _check_sources(config)
     with outdir_lock(found.path):
         found = check_outdir(found.path, overwrite=overwrite, inputs=run_inputs)  # as it is now that the lock is ours
-        return _run_locked(config, found, on_event, on_progress)
+        return _run_locked(config, found, on_progress)
 
 
-def _run_locked(
-    config: PipelineConfig,
-    found: Outdir,
-    on_event: Callable[[StageEvent], object] | None,
-    on_progress: ProgressCallback | None,
-) -> PipelineResult:
+def _run_locked(config: PipelineConfig, found: Outdir, on_progress: ProgressCallback | None) -> PipelineResult:
     outdir = found.path
     parent = outdir.parent
     try:
@@ -112,7 +106,7 @@ def _run_locked(
         raise InputFileError(f"cannot write in the output folder's parent {parent}: {exc.strerror}") from None
     os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; OUTDIR should be an ordinary folder
     result = PipelineResult(outdir=outdir, config=config)
-    emit = on_event or (lambda event: None)
+    emit = on_progress or (lambda progress: None)
     try:
         with tempfile.TemporaryDirectory(prefix="resnet-edge-weights-") as scratch:
             crash: Exception | None = None
@@ -241,27 +235,27 @@ def _check_labels(config: PipelineConfig, weights: str) -> None:
 
 
 @contextmanager
-def _stage(name: str, result: PipelineResult, emit: Callable[[StageEvent], object]) -> Iterator[list[str]]:
+def _stage(name: str, result: PipelineResult, emit: ProgressCallback) -> Iterator[list[str]]:
     """Time a stage, report its start and end; turn a user error into a StageError naming it."""
     summary: list[str] = []
     logger.debug("pipeline stage %s: started", name)
-    emit(StageEvent(name, "start"))
+    emit(Progress(name, STARTED))
     started = time.perf_counter()
     try:
         yield summary
     except Exception as exc:
         if not isinstance(exc, ResnetEdgeError):  # a bug: the report names the stage, the traceback stays
             result.failed_stage, result.error = name, f"internal error: {type(exc).__name__}: {exc}"
-            emit(StageEvent(name, "failed", result.error, time.perf_counter() - started))
+            emit(Progress(name, FAILED, detail=result.error, seconds=time.perf_counter() - started))
             raise
         seconds = time.perf_counter() - started
         result.stage_seconds[name] = seconds
-        emit(StageEvent(name, "failed", str(exc), seconds))
+        emit(Progress(name, FAILED, detail=str(exc), seconds=seconds))
         raise StageError(name, exc) from None
     seconds = time.perf_counter() - started
     result.stage_seconds[name] = seconds
     logger.debug("pipeline stage %s: done in %.2f s", name, seconds)
-    emit(StageEvent(name, "done", summary[0] if summary else "", seconds))
+    emit(Progress(name, DONE, detail=summary[0] if summary else "", seconds=seconds))
 
 
 def _run_stages(
@@ -269,7 +263,7 @@ def _run_stages(
     out: Path,
     scratch: Path,
     result: PipelineResult,
-    emit: Callable[[StageEvent], object],
+    emit: ProgressCallback,
     on_progress: ProgressCallback | None,
 ) -> None:
     weights = config.resolved_weights() or _fresh_weights(config, scratch, result)
@@ -320,9 +314,7 @@ def _run_stages(
             summary.append("; ".join(map(_tune_summary, result.tunes)))
 
 
-def _devices(
-    config: PipelineConfig, models: list[Path], result: PipelineResult, emit: Callable[[StageEvent], object]
-) -> str:
+def _devices(config: PipelineConfig, models: list[Path], result: PipelineResult, emit: ProgressCallback) -> str:
     """The devices stage: the models benchmarked on each --target device, as the benchmark stage times them here
     (without PyTorch eager); its summary line.
 
@@ -336,7 +328,7 @@ def _devices(
         parse_targets(list(config.targets)),
         config.benchmark_options(torch_reference=None),
         config.run.remote(),
-        on_progress=lambda target, message: emit(StageEvent("devices", "progress", f"[{target}] {message}")),
+        on_progress=lambda target, message: emit(Progress("devices", message, target=target)),
     )
     failed = [t.error for t in result.devices.targets if not t.ok]
     if failed:
@@ -344,9 +336,7 @@ def _devices(
     return f"{len(result.devices.rows)} rows from {len(result.devices.targets)} target(s)"
 
 
-def _tune_on_targets(
-    config: PipelineConfig, out: Path, result: PipelineResult, emit: Callable[[StageEvent], object]
-) -> None:
+def _tune_on_targets(config: PipelineConfig, out: Path, result: PipelineResult, emit: ProgressCallback) -> None:
     """tune on each --target device in turn (one deployment per device; in turn, so that two never time each other):
     the candidates built here for the device's CPU and the providers its onnxruntime has, judged and timed there.
     With one device the file is model.tuned.onnx, with several one per device (:func:`.result.tuned_file`)."""
@@ -362,7 +352,7 @@ def _tune_on_targets(
                 options,
                 target,
                 config.run.remote(),
-                on_progress=lambda where, message: emit(StageEvent("tune", "progress", f"[{where}] {message}")),
+                on_progress=lambda where, message: emit(Progress("tune", message, target=where)),
             )
         )
 
