@@ -8,6 +8,7 @@ stages=[...])`` runs others in place of those of the same name: how a test makes
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -21,7 +22,7 @@ from resnet_edge.evaluation.benchmark import BenchmarkResult, benchmark_models
 from resnet_edge.evaluation.options import BenchmarkOptions, TuneOptions, ValidateOptions
 from resnet_edge.evaluation.tune import TuneResult, tune_model
 from resnet_edge.evaluation.validate import Reference, ValidateResult, validate_models
-from resnet_edge.progress import Progress, ProgressCallback
+from resnet_edge.progress import ProgressCallback
 from resnet_edge.quantization.options import QuantizeOptions
 from resnet_edge.quantization.quantize import QuantizeResult, quantize_onnx
 
@@ -45,11 +46,11 @@ class OnTargets(Generic[OptionsT]):
     remote: RemoteOptions
 
 
-def _from_targets(stage: str, on_progress: ProgressCallback | None) -> Any:
-    """The device layer's ``(target, message)`` callback, telling ``on_progress`` each message as a step."""
+def _as_stage(stage: str, on_progress: ProgressCallback | None) -> ProgressCallback | None:
+    """``on_progress``, told the device layer's events as the stage's own (they are named by the runner's job)."""
     if on_progress is None:
         return None
-    return lambda target, message: on_progress(Progress(stage, message, target=target))
+    return lambda progress: on_progress(dataclasses.replace(progress, stage=stage))
 
 
 class Export:
@@ -117,7 +118,7 @@ class Devices:
         on_progress: ProgressCallback | None,
     ) -> FleetBenchmarkResult:
         targets = parse_targets(list(options.targets))
-        progress = _from_targets(self.name, on_progress)
+        progress = _as_stage(self.name, on_progress)
         return benchmark_on_targets(source, targets, options.options, options.remote, on_progress=progress)
 
 
@@ -136,7 +137,7 @@ class Tune:
         if not isinstance(options, OnTargets):
             return tune_model(source, output, options, on_progress=on_progress)
         [target] = options.targets
-        progress = _from_targets(self.name, on_progress)
+        progress = _as_stage(self.name, on_progress)
         return tune_on_target(source, output, options.options, target, options.remote, on_progress=progress)
 
 
