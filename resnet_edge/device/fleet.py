@@ -437,7 +437,7 @@ def tune_on_target(
 
     def phase(progress: Progress) -> None:  # tune's own phases (build, judge and time), named as the runner's are
         if on_progress is not None:
-            count = f" ({progress.done + 1} of {progress.total})" if progress.total else ""
-            on_progress(Progress(progress.stage, f"tune: {progress.step}{count}", target=run.target))
+            which = f" ({progress.detail})" if progress.detail else ""
+            on_progress(Progress(progress.stage, f"tune: {progress.step}{which}", target=run.target))
 
     return tune_model(model_path, output, options, site=site, measure=measure, on_progress=phase)
