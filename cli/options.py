@@ -128,9 +128,9 @@ def remote_options(
     )
 
 
-def target_progress(target: str, message: str) -> None:
+def target_progress(event: Progress) -> None:
     """Each target's progress, one line per step, on stderr (targets run in parallel: lines name their target)."""
-    click.echo(f"[{target}] {message}", err=True)
+    click.echo(f"[{event.target}] {event.step}", err=True)
 
 
 @contextlib.contextmanager

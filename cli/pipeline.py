@@ -14,6 +14,7 @@ from resnet_edge.cli import render
 from resnet_edge.cli.options import INT8_TARGETS, F, _without_none, field_option, json_option, progress_bars
 from resnet_edge.pipeline.config import OPTIONS, declared, declared_type, option_key, option_type, pipeline_default
 from resnet_edge.pipeline.result import FILES, PipelineResult
+from resnet_edge.progress import DONE, FAILED, STARTED, Progress, ProgressCallback
 
 
 def route_int8_targets(given: dict[str, object]) -> dict[str, object]:
@@ -107,24 +108,12 @@ def pipeline_options(*, until: str | None = None, start: str | None = None) -> C
 def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
     """Export, simplify, quantize, validate, benchmark and tune in one go, and write a report."""
     from resnet_edge.pipeline.config import FROM_FLAG, load_config, make_config
-    from resnet_edge.pipeline.result import REPORT_JSON, StageEvent
+    from resnet_edge.pipeline.result import REPORT_JSON
     from resnet_edge.pipeline.run import run_pipeline
 
     given = {k: v for k, v in options.items() if v is not None and v != ()}
     given = route_int8_targets(given)
     config = load_config(config_file, **given) if config_file else make_config(given, source=FROM_FLAG)
-
-    def show(event: StageEvent) -> None:
-        if as_json:
-            return
-        if event.status == "progress":
-            click.echo(f"[{event.stage}] {event.summary}", err=True)
-        elif event.status == "start":
-            click.echo(f"[{event.stage}] running ...", err=True)
-        elif event.status == "done":
-            click.echo(f"[{event.stage}] done in {fmt.seconds(event.seconds)}: {event.summary}")
-        else:
-            click.echo(f"[{event.stage}] failed after {fmt.seconds(event.seconds)}", err=True)
 
     with progress_bars(not as_json) as bars:
         result = run_pipeline(
@@ -132,14 +121,32 @@ def pipeline(config_file, outdir, overwrite, as_json, **options) -> None:
             outdir,
             overwrite=overwrite,
             inputs=[config_file] if config_file else [],
-            on_event=show,
-            on_progress=bars,
+            on_progress=_stage_lines(bars) if bars else None,
         )
     if as_json:
         return render.emit_json(
             {"outdir": result.outdir, "artifacts": result.artifacts, "report": str(result.outdir / REPORT_JSON)}
         )
     _print_result(result)
+
+
+def _stage_lines(bars: ProgressCallback) -> ProgressCallback:
+    """The run's progress as the terminal shows it: a line as each stage starts (stderr), ends (stdout, with its
+    summary) or fails (stderr), a line per step on a --target device (stderr), a bar for each countable step."""
+
+    def show(event: Progress) -> None:
+        if event.step == STARTED:
+            click.echo(f"[{event.stage}] running ...", err=True)
+        elif event.step == DONE:
+            click.echo(f"[{event.stage}] done in {fmt.seconds(event.seconds)}: {event.detail}")
+        elif event.step == FAILED:
+            click.echo(f"[{event.stage}] failed after {fmt.seconds(event.seconds)}", err=True)
+        elif event.target is not None:
+            click.echo(f"[{event.stage}] [{event.target}] {event.step}", err=True)
+        else:
+            bars(event)
+
+    return show
 
 
 def _print_result(result: PipelineResult) -> None:

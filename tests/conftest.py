@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -108,6 +109,18 @@ def export_with_batchnorm(path: Path, arch: str = "resnet18", size: int = 64, va
 
 def bn_count(path: Path) -> int:
     return sum(node.op_type == "BatchNormalization" for node in onnx.load(str(path)).graph.node)
+
+
+@dataclass
+class FailingStage:
+    """A pipeline stage that raises ``error`` in place of the stage ``name``: ``run_pipeline(config, outdir,
+    stages=[FailingStage("quantize", error)])``."""
+
+    name: str
+    error: BaseException
+
+    def run(self, source: object, output: Path | None, options: object, on_progress: object) -> None:
+        raise self.error
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from resnet_edge.artifacts import atomic_output
 from resnet_edge.cli.main import main
-from resnet_edge.errors import OutputWriteError, StageError
+from resnet_edge.errors import OutputWriteError
 
 FULL = OSError(errno.ENOSPC, "No space left on device")
 
@@ -57,12 +57,18 @@ def test_a_failed_write_outside_the_outputs_is_one_line_too(monkeypatch: pytest.
 
 def test_a_stage_that_cannot_write_leaves_no_partial_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A full disk in a pipeline stage: no partial output is published, and the error names OUTDIR, not staging."""
+    import functools
+
     from resnet_edge.pipeline import run as pipeline_run
 
-    def stages(config: object, staging: Path, *args: object) -> None:
-        raise StageError("export", OutputWriteError(f"cannot write {staging}/model.onnx: No space left on device"))
+    class FullDisk:
+        name = "export"
 
-    monkeypatch.setattr(pipeline_run, "_run_stages", stages)
+        def run(self, source: object, output: Path, *args: object) -> None:
+            raise OutputWriteError(f"cannot write {output}: No space left on device")
+
+    # the CLI's run, with the export stage replaced
+    monkeypatch.setattr(pipeline_run, "run_pipeline", functools.partial(pipeline_run.run_pipeline, stages=[FullDisk()]))
     result = CliRunner().invoke(main, ["pipeline", "-o", str(tmp_path / "out"), "--no-int8"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"error: export: cannot write {tmp_path / 'out'}/model.onnx: No space" in result.output

@@ -18,7 +18,7 @@ import io
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +46,7 @@ from resnet_edge.evaluation.validate import (
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import preprocessing_for
 from resnet_edge.onnx.placement import ExecutedNode, placement_from_json
-from resnet_edge.progress import Progress
+from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.coverage import coverage_of
 from resnet_edge.timing import LatencyStats, Timed
 
@@ -122,14 +122,14 @@ def benchmark_on_targets(
     options: BenchmarkOptions | None = None,
     remote: RemoteOptions | None = None,
     *,
-    on_progress: Callable[[str, str], object] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> FleetBenchmarkResult:
     """Time ``models`` on each target with the device runner, side by side with the same method as ``benchmark``.
 
     Args:
         models: ONNX files; ratios are taken against the first, per target, provider and batch.
         targets: where to run; in parallel.
-        on_progress: called with (target name, message) as each target moves on.
+        on_progress: told ``Progress("benchmark", message, target=name)`` as each target moves on.
 
     Raises:
         OptionError: bad options (as ``benchmark``), ``--torch`` (PyTorch does not run on a device), no targets.
@@ -221,7 +221,7 @@ def validate_on_targets(
     options: ValidateOptions | None = None,
     remote: RemoteOptions | None = None,
     *,
-    on_progress: Callable[[str, str], object] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> FleetValidateResult:
     """Run ``models`` on each target over the preprocessed images; judge the outputs here, as ``validate`` does.
 
@@ -287,7 +287,7 @@ def _judge_target(plan: Plan, groups: dict, job: Job, data: dict) -> ValidateRes
 
 
 def target_facts(
-    target: Target, remote: RemoteOptions | None = None, *, on_progress: Callable[[str, str], object] | None = None
+    target: Target, remote: RemoteOptions | None = None, *, on_progress: ProgressCallback | None = None
 ) -> TargetRun:
     """The device's facts alone (CPU, onnxruntime's providers there), from a runner job that loads no model.
 
@@ -319,7 +319,7 @@ def _run_with_inputs(
     job: Job,
     models: dict[str, Path],
     inputs: dict[str, np.ndarray],
-    on_progress: Callable[[str, str], object] | None,
+    on_progress: ProgressCallback | None,
 ) -> list[tuple[TargetRun, dict | None]]:
     """:func:`_on_each` with ``models`` (SHA-256 -> file) and ``inputs`` sent as ``inputs.npz`` from a scratch folder;
     ``inputs`` is emptied once written, so the arrays are not held twice while the targets run."""
@@ -334,10 +334,14 @@ def _on_each(
     remote: RemoteOptions,
     job: Job,
     files: JobFiles,
-    on_progress: Callable[[str, str], object] | None,
+    on_progress: ProgressCallback | None,
 ) -> list[tuple[TargetRun, dict | None]]:
-    """Run ``job`` on every target in parallel; per target its record and the runner's result (None if it failed)."""
-    progress = on_progress or (lambda target, message: None)
+    """Run ``job`` on every target in parallel; per target its record and the runner's result (None if it failed).
+    ``on_progress`` is told each target's steps as ``Progress(job.action, message, target=name)``."""
+
+    def progress(target: str, message: str) -> None:
+        if on_progress is not None:
+            on_progress(Progress(job.action, message, target=target))
 
     sessions = {
         target.name: target_session(target, remote, on_progress=lambda message, t=target: progress(t.name, message))
@@ -392,7 +396,7 @@ def tune_on_target(
     target: str,
     remote: RemoteOptions | None = None,
     *,
-    on_progress: Callable[[str, str], object] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> TuneResult:
     """:func:`resnet_edge.evaluation.tune.tune_model` on a device: the candidates are built here, for the device's CPU
     and the providers its onnxruntime has, then judged and timed there by the runner (parity is judged here, with
@@ -433,7 +437,7 @@ def tune_on_target(
 
     def phase(progress: Progress) -> None:  # tune's own phases (build, judge and time), named as the runner's are
         if on_progress is not None:
-            count = f" ({progress.done + 1} of {progress.total})" if progress.total else ""
-            on_progress(run.target, f"tune: {progress.step}{count}")
+            which = f" ({progress.detail})" if progress.detail else ""
+            on_progress(Progress(progress.stage, f"tune: {progress.step}{which}", target=run.target))
 
     return tune_model(model_path, output, options, site=site, measure=measure, on_progress=phase)

@@ -176,7 +176,7 @@ def tune_model(
         output: where the chosen model goes.
         options: what to try and how.
         on_progress: told as the candidates are built (``build``), then before each provider's candidates are
-            judged and timed (``judge and time PROVIDER``, ``done`` of ``total`` providers).
+            judged and timed (``judge and time PROVIDER``, ``detail`` "1 of 2": a step that starts, not a count).
 
     Raises:
         OptionError: a bad batch or iteration count, no provider to try.
@@ -298,7 +298,7 @@ def _measure_candidates(
     """Every provider's candidates judged and timed, with their speed-ups over FP32 on the CPU where it was timed."""
     flat: list[Candidate] = []
     for done, (provider, files) in enumerate(variants):
-        report(Progress(STAGE, f"judge and time {provider.value}", done, len(variants)))
+        report(Progress(STAGE, f"judge and time {provider.value}", detail=f"{done + 1} of {len(variants)}"))
         flat += _judge_and_time(provider, files, model_path, batches, options, measure, random_weights=random_weights)
     baseline = next((c for c in flat if c.provider == "cpu" and c.precision == "fp32" and c.p50_ms), None)
     if baseline is None:

@@ -51,16 +51,6 @@ REPORT_JSON, REPORT_MARKDOWN, REPORT_HTML = "report.json", "report.md", "report.
 STAGES = ("export", "simplify", "quantize", "validate", "benchmark", "devices", "tune")
 
 
-@dataclass(frozen=True)
-class StageEvent:
-    """What ``run_pipeline``'s ``on_event`` callback is told: a stage started, progressed, finished or failed."""
-
-    stage: str
-    status: str  # "start", "progress", "done" or "failed"
-    summary: str = ""
-    seconds: float = 0.0
-
-
 @dataclass
 class PipelineResult:
     """Every stage's typed result (None for a stage that did not run), and where the run stopped if it did."""

@@ -15,16 +15,19 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from resnet_edge import formatting as fmt
 from resnet_edge.artifacts import current_umask
-from resnet_edge.conversion.export import ExportResult, export_onnx
-from resnet_edge.conversion.simplify import SimplifyResult, simplify_onnx
+from resnet_edge.conversion.export import ExportResult
+from resnet_edge.conversion.simplify import SimplifyResult
+from resnet_edge.device.fleet import FleetBenchmarkResult
 from resnet_edge.errors import (
     CheckFailedError,
     InputFileError,
@@ -34,13 +37,11 @@ from resnet_edge.errors import (
     ResnetEdgeWarning,
     StageError,
 )
-from resnet_edge.evaluation.benchmark import BenchmarkResult, benchmark_models
+from resnet_edge.evaluation.benchmark import BenchmarkResult
 from resnet_edge.evaluation.options import DEFAULT_TUNE_ITERATIONS, TuneOptions
-from resnet_edge.evaluation.tune import TuneResult, tune_model
-from resnet_edge.evaluation.validate import Reference, validate_models
-from resnet_edge.pipeline.config import (
-    PipelineConfig,
-)
+from resnet_edge.evaluation.tune import TuneResult
+from resnet_edge.evaluation.validate import Reference, ValidateResult
+from resnet_edge.pipeline.config import PipelineConfig
 from resnet_edge.pipeline.publish import (
     Outdir,
     check_outdir,
@@ -49,10 +50,11 @@ from resnet_edge.pipeline.publish import (
     publish,
     write_manifest,
 )
-from resnet_edge.pipeline.result import FILES, PipelineResult, StageEvent, tuned_file
-from resnet_edge.progress import ProgressCallback
+from resnet_edge.pipeline.result import FILES, PipelineResult, tuned_file
+from resnet_edge.pipeline.stages import STAGES, OnTargets, Stage
+from resnet_edge.progress import DONE, FAILED, STARTED, Progress, ProgressCallback
 from resnet_edge.quantization.calibrate import BUNDLED_PHOTOS_NOTE
-from resnet_edge.quantization.quantize import quantize_onnx
+from resnet_edge.quantization.quantize import QuantizeResult
 
 logger = logging.getLogger("resnet_edge")
 RANDOM_WEIGHTS_WARNING = (
@@ -71,8 +73,8 @@ def run_pipeline(
     *,
     overwrite: bool = False,
     inputs: Sequence[Path | str] = (),
-    on_event: Callable[[StageEvent], object] | None = None,
     on_progress: ProgressCallback | None = None,
+    stages: Sequence[Stage] = (),
 ) -> PipelineResult:
     """Run every stage into ``outdir`` and write the report (JSON, Markdown, HTML, plots).
 
@@ -80,8 +82,9 @@ def run_pipeline(
         overwrite: replace ``outdir`` if an earlier pipeline run made it: its files, as listed with their hashes in
             its :data:`MARKER` manifest, and nothing else.
         inputs: files the caller read the configuration from (a TOML file), protected like the run's own inputs.
-        on_event: told as each stage starts, progresses, ends or fails.
-        on_progress: the stages' countable progress (calibration images, timed rounds), for a caller to draw.
+        on_progress: told as each stage starts, progresses (calibration images, timed rounds, a device's steps)
+            and ends or fails (:data:`~resnet_edge.progress.DONE`, :data:`~resnet_edge.progress.FAILED`).
+        stages: stages to run in place of the pipeline's own of the same name (:data:`.stages.STAGES`).
 
     Raises:
         OptionError: see :func:`check_outdir`; another run is writing ``outdir``.
@@ -89,20 +92,20 @@ def run_pipeline(
             ``outdir`` during the run (:class:`.publish.PublishError`: it is left as it is, this run's output dropped).
         StageError: a stage failed; the message names it, and ``outdir`` holds the stages before it and a report.
     """
+    chosen = {stage.name: stage for stage in (*STAGES, *stages)}
+    if len(chosen) > len(STAGES):
+        raise ValueError(f"no pipeline stage is named {', '.join(list(chosen)[len(STAGES) :])}")
     check_inputs(config)
     run_inputs = [config.weights, config.calib, config.data, config.validate.label_map, *inputs]
     found = check_outdir(outdir, overwrite=overwrite, inputs=run_inputs)
     _check_sources(config)
     with outdir_lock(found.path):
         found = check_outdir(found.path, overwrite=overwrite, inputs=run_inputs)  # as it is now that the lock is ours
-        return _run_locked(config, found, on_event, on_progress)
+        return _run_locked(config, found, chosen, on_progress)
 
 
 def _run_locked(
-    config: PipelineConfig,
-    found: Outdir,
-    on_event: Callable[[StageEvent], object] | None,
-    on_progress: ProgressCallback | None,
+    config: PipelineConfig, found: Outdir, stages: dict[str, Stage], on_progress: ProgressCallback | None
 ) -> PipelineResult:
     outdir = found.path
     parent = outdir.parent
@@ -112,12 +115,11 @@ def _run_locked(
         raise InputFileError(f"cannot write in the output folder's parent {parent}: {exc.strerror}") from None
     os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; OUTDIR should be an ordinary folder
     result = PipelineResult(outdir=outdir, config=config)
-    emit = on_event or (lambda event: None)
     try:
         with tempfile.TemporaryDirectory(prefix="resnet-edge-weights-") as scratch:
             crash: Exception | None = None
             try:
-                _run_stages(config, staging, Path(scratch), result, emit, on_progress)
+                _run_stages(config, staging, Path(scratch), _Run(stages, result, on_progress))
             except StageError as exc:
                 if isinstance(exc.cause, OutputWriteError):  # a full disk: nothing more can be written, keep nothing
                     raise OutputWriteError(f"{exc.stage}: {exc.cause}".replace(str(staging), str(outdir))) from None
@@ -240,131 +242,136 @@ def _check_labels(config: PipelineConfig, weights: str) -> None:
         raise type(exc)(f"{'data' if config.data else 'calib'}: {exc}") from None
 
 
-@contextmanager
-def _stage(name: str, result: PipelineResult, emit: Callable[[StageEvent], object]) -> Iterator[list[str]]:
-    """Time a stage, report its start and end; turn a user error into a StageError naming it."""
-    summary: list[str] = []
-    logger.debug("pipeline stage %s: started", name)
-    emit(StageEvent(name, "start"))
-    started = time.perf_counter()
-    try:
-        yield summary
-    except Exception as exc:
-        if not isinstance(exc, ResnetEdgeError):  # a bug: the report names the stage, the traceback stays
-            result.failed_stage, result.error = name, f"internal error: {type(exc).__name__}: {exc}"
-            emit(StageEvent(name, "failed", result.error, time.perf_counter() - started))
-            raise
+@dataclass
+class _Run:
+    """What a run's stages share: the stages by name, the result they fill in, and where progress goes."""
+
+    stages: dict[str, Stage]
+    result: PipelineResult
+    on_progress: ProgressCallback | None
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[_Step]:
+        """Time stage ``name``, report its start and end; turn a user error into a StageError naming it."""
+        step = _Step(self.stages[name], self.on_progress)
+        report = self.on_progress or (lambda progress: None)
+        logger.debug("pipeline stage %s: started", name)
+        report(Progress(name, STARTED))
+        started = time.perf_counter()
+        try:
+            yield step
+        except Exception as exc:
+            seconds = time.perf_counter() - started
+            if not isinstance(exc, ResnetEdgeError):  # a bug: the report names the stage, the traceback stays
+                self.result.failed_stage, self.result.error = name, f"internal error: {type(exc).__name__}: {exc}"
+                report(Progress(name, FAILED, detail=self.result.error, seconds=seconds))
+                raise
+            self.result.stage_seconds[name] = seconds
+            report(Progress(name, FAILED, detail=str(exc), seconds=seconds))
+            raise StageError(name, exc) from None
         seconds = time.perf_counter() - started
-        result.stage_seconds[name] = seconds
-        emit(StageEvent(name, "failed", str(exc), seconds))
-        raise StageError(name, exc) from None
-    seconds = time.perf_counter() - started
-    result.stage_seconds[name] = seconds
-    logger.debug("pipeline stage %s: done in %.2f s", name, seconds)
-    emit(StageEvent(name, "done", summary[0] if summary else "", seconds))
+        self.result.stage_seconds[name] = seconds
+        logger.debug("pipeline stage %s: done in %.2f s", name, seconds)
+        report(Progress(name, DONE, detail=step.summary, seconds=seconds))
 
 
-def _run_stages(
-    config: PipelineConfig,
-    out: Path,
-    scratch: Path,
-    result: PipelineResult,
-    emit: Callable[[StageEvent], object],
-    on_progress: ProgressCallback | None,
-) -> None:
+@dataclass
+class _Step:
+    """A stage as the run drives it: its ``run`` told the run's progress, and the summary line it ends with."""
+
+    stage: Stage
+    on_progress: ProgressCallback | None
+    summary: str = ""
+
+    def run(self, source: Any, output: Path | None, options: Any) -> Any:
+        return self.stage.run(source, output, options, self.on_progress)
+
+
+@contextmanager
+def _likely_cause(result: PipelineResult) -> Iterator[None]:
+    """A check that an INT8 model fails on random weights: say that those are the likely cause."""
+    try:
+        yield
+    except CheckFailedError as exc:
+        if result.random_weights is None:
+            raise
+        raise CheckFailedError(f"{exc} ({RANDOM_WEIGHTS_HINT})") from None
+
+
+def _run_stages(config: PipelineConfig, out: Path, scratch: Path, run: _Run) -> None:
+    result = run.result
     weights = config.resolved_weights() or _fresh_weights(config, scratch, result)
+    exported, simplified = out / FILES["export"], out / FILES["simplify"]
 
-    with _stage("export", result, emit) as summary:
-        result.export = export_onnx(
-            weights,
-            out / FILES["export"],
-            config.export,  # keeps every BatchNorm: the simplify stage folds them and proves it
-        )
-        summary.append(_export_summary(result.export))
+    with run.stage("export") as export:
+        # keeps every BatchNorm: the simplify stage folds them and proves it
+        result.export = export.run(weights, exported, config.export)
+        export.summary = _export_summary(result.export)
 
-    with _stage("simplify", result, emit) as summary:
-        result.simplify = simplify_onnx(out / FILES["export"], out / FILES["simplify"], config.simplify)
-        summary.append(_simplify_summary(result.simplify))
+    with run.stage("simplify") as simplify:
+        result.simplify = simplify.run(exported, simplified, config.simplify)
+        simplify.summary = _simplify_summary(result.simplify)
 
-    models = [out / FILES["export"], out / FILES["simplify"]]
+    models = [exported, simplified]
     if config.int8:
-        with _stage("quantize", result, emit) as summary:
-            summary.append(_quantize(config, out, result, on_progress))
+        with run.stage("quantize") as quantize, _likely_cause(result):
+            result.quantize = quantize.run(simplified, out / FILES["quantize"], config.quantize)
+            quantize.summary = _quantize_summary(result.quantize)
         models.append(out / FILES["quantize"])
 
-    with _stage("validate", result, emit) as summary:
-        result.validate = validate_models(
-            models,
-            Reference(checkpoint=weights, arch=result.export.arch),
-            config.validate,
-        )
-        summary.append(_judge_validation(result))
+    with run.stage("validate") as validate, _likely_cause(result):
+        reference = Reference(checkpoint=weights, arch=result.export.arch)
+        result.validate = validate.run((models, reference), None, config.validate)
+        validate.summary = _judge_validation(result.validate)
 
-    with _stage("benchmark", result, emit) as summary:
-        result.benchmark = benchmark_models(
-            models, config.benchmark_options(torch_reference=weights), on_progress=on_progress
-        )
-        summary.append(_benchmark_summary(result.benchmark))
+    with run.stage("benchmark") as benchmark:
+        result.benchmark = benchmark.run(models, None, config.benchmark_options(torch_reference=weights))
+        benchmark.summary = _benchmark_summary(result.benchmark)
 
     if config.targets:
-        with _stage("devices", result, emit) as summary:
-            summary.append(_devices(config, models, result, emit))
+        with run.stage("devices") as devices:
+            options = OnTargets(config.benchmark_options(torch_reference=None), config.targets, config.run.remote())
+            result.devices = devices.run(models, None, options)
+            devices.summary = _devices_summary(result.devices)
 
     if config.tune:
-        with _stage("tune", result, emit) as summary:
-            if config.targets:  # chosen where it will run: built for each device, judged and timed there
-                _tune_on_targets(config, out, result, emit)
-            else:
-                result.tunes.append(_tune(config, out, result))
+        with run.stage("tune") as tune:
+            _tune(tune, config, out, result)
             result.tune = result.tunes[0]
-            summary.append("; ".join(map(_tune_summary, result.tunes)))
+            tune.summary = "; ".join(map(_tune_summary, result.tunes))
 
 
-def _devices(
-    config: PipelineConfig, models: list[Path], result: PipelineResult, emit: Callable[[StageEvent], object]
-) -> str:
-    """The devices stage: the models benchmarked on each --target device, as the benchmark stage times them here
-    (without PyTorch eager); its summary line.
+def _devices_summary(devices: FleetBenchmarkResult) -> str:
+    """The devices stage's summary line (the models benchmarked on each --target device, as the benchmark stage
+    times them here, without PyTorch eager).
 
     Raises:
         ResnetEdgeError: a device could not be reached or failed; every such device's error.
     """
-    from resnet_edge.device.fleet import benchmark_on_targets, parse_targets
-
-    result.devices = benchmark_on_targets(
-        models,
-        parse_targets(list(config.targets)),
-        config.benchmark_options(torch_reference=None),
-        config.run.remote(),
-        on_progress=lambda target, message: emit(StageEvent("devices", "progress", f"[{target}] {message}")),
-    )
-    failed = [t.error for t in result.devices.targets if not t.ok]
+    failed = [t.error for t in devices.targets if not t.ok]
     if failed:
         raise ResnetEdgeError("; ".join(failed))
-    return f"{len(result.devices.rows)} rows from {len(result.devices.targets)} target(s)"
+    return f"{len(devices.rows)} rows from {len(devices.targets)} target(s)"
 
 
-def _tune_on_targets(
-    config: PipelineConfig, out: Path, result: PipelineResult, emit: Callable[[StageEvent], object]
-) -> None:
-    """tune on each --target device in turn (one deployment per device; in turn, so that two never time each other):
+def _tune(tune: _Step, config: PipelineConfig, out: Path, result: PipelineResult) -> None:
+    """tune on model.sim.onnx with the run's providers (those that run here), threads, largest batch, data and
+    calibration images; the quantize stage's INT8 model stands in for its configuration's candidate (no second
+    quantization of it). Timed rounds are the run's, at most tune's default (30): the stage adds seconds, not
+    minutes, to a default run.
+
+    With --target, on each device in turn (one deployment per device; in turn, so that two never time each other):
     the candidates built here for the device's CPU and the providers its onnxruntime has, judged and timed there.
     With one device the file is model.tuned.onnx, with several one per device (:func:`.result.tuned_file`)."""
-    from resnet_edge.device.fleet import tune_on_target
-
-    targets = list(config.targets)
-    for target in targets:
-        options = dataclasses.replace(_tune_options(config, result), providers=None)  # what the device has
-        result.tunes.append(
-            tune_on_target(
-                out / FILES["simplify"],
-                out / tuned_file(target, len(targets) > 1),
-                options,
-                target,
-                config.run.remote(),
-                on_progress=lambda where, message: emit(StageEvent("tune", "progress", f"[{where}] {message}")),
-            )
-        )
+    options = _tune_options(config, result)
+    if not config.targets:
+        result.tunes.append(tune.run(out / FILES["simplify"], out / FILES["tune"], options))
+        return
+    on_device = dataclasses.replace(options, providers=None)  # what the device has
+    for target in config.targets:
+        output = out / tuned_file(target, len(config.targets) > 1)
+        where = OnTargets(on_device, (target,), config.run.remote())
+        result.tunes.append(tune.run(out / FILES["simplify"], output, where))
 
 
 def _tune_options(config: PipelineConfig, result: PipelineResult) -> TuneOptions:
@@ -447,24 +454,7 @@ def _fresh_weights(config: PipelineConfig, scratch: Path, result: PipelineResult
     return weights
 
 
-def _quantize(config: PipelineConfig, out: Path, result: PipelineResult, on_progress: ProgressCallback | None) -> str:
-    """The quantize stage: model.int8.onnx from model.sim.onnx; its summary line.
-
-    Raises:
-        CheckFailedError: INT8 misses validate's bar (with why a random model does).
-    """
-    try:
-        result.quantize = quantize_onnx(
-            out / FILES["simplify"],
-            out / FILES["quantize"],
-            config.quantize,
-            on_progress=on_progress,
-        )
-    except CheckFailedError as exc:  # quantize judges INT8 on validate's bar: say why a random model misses it
-        if result.random_weights is None:
-            raise
-        raise CheckFailedError(f"{exc} ({RANDOM_WEIGHTS_HINT})") from None
-    q = result.quantize
+def _quantize_summary(q: QuantizeResult) -> str:
     return (
         f"{FILES['quantize']}: {q.config.target.value} {q.config.format.value}, calibrated on"
         f" {q.calibration_images} images"
@@ -474,30 +464,20 @@ def _quantize(config: PipelineConfig, out: Path, result: PipelineResult, on_prog
     )
 
 
-def _judge_validation(result: PipelineResult) -> str:
+def _judge_validation(v: ValidateResult) -> str:
     """The validate stage's summary line.
 
     Raises:
-        CheckFailedError: a model misses validate's bar (with why a random model does).
+        CheckFailedError: a model misses validate's bar.
     """
-    v = result.validate
     worst = min(r.parity.top1_agreement for r in v.rows)
     if not v.passed:
         from resnet_edge.evaluation.validate import describe_failures
 
-        hint = f" ({RANDOM_WEIGHTS_HINT})" if result.random_weights is not None else ""
-        raise CheckFailedError(describe_failures(v) + hint)
+        raise CheckFailedError(describe_failures(v))
     return (
         f"{len(v.rows)} model x provider rows on {v.images} images"
         f"{f' ({v.calibration_excluded} calibration images left out)' if v.calibration_excluded else ''},"
         " lowest top-1 agreement"
         f" {fmt.percent(worst)}: {'pass' if v.passed else 'FAIL'}"
     )
-
-
-def _tune(config: PipelineConfig, out: Path, result: PipelineResult) -> TuneResult:
-    """tune on model.sim.onnx with the run's providers (those that run here), threads, largest batch, data and
-    calibration images; the quantize stage's INT8 model stands in for its configuration's candidate (no second
-    quantization of it). Timed rounds are the run's, at most tune's default (30): the stage adds seconds, not
-    minutes, to a default run."""
-    return tune_model(out / FILES["simplify"], out / FILES["tune"], _tune_options(config, result))

@@ -170,20 +170,16 @@ def test_histogram_calibration_takes_a_short_final_batch(digits_sim: Path, tmp_p
 
 
 @pytest.mark.slow
-def test_a_crash_inside_a_stage_keeps_the_earlier_stages_and_a_report(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_crash_inside_a_stage_keeps_the_earlier_stages_and_a_report(tmp_path: Path) -> None:
     import json
 
-    from resnet_edge.pipeline import run as pipeline
+    from resnet_edge.pipeline import PipelineConfig, run_pipeline
     from resnet_edge.pipeline.publish import MARKER
+    from tests.conftest import FailingStage
 
-    def crash(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("a bug in simplify")  # stands in for any bug: a real one is fixed once found
-
-    monkeypatch.setattr(pipeline, "simplify_onnx", crash)
+    crash = FailingStage("simplify", RuntimeError("a bug in simplify"))  # any bug: a real one is fixed once found
     with pytest.raises(RuntimeError, match="a bug in simplify"):
-        pipeline.run_pipeline(pipeline.PipelineConfig(int8=False), tmp_path / "out")
+        run_pipeline(PipelineConfig(int8=False), tmp_path / "out", stages=[crash])
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"model.onnx", "report.json", MARKER} <= names and "model.sim.onnx" not in names
     report = json.loads((tmp_path / "out" / "report.json").read_text())

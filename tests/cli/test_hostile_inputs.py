@@ -628,19 +628,28 @@ def test_what_appears_at_the_pipeline_output_mid_run_is_never_touched(
     what: str, world: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A file or folder created at -o while the run goes is neither deleted nor renamed aside; one error line says so
-    and the run's own output is dropped (the stages are skipped here: what matters is the publishing)."""
+    and the run's own output is dropped (the first stage stops the run here: what matters is the publishing)."""
+    import functools
+
+    from resnet_edge.errors import InputFileError
     from resnet_edge.pipeline import run as pipeline_run
 
     target = world["out"] / "run"
 
-    def stages_that_meet_a_user(*args: object, **kwargs: object) -> None:
-        if what == "file":
-            target.write_text("the user's")
-        else:
-            target.mkdir()
-            (target / "notes.txt").write_text("the user's")
+    class MeetsAUser:  # the first stage, which stops the run once a user's file or folder is at -o
+        name = "export"
 
-    monkeypatch.setattr(pipeline_run, "_run_stages", stages_that_meet_a_user)
+        def run(self, *args: object) -> None:
+            if what == "file":
+                target.write_text("the user's")
+            else:
+                target.mkdir()
+                (target / "notes.txt").write_text("the user's")
+            raise InputFileError("stopped here on purpose")
+
+    monkeypatch.setattr(
+        pipeline_run, "run_pipeline", functools.partial(pipeline_run.run_pipeline, stages=[MeetsAUser()])
+    )
     result = CliRunner().invoke(main, _base("pipeline", world))
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.output, result.output

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 
 from resnet_edge.cli.main import main
 from resnet_edge.errors import InputFileError, OptionError, ResnetEdgeWarning, StageError
-from resnet_edge.pipeline import run as pipeline_module
 from resnet_edge.pipeline.config import PipelineConfig, load_config, option_keys
 from resnet_edge.pipeline.publish import write_manifest
 from resnet_edge.pipeline.run import run_pipeline
+from tests.conftest import FailingStage
 
 SMALL = dict(iterations=5, warmup=1, batch_sizes=(1, 4), threads=1)
 EXPECTED = {
@@ -250,13 +250,9 @@ def test_a_failing_stage_is_named_and_earlier_artifacts_stay(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_ctrl_c_publishes_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    def interrupted(*args: object, **kwargs: object) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(pipeline_module, "simplify_onnx", interrupted)
+def test_ctrl_c_publishes_nothing(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
-        run_pipeline(PipelineConfig(**SMALL), tmp_path / "out")
+        run_pipeline(PipelineConfig(**SMALL), tmp_path / "out", stages=[FailingStage("simplify", KeyboardInterrupt())])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -301,6 +297,17 @@ def test_config_values_are_checked_before_any_stage(values: dict, match: str) ->
         make_config(values)
 
 
+def test_the_stages_are_the_reports_in_its_order_and_a_stranger_is_refused(tmp_path: Path) -> None:
+    """The stages a run drives are those the report records, in order; a replacement must name one of them."""
+    from resnet_edge.pipeline.result import STAGES as REPORTED
+    from resnet_edge.pipeline.stages import STAGES
+
+    assert tuple(stage.name for stage in STAGES) == REPORTED
+    with pytest.raises(ValueError, match="no pipeline stage is named quantise"):
+        run_pipeline(PipelineConfig(**SMALL), tmp_path / "out", stages=[FailingStage("quantise", RuntimeError())])
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_current_folder_is_never_an_outdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(OptionError, match="holds the current folder"):
@@ -308,42 +315,40 @@ def test_the_current_folder_is_never_an_outdir(tmp_path: Path, monkeypatch: pyte
 
 
 @pytest.mark.slow
-def test_random_weights_are_said_out_loud(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_random_weights_are_said_out_loud(tmp_path: Path) -> None:
     from resnet_edge.models.checkpoints import read_checkpoint_metadata
     from resnet_edge.onnx.metadata import RANDOM_INIT
 
     exported = []
 
-    def stop(source: str, *args: object, **kwargs: object) -> None:
-        # The fresh weights say so in their file: the exported model records random init, and quantize judges it
-        # by logit error instead of noise-level agreement.
-        exported.append(read_checkpoint_metadata(source).get("weights"))
-        raise InputFileError("stopped here on purpose")
+    class Stop:
+        name = "export"
 
-    monkeypatch.setattr(pipeline_module, "export_onnx", stop)
+        def run(self, source: str, *args: object) -> None:
+            # The fresh weights say so in their file: the exported model records random init, and quantize judges it
+            # by logit error instead of noise-level agreement.
+            exported.append(read_checkpoint_metadata(source).get("weights"))
+            raise InputFileError("stopped here on purpose")
+
     with (
         pytest.warns(ResnetEdgeWarning, match="resnet20 has random weights .* seed 3.* measure noise"),
         pytest.raises(StageError, match="stopped here"),
     ):
-        run_pipeline(PipelineConfig(**SMALL, arch="resnet20", seed=3), tmp_path / "out")
+        run_pipeline(PipelineConfig(**SMALL, arch="resnet20", seed=3), tmp_path / "out", stages=[Stop()])
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["config"]["weights"] == "random init (seed 3)" and exported == [RANDOM_INIT]
 
 
 @pytest.mark.slow
-def test_a_random_model_missing_the_int8_bar_is_told_the_likely_cause(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_a_random_model_missing_the_int8_bar_is_told_the_likely_cause(tmp_path: Path) -> None:
     """quantize judges INT8 on validate's bar; on random weights its failure names the likely cause."""
     from resnet_edge.errors import CheckFailedError
 
-    def misses(*args: object, **kwargs: object) -> None:
-        raise CheckFailedError("INT8 model misses validate's bar on 13 held-out images: top-1 agreement 92.31%")
-
-    monkeypatch.setattr(pipeline_module, "quantize_onnx", misses)  # a random model's real miss takes minutes
+    # a random model's real miss takes minutes
+    misses = CheckFailedError("INT8 model misses validate's bar on 13 held-out images: top-1 agreement 92.31%")
     config = PipelineConfig(arch="resnet20", torch_eager=False, **SMALL)
     with pytest.warns(ResnetEdgeWarning, match="random weights"), pytest.raises(StageError) as caught:
-        run_pipeline(config, tmp_path / "out")
+        run_pipeline(config, tmp_path / "out", stages=[FailingStage("quantize", misses)])
     assert str(caught.value).startswith("quantize: INT8 model misses") and "likely cause: the model has random" in str(
         caught.value
     )
@@ -380,16 +385,14 @@ def test_the_default_run_tunes_and_reports_the_deployment(run_dir: Path) -> None
     assert "<h2>Deployment (tune)</h2>" in html
 
 
-def test_a_failing_tune_is_a_failing_stage(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_failing_tune_is_a_failing_stage(tmp_path: Path) -> None:
     from resnet_edge.errors import CheckFailedError
 
-    def none_passed(*args: object, **kwargs: object) -> None:
-        raise CheckFailedError("no candidate passed parity against FP32: int8 on cpu: top-1 agreement 90.00%")
-
-    monkeypatch.setattr(pipeline_module, "tune_model", none_passed)  # a real miss needs a broken quantizer
+    # a real miss needs a broken quantizer
+    none_passed = CheckFailedError("no candidate passed parity against FP32: int8 on cpu: top-1 agreement 90.00%")
     config = PipelineConfig(**{**SMALL, "iterations": 1, "batch_sizes": (1,)}, torch_eager=False, int8=False)
     with pytest.raises(StageError, match=r"^tune: no candidate passed parity .*\(kept in .*model.sim.onnx"):
-        run_pipeline(config, tmp_path / "out")
+        run_pipeline(config, tmp_path / "out", stages=[FailingStage("tune", none_passed)])
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"model.onnx", "model.sim.onnx", "report.json", ".resnet-edge-pipeline"} <= names
     assert "model.tuned.onnx" not in names
