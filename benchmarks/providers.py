@@ -225,6 +225,10 @@ def main() -> None:
         "spinning": int(threading.get("spinning", True)),
         "opt_level": threading.get("optimization", "all"),
         "config": [f"{k}={v}" for k, v in threading.get("session_config", {}).items()],
+        # the threads it was kept with (a knob may have taken one fewer): onnxruntime's, or OpenVINO's compile config
+        "threads": threading.get("intra_op_threads")
+        or threading.get("compile_config", {}).get("INFERENCE_NUM_THREADS")
+        or args.threads,
     }
     settings_text = (
         f"spinning {'on' if tuned_settings['spinning'] else 'off'}, level {tuned_settings['opt_level']}"

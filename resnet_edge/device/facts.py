@@ -65,6 +65,7 @@ class DeviceFacts:
     numpy: str | None
     onnxruntime: str | None
     onnxruntime_providers: list[str]
+    openvino: str | None = None  # the OpenVINO runtime's version (the openvino package: openvino-runtime), or None
     # The interpreter's machine differs from the CPU the kernel describes: user-mode emulation (qemu-aarch64 on
     # x86, where the host's /proc/cpuinfo shows through). Timings then say nothing of the emulated CPU.
     emulated: bool = False
@@ -190,8 +191,22 @@ def _machine_id() -> str | None:
     return hashlib.sha256(text.strip().encode()).hexdigest()[:16] if text and text.strip() else None
 
 
+def _openvino_version() -> str | None:
+    """The installed OpenVINO runtime's version, read from its package metadata without importing it (seconds)."""
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("openvino") is None:
+            return None
+        import importlib.metadata
+
+        return importlib.metadata.version("openvino")
+    except (ImportError, ValueError):  # importlib.metadata.PackageNotFoundError is an ImportError
+        return None
+
+
 def collect_facts() -> DeviceFacts:
-    """The device's facts, read now. Imports numpy and onnxruntime only to read their versions."""
+    """The device's facts, read now. Imports numpy and onnxruntime only to read their versions (and not openvino)."""
     model, flags = _cpuinfo()
     arch = platform.machine()
     names = X86_FEATURES if arch in ("x86_64", "AMD64", "i686") else ARM_FEATURES
@@ -237,6 +252,7 @@ def collect_facts() -> DeviceFacts:
         numpy=numpy_version,
         onnxruntime=ort_version,
         onnxruntime_providers=providers,
+        openvino=_openvino_version(),
         emulated=emulated,
     )
 

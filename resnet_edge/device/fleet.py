@@ -46,6 +46,7 @@ from resnet_edge.evaluation.validate import (
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import preprocessing_for
 from resnet_edge.onnx.placement import ExecutedNode, placement_from_json
+from resnet_edge.onnx.providers import OPENVINO_RUNTIME
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.coverage import coverage_of
 from resnet_edge.timing import LatencyStats, Timed
@@ -414,7 +415,8 @@ def tune_on_target(
     facts = run.device
     site = Site(
         target=run.target,
-        providers=tuple(facts.onnxruntime_providers),
+        # The runner opens the OpenVINO runtime behind the same session where the device has it (openvino-runtime).
+        providers=tuple(facts.onnxruntime_providers) + ((OPENVINO_RUNTIME,) if facts.openvino else ()),
         architecture=facts.architecture,
         cpu_features=dict(facts.features),
         emulated=run.emulated,

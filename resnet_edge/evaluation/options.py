@@ -190,8 +190,9 @@ class TuneOptions:
         iterations, warmup: timed and untimed rounds per provider and batch size.
         min_agreement, max_top1_drop: validate's thresholds, when not its defaults (99% top-1 agreement and one
             point of accuracy for INT8 and FP16; exact for FP32).
-        knobs: search the chosen onnxruntime CPU candidate's session settings by measurement (spinning, graph
-            optimisation level, dynamic block base, threads; ``evaluation.tune.search_knobs``), here only.
+        knobs: search the chosen candidate's runtime settings by measurement, here only
+            (``evaluation.tune.search_knobs``): onnxruntime CPU's spinning, graph optimisation level, dynamic block
+            base and threads; the OpenVINO runtime's thread pinning, performance hint and threads.
         int8_models: INT8 files already built from this model, with their configurations (the pipeline's
             ``model.int8.onnx``): one whose configuration a candidate needs stands in for it (no quantization), any
             other is tried as one more INT8 candidate.
@@ -229,7 +230,8 @@ class TuneOptions:
         default=True,
         metadata={
             "flag": "--no-knobs",
-            "help": "Do not search onnxruntime's session settings (spinning, optimisation level, threads).",
+            "help": "Do not search the runtime's settings (onnxruntime: spinning, optimisation level, threads;"
+            " OpenVINO: pinning, hint, threads).",
         },
     )
     int8_models: tuple[tuple[Int8Recipe, Path], ...] = field(default=(), metadata={"cli": False})

@@ -39,6 +39,7 @@ class OpenVinoRequest:
     ``get_providers``), over an OpenVINO compiled model: one infer request, reused call after call, as deployed."""
 
     def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled  # its properties say how it runs
         self._request = compiled.create_infer_request()
         self._outputs = {port.get_any_name(): i for i, port in enumerate(compiled.outputs)}
 
@@ -69,7 +70,7 @@ def compile_on_cpu(
     """
     import openvino as ov
 
-    config = _cpu_config(provider, threads)
+    config = cpu_config(provider, threads)
     core = ov.Core()
     try:
         compiled = core.compile_model(core.read_model(loadable), "CPU", config)
@@ -95,11 +96,13 @@ def compile_on_cpu(
     )
 
 
-def _cpu_config(provider: Provider, threads: int | None) -> dict[str, str]:
-    """The CPU plugin's compile config from ``provider``'s options and the thread count.
+def cpu_config(provider: Provider, threads: int | None) -> dict[str, str]:
+    """The CPU plugin's compile config from ``provider``'s options and the thread count: ``precision``
+    (INFERENCE_PRECISION_HINT), ``hint`` (PERFORMANCE_HINT), ``streams`` (NUM_STREAMS), ``pinning``
+    (ENABLE_CPU_PINNING, 1 or 0).
 
     Raises:
-        OptionError: an option it does not take, or a bad precision.
+        OptionError: an option it does not take, or a bad precision or pinning.
     """
     given = dict(provider.options)
     unknown = sorted(set(given) - OPENVINO_RUNTIME_KEYS)
@@ -116,6 +119,10 @@ def _cpu_config(provider: Provider, threads: int | None) -> dict[str, str]:
     config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": given.get("hint", "LATENCY").upper()}
     if "streams" in given:
         config["NUM_STREAMS"] = given["streams"]
+    if "pinning" in given:
+        if given["pinning"] not in ("0", "1"):
+            raise OptionError(f"provider {provider.value}: pinning is 1 (threads pinned to cores) or 0")
+        config["ENABLE_CPU_PINNING"] = "YES" if given["pinning"] == "1" else "NO"
     if threads is not None:  # at least 1: open_session checked it
         config["INFERENCE_NUM_THREADS"] = str(threads)
     return config

@@ -34,9 +34,9 @@ device, and measured faster than onnxruntime on resnet-edge's own INT8 QDQ files
 same session type (:mod:`resnet_edge.onnx.runtime`), so parity, placement and timing treat it as a provider. Its
 CPU plugin runs BF16 by default on CPUs with AVX-512 BF16 or AMX: here it runs FP32 unless asked
 (``openvino-runtime[precision=bf16]``), so that parity holds, and the placement says which precision it ran.
-Options: ``precision`` (f32, bf16, f16), ``hint`` (LATENCY, THROUGHPUT), ``streams``. It reads QDQ files, not
-onnxruntime's QOperator ops (``com.microsoft.QLinearConv``). onnxruntime's session options (spinning, graph
-optimisation level, session config entries) do not apply to it.
+Options: ``precision`` (f32, bf16, f16), ``hint`` (LATENCY, THROUGHPUT), ``streams``, ``pinning`` (1 or 0: its
+threads pinned to cores or not). It reads QDQ files, not onnxruntime's QOperator ops (``com.microsoft.QLinearConv``).
+onnxruntime's session options (spinning, graph optimisation level, session config entries) do not apply to it.
 TensorRT gets an engine cache by default (``~/.cache/resnet-edge/tensorrt``, or ``cache=DIR``), ``trt_int8_enable``
 for a quantized (QDQ) model, FP16 when asked (``fp16=1``), and CUDA then CPU behind it for what it does not take.
 """
@@ -55,7 +55,7 @@ CPU_ORT_NAME = "CPUExecutionProvider"
 OPENVINO_RUNTIME = "OpenVINORuntime"
 # The OpenVINO runtime's options: INFERENCE_PRECISION_HINT values, and the option keys it takes.
 OPENVINO_PRECISIONS = ("f32", "bf16", "f16")
-OPENVINO_RUNTIME_KEYS = frozenset({"precision", "hint", "streams"})
+OPENVINO_RUNTIME_KEYS = frozenset({"precision", "hint", "streams", "pinning"})
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,17 @@ coverage on onnxruntime's aarch64 kernels (emulated timings mean nothing): signe
 is the form whose Relus fuse too (see :mod:`resnet_edge.quantization.coverage`). TensorRT follows NVIDIA's guidance
 (symmetric signed int8), not measured here.
 
+The ``x86-vnni`` placement was measured against the alternatives on an AMD EPYC (Zen 4, AVX-512 VNNI, 2 cores;
+ResNet-50 224, batch 1, 2 threads; issue 24): every variant compiled in one process per runtime and timed in short
+blocks in shuffled rotation, ratios to this recipe's file (median of block ratios / ratio of minima). OpenVINO
+runtime 2026.4 (25 rounds): signed activations 0.96/0.99, the residual Add left FP32 (only Conv/Gemm/pools
+quantized) 0.81/0.88, Conv/Gemm alone 0.85/0.85, the stem convolution in FP32 0.93/0.92, per-tensor weights
+1.01/1.00, symmetric uint8 activations 0.67/0.78, NNCF 3.4's own QDQ placement 0.98/0.98. onnxruntime 1.32, spinning
+off (20 rounds): 0.37/0.42, 0.92/0.91, 0.90/0.94, 0.78/0.83, per-tensor 1.09/1.07 (tune tries it on the CPU EP),
+0.87/0.80, 0.97/1.03. So no placement beat this one beyond the noise on OpenVINO, where 98% of the time is the INT8
+convolutions themselves (its per-layer counters: the input's FakeQuantize 0.1%, every Add fused into a convolution,
+the stem 2.7%).
+
 ``npu-int8`` is the strict-integer form NPUs take (its rules: :mod:`resnet_edge.quantization.npu`). Its accuracy
 recovery defaults were chosen on the two trained resnet20s of ``benchmarks/accuracy_recovery.py`` by the rule "on
 by default only where it never hurt": equalization followed by bias correction beat the plain per-tensor model on

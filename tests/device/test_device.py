@@ -179,6 +179,14 @@ def test_throttling_is_a_warning_and_unreadable_clocks_are_not() -> None:
     assert throttle_warning(Thermal(None, None, None), Thermal(None, None, None)) is None
 
 
+def test_facts_say_which_openvino_runtime_is_here() -> None:
+    # The device's OpenVINO runtime (or None) decides whether tune tries openvino-runtime there (issue 24).
+    from resnet_edge.device.facts import collect_facts
+    from resnet_edge.onnx.plugins import openvino_runtime_version
+
+    assert collect_facts().openvino == openvino_runtime_version()
+
+
 def test_facts_on_an_interpreter_without_numpy_or_onnxruntime_say_it_cannot_run_jobs(runner_file: Path) -> None:
     # -I -S: this venv's interpreter without any site-packages, so neither numpy nor onnxruntime imports (issue 22).
     done = subprocess.run(
@@ -189,6 +197,7 @@ def test_facts_on_an_interpreter_without_numpy_or_onnxruntime_say_it_cannot_run_
     )
     answer = json.loads(done.stdout)
     assert done.returncode == 1 and answer["ok"] is False and answer["facts"]["numpy"] is None
+    assert answer["facts"]["openvino"] is None  # nor the OpenVINO runtime
     assert answer["error"]["kind"] == "missing_package" and "cannot run jobs" in answer["error"]["message"]
     assert f"{sys.executable} -m pip install numpy onnxruntime" in answer["error"]["message"]
 

@@ -312,8 +312,10 @@ def test_openvino_runtime_runs_fp32_by_default_and_says_its_precision() -> None:
     bf16 = open_session(model, parse_provider("openvino-runtime[precision=bf16]"), threads=1)
     # Asked for, it says BF16 (or what the CPU really runs, where it has no BF16 kernels).
     assert "inference precision" in bf16.placement.describe()
-    with pytest.raises(OptionError, match=r"takes no option cache \(it takes: hint, precision, streams\)"):
+    with pytest.raises(OptionError, match=r"takes no option cache \(it takes: hint, pinning, precision, streams\)"):
         open_session(model, parse_provider("openvino-runtime[cache=x]"))
+    with pytest.raises(OptionError, match="pinning is 1 .* or 0"):
+        open_session(model, parse_provider("openvino-runtime[pinning=off]"))
     with pytest.raises(OptionError, match="precision is one of f32, bf16, f16"):
         open_session(model, parse_provider("openvino-runtime[precision=int4]"))
     assert next(s for s in provider_statuses() if s.name == "openvino-runtime").available
@@ -344,6 +346,17 @@ def test_openvino_runtime_validate_and_benchmark_end_to_end(digits_sim: Path, di
     timed = run("benchmark", digits_int8, "--providers", "openvino-runtime", "--threads", "1", "--iterations", "5")
     assert timed.exit_code == 0, timed.output
     assert "placement digits.int8.onnx on openvino-runtime: openvino-runtime:" in timed.output
+
+
+@pytest.mark.skipif(not OPENVINO_RUNTIME_HERE, reason="the openvino package is not installed")
+def test_the_openvino_runtime_compiles_with_the_settings_its_provider_text_carries() -> None:
+    # What tune's knob search records is the provider text; the session opened from it must run that way (issue 24).
+    session = open_session(small_classifier(), parse_provider("openvino-runtime[hint=THROUGHPUT;pinning=0;streams=1]"))
+    compiled = session.session.compiled
+    assert compiled.get_property("ENABLE_CPU_PINNING") is False and compiled.get_property("NUM_STREAMS") == 1
+    assert str(compiled.get_property("PERFORMANCE_HINT")).endswith("THROUGHPUT")
+    pinned = open_session(small_classifier(), parse_provider("openvino-runtime[pinning=1]"), threads=1).session.compiled
+    assert pinned.get_property("ENABLE_CPU_PINNING") is True and pinned.get_property("INFERENCE_NUM_THREADS") == 1
 
 
 @pytest.mark.skipif(not OPENVINO_RUNTIME_HERE, reason="the openvino package is not installed")
