@@ -44,6 +44,7 @@ from resnet_edge.quantization.record import (
     CoverageRecord,
     EvaluationRecord,
     Judgement,
+    QatRecord,
     QuantizationRecord,
     RecoveryRecord,
     RecoveryStep,
@@ -116,7 +117,7 @@ class QuantizeResult:
     weight_grid: WeightGridRecord | None = None
     recovery_reading_seconds: float | None = None
     recovery_judged: str = ""
-    trained: dict | None = None
+    trained: QatRecord | None = None
 
     @property
     def calibration_images(self) -> int:
@@ -193,7 +194,7 @@ def quantize_onnx(
     *,
     on_progress: ProgressCallback | None = None,
     calibration: Calibration | None = None,
-    trained: dict | None = None,
+    trained: QatRecord | None = None,
 ) -> QuantizeResult:
     """Quantize an FP32 model to INT8 from calibration images, and judge it on held-out images.
 
@@ -291,7 +292,7 @@ def _result(
     fp32_kept: list[str],
     output_step: float | None,
     judged_by: str,
-    trained: dict | None,
+    trained: QatRecord | None,
     output: Path,
     sidecar: Path,
 ) -> QuantizeResult:

@@ -9,6 +9,9 @@ records were written has a default, so an older record still reads.
 Each accuracy-recovery step keeps what it did (``details``) in its own module's record
 (:class:`~.equalize.EqualizationRecord`, :class:`~.adaround.AdaRoundRecord`,
 :class:`~.bias_correction.BiasCorrectionRecord`); read back, ``details`` is that record's JSON, as written.
+
+Training imports these types (QAT makes a :class:`QatRecord`) and imports no onnx, so the functions that reach a
+model's metadata import :mod:`resnet_edge.onnx.metadata` when called.
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
-
-from resnet_edge.onnx.metadata import QUANTIZATION_KEY, read_record, write_with_record
-from resnet_edge.quantization.coverage import IntegerCoverage
 from resnet_edge.quantization.options import AccuracyGoal
 from resnet_edge.schema import DocumentFormatError, absent_when_none, at, read_document, write_document
+
+if TYPE_CHECKING:
+    import onnx
+
+    from resnet_edge.quantization.coverage import IntegerCoverage
 
 __all__ = [
     "CalibrationFile",
@@ -31,6 +36,7 @@ __all__ = [
     "EvaluationRecord",
     "Judgement",
     "MixedPrecisionRecord",
+    "QatRecord",
     "QuantizationRecord",
     "RankedBlock",
     "RecoveryRecord",
@@ -180,6 +186,32 @@ class SearchStepRecord:
     met: bool
 
 
+@dataclass(frozen=True)
+class QatRecord:
+    """What quantization-aware training did before the model was quantized (``quantization_aware_training``): its
+    recipe and schedule, and the held-out top-1 of the FP32 checkpoint, of the fake-quantized network before training
+    and after each epoch (``training.qat.QatResult.record`` makes it)."""
+
+    reference: str  # the papers it follows
+    fine_tuned_from: str | None
+    weight_type: str
+    per_channel: bool
+    activation_type: str
+    epochs: int
+    train_images: int
+    seconds: float
+    folded_batchnorms: int
+    quantized_layers: int
+    quantized_activations: int
+    range_images: int  # images the activation ranges were observed on
+    weights_moved_by_export: int  # trained weights a second rounding would move
+    val_data: str
+    val_images: int
+    fp32_top1: float | None
+    before_top1: float | None
+    after_top1_per_epoch: tuple[float | None, ...]
+
+
 MIXED_PRECISION_RULE = "keep the most sensitive blocks in FP32, fewest first, until the target holds"
 
 
@@ -199,8 +231,8 @@ class QuantizationRecord:
     """The calibration record of a quantized model (metadata key ``quantization`` and ``<model>.json``).
 
     The recipe's fields (``target`` to ``reason``) are :class:`~.configs.Int8Recipe`'s, as text; ``cpu`` is the
-    machine's model and its INT8 feature flags side by side; ``quantization_aware_training`` what QAT did before
-    (``training.qat.QatResult.record``), null without it.
+    machine's model and its INT8 feature flags side by side; ``quantization_aware_training`` what QAT did before,
+    null without it.
     """
 
     target: str
@@ -221,7 +253,7 @@ class QuantizationRecord:
     evaluation: EvaluationRecord
     judged_by: str = "top-1 agreement"
     accuracy_recovery: RecoveryRecord = field(default_factory=RecoveryRecord)
-    quantization_aware_training: object = None
+    quantization_aware_training: QatRecord | None = None
     excluded_nodes: tuple[str, ...]
     fp32_nodes: tuple[str, ...]
     integer_coverage: CoverageRecord | None
@@ -253,6 +285,11 @@ def write_quantized(model: onnx.ModelProto, output: Path, sidecar: Path, record:
     Raises:
         OutputWriteError: a file could not be written, naming it.
     """
+    from resnet_edge.onnx.metadata import (  # here, not above: see the module docstring
+        QUANTIZATION_KEY,
+        write_with_record,
+    )
+
     data = record.to_json()
     return write_with_record(model, output, sidecar, key=QUANTIZATION_KEY, embedded=data, record=data)
 
@@ -263,6 +300,8 @@ def read_quantization_record(model: onnx.ModelProto) -> QuantizationRecord | Non
     Raises:
         DocumentFormatError: the record lacks a key or holds it with the wrong type; names the key.
     """
+    from resnet_edge.onnx.metadata import QUANTIZATION_KEY, read_record  # here, not above: see the module docstring
+
     data = read_record(model, QUANTIZATION_KEY)
     if data is None:
         return None
