@@ -109,7 +109,12 @@ class Equalization:
             mean_precision_after=_mean([v for p in self.pairs for v in p.precision_after]),
             layers=tuple(
                 EqualizedLayer(
-                    p.first, p.second, p.precision_before, p.precision_after, (p.scale_min, p.scale_max), p.absorbed
+                    first=p.first,
+                    second=p.second,
+                    precision_before=p.precision_before,
+                    precision_after=p.precision_after,
+                    scale_range=(p.scale_min, p.scale_max),
+                    absorbed=p.absorbed,
                 )
                 for p in self.pairs
             ),

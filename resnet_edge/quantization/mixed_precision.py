@@ -124,7 +124,14 @@ class MixedPrecisionResult:
             target=self.target,
             ranking=tuple(RankedBlock(r.block, _finite(r.sensitivity_db), tuple(r.exclude)) for r in self.ranking),
             steps=tuple(
-                SearchStepRecord(s.step, tuple(s.fp32_blocks), s.top1_agreement, s.top1_drop_points, s.p50_ms, s.met)
+                SearchStepRecord(
+                    step=s.step,
+                    fp32_blocks=tuple(s.fp32_blocks),
+                    top1_agreement=s.top1_agreement,
+                    top1_drop_points=s.top1_drop_points,
+                    p50_ms=s.p50_ms,
+                    met=s.met,
+                )
                 for s in self.steps
             ),
             exclude=tuple(self.exclude),

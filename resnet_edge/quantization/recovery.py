@@ -44,7 +44,7 @@ from resnet_edge.quantization.qdq import (
 from resnet_edge.quantization.record import Judgement, RecoveryStep, WeightGridRecord
 from resnet_edge.quantization.weights import WeightGrid, expand_scale, grid_scales, recipe_grid, round_to_nearest
 
-__all__ = ["REFERENCES", "Judgement", "Recovery", "RecoveryStep", "recover_accuracy"]
+__all__ = ["REFERENCES", "Recovery", "recover_accuracy"]
 
 REFERENCES = {
     "equalize": "Nagel et al. 2019, Data-Free Quantization Through Weight Equalization and Bias Correction, sec. 4.1",
