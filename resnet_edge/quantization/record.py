@@ -273,7 +273,10 @@ class QuantizationRecord:
         Raises:
             DocumentFormatError: a key is missing or holds the wrong type; the message names it.
         """
-        return read_document(cls, data)
+        try:
+            return read_document(cls, data)
+        except DocumentFormatError as exc:  # said as this document's
+            raise DocumentFormatError(exc.detail, source="calibration record") from None
 
 
 def write_quantized(model: onnx.ModelProto, output: Path, sidecar: Path, record: QuantizationRecord) -> int:
@@ -303,12 +306,7 @@ def read_quantization_record(model: onnx.ModelProto) -> QuantizationRecord | Non
     from resnet_edge.onnx.metadata import QUANTIZATION_KEY, read_record  # here, not above: see the module docstring
 
     data = read_record(model, QUANTIZATION_KEY)
-    if data is None:
-        return None
-    try:
-        return QuantizationRecord.from_json(data)
-    except DocumentFormatError as exc:
-        raise DocumentFormatError(exc.detail, source="calibration record (metadata key 'quantization')") from None
+    return None if data is None else QuantizationRecord.from_json(data)
 
 
 def calibrated_hashes(models: Iterable[onnx.ModelProto]) -> set[str]:

@@ -87,11 +87,13 @@ def test_a_record_written_before_a_key_existed_still_reads(digits_result) -> Non
 def test_a_malformed_record_names_the_key(digits_result) -> None:
     stored = json.loads(digits_result.sidecar.read_text())
     del stored["calibration"]["files"][1]["sha256"]
-    with pytest.raises(DocumentFormatError, match=r"^malformed document: calibration\.files\[1\]\.sha256: missing$"):
+    with pytest.raises(
+        DocumentFormatError, match=r"^malformed calibration record: calibration\.files\[1\]\.sha256: missing$"
+    ):
         QuantizationRecord.from_json(stored)
     model = onnx.load(str(digits_result.output))
     write_props(model, {"quantization": json.dumps({**stored, "calibration": []})})
-    with pytest.raises(InputFileError, match="malformed calibration record .*: calibration: expected an object"):
+    with pytest.raises(InputFileError, match="malformed calibration record: calibration: expected an object"):
         calibrated_hashes([model])
 
 
