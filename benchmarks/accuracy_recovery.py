@@ -41,6 +41,7 @@ from resnet_edge.conversion.options import ExportOptions
 from resnet_edge.conversion.simplify import simplify_onnx
 from resnet_edge.quantization.options import QuantizeOptions
 from resnet_edge.quantization.quantize import quantize_onnx
+from resnet_edge.schema import write_document
 
 FASHION_TRAIN_IMAGES = 12_000  # as MEASURED.md's Fashion-MNIST model: 6 epochs on 12,000 images reached 89.65%
 FASHION_EPOCHS = 6
@@ -244,8 +245,8 @@ def accuracy_table(model: Model, folder: Path, configs: list[tuple[str, dict]]) 
                 "path": str(out),
                 "seconds": round(time.perf_counter() - started, 1),
                 "integer": result.coverage.describe() if result.coverage else None,
-                "steps": [step.record() for step in result.recovery],
-                "weights": result.weight_grid,
+                "steps": [write_document(step) for step in result.recovery],  # as the record keeps them
+                "weights": None if result.weight_grid is None else write_document(result.weight_grid),
             }
         )
         print_row(rows[-1])
@@ -378,6 +379,7 @@ import json, sys, time, warnings
 from pathlib import Path
 from resnet_edge.quantization.options import QuantizeOptions
 from resnet_edge.quantization.quantize import quantize_onnx
+from resnet_edge.schema import write_document
 
 warnings.simplefilter("ignore")
 args = json.loads(sys.argv[1])
@@ -410,7 +412,7 @@ print(json.dumps({
     "peak_rss_mb": max(marks.get("before_recovery_peak_mb", 0), peak_mb()),
     "recovery_peak_rss_mb": peak_mb() if "recovery" in marks else None,
     "adaround": None if adaround is None else {
-        k: adaround[k] for k in ("rows_per_layer", "rows_bytes", "steps_min", "steps_total")
+        k: getattr(adaround, k) for k in ("rows_per_layer", "rows_bytes", "steps_min", "steps_total")
     },
 }))
 """

@@ -265,7 +265,7 @@ def _print_quantize(result: QuantizeResult) -> None:
 def _print_recovery(result: QuantizeResult) -> None:
     """The accuracy-recovery steps, each judged before and after (see the record's ``accuracy_recovery``)."""
     if result.weight_grid:
-        click.echo(f"weights: {result.weight_grid['grid']}, written by resnet-edge")
+        click.echo(f"weights: {result.weight_grid.grid}, written by resnet-edge")
     if result.config.weight_bits == 4:
         click.echo(
             "int4 weights: on the CPU EP they are dequantized and the convolutions run in FP32 (see the"

@@ -25,6 +25,7 @@ SOURCES = {
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "_exports"),
     ("jsonable", "formatting", "timing", "memory", "artifacts", "progress"),
+    ("schema",),  # typed JSON documents (report.json, the calibration record), written through jsonable
     ("calibration",),
     ("onnx", "models"),
     ("environment",),  # reports the providers that load, from onnx.runtime
@@ -194,7 +195,7 @@ def test_a_planted_upward_import_is_caught(tmp_path: Path) -> None:
 # Third-party libraries each layer may not import, anywhere in its modules (DESIGN.md's "no torch", "no onnx").
 FORBIDDEN_LIBRARIES = {
     "foundation": (
-        {"errors", "_exports", "jsonable", "formatting", "timing", "memory", "artifacts", "progress"},
+        {"errors", "_exports", "jsonable", "formatting", "timing", "memory", "artifacts", "progress", "schema"},
         {"torch", "onnx", "onnxsim"},
     ),
     "onnx": ({"onnx"}, {"torch", "torchvision"}),

@@ -8,7 +8,7 @@ into a pass or fail, so ``resnet-edge validate`` can gate a deployment.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,12 +24,10 @@ from resnet_edge.evaluation.options import ValidateOptions
 from resnet_edge.onnx.graph import is_quantized, output_step
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import (
-    QUANTIZATION_KEY,
     ModelMetadata,
     model_classes,
     preprocessing_for,
     read_metadata,
-    read_record,
     static_input_shape,
 )
 from resnet_edge.onnx.parity import (
@@ -47,6 +45,7 @@ from resnet_edge.onnx.providers import Provider
 from resnet_edge.onnx.runtime import fallbacks_already_run, open_session
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.coverage import IntegerCoverage, coverage_of
+from resnet_edge.quantization.record import calibrated_hashes
 
 STAGE = "validate"
 # Below this many images a top-1 agreement moves in steps of more than 2%: say so rather than judge quietly.
@@ -160,7 +159,7 @@ def plan_validation(models: Sequence[Path | str], reference: Reference | None, o
         reference_model.check_takes(spec.input_shape, name)
         specs[spec.to_json()] = spec
         groups.setdefault(spec.to_json(), []).append(name)
-    calibrated_on = calibration_hashes(protos.values())
+    calibrated_on = calibrated_hashes(protos.values())
     return Plan(protos, reference_model, source, source.indices(), specs, groups, options, calibrated_on)
 
 
@@ -356,15 +355,6 @@ def finish_validation(plan: Plan, rows: list[ValidateRow], labelled: bool) -> Va
         thresholds=thresholds(plan.options),
         file_sha256={name: sha256_file(name) for name in plan.protos},
     )
-
-
-def calibration_hashes(protos: Iterable[onnx.ModelProto]) -> set[str]:
-    """SHA-256 of every image a quantized model records it was calibrated on (resnet-edge's quantization record)."""
-    hashes: set[str] = set()
-    for proto in protos:
-        record = read_record(proto, QUANTIZATION_KEY) or {}
-        hashes.update(f["sha256"] for f in record.get("calibration", {}).get("files", []))
-    return hashes
 
 
 def thresholds(options: ValidateOptions) -> dict[str, float | str]:

@@ -9,6 +9,7 @@ Built on the ONNX layer and the image sources; knows nothing of export, evaluati
 - :mod:`.quantize`: the stage (:func:`quantize_onnx`) and its checks.
 - :mod:`.evaluate`: INT8 against FP32 on held-out images, and their speed side by side.
 - :mod:`.coverage`: which compute ran as integer kernels.
+- :mod:`.record`: the calibration record a quantized model carries (:class:`QuantizationRecord`), typed.
 - :mod:`.mixed_precision`: keep the most sensitive blocks in FP32 until an accuracy goal holds.
 - :mod:`.sensitivity`: the error by residual block.
 - Accuracy recovery, each algorithm a module of its own that can be called alone: :mod:`.equalize` (cross-layer
@@ -39,7 +40,8 @@ _EXPORTS = {
     **dict.fromkeys(("AdaRoundParameters", "LayerRounding", "adaround_layer", "adaround_layers"), "adaround"),
     **dict.fromkeys(("WeightGrid", "grid_scales", "round_to_nearest"), "weights"),
     **dict.fromkeys(("QuantizedLayer", "quantized_layers", "write_weights", "write_bias"), "qdq"),
-    **dict.fromkeys(("Recovery", "RecoveryStep", "recover_accuracy"), "recovery"),
+    **dict.fromkeys(("Recovery", "recover_accuracy"), "recovery"),
+    **dict.fromkeys(("QuantizationRecord", "RecoveryStep", "Judgement", "read_quantization_record"), "record"),
     **dict.fromkeys(("strict_integer_violations",), "npu"),
 }
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -47,6 +47,7 @@ __all__ = [
     "ADAROUND_MEMORY",
     "ADAROUND_SAMPLES",
     "AdaRoundParameters",
+    "AdaRoundRecord",
     "LayerRounding",
     "LayerSamples",
     "adaround_layer",
@@ -369,30 +370,41 @@ def adaround_layers(
     return found, report
 
 
-def adaround_record(report: Sequence[LayerRounding], parameters: AdaRoundParameters, samples: LayerSamples) -> dict:
-    """What the calibration record keeps of an AdaRound run."""
-    return {
-        "iterations": parameters.iterations,
-        "time_budget_s": parameters.seconds,
-        "rows_per_layer": samples.rows,
-        "rows_bytes": samples.nbytes,
-        "steps_min": min((r.steps for r in report), default=0),
-        "layers_kept_nearest": [r.node for r in report if r.kept == "nearest"],
-        "steps_total": sum(r.steps for r in report),
-        "loss_ratio_mean": float(np.mean([r.adaround_loss / r.nearest_loss for r in report if r.nearest_loss > 0]))
-        if report
-        else None,
-        "layers": [
-            {
-                "node": r.node,
-                "rows": r.rows,
-                "steps": r.steps,
-                "seconds": round(r.seconds, 3),
-                "nearest_loss": r.nearest_loss,
-                "adaround_loss": r.adaround_loss,
-                "kept": r.kept,
-                "flipped": r.flipped,
-            }
-            for r in report
-        ],
-    }
+@dataclass(frozen=True)
+class AdaRoundRecord:
+    """What the calibration record keeps of an AdaRound run (the step's ``details``)."""
+
+    iterations: int
+    time_budget_s: float | None
+    rows_per_layer: int
+    rows_bytes: int  # the memory the sampled rows took
+    steps_min: int  # the fewest steps a layer got (the time budget cuts them)
+    layers_kept_nearest: tuple[str, ...]
+    steps_total: int
+    loss_ratio_mean: float | None  # learned over nearest reconstruction loss, mean over layers
+    layers: tuple[LayerRounding, ...]  # seconds to the millisecond
+    grouped_layers_skipped: tuple[str, ...]  # layers it cannot read (grouped convolutions)
+
+
+def adaround_record(
+    report: Sequence[LayerRounding],
+    parameters: AdaRoundParameters,
+    samples: LayerSamples,
+    *,
+    grouped_layers_skipped: Sequence[str] = (),
+) -> AdaRoundRecord:
+    """What the calibration record keeps of an AdaRound run; ``grouped_layers_skipped``: the layers it was not
+    given."""
+    ratios = [r.adaround_loss / r.nearest_loss for r in report if r.nearest_loss > 0]
+    return AdaRoundRecord(
+        iterations=parameters.iterations,
+        time_budget_s=parameters.seconds,
+        rows_per_layer=samples.rows,
+        rows_bytes=samples.nbytes,
+        steps_min=min((r.steps for r in report), default=0),
+        layers_kept_nearest=tuple(r.node for r in report if r.kept == "nearest"),
+        steps_total=sum(r.steps for r in report),
+        loss_ratio_mean=float(np.mean(ratios)) if report else None,
+        layers=tuple(replace(r, seconds=round(r.seconds, 3)) for r in report),
+        grouped_layers_skipped=tuple(grouped_layers_skipped),
+    )

@@ -30,7 +30,15 @@ import onnx
 from resnet_edge.quantization.layer_data import mean_patch
 from resnet_edge.quantization.qdq import QuantizedLayer, dequantized_weight, write_bias
 
-__all__ = ["MAX_RELATIVE_SHIFT", "BiasCorrection", "LayerBiasCorrection", "MeanInputs", "correct_biases"]
+__all__ = [
+    "MAX_RELATIVE_SHIFT",
+    "BiasCorrection",
+    "BiasCorrectionRecord",
+    "LayerBiasCorrection",
+    "LayerBiasShift",
+    "MeanInputs",
+    "correct_biases",
+]
 
 # NNCF's FastBiasCorrection threshold (nncf.quantization.algorithms.fast_bias_correction, ``threshold=2.0``): a shift
 # more than twice the bias is more likely noise in the statistics than an error worth moving the bias for.
@@ -81,19 +89,39 @@ class LayerBiasCorrection:
 
 
 @dataclass(frozen=True)
+class LayerBiasShift:
+    """One layer's correction as the record keeps it."""
+
+    node: str
+    max_shift: float | None
+    relative: float | None
+    applied: bool
+
+
+@dataclass(frozen=True)
+class BiasCorrectionRecord:
+    """What the calibration record keeps of bias correction (the step's ``details``)."""
+
+    layers_corrected: int
+    layers_skipped: tuple[str, ...]  # corrections over :data:`MAX_RELATIVE_SHIFT`, left out
+    max_relative_shift: float
+    layers: tuple[LayerBiasShift, ...]
+    grouped_layers_skipped: tuple[str, ...]  # layers it cannot read (grouped convolutions)
+
+
+@dataclass(frozen=True)
 class BiasCorrection:
     layers: list[LayerBiasCorrection]
 
-    def record(self) -> dict:
-        return {
-            "layers_corrected": sum(layer.applied for layer in self.layers),
-            "layers_skipped": [layer.node for layer in self.layers if not layer.applied],
-            "max_relative_shift": MAX_RELATIVE_SHIFT,
-            "layers": [
-                {"node": layer.node, "max_shift": layer.max_shift, "relative": layer.relative, "applied": layer.applied}
-                for layer in self.layers
-            ],
-        }
+    def record(self, *, grouped_layers_skipped: Sequence[str] = ()) -> BiasCorrectionRecord:
+        """What the calibration record keeps of it; ``grouped_layers_skipped``: the layers it was not given."""
+        return BiasCorrectionRecord(
+            layers_corrected=sum(layer.applied for layer in self.layers),
+            layers_skipped=tuple(layer.node for layer in self.layers if not layer.applied),
+            max_relative_shift=MAX_RELATIVE_SHIFT,
+            layers=tuple(LayerBiasShift(x.node, x.max_shift, x.relative, x.applied) for x in self.layers),
+            grouped_layers_skipped=tuple(grouped_layers_skipped),
+        )
 
 
 def bias_shift(

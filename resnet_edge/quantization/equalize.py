@@ -41,6 +41,8 @@ from resnet_edge.onnx.graph import GraphIndex
 __all__ = [
     "EQUALIZE_SWEEPS",
     "Equalization",
+    "EqualizationRecord",
+    "EqualizedLayer",
     "EqualizedPair",
     "absorb_biases",
     "absorbable_pairs",
@@ -97,26 +99,51 @@ class Equalization:
     sweeps: int
     seconds: float = 0.0
 
-    def record(self) -> dict:
-        """What the calibration record keeps of it."""
-        return {
-            "pairs": len(self.pairs),
-            "sweeps": self.sweeps,
-            "absorbed_channels": sum(p.absorbed for p in self.pairs),
-            "mean_precision_before": _mean([v for p in self.pairs for v in p.precision_before]),
-            "mean_precision_after": _mean([v for p in self.pairs for v in p.precision_after]),
-            "layers": [
-                {
-                    "first": p.first,
-                    "second": p.second,
-                    "precision_before": list(p.precision_before),
-                    "precision_after": list(p.precision_after),
-                    "scale_range": [p.scale_min, p.scale_max],
-                    "absorbed": p.absorbed,
-                }
+    def record(self) -> EqualizationRecord:
+        """What the calibration record keeps of it (the equalization step's ``details``)."""
+        return EqualizationRecord(
+            pairs=len(self.pairs),
+            sweeps=self.sweeps,
+            absorbed_channels=sum(p.absorbed for p in self.pairs),
+            mean_precision_before=_mean([v for p in self.pairs for v in p.precision_before]),
+            mean_precision_after=_mean([v for p in self.pairs for v in p.precision_after]),
+            layers=tuple(
+                EqualizedLayer(
+                    first=p.first,
+                    second=p.second,
+                    precision_before=p.precision_before,
+                    precision_after=p.precision_after,
+                    scale_range=(p.scale_min, p.scale_max),
+                    absorbed=p.absorbed,
+                )
                 for p in self.pairs
-            ],
-        }
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class EqualizedLayer:
+    """One equalized pair as the record keeps it."""
+
+    first: str
+    second: str
+    precision_before: tuple[float, float]
+    precision_after: tuple[float, float]
+    scale_range: tuple[float, float]  # the extreme channel scales applied
+    absorbed: int
+
+
+@dataclass(frozen=True)
+class EqualizationRecord:
+    """What the calibration record keeps of an equalization: the pairs rescaled, how evenly each layer's channels use a
+    per-tensor grid before and after (the means over both layers of every pair), and each pair."""
+
+    pairs: int
+    sweeps: int
+    absorbed_channels: int
+    mean_precision_before: float | None
+    mean_precision_after: float | None
+    layers: tuple[EqualizedLayer, ...]
 
 
 def equalization_pairs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto, onnx.NodeProto]]:

@@ -36,12 +36,19 @@ from resnet_edge.artifacts import refuse_overwriting_inputs, require_writable_de
 from resnet_edge.calibration.sources import open_source
 from resnet_edge.errors import CheckFailedError
 from resnet_edge.onnx.io import load_onnx
-from resnet_edge.onnx.metadata import QUANTIZATION_KEY, preprocessing_for, write_with_record
+from resnet_edge.onnx.metadata import preprocessing_for
 from resnet_edge.progress import ProgressCallback
 from resnet_edge.quantization.calibrate import Calibration, calibrate_onnx
 from resnet_edge.quantization.evaluate import SPEED_ITERATIONS, SpeedComparison, median_latencies_ms
 from resnet_edge.quantization.options import AccuracyGoal, QuantizeOptions
 from resnet_edge.quantization.quantize import QuantizeResult, quantize_onnx
+from resnet_edge.quantization.record import (
+    MixedPrecisionRecord,
+    QuantizationRecord,
+    RankedBlock,
+    SearchStepRecord,
+    write_quantized,
+)
 from resnet_edge.quantization.sensitivity import DEFAULT_IMAGES, SensitivityOptions, analyze_quantization
 
 SPEED_WARMUP = 5
@@ -111,31 +118,25 @@ class MixedPrecisionResult:
     def fp32_blocks(self) -> list[str]:
         return self.steps[-1].fp32_blocks
 
-    def record(self) -> dict:
+    def record(self) -> QuantizationRecord:
         """The chosen model's calibration record, with the search under ``mixed_precision``."""
-        goal = self.target
-        return self.quantize.record() | {
-            "mixed_precision": {
-                "target": {"max_top1_drop": goal.max_top1_drop, "min_agreement": goal.min_agreement},
-                "rule": "keep the most sensitive blocks in FP32, fewest first, until the target holds",
-                "ranking": [
-                    {"block": r.block, "sensitivity_db": _finite(r.sensitivity_db), "exclude": r.exclude}
-                    for r in self.ranking
-                ],
-                "steps": [
-                    {
-                        "step": s.step,
-                        "fp32_blocks": s.fp32_blocks,
-                        "top1_agreement": s.top1_agreement,
-                        "top1_drop_points": s.top1_drop_points,
-                        "p50_ms": s.p50_ms,
-                        "met": s.met,
-                    }
-                    for s in self.steps
-                ],
-                "exclude": self.exclude,
-            }
-        }
+        search = MixedPrecisionRecord(
+            target=self.target,
+            ranking=tuple(RankedBlock(r.block, _finite(r.sensitivity_db), tuple(r.exclude)) for r in self.ranking),
+            steps=tuple(
+                SearchStepRecord(
+                    step=s.step,
+                    fp32_blocks=tuple(s.fp32_blocks),
+                    top1_agreement=s.top1_agreement,
+                    top1_drop_points=s.top1_drop_points,
+                    p50_ms=s.p50_ms,
+                    met=s.met,
+                )
+                for s in self.steps
+            ),
+            exclude=tuple(self.exclude),
+        )
+        return replace(self.quantize.record(), mixed_precision=search)
 
 
 def search_prefixes(
@@ -237,9 +238,7 @@ def quantize_mixed_precision(
             timing_iterations=iterations,
             seconds=0.0,
         )
-        record = result.record()
-        model = onnx.load(str(chosen.output))
-        size = write_with_record(model, output, sidecar, key=QUANTIZATION_KEY, embedded=record, record=record)
+        size = write_quantized(onnx.load(str(chosen.output)), output, sidecar, result.record())
 
     seconds = time.perf_counter() - started
     return replace(result, quantize=replace(result.quantize, bytes_after=size, seconds=seconds), seconds=seconds)

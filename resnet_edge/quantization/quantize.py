@@ -21,7 +21,7 @@ from resnet_edge.environment import CpuInfo, cpu_info
 from resnet_edge.errors import CheckFailedError, ResnetEdgeWarning
 from resnet_edge.onnx.graph import GraphIndex
 from resnet_edge.onnx.graph import output_step as graph_output_step
-from resnet_edge.onnx.metadata import QUANTIZATION_KEY, read_metadata, read_props, write_props, write_with_record
+from resnet_edge.onnx.metadata import read_metadata, read_props, write_props
 from resnet_edge.onnx.op_types import COMPUTE_OPS
 from resnet_edge.onnx.parity import Accuracy, Parity, int8_shortfalls, logit_error_shortfalls
 from resnet_edge.progress import ProgressCallback
@@ -38,7 +38,20 @@ from resnet_edge.quantization.coverage import IntegerCoverage
 from resnet_edge.quantization.evaluate import Evaluation, SpeedComparison, compare_speed, evaluate_against
 from resnet_edge.quantization.npu import strict_integer_violations
 from resnet_edge.quantization.options import QuantizeOptions
-from resnet_edge.quantization.recovery import Judgement, Recovery, RecoveryStep, recover_accuracy, recovery_record
+from resnet_edge.quantization.record import (
+    CalibrationFile,
+    CalibrationRecord,
+    CoverageRecord,
+    EvaluationRecord,
+    Judgement,
+    QatRecord,
+    QuantizationRecord,
+    RecoveryRecord,
+    RecoveryStep,
+    WeightGridRecord,
+    write_quantized,
+)
+from resnet_edge.quantization.recovery import Recovery, recover_accuracy
 
 __all__ = [
     "QuantizeResult",
@@ -50,7 +63,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class QuantizeResult:
-    """A quantized model, what it was made from and how it was judged; :meth:`record` is its calibration record.
+    """A quantized model, what it was made from and how it was judged; :meth:`record` is its calibration record
+    (:class:`~.record.QuantizationRecord`).
 
     Attributes:
         output, sidecar: the INT8 model and its record beside it.
@@ -100,10 +114,10 @@ class QuantizeResult:
     output_step: float | None = None
     provider: str = "cpu"  # the provider integer coverage was read on (its text form)
     recovery: list[RecoveryStep] = field(default_factory=list)
-    weight_grid: dict | None = None
+    weight_grid: WeightGridRecord | None = None
     recovery_reading_seconds: float | None = None
     recovery_judged: str = ""
-    trained: dict | None = None
+    trained: QatRecord | None = None
 
     @property
     def calibration_images(self) -> int:
@@ -127,52 +141,50 @@ class QuantizeResult:
             return None
         return 100.0 * (self.fp32_accuracy.top1 - self.int8_accuracy.top1)
 
-    def record(self) -> dict:
+    def record(self) -> QuantizationRecord:
         """The calibration record: written beside the model (the sidecar) and into its metadata."""
         config = self.config
-        return {
-            "target": config.target.value,
-            "target_requested": self.target_requested,
-            "format": config.format.value,
-            "activation_type": config.activation_type,
-            "weight_type": config.weight_type,
-            "per_channel": config.per_channel,
-            "reduce_range": config.reduce_range,
-            "symmetric_activations": config.symmetric_activations,
-            "weight_bits": config.weight_bits,
-            "weight_block": config.weight_block,
-            "power_of_two": config.power_of_two,
-            "strict_integer": config.strict_integer,
-            "reason": config.reason,
-            "method": self.method,
-            "calibration": {
-                "source": self.calibration_source,
-                "images": self.calibration_images,
-                "limit": self.calibration_limit,
-                "seed": self.calibration_seed,
-                "batch": self.calibration_batch,
-                "files": [{"id": k, "sha256": v} for k, v in self.calibration_files.items()],
-            },
-            "evaluation": {
-                "source": self.evaluation_source,
-                "images": self.evaluation_images,
-                "overlap_excluded": self.overlap_excluded,
-            },
-            "judged_by": self.judged_by,
-            "accuracy_recovery": recovery_record(
-                self.recovery,
-                grid=self.weight_grid,
-                reading_seconds=self.recovery_reading_seconds,
+        return QuantizationRecord(
+            target=config.target.value,
+            target_requested=self.target_requested,
+            format=config.format.value,
+            activation_type=config.activation_type,
+            weight_type=config.weight_type,
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            symmetric_activations=config.symmetric_activations,
+            weight_bits=config.weight_bits,
+            weight_block=config.weight_block,
+            power_of_two=config.power_of_two,
+            strict_integer=config.strict_integer,
+            reason=config.reason,
+            method=self.method,
+            calibration=CalibrationRecord(
+                source=self.calibration_source,
+                images=self.calibration_images,
+                limit=self.calibration_limit,
+                seed=self.calibration_seed,
+                batch=self.calibration_batch,
+                files=tuple(CalibrationFile(k, v) for k, v in self.calibration_files.items()),
+            ),
+            evaluation=EvaluationRecord(self.evaluation_source, self.evaluation_images, self.overlap_excluded),
+            judged_by=self.judged_by,
+            accuracy_recovery=RecoveryRecord(
+                steps=tuple(self.recovery),
+                weights=self.weight_grid,
+                reading_layer_inputs_s=None
+                if self.recovery_reading_seconds is None
+                else round(self.recovery_reading_seconds, 3),
                 judged=self.recovery_judged,
             ),
-            "quantization_aware_training": self.trained,
-            "excluded_nodes": self.excluded_nodes,
-            "fp32_nodes": self.fp32_nodes,
-            "integer_coverage": _coverage_record(self.coverage, self.provider),
-            "source_model_sha256": self.source_model_sha256,
-            "cpu": {"model": self.cpu.model, **self.cpu.features},
-            "versions": self.versions,
-        }
+            quantization_aware_training=self.trained,
+            excluded_nodes=tuple(self.excluded_nodes),
+            fp32_nodes=tuple(self.fp32_nodes),
+            integer_coverage=None if self.coverage is None else CoverageRecord.of(self.coverage, self.provider),
+            source_model_sha256=self.source_model_sha256,
+            cpu={"model": self.cpu.model, **self.cpu.features},
+            versions=self.versions,
+        )
 
 
 def quantize_onnx(
@@ -182,7 +194,7 @@ def quantize_onnx(
     *,
     on_progress: ProgressCallback | None = None,
     calibration: Calibration | None = None,
-    trained: dict | None = None,
+    trained: QatRecord | None = None,
 ) -> QuantizeResult:
     """Quantize an FP32 model to INT8 from calibration images, and judge it on held-out images.
 
@@ -280,7 +292,7 @@ def _result(
     fp32_kept: list[str],
     output_step: float | None,
     judged_by: str,
-    trained: dict | None,
+    trained: QatRecord | None,
     output: Path,
     sidecar: Path,
 ) -> QuantizeResult:
@@ -388,11 +400,13 @@ def _judge(job: Job, evaluation: Evaluation, output_step: float | None, *, allow
     return judged_by
 
 
-def _write(int8: onnx.ModelProto, fp32: onnx.ModelProto, record: dict, output: Path, sidecar: Path) -> int:
+def _write(
+    int8: onnx.ModelProto, fp32: onnx.ModelProto, record: QuantizationRecord, output: Path, sidecar: Path
+) -> int:
     """Write the checked INT8 model with its record embedded and beside it; returns the model's size in bytes."""
     write_props(int8, read_props(fp32))  # the FP32 model's own description (labels, preprocessing) carries over
     onnx.checker.check_model(int8, full_check=True)
-    return write_with_record(int8, output, sidecar, key=QUANTIZATION_KEY, embedded=record, record=record)
+    return write_quantized(int8, output, sidecar, record)
 
 
 def _recover(
@@ -518,21 +532,6 @@ def check_integer_coverage(coverage: IntegerCoverage | None, *, excluded: Sequen
     if strict:
         raise CheckFailedError(message)
     warnings.warn(message, ResnetEdgeWarning, stacklevel=3)
-
-
-def _coverage_record(coverage: IntegerCoverage | None, provider: str) -> dict | None:
-    """The integer coverage as the calibration record keeps it."""
-    if coverage is None:
-        return None
-    return {
-        "provider": provider,
-        "integer_macs": coverage.integer_macs,
-        "float_macs": coverage.float_macs,
-        "fraction": coverage.fraction,
-        "quantize_nodes": coverage.quantize_nodes,
-        "dequantize_nodes": coverage.dequantize_nodes,
-        "float_compute": coverage.float_compute,
-    }
 
 
 def _versions() -> dict[str, str]:

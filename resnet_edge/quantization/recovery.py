@@ -19,7 +19,7 @@ and after, unless judging is off; the judgements go to the calibration record wi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,73 +41,16 @@ from resnet_edge.quantization.qdq import (
     write_bias,
     write_weights,
 )
+from resnet_edge.quantization.record import Judgement, RecoveryStep, WeightGridRecord
 from resnet_edge.quantization.weights import WeightGrid, expand_scale, grid_scales, recipe_grid, round_to_nearest
 
-__all__ = ["REFERENCES", "Judgement", "Recovery", "RecoveryStep", "recover_accuracy", "recovery_record"]
+__all__ = ["REFERENCES", "Recovery", "recover_accuracy"]
 
 REFERENCES = {
     "equalize": "Nagel et al. 2019, Data-Free Quantization Through Weight Equalization and Bias Correction, sec. 4.1",
     "adaround": "Nagel et al. 2020, Up or Down? Adaptive Rounding for Post-Training Quantization",
     "bias_correction": "Nagel et al. 2019, sec. 4.2 (empirical); NNCF's FastBiasCorrection",
 }
-
-
-@dataclass(frozen=True)
-class Judgement:
-    """A quantized model against FP32 on the held-out images.
-
-    Attributes:
-        top1_agreement: fraction of images whose top-1 class is FP32's.
-        top1: labelled top-1 accuracy; None without labels.
-        images: images judged.
-        kl_divergence: mean KL(FP32 || quantized) of the softmax outputs, nats: it still moves where top-1 does
-            not (an easy model whose every answer survives).
-    """
-
-    top1_agreement: float
-    top1: float | None
-    images: int
-    kl_divergence: float | None = None
-
-    def record(self) -> dict:
-        """What the calibration record keeps of it."""
-        return {
-            "top1_agreement": self.top1_agreement,
-            "top1": self.top1,
-            "images": self.images,
-            "kl": self.kl_divergence,
-        }
-
-
-@dataclass(frozen=True)
-class RecoveryStep:
-    """One accuracy-recovery step.
-
-    Attributes:
-        name: equalize, adaround or bias_correction.
-        reference: the paper (or tool) it follows.
-        seconds: its own time (reading the layer inputs is counted apart, in the record).
-        before, after: the model judged before and after the step; None when not judged.
-        details: what it did (per layer for AdaRound and bias correction).
-    """
-
-    name: str
-    reference: str
-    seconds: float
-    before: Judgement | None
-    after: Judgement | None
-    details: dict = field(repr=False)
-
-    def record(self) -> dict:
-        """What the calibration record keeps of it."""
-        return {
-            "step": self.name,
-            "reference": self.reference,
-            "seconds": round(self.seconds, 3),
-            "before": None if self.before is None else self.before.record(),
-            "after": None if self.after is None else self.after.record(),
-            "details": self.details,
-        }
 
 
 @dataclass(frozen=True)
@@ -124,22 +67,9 @@ class Recovery:
 
     model: onnx.ModelProto = field(repr=False)
     steps: list[RecoveryStep]
-    grid: dict | None
+    grid: WeightGridRecord | None
     reading_seconds: float | None
     judged: str
-
-
-def recovery_record(
-    steps: Sequence[RecoveryStep], *, grid: dict | None, reading_seconds: float | None, judged: str
-) -> dict:
-    """What the calibration record keeps of the recovery (``accuracy_recovery``): each step, judged before and
-    after, the weight grid written, the time spent reading layer inputs, and how the steps were judged."""
-    return {
-        "steps": [step.record() for step in steps],
-        "weights": grid,
-        "reading_layer_inputs_s": None if reading_seconds is None else round(reading_seconds, 3),
-        "judged": judged,
-    }
 
 
 def recover_accuracy(
@@ -247,7 +177,8 @@ def _equalize_step(
         before = judge(base)
     after = judge(int8) if judge is not None else None
     equalization = job.equalization
-    return RecoveryStep("equalize", REFERENCES["equalize"], equalization.seconds, before, after, equalization.record())
+    seconds = round(equalization.seconds, 3)
+    return RecoveryStep("equalize", REFERENCES["equalize"], seconds, before, after, equalization.record())
 
 
 def _adaround_step(
@@ -270,9 +201,9 @@ def _adaround_step(
     found, report = adaround_layers(layers, scales, grid, samples, parameters, on_progress=on_progress)
     for layer in layers:
         write_weights(int8, layer, found[layer.name], scales[layer.name], bits=grid.bits, block=grid.block)
-    seconds = time.perf_counter() - started
+    seconds = round(time.perf_counter() - started, 3)
     after = judge(int8) if judge is not None else None
-    details = adaround_record(report, parameters, samples) | {"grouped_layers_skipped": skipped}
+    details = adaround_record(report, parameters, samples, grouped_layers_skipped=skipped)
     return RecoveryStep("adaround", REFERENCES["adaround"], seconds, before, after, details)
 
 
@@ -287,9 +218,9 @@ def _bias_correction_step(
     """Each layer's bias corrected by its measured mean shift, in ``int8``; ``skipped``: the grouped layers left."""
     started = time.perf_counter()
     correction = correct_biases(int8, layers, means)
-    seconds = time.perf_counter() - started
+    seconds = round(time.perf_counter() - started, 3)
     after = judge(int8) if judge is not None else None
-    details = correction.record() | {"grouped_layers_skipped": skipped}
+    details = correction.record(grouped_layers_skipped=skipped)
     return RecoveryStep("bias_correction", REFERENCES["bias_correction"], seconds, before, after, details)
 
 
@@ -299,7 +230,7 @@ def _write_grid(
     layers: list[QuantizedLayer],
     config: Int8Recipe,
     grid: WeightGrid,
-) -> tuple[dict[str, np.ndarray], dict]:
+) -> tuple[dict[str, np.ndarray], WeightGridRecord]:
     """Power-of-two activation scales (if asked), every weight rounded to nearest on ``grid``, biases re-derived."""
     activations = power_of_two_activations(qdq) if config.power_of_two else 0
     if activations:
@@ -317,13 +248,13 @@ def _write_grid(
         scales[layer.name] = scale
         error += float(np.square(layer.weight - integers * expand_scale(scale, layer.weight.shape, grid)).sum())
         total += float(np.square(layer.weight).sum())
-    return scales, {
-        "grid": grid.describe(),
-        "bits": grid.bits,
-        "block": grid.block,
-        "power_of_two": grid.power_of_two,
-        "activation_scales_power_of_two": activations,
-        "layers": len(layers),
-        "weight_sqnr_db": float(10 * np.log10(total / error)) if error > 0 else None,
-        "opset": INT4_OPSET if grid.bits == 4 else None,
-    }
+    return scales, WeightGridRecord(
+        grid=grid.describe(),
+        bits=grid.bits,
+        block=grid.block,
+        power_of_two=grid.power_of_two,
+        activation_scales_power_of_two=activations,
+        layers=len(layers),
+        weight_sqnr_db=float(10 * np.log10(total / error)) if error > 0 else None,
+        opset=INT4_OPSET if grid.bits == 4 else None,
+    )

@@ -48,6 +48,7 @@ from resnet_edge.errors import OptionError
 from resnet_edge.models.resnet import ResNet
 from resnet_edge.progress import Progress, ProgressCallback
 from resnet_edge.quantization.configs import Int8Recipe
+from resnet_edge.quantization.record import QatRecord
 from resnet_edge.quantization.weights import WeightGrid, expand_scale, grid_scales, recipe_grid
 from resnet_edge.training.data import STAGE, LabelledTensors, centre_crop
 from resnet_edge.training.loop import EVAL_BATCH, EpochMetrics, SGDStep, fit
@@ -359,31 +360,29 @@ class QatResult:
     calibration_images: int
     grid_mismatches: int
 
-    def record(self) -> dict:
-        """What the calibration record keeps of the run (``quantization_aware_training``): its recipe and schedule,
-        and the held-out accuracy of the FP32 checkpoint, of the fake-quantized network before training and after
-        each epoch."""
+    def record(self) -> QatRecord:
+        """What the calibration record keeps of the run (``quantization_aware_training``)."""
         run = self.train
-        return {
-            "reference": REFERENCE,
-            "fine_tuned_from": run.fine_tuned_from,
-            "weight_type": self.recipe.weight_type,
-            "per_channel": self.recipe.per_channel,
-            "activation_type": self.recipe.activation_type,
-            "epochs": run.epochs,
-            "train_images": run.train_images,
-            "seconds": round(sum(m.seconds for m in run.history), 3),
-            "folded_batchnorms": self.folded_batchnorms,
-            "quantized_layers": self.quantized_layers,
-            "quantized_activations": self.quantized_activations,
-            "range_images": self.calibration_images,
-            "weights_moved_by_export": self.grid_mismatches,
-            "val_data": run.val_data,
-            "val_images": run.val_images,
-            "fp32_top1": self.fp32_val_accuracy,
-            "before_top1": self.before_val_accuracy,
-            "after_top1_per_epoch": [m.val_accuracy for m in run.history],
-        }
+        return QatRecord(
+            reference=REFERENCE,
+            fine_tuned_from=run.fine_tuned_from,
+            weight_type=self.recipe.weight_type,
+            per_channel=self.recipe.per_channel,
+            activation_type=self.recipe.activation_type,
+            epochs=run.epochs,
+            train_images=run.train_images,
+            seconds=round(sum(m.seconds for m in run.history), 3),
+            folded_batchnorms=self.folded_batchnorms,
+            quantized_layers=self.quantized_layers,
+            quantized_activations=self.quantized_activations,
+            range_images=self.calibration_images,
+            weights_moved_by_export=self.grid_mismatches,
+            val_data=run.val_data,
+            val_images=run.val_images,
+            fp32_top1=self.fp32_val_accuracy,
+            before_top1=self.before_val_accuracy,
+            after_top1_per_epoch=tuple(m.val_accuracy for m in run.history),
+        )
 
 
 def train_qat(

@@ -122,7 +122,7 @@ def test_signed_symmetric_int8_is_partly_fp32_on_x86_and_quantize_says_so(digits
     with pytest.warns(ResnetEdgeWarning, match="ran as FP32 kernels"):
         result = quantize_onnx(digits_sim, output, QuantizeOptions(target=Int8Target.GPU_TENSORRT, measure_speed=False))
     assert result.coverage is not None and 0 < result.coverage.fraction < 1
-    assert result.record()["integer_coverage"]["float_compute"] == result.coverage.float_compute
+    assert result.record().to_json()["integer_coverage"]["float_compute"] == result.coverage.float_compute
     assert result.coverage.quantize_nodes > 1
 
     refused = tmp_path / "refused.int8.onnx"

@@ -20,6 +20,7 @@ from resnet_edge.onnx.metadata import QUANTIZATION_KEY, read_record
 from resnet_edge.quantization.mixed_precision import TargetMissedError, search_prefixes
 from resnet_edge.quantization.options import AccuracyGoal, QuantizeOptions
 from resnet_edge.quantization.quantize import quantize_onnx
+from resnet_edge.quantization.record import QuantizationRecord
 
 RANKING = ["layer2.0", "stem", "head", "layer1.0"]
 
@@ -126,6 +127,7 @@ def test_search_wins_back_agreement_and_is_reproducible(
     assert result.exit_code == 0, result.output
     record = json.loads(Path(f"{output}.json").read_text())
     assert read_record(onnx.load(str(output)), QUANTIZATION_KEY) == record
+    assert QuantizationRecord.from_json(record).to_json() == record  # the search's record reads back the same
     search = record["mixed_precision"]
     steps = search["steps"]
     assert steps[0]["fp32_blocks"] == [] and steps[0]["top1_agreement"] < 0.99 and not steps[0]["met"]

@@ -12,13 +12,15 @@ import pytest
 
 from resnet_edge.errors import CheckFailedError, InputFileError, OptionError
 from resnet_edge.onnx.graph import is_quantized
-from resnet_edge.onnx.metadata import read_record
+from resnet_edge.onnx.metadata import read_record, write_props
 from resnet_edge.onnx.op_types import COMPUTE_OPS
 from resnet_edge.onnx.runtime import open_session
 from resnet_edge.progress import Progress
 from resnet_edge.quantization.configs import Format, Int8Target, Method, detect_target, resolve_config
 from resnet_edge.quantization.options import QuantizeOptions
 from resnet_edge.quantization.quantize import quantize_onnx
+from resnet_edge.quantization.record import QuantizationRecord, calibrated_hashes, read_quantization_record
+from resnet_edge.schema import DocumentFormatError
 
 FAST = QuantizeOptions(measure_speed=False)
 
@@ -37,7 +39,7 @@ def test_trained_model_keeps_agreement_and_accuracy(digits_result) -> None:
     assert r.top1_drop_points is not None and r.top1_drop_points <= 1.0
     assert r.int8_accuracy.top1 >= 0.98
     assert r.speed is not None and r.speed.iterations > 0 and r.speed.int8_p50_ms > 0
-    assert r.judged_by == "top-1 agreement" == r.record()["judged_by"]  # trained weights: judged on decisions
+    assert r.judged_by == "top-1 agreement" == r.record().to_json()["judged_by"]  # trained weights: judged on decisions
 
 
 def test_output_is_a_checked_runnable_int8_model_with_every_compute_node_quantized(digits_result) -> None:
@@ -62,6 +64,37 @@ def test_record_in_model_and_sidecar(digits_result) -> None:
     assert record["evaluation"] == {"source": "builtin:digits-test", "images": 397, "overlap_excluded": 0}
     props = {p.key for p in onnx.load(str(digits_result.output)).metadata_props}
     assert {"arch", "preprocessing", "labels", "simplification", "quantization"} <= props
+
+
+def test_the_record_reads_back_to_the_same_json(digits_result) -> None:
+    """The sidecar is written from a QuantizationRecord and read back by it: read and written again, it is the same
+    JSON, and it is the record the result made; the embedded one reads back to it too."""
+    stored = json.loads(digits_result.sidecar.read_text())
+    record = QuantizationRecord.from_json(stored)
+    assert record.to_json() == stored
+    assert record == digits_result.record() and read_quantization_record(onnx.load(str(digits_result.output))) == record
+    assert record.calibration.files[0].sha256 == stored["calibration"]["files"][0]["sha256"]
+
+
+def test_a_record_written_before_a_key_existed_still_reads(digits_result) -> None:
+    stored = json.loads(digits_result.sidecar.read_text())
+    for newer in ("weight_bits", "power_of_two", "strict_integer", "judged_by", "accuracy_recovery"):
+        del stored[newer]
+    record = QuantizationRecord.from_json(stored)
+    assert record.weight_bits == 8 and record.judged_by == "top-1 agreement" and record.accuracy_recovery.steps == ()
+
+
+def test_a_malformed_record_names_the_key(digits_result) -> None:
+    stored = json.loads(digits_result.sidecar.read_text())
+    del stored["calibration"]["files"][1]["sha256"]
+    with pytest.raises(
+        DocumentFormatError, match=r"^malformed calibration record: calibration\.files\[1\]\.sha256: missing$"
+    ):
+        QuantizationRecord.from_json(stored)
+    model = onnx.load(str(digits_result.output))
+    write_props(model, {"quantization": json.dumps({**stored, "calibration": []})})
+    with pytest.raises(InputFileError, match="malformed calibration record: calibration: expected an object"):
+        calibrated_hashes([model])
 
 
 def test_calibration_and_evaluation_never_overlap(digits_sim: Path, tmp_path: Path) -> None:
@@ -99,7 +132,7 @@ def test_one_source_holds_out_a_quarter(tiny_onnx: Path, tmp_path: Path) -> None
 def test_random_weights_are_judged_by_logit_error(tiny_onnx: Path, tmp_path: Path) -> None:
     # No --allow-accuracy-drop: a random model's near-tied decisions must not fail it, a broken calibration must.
     result = quantize_onnx(tiny_onnx, tmp_path / "r.onnx", QuantizeOptions(calib="builtin:photos", measure_speed=False))
-    assert result.judged_by == "logit error" == result.record()["judged_by"]
+    assert result.judged_by == "logit error" == result.record().to_json()["judged_by"]
     assert result.output_step is not None and result.output_step > 0
     assert result.max_error_steps is not None and result.max_error_steps < 16 and result.parity.min_cosine > 0.99
     dark = tmp_path / "dark.npy"  # ranges far too narrow for the photos it is judged on

@@ -36,6 +36,7 @@ from resnet_edge.quantization.qdq import (
     write_bias,
     write_weights,
 )
+from resnet_edge.quantization.record import QuantizationRecord
 from resnet_edge.quantization.weights import WeightGrid, expand_scale, grid_scales, round_to_nearest
 
 # Equalization only reorders floating-point products: the outputs agree to float32 rounding, relative to their size.
@@ -471,7 +472,7 @@ def test_npu_target_on_digits_is_strict_integer_with_each_step_judged(digits_sim
         tmp_path / "plain.onnx",
         QuantizeOptions(target="npu-int8", equalize=False, bias_correction=False, measure_speed=False),
     )
-    assert plain.recovery == [] and plain.record()["accuracy_recovery"]["steps"] == []
+    assert plain.recovery == [] and plain.record().to_json()["accuracy_recovery"]["steps"] == []
     npu = tmp_path / "npu.onnx"
     shown = CliRunner().invoke(
         main,
@@ -491,6 +492,7 @@ def test_npu_target_on_digits_is_strict_integer_with_each_step_judged(digits_sim
     assert steps[0]["before"]["kl"] != steps[0]["after"]["kl"]
     assert steps[-1]["after"]["top1_agreement"] >= 0.99
     assert record["integer_coverage"]["fraction"] == 1.0 and record["strict_integer"] and record["power_of_two"]
+    assert QuantizationRecord.from_json(record).to_json() == record  # the steps' records read back to the same JSON
     model = onnx.load(str(npu))
     assert strict_integer_violations(model) == [] and _scales_are_powers_of_two(model)
     producers = {n.output[0]: n for n in model.graph.node}
@@ -525,7 +527,7 @@ def test_int4_adaround_on_digits_writes_small_opset_21_qdq(digits_sim, tmp_path)
     assert result.bytes_after < 0.25 * result.bytes_before  # FP32 weights are 8x the int4 ones, plus scales
     layer_events = [e for e in events if e.step == "AdaRound"]
     assert [e.done for e in layer_events] == list(range(1, 23)) and layer_events[-1].unit == "layer"
-    adaround = result.record()["accuracy_recovery"]["steps"][0]
+    adaround = result.record().to_json()["accuracy_recovery"]["steps"][0]
     assert adaround["step"] == "adaround" and len(adaround["details"]["layers"]) == 22
     for layer in adaround["details"]["layers"]:  # the kept rounding is never worse than nearest on its loss
         kept = layer["adaround_loss"] if layer["kept"] == "adaround" else layer["nearest_loss"]

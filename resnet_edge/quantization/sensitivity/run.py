@@ -30,17 +30,16 @@ from resnet_edge.jsonable import to_jsonable
 from resnet_edge.onnx.graph import OUTPUT_QPARAMS, is_quantized
 from resnet_edge.onnx.io import load_onnx
 from resnet_edge.onnx.metadata import (
-    QUANTIZATION_KEY,
     model_classes,
     preprocessing_for,
     read_metadata,
-    read_record,
     static_input_shape,
 )
 from resnet_edge.onnx.parity import accuracy, compare_outputs
 from resnet_edge.onnx.providers import Provider
 from resnet_edge.onnx.runtime import open_session
 from resnet_edge.progress import Progress, ProgressCallback
+from resnet_edge.quantization.record import calibrated_hashes, read_quantization_record
 from resnet_edge.quantization.sensitivity.blocks import (
     HEAD,
     BlockMap,
@@ -292,10 +291,7 @@ def _held_out_images(
         options.data or default_test_images(read_metadata(fp32).dataset),
         classes=model_classes(fp32, label_map=options.label_map),
     )
-    calibrated = set()
-    for model in (m for m in (int8, also) if m is not None):
-        record = read_record(model, QUANTIZATION_KEY) or {}
-        calibrated |= {f["sha256"] for f in record.get("calibration", {}).get("files", [])}
+    calibrated = calibrated_hashes(m for m in (int8, also) if m is not None)
     # Draw in a seeded random order and stop at the limit, so a large folder is not loaded whole. Each draw of the
     # images still needed is read in index order, so that a compressed .npz streams forward (calibration.arrays).
     order = np.random.default_rng(options.seed).permutation(len(source)) if options.limit else range(len(source))
@@ -385,8 +381,8 @@ def _quantization_format(int8: onnx.ModelProto) -> str:
 
 def _other_source_notes(fp32_path: Path, int8: onnx.ModelProto, int8_path: Path) -> list[str]:
     """A note (and a warning) when the INT8 model's record says it was quantized from another file."""
-    source_sha = (read_record(int8, QUANTIZATION_KEY) or {}).get("source_model_sha256")
-    if not source_sha or source_sha == sha256_file(fp32_path):
+    record = read_quantization_record(int8)
+    if record is None or not record.source_model_sha256 or record.source_model_sha256 == sha256_file(fp32_path):
         return []
     # Said only now that the analysis found the same blocks in both.
     note = f"{int8_path.name} was quantized from another file than {fp32_path.name}; its blocks match"
