@@ -214,6 +214,41 @@ def test_tune_on_random_weights_keeps_int8_and_says_why(tiny_onnx: Path, tmp_pat
     assert by_name["fp32"]["judged_by"] == "top-1 agreement" and by_name["fp32"]["passed"]
 
 
+def test_the_tune_record_reads_back_as_written_and_an_older_one_still_reads(tiny_onnx: Path, tmp_path: Path) -> None:
+    # Issue 23: the sidecar and the embedded deployment are typed documents, written and read by the same types.
+    from resnet_edge.evaluation.tune_record import read_deployment, read_tune_record
+    from resnet_edge.schema import DocumentFormatError, write_document
+
+    options = TuneOptions(providers=(Provider.CPU,), iterations=3, warmup=0, threads=2)
+    result = tune_model(tiny_onnx, tmp_path / "t.onnx", options)
+    text = result.record.read_text(encoding="utf-8")
+    record = read_tune_record(result.record)
+    assert json.dumps(write_document(record), indent=2) + "\n" == text  # same keys, order and values
+    assert record.chosen.name == result.chosen.name and record.thresholds.random_weights is not None
+    assert record.knobs and sum(bool(k.chosen) for k in record.knobs) == 1
+    model = onnx.load(str(result.output))
+    deployment = read_deployment(model)
+    embedded = {p.key: p.value for p in model.metadata_props}["deployment"]
+    assert deployment is not None and json.dumps(write_document(deployment), sort_keys=True) == embedded
+    assert (deployment.name, deployment.target, deployment.p50_ms) == (result.chosen.name, None, result.chosen.p50_ms)
+    # A record written before the knob search, the device and the random-weights bar (issues 21, 22, 24) still reads.
+    older = json.loads(text)
+    for key in ("knobs", "timing_used", "target", "device"):
+        del older[key]
+    del older["thresholds"]["random_weights"]
+    for candidate in older["candidates"]:
+        for key in ("threading", "judged_by", "max_error_steps", "validated", "p50_interval_ms", "cv"):
+            del candidate[key]
+    (tmp_path / "older.json").write_text(json.dumps(older), encoding="utf-8")
+    read = read_tune_record(tmp_path / "older.json")
+    assert (read.knobs, read.timing_used, read.target, read.thresholds.random_weights) == ((), True, None, None)
+    assert read.candidates[0].judged_by == "top-1 agreement" and read.candidates[0].p50_ms
+    del older["chosen"]["provider"]
+    (tmp_path / "older.json").write_text(json.dumps(older), encoding="utf-8")
+    with pytest.raises(DocumentFormatError, match=r"malformed tune record: chosen\.provider: missing"):
+        read_tune_record(tmp_path / "older.json")
+
+
 def test_tune_prints_as_the_other_commands(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Milliseconds with formatting.ms (two decimals), ratios with ×, the chosen row marked as the report marks it
     # (issue 22: tune printed 0.612, 1.5x and <==).
