@@ -248,16 +248,18 @@ def main() -> None:
 
     import onnx
 
+    from resnet_edge.evaluation.tune_record import ChosenRecord, DeploymentRecord, read_deployment
     from resnet_edge.onnx.graph import macs_per_image
-    from resnet_edge.onnx.metadata import read_record
 
     load_before = os.getloadavg()
     files = build(args.workdir, args)
-    deployment = read_record(onnx.load(str(files["tuned"])), "deployment") or {"provider": "cpu", "name": "?"}
-    threading = deployment.get("threading", {})
+    deployment = read_deployment(onnx.load(str(files["tuned"]))) or DeploymentRecord(
+        ChosenRecord(name="?", provider="cpu", precision="?", runtime="?")
+    )
+    threading = deployment.chosen.threading
     macs = macs_per_image(onnx.load(str(files["fp32"])))
     tuned_settings = {
-        "provider": deployment["provider"],
+        "provider": deployment.provider,
         "spinning": int(threading.get("spinning", True)),
         "opt_level": threading.get("optimization", "all"),
         "config": [f"{k}={v}" for k, v in threading.get("session_config", {}).items()],
@@ -269,12 +271,12 @@ def main() -> None:
     settings_text = (
         f"spinning {'on' if tuned_settings['spinning'] else 'off'}, level {tuned_settings['opt_level']}"
         + "".join(f", {c}" for c in tuned_settings["config"])
-        if deployment["provider"] == "cpu"
-        else deployment["provider"]
+        if deployment.provider == "cpu"
+        else deployment.provider
     )
     phases: dict[str, tuple[str, str, Path, dict]] = {
         "ort-fp32 (CPU EP, spinning on)": (sys.executable, "ort", files["fp32"], {"provider": "cpu"}),
-        f"tune pick, as deployed ({deployment['name']}; {settings_text})": (
+        f"tune pick, as deployed ({deployment.name}; {settings_text})": (
             sys.executable,
             "ort",
             files["tuned"],

@@ -29,7 +29,16 @@ from typing import Any, TypeVar
 from resnet_edge.errors import InputFileError
 from resnet_edge.jsonable import to_jsonable
 
-__all__ = ["DocumentFormatError", "absent_when_none", "at", "derive", "malformed", "read_document", "write_document"]
+__all__ = [
+    "DocumentFormatError",
+    "absent_when_none",
+    "at",
+    "derive",
+    "malformed",
+    "read_as",
+    "read_document",
+    "write_document",
+]
 
 T = TypeVar("T")
 
@@ -149,6 +158,19 @@ def read_document(cls: type[T], data: object, where: str = "") -> T:
         return cls(**values)
     except DocumentFormatError as exc:  # a class's own check across its fields names a key relative to the object
         raise DocumentFormatError(_join(where, exc.detail)) from None
+
+
+def read_as(cls: type[T], data: object, source: str) -> T:
+    """:func:`read_document` of a whole document, a malformed one said as ``source``'s: ``malformed tune record:
+    chosen.name: missing``.
+
+    Raises:
+        DocumentFormatError: a key is missing (and its field has no default) or holds the wrong type; names the key.
+    """
+    try:
+        return read_document(cls, data)
+    except DocumentFormatError as exc:
+        raise DocumentFormatError(exc.detail, source=source) from None
 
 
 def derive(document: object) -> None:

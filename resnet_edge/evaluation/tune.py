@@ -42,9 +42,20 @@ from resnet_edge.errors import CheckFailedError, OptionError, ResnetEdgeError, R
 from resnet_edge.evaluation.options import (
     TuneOptions,
 )
+from resnet_edge.evaluation.tune_record import (
+    Candidate,
+    ChosenRecord,
+    DeploymentRecord,
+    KnobSettings,
+    KnobTrial,
+    RandomWeightsBar,
+    ThresholdsRecord,
+    TuneRecord,
+    write_tuned,
+)
 from resnet_edge.onnx.graph import is_quantized, output_step
 from resnet_edge.onnx.io import load_onnx
-from resnet_edge.onnx.metadata import read_metadata, write_with_record
+from resnet_edge.onnx.metadata import read_metadata
 from resnet_edge.onnx.parity import RANDOM_WEIGHTS_MAX_STEPS, RANDOM_WEIGHTS_MIN_COSINE, logit_error_shortfalls
 from resnet_edge.onnx.plugins import available_providers
 from resnet_edge.onnx.providers import OPENVINO_RUNTIME, PROVIDERS, Provider, parse_providers
@@ -66,7 +77,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("resnet_edge")
 
 STAGE = "tune"
-TUNE_KEY = "deployment"  # metadata key of the chosen model: provider, precision and the numbers behind the choice
 FP16_PROVIDERS = GPU_PROVIDERS  # providers with native FP16 kernels; elsewhere FP16 only adds casts
 GPU_INT8_PROVIDERS = GPU_PROVIDERS  # they take the gpu-tensorrt INT8 recipe
 # Candidates within this fraction of the fastest one's p50 are a tie on this noisy machine; the tie goes to the one
@@ -100,38 +110,6 @@ class Measure(Protocol):
 
 
 HERE = Site()
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One (model variant, provider) pair and what was measured of it."""
-
-    name: str  # e.g. "int8 x86-vnni qdq"
-    provider: str  # the provider text, as --providers takes it
-    precision: str  # fp32, int8, fp16 or file
-    path: str
-    ran_on: str | None = None
-    placement: str | None = None
-    integer_fraction: float | None = None  # INT8: share of Conv/Gemm MACs that ran as integer kernels
-    int8_coverage: str | None = None
-    passed: bool = False
-    failures: list[str] = field(default_factory=list)
-    top1_agreement: float | None = None
-    accuracy: float | None = None  # labelled top-1 accuracy on the held-out images (None when unlabelled)
-    max_abs_error: float | None = None
-    p50_ms: dict[int, float] = field(default_factory=dict)  # batch -> median latency
-    p50_interval_ms: dict[int, tuple[float, float]] = field(default_factory=dict)  # batch -> its 95% interval
-    cv: dict[int, float] = field(default_factory=dict)  # batch -> coefficient of variation of the timed calls
-    validated: bool = False  # an INT8 file the caller built and validated already (the pipeline's model.int8.onnx)
-    speedup_vs_cpu_fp32: dict[int, float] = field(default_factory=dict)  # batch -> FP32-on-CPU p50 / this p50
-    error: str | None = None  # why it could not be built or run
-    # How it was judged: validate's bar ("top-1 agreement"), or "logit error" for an INT8/FP16 candidate of a model
-    # whose weights are known to be random (issue 24: its agreement measures noise; onnx.parity.logit_error_shortfalls).
-    judged_by: str = "top-1 agreement"
-    max_error_steps: float | None = None  # max abs logit error in the candidate's output quantization steps
-    # The threading it was timed with, which is the one it is deployed with (issue 24: time what is deployed):
-    # intra/inter-op threads, spinning, and how it was timed (benchmark.threading_record).
-    threading: dict = field(default_factory=dict)
 
 
 # A candidate's file before it is judged: (name, precision, the file or None, why it could not be built).
@@ -209,9 +187,8 @@ def tune_model(
         )
         picked, chosen, reason, knobs = _choose(flat, options, site, search=measure is _measure_here)
         record = _tune_record(model_path, record_path, chosen, flat, options, site, reason, knobs, random_weights)
-        measured_on = {"target": site.target} if site.target else {}
-        embedded = record["chosen"] | measured_on | {"p50_ms": chosen.p50_ms}
-        write_with_record(load_onnx(chosen.path), output, record_path, key=TUNE_KEY, embedded=embedded, record=record)
+        deployment = DeploymentRecord(chosen=record.chosen, target=site.target, p50_ms=chosen.p50_ms)
+        write_tuned(load_onnx(chosen.path), output, record_path, record, deployment)
     return TuneResult(
         output=output,
         record=record_path,
@@ -259,31 +236,31 @@ def _tune_record(
     options: TuneOptions,
     site: Site,
     reason: str,
-    knobs: list[dict],
+    knobs: list[KnobTrial],
     random_weights: bool,
-) -> dict:
-    """The JSON record of the choice: the model, the chosen candidate and why, the bar, the site, every candidate."""
-    return {
-        "model": path_for_record(model_path, record_path.parent),
-        "model_sha256": sha256_file(model_path),
-        "chosen": {
-            "name": chosen.name,
-            "provider": chosen.provider,
-            "precision": chosen.precision,
-            "runtime": _runtime_of(chosen.provider),
-            "threading": chosen.threading,
-        },
-        "reason": reason,
-        "batch_sizes": sorted({1, options.batch}),
-        "threads": options.threads,
-        "iterations": options.iterations,
-        "thresholds": _thresholds_record(options, random_weights),
-        "target": site.target,
-        "device": site.facts,
-        "timing_used": not site.emulated,
-        "candidates": [_as_record(c, record_path.parent) for c in candidates],
-        "knobs": knobs,
-    }
+) -> TuneRecord:
+    """The record of the choice: the model, the chosen candidate and why, the bar, the site, every candidate."""
+    return TuneRecord(
+        model=path_for_record(model_path, record_path.parent),
+        model_sha256=sha256_file(model_path),
+        chosen=ChosenRecord(
+            name=chosen.name,
+            provider=chosen.provider,
+            precision=chosen.precision,
+            runtime=_runtime_of(chosen.provider),
+            threading=chosen.threading,
+        ),
+        reason=reason,
+        batch_sizes=tuple(sorted({1, options.batch})),
+        threads=options.threads,
+        iterations=options.iterations,
+        thresholds=_thresholds_record(options, random_weights),
+        target=site.target,
+        device=site.facts,
+        timing_used=not site.emulated,
+        candidates=tuple(_as_record(c, record_path.parent) for c in candidates),
+        knobs=tuple(knobs),
+    )
 
 
 def _measure_candidates(
@@ -310,7 +287,7 @@ def _measure_candidates(
 
 def _choose(
     candidates: list[Candidate], options: TuneOptions, site: Site, *, search: bool
-) -> tuple[Candidate, Candidate, str, list[dict]]:
+) -> tuple[Candidate, Candidate, str, list[KnobTrial]]:
     """The candidate picked among those that passed (one of ``candidates``), the same as deployed (``search``:
     measured here, with the runtime settings :func:`search_knobs` kept), why, and the knobs tried on it.
 
@@ -352,7 +329,7 @@ class Knobs(Protocol):
         """The candidate's session under these settings (``base``: the provider it was chosen on)."""
         ...
 
-    def record(self) -> dict:
+    def record(self) -> KnobSettings:
         """These settings, for the knob records."""
         ...
 
@@ -395,8 +372,8 @@ class SessionKnobs:
             audit=False,
         )
 
-    def record(self) -> dict:
-        return {"spinning": self.spinning, "optimization": self.optimization, "session_config": self.session_config}
+    def record(self) -> KnobSettings:
+        return KnobSettings(spinning=self.spinning, optimization=self.optimization, session_config=self.session_config)
 
     def deployed(self, chosen: Candidate, base: Provider, threads: int) -> Candidate:
         from resnet_edge.evaluation.benchmark import threading_record
@@ -431,8 +408,8 @@ class OpenVinoKnobs:
 
         return open_session(path, self.provider(base), threads=self.threads or threads, audit=False)
 
-    def record(self) -> dict:
-        return {"options": dict(self.options)}
+    def record(self) -> KnobSettings:
+        return KnobSettings(options=dict(self.options))
 
     def deployed(self, chosen: Candidate, base: Provider, threads: int) -> Candidate:
         provider = self.provider(base)
@@ -478,7 +455,7 @@ def openvino_knob_variants(threads: int) -> list[OpenVinoKnobs]:
     return variants
 
 
-def search_knobs(chosen: Candidate, options: TuneOptions) -> tuple[Candidate, list[dict], str]:
+def search_knobs(chosen: Candidate, options: TuneOptions) -> tuple[Candidate, list[KnobTrial], str]:
     """Time the chosen candidate under each of its runtime's knob variants (:func:`knob_variants` on the onnxruntime
     CPU EP, :func:`openvino_knob_variants` on the OpenVINO runtime) in one run, as deployed (phases of its own), and
     keep a variant only where it kept the default settings' answers and wins beyond the measured noise
@@ -548,20 +525,20 @@ def _knob_images(model: str, options: TuneOptions) -> tuple[np.ndarray, np.ndarr
 
 def _knob_trial(
     knob: Knobs, t: Timed, p: Parity, chosen: Candidate, *, batch: int, threads: int, validated: bool
-) -> tuple[dict, Candidate | None]:
+) -> tuple[KnobTrial, Candidate | None]:
     """One knob variant's record, and the chosen candidate as timed under it when it kept the default's answers
     (None when it did not, or was not timed)."""
     passed = p.top1_agreement == 1.0 and p.min_cosine >= KNOB_MIN_COSINE and not p.non_finite
     interval = median_interval(t.latency.samples_ms) if t.latency else None
-    record = {
-        "settings": knob.describe(),
-        **knob.record(),
-        "threads": knob.threads or threads,
-        "p50_ms": t.latency.p50_ms if t.latency else None,
-        "p50_interval_ms": list(interval) if interval else None,
-        "min_cosine_vs_default": p.min_cosine,
-        "passed": passed,
-    }
+    record = KnobTrial(
+        settings=knob.describe(),
+        knob=knob.record(),
+        threads=knob.threads or threads,
+        p50_ms=t.latency.p50_ms if t.latency else None,
+        p50_interval_ms=tuple(interval) if interval else None,
+        min_cosine_vs_default=p.min_cosine,
+        passed=passed,
+    )
     if not passed or t.latency is None:
         return record, None
     return record, dataclasses.replace(
@@ -578,17 +555,16 @@ def _keep_fastest_knob(
     chosen: Candidate,
     base: Provider,
     contenders: list[tuple[Knobs, Candidate]],
-    records: list[dict],
+    records: list[KnobTrial],
     *,
     batch: int,
     threads: int,
-) -> tuple[Candidate, list[dict], str]:
+) -> tuple[Candidate, list[KnobTrial], str]:
     """The knob variant :func:`rank_candidates` keeps (the default wins every tie): the chosen candidate as deployed
     with it, the records marked with the one kept, and why."""
     best, why = rank_candidates([c for _, c in contenders], batch)
     knob = next(k for k, c in contenders if c is best)
-    for record in records:
-        record["chosen"] = record["settings"] == knob.describe()
+    records = [dataclasses.replace(record, chosen=record.settings == knob.describe()) for record in records]
     # Its p50 stays the comparison's, the figure its speed-up and its row in the candidate table were computed from:
     # one number per candidate. The knob search's own timings (each in its own phase) are in the knob records.
     return knob.deployed(chosen, base, threads), records, f"{knob.describe()} ({why})"
@@ -831,7 +807,7 @@ def _judge_and_time(
                 integer_fraction=row.coverage.fraction if row.coverage else None,
                 int8_coverage=row.coverage.describe() if row.coverage else None,
                 passed=not failures and not row.fell_back,
-                failures=failures + ([f"ran on {row.ran_on}, not {provider.value}"] if row.fell_back else []),
+                failures=tuple(failures + ([f"ran on {row.ran_on}, not {provider.value}"] if row.fell_back else [])),
                 top1_agreement=row.parity.top1_agreement,
                 accuracy=row.accuracy.top1 if row.accuracy else None,
                 max_abs_error=row.parity.max_abs_error,
@@ -939,16 +915,15 @@ def _runtime_of(provider: str) -> str:
     return f"onnxruntime {onnxruntime.__version__}"
 
 
-def _thresholds_record(options: TuneOptions, random_weights: bool) -> dict:
+def _thresholds_record(options: TuneOptions, random_weights: bool) -> ThresholdsRecord:
     """The bar the candidates were held to, for the record."""
-    bar: dict = {"min_agreement": options.min_agreement, "max_top1_drop": options.max_top1_drop}
-    if random_weights:
-        bar["random_weights"] = {
-            "judged_by": "logit error (INT8 and FP16 candidates): the weights are random, agreement measures noise",
-            "min_cosine": RANDOM_WEIGHTS_MIN_COSINE,
-            "max_error_steps": RANDOM_WEIGHTS_MAX_STEPS,
-        }
-    return bar
+    bar = RandomWeightsBar(
+        judged_by="logit error (INT8 and FP16 candidates): the weights are random, agreement measures noise",
+        min_cosine=RANDOM_WEIGHTS_MIN_COSINE,
+        max_error_steps=RANDOM_WEIGHTS_MAX_STEPS,
+    )
+    random = bar if random_weights else None
+    return ThresholdsRecord(options.min_agreement, options.max_top1_drop, random_weights=random)
 
 
 def _measure_here(
@@ -1056,14 +1031,9 @@ def _with_path(candidate: Candidate, path: str) -> Candidate:
     return Candidate(**{**candidate.__dict__, "path": path})
 
 
-def _as_record(candidate: Candidate, folder: Path) -> dict:
-    record = dict(candidate.__dict__)
-    record["p50_ms"] = {str(k): v for k, v in candidate.p50_ms.items()}
-    record["speedup_vs_cpu_fp32"] = {str(k): v for k, v in candidate.speedup_vs_cpu_fp32.items()}
-    record["p50_interval_ms"] = {str(k): list(v) for k, v in candidate.p50_interval_ms.items()}
-    record["cv"] = {str(k): v for k, v in candidate.cv.items()}
-    # Built candidates lived in a temporary folder: their name says which; a file given is named where it is.
-    record["path"] = (
-        Path(candidate.path).name if candidate.precision != "file" else path_for_record(candidate.path, folder)
-    )
-    return record
+def _as_record(candidate: Candidate, folder: Path) -> Candidate:
+    """``candidate`` as its record keeps it: built candidates lived in a temporary folder, so their file name says
+    which; a file given is named where it is, from the record's ``folder``."""
+    if candidate.precision == "file":
+        return _with_path(candidate, path_for_record(candidate.path, folder))
+    return _with_path(candidate, Path(candidate.path).name)

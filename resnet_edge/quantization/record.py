@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from resnet_edge.quantization.options import AccuracyGoal
-from resnet_edge.schema import DocumentFormatError, absent_when_none, at, read_document, write_document
+from resnet_edge.schema import absent_when_none, at, read_as, write_document
 
 if TYPE_CHECKING:
     import onnx
@@ -273,10 +273,7 @@ class QuantizationRecord:
         Raises:
             DocumentFormatError: a key is missing or holds the wrong type; the message names it.
         """
-        try:
-            return read_document(cls, data)
-        except DocumentFormatError as exc:  # said as this document's
-            raise DocumentFormatError(exc.detail, source="calibration record") from None
+        return read_as(cls, data, "calibration record")
 
 
 def write_quantized(model: onnx.ModelProto, output: Path, sidecar: Path, record: QuantizationRecord) -> int:

@@ -214,6 +214,41 @@ def test_tune_on_random_weights_keeps_int8_and_says_why(tiny_onnx: Path, tmp_pat
     assert by_name["fp32"]["judged_by"] == "top-1 agreement" and by_name["fp32"]["passed"]
 
 
+def test_the_tune_record_reads_back_as_written_and_an_older_one_still_reads(tiny_onnx: Path, tmp_path: Path) -> None:
+    # Issue 23: the sidecar and the embedded deployment are typed documents, written and read by the same types.
+    from resnet_edge.evaluation.tune_record import read_deployment, read_tune_record
+    from resnet_edge.schema import DocumentFormatError, write_document
+
+    options = TuneOptions(providers=(Provider.CPU,), iterations=3, warmup=0, threads=2)
+    result = tune_model(tiny_onnx, tmp_path / "t.onnx", options)
+    text = result.record.read_text(encoding="utf-8")
+    record = read_tune_record(result.record)
+    assert json.dumps(write_document(record), indent=2) + "\n" == text  # same keys, order and values
+    assert record.chosen.name == result.chosen.name and record.thresholds.random_weights is not None
+    assert record.knobs and sum(bool(k.chosen) for k in record.knobs) == 1
+    model = onnx.load(str(result.output))
+    deployment = read_deployment(model)
+    embedded = {p.key: p.value for p in model.metadata_props}["deployment"]
+    assert deployment is not None and json.dumps(write_document(deployment), sort_keys=True) == embedded
+    assert (deployment.name, deployment.target, deployment.p50_ms) == (result.chosen.name, None, result.chosen.p50_ms)
+    # A record written before the knob search, the device and the random-weights bar (issues 21, 22, 24) still reads.
+    older = json.loads(text)
+    for key in ("knobs", "timing_used", "target", "device"):
+        del older[key]
+    del older["thresholds"]["random_weights"]
+    for candidate in older["candidates"]:
+        for key in ("threading", "judged_by", "max_error_steps", "validated", "p50_interval_ms", "cv"):
+            del candidate[key]
+    (tmp_path / "older.json").write_text(json.dumps(older), encoding="utf-8")
+    read = read_tune_record(tmp_path / "older.json")
+    assert (read.knobs, read.timing_used, read.target, read.thresholds.random_weights) == ((), True, None, None)
+    assert read.candidates[0].judged_by == "top-1 agreement" and read.candidates[0].p50_ms
+    del older["chosen"]["provider"]
+    (tmp_path / "older.json").write_text(json.dumps(older), encoding="utf-8")
+    with pytest.raises(DocumentFormatError, match=r"malformed tune record: chosen\.provider: missing"):
+        read_tune_record(tmp_path / "older.json")
+
+
 def test_tune_prints_as_the_other_commands(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Milliseconds with formatting.ms (two decimals), ratios with ×, the chosen row marked as the report marks it
     # (issue 22: tune printed 0.612, 1.5x and <==).
@@ -265,14 +300,17 @@ def _knob_candidate(path: Path, name: str, p50: float, interval: tuple[float, fl
 
 def test_an_openvino_knob_is_kept_only_beyond_the_noise_and_its_provider_text_carries_it(tmp_path: Path) -> None:
     from resnet_edge.evaluation.tune import OpenVinoKnobs, _keep_fastest_knob
+    from resnet_edge.evaluation.tune_record import KnobTrial
     from resnet_edge.onnx.providers import parse_provider
 
     chosen = Candidate("int8 x86-vnni qdq", "openvino-runtime", "int8", str(tmp_path / "m.onnx"), passed=True)
     base = parse_provider("openvino-runtime[precision=f32]")
     default, unpinned = OpenVinoKnobs(), OpenVinoKnobs(options=(("pinning", "0"),))
 
-    def keep(unpinned_p50: float, interval: tuple[float, float]) -> tuple[Candidate, list[dict]]:
-        records = [{"settings": default.describe()}, {"settings": unpinned.describe()}]
+    def keep(unpinned_p50: float, interval: tuple[float, float]) -> tuple[Candidate, list[KnobTrial]]:
+        records = [
+            KnobTrial(knob.describe(), knob.record(), 2, None, None, None, passed=True) for knob in (default, unpinned)
+        ]
         contenders = [
             (default, _knob_candidate(tmp_path, default.describe(), 10.0, (9.6, 10.4), validated=True)),
             (unpinned, _knob_candidate(tmp_path, unpinned.describe(), unpinned_p50, interval, validated=False)),
@@ -281,11 +319,11 @@ def test_an_openvino_knob_is_kept_only_beyond_the_noise_and_its_provider_text_ca
         return kept, records
 
     tied, records = keep(9.8, (9.3, 10.2))  # 2% faster, intervals overlap: a tie, the default stays
-    assert tied.provider == "openvino-runtime[precision=f32]" and [r["chosen"] for r in records] == [True, False]
+    assert tied.provider == "openvino-runtime[precision=f32]" and [r.chosen for r in records] == [True, False]
     assert tied.threading["compile_config"]["INFERENCE_NUM_THREADS"] == "2"
     won, records = keep(8.0, (7.8, 8.2))
     assert parse_provider(won.provider) == parse_provider("openvino-runtime[pinning=0;precision=f32]")
-    assert won.threading["compile_config"]["ENABLE_CPU_PINNING"] == "NO" and records[1]["chosen"]
+    assert won.threading["compile_config"]["ENABLE_CPU_PINNING"] == "NO" and records[1].chosen
     assert won.name == chosen.name  # the candidate stays itself; only how it is opened changed
 
 
@@ -298,12 +336,12 @@ def test_the_openvino_runtime_knob_search_records_settings_its_session_honours(d
 
     chosen = Candidate("int8 x86-vnni qdq", "openvino-runtime", "int8", str(digits_int8), passed=True, p50_ms={1: 1.0})
     deployed, records, why = search_knobs(chosen, TuneOptions(threads=2, iterations=4, warmup=1))
-    assert [r["settings"] for r in records] == ["as chosen", "pinning=0", "hint=THROUGHPUT, streams=1", "1 threads"]
-    assert all(r["passed"] and r["p50_ms"] for r in records)  # none of them changes the function
-    [kept] = [r for r in records if r["chosen"]]
-    assert kept["settings"] in why
+    assert [r.settings for r in records] == ["as chosen", "pinning=0", "hint=THROUGHPUT, streams=1", "1 threads"]
+    assert all(r.passed and r.p50_ms for r in records)  # none of them changes the function
+    [kept] = [r for r in records if r.chosen]
+    assert kept.settings in why
     provider = parse_provider(deployed.provider)
-    assert dict(provider.options) == kept["options"]
-    assert deployed.threading["compile_config"] == cpu_config(provider, kept["threads"])
-    compiled = open_session(digits_int8, provider, threads=kept["threads"]).session.compiled
-    assert compiled.get_property("INFERENCE_NUM_THREADS") == kept["threads"]
+    assert dict(provider.options) == kept.knob.options
+    assert deployed.threading["compile_config"] == cpu_config(provider, kept.threads)
+    compiled = open_session(digits_int8, provider, threads=kept.threads).session.compiled
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == kept.threads
