@@ -236,3 +236,27 @@ def test_a_provider_that_fell_back_beside_cpu_is_not_run_twice(
     assert sessions[session_key(0, "cuda")]["ran_on"] == sessions[session_key(0, "cpu")]["ran_on"] == "cpu"
     outputs = np.load(io.BytesIO(base64.b64decode(result["validate"]["outputs_npz_b64"])))
     np.testing.assert_array_equal(outputs[output_key(0, "cuda")], outputs[output_key(0, "cpu")])
+
+
+@pytest.mark.parametrize("openvino", ["2026.4.1", None])
+def test_tune_on_a_device_tries_the_openvino_runtime_only_where_the_device_has_it(
+    openvino: str | None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The device's facts (``openvino``: its runtime's version, or None) decide whether tune's candidates there
+    include ``openvino-runtime``, as the host's installed packages decide it here (issue 24)."""
+    import dataclasses
+    import types
+
+    from resnet_edge.device import fleet
+    from resnet_edge.device.facts import collect_facts
+    from resnet_edge.evaluation import tune
+    from resnet_edge.evaluation.options import TuneOptions
+    from resnet_edge.onnx.providers import OPENVINO_RUNTIME
+
+    facts = dataclasses.replace(collect_facts(), openvino=openvino, onnxruntime_providers=["CPUExecutionProvider"])
+    run = types.SimpleNamespace(device=facts, target="ssh://device", emulated=False)
+    monkeypatch.setattr(fleet, "target_facts", lambda *args, **kwargs: run)
+    sites = []
+    monkeypatch.setattr(tune, "tune_model", lambda *args, site, **kwargs: sites.append(site))
+    fleet.tune_on_target(tmp_path / "m.onnx", tmp_path / "t.onnx", TuneOptions(), "ssh://device")
+    assert sites[0].providers == ("CPUExecutionProvider",) + ((OPENVINO_RUNTIME,) if openvino else ())
