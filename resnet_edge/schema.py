@@ -1,16 +1,16 @@
 """Typed JSON documents: frozen dataclasses that write themselves and are read back by the same types.
 
-report.json (:mod:`resnet_edge.pipeline.document`) and the calibration record a quantized model carries in its
-metadata and beside it (:mod:`resnet_edge.quantization.record`) are such documents, so every key is declared once, as
-a field: one reader (:func:`read_document`) reads any of these dataclasses from its field types (``str``, ``int``,
-``float``, ``bool``, ``object``, ``X | None``, ``tuple[X, ...]``, ``dict[str, X]``, ``dict[int, X]``, a nested
-dataclass), and one writer (:func:`write_document`) writes it back. A field is read from and written to the key of
-its name, or where :func:`_at` says (``config.target``: under another object); a field with a default may be missing
-(a document written before it existed), one typed ``X | None`` may be null, one made by :func:`absent_when_none` is
-left out when None. A field not passed to the constructor (``init=False``) is a view: a typed reading of part of what
-another field holds whole, filled by :func:`derive` in ``__post_init__``, never written. A class checks what spans
-its fields in ``__post_init__``, raising a :class:`DocumentFormatError` that names the key from the class's own
-object.
+report.json (:mod:`resnet_edge.pipeline.document`), the calibration record a quantized model carries in its metadata
+and beside it (:mod:`resnet_edge.quantization.record`) and tune's record of its choice
+(:mod:`resnet_edge.evaluation.tune_record`) are such documents, so every key is declared once, as a field: one
+reader (:func:`read_document`) reads any of these dataclasses from its field types (``str``, ``int``, ``float``,
+``bool``, ``object``, ``X | None``, ``tuple[X, ...]``, ``dict[str, X]``, ``dict[int, X]``, a nested dataclass), and
+one writer (:func:`write_document`) writes it back. A field is read from and written to the key of its name, or
+where :func:`at` says (``config.target``: under another object); a field with a default may be missing (a document
+written before it existed), one typed ``X | None`` may be null, one made by :func:`absent_when_none` is left out
+when None. A field not passed to the constructor (``init=False``) is a view: a typed reading of part of what another
+field holds whole, filled by :func:`derive` in ``__post_init__``, never written. A class checks what spans its
+fields in ``__post_init__``, raising a :class:`DocumentFormatError` that names the key from the class's own object.
 
 A document that lacks a key or holds it with the wrong type raises one :class:`DocumentFormatError` (an
 :class:`~resnet_edge.errors.InputFileError`: one ``error:`` line, exit 1) naming the key:
