@@ -113,7 +113,8 @@ def run_phase(args: argparse.Namespace) -> dict:
 
 
 def phase_process(python: str, phase: str, model: Path, args: argparse.Namespace, **extra: object) -> dict:
-    command = [python, __file__, "--phase", phase, "--model", str(model), "--threads", str(args.threads)]
+    threads = extra.pop("threads", args.threads)  # a phase's own (the tune pick's kept count), else the run's
+    command = [python, __file__, "--phase", phase, "--model", str(model), "--threads", str(threads)]
     command += ["--iterations", str(args.iterations), "--size", str(args.size)]
     for key, value in extra.items():
         if isinstance(value, list):

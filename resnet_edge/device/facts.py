@@ -191,20 +191,6 @@ def _machine_id() -> str | None:
     return hashlib.sha256(text.strip().encode()).hexdigest()[:16] if text and text.strip() else None
 
 
-def _openvino_version() -> str | None:
-    """The installed OpenVINO runtime's version, read from its package metadata without importing it (seconds)."""
-    import importlib.util
-
-    try:
-        if importlib.util.find_spec("openvino") is None:
-            return None
-        import importlib.metadata
-
-        return importlib.metadata.version("openvino")
-    except (ImportError, ValueError):  # importlib.metadata.PackageNotFoundError is an ImportError
-        return None
-
-
 def collect_facts() -> DeviceFacts:
     """The device's facts, read now. Imports numpy and onnxruntime only to read their versions (and not openvino)."""
     model, flags = _cpuinfo()
@@ -219,11 +205,15 @@ def collect_facts() -> DeviceFacts:
         numpy_version = numpy.__version__
     except ImportError:
         pass
+    openvino = None  # the runner opens the OpenVINO runtime behind onnxruntime's session type: only with it
     try:
         import onnxruntime
 
+        from resnet_edge.onnx.plugins import openvino_runtime_version
+
         ort_version = onnxruntime.__version__
         providers = list(onnxruntime.get_available_providers())
+        openvino = openvino_runtime_version()
     except ImportError:
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -252,7 +242,7 @@ def collect_facts() -> DeviceFacts:
         numpy=numpy_version,
         onnxruntime=ort_version,
         onnxruntime_providers=providers,
-        openvino=_openvino_version(),
+        openvino=openvino,
         emulated=emulated,
     )
 

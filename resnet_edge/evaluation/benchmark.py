@@ -90,12 +90,12 @@ class BenchmarkResult:
 
 def threading_record(threads: int, *, spinning: bool) -> dict[str, object]:
     """How the sessions were threaded when timed (and how a deployment should open them)."""
-    return {
-        "intra_op_threads": threads,
-        "inter_op_threads": 1,
-        "spinning": spinning,
-        "timed": "as deployed: each model in phases of its own" if spinning else "interleaved call by call",
-    }
+    return {"intra_op_threads": threads, "inter_op_threads": 1, "spinning": spinning, "timed": how_timed(spinning)}
+
+
+def how_timed(spinning: bool) -> str:
+    """How models were timed side by side: in phases of their own as deployed (spinning), else call by call."""
+    return "as deployed: each model in phases of its own" if spinning else "interleaved call by call"
 
 
 STAGE = "benchmark"
@@ -182,6 +182,10 @@ def _provider_rows(
     first = next(iter(protos))
     timer = time_phased if options.spinning else time_interleaved
     rows: list[BenchmarkRow] = []
+    # Where each session runs does not depend on the batch: found once (coverage infers the model's shapes).
+    ran = {k: (s.ran_on, s.providers_used) for k, s in sessions.items()}
+    placements = {k: s.placement for k, s in sessions.items()}
+    coverages = {k: coverage_of(protos[k], s.executed) for k, s in sessions.items()}
     for batch, timed in time_sessions(sessions, images, options.batch_sizes, **timing, timer=timer):
         if torch is not None and provider.name == "cpu":
             # its own phase (module docstring), right after the ONNX models, fed as the first model is;
@@ -195,10 +199,10 @@ def _provider_rows(
                 timed,
                 first=first,
                 provider=provider.value,
-                sessions={k: (s.ran_on, s.providers_used) for k, s in sessions.items()},
+                sessions=ran,
                 cold=cold,
-                placements={k: s.placement for k, s in sessions.items()},
-                coverages={k: coverage_of(protos[k], s.executed) for k, s in sessions.items()},
+                placements=placements,
+                coverages=coverages,
             )
         )
     return rows

@@ -186,7 +186,9 @@ def tune_model(
             variants, model_path, batches, options, measure, report=report, random_weights=random_weights
         )
         picked, chosen, reason, knobs = _choose(flat, options, site, search=measure is _measure_here)
-        record = _tune_record(model_path, record_path, chosen, flat, options, site, reason, knobs, random_weights)
+        record = _tune_record(
+            model_path, record_path, chosen, flat, options, batches, site, reason, knobs, random_weights
+        )
         deployment = DeploymentRecord(chosen=record.chosen, target=site.target, p50_ms=chosen.p50_ms)
         write_tuned(load_onnx(chosen.path), output, record_path, record, deployment)
     return TuneResult(
@@ -234,6 +236,7 @@ def _tune_record(
     chosen: Candidate,
     candidates: list[Candidate],
     options: TuneOptions,
+    batches: list[int],
     site: Site,
     reason: str,
     knobs: list[KnobTrial],
@@ -251,7 +254,7 @@ def _tune_record(
             threading=chosen.threading,
         ),
         reason=reason,
-        batch_sizes=tuple(sorted({1, options.batch})),
+        batch_sizes=tuple(batches),
         threads=options.threads,
         iterations=options.iterations,
         thresholds=_thresholds_record(options, random_weights),
@@ -414,7 +417,9 @@ class OpenVinoKnobs:
     def deployed(self, chosen: Candidate, base: Provider, threads: int) -> Candidate:
         provider = self.provider(base)
         return dataclasses.replace(
-            chosen, provider=provider.value, threading=_openvino_threading(provider, self.threads or threads)
+            chosen,
+            provider=provider.value,
+            threading=_openvino_threading(provider, self.threads or threads, spinning=True),  # timed in phases
         )
 
 
@@ -854,16 +859,18 @@ def _deployed_threading(provider: Provider, options: TuneOptions, *, spinning: b
 
     threads = options.threads or default_threads()
     if provider.ort_name == OPENVINO_RUNTIME:
-        return _openvino_threading(provider, threads)
+        return _openvino_threading(provider, threads, spinning=spinning)
     return threading_record(threads, spinning=spinning)
 
 
-def _openvino_threading(provider: Provider, threads: int) -> dict:
+def _openvino_threading(provider: Provider, threads: int, *, spinning: bool) -> dict:
     """The OpenVINO runtime's compile config for ``provider`` and ``threads`` (onnxruntime's spinning does not apply),
-    as :func:`resnet_edge.onnx.openvino_runtime.cpu_config` builds it from the provider text the deployment opens."""
+    as :func:`resnet_edge.onnx.openvino_runtime.cpu_config` builds it from the provider text the deployment opens, and
+    how it was timed (``spinning``: in phases of its own)."""
+    from resnet_edge.evaluation.benchmark import how_timed
     from resnet_edge.onnx.openvino_runtime import cpu_config
 
-    return {"compile_config": cpu_config(provider, threads), "timed": "as deployed: each model in phases of its own"}
+    return {"compile_config": cpu_config(provider, threads), "timed": how_timed(spinning)}
 
 
 def _timings_by_path(
