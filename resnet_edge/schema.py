@@ -23,6 +23,7 @@ import functools
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, Field, field, fields, is_dataclass
 from typing import Any, TypeVar
 
@@ -160,9 +161,11 @@ def read_document(cls: type[T], data: object, where: str = "") -> T:
         raise DocumentFormatError(_join(where, exc.detail)) from None
 
 
-def read_as(cls: type[T], data: object, source: str) -> T:
+def read_as(
+    cls: type[T], data: object, source: str, *, error: Callable[..., DocumentFormatError] = DocumentFormatError
+) -> T:
     """:func:`read_document` of a whole document, a malformed one said as ``source``'s: ``malformed tune record:
-    chosen.name: missing``.
+    chosen.name: missing``; ``error`` is the kind's own error class (called with the detail and ``source``).
 
     Raises:
         DocumentFormatError: a key is missing (and its field has no default) or holds the wrong type; names the key.
@@ -170,7 +173,7 @@ def read_as(cls: type[T], data: object, source: str) -> T:
     try:
         return read_document(cls, data)
     except DocumentFormatError as exc:
-        raise DocumentFormatError(exc.detail, source=source) from None
+        raise error(exc.detail, source=source) from None
 
 
 def derive(document: object) -> None:
@@ -180,10 +183,12 @@ def derive(document: object) -> None:
     Raises:
         DocumentFormatError: what a view reads is missing or of the wrong type; names the key from the document.
     """
-    data, values = write_document(document), {}
-    for f in fields(document):
-        if not f.init:
-            _read_field(type(document), f, data, "", values)
+    views = [f for f in fields(document) if not f.init]
+    roots = {_root(f) for f in views}
+    # Only the fields a view reads from are written (one holding the stages' records whole is large).
+    data, values = _place(document, [f for f in fields(document) if f.init and _root(f) in roots | {""}]), {}
+    for f in views:
+        _read_field(type(document), f, data, "", values)
     for name, value in values.items():
         object.__setattr__(document, name, value)  # a frozen dataclass's own fields, set once while it is made
 
@@ -201,12 +206,20 @@ def _write(value: object) -> object:
 
 def write_document(document: object) -> dict[str, Any]:
     """One of these dataclasses as the JSON object :func:`read_document` reads it from: each field at its key (or
-    where :func:`_at` puts it), in declared order; views left out (the field they read holds the value whole), and a
+    where :func:`at` puts it), in declared order; views left out (the field they read holds the value whole), and a
     field made by :func:`absent_when_none` left out when None."""
+    return _place(document, [f for f in fields(document) if f.init])
+
+
+def _root(f: Field) -> str:
+    """The first key of the path a field is written at (``""``: it gathers keys of its object)."""
+    return f.metadata.get(_PATH, f.name).split(".")[0]
+
+
+def _place(document: object, chosen: list[Field]) -> dict[str, Any]:
+    """The JSON object holding ``chosen`` fields of ``document``, each at its path (:func:`write_document`)."""
     data: dict[str, Any] = {}
-    for f in fields(document):
-        if not f.init:
-            continue
+    for f in chosen:
         value = getattr(document, f.name)
         if value is None and f.metadata.get(_OMITTED):
             continue

@@ -16,6 +16,7 @@ or one written by a resnet-edge that had no tune stage yet), raises one :class:`
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from resnet_edge.schema import (
     at,
     derive,
     malformed,
-    read_document,
+    read_as,
     write_document,
 )
 
@@ -382,7 +383,7 @@ class ReportDocument:
     def completed(self) -> bool:
         return self.status == "complete"
 
-    @property
+    @functools.cached_property
     def deployments(self) -> tuple[DeploymentEntry, ...]:
         """Every deployment (``deployments``), or a report written before it listed them: its one deployment."""
         if self.listed is not None:
@@ -400,10 +401,7 @@ class ReportDocument:
         Raises:
             ReportFormatError: a key a page needs is missing or holds the wrong type; the message names it.
         """
-        try:
-            return read_document(cls, data)
-        except DocumentFormatError as exc:  # the schema's error, said as report.json's
-            raise ReportFormatError(exc.detail) from None
+        return read_as(cls, data, REPORT_JSON, error=ReportFormatError)
 
     @classmethod
     def read(cls, path: Path | str) -> ReportDocument:

@@ -186,7 +186,7 @@ def write_report(result: PipelineResult, folder: Path) -> None:
     plots = dataclasses.replace(series, files=write_plots(series, folder))
     report = _relative_paths(write_document(_document(result, folder, rows, plots)), result, folder)
     write_json_atomic(folder / REPORT_JSON, report)
-    document = ReportDocument.read(folder / REPORT_JSON)
+    document = ReportDocument.from_json(report)  # as written: plain JSON already, read as a stored one is
     write_text_atomic(folder / REPORT_MARKDOWN, render_markdown(document))
     write_text_atomic(folder / REPORT_HTML, render_html(document))
 
@@ -197,8 +197,13 @@ def _document(result: PipelineResult, folder: Path, rows: list[VariantRow], plot
     models = set(FILES.values())
     hashes = {name: sha256_file(folder / name) for name in sorted(result.artifacts) if name in models}
     values, sources = describe_config(result)
-    records = {name: to_jsonable(getattr(result, name)) for name in STAGES}
-    records["tune"] = _tune_stage(result, folder, result.tune)
+    # One per device with --target (each chosen there); the first is ``deployment`` and ``stages.tune`` too.
+    listed = tuple(
+        DeploymentEntry(_deployment(result, folder, t), _tune_stage(result, folder, t)) for t in result.tunes
+    )
+    first = listed[0] if listed and result.tunes[0] is result.tune else None
+    records = {name: None if name == "tune" else to_jsonable(getattr(result, name)) for name in STAGES}
+    records["tune"] = first.tune_record if first else _tune_stage(result, folder, result.tune)
     seed = result.config.seed
     return ReportDocument(
         version=__version__,
@@ -212,12 +217,8 @@ def _document(result: PipelineResult, folder: Path, rows: list[VariantRow], plot
         seeds=Seeds(calibration_subset=seed, init_weights=seed if result.config.resolved_weights() is None else None),
         environment_record=to_jsonable(result.benchmark.environment) if result.benchmark else _environment(),
         stage_records=records,
-        deployment=_deployment(result, folder, result.tune),
-        # One per device with --target (each chosen there); the first is ``deployment`` and ``stages.tune`` above.
-        listed=tuple(
-            DeploymentEntry(_deployment(result, folder, tuned), _tune_stage(result, folder, tuned))
-            for tuned in result.tunes
-        ),
+        deployment=first.deployment if first else _deployment(result, folder, result.tune),
+        listed=listed,
     )
 
 

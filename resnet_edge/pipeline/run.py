@@ -368,9 +368,10 @@ def _tune(tune: _Step, config: PipelineConfig, out: Path, result: PipelineResult
         result.tunes.append(tune.run(out / FILES["simplify"], out / FILES["tune"], options))
         return
     on_device = dataclasses.replace(options, providers=None)  # what the device has
+    remote = config.run.remote()
     for target in config.targets:
         output = out / tuned_file(target, len(config.targets) > 1)
-        where = OnTargets(on_device, (target,), config.run.remote())
+        where = OnTargets(on_device, (target,), remote)
         result.tunes.append(tune.run(out / FILES["simplify"], output, where))
 
 

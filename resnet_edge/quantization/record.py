@@ -139,6 +139,9 @@ class RecoveryStep:
     after: Judgement | None
     details: object = field(repr=False)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seconds", round(self.seconds, 3))  # to the millisecond, whoever makes the step
+
 
 @dataclass(frozen=True)
 class WeightGridRecord:

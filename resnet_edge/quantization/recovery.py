@@ -177,8 +177,7 @@ def _equalize_step(
         before = judge(base)
     after = judge(int8) if judge is not None else None
     equalization = job.equalization
-    seconds = round(equalization.seconds, 3)
-    return RecoveryStep("equalize", REFERENCES["equalize"], seconds, before, after, equalization.record())
+    return RecoveryStep("equalize", REFERENCES["equalize"], equalization.seconds, before, after, equalization.record())
 
 
 def _adaround_step(
@@ -201,7 +200,7 @@ def _adaround_step(
     found, report = adaround_layers(layers, scales, grid, samples, parameters, on_progress=on_progress)
     for layer in layers:
         write_weights(int8, layer, found[layer.name], scales[layer.name], bits=grid.bits, block=grid.block)
-    seconds = round(time.perf_counter() - started, 3)
+    seconds = time.perf_counter() - started
     after = judge(int8) if judge is not None else None
     details = adaround_record(report, parameters, samples, grouped_layers_skipped=skipped)
     return RecoveryStep("adaround", REFERENCES["adaround"], seconds, before, after, details)
@@ -218,7 +217,7 @@ def _bias_correction_step(
     """Each layer's bias corrected by its measured mean shift, in ``int8``; ``skipped``: the grouped layers left."""
     started = time.perf_counter()
     correction = correct_biases(int8, layers, means)
-    seconds = round(time.perf_counter() - started, 3)
+    seconds = time.perf_counter() - started
     after = judge(int8) if judge is not None else None
     details = correction.record(grouped_layers_skipped=skipped)
     return RecoveryStep("bias_correction", REFERENCES["bias_correction"], seconds, before, after, details)
